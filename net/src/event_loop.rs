@@ -1,0 +1,571 @@
+//! EventLoop: the reactor, at most one per thread; LoopHandle: its thread-safe face.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::marker::PhantomData;
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::{self, ThreadId};
+use std::time::{Duration, Instant};
+
+use mio::event::Source;
+use mio::{Events, Interest, Poll, Token, Waker};
+use parking_lot::Mutex;
+
+use crate::callbacks::{Task, TcpConnectionPtr, TimerCallback};
+use crate::channel::Channel;
+use crate::timer_queue::{self, TimerId, TimerQueue};
+
+/// The waker's token: outside the slab's range, never handed to a channel.
+const WAKER_TOKEN: Token = Token(usize::MAX);
+/// How many readiness events one `poll` call may return.
+const EVENTS_CAPACITY: usize = 1024;
+
+thread_local! {
+    /// The loop living on this thread, if any: enforces one loop per thread and lets
+    /// `LoopHandle::run_in_loop` run a task at once when called on the loop thread.
+    static CURRENT: RefCell<Weak<Inner>> = const { RefCell::new(Weak::new()) };
+}
+
+/// What a slab slot holds: connections are kept typed so that a `ConnHandle` can
+/// find them again; everything else only needs its events.
+pub(crate) enum Slot {
+    Connection(TcpConnectionPtr),
+    Other(Rc<dyn Channel>),
+}
+
+/// The part of a loop that other threads may touch.
+pub(crate) struct Shared {
+    /// Tasks queued for the loop thread; swapped out under the lock and run unlocked.
+    pending: Mutex<Vec<Task>>,
+    /// Wakes `poll` from another thread; never read by the loop (mio's rule).
+    waker: Waker,
+    /// The thread that owns the loop.
+    thread: ThreadId,
+    quit: AtomicBool,
+    /// True while the loop runs pending tasks: a task queued then must wake the
+    /// loop, or it would wait for the next unrelated event.
+    calling_pending: AtomicBool,
+    /// False once the loop is dropped: tasks queued after that are discarded.
+    alive: AtomicBool,
+    /// Timer ids are handed out here so that other threads get one at once.
+    next_timer: AtomicU64,
+}
+
+pub(crate) struct Inner {
+    poll: RefCell<Poll>,
+    events: RefCell<Events>,
+    slab: RefCell<Slab>,
+    timers: RefCell<TimerQueue>,
+    shared: Arc<Shared>,
+    looping: Cell<bool>,
+    /// Loop-thread tasks that need no `Send` (they hold `Rc`s): deferred work such as
+    /// a read continuation or a write-complete callback, run with the pending tasks.
+    deferred: RefCell<Vec<LocalTask>>,
+}
+
+/// A task queued on the loop thread itself.
+type LocalTask = Box<dyn FnOnce(&EventLoop)>;
+
+/// A reactor: waits for readiness with `mio::Poll`, dispatches it to the
+/// acceptor, connections and connectors registered on it, runs due timers and
+/// then the tasks other threads queued.
+///
+/// At most one per thread: creating a second on the same thread panics. It is
+/// neither `Send` nor `Sync`; other threads use its [`LoopHandle`]. Cloning an
+/// `EventLoop` gives another reference to the same loop, on the same thread.
+#[derive(Clone)]
+pub struct EventLoop {
+    inner: Rc<Inner>,
+    _not_send: PhantomData<*const ()>,
+}
+
+/// The handle other threads hold to talk to a loop: `Send + Sync + Clone`.
+/// Every method is safe to call from any thread.
+#[derive(Clone)]
+pub struct LoopHandle {
+    shared: Arc<Shared>,
+}
+
+impl EventLoop {
+    /// Creates the loop of the calling thread.
+    ///
+    /// # Panics
+    /// If this thread already has a live loop.
+    pub fn new() -> io::Result<EventLoop> {
+        CURRENT.with(|cur| {
+            assert!(
+                cur.borrow().upgrade().is_none(),
+                "another EventLoop exists in this thread"
+            );
+            let poll = Poll::new()?;
+            let waker = Waker::new(poll.registry(), WAKER_TOKEN)?;
+            let inner = Rc::new(Inner {
+                poll: RefCell::new(poll),
+                events: RefCell::new(Events::with_capacity(EVENTS_CAPACITY)),
+                slab: RefCell::new(Slab::default()),
+                timers: RefCell::new(TimerQueue::default()),
+                shared: Arc::new(Shared {
+                    pending: Mutex::new(Vec::new()),
+                    waker,
+                    thread: thread::current().id(),
+                    quit: AtomicBool::new(false),
+                    calling_pending: AtomicBool::new(false),
+                    alive: AtomicBool::new(true),
+                    next_timer: AtomicU64::new(1),
+                }),
+                looping: Cell::new(false),
+                deferred: RefCell::new(Vec::new()),
+            });
+            *cur.borrow_mut() = Rc::downgrade(&inner);
+            Ok(EventLoop {
+                inner,
+                _not_send: PhantomData,
+            })
+        })
+    }
+
+    /// The loop of the calling thread, if it has one.
+    pub fn current() -> Option<EventLoop> {
+        CURRENT
+            .with(|cur| cur.borrow().upgrade())
+            .map(|inner| EventLoop {
+                inner,
+                _not_send: PhantomData,
+            })
+    }
+
+    /// The handle for other threads. Must be called on the loop thread.
+    pub fn handle(&self) -> LoopHandle {
+        LoopHandle {
+            shared: self.inner.shared.clone(),
+        }
+    }
+
+    /// Runs until [`quit`](LoopHandle::quit). Must be called on the loop thread.
+    pub fn run(&self) {
+        assert!(!self.inner.looping.get(), "EventLoop::run is not reentrant");
+        self.inner.looping.set(true);
+        log::trace!("EventLoop {:?} start looping", self.inner.shared.thread);
+        while !self.inner.shared.quit.load(Ordering::Acquire) {
+            let timeout = if self.inner.deferred.borrow().is_empty() {
+                self.inner.timers.borrow_mut().next_timeout(Instant::now())
+            } else {
+                Some(Duration::ZERO)
+            };
+            let mut events = self.inner.events.borrow_mut();
+            if let Err(e) = self.inner.poll.borrow_mut().poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("poll failed: {e}");
+                }
+            }
+            for event in events.iter() {
+                if event.token() == WAKER_TOKEN {
+                    continue;
+                }
+                let channel = match self.inner.slab.borrow().get(event.token().0) {
+                    Some(Slot::Connection(c)) => c.clone() as Rc<dyn Channel>,
+                    Some(Slot::Other(c)) => c.clone(),
+                    None => continue, // a stale or spurious event: mio allows both
+                };
+                channel.handle_event(self, event);
+            }
+            drop(events);
+            timer_queue::run_expired(self);
+            self.do_pending_functors();
+        }
+        self.inner.shared.quit.store(false, Ordering::Release);
+        self.inner.looping.set(false);
+        log::trace!("EventLoop {:?} stop looping", self.inner.shared.thread);
+    }
+
+    /// Asks the loop to stop after the current iteration. Must be called on the loop thread.
+    pub fn quit(&self) {
+        self.handle().quit();
+    }
+
+    /// Runs `task` now (we are on the loop thread). Must be called on the loop thread.
+    pub fn run_in_loop(&self, task: impl FnOnce(&EventLoop)) {
+        task(self)
+    }
+
+    /// Runs `task` after the current events are handled. Must be called on the loop thread.
+    pub fn queue_in_loop(&self, task: impl FnOnce(&EventLoop) + Send + 'static) {
+        self.handle().queue_in_loop(task)
+    }
+
+    /// Runs `cb` once at `when`. Must be called on the loop thread.
+    pub fn run_at(&self, when: Instant, cb: impl FnMut(&EventLoop) + 'static) -> TimerId {
+        let id = self.inner.shared.new_timer_id();
+        self.add_timer(id, when, None, Box::new(cb));
+        id
+    }
+
+    /// Runs `cb` once after `delay`. Must be called on the loop thread.
+    pub fn run_after(&self, delay: Duration, cb: impl FnMut(&EventLoop) + 'static) -> TimerId {
+        self.run_at(Instant::now() + delay, cb)
+    }
+
+    /// Runs `cb` every `interval`, first after one interval. Must be called on the loop thread.
+    pub fn run_every(&self, interval: Duration, cb: impl FnMut(&EventLoop) + 'static) -> TimerId {
+        let id = self.inner.shared.new_timer_id();
+        self.add_timer(id, Instant::now() + interval, Some(interval), Box::new(cb));
+        id
+    }
+
+    /// Cancels a timer; a no-op if it already ran or was cancelled. Must be called on the loop thread.
+    pub fn cancel(&self, id: TimerId) {
+        self.inner.timers.borrow_mut().cancel(id);
+    }
+
+    /// Number of live timers. Must be called on the loop thread.
+    pub fn timer_count(&self) -> usize {
+        self.inner.timers.borrow().len()
+    }
+
+    /// Number of registered sockets (connections, acceptors, connectors). Must be called on the loop thread.
+    pub fn channel_count(&self) -> usize {
+        self.inner.slab.borrow().len
+    }
+
+    /// Looks up a live connection by slot and connection id. Must be called on the loop thread.
+    pub fn connection(&self, token: usize, id: u64) -> Option<TcpConnectionPtr> {
+        match self.inner.slab.borrow().get(token) {
+            Some(Slot::Connection(c)) if c.id() == id => Some(c.clone()),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn add_timer(
+        &self,
+        id: TimerId,
+        when: Instant,
+        interval: Option<Duration>,
+        cb: TimerCallback,
+    ) {
+        self.inner.timers.borrow_mut().add(id, when, interval, cb);
+    }
+
+    pub(crate) fn timers(&self) -> &RefCell<TimerQueue> {
+        &self.inner.timers
+    }
+
+    /// Registers `source` and puts `make(token)` in the slab; rolls the slot back if
+    /// registration fails.
+    pub(crate) fn register<S: Source + ?Sized>(
+        &self,
+        source: &mut S,
+        interest: Interest,
+        make: impl FnOnce(Token) -> Slot,
+    ) -> io::Result<Token> {
+        let token = Token(self.inner.slab.borrow_mut().vacant());
+        self.inner
+            .poll
+            .borrow()
+            .registry()
+            .register(source, token, interest)?;
+        self.inner.slab.borrow_mut().insert(token.0, make(token));
+        Ok(token)
+    }
+
+    /// Deregisters `source` and frees its slot.
+    pub(crate) fn deregister<S: Source + ?Sized>(&self, token: Token, source: &mut S) {
+        if let Err(e) = self.inner.poll.borrow().registry().deregister(source) {
+            log::debug!("deregister {token:?}: {e}");
+        }
+        // Dropped after the borrow ends, in case dropping runs more loop code.
+        let slot = self.inner.slab.borrow_mut().remove(token.0);
+        drop(slot);
+    }
+
+    fn do_pending_functors(&self) {
+        let shared = &self.inner.shared;
+        shared.calling_pending.store(true, Ordering::Release);
+        let tasks = std::mem::take(&mut *shared.pending.lock());
+        for task in tasks {
+            task(self);
+        }
+        let deferred = std::mem::take(&mut *self.inner.deferred.borrow_mut());
+        for task in deferred {
+            task(self);
+        }
+        shared.calling_pending.store(false, Ordering::Release);
+    }
+
+    /// Runs `task` on this thread after the current events, without the `Send`
+    /// bound of [`EventLoop::queue_in_loop`]; the next poll does not block while such
+    /// tasks wait. Must be called on the loop thread.
+    pub(crate) fn defer(&self, task: impl FnOnce(&EventLoop) + 'static) {
+        self.inner.deferred.borrow_mut().push(Box::new(task));
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shared.alive.store(false, Ordering::Release);
+        let tasks = std::mem::take(&mut *self.shared.pending.lock());
+        drop(tasks);
+        let slab = std::mem::take(&mut *self.slab.borrow_mut());
+        drop(slab);
+        self.deferred.borrow_mut().clear();
+    }
+}
+
+impl Shared {
+    fn new_timer_id(&self) -> TimerId {
+        TimerId(self.next_timer.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl LoopHandle {
+    /// True when called on the loop's own thread.
+    pub fn is_in_loop_thread(&self) -> bool {
+        thread::current().id() == self.shared.thread
+    }
+
+    /// False once the loop has been dropped; tasks sent to it are then discarded.
+    pub fn is_alive(&self) -> bool {
+        self.shared.alive.load(Ordering::Acquire)
+    }
+
+    /// Runs `task` on the loop thread: at once when called there, otherwise queued.
+    pub fn run_in_loop(&self, task: impl FnOnce(&EventLoop) + Send + 'static) {
+        if self.is_in_loop_thread() {
+            if let Some(lp) = EventLoop::current() {
+                task(&lp);
+            }
+        } else {
+            self.queue_in_loop(task);
+        }
+    }
+
+    /// Queues `task` for the loop thread, to run after the current events. Wakes the
+    /// loop when called from another thread or while the loop runs pending tasks.
+    pub fn queue_in_loop(&self, task: impl FnOnce(&EventLoop) + Send + 'static) {
+        if !self.is_alive() {
+            return;
+        }
+        let was_empty = {
+            let mut pending = self.shared.pending.lock();
+            let was_empty = pending.is_empty();
+            pending.push(Box::new(task));
+            was_empty
+        };
+        // A non-empty queue means whoever queued first owes (or already gave) the
+        // wake-up, and the loop drains everything it finds in one swap.
+        let must_wake =
+            !self.is_in_loop_thread() || self.shared.calling_pending.load(Ordering::Acquire);
+        if was_empty && must_wake {
+            self.wakeup();
+        }
+    }
+
+    /// Asks the loop to stop after its current iteration.
+    pub fn quit(&self) {
+        self.shared.quit.store(true, Ordering::Release);
+        if !self.is_in_loop_thread() {
+            self.wakeup();
+        }
+    }
+
+    /// Runs `cb` once at `when`, on the loop thread.
+    pub fn run_at(&self, when: Instant, cb: impl FnMut(&EventLoop) + Send + 'static) -> TimerId {
+        let id = self.shared.new_timer_id();
+        self.run_in_loop(move |lp| lp.add_timer(id, when, None, Box::new(cb)));
+        id
+    }
+
+    /// Runs `cb` once after `delay`, on the loop thread.
+    pub fn run_after(
+        &self,
+        delay: Duration,
+        cb: impl FnMut(&EventLoop) + Send + 'static,
+    ) -> TimerId {
+        self.run_at(Instant::now() + delay, cb)
+    }
+
+    /// Runs `cb` every `interval` on the loop thread, first after one interval.
+    pub fn run_every(
+        &self,
+        interval: Duration,
+        cb: impl FnMut(&EventLoop) + Send + 'static,
+    ) -> TimerId {
+        let id = self.shared.new_timer_id();
+        let when = Instant::now() + interval;
+        self.run_in_loop(move |lp| lp.add_timer(id, when, Some(interval), Box::new(cb)));
+        id
+    }
+
+    /// Cancels a timer; a no-op if it already ran or was cancelled.
+    pub fn cancel(&self, id: TimerId) {
+        self.run_in_loop(move |lp| lp.cancel(id));
+    }
+
+    fn wakeup(&self) {
+        if let Err(e) = self.shared.waker.wake() {
+            log::error!("EventLoop wakeup failed: {e}");
+        }
+    }
+}
+
+impl std::fmt::Debug for LoopHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoopHandle")
+            .field("thread", &self.shared.thread)
+            .finish()
+    }
+}
+
+/// A vector of slots with a free list: tokens are indices, reused after removal.
+#[derive(Default)]
+pub(crate) struct Slab {
+    entries: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    len: usize,
+}
+
+impl Slab {
+    /// The index the next insert will use.
+    fn vacant(&mut self) -> usize {
+        if let Some(&i) = self.free.last() {
+            i
+        } else {
+            self.entries.push(None);
+            self.free.push(self.entries.len() - 1);
+            self.entries.len() - 1
+        }
+    }
+
+    fn insert(&mut self, index: usize, slot: Slot) {
+        let pos = self.free.iter().rposition(|&i| i == index);
+        debug_assert!(pos.is_some(), "slot {index} is not vacant");
+        if let Some(pos) = pos {
+            self.free.swap_remove(pos);
+        }
+        self.entries[index] = Some(slot);
+        self.len += 1;
+    }
+
+    fn get(&self, index: usize) -> Option<&Slot> {
+        self.entries.get(index).and_then(Option::as_ref)
+    }
+
+    fn remove(&mut self, index: usize) -> Option<Slot> {
+        let slot = self.entries.get_mut(index).and_then(Option::take);
+        if slot.is_some() {
+            self.len -= 1;
+            self.free.push(index);
+        }
+        slot
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    #[test]
+    fn one_loop_per_thread() {
+        let lp = EventLoop::new().unwrap();
+        let second = std::panic::catch_unwind(|| EventLoop::new().map(|_| ()));
+        assert!(second.is_err(), "a second loop on one thread must panic");
+        drop(lp);
+        // Once the first is gone the thread may have a new one.
+        let _again = EventLoop::new().unwrap();
+        // Another thread has its own.
+        thread::spawn(|| {
+            let _other = EventLoop::new().unwrap();
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn timers_fire_in_order_and_cancel() {
+        let lp = EventLoop::new().unwrap();
+        let log = Rc::new(RefCell::new(Vec::new()));
+        for (name, ms) in [("c", 30u64), ("a", 10), ("b", 20)] {
+            let log = log.clone();
+            lp.run_after(Duration::from_millis(ms), move |_| {
+                log.borrow_mut().push(name)
+            });
+        }
+        let cancelled = {
+            let log = log.clone();
+            lp.run_after(Duration::from_millis(15), move |_| {
+                log.borrow_mut().push("x")
+            })
+        };
+        lp.cancel(cancelled);
+        let ticks = Rc::new(Cell::new(0));
+        let t = ticks.clone();
+        let every = lp.run_every(Duration::from_millis(5), move |_| t.set(t.get() + 1));
+        lp.run_after(Duration::from_millis(60), move |lp| {
+            lp.cancel(every);
+            lp.quit();
+        });
+        let start = Instant::now();
+        lp.run();
+        assert!(start.elapsed() >= Duration::from_millis(60));
+        assert_eq!(*log.borrow(), vec!["a", "b", "c"]);
+        let n = ticks.get();
+        assert!((3..=12).contains(&n), "repeating timer ticked {n} times");
+        assert_eq!(lp.timer_count(), 0);
+    }
+
+    #[test]
+    fn repeating_timer_cancels_itself() {
+        let lp = EventLoop::new().unwrap();
+        let count = Rc::new(Cell::new(0));
+        let id = Rc::new(Cell::new(None::<TimerId>));
+        let (c, i) = (count.clone(), id.clone());
+        let timer = lp.run_every(Duration::from_millis(1), move |lp| {
+            c.set(c.get() + 1);
+            if c.get() == 3 {
+                lp.cancel(i.get().unwrap());
+            }
+        });
+        id.set(Some(timer));
+        lp.run_after(Duration::from_millis(30), |lp| lp.quit());
+        lp.run();
+        assert_eq!(count.get(), 3);
+    }
+
+    #[test]
+    fn queue_and_timers_from_another_thread() {
+        let lp = EventLoop::new().unwrap();
+        let handle = lp.handle();
+        let (tx, rx) = mpsc::channel();
+        let worker = thread::spawn(move || {
+            assert!(!handle.is_in_loop_thread());
+            let tx2 = tx.clone();
+            handle.run_in_loop(move |lp| {
+                tx2.send(("task", EventLoop::current().is_some())).unwrap();
+                // Queued while pending tasks run: must still run without a new event.
+                let tx3 = tx2.clone();
+                lp.queue_in_loop(move |_| tx3.send(("nested", true)).unwrap());
+            });
+            let id = handle.run_after(Duration::from_millis(5), |_| panic!("cancelled"));
+            handle.cancel(id);
+            handle.run_after(Duration::from_millis(10), move |lp| {
+                tx.send(("timer", true)).unwrap();
+                lp.quit();
+            });
+        });
+        lp.run();
+        worker.join().unwrap();
+        let got: Vec<_> = rx.try_iter().collect();
+        assert_eq!(got, vec![("task", true), ("nested", true), ("timer", true)]);
+    }
+
+    #[test]
+    fn tasks_to_a_dropped_loop_are_discarded() {
+        let lp = EventLoop::new().unwrap();
+        let handle = lp.handle();
+        drop(lp);
+        assert!(!handle.is_alive());
+        handle.queue_in_loop(|_| panic!("must not run"));
+    }
+}

@@ -1,0 +1,502 @@
+//! TcpConnection: one established TCP connection, living on one loop; ConnHandle:
+//! the `Send` handle other threads use to reach it.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell, RefMut};
+use std::io::{self, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+
+use mio::event::Event;
+use mio::net::TcpStream;
+use mio::Token;
+
+use crate::buffer::Buffer;
+use crate::callbacks::{
+    CloseCallback, ConnectionCallback, HighWaterMarkCallback, MessageCallback, TcpConnectionPtr,
+    WriteCompleteCallback,
+};
+use crate::channel::Channel;
+use crate::event_loop::{EventLoop, LoopHandle};
+
+/// How many `read` calls one readiness event may make before the connection yields
+/// to the others on its loop; the rest is read in a deferred continuation.
+const READ_BUDGET: usize = 16;
+/// The default high-water mark of the output buffer: 64 MiB.
+pub const DEFAULT_HIGH_WATER_MARK: usize = 64 * 1024 * 1024;
+
+/// A connection's life: Connecting → Connected → (Disconnecting →) Disconnected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Accepted or connected, not yet announced to the user.
+    Connecting,
+    /// Established; reads and writes flow.
+    Connected,
+    /// `shutdown` or `force_close` was called; the socket is not closed yet.
+    Disconnecting,
+    /// Closed and removed from its loop.
+    Disconnected,
+}
+
+/// The callbacks of one connection, copied from its server or client.
+#[derive(Clone)]
+pub(crate) struct ConnCallbacks {
+    pub(crate) connection: ConnectionCallback,
+    pub(crate) message: MessageCallback,
+    pub(crate) write_complete: Option<WriteCompleteCallback>,
+    pub(crate) high_water_mark: Option<(HighWaterMarkCallback, usize)>,
+}
+
+/// One TCP connection. Lives in its loop's slab; every method must be called on
+/// that loop's thread. Hand [`TcpConnection::handle`] to other threads.
+pub struct TcpConnection {
+    name: String,
+    /// Unique in the process: tells a reused slab slot's new occupant from the old one.
+    id: u64,
+    token: Cell<Token>,
+    loop_handle: LoopHandle,
+    stream: RefCell<TcpStream>,
+    local_addr: SocketAddr,
+    peer_addr: SocketAddr,
+    state: Cell<State>,
+    input: RefCell<Buffer>,
+    output: RefCell<Buffer>,
+    /// False while the user has paused reading (backpressure).
+    reading: Cell<bool>,
+    /// Readiness that arrived while reading was paused, so `start_read` resumes it.
+    read_pending: Cell<bool>,
+    callbacks: RefCell<ConnCallbacks>,
+    high_water_mark: Cell<usize>,
+    close_callback: RefCell<Option<CloseCallback>>,
+    context: RefCell<Option<Box<dyn Any>>>,
+}
+
+impl TcpConnection {
+    pub(crate) fn new(
+        lp: &EventLoop,
+        name: String,
+        id: u64,
+        stream: TcpStream,
+        local_addr: SocketAddr,
+        peer_addr: SocketAddr,
+        callbacks: ConnCallbacks,
+    ) -> TcpConnection {
+        let hwm = callbacks
+            .high_water_mark
+            .as_ref()
+            .map_or(DEFAULT_HIGH_WATER_MARK, |(_, m)| *m);
+        TcpConnection {
+            name,
+            id,
+            token: Cell::new(Token(usize::MAX)),
+            loop_handle: lp.handle(),
+            stream: RefCell::new(stream),
+            local_addr,
+            peer_addr,
+            state: Cell::new(State::Connecting),
+            input: RefCell::new(Buffer::new()),
+            output: RefCell::new(Buffer::new()),
+            reading: Cell::new(true),
+            read_pending: Cell::new(false),
+            callbacks: RefCell::new(callbacks),
+            high_water_mark: Cell::new(hwm),
+            close_callback: RefCell::new(None),
+            context: RefCell::new(None),
+        }
+    }
+
+    /// The connection's name, unique per server.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The process-wide unique connection id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Our end's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.state.get()
+    }
+
+    /// True while established.
+    pub fn connected(&self) -> bool {
+        self.state.get() == State::Connected
+    }
+
+    /// True once closed.
+    pub fn disconnected(&self) -> bool {
+        self.state.get() == State::Disconnected
+    }
+
+    /// The handle of the loop this connection lives on.
+    pub fn loop_handle(&self) -> &LoopHandle {
+        &self.loop_handle
+    }
+
+    /// A `Send + Sync` handle that other threads use to send to or close this
+    /// connection. It can never reach another connection that reuses the slot.
+    pub fn handle(&self) -> ConnHandle {
+        ConnHandle {
+            loop_handle: self.loop_handle.clone(),
+            token: self.token.get().0,
+            id: self.id,
+        }
+    }
+
+    /// Bytes waiting in the output buffer.
+    pub fn output_bytes(&self) -> usize {
+        self.output.borrow().readable_bytes()
+    }
+
+    /// Sets the output size at which the high-water-mark callback fires.
+    pub fn set_high_water_mark(&self, mark: usize) {
+        self.high_water_mark.set(mark);
+    }
+
+    /// The per-connection slot for whatever the application keeps with a connection.
+    pub fn context(&self) -> RefMut<'_, Option<Box<dyn Any>>> {
+        self.context.borrow_mut()
+    }
+
+    /// Stores `value` in the context slot.
+    pub fn set_context<T: Any>(&self, value: T) {
+        *self.context.borrow_mut() = Some(Box::new(value));
+    }
+
+    /// Runs `f` on the context if it holds a `T`.
+    pub fn with_context<T: Any, R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        let mut ctx = self.context.borrow_mut();
+        ctx.as_mut().and_then(|b| b.downcast_mut::<T>()).map(f)
+    }
+
+    /// Enables or disables Nagle's algorithm (true disables it).
+    pub fn set_tcp_no_delay(&self, on: bool) -> io::Result<()> {
+        self.stream.borrow().set_nodelay(on)
+    }
+
+    /// Sends `data`: written at once when nothing is queued, the rest buffered until
+    /// the socket is writable. Dropped if the connection is not established.
+    pub fn send(self: &Rc<Self>, data: &[u8]) {
+        if self.state.get() != State::Connected {
+            log::debug!(
+                "{}: send on a connection that is not up, dropped",
+                self.name
+            );
+            return;
+        }
+        let mut written = 0;
+        let mut fault = false;
+        if self.output.borrow().is_empty() {
+            loop {
+                match (&*self.stream.borrow()).write(&data[written..]) {
+                    Ok(n) => {
+                        written += n;
+                        if written == data.len() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        log::debug!("{}: write failed: {e}", self.name);
+                        fault = true;
+                        break;
+                    }
+                }
+            }
+            if written == data.len() {
+                self.queue_write_complete();
+                return;
+            }
+        }
+        if fault {
+            self.force_close();
+            return;
+        }
+        let rest = &data[written..];
+        let old_len = self.output.borrow().readable_bytes();
+        self.output.borrow_mut().append(rest);
+        let mark = self.high_water_mark.get();
+        let new_len = old_len + rest.len();
+        if old_len < mark && new_len >= mark {
+            let cb = self.callbacks.borrow().high_water_mark.clone();
+            if let (Some((cb, _)), Some(lp)) = (cb, EventLoop::current()) {
+                let conn = self.clone();
+                lp.defer(move |_| cb(&conn, new_len));
+            }
+        }
+    }
+
+    /// Closes our writing half once everything queued has been written; reading
+    /// goes on until the peer closes.
+    pub fn shutdown(&self) {
+        if self.state.get() == State::Connected {
+            self.state.set(State::Disconnecting);
+            if self.output.borrow().is_empty() {
+                self.shutdown_write();
+            }
+        }
+    }
+
+    /// Closes the connection now, discarding unsent output. The close callbacks run
+    /// after the current event.
+    pub fn force_close(self: &Rc<Self>) {
+        if matches!(self.state.get(), State::Connected | State::Disconnecting) {
+            self.state.set(State::Disconnecting);
+            if let Some(lp) = EventLoop::current() {
+                let conn = self.clone();
+                lp.defer(move |lp| conn.handle_close(lp));
+            }
+        }
+    }
+
+    /// Pauses reading: bytes stay in the kernel and TCP flow control pushes back.
+    pub fn stop_read(&self) {
+        self.reading.set(false);
+    }
+
+    /// Resumes reading, handling any readiness that arrived meanwhile.
+    pub fn start_read(self: &Rc<Self>) {
+        if !self.reading.replace(true) && self.read_pending.replace(false) {
+            if let Some(lp) = EventLoop::current() {
+                let conn = self.clone();
+                lp.defer(move |lp| conn.handle_read(lp));
+            }
+        }
+    }
+
+    /// True unless reading is paused.
+    pub fn is_reading(&self) -> bool {
+        self.reading.get()
+    }
+
+    pub(crate) fn set_token(&self, token: Token) {
+        self.token.set(token);
+    }
+
+    pub(crate) fn set_close_callback(&self, cb: CloseCallback) {
+        *self.close_callback.borrow_mut() = Some(cb);
+    }
+
+    pub(crate) fn stream_mut(&self) -> RefMut<'_, TcpStream> {
+        self.stream.borrow_mut()
+    }
+
+    /// Called once the connection is registered on its loop.
+    pub(crate) fn connect_established(self: &Rc<Self>) {
+        debug_assert_eq!(self.state.get(), State::Connecting);
+        self.state.set(State::Connected);
+        let cb = self.callbacks.borrow().connection.clone();
+        cb(self);
+    }
+
+    fn queue_write_complete(self: &Rc<Self>) {
+        let cb = self.callbacks.borrow().write_complete.clone();
+        if let (Some(cb), Some(lp)) = (cb, EventLoop::current()) {
+            let conn = self.clone();
+            lp.defer(move |_| cb(&conn));
+        }
+    }
+
+    fn shutdown_write(&self) {
+        if let Err(e) = self.stream.borrow().shutdown(Shutdown::Write) {
+            log::debug!("{}: shutdown: {e}", self.name);
+        }
+    }
+
+    fn handle_read(self: &Rc<Self>, lp: &EventLoop) {
+        if self.state.get() == State::Disconnected {
+            return;
+        }
+        if !self.reading.get() {
+            self.read_pending.set(true);
+            return;
+        }
+        let mut got = 0;
+        let mut closed = false;
+        let mut reads = 0;
+        while reads < READ_BUDGET {
+            reads += 1;
+            let result = self
+                .input
+                .borrow_mut()
+                .read_from(&mut &*self.stream.borrow());
+            match result {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    reads = 0;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::debug!("{}: read failed: {e}", self.name);
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        if got > 0 && self.state.get() != State::Disconnected {
+            let cb = self.callbacks.borrow().message.clone();
+            let mut input = self.input.borrow_mut();
+            cb(self, &mut input);
+        }
+        if closed {
+            self.handle_close(lp);
+        } else if reads == READ_BUDGET {
+            // Budget spent before WouldBlock: the edge will not fire again, so come
+            // back after the other sockets of this loop had their turn.
+            let conn = self.clone();
+            lp.defer(move |lp| conn.handle_read(lp));
+        }
+    }
+
+    fn handle_write(self: &Rc<Self>) {
+        if self.state.get() == State::Disconnected {
+            return;
+        }
+        let mut out = self.output.borrow_mut();
+        if out.is_empty() {
+            return;
+        }
+        let mut fault = false;
+        while !out.is_empty() {
+            match (&*self.stream.borrow()).write(out.peek()) {
+                Ok(n) => out.retrieve(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::debug!("{}: write failed: {e}", self.name);
+                    fault = true;
+                    break;
+                }
+            }
+        }
+        let drained = out.is_empty();
+        if drained && out.internal_capacity() > 1024 * 1024 {
+            out.shrink(0); // a burst is over: give its memory back
+        }
+        drop(out);
+        if fault {
+            self.force_close();
+        } else if drained {
+            self.queue_write_complete();
+            if self.state.get() == State::Disconnecting {
+                self.shutdown_write();
+            }
+        }
+    }
+
+    pub(crate) fn handle_close(self: &Rc<Self>, lp: &EventLoop) {
+        if self.state.get() == State::Disconnected {
+            return;
+        }
+        self.state.set(State::Disconnected);
+        lp.deregister(self.token.get(), &mut *self.stream.borrow_mut());
+        let cb = self.callbacks.borrow().connection.clone();
+        cb(self);
+        let close = self.close_callback.borrow_mut().take();
+        if let Some(close) = close {
+            close(self);
+        }
+    }
+}
+
+impl Channel for TcpConnection {
+    fn handle_event(self: Rc<Self>, lp: &EventLoop, event: &Event) {
+        if event.is_writable() {
+            self.handle_write();
+        }
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            self.handle_read(lp);
+        }
+        if event.is_write_closed() && !event.is_readable() && self.output_bytes() > 0 {
+            // The peer is gone and we still have output: nothing will drain it.
+            self.handle_close(lp);
+        }
+    }
+}
+
+impl Drop for TcpConnection {
+    fn drop(&mut self) {
+        log::trace!("{} dropped in state {:?}", self.name, self.state.get());
+    }
+}
+
+/// A connection as other threads see it: `Send + Sync + Clone`, cheap to copy.
+/// Operations are carried out on the connection's loop; once the connection is
+/// closed they do nothing, even if its slab slot holds a newer connection.
+#[derive(Clone)]
+pub struct ConnHandle {
+    loop_handle: LoopHandle,
+    token: usize,
+    id: u64,
+}
+
+impl ConnHandle {
+    /// The connection's process-wide unique id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The handle of the connection's loop.
+    pub fn loop_handle(&self) -> &LoopHandle {
+        &self.loop_handle
+    }
+
+    /// Runs `f` with the connection on its loop thread, if it is still there.
+    /// Safe to call from any thread.
+    pub fn run(&self, f: impl FnOnce(&TcpConnectionPtr) + Send + 'static) {
+        let (token, id) = (self.token, self.id);
+        self.loop_handle.run_in_loop(move |lp| {
+            if let Some(conn) = lp.connection(token, id) {
+                f(&conn);
+            }
+        });
+    }
+
+    /// Looks the connection up on its loop. Must be called on the connection's loop thread.
+    pub fn get(&self, lp: &EventLoop) -> Option<TcpConnectionPtr> {
+        lp.connection(self.token, self.id)
+    }
+
+    /// Sends bytes; sends from one thread arrive in the order made. Safe to call from any thread.
+    pub fn send(&self, data: impl Into<Vec<u8>>) {
+        let data = data.into();
+        self.run(move |conn| conn.send(&data));
+    }
+
+    /// Half-closes once the output is written. Safe to call from any thread.
+    pub fn shutdown(&self) {
+        self.run(|conn| conn.shutdown());
+    }
+
+    /// Closes at once. Safe to call from any thread.
+    pub fn force_close(&self) {
+        self.run(|conn| conn.force_close());
+    }
+}
+
+impl std::fmt::Debug for ConnHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnHandle")
+            .field("token", &self.token)
+            .field("id", &self.id)
+            .finish()
+    }
+}
