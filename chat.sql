@@ -1,0 +1,52 @@
+-- The ChatServer schema for MySQL/MariaDB: `mariadb -uroot < chat.sql`.
+--
+-- The legacy tables and columns, kept compatible and widened: utf8mb4 throughout (binary
+-- collation: names compare exactly), password VARCHAR(255) for argon2 hashes, message
+-- MEDIUMTEXT, unique keys on friend and groupuser, and an AUTO_INCREMENT ordering column
+-- on offlinemessage. The server creates these tables itself if missing, and upgrades a
+-- database made by the legacy script in place at start (stop legacy servers first).
+-- chat/src/store/mysql.rs embeds the same table definitions, and a test keeps them equal.
+
+CREATE DATABASE IF NOT EXISTS chat CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+USE chat;
+
+CREATE TABLE IF NOT EXISTS user (
+  id INT NOT NULL AUTO_INCREMENT,
+  name VARCHAR(50) NOT NULL,
+  password VARCHAR(255) NOT NULL,
+  state ENUM('online', 'offline') NOT NULL DEFAULT 'offline',
+  PRIMARY KEY (id),
+  UNIQUE KEY name (name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- One row per direction: userid lists friendid as a friend (legacy semantics).
+CREATE TABLE IF NOT EXISTS friend (
+  userid INT NOT NULL,
+  friendid INT NOT NULL,
+  PRIMARY KEY (userid, friendid)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+CREATE TABLE IF NOT EXISTS allgroup (
+  id INT NOT NULL AUTO_INCREMENT,
+  groupname VARCHAR(50) NOT NULL,
+  groupdesc VARCHAR(200) NOT NULL DEFAULT '',
+  PRIMARY KEY (id),
+  UNIQUE KEY groupname (groupname)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+CREATE TABLE IF NOT EXISTS groupuser (
+  groupid INT NOT NULL,
+  userid INT NOT NULL,
+  grouprole ENUM('creator', 'normal') NOT NULL DEFAULT 'normal',
+  PRIMARY KEY (groupid, userid),
+  KEY userid (userid)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- Chat frames (JSON text) kept for offline users, delivered and deleted in id order.
+CREATE TABLE IF NOT EXISTS offlinemessage (
+  id BIGINT NOT NULL AUTO_INCREMENT,
+  userid INT NOT NULL,
+  message MEDIUMTEXT NOT NULL,
+  PRIMARY KEY (id),
+  KEY userid (userid, id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

@@ -1,0 +1,73 @@
+//! Config: the command line (and environment) of `ChatServer`.
+
+use std::net::{IpAddr, SocketAddr};
+
+use clap::Parser;
+
+use crate::codec::DEFAULT_FRAME_LIMIT;
+use crate::server::ServerOptions;
+
+/// `ChatServer [IP] [PORT] [OPTIONS]` — as the original takes `ChatServer <ip> <port>`,
+/// plus options, each also settable from the environment.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ChatServer",
+    version,
+    about = "A cluster chat server (legacy ChatServer protocol)."
+)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(default_value = "127.0.0.1")]
+    pub ip: IpAddr,
+    /// Port to listen on (0 picks a free one).
+    #[arg(default_value_t = 6000)]
+    pub port: u16,
+    /// Database: an SQLite file (`sqlite:PATH` or a path, created on first start) or
+    /// `mysql://user:pass@host:port/db` (the database and tables are created or upgraded).
+    #[arg(long, env = "CHAT_DB", default_value = "sqlite:chat.db")]
+    pub db: String,
+    /// Redis URL (`redis://127.0.0.1:6379`): run as a cluster node. Without it the
+    /// node routes locally.
+    #[arg(long, env = "CHAT_REDIS")]
+    pub redis: Option<String>,
+    /// IO loop threads (0: one per core).
+    #[arg(long, env = "CHAT_IO_THREADS", default_value_t = 0)]
+    pub io_threads: usize,
+    /// Worker threads for database and password work (0: four per core).
+    #[arg(long, env = "CHAT_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+    /// Database connections in the pool.
+    #[arg(long, env = "CHAT_DB_POOL", default_value_t = 16)]
+    pub db_pool: u32,
+    /// Largest inbound frame in bytes; a larger one is refused and the connection closed.
+    #[arg(long, env = "CHAT_FRAME_LIMIT", default_value_t = DEFAULT_FRAME_LIMIT)]
+    pub frame_limit: usize,
+    /// Log level: error, warn, info, debug or trace (`RUST_LOG` overrides it).
+    #[arg(long, env = "CHAT_LOG", default_value = "info")]
+    pub log_level: String,
+}
+
+impl Config {
+    /// The listen address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
+    }
+
+    /// The server options, with 0 resolved against the machine's cores.
+    pub fn server_options(&self) -> ServerOptions {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        ServerOptions {
+            io_threads: if self.io_threads == 0 {
+                cores
+            } else {
+                self.io_threads
+            },
+            workers: if self.workers == 0 {
+                4 * cores
+            } else {
+                self.workers
+            },
+            frame_limit: self.frame_limit,
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The ChatServer: the legacy chat protocol (see `docs/protocol.md`) served on the
+//! `net` reactor.
+//!
+//! Data flow: an IO loop cuts the byte stream into frames ([`codec`]) and parses
+//! them into requests ([`protocol`]); each connection's [`session::Session`]
+//! queues them in arrival order; a worker pool runs them through the msgid →
+//! handler map of [`service::ChatService`], which uses a [`store::Store`] (SQLite
+//! or MySQL) and the [`hub::Hub`] of online users, and replies through the
+//! connection's handle. Nothing blocking ever runs on an IO loop.
+
+pub mod codec;
+pub mod config;
+pub mod hub;
+pub mod password;
+pub mod protocol;
+pub mod server;
+pub mod service;
+pub mod session;
+pub mod store;
+pub mod timefmt;

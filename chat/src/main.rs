@@ -1,0 +1,72 @@
+//! `ChatServer [IP] [PORT] [OPTIONS]`: runs one chat server node until SIGINT or SIGTERM.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use chat::config::Config;
+use chat::server::ChatServer;
+use clap::Parser;
+use net::EventLoop;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+fn main() -> ExitCode {
+    let cfg = Config::parse();
+    env_logger::Builder::new()
+        .parse_filters(&cfg.log_level)
+        .parse_env("RUST_LOG")
+        .init();
+    match run(&cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("ChatServer: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cfg: &Config) -> Result<(), Box<dyn std::error::Error>> {
+    let store = chat::store::open_with(&cfg.db, cfg.db_pool)?;
+    // This node owns every session of a standalone deployment: nobody is online yet.
+    if cfg.redis.is_none() {
+        store.set_all_offline()?;
+    }
+    let lp = EventLoop::new()?;
+    let server = ChatServer::new(&lp, cfg.addr(), store, cfg.server_options())?;
+    server.start()?;
+    log::info!(
+        "ChatServer listening on {} (db {})",
+        server.local_addr(),
+        redact(&cfg.db)
+    );
+
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    let quit = lp.handle();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                log::info!("signal {sig}: shutting down");
+                quit.quit();
+            }
+        })?;
+    lp.run();
+    server.shutdown(Duration::from_secs(5));
+    log::info!("ChatServer stopped");
+    Ok(())
+}
+
+/// The URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}

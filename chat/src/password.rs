@@ -1,0 +1,143 @@
+//! Password hashing: argon2id PHC strings, with legacy plaintext rows still accepted.
+//!
+//! The legacy server stored passwords in plaintext. A stored value that is not an argon2
+//! PHC string is taken to be such a legacy password: it is compared in constant time, and
+//! the caller is told to replace it with [`hash`] (see [`Verified::OkLegacyPlaintext`]).
+
+use argon2::password_hash::rand_core::{OsRng, RngCore};
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+
+/// The outcome of [`verify`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verified {
+    /// The stored value is an argon2 hash of the password.
+    Ok,
+    /// The stored value was a legacy plaintext password and matched: the caller must
+    /// re-hash it with [`hash`] and store the result.
+    OkLegacyPlaintext,
+    /// The password is wrong.
+    Mismatch,
+}
+
+/// Hashes `password` with argon2id and a fresh random salt; returns the PHC string
+/// (`$argon2id$v=19$m=…`), which is what the `user.password` column stores.
+///
+/// Slow on purpose (tens of milliseconds): call it from a worker thread, never an IO loop.
+pub fn hash(password: &str) -> String {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("argon2 with default parameters accepts any password shorter than 4 GiB")
+        .to_string()
+}
+
+/// A hash that no password matches: the hash of a random secret that is thrown away.
+/// Stored where a row has no usable password (e.g. a legacy row whose password is NULL).
+pub fn unusable() -> String {
+    let mut secret = [0u8; 32];
+    OsRng.fill_bytes(&mut secret);
+    let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    hash(&secret)
+}
+
+/// Checks `password` against `stored`, which is either an argon2 PHC string or, for rows
+/// written by the legacy server, the plaintext password itself.
+///
+/// A value that starts with `$argon2` and parses as a PHC string is verified as a hash;
+/// anything else is a legacy plaintext password, compared in constant time.
+pub fn verify(stored: &str, password: &str) -> Verified {
+    if stored.starts_with("$argon2") {
+        if let Ok(parsed) = PasswordHash::new(stored) {
+            return match Argon2::default().verify_password(password.as_bytes(), &parsed) {
+                Ok(()) => Verified::Ok,
+                Err(_) => Verified::Mismatch,
+            };
+        }
+    }
+    if constant_time_eq(stored.as_bytes(), password.as_bytes()) {
+        Verified::OkLegacyPlaintext
+    } else {
+        Verified::Mismatch
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths, not on where
+/// they first differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_then_verify() {
+        let stored = hash("pa55 wörd 密码 🔑");
+        assert!(stored.starts_with("$argon2id$"), "{stored}");
+        assert_eq!(verify(&stored, "pa55 wörd 密码 🔑"), Verified::Ok);
+        assert_eq!(verify(&stored, "pa55 wörd 密码"), Verified::Mismatch);
+        assert_eq!(verify(&stored, ""), Verified::Mismatch);
+    }
+
+    #[test]
+    fn salt_is_random() {
+        let (a, b) = (hash("same"), hash("same"));
+        assert_ne!(a, b);
+        assert_eq!(verify(&a, "same"), Verified::Ok);
+        assert_eq!(verify(&b, "same"), Verified::Ok);
+    }
+
+    #[test]
+    fn hash_is_not_a_plaintext_password() {
+        let stored = hash("secret");
+        assert_eq!(verify(&stored, &stored), Verified::Mismatch);
+    }
+
+    #[test]
+    fn legacy_plaintext() {
+        assert_eq!(verify("pa", "pa"), Verified::OkLegacyPlaintext);
+        assert_eq!(verify("pa", "pb"), Verified::Mismatch);
+        assert_eq!(verify("pa", "pa "), Verified::Mismatch);
+        assert_eq!(verify("pa", "p"), Verified::Mismatch);
+        assert_eq!(verify("", ""), Verified::OkLegacyPlaintext);
+        assert_eq!(verify("", "x"), Verified::Mismatch);
+        assert_eq!(
+            verify("'; DROP TABLE user; --", "'; DROP TABLE user; --"),
+            Verified::OkLegacyPlaintext
+        );
+    }
+
+    #[test]
+    fn unparsable_argon2_prefix_is_plaintext() {
+        assert_eq!(
+            verify("$argon2 not phc", "$argon2 not phc"),
+            Verified::OkLegacyPlaintext
+        );
+        assert_eq!(verify("$argon2id$broken", "x"), Verified::Mismatch);
+    }
+
+    #[test]
+    fn unusable_matches_nothing() {
+        let stored = unusable();
+        assert!(stored.starts_with("$argon2id$"));
+        assert_eq!(verify(&stored, ""), Verified::Mismatch);
+        assert_eq!(verify(&stored, &stored), Verified::Mismatch);
+    }
+
+    #[test]
+    fn constant_time_eq_cases() {
+        assert!(constant_time_eq(b"", b""));
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abc\0"));
+        assert!(!constant_time_eq(b"abc\0", b"abc"));
+    }
+}

@@ -1,0 +1,450 @@
+//! ChatService: the business, one handler per msgid, run by workers — never on an IO loop.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::hub::{Delivery, Hub};
+use crate::password::{self, Verified};
+use crate::protocol::{
+    self, errno, msgid, Friend, GroupInfo, Member, Parsed, ProtocolError, Request,
+};
+use crate::session::{Job, Session, User};
+use crate::store::{AddFriend, JoinGroup, Role as StoreRole, Store, StoreError};
+use crate::timefmt;
+
+/// A failure that ends a request with an error reply.
+#[derive(Debug)]
+pub enum ServiceError {
+    /// The request broke the protocol (answered with an ERROR frame, msgid 11).
+    Protocol(ProtocolError),
+    /// The database failed (answered with UNAVAILABLE).
+    Store(StoreError),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        ServiceError::Store(e)
+    }
+}
+
+type Result<T> = std::result::Result<T, ServiceError>;
+
+/// A message handler: the session that sent the request and the request.
+type Handler = fn(&ChatService, &Arc<Session>, Parsed) -> Result<()>;
+
+/// The chat business: stores, presence and routing, behind a msgid → handler map.
+pub struct ChatService {
+    store: Arc<dyn Store>,
+    hub: Hub,
+    handlers: HashMap<i64, Handler>,
+}
+
+impl ChatService {
+    /// A service over `store`, with every handler registered.
+    pub fn new(store: Arc<dyn Store>) -> ChatService {
+        let mut handlers: HashMap<i64, Handler> = HashMap::new();
+        handlers.insert(msgid::LOGIN, ChatService::login);
+        handlers.insert(msgid::LOGINOUT, ChatService::logout);
+        handlers.insert(msgid::REG, ChatService::register);
+        handlers.insert(msgid::ONE_CHAT, ChatService::one_chat);
+        handlers.insert(msgid::ADD_FRIEND, ChatService::add_friend);
+        handlers.insert(msgid::CREATE_GROUP, ChatService::create_group);
+        handlers.insert(msgid::ADD_GROUP, ChatService::add_group);
+        handlers.insert(msgid::GROUP_CHAT, ChatService::group_chat);
+        handlers.insert(msgid::PING, ChatService::ping);
+        ChatService {
+            store,
+            hub: Hub::default(),
+            handlers,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The users online on this node.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Runs one job of `session`. Called by a worker that owns the session.
+    pub fn run_job(&self, session: &Arc<Session>, job: Job) {
+        match job {
+            Job::Request(parsed) => self.dispatch(session, parsed),
+            Job::Reply(frame) => session.reply(frame),
+            Job::Fatal(frame) => {
+                session.reply(frame);
+                self.sign_out(session);
+                session.conn.shutdown();
+                let conn = session.conn.clone();
+                session
+                    .conn
+                    .loop_handle()
+                    .run_after(std::time::Duration::from_secs(2), move |_| {
+                        conn.force_close()
+                    });
+            }
+            Job::Closed => self.sign_out(session),
+            Job::Shutdown => {
+                self.sign_out(session);
+                session.conn.shutdown();
+            }
+        }
+    }
+
+    /// Checks identity, then calls the msgid's handler and answers its errors.
+    fn dispatch(&self, session: &Arc<Session>, parsed: Parsed) {
+        if parsed.ext {
+            session.set_ext();
+        }
+        let msgid = parsed.msgid;
+        if let Some(acting) = parsed.req.acting_id() {
+            match session.user() {
+                None => {
+                    return self.send_error(session, &ProtocolError::not_logged_in(msgid));
+                }
+                Some(user) if user.id != acting => {
+                    let e = ProtocolError::not_your_id(msgid, acting, user.id);
+                    return self.send_error(session, &e);
+                }
+                Some(_) => {}
+            }
+        }
+        let Some(handler) = self.handlers.get(&msgid) else {
+            let e = ProtocolError::new(errno::UNKNOWN_MSGID, format!("unknown msgid {msgid}"))
+                .with_msgid(msgid);
+            return self.send_error(session, &e);
+        };
+        match handler(self, session, parsed) {
+            Ok(()) => {}
+            Err(ServiceError::Protocol(e)) => self.send_error(session, &e),
+            Err(ServiceError::Store(e)) => {
+                log::warn!("msgid {msgid}: {e}");
+                self.send_unavailable(session, msgid);
+            }
+        }
+    }
+
+    fn send_error(&self, session: &Session, e: &ProtocolError) {
+        session.reply(protocol::encode(&protocol::error(e)));
+    }
+
+    /// Tells the client the server could not do it. LOGIN and REG get their own
+    /// ACK shape, which a legacy client prints; others get an ERROR frame.
+    fn send_unavailable(&self, session: &Session, msgid: i64) {
+        const MSG: &str = "server unavailable, try again later";
+        let frame = match msgid {
+            msgid::LOGIN => protocol::login_err(errno::UNAVAILABLE, MSG),
+            msgid::REG => protocol::reg_err_ext(MSG),
+            _ => protocol::error(&ProtocolError::unavailable(msgid)),
+        };
+        session.reply(protocol::encode(&frame));
+    }
+
+    /// Sends an ACK (msgid 12) if the client opted in to them.
+    fn ack(
+        &self,
+        session: &Session,
+        reqmsgid: i64,
+        code: i64,
+        errmsg: &str,
+        extra: &[(&str, Value)],
+    ) {
+        if session.ext() {
+            session.reply(protocol::encode(&protocol::ack(
+                reqmsgid, code, errmsg, extra,
+            )));
+        }
+    }
+
+    fn login(&self, session: &Arc<Session>, parsed: Parsed) -> Result<()> {
+        let Request::Login { id, password } = parsed.req else {
+            unreachable!("handler registered for LOGIN")
+        };
+        if let Some(current) = session.user() {
+            return Err(ServiceError::Protocol(ProtocolError::already_logged_in(
+                current.id,
+            )));
+        }
+        let invalid = || {
+            protocol::encode(&protocol::login_err(
+                errno::INVALID_CREDENTIALS,
+                protocol::MSG_INVALID_CREDENTIALS,
+            ))
+        };
+        let Some(row) = self.store.user(id)? else {
+            session.reply(invalid());
+            return Ok(());
+        };
+        match password::verify(&row.password, &password) {
+            Verified::Mismatch => {
+                session.reply(invalid());
+                return Ok(());
+            }
+            Verified::OkLegacyPlaintext => {
+                self.store.set_password(id, &password::hash(&password))?;
+            }
+            Verified::Ok => {}
+        }
+
+        // Claim the user and take its offline messages under the user's shard lock.
+        let offline = {
+            let mut shard = self.hub.lock(id);
+            if shard.contains_key(&id) {
+                drop(shard);
+                session.reply(protocol::encode(&protocol::login_err(
+                    errno::ALREADY_ONLINE,
+                    protocol::MSG_ALREADY_ONLINE,
+                )));
+                return Ok(());
+            }
+            session.hold();
+            shard.insert(id, session.clone());
+            match self.store.take_offline(id) {
+                Ok(msgs) => msgs,
+                Err(e) => {
+                    shard.remove(&id);
+                    drop(shard);
+                    session.release(None);
+                    return Err(e.into());
+                }
+            }
+        };
+        session.set_user(Some(User {
+            id,
+            name: row.name.clone(),
+        }));
+        if let Err(e) = self.store.set_state(id, true) {
+            log::warn!("user {id}: state column not updated: {e}");
+        }
+        let ack = match self.login_view(id) {
+            Ok((friends, groups)) => protocol::login_ok(id, &row.name, &friends, &groups, &offline),
+            Err(e) => {
+                // The messages were taken: deliver them rather than lose them.
+                log::warn!("user {id}: friends/groups not loaded: {e}");
+                protocol::login_ok(id, &row.name, &[], &[], &offline)
+            }
+        };
+        session.release(Some(protocol::encode(&ack)));
+        Ok(())
+    }
+
+    /// Friends and groups with live presence, for the LOGIN_ACK.
+    fn login_view(
+        &self,
+        id: i64,
+    ) -> std::result::Result<(Vec<Friend>, Vec<GroupInfo>), StoreError> {
+        let friends = self
+            .store
+            .friends(id)?
+            .into_iter()
+            .map(|(fid, name)| Friend {
+                id: fid,
+                name,
+                online: self.hub.is_online(fid),
+            })
+            .collect();
+        let groups = self
+            .store
+            .groups_of(id)?
+            .into_iter()
+            .map(|g| GroupInfo {
+                id: g.id,
+                name: g.name,
+                desc: g.desc,
+                members: g
+                    .members
+                    .into_iter()
+                    .map(|m| Member {
+                        id: m.id,
+                        name: m.name,
+                        role: match m.role {
+                            StoreRole::Creator => protocol::Role::Creator,
+                            StoreRole::Normal => protocol::Role::Normal,
+                        },
+                        online: self.hub.is_online(m.id),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok((friends, groups))
+    }
+
+    fn logout(&self, session: &Arc<Session>, _parsed: Parsed) -> Result<()> {
+        self.sign_out(session);
+        self.ack(session, msgid::LOGINOUT, errno::OK, "logged out", &[]);
+        Ok(())
+    }
+
+    /// Logs the connection's user out, if any: presence first, then the state column.
+    fn sign_out(&self, session: &Arc<Session>) {
+        let Some(user) = session.user() else {
+            return;
+        };
+        session.set_user(None);
+        if self.hub.remove(user.id, session) {
+            if let Err(e) = self.store.set_state(user.id, false) {
+                log::warn!("user {}: state column not updated: {e}", user.id);
+            }
+        }
+    }
+
+    fn register(&self, session: &Arc<Session>, parsed: Parsed) -> Result<()> {
+        let Request::Reg { name, password } = parsed.req else {
+            unreachable!("handler registered for REG")
+        };
+        let hash = password::hash(&password);
+        let frame = match self.store.register(&name, &hash)? {
+            Some(id) => protocol::reg_ok(id),
+            None if session.ext() => protocol::reg_err_ext("name is already taken"),
+            None => protocol::reg_err(),
+        };
+        session.reply(protocol::encode(&frame));
+        Ok(())
+    }
+
+    fn one_chat(&self, session: &Arc<Session>, parsed: Parsed) -> Result<()> {
+        let Request::OneChat { toid, frame, .. } = parsed.req else {
+            unreachable!("handler registered for ONE_CHAT")
+        };
+        let user = session.user().expect("checked by dispatch");
+        let out = protocol::delivery_frame(frame, &user.name, &timefmt::now());
+        let text = serde_json::to_string(&out).expect("a Value always serialises");
+        let bytes = protocol::encode(&out);
+        if !self.hub.is_online(toid) && !self.store.user_exists(toid)? {
+            self.ack(
+                session,
+                msgid::ONE_CHAT,
+                errno::NO_SUCH_USER,
+                &format!("no such user {toid}"),
+                &[],
+            );
+            return Ok(());
+        }
+        match self.hub.route(&*self.store, toid, &bytes, &text)? {
+            Delivery::Live | Delivery::Stored => {}
+        }
+        Ok(())
+    }
+
+    fn add_friend(&self, session: &Arc<Session>, parsed: Parsed) -> Result<()> {
+        let Request::AddFriend { id, friendid } = parsed.req else {
+            unreachable!("handler registered for ADD_FRIEND")
+        };
+        let (code, msg) = if id == friendid {
+            (
+                errno::SELF_FRIEND,
+                "you cannot add yourself as a friend".to_owned(),
+            )
+        } else {
+            match self.store.add_friend(id, friendid)? {
+                AddFriend::Added => (errno::OK, format!("{friendid} added as a friend")),
+                AddFriend::AlreadyFriends => (errno::OK, format!("{friendid} is already a friend")),
+                AddFriend::NoSuchUser => (errno::NO_SUCH_USER, format!("no such user {friendid}")),
+            }
+        };
+        self.ack(
+            session,
+            msgid::ADD_FRIEND,
+            code,
+            &msg,
+            &[("friendid", Value::from(friendid))],
+        );
+        Ok(())
+    }
+
+    fn create_group(&self, session: &Arc<Session>, parsed: Parsed) -> Result<()> {
+        let Request::CreateGroup {
+            id,
+            groupname,
+            groupdesc,
+        } = parsed.req
+        else {
+            unreachable!("handler registered for CREATE_GROUP")
+        };
+        match self.store.create_group(id, &groupname, &groupdesc)? {
+            Some(gid) => self.ack(
+                session,
+                msgid::CREATE_GROUP,
+                errno::OK,
+                &format!("group {gid} created"),
+                &[
+                    ("groupid", Value::from(gid)),
+                    ("groupname", Value::from(groupname)),
+                ],
+            ),
+            None => self.ack(
+                session,
+                msgid::CREATE_GROUP,
+                errno::NAME_TAKEN,
+                &format!("group name {groupname} is already taken"),
+                &[("groupname", Value::from(groupname))],
+            ),
+        }
+        Ok(())
+    }
+
+    fn add_group(&self, session: &Arc<Session>, parsed: Parsed) -> Result<()> {
+        let Request::AddGroup { id, groupid } = parsed.req else {
+            unreachable!("handler registered for ADD_GROUP")
+        };
+        let (code, msg) = match self.store.join_group(id, groupid)? {
+            JoinGroup::Joined => (errno::OK, format!("joined group {groupid}")),
+            JoinGroup::AlreadyMember => (errno::OK, format!("already in group {groupid}")),
+            JoinGroup::NoSuchGroup => (errno::NO_SUCH_GROUP, format!("no such group {groupid}")),
+        };
+        self.ack(
+            session,
+            msgid::ADD_GROUP,
+            code,
+            &msg,
+            &[("groupid", Value::from(groupid))],
+        );
+        Ok(())
+    }
+
+    fn group_chat(&self, session: &Arc<Session>, parsed: Parsed) -> Result<()> {
+        let Request::GroupChat {
+            id, groupid, frame, ..
+        } = parsed.req
+        else {
+            unreachable!("handler registered for GROUP_CHAT")
+        };
+        let user = session.user().expect("checked by dispatch");
+        let Some(members) = self.store.group_members(groupid)? else {
+            self.ack(
+                session,
+                msgid::GROUP_CHAT,
+                errno::NO_SUCH_GROUP,
+                &format!("no such group {groupid}"),
+                &[("groupid", Value::from(groupid))],
+            );
+            return Ok(());
+        };
+        if !members.contains(&id) {
+            self.ack(
+                session,
+                msgid::GROUP_CHAT,
+                errno::NOT_MEMBER,
+                &format!("you are not in group {groupid}"),
+                &[("groupid", Value::from(groupid))],
+            );
+            return Ok(());
+        }
+        let others: Vec<i64> = members.into_iter().filter(|&m| m != id).collect();
+        let out = protocol::delivery_frame(frame, &user.name, &timefmt::now());
+        let text = serde_json::to_string(&out).expect("a Value always serialises");
+        self.hub
+            .route_many(&*self.store, &others, &protocol::encode(&out), &text)?;
+        Ok(())
+    }
+
+    fn ping(&self, session: &Arc<Session>, _parsed: Parsed) -> Result<()> {
+        session.reply(protocol::encode(&protocol::pong()));
+        Ok(())
+    }
+}

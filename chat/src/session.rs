@@ -1,0 +1,173 @@
+//! Session: what the server knows about one connection, shared by its IO loop
+//! and the workers; requests run through it one at a time, in arrival order.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use net::ConnHandle;
+use parking_lot::Mutex;
+
+use crate::protocol::Parsed;
+
+/// Above this many queued requests the connection stops reading (backpressure).
+pub const QUEUE_HIGH: usize = 256;
+/// Below this many queued requests a paused connection reads again.
+pub const QUEUE_LOW: usize = 64;
+
+/// One unit of work for the connection's strand.
+#[derive(Debug)]
+pub enum Job {
+    /// A parsed request.
+    Request(Parsed),
+    /// A reply the IO loop prepared (a protocol error), sent in turn with the others.
+    Reply(Vec<u8>),
+    /// A fatal protocol error: send it, then close the connection.
+    Fatal(Vec<u8>),
+    /// The connection closed: log its user out.
+    Closed,
+    /// The server is stopping: log the user out and close after output drains.
+    Shutdown,
+}
+
+/// The logged-in user of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// The user id.
+    pub id: i64,
+    /// The user's name, as stored.
+    pub name: String,
+}
+
+/// Frames for this connection; while `holding`, live deliveries wait so that they
+/// reach the client after its LOGIN_ACK, never before.
+#[derive(Default)]
+struct Outbox {
+    holding: bool,
+    held: Vec<Vec<u8>>,
+}
+
+/// The strand: queued jobs and whether a worker owns the session right now.
+#[derive(Default)]
+struct Strand {
+    jobs: VecDeque<Job>,
+    /// True while the session is in the worker queue or being run: at most one
+    /// worker runs a session's jobs at a time, which keeps them in order.
+    scheduled: bool,
+    /// True while the IO loop has stopped reading because too much is queued.
+    paused: bool,
+}
+
+/// Per-connection state. Created by the IO loop when the connection comes up.
+pub struct Session {
+    /// Sends to and closes the connection, from any thread.
+    pub conn: ConnHandle,
+    user: Mutex<Option<User>>,
+    /// The client opted in to extended replies (`"ext":1` on any request).
+    ext: AtomicBool,
+    outbox: Mutex<Outbox>,
+    strand: Mutex<Strand>,
+}
+
+impl Session {
+    /// A session for a new connection.
+    pub fn new(conn: ConnHandle) -> Session {
+        Session {
+            conn,
+            user: Mutex::new(None),
+            ext: AtomicBool::new(false),
+            outbox: Mutex::new(Outbox::default()),
+            strand: Mutex::new(Strand::default()),
+        }
+    }
+
+    /// The connection's unique id.
+    pub fn id(&self) -> u64 {
+        self.conn.id()
+    }
+
+    /// The logged-in user, if any.
+    pub fn user(&self) -> Option<User> {
+        self.user.lock().clone()
+    }
+
+    /// Binds (or with `None` unbinds) the connection's identity.
+    pub fn set_user(&self, user: Option<User>) {
+        *self.user.lock() = user;
+    }
+
+    /// Whether extended replies were asked for.
+    pub fn ext(&self) -> bool {
+        self.ext.load(Ordering::Relaxed)
+    }
+
+    /// Records the opt-in; it is sticky for the connection's life.
+    pub fn set_ext(&self) {
+        self.ext.store(true, Ordering::Relaxed);
+    }
+
+    /// Sends a reply to this connection's own request (never held).
+    pub fn reply(&self, frame: Vec<u8>) {
+        self.conn.send(frame);
+    }
+
+    /// Delivers a frame from someone else: held while a login is being answered.
+    pub fn deliver(&self, frame: Vec<u8>) {
+        let mut out = self.outbox.lock();
+        if out.holding {
+            out.held.push(frame);
+        } else {
+            self.conn.send(frame);
+        }
+    }
+
+    /// Starts holding deliveries (before the user becomes reachable at login).
+    pub fn hold(&self) {
+        self.outbox.lock().holding = true;
+    }
+
+    /// Sends `first` (the LOGIN_ACK, or nothing), then everything held, in order.
+    pub fn release(&self, first: Option<Vec<u8>>) {
+        let mut out = self.outbox.lock();
+        if let Some(first) = first {
+            self.conn.send(first);
+        }
+        for frame in out.held.drain(..) {
+            self.conn.send(frame);
+        }
+        out.holding = false;
+    }
+
+    /// Queues a job. Returns `(schedule, pause)`: whether the caller must hand the
+    /// session to a worker, and whether it must stop reading the connection.
+    pub fn push(&self, job: Job) -> (bool, bool) {
+        let mut s = self.strand.lock();
+        s.jobs.push_back(job);
+        let schedule = !s.scheduled;
+        s.scheduled = true;
+        let pause = !s.paused && s.jobs.len() > QUEUE_HIGH;
+        if pause {
+            s.paused = true;
+        }
+        (schedule, pause)
+    }
+
+    /// Takes the next job for the worker that owns the session. Returns
+    /// `(job, resume)`; with no job left the session is no longer scheduled.
+    pub fn pop(&self) -> (Option<Job>, bool) {
+        let mut s = self.strand.lock();
+        let job = s.jobs.pop_front();
+        if job.is_none() {
+            s.scheduled = false;
+        }
+        let resume = s.paused && s.jobs.len() < QUEUE_LOW;
+        if resume {
+            s.paused = false;
+        }
+        (job, resume)
+    }
+
+    /// True when jobs are waiting (used to yield a busy session to others).
+    pub fn has_jobs(&self) -> bool {
+        !self.strand.lock().jobs.is_empty()
+    }
+}

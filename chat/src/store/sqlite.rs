@@ -1,0 +1,400 @@
+//! The embedded backend: one SQLite file in WAL mode, pooled connections.
+//!
+//! WAL lets readers run beside the single writer; every write is either one autocommit
+//! statement or an `IMMEDIATE` transaction, so writers queue on the busy timeout instead
+//! of failing with `SQLITE_BUSY` halfway through a transaction.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{ffi, Connection, OptionalExtension, TransactionBehavior};
+
+use super::{fits, AddFriend, GroupRow, JoinGroup, MemberRow, Role, Store, StoreError, UserRow};
+
+/// How long a writer waits for the write lock before giving up with an error.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a caller waits for a free pooled connection.
+const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+/// `PRAGMA user_version` of the schema below; bump it with each upgrade step.
+const SCHEMA_VERSION: i64 = 1;
+
+/// The schema, created on first open. Same tables and columns as MySQL's `chat.sql`.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS user (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  name TEXT NOT NULL UNIQUE,
+  password TEXT NOT NULL,
+  state TEXT NOT NULL DEFAULT 'offline' CHECK (state IN ('online', 'offline'))
+);
+CREATE TABLE IF NOT EXISTS friend (
+  userid INTEGER NOT NULL,
+  friendid INTEGER NOT NULL,
+  PRIMARY KEY (userid, friendid)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS allgroup (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  groupname TEXT NOT NULL UNIQUE,
+  groupdesc TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS groupuser (
+  groupid INTEGER NOT NULL,
+  userid INTEGER NOT NULL,
+  grouprole TEXT NOT NULL DEFAULT 'normal' CHECK (grouprole IN ('creator', 'normal')),
+  PRIMARY KEY (groupid, userid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS groupuser_userid ON groupuser (userid);
+CREATE TABLE IF NOT EXISTS offlinemessage (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  userid INTEGER NOT NULL,
+  message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS offlinemessage_userid ON offlinemessage (userid, id);
+";
+
+/// Opens rusqlite connections to one file for r2d2, each with the per-connection settings.
+#[derive(Debug)]
+struct Manager {
+    /// The database file.
+    path: PathBuf,
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Connection;
+    type Error = rusqlite::Error;
+
+    fn connect(&self) -> Result<Connection, rusqlite::Error> {
+        let conn = Connection::open(&self.path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(conn)
+    }
+
+    fn is_valid(&self, conn: &mut Connection) -> Result<(), rusqlite::Error> {
+        conn.execute_batch("")
+    }
+
+    fn has_broken(&self, _conn: &mut Connection) -> bool {
+        false
+    }
+}
+
+/// The SQLite [`Store`]. Cheap to share behind an `Arc`; every method is thread-safe.
+pub struct SqliteStore {
+    /// Pooled connections to the one file; a read never waits for a write.
+    pool: r2d2::Pool<Manager>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file at `path` with at most `pool_size`
+    /// connections, and creates the schema. `path` must be a real file, not `:memory:`.
+    pub fn open(path: impl AsRef<Path>, pool_size: u32) -> Result<SqliteStore, StoreError> {
+        let manager = Manager {
+            path: path.as_ref().to_path_buf(),
+        };
+        let mut conn = r2d2::ManageConnection::connect(&manager).map_err(unavailable)?;
+        create_schema(&mut conn)?;
+        drop(conn);
+        let pool = r2d2::Pool::builder()
+            .max_size(pool_size.max(1))
+            .connection_timeout(POOL_TIMEOUT)
+            .build(manager)?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// A pooled connection, or `Unavailable` after [`POOL_TIMEOUT`].
+    fn conn(&self) -> Result<r2d2::PooledConnection<Manager>, StoreError> {
+        Ok(self.pool.get()?)
+    }
+}
+
+/// Switches the file to WAL (a persistent setting) and creates missing tables.
+fn create_schema(conn: &mut Connection) -> Result<(), StoreError> {
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        log::warn!("sqlite store: journal_mode is {mode}, not wal");
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(SCHEMA)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> Self {
+        match err.sqlite_error_code() {
+            Some(ffi::ErrorCode::CannotOpen) | Some(ffi::ErrorCode::NotADatabase) => {
+                StoreError::Unavailable(err.to_string())
+            }
+            _ => StoreError::Backend(err.to_string()),
+        }
+    }
+}
+
+/// Maps a failure to open a connection.
+fn unavailable(err: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(err.to_string())
+}
+
+/// Whether `err` is a UNIQUE or PRIMARY KEY violation (a duplicate name or row).
+fn is_duplicate(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error().map(|e| e.extended_code),
+        Some(ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+    )
+}
+
+/// Runs an INSERT that may hit a unique key: `Ok(true)` inserted, `Ok(false)` duplicate.
+fn insert_unique(result: rusqlite::Result<usize>) -> Result<bool, StoreError> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(err) if is_duplicate(&err) => Ok(false),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// The `state` column value for `online`.
+fn state(online: bool) -> &'static str {
+    if online {
+        "online"
+    } else {
+        "offline"
+    }
+}
+
+impl Store for SqliteStore {
+    fn register(&self, name: &str, password_hash: &str) -> Result<Option<i64>, StoreError> {
+        if !fits(name, "") {
+            return Ok(None);
+        }
+        let conn = self.conn()?;
+        let result = conn
+            .prepare_cached("INSERT INTO user (name, password, state) VALUES (?1, ?2, 'offline')")?
+            .execute((name, password_hash));
+        Ok(insert_unique(result)?.then(|| conn.last_insert_rowid()))
+    }
+
+    fn user(&self, id: i64) -> Result<Option<UserRow>, StoreError> {
+        let conn = self.conn()?;
+        let row = conn
+            .prepare_cached("SELECT id, name, password, state FROM user WHERE id = ?1")?
+            .query_row([id], |row| {
+                Ok(UserRow {
+                    id: row.get(0)?,
+                    name: row.get(1)?,
+                    password: row.get(2)?,
+                    online: row.get::<_, String>(3)? == "online",
+                })
+            })
+            .optional()?;
+        Ok(row)
+    }
+
+    fn set_password(&self, id: i64, password_hash: &str) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        conn.prepare_cached("UPDATE user SET password = ?1 WHERE id = ?2")?
+            .execute((password_hash, id))?;
+        Ok(())
+    }
+
+    fn set_state(&self, id: i64, online: bool) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        conn.prepare_cached("UPDATE user SET state = ?1 WHERE id = ?2")?
+            .execute((state(online), id))?;
+        Ok(())
+    }
+
+    fn set_offline_many(&self, ids: &[i64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut stmt = tx.prepare_cached("UPDATE user SET state = 'offline' WHERE id = ?1")?;
+            for id in ids {
+                stmt.execute([id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn set_all_offline(&self) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        conn.execute(
+            "UPDATE user SET state = 'offline' WHERE state <> 'offline'",
+            [],
+        )?;
+        Ok(())
+    }
+
+    fn friends(&self, id: i64) -> Result<Vec<(i64, String)>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT u.id, u.name FROM friend f JOIN user u ON u.id = f.friendid \
+             WHERE f.userid = ?1 ORDER BY u.id",
+        )?;
+        let rows = stmt.query_map([id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn add_friend(&self, id: i64, friend_id: i64) -> Result<AddFriend, StoreError> {
+        let conn = self.conn()?;
+        let result = conn
+            .prepare_cached(
+                "INSERT INTO friend (userid, friendid) SELECT ?1, id FROM user WHERE id = ?2",
+            )?
+            .execute((id, friend_id));
+        Ok(match result {
+            Ok(0) => AddFriend::NoSuchUser,
+            Ok(_) => AddFriend::Added,
+            Err(err) if is_duplicate(&err) => AddFriend::AlreadyFriends,
+            Err(err) => return Err(err.into()),
+        })
+    }
+
+    fn create_group(
+        &self,
+        creator: i64,
+        name: &str,
+        desc: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        if !fits(name, desc) {
+            return Ok(None);
+        }
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let result = tx
+            .prepare_cached("INSERT INTO allgroup (groupname, groupdesc) VALUES (?1, ?2)")?
+            .execute((name, desc));
+        if !insert_unique(result)? {
+            return Ok(None);
+        }
+        let group = tx.last_insert_rowid();
+        tx.prepare_cached(
+            "INSERT INTO groupuser (groupid, userid, grouprole) VALUES (?1, ?2, 'creator')",
+        )?
+        .execute((group, creator))?;
+        tx.commit()?;
+        Ok(Some(group))
+    }
+
+    fn join_group(&self, user: i64, group: i64) -> Result<JoinGroup, StoreError> {
+        let conn = self.conn()?;
+        let result = conn
+            .prepare_cached(
+                "INSERT INTO groupuser (groupid, userid, grouprole) \
+                 SELECT id, ?1, 'normal' FROM allgroup WHERE id = ?2",
+            )?
+            .execute((user, group));
+        Ok(match result {
+            Ok(0) => JoinGroup::NoSuchGroup,
+            Ok(_) => JoinGroup::Joined,
+            Err(err) if is_duplicate(&err) => JoinGroup::AlreadyMember,
+            Err(err) => return Err(err.into()),
+        })
+    }
+
+    fn groups_of(&self, user: i64) -> Result<Vec<GroupRow>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT g.id, g.groupname, g.groupdesc, u.id, u.name, m.grouprole \
+             FROM groupuser mine \
+             JOIN allgroup g ON g.id = mine.groupid \
+             JOIN groupuser m ON m.groupid = g.id \
+             JOIN user u ON u.id = m.userid \
+             WHERE mine.userid = ?1 ORDER BY g.id, u.id",
+        )?;
+        let mut rows = stmt.query([user])?;
+        let mut groups: Vec<GroupRow> = Vec::new();
+        while let Some(row) = rows.next()? {
+            let id: i64 = row.get(0)?;
+            if groups.last().map(|g| g.id) != Some(id) {
+                groups.push(GroupRow {
+                    id,
+                    name: row.get(1)?,
+                    desc: row.get(2)?,
+                    members: Vec::new(),
+                });
+            }
+            let member = MemberRow {
+                id: row.get(3)?,
+                name: row.get(4)?,
+                role: Role::from_column(&row.get::<_, String>(5)?),
+            };
+            groups
+                .last_mut()
+                .expect("pushed above")
+                .members
+                .push(member);
+        }
+        Ok(groups)
+    }
+
+    fn group_members(&self, group: i64) -> Result<Option<Vec<i64>>, StoreError> {
+        let conn = self.conn()?;
+        let exists = conn
+            .prepare_cached("SELECT 1 FROM allgroup WHERE id = ?1")?
+            .exists([group])?;
+        if !exists {
+            return Ok(None);
+        }
+        let mut stmt =
+            conn.prepare_cached("SELECT userid FROM groupuser WHERE groupid = ?1 ORDER BY userid")?;
+        let ids = stmt.query_map([group], |row| row.get(0))?;
+        Ok(Some(ids.collect::<Result<_, _>>()?))
+    }
+
+    fn user_exists(&self, id: i64) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        let exists = conn
+            .prepare_cached("SELECT 1 FROM user WHERE id = ?1")?
+            .exists([id])?;
+        Ok(exists)
+    }
+
+    fn store_offline(&self, user: i64, message: &str) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        conn.prepare_cached("INSERT INTO offlinemessage (userid, message) VALUES (?1, ?2)")?
+            .execute((user, message))?;
+        Ok(())
+    }
+
+    fn store_offline_many(&self, users: &[i64], message: &str) -> Result<(), StoreError> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut stmt =
+                tx.prepare_cached("INSERT INTO offlinemessage (userid, message) VALUES (?1, ?2)")?;
+            for user in users {
+                stmt.execute((user, message))?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn take_offline(&self, user: i64) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn()?;
+        // IMMEDIATE takes the write lock first: no insert can land between the select and
+        // the delete, and the delete is bounded by the last id returned anyway.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let rows: Vec<(i64, String)> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT id, message FROM offlinemessage WHERE userid = ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map([user], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        if let Some(&(last, _)) = rows.last() {
+            tx.prepare_cached("DELETE FROM offlinemessage WHERE userid = ?1 AND id <= ?2")?
+                .execute((user, last))?;
+        }
+        tx.commit()?;
+        Ok(rows.into_iter().map(|(_, message)| message).collect())
+    }
+}
