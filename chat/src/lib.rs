@@ -14,6 +14,7 @@ pub mod hub;
 pub mod password;
 pub mod protocol;
 pub mod server;
+pub mod server_thread;
 pub mod service;
 pub mod session;
 pub mod store;
