@@ -4,6 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use clap::Parser;
 
+use crate::bus::{new_node_id, BusConfig};
 use crate::codec::DEFAULT_FRAME_LIMIT;
 use crate::server::ServerOptions;
 
@@ -30,6 +31,16 @@ pub struct Config {
     /// node routes locally.
     #[arg(long, env = "CHAT_REDIS")]
     pub redis: Option<String>,
+    /// Prefix of every Redis key and channel (nodes of one cluster share it).
+    #[arg(long, env = "CHAT_REDIS_PREFIX", default_value = "chat")]
+    pub redis_prefix: String,
+    /// This node's id in the cluster (default: made up from the pid and the clock).
+    #[arg(long, env = "CHAT_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Milliseconds a node stays alive in Redis without a heartbeat: after a crash its
+    /// users can log in elsewhere this long later.
+    #[arg(long, env = "CHAT_NODE_TTL_MS", default_value_t = 10_000)]
+    pub node_ttl_ms: u64,
     /// IO loop threads (0: one per core).
     #[arg(long, env = "CHAT_IO_THREADS", default_value_t = 0)]
     pub io_threads: usize,
@@ -68,6 +79,12 @@ impl Config {
                 self.workers
             },
             frame_limit: self.frame_limit,
+            bus: self.redis.as_ref().map(|url| BusConfig {
+                url: url.clone(),
+                prefix: self.redis_prefix.clone(),
+                node_id: self.node_id.clone().unwrap_or_else(new_node_id),
+                node_ttl: std::time::Duration::from_millis(self.node_ttl_ms.max(1000)),
+            }),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Hub: the users online on this node, sharded, and the delivery rule
-//! "online here → send; otherwise → offline store".
+//! Hub: the users online on this node, sharded; a shard's lock also serialises
+//! "is the user here?" with what follows (see `router`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,26 +7,14 @@ use std::sync::Arc;
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::session::Session;
-use crate::store::{Store, StoreError};
 
 /// Number of shards; a power of two.
 const SHARDS: usize = 64;
 
-type Shard = HashMap<i64, Arc<Session>>;
+/// One shard: user id → the session it is logged in on.
+pub type Shard = HashMap<i64, Arc<Session>>;
 
-/// Where a frame went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
-    /// Sent to the recipient's connection.
-    Live,
-    /// Stored for the recipient's next login.
-    Stored,
-}
-
-/// The online users of this node. A user's shard lock is held across "is the
-/// user online? then send, else store" and across "register the login, then take
-/// the offline messages", so a message is never stored after the login took the
-/// store and left behind until the next login.
+/// The online users of this node.
 pub struct Hub {
     shards: Vec<Mutex<Shard>>,
 }
@@ -79,54 +67,22 @@ impl Hub {
             .collect()
     }
 
-    /// Sends `frame` to `to` if online, otherwise stores `text` for it.
-    pub fn route(
-        &self,
-        store: &dyn Store,
-        to: i64,
-        frame: &[u8],
-        text: &str,
-    ) -> Result<Delivery, StoreError> {
-        let shard = self.lock(to);
-        if let Some(session) = shard.get(&to) {
-            session.deliver(frame.to_vec());
-            return Ok(Delivery::Live);
+    /// Locks the shards of all `users`, in ascending shard order so that two
+    /// callers never deadlock. Index the result with [`Hub::shard_index`].
+    pub fn lock_many(&self, users: &[i64]) -> Vec<Option<MutexGuard<'_, Shard>>> {
+        let mut wanted = [false; SHARDS];
+        for &u in users {
+            wanted[shard_of(u)] = true;
         }
-        store.store_offline(to, text)?;
-        Ok(Delivery::Stored)
+        wanted
+            .iter()
+            .enumerate()
+            .map(|(i, w)| w.then(|| self.shards[i].lock()))
+            .collect()
     }
 
-    /// Fans `frame` out to `members`: online ones get it at once, the others get
-    /// it stored, all offline rows in one transaction. Shards are locked in
-    /// ascending order, so two fan-outs never deadlock.
-    pub fn route_many(
-        &self,
-        store: &dyn Store,
-        members: &[i64],
-        frame: &[u8],
-        text: &str,
-    ) -> Result<(), StoreError> {
-        let mut wanted = [false; SHARDS];
-        for &m in members {
-            wanted[shard_of(m)] = true;
-        }
-        let mut guards: Vec<Option<MutexGuard<'_, Shard>>> = (0..SHARDS).map(|_| None).collect();
-        for (i, w) in wanted.iter().enumerate() {
-            if *w {
-                guards[i] = Some(self.shards[i].lock());
-            }
-        }
-        let mut offline = Vec::new();
-        for &m in members {
-            let shard = guards[shard_of(m)].as_ref().expect("locked above");
-            match shard.get(&m) {
-                Some(session) => session.deliver(frame.to_vec()),
-                None => offline.push(m),
-            }
-        }
-        if !offline.is_empty() {
-            store.store_offline_many(&offline, text)?;
-        }
-        Ok(())
+    /// The index of `user`'s shard in the result of [`Hub::lock_many`].
+    pub fn shard_index(user: i64) -> usize {
+        shard_of(user)
     }
 }

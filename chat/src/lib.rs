@@ -8,11 +8,13 @@
 //! or MySQL) and the [`hub::Hub`] of online users, and replies through the
 //! connection's handle. Nothing blocking ever runs on an IO loop.
 
+pub mod bus;
 pub mod codec;
 pub mod config;
 pub mod hub;
 pub mod password;
 pub mod protocol;
+pub mod router;
 pub mod server;
 pub mod server_thread;
 pub mod service;

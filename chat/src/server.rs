@@ -11,6 +11,7 @@ use crossbeam_channel::{Receiver, Sender};
 use net::{Buffer, EventLoop, TcpConnectionPtr, TcpServer};
 use parking_lot::Mutex;
 
+use crate::bus::{Bus, BusConfig, BusHandler, BusThreads};
 use crate::codec::{self, Decoded, Decoder};
 use crate::protocol;
 use crate::service::ChatService;
@@ -30,6 +31,8 @@ pub struct ServerOptions {
     pub workers: usize,
     /// The largest inbound frame, in bytes.
     pub frame_limit: usize,
+    /// Redis bus settings: set, the server runs as a cluster node.
+    pub bus: Option<BusConfig>,
 }
 
 impl Default for ServerOptions {
@@ -38,6 +41,7 @@ impl Default for ServerOptions {
             io_threads: 2,
             workers: 4,
             frame_limit: codec::DEFAULT_FRAME_LIMIT,
+            bus: None,
         }
     }
 }
@@ -68,6 +72,7 @@ pub struct ChatServer {
     sessions: Sessions,
     work_tx: Option<Sender<Work>>,
     workers: Vec<JoinHandle<()>>,
+    bus_threads: Option<BusThreads>,
 }
 
 impl ChatServer {
@@ -80,7 +85,15 @@ impl ChatServer {
     ) -> io::Result<ChatServer> {
         let tcp = TcpServer::new(lp, addr, "ChatServer")?;
         tcp.set_thread_num(opts.io_threads);
-        let service = Arc::new(ChatService::new(store));
+        let bus = match &opts.bus {
+            Some(cfg) => Some(Bus::connect(cfg.clone()).map_err(io::Error::other)?),
+            None => None,
+        };
+        let service = Arc::new(ChatService::new(store, bus.clone()));
+        let bus_threads = match &bus {
+            Some(bus) => Some(bus.spawn(service.clone() as Arc<dyn BusHandler>)?),
+            None => None,
+        };
         let sessions: Sessions = Arc::default();
         let (work_tx, work_rx) = crossbeam_channel::unbounded::<Work>();
         let workers = (0..opts.workers.max(1))
@@ -129,6 +142,7 @@ impl ChatServer {
             sessions,
             work_tx: Some(work_tx),
             workers,
+            bus_threads,
         })
     }
 
@@ -166,13 +180,17 @@ impl ChatServer {
         while Instant::now() < deadline && !self.sessions.lock().is_empty() {
             thread::sleep(Duration::from_millis(10));
         }
-        let left = self.service.hub().online_users();
-        if !left.is_empty() {
-            if let Err(e) = self.service.store().set_offline_many(&left) {
-                log::warn!("shutdown: could not mark {} users offline: {e}", left.len());
+        self.stop_workers();
+        // Whoever did not drain in time is signed out here; then the node leaves.
+        self.service.sign_out_all();
+        if let Some(threads) = self.bus_threads.take() {
+            threads.stop();
+        }
+        if let Some(bus) = self.service.bus() {
+            if let Err(e) = bus.leave() {
+                log::warn!("shutdown: node not unregistered ({e}); it expires by itself");
             }
         }
-        self.stop_workers();
     }
 
     fn stop_workers(&mut self) {

@@ -3,13 +3,17 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+
 use serde_json::Value;
 
-use crate::hub::{Delivery, Hub};
+use crate::bus::{Bus, BusHandler, BusMessage, Claim};
+use crate::hub::Hub;
 use crate::password::{self, Verified};
 use crate::protocol::{
     self, errno, msgid, Friend, GroupInfo, Member, Parsed, ProtocolError, Request,
 };
+use crate::router::{Outcome, Router};
 use crate::session::{Job, Session, User};
 use crate::store::{AddFriend, JoinGroup, Role as StoreRole, Store, StoreError};
 use crate::timefmt;
@@ -37,13 +41,17 @@ type Handler = fn(&ChatService, &Arc<Session>, Parsed) -> Result<()>;
 /// The chat business: stores, presence and routing, behind a msgid → handler map.
 pub struct ChatService {
     store: Arc<dyn Store>,
-    hub: Hub,
+    router: Router,
     handlers: HashMap<i64, Handler>,
+    /// Group id → member ids: read once per group, dropped when membership changes
+    /// (here, or on another node through the bus).
+    members: Mutex<HashMap<i64, Arc<Vec<i64>>>>,
 }
 
 impl ChatService {
-    /// A service over `store`, with every handler registered.
-    pub fn new(store: Arc<dyn Store>) -> ChatService {
+    /// A service over `store`, with every handler registered; `bus` makes it a
+    /// cluster node.
+    pub fn new(store: Arc<dyn Store>, bus: Option<Arc<Bus>>) -> ChatService {
         let mut handlers: HashMap<i64, Handler> = HashMap::new();
         handlers.insert(msgid::LOGIN, ChatService::login);
         handlers.insert(msgid::LOGINOUT, ChatService::logout);
@@ -55,9 +63,10 @@ impl ChatService {
         handlers.insert(msgid::GROUP_CHAT, ChatService::group_chat);
         handlers.insert(msgid::PING, ChatService::ping);
         ChatService {
+            router: Router::new(store.clone(), bus),
             store,
-            hub: Hub::default(),
             handlers,
+            members: Mutex::new(HashMap::new()),
         }
     }
 
@@ -68,7 +77,12 @@ impl ChatService {
 
     /// The users online on this node.
     pub fn hub(&self) -> &Hub {
-        &self.hub
+        self.router.hub()
+    }
+
+    /// The bus, in cluster mode.
+    pub fn bus(&self) -> Option<&Arc<Bus>> {
+        self.router.bus()
     }
 
     /// Runs one job of `session`. Called by a worker that owns the session.
@@ -193,14 +207,34 @@ impl ChatService {
 
         // Claim the user and take its offline messages under the user's shard lock.
         let offline = {
-            let mut shard = self.hub.lock(id);
-            if shard.contains_key(&id) {
-                drop(shard);
-                session.reply(protocol::encode(&protocol::login_err(
+            let mut shard = self.hub().lock(id);
+            let already = || {
+                protocol::encode(&protocol::login_err(
                     errno::ALREADY_ONLINE,
                     protocol::MSG_ALREADY_ONLINE,
-                )));
+                ))
+            };
+            if shard.contains_key(&id) {
+                drop(shard);
+                session.reply(already());
                 return Ok(());
+            }
+            if let Some(bus) = self.bus() {
+                match bus.claim(id) {
+                    Ok(Claim::Claimed) => {}
+                    Ok(Claim::Taken(node)) => {
+                        drop(shard);
+                        log::debug!("user {id} is online on node {node}");
+                        session.reply(already());
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        drop(shard);
+                        log::warn!("login {id}: {e}");
+                        self.send_unavailable(session, msgid::LOGIN);
+                        return Ok(());
+                    }
+                }
             }
             session.hold();
             shard.insert(id, session.clone());
@@ -209,6 +243,7 @@ impl ChatService {
                 Err(e) => {
                     shard.remove(&id);
                     drop(shard);
+                    self.release_presence(id);
                     session.release(None);
                     return Err(e.into());
                 }
@@ -238,19 +273,24 @@ impl ChatService {
         &self,
         id: i64,
     ) -> std::result::Result<(Vec<Friend>, Vec<GroupInfo>), StoreError> {
-        let friends = self
-            .store
-            .friends(id)?
+        let friends = self.store.friends(id)?;
+        let groups = self.store.groups_of(id)?;
+        let mut ids: Vec<i64> = friends.iter().map(|(f, _)| *f).collect();
+        ids.extend(groups.iter().flat_map(|g| g.members.iter().map(|m| m.id)));
+        ids.sort_unstable();
+        ids.dedup();
+        let online: HashMap<i64, bool> =
+            ids.iter().copied().zip(self.router.online(&ids)).collect();
+        let is_online = |u: i64| online.get(&u).copied().unwrap_or(false);
+        let friends = friends
             .into_iter()
             .map(|(fid, name)| Friend {
                 id: fid,
                 name,
-                online: self.hub.is_online(fid),
+                online: is_online(fid),
             })
             .collect();
-        let groups = self
-            .store
-            .groups_of(id)?
+        let groups = groups
             .into_iter()
             .map(|g| GroupInfo {
                 id: g.id,
@@ -266,7 +306,7 @@ impl ChatService {
                             StoreRole::Creator => protocol::Role::Creator,
                             StoreRole::Normal => protocol::Role::Normal,
                         },
-                        online: self.hub.is_online(m.id),
+                        online: is_online(m.id),
                     })
                     .collect(),
             })
@@ -286,9 +326,30 @@ impl ChatService {
             return;
         };
         session.set_user(None);
-        if self.hub.remove(user.id, session) {
+        if self.hub().remove(user.id, session) {
+            self.release_presence(user.id);
             if let Err(e) = self.store.set_state(user.id, false) {
                 log::warn!("user {}: state column not updated: {e}", user.id);
+            }
+        }
+    }
+
+    /// Drops the cluster presence of a user this node held.
+    fn release_presence(&self, id: i64) {
+        if let Some(bus) = self.bus() {
+            if let Err(e) = bus.release(id) {
+                // The keeper's resync or the node's expiry repairs it.
+                log::warn!("user {id}: presence not released: {e}");
+            }
+        }
+    }
+
+    /// Signs out every session of this node (clean shutdown, or a claim lost to
+    /// another node): presence and the state column of these users only.
+    pub fn sign_out_all(&self) {
+        for id in self.hub().online_users() {
+            if let Some(session) = self.hub().get(id) {
+                self.sign_out(&session);
             }
         }
     }
@@ -314,19 +375,14 @@ impl ChatService {
         let user = session.user().expect("checked by dispatch");
         let out = protocol::delivery_frame(frame, &user.name, &timefmt::now());
         let text = serde_json::to_string(&out).expect("a Value always serialises");
-        let bytes = protocol::encode(&out);
-        if !self.hub.is_online(toid) && !self.store.user_exists(toid)? {
+        if self.router.send_one(toid, &text)? == Outcome::NoSuchUser {
             self.ack(
                 session,
                 msgid::ONE_CHAT,
                 errno::NO_SUCH_USER,
                 &format!("no such user {toid}"),
-                &[],
+                &[("toid", Value::from(toid))],
             );
-            return Ok(());
-        }
-        match self.hub.route(&*self.store, toid, &bytes, &text)? {
-            Delivery::Live | Delivery::Stored => {}
         }
         Ok(())
     }
@@ -393,7 +449,10 @@ impl ChatService {
             unreachable!("handler registered for ADD_GROUP")
         };
         let (code, msg) = match self.store.join_group(id, groupid)? {
-            JoinGroup::Joined => (errno::OK, format!("joined group {groupid}")),
+            JoinGroup::Joined => {
+                self.invalidate_group(groupid);
+                (errno::OK, format!("joined group {groupid}"))
+            }
             JoinGroup::AlreadyMember => (errno::OK, format!("already in group {groupid}")),
             JoinGroup::NoSuchGroup => (errno::NO_SUCH_GROUP, format!("no such group {groupid}")),
         };
@@ -415,7 +474,7 @@ impl ChatService {
             unreachable!("handler registered for GROUP_CHAT")
         };
         let user = session.user().expect("checked by dispatch");
-        let Some(members) = self.store.group_members(groupid)? else {
+        let Some(members) = self.group_members(groupid)? else {
             self.ack(
                 session,
                 msgid::GROUP_CHAT,
@@ -435,16 +494,75 @@ impl ChatService {
             );
             return Ok(());
         }
-        let others: Vec<i64> = members.into_iter().filter(|&m| m != id).collect();
+        let others: Vec<i64> = members.iter().copied().filter(|&m| m != id).collect();
         let out = protocol::delivery_frame(frame, &user.name, &timefmt::now());
         let text = serde_json::to_string(&out).expect("a Value always serialises");
-        self.hub
-            .route_many(&*self.store, &others, &protocol::encode(&out), &text)?;
+        self.router.send_many(&others, &text)?;
         Ok(())
+    }
+
+    /// A group's member ids, from the cache or the store; `None` if no such group.
+    fn group_members(&self, group: i64) -> std::result::Result<Option<Arc<Vec<i64>>>, StoreError> {
+        if let Some(m) = self.members.lock().get(&group) {
+            return Ok(Some(m.clone()));
+        }
+        let Some(mut members) = self.store.group_members(group)? else {
+            return Ok(None);
+        };
+        members.sort_unstable();
+        let members = Arc::new(members);
+        self.members.lock().insert(group, members.clone());
+        Ok(Some(members))
+    }
+
+    /// Drops a group from the member cache, here and on every other node.
+    fn invalidate_group(&self, group: i64) {
+        self.members.lock().remove(&group);
+        if let Some(bus) = self.bus() {
+            if let Err(e) = bus.broadcast_invalidate(group) {
+                log::warn!("group {group}: other nodes keep a stale member list: {e}");
+            }
+        }
     }
 
     fn ping(&self, session: &Arc<Session>, _parsed: Parsed) -> Result<()> {
         session.reply(protocol::encode(&protocol::pong()));
         Ok(())
+    }
+}
+
+impl BusHandler for ChatService {
+    fn on_message(&self, msg: BusMessage) {
+        match msg {
+            BusMessage::Deliver { to, frame } => self.router.deliver_here(&to, &frame),
+            BusMessage::Flush { to } => self.router.flush_here(&to),
+            BusMessage::Invalidate { group } => {
+                self.members.lock().remove(&group);
+            }
+        }
+    }
+
+    fn on_presence_lost(&self) -> bool {
+        let Some(bus) = self.bus() else { return true };
+        for id in self.hub().online_users() {
+            match bus.claim(id) {
+                Ok(Claim::Claimed) => {}
+                Ok(Claim::Taken(node)) => {
+                    // Another node logged the user in while this one looked dead:
+                    // that login wins; end this one.
+                    log::warn!("user {id} was claimed by node {node}; closing the session here");
+                    if let Some(session) = self.hub().get(id) {
+                        session.set_user(None);
+                        self.hub().remove(id, &session);
+                        session.conn.shutdown();
+                    }
+                }
+                Err(e) => {
+                    log::warn!("re-claim of {id} failed: {e}; retrying at the next heartbeat");
+                    return false;
+                }
+            }
+        }
+        true
     }
 }

@@ -1,0 +1,564 @@
+//! Bus: the Redis side of a cluster node — presence that expires with its node,
+//! per-node channels for delivery, a dedicated subscriber thread and a keeper
+//! thread that keeps the node alive and re-claims its users after Redis restarts.
+//!
+//! Why per-node channels: a node subscribes to two channels for its whole life
+//! (its own and the broadcast one) instead of one channel per logged-in user, so
+//! logins cost no SUBSCRIBE round trip, Redis keeps two subscriptions per node
+//! instead of one per user, and a group message reaches each node once, carrying
+//! the list of that node's recipients. Presence is a hash user → node checked
+//! against the node's liveness key, so a node killed with `kill -9` stops owning
+//! its users when its key expires.
+
+mod scripts;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redis::{Connection, ConnectionLike, RedisResult, Script};
+use serde_json::{json, Value};
+
+/// How long a failed Redis call makes the bus fail fast before trying again.
+const BREAKER: Duration = Duration::from_millis(500);
+/// Read/write timeout of every Redis call, so a hung Redis cannot hang a worker.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the keeper sweeps dead nodes, in heartbeats.
+const SWEEP_EVERY: u32 = 4;
+
+/// Settings of the Redis bus.
+#[derive(Debug, Clone)]
+pub struct BusConfig {
+    /// `redis://host:port[/db]`.
+    pub url: String,
+    /// Prefix of every key and channel, so deployments (and tests) can share a Redis.
+    pub prefix: String,
+    /// This node's id, unique in the cluster.
+    pub node_id: String,
+    /// How long the node stays "alive" without a heartbeat; its users become free
+    /// to log in elsewhere this long after it dies.
+    pub node_ttl: Duration,
+}
+
+/// A Redis failure (unreachable, timed out, or an error reply).
+#[derive(Debug, Clone)]
+pub struct BusError(pub String);
+
+impl std::fmt::Display for BusError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "redis: {}", self.0)
+    }
+}
+
+impl std::error::Error for BusError {}
+
+/// The outcome of claiming a user at login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The user is now online on this node.
+    Claimed,
+    /// Another live node has the user.
+    Taken(String),
+}
+
+/// A message from another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusMessage {
+    /// Deliver `frame` (JSON text) to these users, who should be on this node.
+    Deliver {
+        /// Recipients.
+        to: Vec<i64>,
+        /// The chat frame.
+        frame: String,
+    },
+    /// Messages were stored for these users while they logged in here: deliver them.
+    Flush {
+        /// Users to flush.
+        to: Vec<i64>,
+    },
+    /// A group's membership changed: drop it from caches.
+    Invalidate {
+        /// The group.
+        group: i64,
+    },
+}
+
+/// What a node does with bus traffic; implemented by the chat service.
+pub trait BusHandler: Send + Sync {
+    /// A message from another node. Runs on the subscriber thread.
+    fn on_message(&self, msg: BusMessage);
+    /// Redis lost this node's presence (restart, or the node looked dead):
+    /// claim every local user again. Runs on the keeper thread. Returns false if
+    /// it could not finish; it is then called again after the next heartbeat.
+    fn on_presence_lost(&self) -> bool;
+}
+
+/// An r2d2 manager for Redis connections with I/O timeouts.
+struct Manager(redis::Client);
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Connection;
+    type Error = redis::RedisError;
+
+    fn connect(&self) -> RedisResult<Connection> {
+        let con = self.0.get_connection_with_timeout(IO_TIMEOUT)?;
+        con.set_read_timeout(Some(IO_TIMEOUT))?;
+        con.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(con)
+    }
+
+    fn is_valid(&self, con: &mut Connection) -> RedisResult<()> {
+        redis::cmd("PING").query(con)
+    }
+
+    fn has_broken(&self, con: &mut Connection) -> bool {
+        !con.is_open()
+    }
+}
+
+struct Keys {
+    online: String,
+    nodes: String,
+    node_me: String,
+    nodeusers_me: String,
+    node_prefix: String,
+    channel_prefix: String,
+    channel_me: String,
+    channel_all: String,
+    prefix_colon: String,
+}
+
+struct Scripts {
+    claim: Script,
+    release: Script,
+    route: Script,
+    locate: Script,
+    heartbeat: Script,
+    sweep: Script,
+    leave: Script,
+}
+
+/// The Redis connection pool, scripts and keys of one node. Safe to share between threads.
+pub struct Bus {
+    cfg: BusConfig,
+    client: redis::Client,
+    pool: r2d2::Pool<Manager>,
+    keys: Keys,
+    scripts: Scripts,
+    /// Milliseconds since `epoch` until which calls fail fast (a circuit breaker).
+    down_until: AtomicU64,
+    epoch: Instant,
+    stop: Arc<AtomicBool>,
+}
+
+/// A fresh node id: the pid plus the clock, unique enough for a cluster.
+pub fn new_node_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{:x}", std::process::id(), nanos & 0xffff_ffff_ffff)
+}
+
+impl Bus {
+    /// Prepares the pool (connections are made lazily, so a node can start while
+    /// Redis is down) and announces the node.
+    pub fn connect(cfg: BusConfig) -> Result<Arc<Bus>, BusError> {
+        let client = redis::Client::open(cfg.url.as_str()).map_err(|e| BusError(e.to_string()))?;
+        let pool = r2d2::Pool::builder()
+            .max_size(16)
+            .min_idle(Some(0))
+            .connection_timeout(IO_TIMEOUT)
+            .build_unchecked(Manager(client.clone()));
+        let p = &cfg.prefix;
+        let me = &cfg.node_id;
+        let keys = Keys {
+            online: format!("{p}:online"),
+            nodes: format!("{p}:nodes"),
+            node_me: format!("{p}:node:{me}"),
+            nodeusers_me: format!("{p}:nodeusers:{me}"),
+            node_prefix: format!("{p}:node:"),
+            channel_prefix: format!("{p}:ch:"),
+            channel_me: format!("{p}:ch:{me}"),
+            channel_all: format!("{p}:ch:all"),
+            prefix_colon: format!("{p}:"),
+        };
+        let scripts = Scripts {
+            claim: Script::new(scripts::CLAIM),
+            release: Script::new(scripts::RELEASE),
+            route: Script::new(scripts::ROUTE),
+            locate: Script::new(scripts::LOCATE),
+            heartbeat: Script::new(scripts::HEARTBEAT),
+            sweep: Script::new(scripts::SWEEP),
+            leave: Script::new(scripts::LEAVE),
+        };
+        let bus = Arc::new(Bus {
+            cfg,
+            client,
+            pool,
+            keys,
+            scripts,
+            down_until: AtomicU64::new(0),
+            epoch: Instant::now(),
+            stop: Arc::new(AtomicBool::new(false)),
+        });
+        if let Err(e) = bus.heartbeat() {
+            log::warn!("bus: Redis not reachable yet ({e}); will keep trying");
+        }
+        Ok(bus)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.cfg.node_id
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Runs `f` on a pooled connection, failing fast while the breaker is open.
+    fn with_con<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> RedisResult<T>,
+    ) -> Result<T, BusError> {
+        if self.now_ms() < self.down_until.load(Ordering::Relaxed) {
+            return Err(BusError("unavailable (recent failure)".into()));
+        }
+        let result = match self.pool.get() {
+            Ok(mut con) => f(&mut con).map_err(|e| {
+                let fatal = e.is_io_error() || e.is_timeout() || e.is_connection_dropped();
+                (e.to_string(), fatal)
+            }),
+            Err(e) => Err((e.to_string(), true)),
+        };
+        result.map_err(|(msg, fatal)| {
+            if fatal {
+                self.down_until.store(
+                    self.now_ms() + BREAKER.as_millis() as u64,
+                    Ordering::Relaxed,
+                );
+            }
+            BusError(msg)
+        })
+    }
+
+    /// Claims `uid` for this node unless another live node has it.
+    pub fn claim(&self, uid: i64) -> Result<Claim, BusError> {
+        let owner: String = self.with_con(|c| {
+            self.scripts
+                .claim
+                .key(&self.keys.online)
+                .key(&self.keys.nodeusers_me)
+                .arg(uid)
+                .arg(&self.cfg.node_id)
+                .arg(&self.keys.node_prefix)
+                .invoke(c)
+        })?;
+        Ok(if owner.is_empty() {
+            Claim::Claimed
+        } else {
+            Claim::Taken(owner)
+        })
+    }
+
+    /// Releases `uid` if this node holds it.
+    pub fn release(&self, uid: i64) -> Result<(), BusError> {
+        self.with_con(|c| {
+            self.scripts
+                .release
+                .key(&self.keys.online)
+                .key(&self.keys.nodeusers_me)
+                .arg(uid)
+                .arg(&self.cfg.node_id)
+                .invoke::<i64>(c)
+        })?;
+        Ok(())
+    }
+
+    /// Publishes `frame` to the nodes of `uids`; returns the users nobody received it for.
+    pub fn route(&self, uids: &[i64], frame: &str) -> Result<Vec<i64>, BusError> {
+        if uids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let missed: Vec<String> = self.with_con(|c| {
+            let mut inv = self.scripts.route.key(&self.keys.online);
+            inv.arg(&self.keys.node_prefix)
+                .arg(&self.keys.channel_prefix)
+                .arg(frame);
+            for u in uids {
+                inv.arg(*u);
+            }
+            inv.invoke(c)
+        })?;
+        Ok(missed.iter().filter_map(|s| s.parse().ok()).collect())
+    }
+
+    /// The live node of each user, `None` when offline everywhere.
+    pub fn locate(&self, uids: &[i64]) -> Result<Vec<Option<String>>, BusError> {
+        if uids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let nodes: Vec<String> = self.with_con(|c| {
+            let mut inv = self.scripts.locate.key(&self.keys.online);
+            inv.arg(&self.keys.node_prefix);
+            for u in uids {
+                inv.arg(*u);
+            }
+            inv.invoke(c)
+        })?;
+        Ok(nodes
+            .into_iter()
+            .map(|n| if n.is_empty() { None } else { Some(n) })
+            .collect())
+    }
+
+    /// Asks `node` to deliver the stored messages of `uids`.
+    pub fn publish_flush(&self, node: &str, uids: &[i64]) -> Result<(), BusError> {
+        let payload = json!({"t": "flush", "to": uids}).to_string();
+        let channel = format!("{}{node}", self.keys.channel_prefix);
+        self.with_con(|c| {
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(payload)
+                .query::<i64>(c)
+        })?;
+        Ok(())
+    }
+
+    /// Tells every node that a group's membership changed.
+    pub fn broadcast_invalidate(&self, group: i64) -> Result<(), BusError> {
+        let payload = json!({"t": "inv", "g": group}).to_string();
+        self.with_con(|c| {
+            redis::cmd("PUBLISH")
+                .arg(&self.keys.channel_all)
+                .arg(payload)
+                .query::<i64>(c)
+        })?;
+        Ok(())
+    }
+
+    /// Refreshes this node's liveness; `Ok(false)` when the key had been lost.
+    pub fn heartbeat(&self) -> Result<bool, BusError> {
+        let existed: i64 = self.with_con(|c| {
+            self.scripts
+                .heartbeat
+                .key(&self.keys.node_me)
+                .key(&self.keys.nodes)
+                .arg(self.cfg.node_ttl.as_millis() as u64)
+                .arg(&self.cfg.node_id)
+                .invoke(c)
+        })?;
+        Ok(existed == 1)
+    }
+
+    /// Removes the presence of nodes whose liveness key expired.
+    pub fn sweep(&self) -> Result<i64, BusError> {
+        self.with_con(|c| {
+            self.scripts
+                .sweep
+                .key(&self.keys.nodes)
+                .key(&self.keys.online)
+                .arg(&self.keys.prefix_colon)
+                .invoke(c)
+        })
+    }
+
+    /// Clean leave: this node's users (only them) go offline, the node unregisters.
+    pub fn leave(&self) -> Result<(), BusError> {
+        self.with_con(|c| {
+            self.scripts
+                .leave
+                .key(&self.keys.online)
+                .key(&self.keys.nodeusers_me)
+                .key(&self.keys.node_me)
+                .key(&self.keys.nodes)
+                .arg(&self.cfg.node_id)
+                .invoke::<i64>(c)
+        })?;
+        Ok(())
+    }
+
+    /// Starts the subscriber and keeper threads.
+    pub fn spawn(self: &Arc<Self>, handler: Arc<dyn BusHandler>) -> std::io::Result<BusThreads> {
+        let sub = {
+            let bus = self.clone();
+            let handler = handler.clone();
+            thread::Builder::new()
+                .name("bus-subscriber".into())
+                .spawn(move || bus.subscriber(&*handler))?
+        };
+        let keeper = {
+            let bus = self.clone();
+            thread::Builder::new()
+                .name("bus-keeper".into())
+                .spawn(move || bus.keeper(&*handler))?
+        };
+        Ok(BusThreads {
+            stop: self.stop.clone(),
+            threads: vec![sub, keeper],
+        })
+    }
+
+    /// The dedicated subscriber: (re)connects, subscribes to this node's channel and
+    /// the broadcast channel, and hands every message to the handler.
+    fn subscriber(&self, handler: &dyn BusHandler) {
+        let mut backoff = Duration::from_millis(100);
+        while !self.stop.load(Ordering::Acquire) {
+            match self.subscribe_loop(handler) {
+                Ok(()) => return,
+                Err(e) => {
+                    log::warn!("bus subscriber: {e}; reconnecting in {backoff:?}");
+                    sleep_unless(&self.stop, backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    fn subscribe_loop(&self, handler: &dyn BusHandler) -> RedisResult<()> {
+        let mut con = self.client.get_connection_with_timeout(IO_TIMEOUT)?;
+        let mut ps = con.as_pubsub();
+        ps.subscribe(&[&self.keys.channel_me, &self.keys.channel_all])?;
+        ps.set_read_timeout(Some(Duration::from_millis(250)))?;
+        log::info!("bus: subscribed as node {}", self.cfg.node_id);
+        loop {
+            if self.stop.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            match ps.get_message() {
+                Ok(msg) => match parse_message(msg.get_payload_bytes()) {
+                    Some(m) => handler.on_message(m),
+                    None => log::warn!("bus: unreadable message on {}", msg.get_channel_name()),
+                },
+                Err(e) if e.is_timeout() => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The keeper: heartbeats at a quarter of the TTL, sweeps dead nodes now and then,
+    /// and re-claims local users when Redis forgot this node.
+    fn keeper(&self, handler: &dyn BusHandler) {
+        let interval = self.cfg.node_ttl / 4;
+        let mut tick: u32 = 0;
+        let mut resync = false;
+        while !self.stop.load(Ordering::Acquire) {
+            match self.heartbeat() {
+                Ok(true) => {}
+                Ok(false) => {
+                    log::warn!("bus: node presence was lost; re-claiming local users");
+                    resync = true;
+                }
+                Err(e) => log::debug!("bus heartbeat: {e}"),
+            }
+            if resync {
+                resync = !handler.on_presence_lost();
+            }
+            if tick.is_multiple_of(SWEEP_EVERY) {
+                match self.sweep() {
+                    Ok(n) if n > 0 => log::info!("bus: swept {n} dead node(s)"),
+                    Ok(_) => {}
+                    Err(e) => log::debug!("bus sweep: {e}"),
+                }
+            }
+            tick = tick.wrapping_add(1);
+            sleep_unless(&self.stop, interval);
+        }
+    }
+}
+
+/// The bus threads; `stop` ends and joins them.
+pub struct BusThreads {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl BusThreads {
+    /// Stops both threads and waits for them.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for BusThreads {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+fn sleep_unless(stop: &AtomicBool, total: Duration) {
+    let deadline = Instant::now() + total;
+    while !stop.load(Ordering::Acquire) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
+fn ids(v: &Value) -> Vec<i64> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| {
+                    x.as_i64()
+                        .or_else(|| x.as_str().and_then(|s| s.parse().ok()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Decodes a bus payload: `{"t":"m","to":[..],"f":".."}`, `{"t":"flush","to":[..]}`
+/// or `{"t":"inv","g":N}`. Ids may be numbers or strings (Lua sends strings).
+pub fn parse_message(payload: &[u8]) -> Option<BusMessage> {
+    let v: Value = serde_json::from_slice(payload).ok()?;
+    match v.get("t")?.as_str()? {
+        "m" => Some(BusMessage::Deliver {
+            to: ids(v.get("to")?),
+            frame: v.get("f")?.as_str()?.to_owned(),
+        }),
+        "flush" => Some(BusMessage::Flush {
+            to: ids(v.get("to")?),
+        }),
+        "inv" => Some(BusMessage::Invalidate {
+            group: v.get("g")?.as_i64()?,
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_payloads() {
+        assert_eq!(
+            parse_message(br#"{"t":"m","to":["1",2],"f":"{\"msgid\":6}"}"#),
+            Some(BusMessage::Deliver {
+                to: vec![1, 2],
+                frame: "{\"msgid\":6}".into()
+            })
+        );
+        assert_eq!(
+            parse_message(br#"{"t":"flush","to":[7]}"#),
+            Some(BusMessage::Flush { to: vec![7] })
+        );
+        assert_eq!(
+            parse_message(br#"{"t":"inv","g":3}"#),
+            Some(BusMessage::Invalidate { group: 3 })
+        );
+        assert_eq!(parse_message(b"nope"), None);
+        assert_eq!(parse_message(br#"{"t":"x"}"#), None);
+    }
+}

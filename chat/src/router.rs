@@ -1,0 +1,198 @@
+//! Router: where a chat frame goes — a session on this node, another node through
+//! the bus, or the offline store — and the rules that keep that exactly-once.
+//!
+//! A user's hub shard lock is held across "is the user here? then send, else try
+//! the bus, else store" and, at login, across "register the session, then take the
+//! offline messages". So on one node a message is never stored after the login
+//! took the store. Across nodes the login runs elsewhere, so after storing for a
+//! user the router looks again: if the user came online meanwhile, it asks that
+//! node to flush the user's stored messages.
+
+use std::sync::Arc;
+
+use crate::bus::Bus;
+use crate::hub::Hub;
+use crate::store::{Store, StoreError};
+
+/// Where a one-to-one frame went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Sent to a session on this node.
+    Local,
+    /// Handed to the recipient's node.
+    Remote,
+    /// Stored for the recipient's next login.
+    Stored,
+    /// No such user: nothing was stored.
+    NoSuchUser,
+}
+
+/// Routing over the hub, the bus (cluster mode) and the store.
+pub struct Router {
+    hub: Hub,
+    store: Arc<dyn Store>,
+    bus: Option<Arc<Bus>>,
+}
+
+/// The wire bytes of a frame's JSON text: the text plus one NUL.
+fn wire(text: &str) -> Vec<u8> {
+    let mut b = Vec::with_capacity(text.len() + 1);
+    b.extend_from_slice(text.as_bytes());
+    b.push(0);
+    b
+}
+
+impl Router {
+    /// A router; `bus` is `None` on a standalone node.
+    pub fn new(store: Arc<dyn Store>, bus: Option<Arc<Bus>>) -> Router {
+        Router {
+            hub: Hub::default(),
+            store,
+            bus,
+        }
+    }
+
+    /// The sessions of this node.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// The bus, in cluster mode.
+    pub fn bus(&self) -> Option<&Arc<Bus>> {
+        self.bus.as_ref()
+    }
+
+    /// Sends one chat frame (JSON text) to `to`.
+    pub fn send_one(&self, to: i64, text: &str) -> Result<Outcome, StoreError> {
+        let shard = self.hub.lock(to);
+        if let Some(session) = shard.get(&to) {
+            session.deliver(wire(text));
+            return Ok(Outcome::Local);
+        }
+        if let Some(bus) = &self.bus {
+            match bus.route(&[to], text) {
+                Ok(missed) if missed.is_empty() => return Ok(Outcome::Remote),
+                Ok(_) => {}
+                Err(e) => log::debug!("route to {to} through the bus: {e}; storing"),
+            }
+        }
+        if !self.store.user_exists(to)? {
+            return Ok(Outcome::NoSuchUser);
+        }
+        self.store.store_offline(to, text)?;
+        drop(shard);
+        self.recheck(&[to]);
+        Ok(Outcome::Stored)
+    }
+
+    /// Fans a chat frame out to `members` (existing users): at once where they are
+    /// online, here or on other nodes (one bus message per node), stored for the rest
+    /// in one transaction.
+    pub fn send_many(&self, members: &[i64], text: &str) -> Result<(), StoreError> {
+        let guards = self.hub.lock_many(members);
+        let frame = wire(text);
+        let mut elsewhere = Vec::new();
+        for &m in members {
+            let shard = guards[Hub::shard_index(m)]
+                .as_ref()
+                .expect("locked by lock_many");
+            match shard.get(&m) {
+                Some(session) => session.deliver(frame.clone()),
+                None => elsewhere.push(m),
+            }
+        }
+        let stored = match (&self.bus, elsewhere.is_empty()) {
+            (_, true) => Vec::new(),
+            (Some(bus), false) => bus.route(&elsewhere, text).unwrap_or_else(|e| {
+                log::debug!("group route through the bus: {e}; storing");
+                elsewhere
+            }),
+            (None, false) => elsewhere,
+        };
+        if !stored.is_empty() {
+            self.store.store_offline_many(&stored, text)?;
+        }
+        drop(guards);
+        self.recheck(&stored);
+        Ok(())
+    }
+
+    /// Delivers a frame that another node routed here to users expected on this node;
+    /// those who left meanwhile get it stored (and flushed wherever they are now).
+    pub fn deliver_here(&self, to: &[i64], text: &str) {
+        let guards = self.hub.lock_many(to);
+        let frame = wire(text);
+        let mut gone = Vec::new();
+        for &u in to {
+            let shard = guards[Hub::shard_index(u)]
+                .as_ref()
+                .expect("locked by lock_many");
+            match shard.get(&u) {
+                Some(session) => session.deliver(frame.clone()),
+                None => gone.push(u),
+            }
+        }
+        if !gone.is_empty() {
+            if let Err(e) = self.store.store_offline_many(&gone, text) {
+                log::error!("lost a frame for {gone:?}: {e}");
+            }
+        }
+        drop(guards);
+        self.recheck(&gone);
+    }
+
+    /// Delivers the stored messages of local users (after another node stored them
+    /// while the users were logging in here).
+    pub fn flush_here(&self, users: &[i64]) {
+        for &u in users {
+            let shard = self.hub.lock(u);
+            let Some(session) = shard.get(&u).cloned() else {
+                continue;
+            };
+            match self.store.take_offline(u) {
+                Ok(msgs) => {
+                    for m in msgs {
+                        session.deliver(wire(&m));
+                    }
+                }
+                Err(e) => log::warn!("flush for {u}: {e}; delivered at next login"),
+            }
+        }
+    }
+
+    /// After storing for `users`: any who are online on another node now get a flush.
+    fn recheck(&self, users: &[i64]) {
+        let Some(bus) = &self.bus else { return };
+        if users.is_empty() {
+            return;
+        }
+        let Ok(nodes) = bus.locate(users) else { return };
+        for (u, node) in users.iter().zip(nodes) {
+            if let Some(node) = node {
+                if let Err(e) = bus.publish_flush(&node, &[*u]) {
+                    log::debug!("flush notice for {u}: {e}");
+                }
+            }
+        }
+    }
+
+    /// Whether each user is online, here or (cluster mode) on a live node.
+    pub fn online(&self, users: &[i64]) -> Vec<bool> {
+        let mut out: Vec<bool> = users.iter().map(|&u| self.hub.is_online(u)).collect();
+        if let Some(bus) = &self.bus {
+            let remote: Vec<i64> = users
+                .iter()
+                .zip(&out)
+                .filter(|(_, here)| !**here)
+                .map(|(u, _)| *u)
+                .collect();
+            if let Ok(nodes) = bus.locate(&remote) {
+                let mut it = nodes.into_iter();
+                for o in out.iter_mut().filter(|o| !**o) {
+                    *o = it.next().flatten().is_some();
+                }
+            }
+        }
+        out
+    }
+}
