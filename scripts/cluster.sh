@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# A local ChatServer cluster in one command: N nodes on MySQL (MariaDB) and Redis
+# behind a private nginx TCP load balancer.
+#
+#   scripts/cluster.sh start [N]   start N nodes (default 2) and nginx
+#   scripts/cluster.sh stop        stop them (SIGTERM: a clean shutdown)
+#   scripts/cluster.sh status      show what runs
+#
+# Settings (environment):
+#   CLUSTER_DIR   state, logs and nginx config      (default /tmp/chat-cluster)
+#   CHAT_DB       database URL                       (default mysql://root@127.0.0.1:3306/chat)
+#   CHAT_REDIS    Redis URL                          (default redis://127.0.0.1:6379)
+#   CHAT_REDIS_PREFIX  key/channel prefix            (default chat)
+#   BASE_PORT     first node port, then +1, +2, ...  (default 6001)
+#   LB_PORT       nginx listen port on 127.0.0.1     (default 8000)
+#   CHAT_BIN      the ChatServer binary              (default bin/ChatServer, built by autobuild.sh)
+#   NODE_ARGS     extra ChatServer options
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+dir=${CLUSTER_DIR:-/tmp/chat-cluster}
+db=${CHAT_DB:-mysql://root@127.0.0.1:3306/chat}
+redis=${CHAT_REDIS:-redis://127.0.0.1:6379}
+prefix=${CHAT_REDIS_PREFIX:-chat}
+base_port=${BASE_PORT:-6001}
+lb_port=${LB_PORT:-8000}
+bin=${CHAT_BIN:-$root/bin/ChatServer}
+
+log() { printf 'cluster: %s\n' "$*" >&2; }
+
+wait_port() { # wait_port PORT SECONDS
+    for _ in $(seq 1 $(($2 * 10))); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    return 1
+}
+
+ensure_nginx() {
+    if ! command -v nginx >/dev/null 2>&1 || [ ! -f /usr/lib/nginx/modules/ngx_stream_module.so ]; then
+        log "installing nginx with the stream module"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light libnginx-mod-stream >/dev/null
+        service nginx stop >/dev/null 2>&1 || true
+    fi
+}
+
+start() {
+    local n=${1:-2}
+    if [ -f "$dir/nginx.pid" ] || ls "$dir"/node*.pid >/dev/null 2>&1; then
+        log "already running in $dir (stop it first)"
+        exit 1
+    fi
+    ensure_nginx
+    if [ ! -x "$bin" ]; then
+        log "building (no $bin)"
+        "$root/autobuild.sh" >/dev/null
+    fi
+    mkdir -p "$dir"
+    local upstreams=""
+    for i in $(seq 1 "$n"); do
+        local port=$((base_port + i - 1))
+        # shellcheck disable=SC2086
+        nohup "$bin" 127.0.0.1 "$port" --db "$db" --redis "$redis" \
+            --redis-prefix "$prefix" --node-id "node$i-$port" ${NODE_ARGS:-} \
+            >"$dir/node$i.log" 2>&1 &
+        echo $! >"$dir/node$i.pid"
+        upstreams+="        server 127.0.0.1:$port max_fails=1 fail_timeout=2s;"$'\n'
+    done
+    for i in $(seq 1 "$n"); do
+        local port=$((base_port + i - 1))
+        wait_port "$port" 30 || { log "node $i (port $port) did not start; see $dir/node$i.log"; stop; exit 1; }
+    done
+    sed -e "s|@PREFIX@|$dir|g" -e "s|@LISTEN@|127.0.0.1:$lb_port|g" \
+        "$root/deploy/nginx-stream.conf.in" | awk -v ups="$upstreams" '{ if ($0 == "@UPSTREAMS@") printf "%s", ups; else print }' \
+        >"$dir/nginx.conf"
+    nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log"
+    wait_port "$lb_port" 10 || { log "nginx did not start; see $dir/nginx-error.log"; stop; exit 1; }
+    log "$n node(s) on ports $base_port..$((base_port + n - 1)); nginx on 127.0.0.1:$lb_port; logs in $dir"
+}
+
+stop() {
+    if [ -f "$dir/nginx.pid" ]; then
+        nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log" -s quit 2>/dev/null \
+            || kill "$(cat "$dir/nginx.pid")" 2>/dev/null || true
+        for _ in $(seq 1 50); do [ -f "$dir/nginx.pid" ] || break; sleep 0.1; done
+        rm -f "$dir/nginx.pid"
+    fi
+    for f in "$dir"/node*.pid; do
+        [ -f "$f" ] || continue
+        kill -TERM "$(cat "$f")" 2>/dev/null || true
+    done
+    for f in "$dir"/node*.pid; do
+        [ -f "$f" ] || continue
+        local pid
+        pid=$(cat "$f")
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        rm -f "$f"
+    done
+    log "stopped"
+}
+
+status() {
+    for f in "$dir"/node*.pid; do
+        [ -f "$f" ] || continue
+        if kill -0 "$(cat "$f")" 2>/dev/null; then echo "$(basename "$f" .pid): running (pid $(cat "$f"))"; else echo "$(basename "$f" .pid): dead"; fi
+    done
+    if [ -f "$dir/nginx.pid" ] && kill -0 "$(cat "$dir/nginx.pid")" 2>/dev/null; then
+        echo "nginx: running on 127.0.0.1:$lb_port"
+    else
+        echo "nginx: not running"
+    fi
+}
+
+case "${1:-}" in
+    start) start "${2:-2}" ;;
+    stop) stop ;;
+    status) status ;;
+    *) echo "usage: $0 start [N] | stop | status" >&2; exit 2 ;;
+esac
