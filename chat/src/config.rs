@@ -6,6 +6,7 @@ use clap::Parser;
 
 use crate::bus::{new_node_id, BusConfig};
 use crate::codec::DEFAULT_FRAME_LIMIT;
+use crate::gateway::Limits;
 use crate::server::ServerOptions;
 
 /// `ChatServer [IP] [PORT] [OPTIONS]` — as the original takes `ChatServer <ip> <port>`,
@@ -53,6 +54,22 @@ pub struct Config {
     /// Largest inbound frame in bytes; a larger one is refused and the connection closed.
     #[arg(long, env = "CHAT_FRAME_LIMIT", default_value_t = DEFAULT_FRAME_LIMIT)]
     pub frame_limit: usize,
+    /// Connections beyond this are refused (error 112) and closed.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+    /// Seconds a new connection has to log in before it is closed (0: no limit).
+    #[arg(long, env = "CHAT_LOGIN_TIMEOUT", default_value_t = 60)]
+    pub login_timeout_secs: u64,
+    /// Requests per second one connection may send; more get error 109 (0: no limit).
+    #[arg(long, env = "CHAT_RATE", default_value_t = 1000)]
+    pub rate: u32,
+    /// Requests one connection may send in a burst above the rate.
+    #[arg(long, env = "CHAT_BURST", default_value_t = 2000)]
+    pub burst: u32,
+    /// Output bytes queued for one connection above which it is a slow reader: its
+    /// new messages are stored and delivered when it catches up.
+    #[arg(long, env = "CHAT_OUTPUT_HIGH_WATER", default_value_t = 4 * 1024 * 1024)]
+    pub output_high_water: usize,
     /// Log level: error, warn, info, debug or trace (`RUST_LOG` overrides it).
     #[arg(long, env = "CHAT_LOG", default_value = "info")]
     pub log_level: String,
@@ -79,6 +96,13 @@ impl Config {
                 self.workers
             },
             frame_limit: self.frame_limit,
+            limits: Limits {
+                max_connections: self.max_connections,
+                login_timeout: std::time::Duration::from_secs(self.login_timeout_secs),
+                rate: self.rate,
+                burst: self.burst,
+                output_high_water: self.output_high_water.max(1024),
+            },
             bus: self.redis.as_ref().map(|url| BusConfig {
                 url: url.clone(),
                 prefix: self.redis_prefix.clone(),

@@ -11,6 +11,7 @@
 pub mod bus;
 pub mod codec;
 pub mod config;
+pub mod gateway;
 pub mod hub;
 pub mod password;
 pub mod protocol;
@@ -21,3 +22,4 @@ pub mod service;
 pub mod session;
 pub mod store;
 pub mod timefmt;
+pub mod workers;

@@ -52,7 +52,7 @@ fn run(cfg: &Config) -> Result<(), Box<dyn std::error::Error>> {
             }
         })?;
     lp.run();
-    server.shutdown(Duration::from_secs(5));
+    server.shutdown(&lp, Duration::from_secs(5));
     log::info!("ChatServer stopped");
     Ok(())
 }

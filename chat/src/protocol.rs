@@ -101,6 +101,10 @@ pub mod errno {
     pub const UNAVAILABLE: i64 = 110;
     /// LOGIN on a connection that is already logged in.
     pub const ALREADY_LOGGED_IN: i64 = 111;
+    /// The server is at its connection limit; the connection is closed.
+    pub const SERVER_FULL: i64 = 112;
+    /// No login within the time limit after connecting; the connection is closed.
+    pub const LOGIN_TIMEOUT: i64 = 113;
 
     /// The addressed user does not exist.
     pub const NO_SUCH_USER: i64 = 201;

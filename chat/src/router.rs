@@ -10,8 +10,11 @@
 
 use std::sync::Arc;
 
+use parking_lot::MutexGuard;
+
 use crate::bus::Bus;
-use crate::hub::Hub;
+use crate::hub::{Hub, Shard};
+use crate::session::Session;
 use crate::store::{Store, StoreError};
 
 /// Where a one-to-one frame went.
@@ -66,8 +69,12 @@ impl Router {
     pub fn send_one(&self, to: i64, text: &str) -> Result<Outcome, StoreError> {
         let shard = self.hub.lock(to);
         if let Some(session) = shard.get(&to) {
-            session.deliver(wire(text));
-            return Ok(Outcome::Local);
+            if session.deliver(wire(text)) {
+                return Ok(Outcome::Local);
+            }
+            // A slow reader: kept for the flush when its output drains.
+            self.store.store_offline(to, text)?;
+            return Ok(Outcome::Stored);
         }
         if let Some(bus) = &self.bus {
             match bus.route(&[to], text) {
@@ -90,18 +97,8 @@ impl Router {
     /// in one transaction.
     pub fn send_many(&self, members: &[i64], text: &str) -> Result<(), StoreError> {
         let guards = self.hub.lock_many(members);
-        let frame = wire(text);
-        let mut elsewhere = Vec::new();
-        for &m in members {
-            let shard = guards[Hub::shard_index(m)]
-                .as_ref()
-                .expect("locked by lock_many");
-            match shard.get(&m) {
-                Some(session) => session.deliver(frame.clone()),
-                None => elsewhere.push(m),
-            }
-        }
-        let stored = match (&self.bus, elsewhere.is_empty()) {
+        let (elsewhere, mut stored) = self.deliver_local(&guards, members, text);
+        let missed = match (&self.bus, elsewhere.is_empty()) {
             (_, true) => Vec::new(),
             (Some(bus), false) => bus.route(&elsewhere, text).unwrap_or_else(|e| {
                 log::debug!("group route through the bus: {e}; storing");
@@ -109,11 +106,12 @@ impl Router {
             }),
             (None, false) => elsewhere,
         };
+        stored.extend_from_slice(&missed);
         if !stored.is_empty() {
             self.store.store_offline_many(&stored, text)?;
         }
         drop(guards);
-        self.recheck(&stored);
+        self.recheck(&missed);
         Ok(())
     }
 
@@ -121,24 +119,43 @@ impl Router {
     /// those who left meanwhile get it stored (and flushed wherever they are now).
     pub fn deliver_here(&self, to: &[i64], text: &str) {
         let guards = self.hub.lock_many(to);
-        let frame = wire(text);
-        let mut gone = Vec::new();
-        for &u in to {
-            let shard = guards[Hub::shard_index(u)]
-                .as_ref()
-                .expect("locked by lock_many");
-            match shard.get(&u) {
-                Some(session) => session.deliver(frame.clone()),
-                None => gone.push(u),
-            }
-        }
-        if !gone.is_empty() {
-            if let Err(e) = self.store.store_offline_many(&gone, text) {
-                log::error!("lost a frame for {gone:?}: {e}");
+        let (gone, mut stored) = self.deliver_local(&guards, to, text);
+        stored.extend_from_slice(&gone);
+        if !stored.is_empty() {
+            if let Err(e) = self.store.store_offline_many(&stored, text) {
+                log::error!("lost a frame for {stored:?}: {e}");
             }
         }
         drop(guards);
         self.recheck(&gone);
+    }
+
+    /// Delivers to the users in `users` that are on this node (their shards locked
+    /// in `guards`). Returns (not here, here but congested): the caller routes the
+    /// first further and stores for the second.
+    fn deliver_local(
+        &self,
+        guards: &[Option<MutexGuard<'_, Shard>>],
+        users: &[i64],
+        text: &str,
+    ) -> (Vec<i64>, Vec<i64>) {
+        let frame = wire(text);
+        let mut absent = Vec::new();
+        let mut congested = Vec::new();
+        for &u in users {
+            let shard = guards[Hub::shard_index(u)]
+                .as_ref()
+                .expect("locked by lock_many");
+            match shard.get(&u) {
+                Some(session) => {
+                    if !session.deliver(frame.clone()) {
+                        congested.push(u);
+                    }
+                }
+                None => absent.push(u),
+            }
+        }
+        (absent, congested)
     }
 
     /// Delivers the stored messages of local users (after another node stored them
@@ -146,16 +163,39 @@ impl Router {
     pub fn flush_here(&self, users: &[i64]) {
         for &u in users {
             let shard = self.hub.lock(u);
-            let Some(session) = shard.get(&u).cloned() else {
-                continue;
-            };
-            match self.store.take_offline(u) {
-                Ok(msgs) => {
-                    for m in msgs {
-                        session.deliver(wire(&m));
-                    }
+            if let Some(session) = shard.get(&u) {
+                self.flush_session(u, session);
+            }
+        }
+    }
+
+    /// A congested session's output drained: under the user's shard lock, deliver
+    /// what was stored meanwhile, then let deliveries go live again.
+    pub fn drained(&self, user: i64, session: &Session) {
+        let shard = self.hub.lock(user);
+        match shard.get(&user) {
+            Some(s) if s.id() == session.id() => {
+                if self.flush_session(user, session) {
+                    session.set_congested(false);
                 }
-                Err(e) => log::warn!("flush for {u}: {e}; delivered at next login"),
+            }
+            _ => session.set_congested(false),
+        }
+    }
+
+    /// Takes the user's stored messages and delivers them to `session`, congested
+    /// or not. The caller holds the user's shard lock. False if the store failed.
+    fn flush_session(&self, user: i64, session: &Session) -> bool {
+        match self.store.take_offline(user) {
+            Ok(msgs) => {
+                for m in msgs {
+                    session.deliver_always(wire(&m));
+                }
+                true
+            }
+            Err(e) => {
+                log::warn!("flush for {user}: {e}; kept for later");
+                false
             }
         }
     }

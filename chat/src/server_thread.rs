@@ -39,7 +39,7 @@ impl ServerThread {
                     Ok((lp, server)) => {
                         let _ = tx.send(Ok((server.local_addr(), lp.handle())));
                         lp.run();
-                        server.shutdown(Duration::from_secs(5));
+                        server.shutdown(&lp, Duration::from_secs(5));
                     }
                     Err(e) => {
                         let _ = tx.send(Err(e));

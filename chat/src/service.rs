@@ -103,6 +103,10 @@ impl ChatService {
                     });
             }
             Job::Closed => self.sign_out(session),
+            Job::Drained => match session.user() {
+                Some(user) => self.router.drained(user.id, session),
+                None => session.set_congested(false),
+            },
             Job::Shutdown => {
                 self.sign_out(session);
                 session.conn.shutdown();

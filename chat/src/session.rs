@@ -27,6 +27,9 @@ pub enum Job {
     Closed,
     /// The server is stopping: log the user out and close after output drains.
     Shutdown,
+    /// The connection's output drained after it was congested: flush what was
+    /// stored for the user meanwhile, then deliver live again.
+    Drained,
 }
 
 /// The logged-in user of a connection.
@@ -66,6 +69,11 @@ pub struct Session {
     ext: AtomicBool,
     outbox: Mutex<Outbox>,
     strand: Mutex<Strand>,
+    /// True while the connection's output is above its high-water mark (a slow
+    /// reader): deliveries are then stored offline instead of growing its buffer.
+    congested: AtomicBool,
+    /// Set at the first successful login (the login time limit checks it).
+    logged_in_once: AtomicBool,
 }
 
 impl Session {
@@ -77,6 +85,8 @@ impl Session {
             ext: AtomicBool::new(false),
             outbox: Mutex::new(Outbox::default()),
             strand: Mutex::new(Strand::default()),
+            congested: AtomicBool::new(false),
+            logged_in_once: AtomicBool::new(false),
         }
     }
 
@@ -92,7 +102,25 @@ impl Session {
 
     /// Binds (or with `None` unbinds) the connection's identity.
     pub fn set_user(&self, user: Option<User>) {
+        if user.is_some() {
+            self.logged_in_once.store(true, Ordering::Relaxed);
+        }
         *self.user.lock() = user;
+    }
+
+    /// Whether the connection ever logged in.
+    pub fn logged_in_once(&self) -> bool {
+        self.logged_in_once.load(Ordering::Relaxed)
+    }
+
+    /// Marks the connection congested (or not); see [`Session::deliver`].
+    pub fn set_congested(&self, on: bool) {
+        self.congested.store(on, Ordering::Release);
+    }
+
+    /// Whether the connection's output is above its high-water mark.
+    pub fn is_congested(&self) -> bool {
+        self.congested.load(Ordering::Acquire)
     }
 
     /// Whether extended replies were asked for.
@@ -111,7 +139,18 @@ impl Session {
     }
 
     /// Delivers a frame from someone else: held while a login is being answered.
-    pub fn deliver(&self, frame: Vec<u8>) {
+    /// Returns false, delivering nothing, while the connection is congested: the
+    /// caller (holding the user's hub shard lock) stores the frame instead.
+    pub fn deliver(&self, frame: Vec<u8>) -> bool {
+        if self.is_congested() {
+            return false;
+        }
+        self.deliver_always(frame);
+        true
+    }
+
+    /// Delivers a frame even when congested (stored frames being flushed).
+    pub fn deliver_always(&self, frame: Vec<u8>) {
         let mut out = self.outbox.lock();
         if out.holding {
             out.held.push(frame);
@@ -164,6 +203,11 @@ impl Session {
             s.paused = false;
         }
         (job, resume)
+    }
+
+    /// True while the IO loop has stopped reading because too much is queued.
+    pub fn queue_paused(&self) -> bool {
+        self.strand.lock().paused
     }
 
     /// True when jobs are waiting (used to yield a busy session to others).

@@ -1,0 +1,254 @@
+//! Gateway: the IO-loop half of the server — admits connections, cuts frames,
+//! parses and rate-limits requests, applies backpressure, and hands everything
+//! else to the workers. Nothing here blocks.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use net::{Buffer, TcpConnectionPtr};
+use parking_lot::Mutex;
+
+use crate::codec::{self, Decoded, Decoder};
+use crate::protocol::{self, errno, ProtocolError};
+use crate::session::{Job, Session};
+use crate::workers::Submitter;
+
+/// How long a refused or failed connection may take to read its error before it is closed.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Per-connection limits (see README, "Limits").
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections beyond this are refused with error 112 and closed.
+    pub max_connections: usize,
+    /// A connection that has not logged in this long after connecting gets error
+    /// 113 and is closed. Zero disables it.
+    pub login_timeout: Duration,
+    /// Requests per second a connection may send (token bucket); beyond it a
+    /// request is refused with error 109. Zero disables it.
+    pub rate: u32,
+    /// How many requests a connection may send in a burst above `rate`.
+    pub burst: u32,
+    /// Output bytes queued for a connection above which it counts as a slow
+    /// reader: new chat frames for it are stored (and flushed when it drains),
+    /// and its own requests are not read until it drains.
+    pub output_high_water: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 100_000,
+            login_timeout: Duration::from_secs(60),
+            rate: 1000,
+            burst: 2000,
+            output_high_water: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// What the IO loop keeps in each connection's context slot.
+struct ConnState {
+    session: Arc<Session>,
+    decoder: Decoder,
+    /// Set after a fatal frame or a refusal: further input is discarded.
+    closing: bool,
+    /// Token bucket for the request rate.
+    tokens: f64,
+    refilled: Instant,
+}
+
+/// Every connection's session, for shutdown.
+pub type Sessions = Arc<Mutex<HashMap<u64, Arc<Session>>>>;
+
+/// The IO-loop callbacks' shared state.
+pub struct Gateway {
+    submitter: Submitter,
+    sessions: Sessions,
+    limits: Limits,
+    frame_limit: usize,
+    connections: Arc<AtomicUsize>,
+}
+
+impl Gateway {
+    /// A gateway handing jobs to `submitter`.
+    pub fn new(
+        submitter: Submitter,
+        sessions: Sessions,
+        limits: Limits,
+        frame_limit: usize,
+        connections: Arc<AtomicUsize>,
+    ) -> Gateway {
+        Gateway {
+            submitter,
+            sessions,
+            limits,
+            frame_limit,
+            connections,
+        }
+    }
+
+    /// Connection up or down.
+    pub fn on_connection(&self, conn: &TcpConnectionPtr) {
+        if conn.connected() {
+            self.on_connected(conn);
+        } else {
+            self.sessions.lock().remove(&conn.id());
+            let session = conn.with_context(|st: &mut ConnState| st.session.clone());
+            if let Some(session) = session {
+                self.submitter.submit(&session, Job::Closed);
+            }
+        }
+    }
+
+    fn on_connected(&self, conn: &TcpConnectionPtr) {
+        let _ = conn.set_tcp_no_delay(true);
+        conn.set_high_water_mark(self.limits.output_high_water);
+        let session = Arc::new(Session::new(conn.handle()));
+        let full = self.connections.load(Ordering::Relaxed) > self.limits.max_connections;
+        conn.set_context(ConnState {
+            session: session.clone(),
+            decoder: Decoder::new(self.frame_limit),
+            closing: full,
+            tokens: f64::from(self.limits.burst.max(1)),
+            refilled: Instant::now(),
+        });
+        if full {
+            let e = ProtocolError::new(errno::SERVER_FULL, "server is full, try again later");
+            close_with(conn, &e);
+            return;
+        }
+        self.sessions.lock().insert(conn.id(), session.clone());
+        if !self.limits.login_timeout.is_zero() {
+            let handle = conn.handle();
+            conn.loop_handle()
+                .run_after(self.limits.login_timeout, move |lp| {
+                    if session.logged_in_once() {
+                        return;
+                    }
+                    if let Some(conn) = handle.get(lp) {
+                        let e =
+                            ProtocolError::new(errno::LOGIN_TIMEOUT, "no login in time, closing");
+                        conn.with_context(|st: &mut ConnState| st.closing = true);
+                        close_with(&conn, &e);
+                    }
+                });
+        }
+    }
+
+    /// Bytes arrived: cut frames, parse them, queue them in order.
+    pub fn on_message(&self, conn: &TcpConnectionPtr, buf: &mut Buffer) {
+        let mut ctx = conn.context();
+        let Some(st) = ctx.as_mut().and_then(|b| b.downcast_mut::<ConnState>()) else {
+            buf.retrieve_all();
+            return;
+        };
+        let mut pause = false;
+        loop {
+            if st.closing {
+                buf.retrieve_all();
+                break;
+            }
+            match st.decoder.decode(buf.peek()) {
+                Ok(Decoded::Incomplete { skip }) => {
+                    buf.retrieve(skip);
+                    break;
+                }
+                Ok(Decoded::Frame { start, end }) => {
+                    let parsed = codec::parse_frame(&buf.peek()[start..end])
+                        .and_then(protocol::parse_request);
+                    buf.retrieve(end);
+                    let job = if !self.take_token(st) {
+                        let msgid = parsed.as_ref().ok().map(|p| p.msgid);
+                        Job::Reply(protocol::encode(&protocol::error(
+                            &ProtocolError::rate_limited(msgid),
+                        )))
+                    } else {
+                        match parsed {
+                            Ok(p) => Job::Request(p),
+                            Err(e) => Job::Reply(protocol::encode(&protocol::error(&e))),
+                        }
+                    };
+                    pause |= self.submitter.submit(&st.session, job);
+                }
+                Err(e) => {
+                    let frame = protocol::encode(&protocol::error(&e.to_protocol_error()));
+                    st.closing = true;
+                    pause |= self.submitter.submit(&st.session, Job::Fatal(frame));
+                }
+            }
+        }
+        if pause {
+            conn.stop_read();
+        }
+    }
+
+    /// The connection's output passed the high-water mark: a slow reader.
+    pub fn on_high_water(&self, conn: &TcpConnectionPtr, _size: usize) {
+        if let Some(session) = conn.with_context(|st: &mut ConnState| st.session.clone()) {
+            log::debug!(
+                "{}: slow reader, storing its messages until it drains",
+                conn.name()
+            );
+            session.set_congested(true);
+            conn.stop_read();
+        }
+    }
+
+    /// The connection's output drained completely.
+    pub fn on_write_complete(&self, conn: &TcpConnectionPtr) {
+        let Some(session) = conn.with_context(|st: &mut ConnState| st.session.clone()) else {
+            return;
+        };
+        if session.is_congested() {
+            self.submitter.submit(&session, Job::Drained);
+        }
+        update_reading(conn);
+    }
+
+    fn take_token(&self, st: &mut ConnState) -> bool {
+        if self.limits.rate == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        let elapsed = now.duration_since(st.refilled).as_secs_f64();
+        st.refilled = now;
+        st.tokens = (st.tokens + elapsed * f64::from(self.limits.rate))
+            .min(f64::from(self.limits.burst.max(1)));
+        if st.tokens >= 1.0 {
+            st.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Reads again unless the session's queue is paused or the output is still high.
+/// Runs on the connection's loop thread.
+pub fn update_reading(conn: &TcpConnectionPtr) {
+    let Some(session) = conn.with_context(|st: &mut ConnState| st.session.clone()) else {
+        return;
+    };
+    if session.queue_paused() || session.is_congested() {
+        conn.stop_read();
+    } else {
+        conn.start_read();
+    }
+}
+
+/// A worker drained a paused session's queue: let its loop read again.
+pub fn resume_session(session: &Session) {
+    session.conn.run(update_reading);
+}
+
+/// Sends a final error and closes the connection once it is written (or after a grace period).
+fn close_with(conn: &TcpConnectionPtr, e: &ProtocolError) {
+    conn.send(&protocol::encode(&protocol::error(e)));
+    conn.shutdown();
+    let handle = conn.handle();
+    conn.loop_handle()
+        .run_after(CLOSE_GRACE, move |_| handle.force_close());
+}

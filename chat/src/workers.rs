@@ -1,0 +1,116 @@
+//! Workers: the pool that runs sessions' jobs — database, password hashing and
+//! Redis round trips — so that no IO loop ever blocks.
+
+use std::io;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::service::ChatService;
+use crate::session::{Job, Session};
+
+/// How a worker yields a busy session: after this many jobs it goes to the back
+/// of the queue so other sessions get their turn.
+const JOBS_PER_TURN: usize = 32;
+
+/// What workers take from their queue.
+enum Work {
+    /// Run this session's jobs.
+    Run(Arc<Session>),
+    /// Exit.
+    Stop,
+}
+
+/// A cheap, cloneable way to hand a session's job to the pool. Safe from any thread.
+#[derive(Clone)]
+pub struct Submitter {
+    tx: Sender<Work>,
+}
+
+impl Submitter {
+    /// Queues `job` on the session's strand and schedules the session if no worker
+    /// owns it. Returns true when the strand is now over its high mark, so the
+    /// caller (the IO loop) must stop reading the connection.
+    pub fn submit(&self, session: &Arc<Session>, job: Job) -> bool {
+        let (schedule, pause) = session.push(job);
+        if schedule {
+            let _ = self.tx.send(Work::Run(session.clone()));
+        }
+        pause
+    }
+}
+
+/// The worker threads. Dropping stops them after their current job.
+pub struct WorkerPool {
+    submitter: Submitter,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl WorkerPool {
+    /// Starts `n` (at least one) workers running jobs through `service`.
+    /// `on_resume` runs when a paused session's queue drains below its low mark.
+    pub fn start(
+        n: usize,
+        service: Arc<ChatService>,
+        on_resume: fn(&Session),
+    ) -> io::Result<WorkerPool> {
+        let (tx, rx) = crossbeam_channel::unbounded::<Work>();
+        let threads = (0..n.max(1))
+            .map(|i| {
+                let rx = rx.clone();
+                let tx = tx.clone();
+                let service = service.clone();
+                thread::Builder::new()
+                    .name(format!("chat-worker{i}"))
+                    .spawn(move || worker(&service, &rx, &tx, on_resume))
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(WorkerPool {
+            submitter: Submitter { tx },
+            threads,
+        })
+    }
+
+    /// The handle for queueing jobs.
+    pub fn submitter(&self) -> &Submitter {
+        &self.submitter
+    }
+
+    /// Stops the workers (after the jobs queued before this call) and joins them.
+    pub fn stop(&mut self) {
+        for _ in &self.threads {
+            let _ = self.submitter.tx.send(Work::Stop);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A worker: takes sessions that have work and runs their jobs, a turn at a time.
+fn worker(service: &ChatService, rx: &Receiver<Work>, tx: &Sender<Work>, on_resume: fn(&Session)) {
+    while let Ok(Work::Run(session)) = rx.recv() {
+        let mut done = 0;
+        loop {
+            let (job, resume) = session.pop();
+            if resume {
+                on_resume(&session);
+            }
+            let Some(job) = job else { break };
+            service.run_job(&session, job);
+            done += 1;
+            if done == JOBS_PER_TURN && session.has_jobs() {
+                // Still scheduled: requeue at the back so other sessions run too.
+                let _ = tx.send(Work::Run(session.clone()));
+                break;
+            }
+        }
+    }
+}
