@@ -1,0 +1,209 @@
+//! App: the blocking command loop on stdin — the top menu, login and register prompts,
+//! and the chat menu.
+//!
+//! It never waits for an extended reply (those are printed by the reader whenever they
+//! come); it waits only for the LOGIN_ACK or REG_ACK that every server sends, with a
+//! timeout, and at the end for the server's last replies ([`Session::settle`]).
+
+use std::io;
+use std::process::ExitCode;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat::timefmt;
+use serde_json::Value;
+
+use crate::commands::{self, Command};
+use crate::session::{Awaiting, Outcome, Session};
+use crate::ui;
+
+/// How long to wait for a LOGIN_ACK or REG_ACK before giving up.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long a clean exit waits for the server to close its side after our FIN.
+pub const CLOSE_GRACE: Duration = Duration::from_millis(500);
+
+/// The command loop over lines of input.
+pub struct App<I> {
+    /// The connection and the state shared with the reader and the heartbeat.
+    session: Arc<Session>,
+    /// Answers from the reader thread to our LOGIN and REG.
+    outcomes: Receiver<Outcome>,
+    /// Lines of input; an `InvalidData` error is a line that is not UTF-8.
+    input: I,
+}
+
+impl<I: Iterator<Item = io::Result<String>>> App<I> {
+    /// A loop reading `input`, talking through `session`.
+    pub fn new(session: Arc<Session>, outcomes: Receiver<Outcome>, input: I) -> Self {
+        App {
+            session,
+            outcomes,
+            input,
+        }
+    }
+
+    /// Runs until `3` / `quit` / the end of input, then logs out and returns the exit code.
+    /// A lost connection exits the process from whichever thread notices it first.
+    pub fn run(&mut self) -> ExitCode {
+        loop {
+            ui::emit(ui::TOP_MENU);
+            let Some(line) = self.ask(ui::CHOICE) else {
+                return self.finish();
+            };
+            match line.trim().parse::<u32>() {
+                Ok(1) => match self.login() {
+                    None => return self.finish(),
+                    Some(true) => {
+                        if let Some(code) = self.chat_menu() {
+                            return code;
+                        }
+                    }
+                    Some(false) => {}
+                },
+                Ok(2) => {
+                    if self.register().is_none() {
+                        return self.finish();
+                    }
+                }
+                Ok(3) => return self.finish(),
+                _ => ui::emit(&format!(
+                    "invalid choice \"{}\", enter 1, 2 or 3\n",
+                    line.trim()
+                )),
+            }
+        }
+    }
+
+    /// Prints `prompt` and reads a line (without its `\r\n`); `None` at the end of input.
+    /// A line that is not UTF-8 gets a hint and the prompt again.
+    fn ask(&mut self, prompt: &str) -> Option<String> {
+        loop {
+            if !prompt.is_empty() {
+                ui::emit(prompt);
+            }
+            match self.input.next()? {
+                Ok(mut line) => {
+                    if line.ends_with('\r') {
+                        line.pop();
+                    }
+                    return Some(line);
+                }
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    ui::emit("input is not valid UTF-8, try again\n");
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Prompts for an id and a password and logs in. `Some(true)` when logged in,
+    /// `Some(false)` when refused, `None` at the end of input.
+    fn login(&mut self) -> Option<bool> {
+        let id = loop {
+            let line = self.ask(ui::USERID)?;
+            match commands::parse_id(&line) {
+                Some(id) => break id,
+                None => ui::emit(&format!(
+                    "invalid userid \"{}\", enter a number\n",
+                    line.trim()
+                )),
+            }
+        };
+        let password = self.ask(ui::PASSWORD)?;
+        let frame = commands::login_request(id, &password);
+        Some(self.request(Awaiting::Login, &frame) == Some(Outcome::LoggedIn))
+    }
+
+    /// Prompts for a name and a password and registers. `None` at the end of input.
+    fn register(&mut self) -> Option<()> {
+        let name = self.ask_non_empty(ui::USERNAME, "the name must not be empty")?;
+        let password = self.ask_non_empty(ui::PASSWORD, "the password must not be empty")?;
+        let frame = commands::reg_request(&name, &password);
+        self.request(Awaiting::Reg { name }, &frame);
+        Some(())
+    }
+
+    fn ask_non_empty(&mut self, prompt: &str, hint: &str) -> Option<String> {
+        loop {
+            let line = self.ask(prompt)?;
+            if !line.trim().is_empty() {
+                return Some(line);
+            }
+            ui::emit(&format!("{hint}\n"));
+        }
+    }
+
+    /// Sends a LOGIN or REG and waits for the reader to hand over its answer (which it has
+    /// printed). `None` after [`ANSWER_TIMEOUT`].
+    fn request(&mut self, awaiting: Awaiting, frame: &Value) -> Option<Outcome> {
+        // Answers to requests we gave up on are stale now.
+        while self.outcomes.try_recv().is_ok() {}
+        self.session.state().awaiting = Some(awaiting);
+        self.send(frame);
+        match self.outcomes.recv_timeout(ANSWER_TIMEOUT) {
+            Ok(o) => Some(o),
+            Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => {
+                let gave_up = self.session.state().awaiting.take().is_some();
+                if gave_up {
+                    ui::emit("no answer from the server, try again\n");
+                    return None;
+                }
+                // The reader took the answer just now; it is on its way.
+                self.outcomes.recv().ok()
+            }
+        }
+    }
+
+    /// The chat menu. `None` after `loginout` (back to the top menu), `Some(code)` to exit.
+    fn chat_menu(&mut self) -> Option<ExitCode> {
+        loop {
+            let Some(line) = self.ask("") else {
+                return Some(self.finish());
+            };
+            match commands::parse(&line) {
+                Ok(None) => {}
+                Ok(Some(Command::Help)) => ui::emit(&ui::help()),
+                Ok(Some(Command::Loginout)) => {
+                    self.session.settle();
+                    if let Err(e) = self.session.logout() {
+                        self.lost(&e);
+                    }
+                    return None;
+                }
+                Ok(Some(Command::Quit)) => return Some(self.finish()),
+                Ok(Some(cmd)) => {
+                    let me = self.session.user()?;
+                    if let Some(frame) = commands::request(&cmd, &me, &timefmt::now()) {
+                        self.send(&frame);
+                    }
+                }
+                Err(hint) => ui::emit(&format!("{hint}\n")),
+            }
+        }
+    }
+
+    fn send(&self, frame: &Value) {
+        if let Err(e) = self.session.send(frame) {
+            self.lost(&e);
+        }
+    }
+
+    fn lost(&self, e: &io::Error) {
+        self.session
+            .connection_lost(&format!("server closed the connection ({e})"));
+    }
+
+    /// The clean end: let the last replies print, log out, close.
+    fn finish(&mut self) -> ExitCode {
+        if self.session.user().is_some() {
+            self.session.settle();
+            // Failing to say goodbye to a server that is gone changes nothing.
+            let _ = self.session.logout();
+        }
+        self.session.close(CLOSE_GRACE);
+        ExitCode::SUCCESS
+    }
+}

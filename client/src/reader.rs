@@ -1,0 +1,203 @@
+//! Reader: the thread that reads the socket, cuts frames and prints what the server says.
+//!
+//! It prints everything that comes from the server, in arrival order — the login banner
+//! included, so that a live message that follows the LOGIN_ACK can never be printed before
+//! it — and hands the command loop an [`Outcome`] for the LOGIN or REG it waits on.
+
+use std::io::{self, Read};
+use std::net::TcpStream;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Instant;
+
+use chat::codec::FrameReader;
+use chat::protocol::{msgid, Friend, GroupInfo};
+use serde_json::Value;
+
+use crate::session::{Awaiting, Outcome, Session, User};
+use crate::ui;
+
+/// The largest frame accepted from the server. Far beyond any real LOGIN_ACK; only a
+/// runaway server reaches it.
+pub const FRAME_LIMIT: usize = 256 * 1024 * 1024;
+
+/// Starts the reader thread on `stream` (the connection's read half).
+pub fn spawn(
+    stream: TcpStream,
+    session: Arc<Session>,
+    outcomes: Sender<Outcome>,
+) -> io::Result<JoinHandle<()>> {
+    let reader = Reader { session, outcomes };
+    thread::Builder::new()
+        .name("reader".into())
+        .spawn(move || reader.run(stream))
+}
+
+/// The reader thread's state.
+struct Reader {
+    /// Where the reader records what arrived and who is logged in.
+    session: Arc<Session>,
+    /// Answers for the command loop.
+    outcomes: Sender<Outcome>,
+}
+
+impl Reader {
+    fn run(&self, mut stream: TcpStream) {
+        let mut frames = FrameReader::new(FRAME_LIMIT);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match stream.read(&mut buf) {
+                Ok(0) => return self.session.connection_lost("server closed the connection"),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let why = format!("server closed the connection ({e})");
+                    return self.session.connection_lost(&why);
+                }
+            };
+            frames.push(&buf[..n]);
+            loop {
+                match frames.next_frame() {
+                    Ok(Some(frame)) => self.handle(&frame),
+                    Ok(None) => break,
+                    Err(e) if e.is_fatal() => {
+                        let why = format!("server sent unreadable data ({e}), disconnecting");
+                        return self.session.connection_lost(&why);
+                    }
+                    Err(e) => ui::error(&format!("ignored a bad frame from the server: {e}")),
+                }
+            }
+            let mut st = self.session.state();
+            st.last_rx = Instant::now();
+            self.session.changed.notify_all();
+        }
+    }
+
+    fn handle(&self, frame: &Value) {
+        let Some(id) = frame.get("msgid").and_then(Value::as_i64) else {
+            return;
+        };
+        match id {
+            msgid::LOGIN_ACK => self.login_ack(frame),
+            msgid::REG_ACK => self.reg_ack(frame),
+            msgid::ONE_CHAT | msgid::GROUP_CHAT => {
+                if let Some(line) = ui::chat_line(frame) {
+                    ui::emit(&line);
+                }
+            }
+            msgid::ERROR | msgid::ACK => self.reply(frame),
+            msgid::PONG => {
+                let mut st = self.session.state();
+                st.ours = true;
+                st.pongs += 1;
+                self.session.changed.notify_all();
+            }
+            // Anything else is from a newer server; nothing to show.
+            _ => {}
+        }
+    }
+
+    /// Takes the command loop's pending request if it is `want`.
+    fn take_awaiting(&self, want: impl Fn(&Awaiting) -> bool) -> Option<Awaiting> {
+        let mut st = self.session.state();
+        match &st.awaiting {
+            Some(a) if want(a) => st.awaiting.take(),
+            _ => None,
+        }
+    }
+
+    fn login_ack(&self, frame: &Value) {
+        let waited = self.take_awaiting(|a| *a == Awaiting::Login).is_some();
+        let errno = frame.get("errno").and_then(Value::as_i64).unwrap_or(-1);
+        if errno != 0 {
+            if waited {
+                let line = match frame.get("errmsg").and_then(Value::as_str) {
+                    Some(msg) => format!("{msg}\n"),
+                    None => format!("login failed (errno {errno})\n"),
+                };
+                ui::emit(&line);
+                let _ = self.outcomes.send(Outcome::LoginFailed);
+            }
+            return;
+        }
+        let id = frame.get("id").and_then(Value::as_i64).unwrap_or(0);
+        if !waited {
+            // A login the command loop gave up waiting for: undo it on the server.
+            let _ = self.session.send(&crate::commands::logout_request(id));
+            return;
+        }
+        let name = frame.get("name").and_then(Value::as_str).unwrap_or("");
+        let strings = |key: &str| -> Vec<String> {
+            frame
+                .get(key)
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let friends: Vec<Friend> = strings("friends")
+            .iter()
+            .filter_map(|s| Friend::from_wire(s))
+            .collect();
+        let groups: Vec<GroupInfo> = strings("groups")
+            .iter()
+            .filter_map(|s| GroupInfo::from_wire(s))
+            .collect();
+        let mut out = ui::banner(id, name, &friends, &groups);
+        for text in strings("offlinemsg") {
+            if let Some(line) = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|m| ui::chat_line(&m))
+            {
+                out.push_str(&line);
+            }
+        }
+        out.push_str(&ui::help());
+        self.session.logged_in(User {
+            id,
+            name: name.to_owned(),
+        });
+        ui::emit(&out);
+        let _ = self.outcomes.send(Outcome::LoggedIn);
+    }
+
+    fn reg_ack(&self, frame: &Value) {
+        if let Some(Awaiting::Reg { name }) =
+            self.take_awaiting(|a| matches!(a, Awaiting::Reg { .. }))
+        {
+            ui::emit(&ui::reg_line(&name, frame));
+            let _ = self.outcomes.send(Outcome::Registered);
+        }
+    }
+
+    /// An ERROR or ACK frame: the server is ours. Print what it says; if it answers the
+    /// LOGIN or REG the command loop waits on, hand that over too.
+    fn reply(&self, frame: &Value) {
+        {
+            let mut st = self.session.state();
+            st.ours = true;
+        }
+        if let Some(line) = ui::reply_line(frame) {
+            ui::emit(&line);
+        }
+        if frame.get("msgid").and_then(Value::as_i64) != Some(msgid::ERROR) {
+            return;
+        }
+        let outcome = match frame.get("reqmsgid").and_then(Value::as_i64) {
+            Some(msgid::LOGIN) => self
+                .take_awaiting(|a| *a == Awaiting::Login)
+                .map(|_| Outcome::LoginFailed),
+            Some(msgid::REG) => self
+                .take_awaiting(|a| matches!(a, Awaiting::Reg { .. }))
+                .map(|_| Outcome::Registered),
+            _ => None,
+        };
+        if let Some(o) = outcome {
+            let _ = self.outcomes.send(o);
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Ui: everything the client prints, in the legacy client's exact shapes (protocol.md §4b).
+//!
+//! The formatting functions are pure (they return the text) so they can be tested; [`emit`]
+//! and [`error`] write it out and flush at once, because prompts end without a newline and
+//! two threads print.
+
+use std::io::Write;
+
+use chat::protocol::{msgid, Friend, GroupInfo};
+use serde_json::Value;
+
+/// The top menu, without its prompt.
+pub const TOP_MENU: &str = "========================\n\
+                            1. login\n\
+                            2. register\n\
+                            3. quit\n\
+                            ========================\n";
+
+/// The top menu's prompt.
+pub const CHOICE: &str = "choice:";
+/// The login prompt for the user id.
+pub const USERID: &str = "userid:";
+/// The password prompt (login and register).
+pub const PASSWORD: &str = "userpassword:";
+/// The register prompt for the name.
+pub const USERNAME: &str = "username:";
+/// What an unknown command gets.
+pub const INVALID_COMMAND: &str = "invalid command, type help";
+
+/// The commands of the chat menu with their descriptions, in the order `help` lists them.
+pub const COMMANDS: &[(&str, &str)] = &[
+    ("help", "显示所有支持的命令，格式help"),
+    ("chat", "一对一聊天，格式chat:friendid:message"),
+    ("addfriend", "添加好友，格式addfriend:friendid"),
+    (
+        "creategroup",
+        "创建群组，格式creategroup:groupname:groupdesc",
+    ),
+    ("addgroup", "加入群组，格式addgroup:groupid"),
+    ("groupchat", "群聊，格式groupchat:groupid:message"),
+    ("loginout", "注销，格式loginout"),
+    ("quit", "注销并退出，格式quit"),
+];
+
+/// Writes `text` to stdout and flushes. A closed stdout is ignored: the chat goes on.
+pub fn emit(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+/// Writes `line` and a newline to stderr.
+pub fn error(line: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{line}");
+    let _ = err.flush();
+}
+
+/// The command list: `show command list >>>` and one `name : description` line each.
+pub fn help() -> String {
+    let mut s = String::from("show command list >>>\n");
+    for (name, desc) in COMMANDS {
+        s.push_str(&format!("{name} : {desc}\n"));
+    }
+    s
+}
+
+/// The login banner: the user, the friend list, the group list with members.
+pub fn banner(id: i64, name: &str, friends: &[Friend], groups: &[GroupInfo]) -> String {
+    let mut s = String::new();
+    s.push_str("======================login user======================\n");
+    s.push_str(&format!("current login user => id:{id} name:{name}\n"));
+    s.push_str("----------------------friend list---------------------\n");
+    for f in friends {
+        s.push_str(&format!("{} {} {}\n", f.id, f.name, state(f.online)));
+    }
+    s.push_str("----------------------group list----------------------\n");
+    for g in groups {
+        s.push_str(&format!("{} {} {}\n", g.id, g.name, g.desc));
+        for m in &g.members {
+            s.push_str(&format!(
+                "{} {} {} {}\n",
+                m.id,
+                m.name,
+                state(m.online),
+                m.role.as_str()
+            ));
+        }
+    }
+    s.push_str("======================================================\n");
+    s
+}
+
+fn state(online: bool) -> &'static str {
+    if online {
+        "online"
+    } else {
+        "offline"
+    }
+}
+
+/// The line for a received chat frame: `<time> [<id>]<name> said: <msg>` for ONE_CHAT,
+/// prefixed with `群消息[<groupid>]:` for GROUP_CHAT; `None` for other frames. Missing
+/// fields print as empty (or 0) rather than dropping the message.
+pub fn chat_line(frame: &Value) -> Option<String> {
+    let text = |k: &str| frame.get(k).and_then(Value::as_str).unwrap_or("");
+    let int = |k: &str| frame.get(k).and_then(Value::as_i64).unwrap_or(0);
+    let body = format!(
+        "{} [{}]{} said: {}\n",
+        text("time"),
+        int("id"),
+        text("name"),
+        text("msg")
+    );
+    match frame.get("msgid").and_then(Value::as_i64)? {
+        msgid::ONE_CHAT => Some(body),
+        msgid::GROUP_CHAT => Some(format!("群消息[{}]:{body}", int("groupid"))),
+        _ => None,
+    }
+}
+
+/// The result line of a REG_ACK for `name`.
+pub fn reg_line(name: &str, ack: &Value) -> String {
+    let errno = ack.get("errno").and_then(Value::as_i64).unwrap_or(-1);
+    if errno == 0 {
+        let id = ack.get("id").and_then(Value::as_i64).unwrap_or(0);
+        return format!("{name} register success, userid is {id}, do not forget it!\n");
+    }
+    match ack.get("errmsg").and_then(Value::as_str) {
+        // Our server says why; anything but "taken" deserves its own words.
+        Some(why) if !why.contains("taken") && !why.is_empty() => {
+            format!("{name} register error: {why}\n")
+        }
+        _ => format!("{name} is already exist, register error!\n"),
+    }
+}
+
+/// The line for one of our extended replies: an ERROR (msgid 11) or an ACK (msgid 12).
+/// `None` when there is nothing worth saying (a successful LOGINOUT, an empty success).
+pub fn reply_line(frame: &Value) -> Option<String> {
+    let errno = frame.get("errno").and_then(Value::as_i64).unwrap_or(0);
+    let errmsg = frame.get("errmsg").and_then(Value::as_str).unwrap_or("");
+    let req = frame.get("reqmsgid").and_then(Value::as_i64);
+    if errno == 0 && frame.get("msgid").and_then(Value::as_i64) == Some(msgid::ACK) {
+        match req {
+            Some(msgid::LOGINOUT) => return None,
+            Some(msgid::CREATE_GROUP) => {
+                if let Some(gid) = frame.get("groupid").and_then(Value::as_i64) {
+                    return Some(format!("create group success, groupid is {gid}\n"));
+                }
+            }
+            _ => {}
+        }
+        if errmsg.is_empty() {
+            return None;
+        }
+    }
+    if errmsg.is_empty() {
+        return Some(format!("error {errno}\n"));
+    }
+    Some(format!("{errmsg}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat::protocol::{Member, Role};
+    use serde_json::json;
+
+    #[test]
+    fn menu_and_help_shapes() {
+        assert!(TOP_MENU.starts_with(&format!("{}\n1. login\n", "=".repeat(24))));
+        assert!(TOP_MENU.ends_with(&format!("3. quit\n{}\n", "=".repeat(24))));
+        let h = help();
+        assert!(h.starts_with("show command list >>>\n"));
+        assert!(h.contains("\nchat : 一对一聊天，格式chat:friendid:message\n"));
+        assert_eq!(h.lines().count(), COMMANDS.len() + 1);
+    }
+
+    #[test]
+    fn banner_exact() {
+        let friends = [Friend {
+            id: 2,
+            name: "bob".into(),
+            online: true,
+        }];
+        let groups = [GroupInfo {
+            id: 1,
+            name: "g".into(),
+            desc: "a group".into(),
+            members: vec![Member {
+                id: 1,
+                name: "alice".into(),
+                role: Role::Creator,
+                online: false,
+            }],
+        }];
+        let b = banner(1, "alice", &friends, &groups);
+        let lines: Vec<&str> = b.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                &format!("{}login user{}", "=".repeat(22), "=".repeat(22)),
+                "current login user => id:1 name:alice",
+                &format!("{}friend list{}", "-".repeat(22), "-".repeat(21)),
+                "2 bob online",
+                &format!("{}group list{}", "-".repeat(22), "-".repeat(22)),
+                "1 g a group",
+                "1 alice offline creator",
+                &"=".repeat(54),
+            ]
+        );
+    }
+
+    #[test]
+    fn chat_lines() {
+        let one = json!({"id":1,"msg":"a:b","msgid":6,"name":"al","time":"t","toid":2});
+        assert_eq!(chat_line(&one).unwrap(), "t [1]al said: a:b\n");
+        let grp = json!({"groupid":3,"id":1,"msg":"hi","msgid":10,"name":"al","time":"t"});
+        assert_eq!(chat_line(&grp).unwrap(), "群消息[3]:t [1]al said: hi\n");
+        assert_eq!(chat_line(&json!({"msgid":14})), None);
+    }
+
+    #[test]
+    fn reg_and_reply_lines() {
+        assert_eq!(
+            reg_line("al", &json!({"errno":0,"id":7,"msgid":5})),
+            "al register success, userid is 7, do not forget it!\n"
+        );
+        let taken = "al is already exist, register error!\n";
+        assert_eq!(reg_line("al", &json!({"errno":1,"msgid":5})), taken);
+        assert_eq!(
+            reg_line(
+                "al",
+                &json!({"errmsg":"name is already taken","errno":1,"msgid":5})
+            ),
+            taken
+        );
+        assert_eq!(
+            reg_line("al", &json!({"errmsg":"server down","errno":1,"msgid":5})),
+            "al register error: server down\n"
+        );
+        let ack = |req: i64, errno: i64, msg: &str| json!({"errmsg":msg,"errno":errno,"msgid":12,"reqmsgid":req,"groupid":7});
+        assert_eq!(
+            reply_line(&ack(8, 0, "group 7 created")).unwrap(),
+            "create group success, groupid is 7\n"
+        );
+        assert_eq!(reply_line(&ack(3, 0, "logged out")), None);
+        assert_eq!(
+            reply_line(&ack(9, 202, "no such group 9")).unwrap(),
+            "no such group 9\n"
+        );
+        let err = json!({"errmsg":"not logged in","errno":107,"msgid":11,"reqmsgid":6});
+        assert_eq!(reply_line(&err).unwrap(), "not logged in\n");
+        assert_eq!(
+            reply_line(&json!({"errno":5,"msgid":11})).unwrap(),
+            "error 5\n"
+        );
+    }
+}
