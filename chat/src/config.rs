@@ -70,6 +70,12 @@ pub struct Config {
     /// new messages are stored and delivered when it catches up.
     #[arg(long, env = "CHAT_OUTPUT_HIGH_WATER", default_value_t = 4 * 1024 * 1024)]
     pub output_high_water: usize,
+    /// Memory cost of new password hashes in KiB (argon2id; the default is OWASP's).
+    #[arg(long, env = "CHAT_ARGON2_MEMORY_KIB", default_value_t = 19_456)]
+    pub argon2_memory_kib: u32,
+    /// Passes of new password hashes (argon2id).
+    #[arg(long, env = "CHAT_ARGON2_PASSES", default_value_t = 2)]
+    pub argon2_passes: u32,
     /// Log level: error, warn, info, debug or trace (`RUST_LOG` overrides it).
     #[arg(long, env = "CHAT_LOG", default_value = "info")]
     pub log_level: String,

@@ -6,7 +6,28 @@
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::{Algorithm, Argon2, Params, Version};
+use std::sync::OnceLock;
+
+/// The cost of new hashes, set once at start-up ([`set_cost`]); argon2's defaults
+/// (19 MiB, 2 passes — OWASP's recommendation) when never set.
+static COST: OnceLock<Params> = OnceLock::new();
+
+/// Sets the cost of new hashes: memory in KiB and passes. Existing hashes keep
+/// verifying with the parameters stored in them. Call at most once, before serving.
+///
+/// # Errors
+/// Parameters argon2 rejects, or a second call.
+pub fn set_cost(memory_kib: u32, passes: u32) -> Result<(), String> {
+    let params = Params::new(memory_kib, passes, 1, None).map_err(|e| e.to_string())?;
+    COST.set(params)
+        .map_err(|_| "the password cost is already set".to_owned())
+}
+
+fn hasher() -> Argon2<'static> {
+    let params = COST.get().cloned().unwrap_or_default();
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
 
 /// The outcome of [`verify`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +47,7 @@ pub enum Verified {
 /// Slow on purpose (tens of milliseconds): call it from a worker thread, never an IO loop.
 pub fn hash(password: &str) -> String {
     let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
+    hasher()
         .hash_password(password.as_bytes(), &salt)
         .expect("argon2 with default parameters accepts any password shorter than 4 GiB")
         .to_string()

@@ -1,6 +1,7 @@
 //! ChatServer: the chat service on the net reactor — the gateway decodes on the
 //! IO loops, workers run the business, replies go back through connection handles.
 
+use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -128,13 +129,27 @@ impl ChatServer {
     /// on the base loop thread, after its `run` returned.
     pub fn shutdown(mut self, lp: &EventLoop, grace: Duration) {
         self.tcp.stop_accepting();
-        let sessions: Vec<Arc<Session>> = self.sessions.lock().values().cloned().collect();
-        for s in &sessions {
-            self.workers.submitter().submit(s, Job::Shutdown);
-        }
+        // A connection accepted just before `stop_accepting` may still be on its way
+        // to its IO loop and join `sessions` later: every tick tells the newcomers too.
+        let submitter = self.workers.submitter().clone();
+        let mut told: HashSet<u64> = HashSet::new();
+        let open = self.sessions.clone();
+        let mut tell_newcomers = move || {
+            let new: Vec<Arc<Session>> = open
+                .lock()
+                .iter()
+                .filter(|(id, _)| told.insert(**id))
+                .map(|(_, s)| s.clone())
+                .collect();
+            for s in &new {
+                submitter.submit(s, Job::Shutdown);
+            }
+        };
+        tell_newcomers();
         let deadline = Instant::now() + grace;
         let open = self.sessions.clone();
         lp.run_every(Duration::from_millis(5), move |lp| {
+            tell_newcomers();
             if open.lock().is_empty() || Instant::now() >= deadline {
                 lp.quit();
             }

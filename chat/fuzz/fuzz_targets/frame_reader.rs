@@ -1,0 +1,6 @@
+//! Fuzz target `frame_reader`: The client's FrameReader, in reads chosen by the input's first bytes, against a whole-stream reference.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| chat_fuzz::fuzz_frame_reader(data));

@@ -1,0 +1,325 @@
+//! chat-bench: a load generator for the chat server (ours or the original C++ one).
+//!
+//! It speaks only the legacy protocol (ONE_CHAT carries both `toid` and `to`), runs on
+//! the `net` reactor (one TcpClient per simulated user, spread over loop threads),
+//! registers and logs in N users over one or several `host:port` targets with bounded
+//! concurrency, then runs one scenario for a warm-up and a measured period and prints
+//! a table and JSON. A message's send time travels inside its `msg` text, so latency
+//! is measured end to end, sender to recipient.
+
+mod driver;
+mod stats;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use serde_json::json;
+
+use driver::{Phase, Shared};
+use stats::Stats;
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Each user chats with a partner: closed loop (window per sender) or open loop (--rate).
+    OneToOne,
+    /// G groups of S members; each group's creator sends, every other member receives.
+    Group,
+    /// Log in / log out storms: logins per second.
+    Login,
+    /// Hold N logged-in connections; with --server-pid, the server's RSS per connection.
+    Idle,
+}
+
+/// Command line.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "chat-bench", version, about = "Load generator for the chat server.")]
+pub struct Args {
+    /// The scenario.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// Server addresses, comma separated; users are spread over them round robin.
+    #[arg(long, default_value = "127.0.0.1:6000", value_delimiter = ',')]
+    pub targets: Vec<String>,
+    /// Simulated users (one connection each).
+    #[arg(long, short = 'n', default_value_t = 100)]
+    pub users: usize,
+    /// Loop threads of the load generator.
+    #[arg(long, short = 't', default_value_t = 1)]
+    pub threads: usize,
+    /// Measured seconds.
+    #[arg(long, short = 'd', default_value_t = 10.0)]
+    pub duration: f64,
+    /// Warm-up seconds before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Connections being set up (register + login) at once.
+    #[arg(long, default_value_t = 200)]
+    pub concurrency: usize,
+    /// Messages in flight per sender (closed loop).
+    #[arg(long, short = 'w', default_value_t = 1)]
+    pub window: u32,
+    /// Open loop: total messages per second (0: closed loop).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Group scenario: number of groups.
+    #[arg(long, default_value_t = 1)]
+    pub groups: usize,
+    /// Group scenario: members per group (users = groups × size).
+    #[arg(long, default_value_t = 100)]
+    pub group_size: usize,
+    /// Bytes of text per message (padded).
+    #[arg(long, default_value_t = 32)]
+    pub msg_size: usize,
+    /// The server's pid, to report its RSS per connection (idle scenario).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Write the JSON report here too.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// Password of the users the bench registers.
+    #[arg(long, default_value = "bench-pw")]
+    pub password: String,
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+fn main() {
+    let mut args = Args::parse();
+    if args.scenario == Scenario::Group {
+        args.users = args.groups * args.group_size;
+    }
+    if args.users == 0 || args.threads == 0 {
+        eprintln!("chat-bench: --users and --threads must be positive");
+        std::process::exit(2);
+    }
+    raise_fd_limit();
+    let targets: Vec<SocketAddr> = args
+        .targets
+        .iter()
+        .map(|t| {
+            t.to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .unwrap_or_else(|| {
+                    eprintln!("chat-bench: cannot resolve {t}");
+                    std::process::exit(2)
+                })
+        })
+        .collect();
+    let rss_before = args.server_pid.and_then(rss_kib);
+    let shared = Arc::new(Shared::new(args.clone(), targets));
+    let mut handles = Vec::new();
+    let mut loops = Vec::new();
+    for t in 0..args.threads {
+        let shared = shared.clone();
+        let (tx, rx) = mpsc::channel();
+        handles.push(
+            thread::Builder::new()
+                .name(format!("bench{t}"))
+                .spawn(move || driver::run_loop(t, shared, tx))
+                .expect("spawn a loop thread"),
+        );
+        loops.push(rx.recv().expect("loop thread started"));
+    }
+
+    // Setup: register and log in everyone.
+    let started = Instant::now();
+    wait_progress(&shared, "setup", |s| {
+        let done = s.ready.load(Ordering::Relaxed) + s.failed.load(Ordering::Relaxed);
+        (done >= args.users, format!("{done}/{} logged in", args.users))
+    });
+    let setup_secs = started.elapsed().as_secs_f64();
+    let failed = shared.failed.load(Ordering::Relaxed);
+    eprintln!(
+        "\nsetup: {} users ready in {setup_secs:.1}s ({failed} failed)",
+        shared.ready.load(Ordering::Relaxed)
+    );
+    if args.scenario == Scenario::Group {
+        shared.set_phase(Phase::GroupSetup);
+        for h in &loops {
+            h.run_in_loop(|_| driver::with_driver(|d| d.setup_groups()));
+        }
+        wait_progress(&shared, "groups", |s| {
+            let done = s.groups_ready.load(Ordering::Relaxed);
+            (done >= args.groups, format!("{done}/{} groups", args.groups))
+        });
+        // Joins have no reply in the legacy protocol: give them a moment.
+        thread::sleep(Duration::from_millis(500));
+        eprintln!();
+    }
+    let rss_after_setup = args.server_pid.and_then(rss_kib);
+
+    shared.set_phase(Phase::Warmup);
+    for h in &loops {
+        h.run_in_loop(|_| driver::with_driver(|d| d.start_traffic()));
+    }
+    thread::sleep(Duration::from_secs_f64(args.warmup));
+    shared.set_phase(Phase::Measure);
+    let measure_start = Instant::now();
+    let mut last_print = Instant::now();
+    while measure_start.elapsed().as_secs_f64() < args.duration {
+        thread::sleep(Duration::from_millis(100));
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            last_print = Instant::now();
+            eprint!(
+                "\rmeasure: {:.0}s, {} delivered",
+                measure_start.elapsed().as_secs_f64(),
+                shared.progress.load(Ordering::Relaxed)
+            );
+        }
+    }
+    let measured = measure_start.elapsed().as_secs_f64();
+    shared.set_phase(Phase::Drain);
+    thread::sleep(Duration::from_secs(2));
+    let rss_end = args.server_pid.and_then(rss_kib);
+
+    let mut total = Stats::default();
+    for h in &loops {
+        let (tx, rx) = mpsc::channel();
+        h.run_in_loop(move |_| {
+            let _ = tx.send(driver::with_driver(|d| d.stats.clone()));
+        });
+        if let Ok(s) = rx.recv_timeout(Duration::from_secs(5)) {
+            total.merge(&s);
+        }
+    }
+    shared.set_phase(Phase::Done);
+    for h in &loops {
+        h.quit();
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    eprintln!();
+    report(&args, &total, measured, setup_secs, failed, rss_before, rss_after_setup, rss_end);
+}
+
+fn wait_progress(shared: &Shared, what: &str, f: impl Fn(&Shared) -> (bool, String)) {
+    let mut last = Instant::now() - Duration::from_secs(1);
+    loop {
+        let (done, line) = f(shared);
+        if last.elapsed() >= Duration::from_millis(500) || done {
+            eprint!("\r{what}: {line}   ");
+            last = Instant::now();
+        }
+        if done {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    args: &Args,
+    s: &Stats,
+    secs: f64,
+    setup_secs: f64,
+    failed: usize,
+    rss_before: Option<u64>,
+    rss_after_setup: Option<u64>,
+    rss_end: Option<u64>,
+) {
+    let lost = s.expected.saturating_sub(s.delivered);
+    let mut report = json!({
+        "scenario": format!("{:?}", args.scenario),
+        "targets": args.targets,
+        "users": args.users,
+        "threads": args.threads,
+        "window": args.window,
+        "rate": args.rate,
+        "seconds": secs,
+        "setup_seconds": setup_secs,
+        "setup_failed": failed,
+        "sent": s.sent,
+        "delivered": s.delivered,
+        "expected": s.expected,
+        "lost": lost,
+        "errors": s.errors,
+        "sent_per_sec": s.sent as f64 / secs,
+        "delivered_per_sec": s.delivered as f64 / secs,
+        "latency": s.latency_json(),
+    });
+    if args.scenario == Scenario::Group {
+        report["groups"] = json!(args.groups);
+        report["group_size"] = json!(args.group_size);
+    }
+    if args.scenario == Scenario::Login {
+        report["logins"] = json!(s.logins);
+        report["logins_per_sec"] = json!(s.logins as f64 / secs);
+    }
+    if let (Some(before), Some(after)) = (rss_before, rss_after_setup) {
+        report["server_rss_kib_before"] = json!(before);
+        report["server_rss_kib_after_setup"] = json!(after);
+        report["server_rss_kib_end"] = json!(rss_end);
+        report["server_rss_bytes_per_connection"] =
+            json!((after.saturating_sub(before) * 1024) as f64 / args.users as f64);
+    }
+    println!("scenario            {:?}", args.scenario);
+    println!("users / threads     {} / {}", args.users, args.threads);
+    println!("measured            {secs:.1} s (setup {setup_secs:.1} s, {failed} failed)");
+    match args.scenario {
+        Scenario::Login => println!(
+            "logins              {} ({:.0}/s)",
+            s.logins,
+            s.logins as f64 / secs
+        ),
+        Scenario::Idle => {}
+        _ => {
+            println!("sent                {} ({:.0}/s)", s.sent, s.sent as f64 / secs);
+            println!(
+                "delivered           {} ({:.0}/s)",
+                s.delivered,
+                s.delivered as f64 / secs
+            );
+            println!("lost                {lost}");
+        }
+    }
+    println!("errors              {}", s.errors);
+    if args.scenario != Scenario::Idle {
+        println!(
+            "latency µs          p50 {}  p99 {}  p99.9 {}  max {}",
+            s.quantile(0.5),
+            s.quantile(0.99),
+            s.quantile(0.999),
+            report["latency"]["max_us"]
+        );
+    }
+    if let Some(per) = report.get("server_rss_bytes_per_connection") {
+        println!("server RSS          {per:.0} bytes per connection");
+    }
+    println!("{report}");
+    if let Some(path) = &args.json {
+        if let Err(e) = std::fs::write(path, format!("{report:#}\n")) {
+            eprintln!("chat-bench: writing {}: {e}", path.display());
+        }
+    }
+}

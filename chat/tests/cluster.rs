@@ -1,0 +1,614 @@
+//! Cluster proof: real `ChatServer` processes on MySQL and Redis behind nginx, started
+//! by `scripts/cluster.sh`. Users on different nodes chat one-to-one and in groups, in
+//! order; offline messages cross nodes; presence is cluster-wide (errno 2); a node killed
+//! with `kill -9`, a Redis restart and a clean stop lose no message and leave presence
+//! right. The tests run one at a time: they start processes and take ports.
+
+mod cluster_util;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use cluster_util::client::{
+    ack_list, frame_bytes, friend_state, group_chat, member_state, one_chat, Client,
+};
+use cluster_util::traffic::{parse_text, Ledger, Missing, Peer, Target, Writer};
+use cluster_util::{poll, serial, Cluster, ClusterOpts, RedisServer};
+use serde_json::Value;
+
+/// Messages each way in the ordering checks.
+const N: usize = 200;
+
+/// Registers `names` (password = name) on node 1; returns their ids.
+fn register(c: &Cluster, names: &[&str]) -> Vec<i64> {
+    let mut reg = Client::connect(c.port(1));
+    names.iter().map(|n| reg.register(n, n)).collect()
+}
+
+/// A connection to `port` logged in as `id` (password `name`).
+fn login(port: u16, id: i64, name: &str) -> (Client, Value) {
+    let mut cl = Client::connect(port);
+    let ack = cl.login_ok(id, name);
+    (cl, ack)
+}
+
+/// Asserts a delivered chat frame: msgid, sender, sender name, text.
+fn check_chat(v: &Value, msgid: i64, from: i64, name: &str, msg: &str) {
+    assert_eq!(v["msgid"], msgid, "{v}");
+    assert_eq!(v["id"], from, "{v}");
+    assert_eq!(v["name"], name, "{v}");
+    assert_eq!(v["msg"], msg, "{v}");
+}
+
+#[test]
+fn users_on_different_nodes_chat_in_order_and_share_presence() {
+    let _serial = serial();
+    let c = Cluster::start(ClusterOpts::default());
+    let (p1, p2) = (c.port(1), c.port(2));
+    let ids = register(&c, &["alice", "bob", "carol", "dave"]);
+    let (alice, bob, carol, dave) = (ids[0], ids[1], ids[2], ids[3]);
+
+    // Relations first: bob befriends alice and creates the group; all join it.
+    let (mut b, _) = login(p2, bob, "bob");
+    b.add_friend(bob, alice);
+    let g = b.create_group(bob, "proof");
+    b.logout(bob);
+    let (mut a, _) = login(p1, alice, "alice");
+    a.add_friend(alice, bob);
+    a.join_group(alice, g);
+    let (mut cr, _) = login(p2, carol, "carol");
+    cr.join_group(carol, g);
+    let (mut d, _) = login(p1, dave, "dave");
+    d.join_group(dave, g);
+    d.logout(dave);
+    drop(d);
+
+    // bob logs in on node 2: alice, on node 1, is online in his ACK.
+    let ack = b.login_ok(bob, "bob");
+    assert_eq!(friend_state(&ack, alice), "online", "{ack}");
+    assert_eq!(member_state(&ack, g, alice), "online", "{ack}");
+    assert_eq!(member_state(&ack, g, carol), "online", "{ack}");
+    assert_eq!(member_state(&ack, g, dave), "offline", "{ack}");
+    // And alice, logging in again on node 1, sees bob and carol of node 2 online.
+    a.logout(alice);
+    let ack = a.login_ok(alice, "alice");
+    assert_eq!(friend_state(&ack, bob), "online", "{ack}");
+    assert_eq!(member_state(&ack, g, carol), "online", "{ack}");
+    assert_eq!(c.presence(alice), Some(c.node_id(1)));
+    assert_eq!(c.presence(bob), Some(c.node_id(2)));
+
+    // One-to-one, both ways at once, N each: all arrive, in order.
+    for i in 0..N {
+        a.send(&one_chat(alice, "alice", bob, &format!("a2b {i}")));
+        b.send(&one_chat(bob, "bob", alice, &format!("b2a {i}")));
+    }
+    for i in 0..N {
+        let v = b.recv();
+        check_chat(&v, 6, alice, "alice", &format!("a2b {i}"));
+        assert_eq!(v["toid"], bob, "{v}");
+        let v = a.recv();
+        check_chat(&v, 6, bob, "bob", &format!("b2a {i}"));
+    }
+
+    // Group, both ways at once: each sender's messages reach every other member in order.
+    for i in 0..N {
+        a.send(&group_chat(alice, "alice", g, &format!("ga {i}")));
+        b.send(&group_chat(bob, "bob", g, &format!("gb {i}")));
+    }
+    for i in 0..N {
+        let v = b.recv();
+        check_chat(&v, 10, alice, "alice", &format!("ga {i}"));
+        assert_eq!(v["groupid"], g, "{v}");
+        check_chat(&a.recv(), 10, bob, "bob", &format!("gb {i}"));
+    }
+    let mut next: HashMap<i64, usize> = HashMap::new();
+    for _ in 0..2 * N {
+        let v = cr.recv();
+        let from = v["id"].as_i64().unwrap();
+        let (name, tag) = if from == alice {
+            ("alice", "ga")
+        } else {
+            ("bob", "gb")
+        };
+        let i = next.entry(from).or_default();
+        check_chat(&v, 10, from, name, &format!("{tag} {i}"));
+        *i += 1;
+    }
+    a.barrier();
+    b.barrier();
+    cr.barrier();
+
+    // Offline: alice (node 1) writes to dave, who logs in on node 2 and gets it all,
+    // the group messages included, in the order they were sent.
+    for i in 0..5 {
+        a.send(&one_chat(alice, "alice", dave, &format!("a2d {i}")));
+    }
+    a.barrier();
+    let (_d, ack) = login(p2, dave, "dave");
+    let offline = ack_list(&ack, "offlinemsg");
+    assert_eq!(offline.len(), 2 * N + 5, "offline messages of dave");
+    let of = |from: i64| -> Vec<String> {
+        offline
+            .iter()
+            .filter(|m| m["id"] == from)
+            .map(|m| m["msg"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let want_alice: Vec<String> = (0..N)
+        .map(|i| format!("ga {i}"))
+        .chain((0..5).map(|i| format!("a2d {i}")))
+        .collect();
+    assert_eq!(of(alice), want_alice);
+    assert_eq!(
+        of(bob),
+        (0..N).map(|i| format!("gb {i}")).collect::<Vec<_>>()
+    );
+
+    // One login per cluster: the legacy errno 2 across nodes, byte for byte.
+    Client::connect(p2).login_already_online(alice, "alice");
+    Client::connect(p1).login_already_online(bob, "bob");
+    Client::connect(p1).login_already_online(dave, "dave");
+    Client::connect(p1).login_already_online(carol, "carol");
+    println!("cross-node: {N} one-to-one and {N} group messages each way, in order");
+}
+
+#[test]
+fn users_logging_in_through_nginx_land_on_different_nodes_and_chat() {
+    let _serial = serial();
+    let c = Cluster::start(ClusterOpts::default());
+    let ids = register(&c, &["xena", "yuri"]);
+    let (x_id, y_id) = (ids[0], ids[1]);
+    let (mut x, _) = login(c.lb_port, x_id, "xena");
+    let (mut y, _) = login(c.lb_port, y_id, "yuri");
+    let (nx, ny) = (c.presence(x_id).unwrap(), c.presence(y_id).unwrap());
+    assert_ne!(nx, ny, "least_conn should have spread the two connections");
+    println!("through nginx: xena on {nx}, yuri on {ny}");
+    for i in 0..50 {
+        x.send(&one_chat(x_id, "xena", y_id, &format!("x {i}")));
+        y.send(&one_chat(y_id, "yuri", x_id, &format!("y {i}")));
+    }
+    for i in 0..50 {
+        check_chat(&y.recv(), 6, x_id, "xena", &format!("x {i}"));
+        check_chat(&x.recv(), 6, y_id, "yuri", &format!("y {i}"));
+    }
+    let g = x.create_group(x_id, "lb");
+    y.join_group(y_id, g);
+    x.send(&group_chat(x_id, "xena", g, "hello group"));
+    check_chat(&y.recv(), 10, x_id, "xena", "hello group");
+}
+
+/// Logs `id` in through `port`, retrying while it is still online elsewhere (errno 2),
+/// for at most `limit`. Returns the connection and the ACK.
+fn login_when_free(port: u16, id: i64, name: &str, limit: Duration) -> (Client, Value) {
+    let start = Instant::now();
+    let mut cl = Client::connect(port);
+    loop {
+        let ack = cl.login(id, name);
+        match ack["errno"].as_i64() {
+            Some(0) => return (cl, ack),
+            Some(2) => {}
+            _ => panic!("login of {id}: {ack}"),
+        }
+        assert!(
+            start.elapsed() < limit,
+            "user {id} still online elsewhere after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn kill_9_of_a_node_loses_no_message_and_frees_its_users() {
+    let _serial = serial();
+    let c = Cluster::start(ClusterOpts::default()); // default --node-ttl-ms 10000
+    let names = ["ann1", "ann2", "ben1", "ben2"];
+    let ids = register(&c, &names);
+    let (a1, a2, b1, b2) = (ids[0], ids[1], ids[2], ids[3]);
+    let ports = [c.port(1), c.port(1), c.port(2), c.port(2)];
+    let mut clients: Vec<Client> = ids
+        .iter()
+        .zip(names)
+        .zip(ports)
+        .map(|((&id, name), port)| login(port, id, name).0)
+        .collect();
+    let g = clients[0].create_group(a1, "crash");
+    for (cl, &id) in clients.iter_mut().zip(&ids).skip(1) {
+        cl.join_group(id, g);
+    }
+    let peers: Vec<Peer> = clients
+        .into_iter()
+        .zip(ids.iter().zip(names))
+        .map(|(cl, (&id, name))| Peer::start(id, name, cl))
+        .collect();
+
+    let pace = Duration::from_millis(5);
+    let tag = "k9";
+    let writers = vec![
+        Writer::spawn(
+            &peers[0],
+            tag,
+            vec![Target::User(b1), Target::Group(g, vec![a2, b1, b2])],
+            pace,
+        ),
+        Writer::spawn(&peers[1], tag, vec![Target::User(b2)], pace),
+        Writer::spawn(&peers[2], tag, vec![Target::User(a1)], pace),
+        Writer::spawn(
+            &peers[3],
+            tag,
+            vec![Target::User(a2), Target::Group(g, vec![a1, a2, b1])],
+            pace,
+        ),
+    ];
+    // Traffic flows both ways before the kill.
+    for p in &peers {
+        assert!(
+            p.wait(Duration::from_secs(10), |ib| ib.chats.len() >= 20),
+            "no warm-up traffic to {}",
+            p.id
+        );
+    }
+
+    let kill = Instant::now();
+    c.kill9(2);
+    for p in &peers[2..] {
+        assert!(
+            p.wait(Duration::from_secs(5), |ib| ib.eof),
+            "connection of {} survived the kill",
+            p.id
+        );
+    }
+    // The survivors keep writing to the dead node's users for a while.
+    let before = writers[0].count();
+    poll(
+        Duration::from_secs(10),
+        "survivors keep writing after the kill",
+        || (writers[0].count() >= before + 100).then_some(()),
+    );
+    let mut ledger = Ledger::default();
+    let mut writers = writers.into_iter();
+    let mut peers = peers.into_iter();
+    let (pa1, pa2) = (peers.next().unwrap(), peers.next().unwrap());
+    let killed: Vec<Peer> = peers.collect();
+    let survivors = [&pa1, &pa2];
+    let mut sent_by: HashMap<i64, usize> = HashMap::new();
+    let mut survivor_sent = Vec::new();
+    for w in writers.by_ref().take(2) {
+        let (sent, err) = w.stop();
+        assert!(err.is_none(), "a survivor's write failed: {err:?}");
+        sent_by.insert(sent[0].from, sent.len());
+        survivor_sent.push(sent);
+    }
+    for (p, sent) in survivors.iter().zip(&survivor_sent) {
+        let n = sent.len();
+        assert!(
+            p.wait(Duration::from_secs(10), |ib| ib.pongs.len() >= n),
+            "not every message of {} was handled",
+            p.id
+        );
+    }
+    let mut killed_sent = Vec::new();
+    for w in writers {
+        killed_sent.push(w.stop().0);
+    }
+
+    // The dead node's users log in again through nginx once their presence expires.
+    let mut relogin = Vec::new();
+    let mut back = Vec::new();
+    for (id, name) in [(b1, "ben1"), (b2, "ben2")] {
+        let (cl, ack) = login_when_free(c.lb_port, id, name, Duration::from_secs(30));
+        relogin.push(kill.elapsed());
+        back.push(cl);
+        let at = c.presence(id);
+        assert!(
+            at == Some(c.node_id(1)),
+            "{id} on {at:?}, not node 1, {:?} after the kill",
+            kill.elapsed()
+        );
+        ledger.stored(id, &ack);
+    }
+    println!(
+        "kill -9: re-login through nginx {:.2?} / {:.2?} after the kill",
+        relogin[0], relogin[1]
+    );
+    assert!(relogin[1] < Duration::from_secs(30));
+
+    // Wait for the confirmed messages of the dead node's users to reach the survivors.
+    let owed: Vec<(i64, String)> = killed_sent
+        .iter()
+        .zip(&killed)
+        .flat_map(|(sent, p)| {
+            let confirmed = p.inbox().pongs.len();
+            sent.iter()
+                .take(confirmed)
+                .flat_map(|s| {
+                    s.to.iter()
+                        .filter(|r| **r == a1 || **r == a2)
+                        .map(move |r| (*r, s.text.clone()))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for p in survivors {
+        let mine: Vec<&String> = owed
+            .iter()
+            .filter(|(r, _)| *r == p.id)
+            .map(|(_, t)| t)
+            .collect();
+        p.wait(Duration::from_secs(5), |ib| {
+            let got = ib.texts();
+            mine.iter().all(|t| got.contains(t))
+        });
+    }
+
+    // Back on node 1, the users of the dead node chat with the survivors live.
+    for ((cl, &(id, name)), p) in back
+        .iter_mut()
+        .zip(&[(b1, "ben1"), (b2, "ben2")])
+        .zip(survivors)
+    {
+        p.send_raw(&frame_bytes(&one_chat(p.id, &p.name, id, "welcome back")))
+            .unwrap();
+        check_chat(&cl.recv(), 6, p.id, &p.name, "welcome back");
+        cl.send(&one_chat(id, name, p.id, "thanks"));
+        assert!(
+            p.wait(Duration::from_secs(10), |ib| ib
+                .texts()
+                .iter()
+                .any(|t| t == "thanks")),
+            "reply to {}",
+            p.id
+        );
+    }
+
+    // Survivors log out (their stored messages, if any, come at the next login).
+    for (sent, p) in survivor_sent.into_iter().zip([pa1, pa2]) {
+        p.logout();
+        let id = p.id;
+        let ib = p.finish();
+        ledger.live(
+            id,
+            ib.texts()
+                .into_iter()
+                .filter(|t| parse_text(t).is_some())
+                .collect(),
+        );
+        ledger.sent(sent, &ib.pongs);
+    }
+    for (sent, p) in killed_sent.into_iter().zip(killed) {
+        let id = p.id;
+        let ib = p.finish();
+        ledger.live(id, ib.texts());
+        ledger.sent(sent, &ib.pongs);
+    }
+    for (id, name) in [(a1, "ann1"), (a2, "ann2")] {
+        let (_cl, ack) = login(c.port(1), id, name);
+        ledger.stored(id, &ack);
+    }
+
+    let t = ledger.tally(&[b1, b2], Some(kill));
+    println!("kill -9: {t}");
+    for (who, n) in &sent_by {
+        println!("kill -9: survivor {who} sent {n}");
+    }
+    for m in t.missing.iter().filter(|m| m.why != Missing::Lost) {
+        println!("kill -9: missing but excused: {m:?}");
+    }
+    for d in &t.duplicated {
+        println!("kill -9: DUPLICATED {d:?}");
+    }
+    assert_eq!(t.count(Missing::Lost), 0, "lost: {:?}", t.missing);
+    assert!(t.unexpected.is_empty(), "unexpected: {:?}", t.unexpected);
+    assert!(t.reordered.is_empty(), "reordered: {:?}", t.reordered);
+    assert!(
+        t.live > 0 && t.stored > 0,
+        "the run should have had both: {t}"
+    );
+}
+
+#[test]
+fn redis_restart_mid_traffic_loses_nothing_and_presence_comes_back() {
+    let _serial = serial();
+    let mut redis = RedisServer::start();
+    let c = Cluster::start(ClusterOpts {
+        nodes: 2,
+        redis: redis.url(),
+        node_ttl_ms: Some(2000),
+    });
+    let ids = register(&c, &["rita", "ruth"]);
+    let (a, b) = (ids[0], ids[1]);
+    let pa = Peer::start(a, "rita", login(c.port(1), a, "rita").0);
+    let pb = Peer::start(b, "ruth", login(c.port(2), b, "ruth").0);
+    let pace = Duration::from_millis(10);
+    let wa = Writer::spawn(&pa, "rr", vec![Target::User(b)], pace);
+    let wb = Writer::spawn(&pb, "rr", vec![Target::User(a)], pace);
+    for p in [&pa, &pb] {
+        assert!(
+            p.wait(Duration::from_secs(10), |ib| ib.chats.len() >= 10),
+            "no traffic to {}",
+            p.id
+        );
+    }
+
+    // Redis dies; the nodes keep serving (every message is answered) meanwhile.
+    let down = Instant::now();
+    redis.kill();
+    let (na, nb) = (pa.inbox().pongs.len(), pb.inbox().pongs.len());
+    for (p, n) in [(&pa, na), (&pb, nb)] {
+        assert!(
+            p.wait(Duration::from_secs(10), |ib| ib.pongs.len() >= n + 50),
+            "node of {} stalled without Redis",
+            p.id
+        );
+    }
+    assert!(cluster_util::alive(c.pid(1)) && cluster_util::alive(c.pid(2)));
+    let outage = down.elapsed();
+    redis.restart();
+    let up = Instant::now();
+    // The longest wait for an answer while Redis was down, against the pace.
+    let stall = [&pa, &pb]
+        .iter()
+        .flat_map(|p| {
+            let pongs: Vec<Instant> = p
+                .inbox()
+                .pongs
+                .iter()
+                .copied()
+                .filter(|t| *t > down && *t < up)
+                .collect();
+            pongs.windows(2).map(|w| w[1] - w[0]).collect::<Vec<_>>()
+        })
+        .max()
+        .unwrap_or_default();
+
+    // The keepers re-claim their users.
+    c.wait_presence(a, 1, Duration::from_secs(10));
+    c.wait_presence(b, 2, Duration::from_secs(10));
+    let presence = up.elapsed();
+    // Live delivery across nodes resumes: a message written after the restart arrives.
+    let resumed = |w: &Writer, p: &Peer| -> Duration {
+        poll(
+            Duration::from_secs(15),
+            "live delivery across nodes resumes",
+            || {
+                let after: Vec<String> = w
+                    .sent
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|s| s.at > up)
+                    .map(|s| s.text.clone())
+                    .collect();
+                p.inbox()
+                    .texts()
+                    .iter()
+                    .any(|t| after.contains(t))
+                    .then(|| up.elapsed())
+            },
+        )
+    };
+    let (ra, rb) = (resumed(&wa, &pb), resumed(&wb, &pa));
+    // Presence works again across nodes: errno 2 both ways.
+    Client::connect(c.port(2)).login_already_online(a, "rita");
+    Client::connect(c.port(1)).login_already_online(b, "ruth");
+    println!(
+        "redis restart: outage {outage:.2?} (longest answer gap meanwhile {stall:.2?}, pace {pace:?}); \
+         presence back {presence:.2?} after the restart; \
+         live delivery back {ra:.2?} (rita->ruth) / {rb:.2?} (ruth->rita)"
+    );
+
+    let (sa, ea) = wa.stop();
+    let (sb, eb) = wb.stop();
+    assert!(ea.is_none() && eb.is_none(), "writes failed: {ea:?} {eb:?}");
+    for (p, n) in [(&pa, sa.len()), (&pb, sb.len())] {
+        assert!(
+            p.wait(Duration::from_secs(10), |ib| ib.pongs.len() >= n),
+            "not every message of {} was handled",
+            p.id
+        );
+    }
+    // A last marker each way: once it arrives, everything routed before it has too.
+    pa.send_raw(&frame_bytes(&one_chat(a, "rita", b, "marker")))
+        .unwrap();
+    pb.send_raw(&frame_bytes(&one_chat(b, "ruth", a, "marker")))
+        .unwrap();
+    for p in [&pa, &pb] {
+        assert!(
+            p.wait(Duration::from_secs(10), |ib| ib
+                .texts()
+                .iter()
+                .any(|t| t == "marker")),
+            "marker to {}",
+            p.id
+        );
+    }
+    let mut ledger = Ledger::default();
+    for (sent, p) in [(sa.clone(), pa), (sb.clone(), pb)] {
+        p.logout();
+        let id = p.id;
+        let ib = p.finish();
+        ledger.live(
+            id,
+            ib.texts()
+                .into_iter()
+                .filter(|t| parse_text(t).is_some())
+                .collect(),
+        );
+        ledger.sent(sent, &ib.pongs);
+    }
+    // The next login, on the other node, returns what was stored meanwhile.
+    let (_ca, ack) = login(c.port(2), a, "rita");
+    ledger.stored(a, &ack);
+    let (_cb, ack) = login(c.port(1), b, "ruth");
+    ledger.stored(b, &ack);
+    let t = ledger.tally(&[], None);
+    println!("redis restart: {t}");
+    for d in &t.duplicated {
+        println!("redis restart: DUPLICATED {d:?}");
+    }
+    assert!(t.missing.is_empty(), "missing: {:?}", t.missing);
+    assert!(t.unexpected.is_empty(), "unexpected: {:?}", t.unexpected);
+    assert!(t.reordered.is_empty(), "reordered: {:?}", t.reordered);
+    let during: Vec<(i64, String)> = sa
+        .iter()
+        .chain(&sb)
+        .filter(|m| m.at > down && m.at < up)
+        .map(|m| (m.to[0], m.text.clone()))
+        .collect();
+    let (live, stored) = during.iter().fold((0, 0), |(l, s), (to, text)| {
+        let (dl, ds) = ledger.delivered(*to, text);
+        (l + dl, s + ds)
+    });
+    println!(
+        "redis restart: {} messages written while Redis was down: {live} delivered live \
+         (flushed after the restart), {stored} returned at the next login",
+        during.len()
+    );
+    assert!(
+        !during.is_empty(),
+        "no message was written during the outage"
+    );
+}
+
+#[test]
+fn clean_stop_of_a_node_touches_only_its_own_users() {
+    let _serial = serial();
+    let c = Cluster::start(ClusterOpts {
+        nodes: 3,
+        ..ClusterOpts::default()
+    });
+    let ids = register(&c, &["sam", "sue", "sid"]);
+    let (sam, sue, sid) = (ids[0], ids[1], ids[2]);
+    let (mut a, _) = login(c.port(1), sam, "sam");
+    let (mut b, _) = login(c.port(2), sue, "sue");
+    b.add_friend(sue, sam);
+
+    // SIGTERM: the node logs its users out and closes their connections.
+    let pid = c.pid(2);
+    let t = Instant::now();
+    cluster_util::signal(pid, "-TERM");
+    b.expect_eof(Duration::from_secs(10));
+    drop(b);
+    poll(
+        Duration::from_secs(15),
+        "node 2 exits after SIGTERM",
+        || (!cluster_util::alive(pid)).then_some(()),
+    );
+    println!(
+        "clean stop: node 2 exited {:.2?} after SIGTERM",
+        t.elapsed()
+    );
+
+    // sam, on node 1, is still online for the whole cluster.
+    assert_eq!(c.presence(sam), Some(c.node_id(1)));
+    Client::connect(c.port(3)).login_already_online(sam, "sam");
+    Client::connect(c.port(1)).login_already_online(sam, "sam");
+    // ... and reachable from a user who logs in now on another remaining node.
+    let (mut s, _) = login(c.port(3), sid, "sid");
+    s.send(&one_chat(sid, "sid", sam, "still here?"));
+    check_chat(&a.recv(), 6, sid, "sid", "still here?");
+    // sue, of the stopped node, can log in again at once, and sees sam online.
+    let (_b2, ack) = login(c.port(3), sue, "sue");
+    assert_eq!(friend_state(&ack, sam), "online", "{ack}");
+    assert_eq!(c.presence(sue), Some(c.node_id(3)));
+    a.barrier();
+}

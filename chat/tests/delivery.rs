@@ -1,0 +1,267 @@
+//! What arrives, exactly and in order: special characters, offline messages, and 500
+//! pipelined messages online and offline.
+
+mod util;
+
+use serde_json::{json, Value};
+use util::{frame_bytes, one_chat, parsed, strings, Backend, User};
+
+both_backends!(
+    special_characters_round_trip,
+    offline_messages_in_order_exactly_once,
+    pipelined_500_online,
+    pipelined_500_offline,
+    largest_frame_live_and_offline,
+);
+
+/// Strings that broke the legacy server (SQL by string formatting, a `'` lost a message)
+/// or that stress escaping and UTF-8.
+const NASTY: &[&str] = &[
+    r#"say "hi""#,
+    r"back\slash \\ \n \u0041",
+    "'; DROP TABLE user; --",
+    "'); DELETE FROM offlinemessage; --",
+    "100% _under_ %_% LIKE",
+    "中文消息，你好世界",
+    "emoji 😀🎉👨‍👩‍👧 and 𝄞",
+    "line1\nline2\r\nline3\ttab",
+    "nul-ish \u{1} \u{1f} \u{7f}",
+    "{\"msgid\":6}}]{[",
+    "",
+    " leading and trailing ",
+];
+
+/// Names with the same kind of trouble (at most 50 bytes each).
+const NAMES: &[&str] = &[
+    r#"O'Brien "Q" \"#,
+    "'; DROP TABLE user; --",
+    "100%_x",
+    "张三😀",
+    "new\nline",
+];
+
+/// Names and messages come back byte for byte: live, offline, one-to-one and group,
+/// in LOGIN_ACK friend and member lists, and the tables survive.
+fn special_characters_round_trip(b: &Backend) {
+    let srv = b.start();
+    let mut users: Vec<User> = NAMES.iter().map(|n| User::online(srv.addr(), n)).collect();
+    let mut off = User::register(srv.addr(), "offline one");
+    let (sender, rest) = users.split_first_mut().unwrap();
+
+    for (i, m) in NASTY.iter().enumerate() {
+        let to = &mut rest[i % rest.len()];
+        sender.chat(to.id, m);
+        let got = to.c.expect_msgid(6);
+        assert_eq!(got["msg"].as_str(), Some(*m), "live message {m:?}");
+        assert_eq!(got["name"].as_str(), Some(sender.name.as_str()));
+        sender.chat(off.id, m);
+    }
+    sender.c.expect_quiet();
+
+    // A group with a troublesome name and description, all users in it.
+    let gname = "g'; DROP TABLE allgroup; -- 群 😀";
+    let gdesc = "desc \"q\" \\ % _ \n 描述";
+    sender.c.send(
+        &json!({"ext": 1, "groupdesc": gdesc, "groupname": gname, "id": sender.id, "msgid": 8}),
+    );
+    let gid = sender.c.expect_ack(8, 0)["groupid"].as_i64().unwrap();
+    for u in rest.iter_mut() {
+        u.c.send(&json!({"groupid": gid, "id": u.id, "msgid": 9}));
+        u.c.barrier();
+    }
+    // The offline user: every one-to-one message, exact, in order; then it joins the
+    // group and goes offline again.
+    let ack = off.login();
+    let stored = parsed(&ack, "offlinemsg");
+    let msgs: Vec<&str> = stored.iter().map(|m| m["msg"].as_str().unwrap()).collect();
+    assert_eq!(msgs, NASTY.to_vec());
+    assert!(stored
+        .iter()
+        .all(|m| m["name"].as_str() == Some(sender.name.as_str())));
+    off.c
+        .send(&json!({"groupid": gid, "id": off.id, "msgid": 9}));
+    off.c.logout(off.id);
+    off.c.barrier();
+
+    for m in NASTY {
+        sender.group_chat(gid, m);
+        for u in rest.iter_mut() {
+            let got = u.c.expect_msgid(10);
+            assert_eq!(got["msg"].as_str(), Some(*m), "live group message {m:?}");
+            assert_eq!(got["name"].as_str(), Some(sender.name.as_str()));
+        }
+    }
+    sender.c.expect_quiet();
+    let ack = off.login();
+    let stored = parsed(&ack, "offlinemsg");
+    let msgs: Vec<&str> = stored.iter().map(|m| m["msg"].as_str().unwrap()).collect();
+    assert_eq!(msgs, NASTY.to_vec());
+    assert!(stored
+        .iter()
+        .all(|m| m["groupid"] == gid && m["msgid"] == 10));
+
+    // Friends and members listed with their names exactly.
+    for u in rest.iter() {
+        sender
+            .c
+            .send(&json!({"friendid": u.id, "id": sender.id, "msgid": 7}));
+        sender.c.expect_ack(7, 0); // this connection opted in above
+    }
+    let ack = sender.relogin();
+    let friends = parsed(&ack, "friends");
+    let names: Vec<&str> = friends
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, NAMES[1..].to_vec());
+    let g = &parsed(&ack, "groups")[0];
+    assert_eq!(g["groupname"].as_str(), Some(gname));
+    assert_eq!(g["groupdesc"].as_str(), Some(gdesc));
+    let members: Vec<String> = g["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let m: Value = serde_json::from_str(s.as_str().unwrap()).unwrap();
+            m["name"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let mut all = NAMES.to_vec();
+    all.push("offline one");
+    assert_eq!(members, all);
+    assert_eq!(ack["name"].as_str(), Some(NAMES[0]));
+    // The tables are intact: every user can still log in.
+    for u in rest.iter_mut() {
+        let ack = u.relogin();
+        assert_eq!(ack["name"].as_str(), Some(u.name.as_str()));
+    }
+}
+
+/// Offline messages from several senders, interleaved, come out in the order they were
+/// sent, exactly once; live messages after login come after them.
+fn offline_messages_in_order_exactly_once(b: &Backend) {
+    let srv = b.start();
+    let mut a = User::online(srv.addr(), "alice");
+    let mut c = User::online(srv.addr(), "carol");
+    let mut bob = User::register(srv.addr(), "bob");
+    // bob joins alice's group, then goes offline.
+    a.c.send(&json!({"ext": 1, "groupname": "g", "id": a.id, "msgid": 8}));
+    let gid = a.c.expect_ack(8, 0)["groupid"].as_i64().unwrap();
+    bob.c.login_ok(bob.id, &bob.pw);
+    bob.c
+        .send(&json!({"groupid": gid, "id": bob.id, "msgid": 9}));
+    bob.c.logout(bob.id);
+    bob.c.barrier();
+    let mut expected = Vec::new();
+    for i in 0..6 {
+        let sender = if i % 3 == 1 { &mut c } else { &mut a };
+        let m = format!("offline {i} from {}", sender.name);
+        sender.chat(bob.id, &m);
+        // Stored before the next sender speaks, so the global order is defined.
+        sender.c.barrier();
+        expected.push(util::delivered_one_chat(
+            sender.id,
+            &sender.name,
+            bob.id,
+            &m,
+        ));
+    }
+    // A group message in between the one-to-one ones.
+    a.group_chat(gid, "group while away");
+    a.c.barrier();
+    expected.push(util::delivered_group_chat(
+        a.id,
+        "alice",
+        gid,
+        "group while away",
+    ));
+    c.chat(bob.id, "last");
+    c.c.barrier();
+    expected.push(util::delivered_one_chat(c.id, "carol", bob.id, "last"));
+
+    let ack = bob.login();
+    assert_eq!(strings(&ack, "offlinemsg"), expected);
+    a.chat(bob.id, "live now");
+    assert_eq!(bob.c.expect_msgid(6)["msg"], "live now");
+    bob.c.expect_quiet();
+    // Exactly once: the next login has none.
+    let ack = bob.relogin();
+    assert!(ack.get("offlinemsg").is_none(), "delivered twice: {ack}");
+    // And from a different connection too.
+    bob.c.logout(bob.id);
+    bob.c.barrier();
+    let mut other = util::Client::connect(srv.addr());
+    let ack = other.login_ok(bob.id, &bob.pw);
+    assert!(ack.get("offlinemsg").is_none(), "delivered twice: {ack}");
+}
+
+/// The 500 chat requests of one write, as one byte string.
+fn burst(from: &User, to: i64) -> Vec<u8> {
+    (0..500)
+        .flat_map(|i| frame_bytes(&one_chat(from.id, &from.name, to, &format!("msg #{i:03}"))))
+        .collect()
+}
+
+/// 500 messages pipelined in one write reach an online recipient complete and in order.
+fn pipelined_500_online(b: &Backend) {
+    let srv = b.start();
+    let mut a = User::online(srv.addr(), "alice");
+    let mut bob = User::online(srv.addr(), "bob");
+    a.c.send_raw(&burst(&a, bob.id));
+    for i in 0..500 {
+        let got = bob.c.expect_msgid(6);
+        assert_eq!(got["msg"], format!("msg #{i:03}"), "message {i}");
+    }
+    bob.c.expect_quiet();
+    a.c.expect_quiet();
+}
+
+/// 500 messages pipelined to an offline recipient arrive in order at the next login.
+fn pipelined_500_offline(b: &Backend) {
+    let srv = b.start();
+    let mut a = User::online(srv.addr(), "alice");
+    let mut bob = User::register(srv.addr(), "bob");
+    a.c.send_raw(&burst(&a, bob.id));
+    a.c.barrier();
+    let ack = bob.login();
+    let off = parsed(&ack, "offlinemsg");
+    assert_eq!(off.len(), 500);
+    for (i, m) in off.iter().enumerate() {
+        assert_eq!(m["msg"], format!("msg #{i:03}"), "message {i}");
+        assert_eq!(m["toid"], bob.id);
+    }
+    bob.c.expect_quiet();
+}
+
+/// A chat frame of exactly the 64 KiB limit, mostly three-byte characters, is delivered
+/// live and stored offline intact (the offline column must hold more than 64 KiB of
+/// text once the frame is embedded in the LOGIN_ACK).
+fn largest_frame_live_and_offline(b: &Backend) {
+    let srv = b.start();
+    let mut a = User::online(srv.addr(), "alice");
+    let mut bob = User::online(srv.addr(), "bob");
+    let mut carol = User::register(srv.addr(), "carol");
+    let limit = chat::codec::DEFAULT_FRAME_LIMIT;
+    let sized = |to: i64| {
+        let empty = one_chat(a.id, "alice", to, "").to_string().len();
+        let room = limit - empty;
+        let mut msg = "中".repeat(room / 3);
+        msg.push_str(&"x".repeat(room % 3));
+        let v = one_chat(a.id, "alice", to, &msg);
+        assert_eq!(v.to_string().len(), limit);
+        (v, msg)
+    };
+    let (live, msg) = sized(bob.id);
+    a.c.send(&live);
+    let got = bob.c.expect_msgid(6);
+    assert_eq!(got["msg"].as_str(), Some(msg.as_str()));
+    let (stored, msg) = sized(carol.id);
+    a.c.send(&stored);
+    a.c.expect_quiet();
+    let ack = carol.login();
+    assert_eq!(strings(&ack, "offlinemsg"), vec![stored.to_string()]);
+    assert_eq!(
+        parsed(&ack, "offlinemsg")[0]["msg"].as_str(),
+        Some(msg.as_str())
+    );
+}
