@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 
 use crate::codec::{self, Decoded, Decoder};
 use crate::protocol::{self, errno, ProtocolError};
+use crate::service::ChatService;
 use crate::session::{Job, Session};
 use crate::workers::Submitter;
 
@@ -65,6 +66,7 @@ pub type Sessions = Arc<Mutex<HashMap<u64, Arc<Session>>>>;
 
 /// The IO-loop callbacks' shared state.
 pub struct Gateway {
+    service: Arc<ChatService>,
     submitter: Submitter,
     sessions: Sessions,
     limits: Limits,
@@ -75,6 +77,7 @@ pub struct Gateway {
 impl Gateway {
     /// A gateway handing jobs to `submitter`.
     pub fn new(
+        service: Arc<ChatService>,
         submitter: Submitter,
         sessions: Sessions,
         limits: Limits,
@@ -82,6 +85,7 @@ impl Gateway {
         connections: Arc<AtomicUsize>,
     ) -> Gateway {
         Gateway {
+            service,
             submitter,
             sessions,
             limits,
@@ -167,7 +171,10 @@ impl Gateway {
                         )))
                     } else {
                         match parsed {
-                            Ok(p) => Job::Request(p),
+                            Ok(p) => match self.service.try_fast(&st.session, p) {
+                                None => continue,
+                                Some(p) => Job::Request(p),
+                            },
                             Err(e) => Job::Reply(protocol::encode(&protocol::error(&e))),
                         }
                     };

@@ -37,6 +37,11 @@ impl Hub {
         self.shards[shard_of(user)].lock()
     }
 
+    /// Locks the shard of `user` if nobody holds it (the IO loop never waits).
+    pub fn try_lock(&self, user: i64) -> Option<MutexGuard<'_, Shard>> {
+        self.shards[shard_of(user)].try_lock()
+    }
+
     /// Whether `user` is online on this node.
     pub fn is_online(&self, user: i64) -> bool {
         self.lock(user).contains_key(&user)

@@ -92,6 +92,23 @@ impl Router {
         Ok(Outcome::Stored)
     }
 
+    /// The IO loop's fast path: if `to` is online on this node, not congested, and
+    /// its shard is free right now, delivers `make_text()` and returns true. Never
+    /// waits and never touches the store or the bus; on false nothing happened.
+    pub fn try_send_local(&self, to: i64, make_text: impl FnOnce() -> String) -> bool {
+        let Some(shard) = self.hub.try_lock(to) else {
+            return false;
+        };
+        let Some(session) = shard.get(&to) else {
+            return false;
+        };
+        if session.is_congested() {
+            return false;
+        }
+        session.deliver_always(wire(&make_text()));
+        true
+    }
+
     /// Fans a chat frame out to `members` (existing users): at once where they are
     /// online, here or on other nodes (one bus message per node), stored for the rest
     /// in one transaction.

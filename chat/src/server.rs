@@ -75,6 +75,7 @@ impl ChatServer {
         let sessions: Sessions = Arc::default();
         let workers = WorkerPool::start(opts.workers, service.clone(), gateway::resume_session)?;
         let gw = Arc::new(Gateway::new(
+            service.clone(),
             workers.submitter().clone(),
             sessions.clone(),
             opts.limits.clone(),

@@ -103,10 +103,17 @@ impl ChatService {
                     });
             }
             Job::Closed => self.sign_out(session),
-            Job::Drained => match session.user() {
-                Some(user) => self.router.drained(user.id, session),
-                None => session.set_congested(false),
-            },
+            Job::Drained => {
+                match session.user() {
+                    Some(user) => self.router.drained(user.id, session),
+                    None => session.set_congested(false),
+                }
+                // The IO loop stopped reading while the session was congested, and
+                // its last check may have run before the flag was cleared above:
+                // look again, or a drained connection that gets no more output is
+                // never read again.
+                crate::gateway::resume_session(session);
+            }
             Job::Shutdown => {
                 self.sign_out(session);
                 session.conn.shutdown();
@@ -372,13 +379,47 @@ impl ChatService {
         Ok(())
     }
 
+    /// Handles a ONE_CHAT on the IO loop when that needs no blocking work: the
+    /// session has nothing queued (so order is kept), the sender is who it claims,
+    /// and the recipient is online on this node. Otherwise hands the request back
+    /// for the workers.
+    pub fn try_fast(&self, session: &Arc<Session>, parsed: Parsed) -> Option<Parsed> {
+        let Request::OneChat { id, toid, .. } = &parsed.req else {
+            return Some(parsed);
+        };
+        let (id, toid) = (*id, *toid);
+        let user = match session.user() {
+            Some(u) if u.id == id && session.is_idle() => u,
+            _ => return Some(parsed),
+        };
+        let ext = parsed.ext;
+        let mut parsed = Some(parsed);
+        let sent = self.router.try_send_local(toid, || {
+            let Some(Parsed {
+                req: Request::OneChat { frame, .. },
+                ..
+            }) = parsed.take()
+            else {
+                unreachable!("checked above")
+            };
+            chat_text(frame, &user.name)
+        });
+        if sent {
+            if ext {
+                session.set_ext();
+            }
+            None
+        } else {
+            parsed
+        }
+    }
+
     fn one_chat(&self, session: &Arc<Session>, parsed: Parsed) -> Result<()> {
         let Request::OneChat { toid, frame, .. } = parsed.req else {
             unreachable!("handler registered for ONE_CHAT")
         };
         let user = session.user().expect("checked by dispatch");
-        let out = protocol::delivery_frame(frame, &user.name, &timefmt::now());
-        let text = serde_json::to_string(&out).expect("a Value always serialises");
+        let text = chat_text(frame, &user.name);
         if self.router.send_one(toid, &text)? == Outcome::NoSuchUser {
             self.ack(
                 session,
@@ -499,8 +540,7 @@ impl ChatService {
             return Ok(());
         }
         let others: Vec<i64> = members.iter().copied().filter(|&m| m != id).collect();
-        let out = protocol::delivery_frame(frame, &user.name, &timefmt::now());
-        let text = serde_json::to_string(&out).expect("a Value always serialises");
+        let text = chat_text(frame, &user.name);
         self.router.send_many(&others, &text)?;
         Ok(())
     }
@@ -533,6 +573,17 @@ impl ChatService {
         session.reply(protocol::encode(&protocol::pong()));
         Ok(())
     }
+}
+
+/// The JSON text of a chat frame as recipients get it (see `protocol::delivery_frame`).
+fn chat_text(frame: serde_json::Map<String, Value>, sender_name: &str) -> String {
+    let fallback = if frame.contains_key("time") {
+        String::new()
+    } else {
+        timefmt::now()
+    };
+    let out = protocol::delivery_frame(frame, sender_name, &fallback);
+    serde_json::to_string(&out).expect("a Value always serialises")
 }
 
 impl BusHandler for ChatService {

@@ -210,6 +210,13 @@ impl Session {
         self.strand.lock().paused
     }
 
+    /// True when no job is queued or running: a request handled right now on the
+    /// IO loop keeps its place in the connection's order.
+    pub fn is_idle(&self) -> bool {
+        let s = self.strand.lock();
+        s.jobs.is_empty() && !s.scheduled
+    }
+
     /// True when jobs are waiting (used to yield a busy session to others).
     pub fn has_jobs(&self) -> bool {
         !self.strand.lock().jobs.is_empty()

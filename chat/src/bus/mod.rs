@@ -218,12 +218,36 @@ impl Bus {
     }
 
     /// Runs `f` on a pooled connection, failing fast while the breaker is open.
+    ///
+    /// After a failure the breaker stays open for [`BREAKER`]; then one caller probes
+    /// Redis with a fresh connection while the others keep failing fast. Without the
+    /// probe every caller would wait in the pool's checkout (which retries refused
+    /// connects for [`IO_TIMEOUT`]) — each time the breaker closes during an outage,
+    /// every worker stalled for 2 s, holding the shard lock of its recipient.
     fn with_con<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> RedisResult<T>,
     ) -> Result<T, BusError> {
-        if self.now_ms() < self.down_until.load(Ordering::Relaxed) {
-            return Err(BusError("unavailable (recent failure)".into()));
+        let until = self.down_until.load(Ordering::Acquire);
+        if until != 0 {
+            let now = self.now_ms();
+            let reopen = now + BREAKER.as_millis() as u64;
+            if now < until
+                || self
+                    .down_until
+                    .compare_exchange(until, reopen, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+            {
+                return Err(BusError("unavailable (recent failure)".into()));
+            }
+            if let Err(e) = self.probe() {
+                self.down_until.store(
+                    self.now_ms() + BREAKER.as_millis() as u64,
+                    Ordering::Release,
+                );
+                return Err(BusError(e.to_string()));
+            }
+            self.down_until.store(0, Ordering::Release);
         }
         let result = match self.pool.get() {
             Ok(mut con) => f(&mut con).map_err(|e| {
@@ -234,13 +258,22 @@ impl Bus {
         };
         result.map_err(|(msg, fatal)| {
             if fatal {
+                // Never 0 (which means closed): `now_ms() + BREAKER` is at least 500.
                 self.down_until.store(
                     self.now_ms() + BREAKER.as_millis() as u64,
-                    Ordering::Relaxed,
+                    Ordering::Release,
                 );
             }
             BusError(msg)
         })
+    }
+
+    /// Whether Redis answers on a fresh connection (the breaker's half-open probe).
+    fn probe(&self) -> RedisResult<()> {
+        let mut con = self.client.get_connection_with_timeout(IO_TIMEOUT)?;
+        con.set_read_timeout(Some(IO_TIMEOUT))?;
+        con.set_write_timeout(Some(IO_TIMEOUT))?;
+        redis::cmd("PING").query(&mut con)
     }
 
     /// Claims `uid` for this node unless another live node has it.

@@ -77,7 +77,8 @@ impl Shared {
 
     pub fn set_phase(&self, p: Phase) {
         if p == Phase::Measure {
-            self.measure_start_us.store(self.now_us(), Ordering::Release);
+            self.measure_start_us
+                .store(self.now_us(), Ordering::Release);
         }
         self.phase.store(p as u8, Ordering::Release);
     }
@@ -163,7 +164,11 @@ thread_local! {
 
 /// Runs `f` on this thread's driver.
 pub fn with_driver<R>(f: impl FnOnce(&mut Driver) -> R) -> R {
-    DRIVER.with(|d| f(d.borrow_mut().as_mut().expect("driver on a bench loop thread")))
+    DRIVER.with(|d| {
+        f(d.borrow_mut()
+            .as_mut()
+            .expect("driver on a bench loop thread"))
+    })
 }
 
 /// A loop thread: creates its users and runs until quit.
@@ -189,7 +194,10 @@ pub fn run_loop(index: usize, shared: Arc<Shared>, handle_tx: mpsc::Sender<LoopH
         }
         (members, groups)
     } else {
-        ((0..args.users).filter(|i| i % threads == index).collect(), Vec::new())
+        (
+            (0..args.users).filter(|i| i % threads == index).collect(),
+            Vec::new(),
+        )
     };
     let n = mine.len();
     let users = mine
@@ -361,6 +369,9 @@ impl Driver {
                 // Error frames and anything unexpected.
                 if !ok || id == msgid::ERROR {
                     self.stats.errors += 1;
+                    if self.stats.errors <= 3 {
+                        eprintln!("\n{}: error reply {v}", self.users[i].name);
+                    }
                 }
             }
         }
@@ -576,7 +587,11 @@ impl Driver {
         self.owed += per_loop * now.duration_since(self.last_tick).as_secs_f64();
         self.last_tick = now;
         let group = self.shared.args.scenario == Scenario::Group;
-        let senders = if group { self.groups.len() } else { self.users.len() };
+        let senders = if group {
+            self.groups.len()
+        } else {
+            self.users.len()
+        };
         if senders == 0 {
             return;
         }

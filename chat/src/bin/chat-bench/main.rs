@@ -37,7 +37,11 @@ pub enum Scenario {
 
 /// Command line.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "chat-bench", version, about = "Load generator for the chat server.")]
+#[command(
+    name = "chat-bench",
+    version,
+    about = "Load generator for the chat server."
+)]
 pub struct Args {
     /// The scenario.
     #[arg(value_enum)]
@@ -154,7 +158,10 @@ fn main() {
     let started = Instant::now();
     wait_progress(&shared, "setup", |s| {
         let done = s.ready.load(Ordering::Relaxed) + s.failed.load(Ordering::Relaxed);
-        (done >= args.users, format!("{done}/{} logged in", args.users))
+        (
+            done >= args.users,
+            format!("{done}/{} logged in", args.users),
+        )
     });
     let setup_secs = started.elapsed().as_secs_f64();
     let failed = shared.failed.load(Ordering::Relaxed);
@@ -169,7 +176,10 @@ fn main() {
         }
         wait_progress(&shared, "groups", |s| {
             let done = s.groups_ready.load(Ordering::Relaxed);
-            (done >= args.groups, format!("{done}/{} groups", args.groups))
+            (
+                done >= args.groups,
+                format!("{done}/{} groups", args.groups),
+            )
         });
         // Joins have no reply in the legacy protocol: give them a moment.
         thread::sleep(Duration::from_millis(500));
@@ -219,7 +229,16 @@ fn main() {
         let _ = h.join();
     }
     eprintln!();
-    report(&args, &total, measured, setup_secs, failed, rss_before, rss_after_setup, rss_end);
+    report(
+        &args,
+        &total,
+        measured,
+        setup_secs,
+        failed,
+        rss_before,
+        rss_after_setup,
+        rss_end,
+    );
 }
 
 fn wait_progress(shared: &Shared, what: &str, f: impl Fn(&Shared) -> (bool, String)) {
@@ -294,7 +313,11 @@ fn report(
         ),
         Scenario::Idle => {}
         _ => {
-            println!("sent                {} ({:.0}/s)", s.sent, s.sent as f64 / secs);
+            println!(
+                "sent                {} ({:.0}/s)",
+                s.sent,
+                s.sent as f64 / secs
+            );
             println!(
                 "delivered           {} ({:.0}/s)",
                 s.delivered,
