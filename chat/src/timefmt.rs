@@ -11,6 +11,33 @@ pub fn now() -> String {
     format_unix(secs)
 }
 
+/// The current local time (the machine's time zone, as `TZ` or `/etc/localtime`
+/// say) as `YYYY-MM-DD HH:MM:SS`: what a client puts in a chat frame's `time`,
+/// as the legacy client did. Falls back to UTC if the C library cannot tell.
+pub fn now_local() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let t = secs as libc::time_t;
+    // SAFETY: localtime_r only reads `t` and writes the `tm` we own.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&t, &mut tm).is_null() {
+            return format_unix(secs);
+        }
+        tm
+    };
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
+
 /// Formats seconds since the Unix epoch (UTC).
 pub fn format_unix(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
@@ -50,5 +77,6 @@ mod tests {
         assert_eq!(format_unix(1_798_761_599), "2026-12-31 23:59:59");
         assert_eq!(format_unix(-1), "1969-12-31 23:59:59");
         assert_eq!(now().len(), 19);
+        assert_eq!(now_local().len(), 19);
     }
 }

@@ -176,7 +176,7 @@ impl<I: Iterator<Item = io::Result<String>>> App<I> {
                 Ok(Some(Command::Quit)) => return Some(self.finish()),
                 Ok(Some(cmd)) => {
                     let me = self.session.user()?;
-                    if let Some(frame) = commands::request(&cmd, &me, &timefmt::now()) {
+                    if let Some(frame) = commands::request(&cmd, &me, &timefmt::now_local()) {
                         self.send(&frame);
                     }
                 }
