@@ -190,13 +190,16 @@ impl Router {
     /// what was stored meanwhile, then let deliveries go live again.
     pub fn drained(&self, user: i64, session: &Session) {
         let shard = self.hub.lock(user);
-        match shard.get(&user) {
-            Some(s) if s.id() == session.id() => {
-                if self.flush_session(user, session) {
-                    session.set_congested(false);
-                }
+        // Cleared before the flush, under the shard lock: if the flushed frames
+        // push the output over the mark again, the IO loop's crossing sets the
+        // flag anew after this, so a stuck reader never grows without bound.
+        session.set_congested(false);
+        if let Some(s) = shard.get(&user) {
+            if s.id() == session.id() {
+                // On a store failure the frames stay stored: delivered at the next
+                // login or the next drain, never lost.
+                self.flush_session(user, session);
             }
-            _ => session.set_congested(false),
         }
     }
 

@@ -3,6 +3,8 @@
 
 mod util;
 
+use chat::gateway::Limits;
+use chat::server::ServerOptions;
 use serde_json::{json, Value};
 use util::{frame_bytes, one_chat, parsed, strings, Backend, User};
 
@@ -12,6 +14,8 @@ both_backends!(
     pipelined_500_online,
     pipelined_500_offline,
     largest_frame_live_and_offline,
+    slow_reader_gets_everything_in_order,
+    messages_racing_a_login,
 );
 
 /// Strings that broke the legacy server (SQL by string formatting, a `'` lost a message)
@@ -264,4 +268,82 @@ fn largest_frame_live_and_offline(b: &Backend) {
         parsed(&ack, "offlinemsg")[0]["msg"].as_str(),
         Some(msg.as_str())
     );
+}
+
+/// A recipient that stops reading (a slow reader) loses nothing: what cannot be queued
+/// is stored and flushed when its output drains, all in order, and afterwards the
+/// connection serves its requests and live messages again.
+fn slow_reader_gets_everything_in_order(b: &Backend) {
+    let opts = ServerOptions {
+        limits: Limits {
+            output_high_water: 64 * 1024,
+            ..Limits::default()
+        },
+        ..ServerOptions::default()
+    };
+    let srv = b.start_with(opts);
+    let mut a = User::online(srv.addr(), "alice");
+    let mut bob = User::online(srv.addr(), "bob");
+    // Far more than the socket buffers hold, so the server's output for bob grows.
+    let n = 300;
+    let pad = "p".repeat(32 * 1024);
+    for i in 0..n {
+        a.chat(bob.id, &format!("{i:04} {pad}"));
+    }
+    a.c.barrier();
+    for i in 0..n {
+        let got = bob.c.expect_msgid(6);
+        let msg = got["msg"].as_str().unwrap();
+        assert_eq!(&msg[..4], format!("{i:04}"), "message {i} out of order");
+    }
+    // Drained: the connection reads requests again and messages go live again.
+    bob.c.barrier();
+    a.chat(bob.id, "after the storm");
+    assert_eq!(bob.c.expect_msgid(6)["msg"], "after the storm");
+    bob.c.expect_quiet();
+    let ack = bob.relogin();
+    assert!(ack.get("offlinemsg").is_none(), "delivered twice: {ack}");
+}
+
+/// Messages that keep coming while the recipient logs in are neither lost nor
+/// duplicated: those stored before the login are in the LOGIN_ACK, the rest follow it
+/// live, and together they are exactly the messages sent, in order.
+fn messages_racing_a_login(b: &Backend) {
+    let srv = b.start();
+    let a = User::online(srv.addr(), "alice");
+    let mut bob = User::register(srv.addr(), "bob");
+    let n = 300;
+    let (bob_id, a_id) = (bob.id, a.id);
+    let mut sender = a.c;
+    let (started, go) = std::sync::mpsc::channel();
+    let writer = std::thread::spawn(move || {
+        for i in 0..n {
+            sender.send(&one_chat(a_id, "alice", bob_id, &format!("r{i}")));
+            if i == 50 {
+                // The first ones are surely stored; now let bob log in.
+                sender.barrier();
+                started.send(()).unwrap();
+            }
+            if i > 50 {
+                // Spread the rest over the login, which takes a password hash.
+                std::thread::sleep(std::time::Duration::from_micros(500));
+            }
+        }
+        sender.barrier();
+    });
+    go.recv_timeout(util::TIMEOUT).expect("writer started");
+    let ack = bob.login();
+    let mut got: Vec<String> = parsed(&ack, "offlinemsg")
+        .iter()
+        .map(|m| m["msg"].as_str().unwrap().to_owned())
+        .collect();
+    let stored = got.len();
+    assert!(stored > 50, "only {stored} stored before the login");
+    while got.len() < n {
+        got.push(bob.c.expect_msgid(6)["msg"].as_str().unwrap().to_owned());
+    }
+    writer.join().expect("writer");
+    let expected: Vec<String> = (0..n).map(|i| format!("r{i}")).collect();
+    assert_eq!(got, expected, "{stored} of them came in the LOGIN_ACK");
+    bob.c.expect_quiet();
 }
