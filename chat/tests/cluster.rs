@@ -10,35 +10,15 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use cluster_util::client::{
-    ack_list, frame_bytes, friend_state, group_chat, member_state, one_chat, Client,
+    ack_list, check_chat, frame_bytes, friend_state, group_chat, member_state, one_chat, Client,
 };
 use cluster_util::traffic::{parse_text, Ledger, Missing, Peer, Target, Writer};
-use cluster_util::{poll, serial, Cluster, ClusterOpts, RedisServer};
-use serde_json::Value;
+use cluster_util::{
+    login, login_when_free, poll, register, serial, Cluster, ClusterOpts, RedisServer,
+};
 
 /// Messages each way in the ordering checks.
 const N: usize = 200;
-
-/// Registers `names` (password = name) on node 1; returns their ids.
-fn register(c: &Cluster, names: &[&str]) -> Vec<i64> {
-    let mut reg = Client::connect(c.port(1));
-    names.iter().map(|n| reg.register(n, n)).collect()
-}
-
-/// A connection to `port` logged in as `id` (password `name`).
-fn login(port: u16, id: i64, name: &str) -> (Client, Value) {
-    let mut cl = Client::connect(port);
-    let ack = cl.login_ok(id, name);
-    (cl, ack)
-}
-
-/// Asserts a delivered chat frame: msgid, sender, sender name, text.
-fn check_chat(v: &Value, msgid: i64, from: i64, name: &str, msg: &str) {
-    assert_eq!(v["msgid"], msgid, "{v}");
-    assert_eq!(v["id"], from, "{v}");
-    assert_eq!(v["name"], name, "{v}");
-    assert_eq!(v["msg"], msg, "{v}");
-}
 
 #[test]
 fn users_on_different_nodes_chat_in_order_and_share_presence() {
@@ -175,26 +155,6 @@ fn users_logging_in_through_nginx_land_on_different_nodes_and_chat() {
     y.join_group(y_id, g);
     x.send(&group_chat(x_id, "xena", g, "hello group"));
     check_chat(&y.recv(), 10, x_id, "xena", "hello group");
-}
-
-/// Logs `id` in through `port`, retrying while it is still online elsewhere (errno 2),
-/// for at most `limit`. Returns the connection and the ACK.
-fn login_when_free(port: u16, id: i64, name: &str, limit: Duration) -> (Client, Value) {
-    let start = Instant::now();
-    let mut cl = Client::connect(port);
-    loop {
-        let ack = cl.login(id, name);
-        match ack["errno"].as_i64() {
-            Some(0) => return (cl, ack),
-            Some(2) => {}
-            _ => panic!("login of {id}: {ack}"),
-        }
-        assert!(
-            start.elapsed() < limit,
-            "user {id} still online elsewhere after {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -429,46 +389,70 @@ fn redis_restart_mid_traffic_loses_nothing_and_presence_comes_back() {
         );
     }
 
-    // Redis dies; the nodes keep serving (every message is answered) meanwhile.
+    // Redis dies; the nodes keep serving meanwhile: everything written in the first
+    // 300 ms gets its answer, then everything written in one more second (long
+    // enough for the bus's circuit breaker to close and trip again).
     let down = Instant::now();
     redis.kill();
-    let (na, nb) = (pa.inbox().pongs.len(), pb.inbox().pongs.len());
-    for (p, n) in [(&pa, na), (&pb, nb)] {
-        assert!(
-            p.wait(Duration::from_secs(10), |ib| ib.pongs.len() >= n + 50),
-            "node of {} stalled without Redis",
-            p.id
-        );
-    }
+    let caught_up = |what: &str| {
+        let owed = [wa.count(), wb.count()];
+        for (p, n) in [&pa, &pb].into_iter().zip(owed) {
+            assert!(
+                p.wait(Duration::from_secs(10), |ib| ib.pongs.len() >= n),
+                "node of {} stalled without Redis ({what})",
+                p.id
+            );
+        }
+    };
+    poll(Duration::from_secs(10), "outage", || {
+        (down.elapsed() > Duration::from_millis(300)).then_some(())
+    });
+    caught_up("first 300 ms");
+    let t1 = Instant::now();
+    poll(Duration::from_secs(10), "outage", || {
+        (t1.elapsed() > Duration::from_secs(1)).then_some(())
+    });
+    caught_up("one more second");
     assert!(cluster_util::alive(c.pid(1)) && cluster_util::alive(c.pid(2)));
     let outage = down.elapsed();
     redis.restart();
     let up = Instant::now();
-    // The longest wait for an answer while Redis was down, against the pace.
-    let stall = [&pa, &pb]
-        .iter()
-        .flat_map(|p| {
-            let pongs: Vec<Instant> = p
-                .inbox()
-                .pongs
-                .iter()
-                .copied()
-                .filter(|t| *t > down && *t < up)
-                .collect();
-            pongs.windows(2).map(|w| w[1] - w[0]).collect::<Vec<_>>()
-        })
-        .max()
-        .unwrap_or_default();
+    // The nodes kept answering: apart from one pool checkout when Redis died (its
+    // connect retries last up to 2 s), no request waited long. (Before the bus's
+    // half-open breaker, every request touching Redis stalled 2 s of every 2.5 s.)
+    let mut stall = Duration::ZERO;
+    for p in [&pa, &pb] {
+        let pongs: Vec<Instant> = std::iter::once(down)
+            .chain(
+                p.inbox()
+                    .pongs
+                    .iter()
+                    .copied()
+                    .filter(|t| *t > down && *t < up),
+            )
+            .collect();
+        let gaps: Vec<Duration> = pongs.windows(2).map(|w| w[1] - w[0]).collect();
+        stall = stall.max(gaps.iter().copied().max().unwrap_or_default());
+        let long: Vec<&Duration> = gaps
+            .iter()
+            .filter(|g| **g > Duration::from_secs(1))
+            .collect();
+        assert!(
+            long.len() <= 1,
+            "node of {} stalled repeatedly without Redis: {long:?}",
+            p.id
+        );
+    }
 
     // The keepers re-claim their users.
-    c.wait_presence(a, 1, Duration::from_secs(10));
-    c.wait_presence(b, 2, Duration::from_secs(10));
+    c.wait_presence(a, 1, Duration::from_secs(5));
+    c.wait_presence(b, 2, Duration::from_secs(5));
     let presence = up.elapsed();
     // Live delivery across nodes resumes: a message written after the restart arrives.
     let resumed = |w: &Writer, p: &Peer| -> Duration {
         poll(
-            Duration::from_secs(15),
-            "live delivery across nodes resumes",
+            Duration::from_secs(5),
+            "live delivery across nodes resumes within 5 s",
             || {
                 let after: Vec<String> = w
                     .sent

@@ -95,6 +95,14 @@ pub fn member_state(ack: &Value, gid: i64, id: i64) -> String {
     m["state"].as_str().unwrap_or_default().to_owned()
 }
 
+/// Asserts a delivered chat frame: msgid, sender, sender name, text.
+pub fn check_chat(v: &Value, msgid: i64, from: i64, name: &str, msg: &str) {
+    assert_eq!(v["msgid"], msgid, "{v}");
+    assert_eq!(v["id"], from, "{v}");
+    assert_eq!(v["name"], name, "{v}");
+    assert_eq!(v["msg"], msg, "{v}");
+}
+
 /// A blocking client of one node (or of nginx).
 pub struct Client {
     stream: TcpStream,

@@ -21,6 +21,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ::mysql::prelude::Queryable;
+use serde_json::Value;
+
+use client::Client;
 
 /// The MySQL server of the tests (root, no password), without a database.
 pub const MYSQL_SERVER: &str = "mysql://root@127.0.0.1:3306";
@@ -104,29 +107,51 @@ pub fn redis_con(url: &str) -> redis::RedisResult<redis::Connection> {
     Ok(con)
 }
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+/// The kernel's ephemeral port range (where `bind(:0)` and outgoing connections take
+/// their ports).
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| {
+            let mut it = t.split_whitespace().map(|p| p.parse().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
 }
 
-/// `n` consecutive free ports (cluster.sh numbers its nodes BASE_PORT, +1, ...).
-fn free_port_run(n: usize) -> u16 {
-    for _ in 0..100 {
-        let first = free_port();
-        if usize::from(first) + n > 65535 {
-            continue;
-        }
-        let held: Vec<_> = (1..n as u16)
+/// `n` consecutive free ports (cluster.sh numbers its nodes BASE_PORT, +1, ...), each
+/// checked by binding it. They are taken below the ephemeral range: a port found with
+/// `bind(:0)` is released before the node binds it, and meanwhile any process on the
+/// machine may get it for its own `bind(:0)` or an outgoing connection (a node once
+/// failed with "Address already in use" that way).
+pub fn free_port_run(n: usize) -> u16 {
+    let (eph_lo, _) = ephemeral_range();
+    let (lo, hi) = (10_000u64, u64::from(eph_lo).saturating_sub(n as u64 + 1));
+    assert!(hi > lo + 1000, "no room below the ephemeral range {eph_lo}");
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        ^ (u64::from(std::process::id()) << 20)
+        | 1;
+    for _ in 0..500 {
+        // xorshift64: cheap, good enough to spread the candidates.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let first = (lo + x % (hi - lo)) as u16;
+        let held: Vec<_> = (0..n as u16)
             .map_while(|i| TcpListener::bind(("127.0.0.1", first + i)).ok())
             .collect();
-        if held.len() == n - 1 {
+        if held.len() == n {
             return first;
         }
     }
-    panic!("no run of {n} free ports found");
+    panic!("no run of {n} free ports found below {eph_lo}");
+}
+
+/// A free port (see [`free_port_run`]).
+pub fn free_port() -> u16 {
+    free_port_run(1)
 }
 
 /// Whether a process is alive (a zombie counts as dead: nobody may reap it here).
@@ -264,19 +289,15 @@ fn script() -> PathBuf {
 }
 
 impl Cluster {
-    /// Starts a cluster; panics (after cleaning up) if it does not come up.
+    /// Starts a cluster; panics (after cleaning up) if it does not come up. A start
+    /// that lost a port race ("Address already in use") is retried on other ports.
     pub fn start(opts: ClusterOpts) -> Cluster {
         require_services();
         let u = unique();
-        let base_port = free_port_run(opts.nodes);
-        let mut lb_port = free_port();
-        while (base_port..base_port + opts.nodes as u16).contains(&lb_port) {
-            lb_port = free_port();
-        }
         let mut c = Cluster {
             dir: std::env::temp_dir().join(format!("chat_cluster_{u}")),
-            base_port,
-            lb_port,
+            base_port: 0,
+            lb_port: 0,
             nodes: opts.nodes,
             redis: opts.redis,
             prefix: format!("cltest_{u}"),
@@ -284,36 +305,49 @@ impl Cluster {
             started: false,
             env: Vec::new(),
         };
-        let _ = std::fs::remove_dir_all(&c.dir);
-        c.env = vec![
-            ("CLUSTER_DIR".into(), c.dir.display().to_string()),
-            ("CHAT_DB".into(), format!("{MYSQL_SERVER}/{}", c.db)),
-            ("CHAT_REDIS".into(), c.redis.clone()),
-            ("CHAT_REDIS_PREFIX".into(), c.prefix.clone()),
-            ("BASE_PORT".into(), base_port.to_string()),
-            ("LB_PORT".into(), lb_port.to_string()),
-            ("CHAT_BIN".into(), env!("CARGO_BIN_EXE_ChatServer").into()),
-            (
-                "NODE_ARGS".into(),
-                // CLUSTER_TEST_NODE_ARGS: extra node options when debugging (e.g. `--log-level debug`).
-                format!(
-                    "{} {}",
-                    opts.node_ttl_ms
-                        .map(|ms| format!("--node-ttl-ms {ms}"))
-                        .unwrap_or_default(),
-                    std::env::var("CLUSTER_TEST_NODE_ARGS").unwrap_or_default()
-                ),
-            ),
-        ];
-        c.started = true;
-        let out = c.run_script(&["start", &opts.nodes.to_string()]);
-        assert!(
-            out.status.success(),
-            "cluster.sh start failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            c.logs()
+        // CLUSTER_TEST_NODE_ARGS: extra node options when debugging (`--log-level debug`).
+        let node_args = format!(
+            "{} {}",
+            opts.node_ttl_ms
+                .map(|ms| format!("--node-ttl-ms {ms}"))
+                .unwrap_or_default(),
+            std::env::var("CLUSTER_TEST_NODE_ARGS").unwrap_or_default()
         );
-        c
+        for attempt in 1..=3 {
+            // The nodes, then nginx.
+            c.base_port = free_port_run(opts.nodes + 1);
+            c.lb_port = c.base_port + opts.nodes as u16;
+            let _ = std::fs::remove_dir_all(&c.dir);
+            c.env = vec![
+                ("CLUSTER_DIR".into(), c.dir.display().to_string()),
+                ("CHAT_DB".into(), format!("{MYSQL_SERVER}/{}", c.db)),
+                ("CHAT_REDIS".into(), c.redis.clone()),
+                ("CHAT_REDIS_PREFIX".into(), c.prefix.clone()),
+                ("BASE_PORT".into(), c.base_port.to_string()),
+                ("LB_PORT".into(), c.lb_port.to_string()),
+                ("CHAT_BIN".into(), env!("CARGO_BIN_EXE_ChatServer").into()),
+                ("NODE_ARGS".into(), node_args.clone()),
+            ];
+            c.started = true;
+            let out = c.run_script(&["start", &opts.nodes.to_string()]);
+            // cluster.sh only checks that the ports answer: make sure our nodes do.
+            let up = out.status.success() && (1..=opts.nodes).all(|i| alive(c.pid(i)));
+            if up {
+                return c;
+            }
+            let logs = c.logs();
+            let _ = c.run_script(&["stop"]);
+            c.started = false;
+            if attempt < 3 && logs.contains("Address already in use") {
+                eprintln!("cluster start lost a port race (attempt {attempt}); retrying");
+                continue;
+            }
+            panic!(
+                "cluster.sh start failed: {}\n{logs}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        unreachable!("the last attempt returns or panics")
     }
 
     fn run_script(&self, args: &[&str]) -> std::process::Output {
@@ -442,8 +476,42 @@ impl Drop for Cluster {
                 eprintln!("could not delete Redis keys {}:*: {e}", self.prefix);
             }
         }
-        if !thread::panicking() {
+        // CLUSTER_TEST_KEEP=1 keeps the logs of passing tests too.
+        if !thread::panicking() && std::env::var_os("CLUSTER_TEST_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// Registers `names` (password = name) on node 1; returns their ids.
+pub fn register(c: &Cluster, names: &[&str]) -> Vec<i64> {
+    let mut reg = Client::connect(c.port(1));
+    names.iter().map(|n| reg.register(n, n)).collect()
+}
+
+/// A connection to `port` logged in as `id` (password `name`).
+pub fn login(port: u16, id: i64, name: &str) -> (Client, Value) {
+    let mut cl = Client::connect(port);
+    let ack = cl.login_ok(id, name);
+    (cl, ack)
+}
+
+/// Logs `id` in through `port`, retrying while it is still online elsewhere (errno 2),
+/// for at most `limit`. Returns the connection and the ACK.
+pub fn login_when_free(port: u16, id: i64, name: &str, limit: Duration) -> (Client, Value) {
+    let start = Instant::now();
+    let mut cl = Client::connect(port);
+    loop {
+        let ack = cl.login(id, name);
+        match ack["errno"].as_i64() {
+            Some(0) => return (cl, ack),
+            Some(2) => {}
+            _ => panic!("login of {id}: {ack}"),
+        }
+        assert!(
+            start.elapsed() < limit,
+            "user {id} still online elsewhere after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -64,7 +64,7 @@ impl Peer {
             thread::spawn(move || loop {
                 match client.recv_by(Instant::now() + Duration::from_millis(100)) {
                     Recv::Frame(v) => {
-                        let mut ib = inbox.lock().unwrap();
+                        let mut ib = inbox.lock().unwrap_or_else(|e| e.into_inner());
                         match v["msgid"].as_i64() {
                             Some(6 | 10) => ib.chats.push((Instant::now(), v)),
                             Some(14) => ib.pongs.push(Instant::now()),
@@ -72,7 +72,7 @@ impl Peer {
                         }
                     }
                     Recv::Eof => {
-                        inbox.lock().unwrap().eof = true;
+                        inbox.lock().unwrap_or_else(|e| e.into_inner()).eof = true;
                         return;
                     }
                     Recv::Timeout if stop.load(Ordering::Acquire) => return,
@@ -92,7 +92,7 @@ impl Peer {
 
     /// What was received so far.
     pub fn inbox(&self) -> MutexGuard<'_, Inbox> {
-        self.inbox.lock().unwrap()
+        self.inbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Waits until `pred` holds for the inbox; false after `limit`.
@@ -134,7 +134,7 @@ impl Peer {
         if let Some(r) = self.reader.take() {
             r.join().expect("reader thread");
         }
-        std::mem::take(&mut *self.inbox.lock().unwrap())
+        std::mem::take(&mut *self.inbox.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -251,8 +251,7 @@ impl Writer {
         let err = self
             .handle
             .take()
-            .map(|h| h.join().expect("writer thread"))
-            .flatten();
+            .and_then(|h| h.join().expect("writer thread"));
         (std::mem::take(&mut *self.sent.lock().unwrap()), err)
     }
 }
