@@ -587,6 +587,15 @@ fn chat_text(frame: serde_json::Map<String, Value>, sender_name: &str) -> String
 }
 
 impl BusHandler for ChatService {
+    fn on_bus_restored(&self) {
+        let users = self.hub().online_users();
+        log::info!(
+            "bus: flushing stored messages of {} local users",
+            users.len()
+        );
+        self.router.flush_here(&users);
+    }
+
     fn on_message(&self, msg: BusMessage) {
         match msg {
             BusMessage::Deliver { to, frame } => self.router.deliver_here(&to, &frame),

@@ -92,6 +92,11 @@ pub trait BusHandler: Send + Sync {
     /// claim every local user again. Runs on the keeper thread. Returns false if
     /// it could not finish; it is then called again after the next heartbeat.
     fn on_presence_lost(&self) -> bool;
+    /// Redis is reachable again, or the subscriber re-subscribed, after a gap in
+    /// which frames for local users may have been stored instead of delivered, and
+    /// flush notices may have reached nobody: deliver what is stored for every local
+    /// user. Runs on the keeper or subscriber thread.
+    fn on_bus_restored(&self);
 }
 
 /// An r2d2 manager for Redis connections with I/O timeouts.
@@ -168,7 +173,9 @@ impl Bus {
         let pool = r2d2::Pool::builder()
             .max_size(16)
             .min_idle(Some(0))
-            .connection_timeout(IO_TIMEOUT)
+            // A dead Redis must not hold a worker (and the recipient's shard lock)
+            // for long: the breaker takes over after the first failure.
+            .connection_timeout(Duration::from_millis(500))
             .build_unchecked(Manager(client.clone()));
         let p = &cfg.prefix;
         let me = &cfg.node_id;
@@ -436,11 +443,16 @@ impl Bus {
     /// The dedicated subscriber: (re)connects, subscribes to this node's channel and
     /// the broadcast channel, and hands every message to the handler.
     fn subscriber(&self, handler: &dyn BusHandler) {
-        let mut backoff = Duration::from_millis(100);
+        const FIRST_RETRY: Duration = Duration::from_millis(100);
+        let mut backoff = FIRST_RETRY;
+        let mut subscribed_before = false;
         while !self.stop.load(Ordering::Acquire) {
-            match self.subscribe_loop(handler) {
+            match self.subscribe_loop(handler, &mut subscribed_before) {
                 Ok(()) => return,
-                Err(e) => {
+                Err((e, was_subscribed)) => {
+                    if was_subscribed {
+                        backoff = FIRST_RETRY;
+                    }
                     log::warn!("bus subscriber: {e}; reconnecting in {backoff:?}");
                     sleep_unless(&self.stop, backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -449,12 +461,27 @@ impl Bus {
         }
     }
 
-    fn subscribe_loop(&self, handler: &dyn BusHandler) -> RedisResult<()> {
-        let mut con = self.client.get_connection_with_timeout(IO_TIMEOUT)?;
+    /// One subscription's life. The error says whether it got as far as subscribing.
+    fn subscribe_loop(
+        &self,
+        handler: &dyn BusHandler,
+        subscribed_before: &mut bool,
+    ) -> Result<(), (redis::RedisError, bool)> {
+        let mut con = self
+            .client
+            .get_connection_with_timeout(IO_TIMEOUT)
+            .map_err(|e| (e, false))?;
         let mut ps = con.as_pubsub();
-        ps.subscribe(&[&self.keys.channel_me, &self.keys.channel_all])?;
-        ps.set_read_timeout(Some(Duration::from_millis(250)))?;
+        ps.subscribe(&[&self.keys.channel_me, &self.keys.channel_all])
+            .map_err(|e| (e, false))?;
+        ps.set_read_timeout(Some(Duration::from_millis(250)))
+            .map_err(|e| (e, false))?;
         log::info!("bus: subscribed as node {}", self.cfg.node_id);
+        if std::mem::replace(subscribed_before, true) {
+            // Frames published while we were away reached no subscriber and were
+            // stored; deliver them now.
+            handler.on_bus_restored();
+        }
         loop {
             if self.stop.load(Ordering::Acquire) {
                 return Ok(());
@@ -465,7 +492,7 @@ impl Bus {
                     None => log::warn!("bus: unreadable message on {}", msg.get_channel_name()),
                 },
                 Err(e) if e.is_timeout() => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err((e, true)),
             }
         }
     }
@@ -476,17 +503,29 @@ impl Bus {
         let interval = self.cfg.node_ttl / 4;
         let mut tick: u32 = 0;
         let mut resync = false;
+        let mut was_down = false;
         while !self.stop.load(Ordering::Acquire) {
             match self.heartbeat() {
-                Ok(true) => {}
-                Ok(false) => {
-                    log::warn!("bus: node presence was lost; re-claiming local users");
-                    resync = true;
+                Ok(existed) => {
+                    if !existed {
+                        log::warn!("bus: node presence was lost; re-claiming local users");
+                        resync = true;
+                    }
+                    if std::mem::take(&mut was_down) && !resync {
+                        log::info!("bus: Redis is back");
+                        handler.on_bus_restored();
+                    }
                 }
-                Err(e) => log::debug!("bus heartbeat: {e}"),
+                Err(e) => {
+                    log::debug!("bus heartbeat: {e}");
+                    was_down = true;
+                }
             }
             if resync {
                 resync = !handler.on_presence_lost();
+                if !resync {
+                    handler.on_bus_restored();
+                }
             }
             if tick.is_multiple_of(SWEEP_EVERY) {
                 match self.sweep() {
