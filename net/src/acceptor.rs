@@ -104,17 +104,26 @@ impl Acceptor {
                     if e.kind() == io::ErrorKind::Interrupted
                         || e.kind() == io::ErrorKind::ConnectionAborted => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    // accept keeps failing with EMFILE even when the backlog is
+                    // empty (the descriptor is allocated first), so only go round
+                    // again after the spare really took a connection off the queue.
                     let spare = self.idle_fd.borrow_mut().take();
-                    if let Some(spare) = spare {
-                        log::warn!("accept: out of descriptors, refusing one connection");
-                        drop(spare);
-                        if let Ok((refused, _)) = self.listener.borrow().accept() {
-                            drop(refused);
-                        }
-                        *self.idle_fd.borrow_mut() = File::open("/dev/null").ok();
-                    } else {
+                    let Some(spare) = spare else {
                         self.retry_later(lp);
                         return;
+                    };
+                    drop(spare);
+                    let refused = self.listener.borrow().accept();
+                    // Close the refused connection first: the spare needs its descriptor.
+                    let refused = refused.map(|(stream, _)| drop(stream));
+                    *self.idle_fd.borrow_mut() = File::open("/dev/null").ok();
+                    match refused {
+                        Ok(()) => log::warn!("accept: out of descriptors, refused a connection"),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                        Err(_) => {
+                            self.retry_later(lp);
+                            return;
+                        }
                     }
                 }
                 Err(e) => {

@@ -1,5 +1,6 @@
 //! Buffer: muduo's byte buffer, `prependable | readable | writable` in one `Vec<u8>`.
 
+use std::cell::RefCell;
 use std::io::{self, IoSliceMut, Read};
 
 /// Cheap bytes reserved in front of the readable data, so a length header can be
@@ -7,9 +8,16 @@ use std::io::{self, IoSliceMut, Read};
 pub const CHEAP_PREPEND: usize = 8;
 /// The writable space a new buffer starts with.
 pub const INITIAL_SIZE: usize = 1024;
-/// Size of the stack buffer that `read_from` overflows into: one `readv` can take
+/// Size of the scratch buffer that `read_from` overflows into: one `readv` can take
 /// this much more than the buffer's free space without growing it up front.
 const EXTRA_BUF: usize = 65536;
+
+thread_local! {
+    /// `read_from`'s overflow space, one per thread and so one per loop. muduo uses an
+    /// uninitialised stack array; a zeroed one would cost a 64 KiB memset on every
+    /// read (a quarter of the pingpong server's CPU time), so it is zeroed once here.
+    static EXTRA: RefCell<Box<[u8]>> = RefCell::new(vec![0; EXTRA_BUF].into_boxed_slice());
+}
 
 /// A growable byte buffer with muduo's layout:
 ///
@@ -302,15 +310,23 @@ impl Buffer {
         self.buf.capacity()
     }
 
-    /// One vectored read from `reader` into the writable space plus a 64 KiB stack
-    /// buffer; what lands on the stack is appended, growing the buffer only as much
-    /// as needed. Returns what `read_vectored` returned (0 at end of stream).
+    /// One vectored read from `reader` into the writable space plus a 64 KiB
+    /// per-thread scratch buffer; what lands in the scratch is appended, growing the
+    /// buffer only as much as needed. Returns what `read_vectored` returned (0 at
+    /// end of stream).
     pub fn read_from<R: Read>(&mut self, reader: &mut R) -> io::Result<usize> {
-        let mut extra = [0u8; EXTRA_BUF];
+        EXTRA.with(|extra| match extra.try_borrow_mut() {
+            Ok(mut extra) => self.read_with_extra(reader, &mut extra),
+            // Only if `reader` itself reads into a Buffer on this thread.
+            Err(_) => self.read_with_extra(reader, &mut vec![0; EXTRA_BUF]),
+        })
+    }
+
+    fn read_with_extra<R: Read>(&mut self, reader: &mut R, extra: &mut [u8]) -> io::Result<usize> {
         let writable = self.writable_bytes();
         let n = {
             let (_, free) = self.buf.split_at_mut(self.writer_index);
-            let mut bufs = [IoSliceMut::new(free), IoSliceMut::new(&mut extra)];
+            let mut bufs = [IoSliceMut::new(free), IoSliceMut::new(extra)];
             reader.read_vectored(&mut bufs)?
         };
         if n <= writable {
@@ -533,7 +549,7 @@ mod tests {
     }
 
     #[test]
-    fn read_from_overflows_into_stack_buffer() {
+    fn read_from_overflows_into_scratch_buffer() {
         let data: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
         let mut buf = Buffer::new();
         buf.append(b"head");
@@ -550,5 +566,32 @@ mod tests {
         assert_eq!(small.internal_capacity(), cap);
         assert_eq!(small.peek(), &[7; 100][..]);
         assert_eq!(small.read_from(&mut Source(Vec::new())).unwrap(), 0);
+    }
+
+    /// A reader that itself reads through a Buffer, so the thread's scratch buffer
+    /// is already borrowed when it is called.
+    struct Nested(Vec<u8>);
+
+    impl Read for Nested {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            self.read_vectored(&mut [IoSliceMut::new(out)])
+        }
+
+        fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+            let mut inner = Buffer::new();
+            inner.read_from(&mut Source(std::mem::take(&mut self.0)))?;
+            Source(inner.retrieve_all_as_vec()).read_vectored(bufs)
+        }
+    }
+
+    #[test]
+    fn read_from_reentered_falls_back() {
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
+        let mut buf = Buffer::new();
+        assert_eq!(
+            buf.read_from(&mut Nested(data.clone())).unwrap(),
+            data.len()
+        );
+        assert_eq!(buf.peek(), &data[..]);
     }
 }

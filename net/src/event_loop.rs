@@ -148,6 +148,11 @@ impl EventLoop {
         assert!(!self.inner.looping.get(), "EventLoop::run is not reentrant");
         self.inner.looping.set(true);
         log::trace!("EventLoop {:?} start looping", self.inner.shared.thread);
+        // Tasks queued on this thread before `run` did not wake the loop (nor did
+        // tasks queued behind them from other threads): the first poll must not block.
+        if !self.inner.shared.pending.lock().is_empty() {
+            self.handle().wakeup();
+        }
         while !self.inner.shared.quit.load(Ordering::Acquire) {
             let timeout = if self.inner.deferred.borrow().is_empty() {
                 self.inner.timers.borrow_mut().next_timeout(Instant::now())
