@@ -10,7 +10,7 @@ pub const CHEAP_PREPEND: usize = 8;
 pub const INITIAL_SIZE: usize = 1024;
 /// Size of the scratch buffer that `read_from` overflows into: one `readv` can take
 /// this much more than the buffer's free space without growing it up front.
-const EXTRA_BUF: usize = 65536;
+pub(crate) const EXTRA_BUF: usize = 65536;
 
 thread_local! {
     /// `read_from`'s overflow space, one per thread and so one per loop. muduo uses an

@@ -65,6 +65,8 @@ pub struct TcpConnection {
     reading: Cell<bool>,
     /// Readiness that arrived while reading was paused, so `start_read` resumes it.
     read_pending: Cell<bool>,
+    /// The paused readiness included the peer's FIN or an error.
+    pending_eof: Cell<bool>,
     callbacks: RefCell<ConnCallbacks>,
     high_water_mark: Cell<usize>,
     close_callback: RefCell<Option<CloseCallback>>,
@@ -98,6 +100,7 @@ impl TcpConnection {
             output: RefCell::new(Buffer::new()),
             reading: Cell::new(true),
             read_pending: Cell::new(false),
+            pending_eof: Cell::new(false),
             callbacks: RefCell::new(callbacks),
             high_water_mark: Cell::new(hwm),
             close_callback: RefCell::new(None),
@@ -272,7 +275,8 @@ impl TcpConnection {
         if !self.reading.replace(true) && self.read_pending.replace(false) {
             if let Some(lp) = EventLoop::current() {
                 let conn = self.clone();
-                lp.defer(move |lp| conn.handle_read(lp));
+                let to_eof = self.pending_eof.replace(false);
+                lp.defer(move |lp| conn.handle_read(lp, to_eof));
             }
         }
     }
@@ -316,12 +320,18 @@ impl TcpConnection {
         }
     }
 
-    fn handle_read(self: &Rc<Self>, lp: &EventLoop) {
+    /// Reads what the socket has. A read that returns less than it offered means
+    /// the socket is empty (edge-triggered readiness fires again on new data), so it
+    /// stops there and saves the `read` that would say `WouldBlock` — unless the
+    /// peer's FIN or an error was reported (`to_eof`): no new edge would announce the
+    /// end of stream, so it reads until the kernel says so.
+    fn handle_read(self: &Rc<Self>, lp: &EventLoop, to_eof: bool) {
         if self.state.get() == State::Disconnected {
             return;
         }
         if !self.reading.get() {
             self.read_pending.set(true);
+            self.pending_eof.set(self.pending_eof.get() || to_eof);
             return;
         }
         let mut got = 0;
@@ -329,13 +339,19 @@ impl TcpConnection {
         let mut reads = 0;
         while reads < READ_BUDGET {
             reads += 1;
-            let result = self
-                .input
-                .borrow_mut()
-                .read_from(&mut &*self.stream.borrow());
+            let (offered, result) = {
+                let mut input = self.input.borrow_mut();
+                let offered = input.writable_bytes() + crate::buffer::EXTRA_BUF;
+                (offered, input.read_from(&mut &*self.stream.borrow()))
+            };
             match result {
                 Ok(0) => {
                     closed = true;
+                    break;
+                }
+                Ok(n) if n < offered && !to_eof => {
+                    got += n;
+                    reads = 0;
                     break;
                 }
                 Ok(n) => got += n,
@@ -362,7 +378,7 @@ impl TcpConnection {
             // Budget spent before WouldBlock: the edge will not fire again, so come
             // back after the other sockets of this loop had their turn.
             let conn = self.clone();
-            lp.defer(move |lp| conn.handle_read(lp));
+            lp.defer(move |lp| conn.handle_read(lp, to_eof));
         }
     }
 
@@ -423,7 +439,7 @@ impl Channel for TcpConnection {
             self.handle_write();
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
-            self.handle_read(lp);
+            self.handle_read(lp, event.is_read_closed() || event.is_error());
         }
         if event.is_write_closed() && !event.is_readable() && self.output_bytes() > 0 {
             // The peer is gone and we still have output: nothing will drain it.
