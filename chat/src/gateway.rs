@@ -161,8 +161,12 @@ impl Gateway {
                     break;
                 }
                 Ok(Decoded::Frame { start, end }) => {
-                    let parsed = codec::parse_frame(&buf.peek()[start..end])
-                        .and_then(protocol::parse_request);
+                    let (mut ext, mut reg_strings) = (false, false);
+                    let parsed = codec::parse_frame(&buf.peek()[start..end]).and_then(|v| {
+                        ext = asks_ext(&v);
+                        reg_strings = reg_with_strings(&v);
+                        protocol::parse_request(v)
+                    });
                     buf.retrieve(end);
                     let job = if !self.take_token(st) {
                         let msgid = parsed.as_ref().ok().map(|p| p.msgid);
@@ -175,7 +179,7 @@ impl Gateway {
                                 None => continue,
                                 Some(p) => Job::Request(p),
                             },
-                            Err(e) => Job::Reply(protocol::encode(&protocol::error(&e))),
+                            Err(e) => Job::Reply(error_reply(&e, ext, reg_strings)),
                         }
                     };
                     pause |= self.submitter.submit(&st.session, job);
@@ -249,6 +253,33 @@ pub fn update_reading(conn: &TcpConnectionPtr) {
 /// A worker drained a paused session's queue: let its loop read again.
 pub fn resume_session(session: &Session) {
     session.conn.run(update_reading);
+}
+
+/// Whether a request opted in to extended replies (before it is validated).
+fn asks_ext(v: &serde_json::Value) -> bool {
+    matches!(v.get("ext"), Some(serde_json::Value::Bool(true)))
+        || v.get("ext").and_then(serde_json::Value::as_u64) == Some(1)
+}
+
+/// A REG whose name and password are both strings: if it is still invalid, the
+/// strings are empty or too long, which the legacy protocol answers as a failed
+/// registration, not as a malformed request.
+fn reg_with_strings(v: &serde_json::Value) -> bool {
+    v.get("msgid").and_then(serde_json::Value::as_i64) == Some(protocol::msgid::REG)
+        && v.get("name").is_some_and(serde_json::Value::is_string)
+        && v.get("password").is_some_and(serde_json::Value::is_string)
+}
+
+/// The reply to an invalid request. A REG with an empty or too long name or
+/// password gets the legacy failed REG_ACK (the legacy client prints its own line
+/// for any errno 1), with the reason for opted-in clients; anything else an ERROR.
+fn error_reply(e: &ProtocolError, ext: bool, reg_strings: bool) -> Vec<u8> {
+    let reg_failed = reg_strings && e.errno == errno::BAD_FIELD;
+    protocol::encode(&match (reg_failed, ext) {
+        (true, true) => protocol::reg_err_ext(&e.errmsg),
+        (true, false) => protocol::reg_err(),
+        (false, _) => protocol::error(e),
+    })
 }
 
 /// Sends a final error and closes the connection once it is written (or after a grace period).

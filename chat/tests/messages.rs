@@ -16,7 +16,31 @@ both_backends!(
     login_ack_exact_bytes,
     legacy_client_never_gets_acks,
     ext_client_gets_acks,
+    invalid_registration_is_a_failed_reg,
 );
+
+/// A REG whose name is empty or too long is a failed registration, as the legacy
+/// server answered it (the legacy client prints its own line for errno 1): the exact
+/// legacy bytes for a legacy client, the reason for an opted-in one. A mistyped field
+/// stays a protocol error.
+fn invalid_registration_is_a_failed_reg(b: &Backend) {
+    let srv = b.start();
+    let mut c = Client::connect(srv.addr());
+    let long = "n".repeat(51);
+    c.send(&json!({"msgid": 4, "name": long, "password": "p"}));
+    util::expect_bytes(&mut c, r#"{"errno":1,"msgid":5}"#);
+    c.send(&json!({"msgid": 4, "name": "", "password": "p"}));
+    util::expect_bytes(&mut c, r#"{"errno":1,"msgid":5}"#);
+    c.send(&json!({"ext": 1, "msgid": 4, "name": long, "password": "p"}));
+    let v = c.expect_msgid(5);
+    assert_eq!(v["errno"], 1, "{v}");
+    assert!(v["errmsg"].as_str().unwrap().contains("name"), "{v}");
+    c.send(&json!({"msgid": 4, "name": 5, "password": "p"}));
+    c.expect_error(105, Some(4));
+    // The connection still registers a valid name.
+    let id = c.register("fine", "pw");
+    assert!(id > 0);
+}
 
 /// REG ok / name taken, LOGIN ok / wrong password / unknown id / already online, with
 /// the legacy bytes.
