@@ -96,8 +96,10 @@ impl TcpConnection {
             local_addr,
             peer_addr,
             state: Cell::new(State::Connecting),
-            input: RefCell::new(Buffer::new()),
-            output: RefCell::new(Buffer::new()),
+            // Empty until used: an idle connection costs no buffer memory, and the
+            // first read sizes the input to what actually arrived.
+            input: RefCell::new(Buffer::with_capacity(0)),
+            output: RefCell::new(Buffer::with_capacity(0)),
             reading: Cell::new(true),
             read_pending: Cell::new(false),
             pending_eof: Cell::new(false),
