@@ -21,5 +21,6 @@ pub mod server_thread;
 pub mod service;
 pub mod session;
 pub mod store;
+pub mod sys;
 pub mod timefmt;
 pub mod workers;

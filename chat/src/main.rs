@@ -28,7 +28,7 @@ fn main() -> ExitCode {
 
 fn run(cfg: &Config) -> Result<(), Box<dyn std::error::Error>> {
     chat::password::set_cost(cfg.argon2_memory_kib, cfg.argon2_passes)?;
-    raise_fd_limit();
+    chat::sys::raise_fd_limit();
     let store = chat::store::open_with(&cfg.db, cfg.db_pool)?;
     // This node owns every session of a standalone deployment: nobody is online yet.
     if cfg.redis.is_none() {
@@ -70,22 +70,5 @@ fn redact(url: &str) -> String {
             }
         }
         _ => url.to_owned(),
-    }
-}
-
-/// Raises the soft descriptor limit to the hard one: every connection is a descriptor.
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                log::warn!("could not raise the descriptor limit");
-            }
-        }
     }
 }

@@ -32,6 +32,10 @@ pub(crate) struct Acceptor {
     /// instead of waiting forever and the loop does not spin on a full backlog.
     idle_fd: RefCell<Option<File>>,
     retry_timer: Cell<Option<TimerId>>,
+    /// Connections refused for want of descriptors since the last warning, and when
+    /// that was: one line a second at most, however hard the flood.
+    refused: Cell<u64>,
+    refused_logged: Cell<Option<std::time::Instant>>,
     new_connection: RefCell<Option<NewConnectionCallback>>,
 }
 
@@ -53,6 +57,8 @@ impl Acceptor {
             token: Cell::new(None),
             idle_fd: RefCell::new(File::open("/dev/null").ok()),
             retry_timer: Cell::new(None),
+            refused: Cell::new(0),
+            refused_logged: Cell::new(None),
             new_connection: RefCell::new(None),
         })
     }
@@ -118,7 +124,7 @@ impl Acceptor {
                     let refused = refused.map(|(stream, _)| drop(stream));
                     *self.idle_fd.borrow_mut() = File::open("/dev/null").ok();
                     match refused {
-                        Ok(()) => log::warn!("accept: out of descriptors, refused a connection"),
+                        Ok(()) => self.note_refused(),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                         Err(_) => {
                             self.retry_later(lp);
@@ -132,6 +138,22 @@ impl Acceptor {
                     return;
                 }
             }
+        }
+    }
+
+    fn note_refused(&self) {
+        self.refused.set(self.refused.get() + 1);
+        let now = std::time::Instant::now();
+        let due = self
+            .refused_logged
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+        if due {
+            log::warn!(
+                "accept: out of descriptors, refused {} connection(s)",
+                self.refused.replace(0)
+            );
+            self.refused_logged.set(Some(now));
         }
     }
 

@@ -6,7 +6,8 @@
 //! column on `offlinemessage`. The upgrade runs under a named lock, so servers of one
 //! cluster that start together do not race it, and is a no-op once the schema conforms.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use ::mysql::prelude::Queryable;
 use ::mysql::{Conn, IsolationLevel, Opts, OptsBuilder, TxOpts};
@@ -23,6 +24,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a caller waits for a free pooled connection.
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a checkout failed (the database is unreachable), further checkouts fail at
+/// once for this long: a circuit breaker, so that an outage costs each request an
+/// immediate error reply instead of [`POOL_TIMEOUT`] of a worker.
+const BREAKER: Duration = Duration::from_secs(1);
+/// How long the one checkout that probes an open breaker may wait.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a starting server waits for another one that is upgrading the schema.
 const SCHEMA_LOCK_TIMEOUT_SECS: u32 = 120;
 /// Attempts of a transaction that InnoDB chose as a deadlock victim.
@@ -129,6 +136,10 @@ pub(super) fn create_table_sql(name: &str, body: &str, if_not_exists: bool) -> S
 pub struct MysqlStore {
     /// Pooled connections to the chat database.
     pool: r2d2::Pool<MySqlConnectionManager>,
+    /// Milliseconds since `epoch` until which checkouts fail fast (see [`BREAKER`]);
+    /// 0 while the database is reachable.
+    down_until: AtomicU64,
+    epoch: Instant,
 }
 
 /// A pooled connection.
@@ -169,13 +180,63 @@ impl MysqlStore {
             .max_size(pool_size.max(1))
             .connection_timeout(POOL_TIMEOUT)
             .build(manager)?;
-        Ok(MysqlStore { pool })
+        Ok(MysqlStore {
+            pool,
+            down_until: AtomicU64::new(0),
+            epoch: Instant::now(),
+        })
     }
 
-    /// A pooled connection, or `Unavailable` after [`POOL_TIMEOUT`].
+    /// A pooled connection, or `Unavailable` after [`POOL_TIMEOUT`] — or at once
+    /// while the breaker is open: then only one caller at a time probes the database
+    /// (for at most [`PROBE_TIMEOUT`]) and the others fail fast, so an outage does not
+    /// hold every worker for seconds per request.
     fn conn(&self) -> Result<PooledConn, StoreError> {
-        Ok(self.pool.get()?)
+        let until = self.down_until.load(Ordering::Acquire);
+        let timeout = if until == 0 {
+            POOL_TIMEOUT
+        } else {
+            let now = self.now_ms();
+            if now < until
+                || self
+                    .down_until
+                    .compare_exchange(
+                        until,
+                        now + ms(BREAKER),
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_err()
+            {
+                return Err(StoreError::Unavailable(
+                    "database unreachable (recent failure)".into(),
+                ));
+            }
+            PROBE_TIMEOUT
+        };
+        match self.pool.get_timeout(timeout) {
+            Ok(conn) => {
+                if until != 0 {
+                    self.down_until.store(0, Ordering::Release);
+                }
+                Ok(conn)
+            }
+            Err(e) => {
+                // Never 0 (which means closed): `now_ms() + BREAKER` is at least 1000.
+                self.down_until
+                    .store(self.now_ms() + ms(BREAKER), Ordering::Release);
+                Err(e.into())
+            }
+        }
     }
+
+    fn now_ms(&self) -> u64 {
+        ms(self.epoch.elapsed())
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
 }
 
 impl From<::mysql::Error> for StoreError {

@@ -101,20 +101,6 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
 fn main() {
     let mut args = Args::parse();
     if args.scenario == Scenario::Group {
@@ -124,7 +110,7 @@ fn main() {
         eprintln!("chat-bench: --users and --threads must be positive");
         std::process::exit(2);
     }
-    raise_fd_limit();
+    chat::sys::raise_fd_limit();
     let targets: Vec<SocketAddr> = args
         .targets
         .iter()
@@ -229,15 +215,13 @@ fn main() {
         let _ = h.join();
     }
     eprintln!();
+    let ready = shared.ready.load(Ordering::Relaxed);
     report(
         &args,
         &total,
         measured,
-        setup_secs,
-        failed,
-        rss_before,
-        rss_after_setup,
-        rss_end,
+        (setup_secs, ready, failed),
+        (rss_before, rss_after_setup, rss_end),
     );
 }
 
@@ -256,17 +240,17 @@ fn wait_progress(shared: &Shared, what: &str, f: impl Fn(&Shared) -> (bool, Stri
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Prints the table and the JSON. `setup` is (seconds, users ready, users failed);
+/// `rss` the server's RSS in KiB before setup, after it, and at the end.
 fn report(
     args: &Args,
     s: &Stats,
     secs: f64,
-    setup_secs: f64,
-    failed: usize,
-    rss_before: Option<u64>,
-    rss_after_setup: Option<u64>,
-    rss_end: Option<u64>,
+    setup: (f64, usize, usize),
+    rss: (Option<u64>, Option<u64>, Option<u64>),
 ) {
+    let (setup_secs, ready, failed) = setup;
+    let (rss_before, rss_after_setup, rss_end) = rss;
     let lost = s.expected.saturating_sub(s.delivered);
     let mut report = json!({
         "scenario": format!("{:?}", args.scenario),
@@ -300,7 +284,8 @@ fn report(
         report["server_rss_kib_after_setup"] = json!(after);
         report["server_rss_kib_end"] = json!(rss_end);
         report["server_rss_bytes_per_connection"] =
-            json!((after.saturating_sub(before) * 1024) as f64 / args.users as f64);
+            json!((after.saturating_sub(before) * 1024) as f64 / ready.max(1) as f64);
+        report["connections_held"] = json!(ready);
     }
     println!("scenario            {:?}", args.scenario);
     println!("users / threads     {} / {}", args.users, args.threads);
