@@ -24,12 +24,12 @@ pub fn raise_fd_limit() -> u64 {
             rlim_max: want,
         };
         if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-            return want as u64;
+            return want;
         }
         if lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
-        lim.rlim_cur as u64
+        lim.rlim_cur
     }
 }
