@@ -156,22 +156,26 @@ impl Router {
         users: &[i64],
         text: &str,
     ) -> (Vec<i64>, Vec<i64>) {
-        let frame = wire(text);
+        let frame: Arc<[u8]> = wire(text).into();
         let mut absent = Vec::new();
         let mut congested = Vec::new();
+        let mut batch = Vec::with_capacity(users.len());
         for &u in users {
             let shard = guards[Hub::shard_index(u)]
                 .as_ref()
                 .expect("locked by lock_many");
             match shard.get(&u) {
                 Some(session) => {
-                    if !session.deliver(frame.clone()) {
+                    if !session.deliver_into(&frame, &mut batch) {
                         congested.push(u);
                     }
                 }
                 None => absent.push(u),
             }
         }
+        // Queued while the shards are still locked, so a login that takes a
+        // member's shard next sees this frame go out before its own.
+        net::send_to_all(&batch, &frame);
         (absent, congested)
     }
 

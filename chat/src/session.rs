@@ -149,6 +149,23 @@ impl Session {
         true
     }
 
+    /// Like [`Session::deliver`], for a fan-out: instead of sending, adds this
+    /// connection to `batch` (the caller sends the frame to the whole batch with
+    /// `net::send_to_all`), or holds a copy while a login is being answered.
+    /// False, doing nothing, while congested.
+    pub fn deliver_into(&self, frame: &[u8], batch: &mut Vec<ConnHandle>) -> bool {
+        if self.is_congested() {
+            return false;
+        }
+        let mut out = self.outbox.lock();
+        if out.holding {
+            out.held.push(frame.to_vec());
+        } else {
+            batch.push(self.conn.clone());
+        }
+        true
+    }
+
     /// Delivers a frame even when congested (stored frames being flushed).
     pub fn deliver_always(&self, frame: Vec<u8>) {
         let mut out = self.outbox.lock();

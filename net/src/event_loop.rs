@@ -329,6 +329,11 @@ impl LoopHandle {
         thread::current().id() == self.shared.thread
     }
 
+    /// True when both handles name the same loop.
+    pub fn same_loop(&self, other: &LoopHandle) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
     /// False once the loop has been dropped; tasks sent to it are then discarded.
     pub fn is_alive(&self) -> bool {
         self.shared.alive.load(Ordering::Acquire)

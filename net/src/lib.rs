@@ -49,6 +49,6 @@ pub use callbacks::{
 pub use event_loop::{EventLoop, LoopHandle};
 pub use event_loop_thread::{EventLoopThread, EventLoopThreadPool};
 pub use tcp_client::TcpClient;
-pub use tcp_connection::{ConnHandle, State, TcpConnection, DEFAULT_HIGH_WATER_MARK};
+pub use tcp_connection::{send_to_all, ConnHandle, State, TcpConnection, DEFAULT_HIGH_WATER_MARK};
 pub use tcp_server::{ReusePort, TcpServer};
 pub use timer_queue::TimerId;

@@ -6,6 +6,7 @@ use std::cell::{Cell, RefCell, RefMut};
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use mio::event::Event;
 use mio::net::TcpStream;
@@ -507,6 +508,32 @@ impl ConnHandle {
     /// Closes at once. Safe to call from any thread.
     pub fn force_close(&self) {
         self.run(|conn| conn.force_close());
+    }
+}
+
+/// Sends the same bytes to many connections with one task per loop instead of one
+/// per connection (a group message's fan-out). For each connection the bytes keep
+/// their place among the other sends made from this thread. Safe to call from any thread.
+pub fn send_to_all(conns: &[ConnHandle], data: &Arc<[u8]>) {
+    let mut by_loop: Vec<(LoopHandle, Vec<(usize, u64)>)> = Vec::new();
+    for c in conns {
+        match by_loop
+            .iter_mut()
+            .find(|(lh, _)| lh.same_loop(&c.loop_handle))
+        {
+            Some((_, v)) => v.push((c.token, c.id)),
+            None => by_loop.push((c.loop_handle.clone(), vec![(c.token, c.id)])),
+        }
+    }
+    for (lh, targets) in by_loop {
+        let data = data.clone();
+        lh.run_in_loop(move |lp| {
+            for (token, id) in targets {
+                if let Some(conn) = lp.connection(token, id) {
+                    conn.send(&data);
+                }
+            }
+        });
     }
 }
 
