@@ -17,6 +17,9 @@ use crate::hub::{Hub, Shard};
 use crate::session::Session;
 use crate::store::{Store, StoreError};
 
+/// Stored frames a drained slow reader gets per drain.
+const DRAIN_BATCH: usize = 1000;
+
 /// Where a one-to-one frame went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -194,16 +197,29 @@ impl Router {
     /// what was stored meanwhile, then let deliveries go live again.
     pub fn drained(&self, user: i64, session: &Session) {
         let shard = self.hub.lock(user);
-        // Cleared before the flush, under the shard lock: if the flushed frames
-        // push the output over the mark again, the IO loop's crossing sets the
-        // flag anew after this, so a stuck reader never grows without bound.
-        session.set_congested(false);
-        if let Some(s) = shard.get(&user) {
-            if s.id() == session.id() {
-                // On a store failure the frames stay stored: delivered at the next
-                // login or the next drain, never lost.
-                self.flush_session(user, session);
+        let ours = shard.get(&user).is_some_and(|s| s.id() == session.id());
+        if !ours {
+            session.set_congested(false);
+            return;
+        }
+        // One batch per drain: a long backlog comes out a batch at a time as the
+        // reader catches up, instead of all at once into memory.
+        let msgs = match self.store.take_offline_batch(user, DRAIN_BATCH) {
+            Ok(msgs) => msgs,
+            Err(e) => {
+                // The frames stay stored: delivered at the next login or drain.
+                log::warn!("flush for {user}: {e}; kept for later");
+                session.set_congested(false);
+                return;
             }
+        };
+        // Set before the frames are queued, under the shard lock: while more is
+        // stored, the flag stays up so new frames queue behind it in the store and
+        // this batch's write-complete asks for the next; when this was the last
+        // batch, a new crossing of the mark by these frames raises it again.
+        session.set_congested(msgs.len() == DRAIN_BATCH);
+        for m in msgs {
+            session.deliver_always(wire(&m));
         }
     }
 

@@ -74,7 +74,12 @@ pub trait Store: Send + Sync {
     fn store_offline_many(&self, users: &[i64], message: &str) -> Result<(), StoreError>;
     /// Atomically removes and returns the user's offline messages, oldest first. A message
     /// stored concurrently is either returned now or kept for the next call, never lost.
-    fn take_offline(&self, user: i64) -> Result<Vec<String>, StoreError>;
+    fn take_offline(&self, user: i64) -> Result<Vec<String>, StoreError> {
+        self.take_offline_batch(user, usize::MAX)
+    }
+    /// Like [`Store::take_offline`], at most the `max` oldest messages; the rest stay
+    /// stored, in order, for the next call.
+    fn take_offline_batch(&self, user: i64, max: usize) -> Result<Vec<String>, StoreError>;
 }
 
 /// One row of `user`.

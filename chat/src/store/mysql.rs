@@ -717,15 +717,17 @@ impl Store for MysqlStore {
         })
     }
 
-    fn take_offline(&self, user: i64) -> Result<Vec<String>, StoreError> {
+    fn take_offline_batch(&self, user: i64, max: usize) -> Result<Vec<String>, StoreError> {
+        let limit = u64::try_from(max).unwrap_or(u64::MAX);
         let mut conn = self.conn()?;
         retry_deadlock(|| {
             let mut tx = conn.start_transaction(tx_opts())?;
             // FOR UPDATE locks the rows and the gaps of this user's range: a concurrent
             // insert waits for the commit and is then kept for the next take.
             let rows: Vec<(i64, String)> = tx.exec(
-                "SELECT id, message FROM offlinemessage WHERE userid = ? ORDER BY id FOR UPDATE",
-                (user,),
+                "SELECT id, message FROM offlinemessage WHERE userid = ? ORDER BY id LIMIT ? \
+                 FOR UPDATE",
+                (user, limit),
             )?;
             if let Some(&(last, _)) = rows.last() {
                 tx.exec_drop(

@@ -378,16 +378,17 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn take_offline(&self, user: i64) -> Result<Vec<String>, StoreError> {
+    fn take_offline_batch(&self, user: i64, max: usize) -> Result<Vec<String>, StoreError> {
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
         let mut conn = self.conn()?;
         // IMMEDIATE takes the write lock first: no insert can land between the select and
         // the delete, and the delete is bounded by the last id returned anyway.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let rows: Vec<(i64, String)> = {
             let mut stmt = tx.prepare_cached(
-                "SELECT id, message FROM offlinemessage WHERE userid = ?1 ORDER BY id",
+                "SELECT id, message FROM offlinemessage WHERE userid = ?1 ORDER BY id LIMIT ?2",
             )?;
-            let rows = stmt.query_map([user], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            let rows = stmt.query_map([user, limit], |row| Ok((row.get(0)?, row.get(1)?)))?;
             rows.collect::<Result<_, _>>()?
         };
         if let Some(&(last, _)) = rows.last() {

@@ -385,6 +385,21 @@ fn offline_order(store: &dyn Store) {
     store.store_offline(a, "m5").unwrap();
     assert_eq!(store.take_offline(a).unwrap(), ["m5"]);
     assert_eq!(store.take_offline(c).unwrap(), ["fan"]);
+
+    // Batches: the oldest first, the rest kept in order for the next call.
+    for m in ["b1", "b2", "b3", "b4", "b5"] {
+        store.store_offline(a, m).unwrap();
+    }
+    store.store_offline(b, "other").unwrap();
+    assert_eq!(store.take_offline_batch(a, 2).unwrap(), ["b1", "b2"]);
+    store.store_offline(a, "b6").unwrap();
+    assert_eq!(store.take_offline_batch(a, 3).unwrap(), ["b3", "b4", "b5"]);
+    assert_eq!(store.take_offline_batch(a, 3).unwrap(), ["b6"]);
+    assert_eq!(
+        store.take_offline_batch(a, 3).unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(store.take_offline(b).unwrap(), ["other"]);
 }
 
 fn offline_special_and_large(store: &dyn Store) {
