@@ -13,6 +13,7 @@ pub mod codec;
 pub mod config;
 pub mod gateway;
 pub mod hub;
+pub mod member_cache;
 pub mod password;
 pub mod protocol;
 pub mod router;

@@ -3,12 +3,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::bus::{Bus, BusHandler, BusMessage, Claim};
 use crate::hub::Hub;
+use crate::member_cache::MemberCache;
 use crate::password::{self, Verified};
 use crate::protocol::{
     self, errno, msgid, Friend, GroupInfo, Member, Parsed, ProtocolError, Request,
@@ -45,7 +46,7 @@ pub struct ChatService {
     handlers: HashMap<i64, Handler>,
     /// Group id → member ids: read once per group, dropped when membership changes
     /// (here, or on another node through the bus).
-    members: Mutex<HashMap<i64, Arc<Vec<i64>>>>,
+    members: MemberCache,
 }
 
 impl ChatService {
@@ -62,11 +63,14 @@ impl ChatService {
         handlers.insert(msgid::ADD_GROUP, ChatService::add_group);
         handlers.insert(msgid::GROUP_CHAT, ChatService::group_chat);
         handlers.insert(msgid::PING, ChatService::ping);
+        // Standalone, every change goes through this cache; in a cluster another
+        // node's invalidation can be lost while Redis is down, so entries expire.
+        let cache_ttl = bus.as_ref().map(|_| Duration::from_secs(30));
         ChatService {
             router: Router::new(store.clone(), bus),
             store,
             handlers,
-            members: Mutex::new(HashMap::new()),
+            members: MemberCache::new(cache_ttl),
         }
     }
 
@@ -547,21 +551,22 @@ impl ChatService {
 
     /// A group's member ids, from the cache or the store; `None` if no such group.
     fn group_members(&self, group: i64) -> std::result::Result<Option<Arc<Vec<i64>>>, StoreError> {
-        if let Some(m) = self.members.lock().get(&group) {
-            return Ok(Some(m.clone()));
+        if let Some(m) = self.members.get(group) {
+            return Ok(Some(m));
         }
+        let epoch = self.members.begin();
         let Some(mut members) = self.store.group_members(group)? else {
             return Ok(None);
         };
         members.sort_unstable();
         let members = Arc::new(members);
-        self.members.lock().insert(group, members.clone());
+        self.members.insert(group, members.clone(), epoch);
         Ok(Some(members))
     }
 
     /// Drops a group from the member cache, here and on every other node.
     fn invalidate_group(&self, group: i64) {
-        self.members.lock().remove(&group);
+        self.members.invalidate(group);
         if let Some(bus) = self.bus() {
             if let Err(e) = bus.broadcast_invalidate(group) {
                 log::warn!("group {group}: other nodes keep a stale member list: {e}");
@@ -588,6 +593,8 @@ fn chat_text(frame: serde_json::Map<String, Value>, sender_name: &str) -> String
 
 impl BusHandler for ChatService {
     fn on_bus_restored(&self) {
+        // Invalidations sent while we could not hear them are lost: start afresh.
+        self.members.clear();
         let users = self.hub().online_users();
         log::info!(
             "bus: flushing stored messages of {} local users",
@@ -601,7 +608,7 @@ impl BusHandler for ChatService {
             BusMessage::Deliver { to, frame } => self.router.deliver_here(&to, &frame),
             BusMessage::Flush { to } => self.router.flush_here(&to),
             BusMessage::Invalidate { group } => {
-                self.members.lock().remove(&group);
+                self.members.invalidate(group);
             }
         }
     }
