@@ -1,0 +1,519 @@
+//! The chat protocol: message ids, error numbers, typed requests and reply builders.
+//!
+//! Everything here works on `serde_json::Value`, whose objects are `BTreeMap`s, so every frame
+//! we emit has its keys in byte-wise ascending order, exactly as the legacy server's serializer
+//! did. Frame boundaries are the codec's business (`crate::codec`); this module only turns one
+//! decoded JSON document into a [`Request`] and builds the documents we send back.
+//!
+//! Two kinds of negative replies are kept apart (protocol.md §4):
+//! - protocol errors ([`ProtocolError`], sent as an [`error`] frame, msgid 11) are always sent;
+//! - business outcomes ([`ack`], msgid 12) go only to clients that opted in with `"ext":1`.
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+/// Message ids (protocol.md §2, plus our extensions from 11 up).
+pub mod msgid {
+    /// Client → server: log in with `id` and `password`.
+    pub const LOGIN: i64 = 1;
+    /// Server → client: the answer to [`LOGIN`].
+    pub const LOGIN_ACK: i64 = 2;
+    /// Client → server: log out; the connection stays open.
+    pub const LOGINOUT: i64 = 3;
+    /// Client → server: register a `name` with a `password`.
+    pub const REG: i64 = 4;
+    /// Server → client: the answer to [`REG`].
+    pub const REG_ACK: i64 = 5;
+    /// Client → server → recipient: a one-to-one chat message.
+    pub const ONE_CHAT: i64 = 6;
+    /// Client → server: add `friendid` to the user's friends.
+    pub const ADD_FRIEND: i64 = 7;
+    /// Client → server: create a group (the creator gets role `creator`).
+    pub const CREATE_GROUP: i64 = 8;
+    /// Client → server: join a group (role `normal`).
+    pub const ADD_GROUP: i64 = 9;
+    /// Client → server → members: a group chat message.
+    pub const GROUP_CHAT: i64 = 10;
+    /// Ours, server → client: a protocol error reply, always sent.
+    pub const ERROR: i64 = 11;
+    /// Ours, server → client: a business outcome, sent only to clients that opted in.
+    pub const ACK: i64 = 12;
+    /// Ours, client → server: heartbeat.
+    pub const PING: i64 = 13;
+    /// Ours, server → client: the answer to [`PING`].
+    pub const PONG: i64 = 14;
+
+    /// The symbolic name of a msgid, for logs; `None` for ids outside the table.
+    pub fn name(id: i64) -> Option<&'static str> {
+        Some(match id {
+            LOGIN => "LOGIN",
+            LOGIN_ACK => "LOGIN_ACK",
+            LOGINOUT => "LOGINOUT",
+            REG => "REG",
+            REG_ACK => "REG_ACK",
+            ONE_CHAT => "ONE_CHAT",
+            ADD_FRIEND => "ADD_FRIEND",
+            CREATE_GROUP => "CREATE_GROUP",
+            ADD_GROUP => "ADD_GROUP",
+            GROUP_CHAT => "GROUP_CHAT",
+            ERROR => "ERROR",
+            ACK => "ACK",
+            PING => "PING",
+            PONG => "PONG",
+            _ => return None,
+        })
+    }
+}
+
+/// Error numbers carried in `errno`.
+pub mod errno {
+    /// Success.
+    pub const OK: i64 = 0;
+    /// Legacy: LOGIN with a wrong id or password.
+    pub const INVALID_CREDENTIALS: i64 = 1;
+    /// Legacy: REG failed (name taken or invalid). Same number as [`INVALID_CREDENTIALS`].
+    pub const REG_FAILED: i64 = 1;
+    /// Legacy: LOGIN for a user who is already online somewhere in the cluster.
+    pub const ALREADY_ONLINE: i64 = 2;
+
+    /// The frame is not JSON (or not valid UTF-8).
+    pub const BAD_JSON: i64 = 100;
+    /// The frame is JSON but not an object.
+    pub const NOT_OBJECT: i64 = 101;
+    /// `msgid` is missing or not an integer.
+    pub const BAD_MSGID: i64 = 102;
+    /// `msgid` is an integer no client may send.
+    pub const UNKNOWN_MSGID: i64 = 103;
+    /// A required field is absent.
+    pub const MISSING_FIELD: i64 = 104;
+    /// A field has the wrong type or an out-of-range value.
+    pub const BAD_FIELD: i64 = 105;
+    /// A frame grew past the frame limit; the connection is closed after the reply.
+    pub const FRAME_TOO_LARGE: i64 = 106;
+    /// A request other than LOGIN, REG or PING before login.
+    pub const NOT_LOGGED_IN: i64 = 107;
+    /// The request's `id` is not the logged-in user's.
+    pub const NOT_YOUR_ID: i64 = 108;
+    /// The client sends faster than allowed.
+    pub const RATE_LIMITED: i64 = 109;
+    /// A server-side failure, e.g. the database is down.
+    pub const UNAVAILABLE: i64 = 110;
+    /// LOGIN on a connection that is already logged in.
+    pub const ALREADY_LOGGED_IN: i64 = 111;
+    /// The server is at its connection limit; the connection is closed.
+    pub const SERVER_FULL: i64 = 112;
+    /// No login within the time limit after connecting; the connection is closed.
+    pub const LOGIN_TIMEOUT: i64 = 113;
+
+    /// The addressed user does not exist.
+    pub const NO_SUCH_USER: i64 = 201;
+    /// The addressed group does not exist.
+    pub const NO_SUCH_GROUP: i64 = 202;
+    /// The user or group name is already taken.
+    pub const NAME_TAKEN: i64 = 203;
+    /// ADD_FRIEND with one's own id.
+    pub const SELF_FRIEND: i64 = 204;
+    /// GROUP_CHAT to a group the sender is not a member of.
+    pub const NOT_MEMBER: i64 = 205;
+}
+
+/// Legacy LOGIN_ACK errmsg for [`errno::INVALID_CREDENTIALS`]; the legacy client prints it.
+pub const MSG_INVALID_CREDENTIALS: &str = "id or password is invalid!";
+/// Legacy LOGIN_ACK errmsg for [`errno::ALREADY_ONLINE`]; the legacy client prints it.
+pub const MSG_ALREADY_ONLINE: &str = "this account is using, input another!";
+
+/// Longest user name in bytes (`user.name varchar(50)`).
+pub const NAME_MAX_BYTES: usize = 50;
+/// Longest group name in bytes (`allgroup.groupname varchar(50)`).
+pub const GROUPNAME_MAX_BYTES: usize = 50;
+/// Longest group description in bytes (`allgroup.groupdesc varchar(200)`).
+pub const GROUPDESC_MAX_BYTES: usize = 200;
+/// Longest password in bytes; bounds the cost of hashing attacker-chosen input.
+pub const PASSWORD_MAX_BYTES: usize = 256;
+
+/// A request the server refuses at the protocol level; sent back as an [`error`] frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolError {
+    /// One of the `errno` constants (100..=111).
+    pub errno: i64,
+    /// What is wrong and with which field, e.g. `missing field "password"`.
+    pub errmsg: String,
+    /// The offending request's msgid when it was readable; echoed as `reqmsgid`.
+    pub msgid: Option<i64>,
+}
+
+impl ProtocolError {
+    /// An error with the given errno and message, not tied to a request msgid.
+    pub fn new(errno: i64, errmsg: impl Into<String>) -> Self {
+        ProtocolError {
+            errno,
+            errmsg: errmsg.into(),
+            msgid: None,
+        }
+    }
+
+    /// The same error, attributed to the request with this msgid.
+    pub fn with_msgid(mut self, msgid: i64) -> Self {
+        self.msgid = Some(msgid);
+        self
+    }
+
+    /// [`errno::NOT_LOGGED_IN`] for a request with `msgid` sent before login.
+    pub fn not_logged_in(msgid: i64) -> Self {
+        Self::new(errno::NOT_LOGGED_IN, "not logged in").with_msgid(msgid)
+    }
+
+    /// [`errno::NOT_YOUR_ID`]: the request claims `claimed` but the connection is `actual`.
+    pub fn not_your_id(msgid: i64, claimed: i64, actual: i64) -> Self {
+        let msg = format!("field \"id\" is {claimed} but this connection is logged in as {actual}");
+        Self::new(errno::NOT_YOUR_ID, msg).with_msgid(msgid)
+    }
+
+    /// [`errno::ALREADY_LOGGED_IN`]: LOGIN on a connection logged in as `current`.
+    pub fn already_logged_in(current: i64) -> Self {
+        let msg = format!("this connection is already logged in as {current}");
+        Self::new(errno::ALREADY_LOGGED_IN, msg).with_msgid(msgid::LOGIN)
+    }
+
+    /// [`errno::UNAVAILABLE`]: the server could not serve the request (e.g. database down).
+    pub fn unavailable(msgid: i64) -> Self {
+        Self::new(errno::UNAVAILABLE, "service temporarily unavailable").with_msgid(msgid)
+    }
+
+    /// [`errno::RATE_LIMITED`]: the client sends too fast.
+    pub fn rate_limited(msgid: Option<i64>) -> Self {
+        let mut e = Self::new(errno::RATE_LIMITED, "too many requests, slow down");
+        e.msgid = msgid;
+        e
+    }
+
+    /// [`errno::FRAME_TOO_LARGE`]: a frame passed `limit` bytes.
+    pub fn frame_too_large(limit: usize) -> Self {
+        Self::new(
+            errno::FRAME_TOO_LARGE,
+            format!("frame exceeds the limit of {limit} bytes"),
+        )
+    }
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "errno {}: {}", self.errno, self.errmsg)?;
+        if let Some(m) = self.msgid {
+            write!(f, " (msgid {m})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+/// A validated client request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// LOGIN (1). `password` may be empty: it then simply fails to match (legacy behaviour).
+    Login {
+        /// The user id to log in as.
+        id: i64,
+        /// The plaintext password, at most [`PASSWORD_MAX_BYTES`].
+        password: String,
+    },
+    /// LOGINOUT (3).
+    Logout {
+        /// The user logging out; must be the connection's user.
+        id: i64,
+    },
+    /// REG (4).
+    Reg {
+        /// The new user's name, 1..=[`NAME_MAX_BYTES`] bytes.
+        name: String,
+        /// The new password, 1..=[`PASSWORD_MAX_BYTES`] bytes.
+        password: String,
+    },
+    /// ONE_CHAT (6).
+    OneChat {
+        /// The sender.
+        id: i64,
+        /// The recipient, from `toid` or, failing that, `to`.
+        toid: i64,
+        /// The message text (any length; the frame limit bounds it).
+        msg: String,
+        /// The whole request object, forwarded after [`delivery_frame`].
+        frame: Map<String, Value>,
+    },
+    /// ADD_FRIEND (7).
+    AddFriend {
+        /// The user adding a friend.
+        id: i64,
+        /// The friend to add.
+        friendid: i64,
+    },
+    /// CREATE_GROUP (8).
+    CreateGroup {
+        /// The creator.
+        id: i64,
+        /// 1..=[`GROUPNAME_MAX_BYTES`] bytes.
+        groupname: String,
+        /// 0..=[`GROUPDESC_MAX_BYTES`] bytes; `""` when absent.
+        groupdesc: String,
+    },
+    /// ADD_GROUP (9).
+    AddGroup {
+        /// The user joining.
+        id: i64,
+        /// The group to join.
+        groupid: i64,
+    },
+    /// GROUP_CHAT (10).
+    GroupChat {
+        /// The sender.
+        id: i64,
+        /// The target group.
+        groupid: i64,
+        /// The message text.
+        msg: String,
+        /// The whole request object, forwarded after [`delivery_frame`].
+        frame: Map<String, Value>,
+    },
+    /// PING (13); needs no login and no fields.
+    Ping,
+}
+
+impl Request {
+    /// The request's msgid.
+    pub fn msgid(&self) -> i64 {
+        match self {
+            Request::Login { .. } => msgid::LOGIN,
+            Request::Logout { .. } => msgid::LOGINOUT,
+            Request::Reg { .. } => msgid::REG,
+            Request::OneChat { .. } => msgid::ONE_CHAT,
+            Request::AddFriend { .. } => msgid::ADD_FRIEND,
+            Request::CreateGroup { .. } => msgid::CREATE_GROUP,
+            Request::AddGroup { .. } => msgid::ADD_GROUP,
+            Request::GroupChat { .. } => msgid::GROUP_CHAT,
+            Request::Ping => msgid::PING,
+        }
+    }
+
+    /// The user id the request acts as, which must equal the connection's logged-in user;
+    /// `None` for LOGIN (it establishes the identity), REG and PING.
+    pub fn acting_id(&self) -> Option<i64> {
+        match self {
+            Request::Logout { id }
+            | Request::OneChat { id, .. }
+            | Request::AddFriend { id, .. }
+            | Request::CreateGroup { id, .. }
+            | Request::AddGroup { id, .. }
+            | Request::GroupChat { id, .. } => Some(*id),
+            Request::Login { .. } | Request::Reg { .. } | Request::Ping => None,
+        }
+    }
+}
+
+/// The result of [`parse_request`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    /// The validated request.
+    pub req: Request,
+    /// The client opted in to extended replies (`"ext":1` or `"ext":true`).
+    pub ext: bool,
+    /// The request's msgid (same as `req.msgid()`).
+    pub msgid: i64,
+}
+
+/// Validates one decoded JSON document as a client request.
+///
+/// Checks, in order: an object (`NOT_OBJECT`), `msgid` (`BAD_MSGID`, `UNKNOWN_MSGID`), `ext`,
+/// then the message's fields in their documented order (`MISSING_FIELD`, `BAD_FIELD`).
+/// Unknown extra fields are ignored. Integers must be JSON integers (no floats, no strings);
+/// ids must be in `1..=i64::MAX`.
+///
+/// # Errors
+///
+/// A [`ProtocolError`] naming the problem and the field; its `msgid` is set once the
+/// request's msgid has been read.
+pub fn parse_request(v: Value) -> Result<Parsed, ProtocolError> {
+    let Value::Object(obj) = v else {
+        return Err(ProtocolError::new(
+            errno::NOT_OBJECT,
+            "frame is not a JSON object",
+        ));
+    };
+    let msgid = match obj.get("msgid") {
+        None => {
+            return Err(ProtocolError::new(
+                errno::BAD_MSGID,
+                "missing field \"msgid\"",
+            ))
+        }
+        Some(m) => m.as_i64().ok_or_else(|| {
+            ProtocolError::new(errno::BAD_MSGID, "field \"msgid\" must be an integer")
+        })?,
+    };
+    let f = Fields { obj: &obj, msgid };
+    let ext = f.ext()?;
+    let req = match msgid {
+        msgid::LOGIN => Request::Login {
+            id: f.id("id")?,
+            password: f.string("password", 0, PASSWORD_MAX_BYTES)?,
+        },
+        msgid::LOGINOUT => Request::Logout { id: f.id("id")? },
+        msgid::REG => Request::Reg {
+            name: f.string("name", 1, NAME_MAX_BYTES)?,
+            password: f.string("password", 1, PASSWORD_MAX_BYTES)?,
+        },
+        msgid::ONE_CHAT => {
+            let id = f.id("id")?;
+            let toid = if f.obj.contains_key("toid") || !f.obj.contains_key("to") {
+                f.id("toid")?
+            } else {
+                f.id("to")?
+            };
+            let msg = f.string("msg", 0, usize::MAX)?;
+            f.chat_extras()?;
+            Request::OneChat {
+                id,
+                toid,
+                msg,
+                frame: obj,
+            }
+        }
+        msgid::ADD_FRIEND => Request::AddFriend {
+            id: f.id("id")?,
+            friendid: f.id("friendid")?,
+        },
+        msgid::CREATE_GROUP => Request::CreateGroup {
+            id: f.id("id")?,
+            groupname: f.string("groupname", 1, GROUPNAME_MAX_BYTES)?,
+            groupdesc: f
+                .opt_string("groupdesc", 0, GROUPDESC_MAX_BYTES)?
+                .unwrap_or_default(),
+        },
+        msgid::ADD_GROUP => Request::AddGroup {
+            id: f.id("id")?,
+            groupid: f.id("groupid")?,
+        },
+        msgid::GROUP_CHAT => {
+            let id = f.id("id")?;
+            let groupid = f.id("groupid")?;
+            let msg = f.string("msg", 0, usize::MAX)?;
+            f.chat_extras()?;
+            Request::GroupChat {
+                id,
+                groupid,
+                msg,
+                frame: obj,
+            }
+        }
+        msgid::PING => Request::Ping,
+        other => {
+            let hint = match msgid::name(other) {
+                Some(name) => format!(" ({name} is sent by the server only)"),
+                None => String::new(),
+            };
+            return Err(ProtocolError::new(
+                errno::UNKNOWN_MSGID,
+                format!("unknown msgid {other}{hint}"),
+            )
+            .with_msgid(other));
+        }
+    };
+    Ok(Parsed { req, ext, msgid })
+}
+
+/// Field accessors that produce the right errno and errmsg for one request object.
+struct Fields<'a> {
+    /// The request object.
+    obj: &'a Map<String, Value>,
+    /// The request's msgid, attached to every error.
+    msgid: i64,
+}
+
+impl Fields<'_> {
+    fn missing(&self, key: &str) -> ProtocolError {
+        ProtocolError::new(errno::MISSING_FIELD, format!("missing field \"{key}\""))
+            .with_msgid(self.msgid)
+    }
+
+    fn bad(&self, msg: String) -> ProtocolError {
+        ProtocolError::new(errno::BAD_FIELD, msg).with_msgid(self.msgid)
+    }
+
+    /// A required id: a JSON integer in `1..=i64::MAX`.
+    fn id(&self, key: &str) -> Result<i64, ProtocolError> {
+        let v = self.obj.get(key).ok_or_else(|| self.missing(key))?;
+        let Value::Number(n) = v else {
+            return Err(self.bad(format!("field \"{key}\" must be an integer")));
+        };
+        if n.is_f64() {
+            return Err(self.bad(format!("field \"{key}\" must be an integer")));
+        }
+        match n.as_i64() {
+            Some(id) if id > 0 => Ok(id),
+            _ => Err(self.bad(format!(
+                "field \"{key}\" must be an integer from 1 to {}",
+                i64::MAX
+            ))),
+        }
+    }
+
+    /// A required string of `min..=max` bytes.
+    fn string(&self, key: &str, min: usize, max: usize) -> Result<String, ProtocolError> {
+        self.opt_string(key, min, max)?
+            .ok_or_else(|| self.missing(key))
+    }
+
+    /// An optional string of `min..=max` bytes; `None` when absent.
+    fn opt_string(
+        &self,
+        key: &str,
+        min: usize,
+        max: usize,
+    ) -> Result<Option<String>, ProtocolError> {
+        let Some(v) = self.obj.get(key) else {
+            return Ok(None);
+        };
+        match v.as_str() {
+            Some(s) if (min..=max).contains(&s.len()) => Ok(Some(s.to_owned())),
+            _ => Err(self.bad(describe_string(key, min, max))),
+        }
+    }
+
+    /// `ext`: absent, `0`, `1`, `false` or `true`.
+    fn ext(&self) -> Result<bool, ProtocolError> {
+        match self.obj.get("ext") {
+            None => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(v) if v.as_u64() == Some(0) => Ok(false),
+            Some(v) if v.as_u64() == Some(1) => Ok(true),
+            Some(_) => Err(self.bad("field \"ext\" must be 0, 1, false or true".to_owned())),
+        }
+    }
+
+    /// The optional `name` and `time` of a chat frame must be strings when present: the legacy
+    /// client reads both as strings unconditionally when it receives the frame.
+    fn chat_extras(&self) -> Result<(), ProtocolError> {
+        self.opt_string("name", 0, usize::MAX)?;
+        self.opt_string("time", 0, usize::MAX)?;
+        Ok(())
+    }
+}
+
+/// The errmsg for a string field that is mistyped or out of bounds.
+fn describe_string(key: &str, min: usize, max: usize) -> String {
+    match (min, max) {
+        (0, usize::MAX) => format!("field \"{key}\" must be a string"),
+        (0, max) => format!("field \"{key}\" must be a string of at most {max} bytes"),
+        (_, usize::MAX) => format!("field \"{key}\" must be a non-empty string"),
+        (1, max) => format!("field \"{key}\" must be a non-empty string of at most {max} bytes"),
+        (min, max) => format!("field \"{key}\" must be a string of {min} to {max} bytes"),
+    }
+}
+
+mod replies;
+
+pub use replies::*;
+
+#[cfg(test)]
+mod tests;
