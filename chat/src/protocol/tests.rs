@@ -1,6 +1,7 @@
 //! Unit tests of the protocol: exact legacy bytes, parsing, errors.
 
 use super::*;
+use serde_json::json;
 
 fn text(v: &Value) -> String {
     v.to_string()
