@@ -216,7 +216,10 @@ impl Gateway {
         if session.is_congested() {
             self.submitter.submit(&session, Job::Drained);
         }
-        update_reading(conn);
+        // The common case, every completed write of a reading connection, stops here.
+        if !conn.is_reading() {
+            update_reading(conn);
+        }
     }
 
     fn take_token(&self, st: &mut ConnState) -> bool {

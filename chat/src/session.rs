@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use net::ConnHandle;
 use parking_lot::Mutex;
@@ -64,7 +65,7 @@ struct Strand {
 pub struct Session {
     /// Sends to and closes the connection, from any thread.
     pub conn: ConnHandle,
-    user: Mutex<Option<User>>,
+    user: Mutex<Option<Arc<User>>>,
     /// The client opted in to extended replies (`"ext":1` on any request).
     ext: AtomicBool,
     outbox: Mutex<Outbox>,
@@ -95,8 +96,8 @@ impl Session {
         self.conn.id()
     }
 
-    /// The logged-in user, if any.
-    pub fn user(&self) -> Option<User> {
+    /// The logged-in user, if any (shared: reading it copies no name).
+    pub fn user(&self) -> Option<Arc<User>> {
         self.user.lock().clone()
     }
 
@@ -105,7 +106,7 @@ impl Session {
         if user.is_some() {
             self.logged_in_once.store(true, Ordering::Relaxed);
         }
-        *self.user.lock() = user;
+        *self.user.lock() = user.map(Arc::new);
     }
 
     /// Whether the connection ever logged in.
