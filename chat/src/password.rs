@@ -7,7 +7,7 @@
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use std::sync::OnceLock;
+use std::sync::{Condvar, Mutex, OnceLock};
 
 /// The cost of new hashes, set once at start-up ([`set_cost`]); argon2's defaults
 /// (19 MiB, 2 passes — OWASP's recommendation) when never set.
@@ -47,10 +47,37 @@ pub enum Verified {
 /// Slow on purpose (tens of milliseconds): call it from a worker thread, never an IO loop.
 pub fn hash(password: &str) -> String {
     let salt = SaltString::generate(&mut OsRng);
-    hasher()
-        .hash_password(password.as_bytes(), &salt)
-        .expect("argon2 with default parameters accepts any password shorter than 4 GiB")
-        .to_string()
+    with_permit(|| {
+        hasher()
+            .hash_password(password.as_bytes(), &salt)
+            .expect("argon2 with default parameters accepts any password shorter than 4 GiB")
+            .to_string()
+    })
+}
+
+/// At most one hash per core at a time. Hashing is CPU-bound, so more in parallel
+/// would only add latency, and each hash holds its memory cost (19 MiB by default)
+/// while it runs: this bounds that to cores × cost however many workers there are.
+fn with_permit<T>(f: impl FnOnce() -> T) -> T {
+    static RUNNING: Mutex<usize> = Mutex::new(0);
+    static FREED: Condvar = Condvar::new();
+    let max = std::thread::available_parallelism().map_or(1, |n| n.get());
+    {
+        let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+        while *running >= max {
+            running = FREED.wait(running).unwrap_or_else(|e| e.into_inner());
+        }
+        *running += 1;
+    }
+    struct Release;
+    impl Drop for Release {
+        fn drop(&mut self) {
+            *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+            FREED.notify_one();
+        }
+    }
+    let _release = Release;
+    f()
 }
 
 /// A hash that no password matches: the hash of a random secret that is thrown away.
@@ -70,10 +97,12 @@ pub fn unusable() -> String {
 pub fn verify(stored: &str, password: &str) -> Verified {
     if stored.starts_with("$argon2") {
         if let Ok(parsed) = PasswordHash::new(stored) {
-            return match Argon2::default().verify_password(password.as_bytes(), &parsed) {
-                Ok(()) => Verified::Ok,
-                Err(_) => Verified::Mismatch,
-            };
+            let ok = with_permit(|| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            });
+            return if ok { Verified::Ok } else { Verified::Mismatch };
         }
     }
     if constant_time_eq(stored.as_bytes(), password.as_bytes()) {
