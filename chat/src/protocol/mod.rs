@@ -351,6 +351,10 @@ pub fn parse_request(v: Value) -> Result<Parsed, ProtocolError> {
             ProtocolError::new(errno::BAD_MSGID, "field \"msgid\" must be an integer")
         })?,
     };
+    // The msgid is judged before `ext` and the fields, as documented above.
+    if !REQUEST_MSGIDS.contains(&msgid) {
+        return Err(unknown_msgid(msgid));
+    }
     let f = Fields { obj: &obj, msgid };
     let ext = f.ext()?;
     let req = match msgid {
@@ -407,19 +411,31 @@ pub fn parse_request(v: Value) -> Result<Parsed, ProtocolError> {
             }
         }
         msgid::PING => Request::Ping,
-        other => {
-            let hint = match msgid::name(other) {
-                Some(name) => format!(" ({name} is sent by the server only)"),
-                None => String::new(),
-            };
-            return Err(ProtocolError::new(
-                errno::UNKNOWN_MSGID,
-                format!("unknown msgid {other}{hint}"),
-            )
-            .with_msgid(other));
-        }
+        other => return Err(unknown_msgid(other)),
     };
     Ok(Parsed { req, ext, msgid })
+}
+
+/// The msgids a client may send.
+const REQUEST_MSGIDS: [i64; 9] = [
+    msgid::LOGIN,
+    msgid::LOGINOUT,
+    msgid::REG,
+    msgid::ONE_CHAT,
+    msgid::ADD_FRIEND,
+    msgid::CREATE_GROUP,
+    msgid::ADD_GROUP,
+    msgid::GROUP_CHAT,
+    msgid::PING,
+];
+
+/// [`errno::UNKNOWN_MSGID`] for `id`, naming a server-only msgid as such.
+fn unknown_msgid(id: i64) -> ProtocolError {
+    let hint = match msgid::name(id) {
+        Some(name) => format!(" ({name} is sent by the server only)"),
+        None => String::new(),
+    };
+    ProtocolError::new(errno::UNKNOWN_MSGID, format!("unknown msgid {id}{hint}")).with_msgid(id)
 }
 
 /// Field accessors that produce the right errno and errmsg for one request object.
