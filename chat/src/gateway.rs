@@ -59,6 +59,8 @@ struct ConnState {
     /// Token bucket for the request rate.
     tokens: f64,
     refilled: Instant,
+    /// The login time limit's timer, cancelled when the connection closes.
+    login_timer: Option<net::TimerId>,
 }
 
 /// Every connection's session, for shutdown.
@@ -100,8 +102,14 @@ impl Gateway {
             self.on_connected(conn);
         } else {
             self.sessions.lock().remove(&conn.id());
-            let session = conn.with_context(|st: &mut ConnState| st.session.clone());
-            if let Some(session) = session {
+            let closed =
+                conn.with_context(|st: &mut ConnState| (st.session.clone(), st.login_timer.take()));
+            if let Some((session, timer)) = closed {
+                if let Some(timer) = timer {
+                    conn.loop_handle().cancel(timer);
+                }
+                // Before the job: deliveries from now on are stored, not lost.
+                session.mark_closed();
                 self.submitter.submit(&session, Job::Closed);
             }
         }
@@ -118,6 +126,7 @@ impl Gateway {
             closing: full,
             tokens: f64::from(self.limits.burst.max(1)),
             refilled: Instant::now(),
+            login_timer: None,
         });
         if full {
             let e = ProtocolError::new(errno::SERVER_FULL, "server is full, try again later");
@@ -127,7 +136,8 @@ impl Gateway {
         self.sessions.lock().insert(conn.id(), session.clone());
         if !self.limits.login_timeout.is_zero() {
             let handle = conn.handle();
-            conn.loop_handle()
+            let timer = conn
+                .loop_handle()
                 .run_after(self.limits.login_timeout, move |lp| {
                     if session.logged_in_once() {
                         return;
@@ -139,6 +149,7 @@ impl Gateway {
                         close_with(&conn, &e);
                     }
                 });
+            conn.with_context(|st: &mut ConnState| st.login_timer = Some(timer));
         }
     }
 
@@ -149,6 +160,9 @@ impl Gateway {
             buf.retrieve_all();
             return;
         };
+        if st.session.queue_paused() {
+            return;
+        }
         let mut pause = false;
         loop {
             if st.closing {
@@ -176,13 +190,19 @@ impl Gateway {
                     } else {
                         match parsed {
                             Ok(p) => match self.service.try_fast(&st.session, p) {
-                                None => continue,
-                                Some(p) => Job::Request(p),
+                                Ok(()) => continue,
+                                Err(job) => job,
                             },
                             Err(e) => Job::Reply(error_reply(&e, ext, reg_strings)),
                         }
                     };
                     pause |= self.submitter.submit(&st.session, job);
+                    if pause {
+                        // Leave the rest undecoded in the input buffer: the loop
+                        // hands it over again when reading resumes, so a flood
+                        // costs its bytes, not a job per frame.
+                        break;
+                    }
                 }
                 Err(e) => {
                     let frame = protocol::encode(&protocol::error(&e.to_protocol_error()));
@@ -213,7 +233,7 @@ impl Gateway {
         let Some(session) = conn.with_context(|st: &mut ConnState| st.session.clone()) else {
             return;
         };
-        if session.is_congested() {
+        if session.is_congested() && session.start_drain() {
             self.submitter.submit(&session, Job::Drained);
         }
         // The common case, every completed write of a reading connection, stops here.

@@ -20,6 +20,17 @@ use crate::store::{Store, StoreError};
 /// Stored frames a drained slow reader gets per drain.
 const DRAIN_BATCH: usize = 1000;
 
+/// The outcome of the IO loop's fast path ([`Router::try_send_local`]).
+#[derive(Debug)]
+pub enum Fast {
+    /// Delivered.
+    Sent,
+    /// Nothing done: take the ordinary path.
+    NotHere,
+    /// The recipient's connection closed just now: this text must be stored for it.
+    Store(String),
+}
+
 /// Where a one-to-one frame went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -98,18 +109,23 @@ impl Router {
     /// The IO loop's fast path: if `to` is online on this node, not congested, and
     /// its shard is free right now, delivers `make_text()` and returns true. Never
     /// waits and never touches the store or the bus; on false nothing happened.
-    pub fn try_send_local(&self, to: i64, make_text: impl FnOnce() -> String) -> bool {
+    pub fn try_send_local(&self, to: i64, make_text: impl FnOnce() -> String) -> Fast {
         let Some(shard) = self.hub.try_lock(to) else {
-            return false;
+            return Fast::NotHere;
         };
         let Some(session) = shard.get(&to) else {
-            return false;
+            return Fast::NotHere;
         };
-        if session.is_congested() {
-            return false;
+        if session.is_congested() || session.is_closed() {
+            return Fast::NotHere;
         }
-        session.deliver_always(wire(&make_text()));
-        true
+        let text = make_text();
+        if session.deliver_always(wire(&text)) {
+            Fast::Sent
+        } else {
+            // Closed in the meantime: the text must be stored, off this thread.
+            Fast::Store(text)
+        }
     }
 
     /// Fans a chat frame out to `members` (existing users): at once where they are
@@ -218,21 +234,36 @@ impl Router {
         // this batch's write-complete asks for the next; when this was the last
         // batch, a new crossing of the mark by these frames raises it again.
         session.set_congested(msgs.len() == DRAIN_BATCH);
-        for m in msgs {
-            session.deliver_always(wire(&m));
+        self.deliver_or_restore(user, session, msgs);
+    }
+
+    /// Delivers taken messages in order; if the connection closed meanwhile, the
+    /// rest go back to the store (behind anything stored since: order may suffer,
+    /// nothing is lost).
+    fn deliver_or_restore(&self, user: i64, session: &Session, msgs: Vec<String>) -> bool {
+        let mut it = msgs.into_iter();
+        for m in it.by_ref() {
+            if !session.deliver_always(wire(&m)) {
+                let rest: Vec<String> = std::iter::once(m).chain(it).collect();
+                for r in &rest {
+                    if let Err(e) = self.store.store_offline(user, r) {
+                        log::error!("lost a stored frame for {user}: {e}");
+                    }
+                }
+                return false;
+            }
         }
+        true
     }
 
     /// Takes the user's stored messages and delivers them to `session`, congested
     /// or not. The caller holds the user's shard lock. False if the store failed.
     fn flush_session(&self, user: i64, session: &Session) -> bool {
+        if session.is_closed() {
+            return false;
+        }
         match self.store.take_offline(user) {
-            Ok(msgs) => {
-                for m in msgs {
-                    session.deliver_always(wire(&m));
-                }
-                true
-            }
+            Ok(msgs) => self.deliver_or_restore(user, session, msgs),
             Err(e) => {
                 log::warn!("flush for {user}: {e}; kept for later");
                 false

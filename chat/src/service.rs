@@ -14,7 +14,7 @@ use crate::password::{self, Verified};
 use crate::protocol::{
     self, errno, msgid, Friend, GroupInfo, Member, Parsed, ProtocolError, Request,
 };
-use crate::router::{Outcome, Router};
+use crate::router::{Fast, Outcome, Router};
 use crate::session::{Job, Session, User};
 use crate::store::{AddFriend, JoinGroup, Role as StoreRole, Store, StoreError};
 use crate::timefmt;
@@ -108,6 +108,7 @@ impl ChatService {
             }
             Job::Closed => self.sign_out(session),
             Job::Drained => {
+                session.end_drain();
                 match session.user() {
                     Some(user) => self.router.drained(user.id, session),
                     None => session.set_congested(false),
@@ -121,6 +122,11 @@ impl ChatService {
             Job::Shutdown => {
                 self.sign_out(session);
                 session.conn.shutdown();
+            }
+            Job::Route { to, text } => {
+                if let Err(e) = self.router.send_one(to, &text) {
+                    log::error!("lost a frame for {to}: {e}");
+                }
             }
         }
     }
@@ -257,9 +263,13 @@ impl ChatService {
                 Ok(msgs) => msgs,
                 Err(e) => {
                     shard.remove(&id);
-                    drop(shard);
                     self.release_presence(id);
-                    session.release(None);
+                    drop(shard);
+                    // Nothing was taken: held frames (if the connection also closed)
+                    // go back to the store.
+                    if let Err(held) = session.release(None) {
+                        self.restore(id, held.iter().map(|f| frame_text(f)));
+                    }
                     return Err(e.into());
                 }
             }
@@ -279,7 +289,15 @@ impl ChatService {
                 protocol::login_ok(id, &row.name, &[], &[], &offline)
             }
         };
-        session.release(Some(protocol::encode(&ack)));
+        if let Err(held) = session.release(Some(protocol::encode(&ack))) {
+            // The connection closed while the login ran: the ACK (with the offline
+            // messages in it) and what was held cannot be delivered; store them
+            // again and undo the login.
+            log::debug!("user {id}: connection closed during login");
+            self.restore(id, offline.iter().map(String::as_str));
+            self.restore(id, held.iter().map(|f| frame_text(f)));
+            self.sign_out(session);
+        }
         Ok(())
     }
 
@@ -341,8 +359,19 @@ impl ChatService {
             return;
         };
         session.set_user(None);
-        if self.hub().remove(user.id, session) {
-            self.release_presence(user.id);
+        let removed = {
+            // Presence goes with the hub entry under one shard lock, so a new login
+            // of the same user on this node (which takes that lock) cannot have its
+            // fresh claim released by this late sign-out.
+            let mut shard = self.hub().lock(user.id);
+            let ours = shard.get(&user.id).is_some_and(|s| s.id() == session.id());
+            if ours {
+                shard.remove(&user.id);
+                self.release_presence(user.id);
+            }
+            ours
+        };
+        if removed {
             if let Err(e) = self.store.set_state(user.id, false) {
                 log::warn!("user {}: state column not updated: {e}", user.id);
             }
@@ -355,6 +384,15 @@ impl ChatService {
             if let Err(e) = bus.release(id) {
                 // The keeper's resync or the node's expiry repairs it.
                 log::warn!("user {id}: presence not released: {e}");
+            }
+        }
+    }
+
+    /// Stores frames again for `user` (ones that could not be delivered after all).
+    fn restore<'a>(&self, user: i64, texts: impl Iterator<Item = &'a str>) {
+        for t in texts.filter(|t| !t.is_empty()) {
+            if let Err(e) = self.store.store_offline(user, t) {
+                log::error!("lost a frame for {user}: {e}");
             }
         }
     }
@@ -387,14 +425,14 @@ impl ChatService {
     /// session has nothing queued (so order is kept), the sender is who it claims,
     /// and the recipient is online on this node. Otherwise hands the request back
     /// for the workers.
-    pub fn try_fast(&self, session: &Arc<Session>, parsed: Parsed) -> Option<Parsed> {
+    pub fn try_fast(&self, session: &Arc<Session>, parsed: Parsed) -> std::result::Result<(), Job> {
         let Request::OneChat { id, toid, .. } = &parsed.req else {
-            return Some(parsed);
+            return Err(Job::Request(parsed));
         };
         let (id, toid) = (*id, *toid);
         let user = match session.user() {
             Some(u) if u.id == id && session.is_idle() => u,
-            _ => return Some(parsed),
+            _ => return Err(Job::Request(parsed)),
         };
         let ext = parsed.ext;
         let mut parsed = Some(parsed);
@@ -408,13 +446,14 @@ impl ChatService {
             };
             chat_text(frame, &user.name)
         });
-        if sent {
-            if ext {
-                session.set_ext();
-            }
-            None
-        } else {
-            parsed
+        if ext && !matches!(sent, Fast::NotHere) {
+            session.set_ext();
+        }
+        match (sent, parsed) {
+            (Fast::Sent, _) => Ok(()),
+            (Fast::Store(text), _) => Err(Job::Route { to: toid, text }),
+            (Fast::NotHere, Some(parsed)) => Err(Job::Request(parsed)),
+            (Fast::NotHere, None) => unreachable!("the text is built only when sent"),
         }
     }
 
@@ -422,7 +461,12 @@ impl ChatService {
         let Request::OneChat { toid, frame, .. } = parsed.req else {
             unreachable!("handler registered for ONE_CHAT")
         };
-        let user = session.user().expect("checked by dispatch");
+        let Some(user) = session.user() else {
+            // Signed out by the node between dispatch and here (a lost claim).
+            return Err(ServiceError::Protocol(ProtocolError::not_logged_in(
+                parsed.msgid,
+            )));
+        };
         let text = chat_text(frame, &user.name);
         if self.router.send_one(toid, &text)? == Outcome::NoSuchUser {
             self.ack(
@@ -522,7 +566,12 @@ impl ChatService {
         else {
             unreachable!("handler registered for GROUP_CHAT")
         };
-        let user = session.user().expect("checked by dispatch");
+        let Some(user) = session.user() else {
+            // Signed out by the node between dispatch and here (a lost claim).
+            return Err(ServiceError::Protocol(ProtocolError::not_logged_in(
+                parsed.msgid,
+            )));
+        };
         let Some(members) = self.group_members(groupid)? else {
             self.ack(
                 session,
@@ -580,6 +629,12 @@ impl ChatService {
     }
 }
 
+/// A wire frame's JSON text (without its NUL).
+fn frame_text(frame: &[u8]) -> &str {
+    let json = frame.strip_suffix(&[0]).unwrap_or(frame);
+    std::str::from_utf8(json).unwrap_or_default()
+}
+
 /// The JSON text of a chat frame as recipients get it (see `protocol::delivery_frame`).
 fn chat_text(frame: serde_json::Map<String, Value>, sender_name: &str) -> String {
     let fallback = if frame.contains_key("time") {
@@ -616,17 +671,21 @@ impl BusHandler for ChatService {
     fn on_presence_lost(&self) -> bool {
         let Some(bus) = self.bus() else { return true };
         for id in self.hub().online_users() {
+            // Under the user's shard lock, and only if still here: a user who signed
+            // out meanwhile must not be claimed back.
+            let mut shard = self.hub().lock(id);
+            let Some(session) = shard.get(&id).cloned() else {
+                continue;
+            };
             match bus.claim(id) {
                 Ok(Claim::Claimed) => {}
                 Ok(Claim::Taken(node)) => {
                     // Another node logged the user in while this one looked dead:
                     // that login wins; end this one.
                     log::warn!("user {id} was claimed by node {node}; closing the session here");
-                    if let Some(session) = self.hub().get(id) {
-                        session.set_user(None);
-                        self.hub().remove(id, &session);
-                        session.conn.shutdown();
-                    }
+                    session.set_user(None);
+                    shard.remove(&id);
+                    session.conn.shutdown();
                 }
                 Err(e) => {
                     log::warn!("re-claim of {id} failed: {e}; retrying at the next heartbeat");

@@ -28,6 +28,14 @@ pub enum Job {
     Closed,
     /// The server is stopping: log the user out and close after output drains.
     Shutdown,
+    /// A chat frame (JSON text) for `to` that the IO loop could not deliver after
+    /// all: route it again (it ends up stored).
+    Route {
+        /// The recipient.
+        to: i64,
+        /// The frame's JSON text.
+        text: String,
+    },
     /// The connection's output drained after it was congested: flush what was
     /// stored for the user meanwhile, then deliver live again.
     Drained,
@@ -48,6 +56,9 @@ pub struct User {
 struct Outbox {
     holding: bool,
     held: Vec<Vec<u8>>,
+    /// The connection closed: nothing sent now would arrive, so deliveries are
+    /// refused (the caller stores them) instead of being dropped on the floor.
+    closed: bool,
 }
 
 /// The strand: queued jobs and whether a worker owns the session right now.
@@ -75,6 +86,9 @@ pub struct Session {
     congested: AtomicBool,
     /// Set at the first successful login (the login time limit checks it).
     logged_in_once: AtomicBool,
+    /// A `Drained` job is queued: every completed write of a flushed batch would
+    /// otherwise queue one more.
+    drain_pending: AtomicBool,
 }
 
 impl Session {
@@ -88,6 +102,7 @@ impl Session {
             strand: Mutex::new(Strand::default()),
             congested: AtomicBool::new(false),
             logged_in_once: AtomicBool::new(false),
+            drain_pending: AtomicBool::new(false),
         }
     }
 
@@ -119,6 +134,16 @@ impl Session {
         self.congested.store(on, Ordering::Release);
     }
 
+    /// Claims the one pending `Drained` job; false if one is already queued.
+    pub fn start_drain(&self) -> bool {
+        !self.drain_pending.swap(true, Ordering::AcqRel)
+    }
+
+    /// The queued `Drained` job is running: a later drain may queue another.
+    pub fn end_drain(&self) {
+        self.drain_pending.store(false, Ordering::Release);
+    }
+
     /// Whether the connection's output is above its high-water mark.
     pub fn is_congested(&self) -> bool {
         self.congested.load(Ordering::Acquire)
@@ -146,19 +171,21 @@ impl Session {
         if self.is_congested() {
             return false;
         }
-        self.deliver_always(frame);
-        true
+        self.deliver_always(frame)
     }
 
     /// Like [`Session::deliver`], for a fan-out: instead of sending, adds this
     /// connection to `batch` (the caller sends the frame to the whole batch with
     /// `net::send_to_all`), or holds a copy while a login is being answered.
-    /// False, doing nothing, while congested.
+    /// False, doing nothing, while congested or once closed.
     pub fn deliver_into(&self, frame: &[u8], batch: &mut Vec<ConnHandle>) -> bool {
         if self.is_congested() {
             return false;
         }
         let mut out = self.outbox.lock();
+        if out.closed {
+            return false;
+        }
         if out.holding {
             out.held.push(frame.to_vec());
         } else {
@@ -167,14 +194,30 @@ impl Session {
         true
     }
 
-    /// Delivers a frame even when congested (stored frames being flushed).
-    pub fn deliver_always(&self, frame: Vec<u8>) {
+    /// Delivers a frame even when congested (stored frames being flushed). False,
+    /// doing nothing, once the connection closed: the caller keeps the frame stored.
+    pub fn deliver_always(&self, frame: Vec<u8>) -> bool {
         let mut out = self.outbox.lock();
+        if out.closed {
+            return false;
+        }
         if out.holding {
             out.held.push(frame);
         } else {
             self.conn.send(frame);
         }
+        true
+    }
+
+    /// Marks the connection closed (by its IO loop, before the `Closed` job is
+    /// queued): from now on every delivery is refused and stored instead.
+    pub fn mark_closed(&self) {
+        self.outbox.lock().closed = true;
+    }
+
+    /// Whether the connection closed.
+    pub fn is_closed(&self) -> bool {
+        self.outbox.lock().closed
     }
 
     /// Starts holding deliveries (before the user becomes reachable at login).
@@ -183,15 +226,21 @@ impl Session {
     }
 
     /// Sends `first` (the LOGIN_ACK, or nothing), then everything held, in order.
-    pub fn release(&self, first: Option<Vec<u8>>) {
+    /// If the connection closed meanwhile nothing is sent and the held frames are
+    /// returned, for the caller to store again.
+    pub fn release(&self, first: Option<Vec<u8>>) -> Result<(), Vec<Vec<u8>>> {
         let mut out = self.outbox.lock();
+        out.holding = false;
+        if out.closed {
+            return Err(std::mem::take(&mut out.held));
+        }
         if let Some(first) = first {
             self.conn.send(first);
         }
         for frame in out.held.drain(..) {
             self.conn.send(frame);
         }
-        out.holding = false;
+        Ok(())
     }
 
     /// Queues a job. Returns `(schedule, pause)`: whether the caller must hand the

@@ -104,9 +104,17 @@ fn worker(service: &ChatService, rx: &Receiver<Work>, tx: &Sender<Work>, on_resu
                 on_resume(&session);
             }
             let Some(job) = job else { break };
-            service.run_job(&session, job);
+            // A panicking handler must not take the worker, or the session's strand
+            // (left scheduled forever), with it.
+            let run = std::panic::AssertUnwindSafe(|| service.run_job(&session, job));
+            if std::panic::catch_unwind(run).is_err() {
+                log::error!(
+                    "a job of connection {} panicked; it was dropped",
+                    session.id()
+                );
+            }
             done += 1;
-            if done == JOBS_PER_TURN && session.has_jobs() {
+            if done >= JOBS_PER_TURN && session.has_jobs() {
                 // Still scheduled: requeue at the back so other sessions run too.
                 let _ = tx.send(Work::Run(session.clone()));
                 break;

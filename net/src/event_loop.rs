@@ -339,9 +339,15 @@ impl LoopHandle {
         self.shared.alive.load(Ordering::Acquire)
     }
 
-    /// Runs `task` on the loop thread: at once when called there, otherwise queued.
+    /// Runs `task` on the loop thread: at once when called there and no queued task
+    /// is waiting, otherwise queued. A task never overtakes one queued before it, so
+    /// work handed over by other threads (say, sends to a connection) keeps its order
+    /// with work the loop thread adds itself.
     pub fn run_in_loop(&self, task: impl FnOnce(&EventLoop) + Send + 'static) {
-        if self.is_in_loop_thread() {
+        if self.is_in_loop_thread()
+            && !self.shared.calling_pending.load(Ordering::Acquire)
+            && self.shared.pending.lock().is_empty()
+        {
             if let Some(lp) = EventLoop::current() {
                 task(&lp);
             }

@@ -273,14 +273,36 @@ impl TcpConnection {
         self.reading.set(false);
     }
 
-    /// Resumes reading, handling any readiness that arrived meanwhile.
+    /// Resumes reading, handling any readiness that arrived meanwhile; bytes the
+    /// message callback left in the input buffer are handed to it again.
     pub fn start_read(self: &Rc<Self>) {
-        if !self.reading.replace(true) && self.read_pending.replace(false) {
+        if self.reading.replace(true) {
+            return;
+        }
+        let pending = self.read_pending.replace(false);
+        let unread = !self.input.borrow().is_empty();
+        if pending || unread {
             if let Some(lp) = EventLoop::current() {
                 let conn = self.clone();
                 let to_eof = self.pending_eof.replace(false);
-                lp.defer(move |lp| conn.handle_read(lp, to_eof));
+                lp.defer(move |lp| conn.resume(lp, pending, to_eof));
             }
+        }
+    }
+
+    /// The deferred half of `start_read`.
+    fn resume(self: &Rc<Self>, lp: &EventLoop, pending: bool, to_eof: bool) {
+        if !self.reading.get() || self.state.get() == State::Disconnected {
+            self.read_pending.set(self.read_pending.get() || pending);
+            return;
+        }
+        if !self.input.borrow().is_empty() {
+            let cb = self.callbacks.borrow().message.clone();
+            let mut input = self.input.borrow_mut();
+            cb(self, &mut input);
+        }
+        if pending {
+            self.handle_read(lp, to_eof);
         }
     }
 
@@ -374,6 +396,9 @@ impl TcpConnection {
             let cb = self.callbacks.borrow().message.clone();
             let mut input = self.input.borrow_mut();
             cb(self, &mut input);
+            if input.is_empty() && input.internal_capacity() > 64 * 1024 {
+                input.shrink(0); // a burst is over: give its memory back
+            }
         }
         if closed {
             self.handle_close(lp);
