@@ -472,15 +472,16 @@ fn check_field_error(v: &Value, e: &ProtocolError) {
     let value = value.unwrap_or_else(|| panic!("{e}, but it is absent: {v}"));
     let is_id = |x: &Value| x.as_i64().is_some_and(|id| id > 0);
     let is_str = |x: &Value, min: usize, max: usize| {
-        x.as_str().is_some_and(|s| (min..=max).contains(&s.len()))
+        x.as_str()
+            .is_some_and(|s| (min..=max).contains(&s.chars().count()))
     };
     let valid = match (key, msgid) {
         ("id" | "toid" | "to" | "friendid" | "groupid", _) => is_id(value),
-        ("password", msgid::LOGIN) => is_str(value, 0, protocol::PASSWORD_MAX_BYTES),
-        ("password", _) => is_str(value, 1, protocol::PASSWORD_MAX_BYTES),
-        ("name", msgid::REG) => is_str(value, 1, protocol::NAME_MAX_BYTES),
-        ("groupname", _) => is_str(value, 1, protocol::GROUPNAME_MAX_BYTES),
-        ("groupdesc", _) => is_str(value, 0, protocol::GROUPDESC_MAX_BYTES),
+        ("password", msgid::LOGIN) => is_str(value, 0, protocol::PASSWORD_MAX_CHARS),
+        ("password", _) => is_str(value, 1, protocol::PASSWORD_MAX_CHARS),
+        ("name", msgid::REG) => is_str(value, 1, protocol::NAME_MAX_CHARS),
+        ("groupname", _) => is_str(value, 1, protocol::GROUPNAME_MAX_CHARS),
+        ("groupdesc", _) => is_str(value, 0, protocol::GROUPDESC_MAX_CHARS),
         ("name" | "msg" | "time", _) => value.is_string(),
         ("ext", _) => value.is_boolean() || matches!(value.as_u64(), Some(0 | 1)),
         _ => panic!("{e}: a field no request has"),
@@ -540,9 +541,9 @@ fn str_of<'v>(v: &'v Value, key: &str, min: usize, max: usize) -> &'v str {
         .as_str()
         .unwrap_or_else(|| panic!("{key} accepted as {}", v[key]));
     assert!(
-        (min..=max).contains(&s.len()),
-        "{key} of {} bytes accepted",
-        s.len()
+        (min..=max).contains(&s.chars().count()),
+        "{key} of {} characters accepted",
+        s.chars().count()
     );
     s
 }
@@ -567,15 +568,15 @@ fn check_request(v: &Value, p: &Parsed) {
             assert_eq!(*id, id_of(v, "id"));
             assert_eq!(
                 password,
-                str_of(v, "password", 0, protocol::PASSWORD_MAX_BYTES)
+                str_of(v, "password", 0, protocol::PASSWORD_MAX_CHARS)
             );
         }
         Request::Logout { id } => assert_eq!(*id, id_of(v, "id")),
         Request::Reg { name, password } => {
-            assert_eq!(name, str_of(v, "name", 1, protocol::NAME_MAX_BYTES));
+            assert_eq!(name, str_of(v, "name", 1, protocol::NAME_MAX_CHARS));
             assert_eq!(
                 password,
-                str_of(v, "password", 1, protocol::PASSWORD_MAX_BYTES)
+                str_of(v, "password", 1, protocol::PASSWORD_MAX_CHARS)
             );
         }
         Request::OneChat {
@@ -606,11 +607,11 @@ fn check_request(v: &Value, p: &Parsed) {
             assert_eq!(*id, id_of(v, "id"));
             assert_eq!(
                 groupname,
-                str_of(v, "groupname", 1, protocol::GROUPNAME_MAX_BYTES)
+                str_of(v, "groupname", 1, protocol::GROUPNAME_MAX_CHARS)
             );
             let desc = match v.get("groupdesc") {
                 None => "",
-                Some(_) => str_of(v, "groupdesc", 0, protocol::GROUPDESC_MAX_BYTES),
+                Some(_) => str_of(v, "groupdesc", 0, protocol::GROUPDESC_MAX_CHARS),
             };
             assert_eq!(groupdesc, desc);
         }

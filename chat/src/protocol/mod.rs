@@ -123,14 +123,14 @@ pub const MSG_INVALID_CREDENTIALS: &str = "id or password is invalid!";
 /// Legacy LOGIN_ACK errmsg for [`errno::ALREADY_ONLINE`]; the legacy client prints it.
 pub const MSG_ALREADY_ONLINE: &str = "this account is using, input another!";
 
-/// Longest user name in bytes (`user.name varchar(50)`).
-pub const NAME_MAX_BYTES: usize = 50;
-/// Longest group name in bytes (`allgroup.groupname varchar(50)`).
-pub const GROUPNAME_MAX_BYTES: usize = 50;
-/// Longest group description in bytes (`allgroup.groupdesc varchar(200)`).
-pub const GROUPDESC_MAX_BYTES: usize = 200;
-/// Longest password in bytes; bounds the cost of hashing attacker-chosen input.
-pub const PASSWORD_MAX_BYTES: usize = 256;
+/// Longest user name in characters (`user.name varchar(50)`).
+pub const NAME_MAX_CHARS: usize = 50;
+/// Longest group name in characters (`allgroup.groupname varchar(50)`).
+pub const GROUPNAME_MAX_CHARS: usize = 50;
+/// Longest group description in characters (`allgroup.groupdesc varchar(200)`).
+pub const GROUPDESC_MAX_CHARS: usize = 200;
+/// Longest password in characters; bounds the cost of hashing attacker-chosen input.
+pub const PASSWORD_MAX_CHARS: usize = 256;
 
 /// A request the server refuses at the protocol level; sent back as an [`error`] frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,7 +216,7 @@ pub enum Request {
     Login {
         /// The user id to log in as.
         id: i64,
-        /// The plaintext password, at most [`PASSWORD_MAX_BYTES`].
+        /// The plaintext password, at most [`PASSWORD_MAX_CHARS`].
         password: String,
     },
     /// LOGINOUT (3).
@@ -226,9 +226,9 @@ pub enum Request {
     },
     /// REG (4).
     Reg {
-        /// The new user's name, 1..=[`NAME_MAX_BYTES`] bytes.
+        /// The new user's name, 1..=[`NAME_MAX_CHARS`] characters.
         name: String,
-        /// The new password, 1..=[`PASSWORD_MAX_BYTES`] bytes.
+        /// The new password, 1..=[`PASSWORD_MAX_CHARS`] characters.
         password: String,
     },
     /// ONE_CHAT (6).
@@ -253,9 +253,9 @@ pub enum Request {
     CreateGroup {
         /// The creator.
         id: i64,
-        /// 1..=[`GROUPNAME_MAX_BYTES`] bytes.
+        /// 1..=[`GROUPNAME_MAX_CHARS`] characters.
         groupname: String,
-        /// 0..=[`GROUPDESC_MAX_BYTES`] bytes; `""` when absent.
+        /// 0..=[`GROUPDESC_MAX_CHARS`] characters; `""` when absent.
         groupdesc: String,
     },
     /// ADD_GROUP (9).
@@ -360,12 +360,12 @@ pub fn parse_request(v: Value) -> Result<Parsed, ProtocolError> {
     let req = match msgid {
         msgid::LOGIN => Request::Login {
             id: f.id("id")?,
-            password: f.string("password", 0, PASSWORD_MAX_BYTES)?,
+            password: f.string("password", 0, PASSWORD_MAX_CHARS)?,
         },
         msgid::LOGINOUT => Request::Logout { id: f.id("id")? },
         msgid::REG => Request::Reg {
-            name: f.string("name", 1, NAME_MAX_BYTES)?,
-            password: f.string("password", 1, PASSWORD_MAX_BYTES)?,
+            name: f.string("name", 1, NAME_MAX_CHARS)?,
+            password: f.string("password", 1, PASSWORD_MAX_CHARS)?,
         },
         msgid::ONE_CHAT => {
             let id = f.id("id")?;
@@ -389,9 +389,9 @@ pub fn parse_request(v: Value) -> Result<Parsed, ProtocolError> {
         },
         msgid::CREATE_GROUP => Request::CreateGroup {
             id: f.id("id")?,
-            groupname: f.string("groupname", 1, GROUPNAME_MAX_BYTES)?,
+            groupname: f.string("groupname", 1, GROUPNAME_MAX_CHARS)?,
             groupdesc: f
-                .opt_string("groupdesc", 0, GROUPDESC_MAX_BYTES)?
+                .opt_string("groupdesc", 0, GROUPDESC_MAX_CHARS)?
                 .unwrap_or_default(),
         },
         msgid::ADD_GROUP => Request::AddGroup {
@@ -474,13 +474,13 @@ impl Fields<'_> {
         }
     }
 
-    /// A required string of `min..=max` bytes.
+    /// A required string of `min..=max` characters.
     fn string(&self, key: &str, min: usize, max: usize) -> Result<String, ProtocolError> {
         self.opt_string(key, min, max)?
             .ok_or_else(|| self.missing(key))
     }
 
-    /// An optional string of `min..=max` bytes; `None` when absent.
+    /// An optional string of `min..=max` characters; `None` when absent.
     fn opt_string(
         &self,
         key: &str,
@@ -491,7 +491,7 @@ impl Fields<'_> {
             return Ok(None);
         };
         match v.as_str() {
-            Some(s) if (min..=max).contains(&s.len()) => Ok(Some(s.to_owned())),
+            Some(s) if (min..=max).contains(&s.chars().count()) => Ok(Some(s.to_owned())),
             _ => Err(self.bad(describe_string(key, min, max))),
         }
     }
@@ -520,10 +520,12 @@ impl Fields<'_> {
 fn describe_string(key: &str, min: usize, max: usize) -> String {
     match (min, max) {
         (0, usize::MAX) => format!("field \"{key}\" must be a string"),
-        (0, max) => format!("field \"{key}\" must be a string of at most {max} bytes"),
+        (0, max) => format!("field \"{key}\" must be a string of at most {max} characters"),
         (_, usize::MAX) => format!("field \"{key}\" must be a non-empty string"),
-        (1, max) => format!("field \"{key}\" must be a non-empty string of at most {max} bytes"),
-        (min, max) => format!("field \"{key}\" must be a string of {min} to {max} bytes"),
+        (1, max) => {
+            format!("field \"{key}\" must be a non-empty string of at most {max} characters")
+        }
+        (min, max) => format!("field \"{key}\" must be a string of {min} to {max} characters"),
     }
 }
 

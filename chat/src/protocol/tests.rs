@@ -342,17 +342,17 @@ fn field_errors() {
         (
             r#"{"id":1,"msgid":1,"password":7}"#,
             errno::BAD_FIELD,
-            "field \"password\" must be a string of at most 256 bytes",
+            "field \"password\" must be a string of at most 256 characters",
         ),
         (
             r#"{"msgid":4,"name":"","password":"p"}"#,
             errno::BAD_FIELD,
-            "field \"name\" must be a non-empty string of at most 50 bytes",
+            "field \"name\" must be a non-empty string of at most 50 characters",
         ),
         (
             r#"{"msgid":4,"name":"n","password":""}"#,
             errno::BAD_FIELD,
-            "field \"password\" must be a non-empty string of at most 256 bytes",
+            "field \"password\" must be a non-empty string of at most 256 characters",
         ),
         (
             r#"{"msgid":4,"password":"p"}"#,
@@ -367,12 +367,12 @@ fn field_errors() {
         (
             r#"{"groupname":null,"id":1,"msgid":8}"#,
             errno::BAD_FIELD,
-            "field \"groupname\" must be a non-empty string of at most 50 bytes",
+            "field \"groupname\" must be a non-empty string of at most 50 characters",
         ),
         (
             r#"{"groupdesc":1,"groupname":"g","id":1,"msgid":8}"#,
             errno::BAD_FIELD,
-            "field \"groupdesc\" must be a string of at most 200 bytes",
+            "field \"groupdesc\" must be a string of at most 200 characters",
         ),
         (
             r#"{"groupid":true,"id":1,"msgid":9}"#,
@@ -400,17 +400,16 @@ fn field_errors() {
         assert_eq!((n, m.as_str()), (*no, *msg), "{input}");
         assert!(id.is_some(), "{input}");
     }
-    // Length limits are in bytes: 50 ASCII bytes pass, 17 three-byte characters do not.
-    let ok = format!(
-        r#"{{"msgid":4,"name":"{}","password":"p"}}"#,
-        "a".repeat(50)
-    );
-    assert!(parse(&ok).is_ok());
-    let long = format!(
-        r#"{{"msgid":4,"name":"{}","password":"p"}}"#,
-        "中".repeat(17)
-    );
-    assert_eq!(err(&long).0, errno::BAD_FIELD);
+    // Length limits are in characters, as the schema's varchar(50) counts them:
+    // 50 Chinese characters (150 bytes) pass, 51 do not.
+    let name = |n: usize| {
+        format!(
+            r#"{{"msgid":4,"name":"{}","password":"p"}}"#,
+            "中".repeat(n)
+        )
+    };
+    assert!(parse(&name(50)).is_ok());
+    assert_eq!(err(&name(51)).0, errno::BAD_FIELD);
 }
 
 #[test]
