@@ -16,7 +16,7 @@ use crate::protocol::{
 };
 use crate::router::{Fast, Outcome, Router};
 use crate::session::{Job, Session, User};
-use crate::store::{AddFriend, JoinGroup, Role as StoreRole, Store, StoreError};
+use crate::store::{AddFriend, JoinGroup, Store, StoreError};
 use crate::timefmt;
 
 /// A failure that ends a request with an error reply.
@@ -335,10 +335,7 @@ impl ChatService {
                     .map(|m| Member {
                         id: m.id,
                         name: m.name,
-                        role: match m.role {
-                            StoreRole::Creator => protocol::Role::Creator,
-                            StoreRole::Normal => protocol::Role::Normal,
-                        },
+                        role: m.role,
                         online: is_online(m.id),
                     })
                     .collect(),

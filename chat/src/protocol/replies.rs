@@ -49,6 +49,18 @@ impl Role {
             _ => None,
         }
     }
+
+    /// Parses a `groupuser.grouprole` value; anything but `"creator"` is
+    /// [`Role::Normal`], as legacy rows may hold NULL or odd values.
+    pub fn from_column(value: &str) -> Role {
+        Role::parse(value).unwrap_or(Role::Normal)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A friend as listed in LOGIN_ACK.

@@ -120,40 +120,9 @@ pub struct MemberRow {
     pub role: Role,
 }
 
-/// A member's role in a group (`groupuser.grouprole`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// The user who created the group.
-    Creator,
-    /// Anyone who joined it.
-    Normal,
-}
-
-impl Role {
-    /// The column and wire spelling: `"creator"` or `"normal"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Creator => "creator",
-            Role::Normal => "normal",
-        }
-    }
-
-    /// Parses the column value; anything but `"creator"` is [`Role::Normal`], as legacy
-    /// rows may hold NULL or odd values.
-    pub fn from_column(value: &str) -> Role {
-        if value == "creator" {
-            Role::Creator
-        } else {
-            Role::Normal
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// A member's role in a group (`groupuser.grouprole`): the protocol's type, which
+/// also spells the column.
+pub use crate::protocol::Role;
 
 /// The outcome of [`Store::add_friend`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

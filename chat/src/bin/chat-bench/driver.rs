@@ -403,10 +403,11 @@ impl Driver {
         }
     }
 
-    fn on_chat(&mut self, v: &Value) {
-        let Some((sender, _seq, sent_us)) = parse_msg(v) else {
+    /// Counts a received chat frame; returns its (sender, seq).
+    fn record_delivery(&mut self, v: &Value) -> Option<(usize, u64)> {
+        let Some((sender, seq, sent_us)) = parse_msg(v) else {
             self.stats.errors += 1;
-            return;
+            return None;
         };
         let now = self.shared.now_us();
         if self.shared.measured(sent_us) {
@@ -414,22 +415,22 @@ impl Driver {
             self.stats.record(now.saturating_sub(sent_us));
         }
         self.shared.progress.fetch_add(1, Ordering::Relaxed);
+        Some((sender, seq))
+    }
+
+    fn on_chat(&mut self, v: &Value) {
+        let Some((sender, _)) = self.record_delivery(v) else {
+            return;
+        };
         if self.shared.sending() && self.shared.args.rate == 0.0 && sender < self.users.len() {
             self.send_chat(sender);
         }
     }
 
     fn on_group_chat(&mut self, v: &Value) {
-        let Some((sender, seq, sent_us)) = parse_msg(v) else {
-            self.stats.errors += 1;
+        let Some((_, seq)) = self.record_delivery(v) else {
             return;
         };
-        let now = self.shared.now_us();
-        if self.shared.measured(sent_us) {
-            self.stats.delivered += 1;
-            self.stats.record(now.saturating_sub(sent_us));
-        }
-        self.shared.progress.fetch_add(1, Ordering::Relaxed);
         let gid = v.get("groupid").and_then(Value::as_i64).unwrap_or(0);
         let Some(g) = self.groups.iter().position(|g| g.id == gid) else {
             return;
@@ -447,7 +448,6 @@ impl Driver {
                 self.send_group(g);
             }
         }
-        let _ = sender;
     }
 
     fn send_group(&mut self, g: usize) {
