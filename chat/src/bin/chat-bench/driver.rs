@@ -88,9 +88,11 @@ impl Shared {
     }
 
     /// Whether a message sent at `us` belongs to the measured period.
+    /// Sending stops when the measured period ends, so the send time alone tells:
+    /// a message belongs to the measurement iff it was sent after it began. The same
+    /// test at the sender and at the recipient keeps `sent` and `delivered` exact.
     fn measured(&self, us: u64) -> bool {
-        us >= self.measure_start_us.load(Ordering::Acquire) && self.phase() == Phase::Measure
-            || us >= self.measure_start_us.load(Ordering::Acquire) && self.phase() == Phase::Drain
+        us >= self.measure_start_us.load(Ordering::Acquire)
     }
 
     fn sending(&self) -> bool {
@@ -380,8 +382,10 @@ impl Driver {
         }
     }
 
-    fn message_text(&mut self, sender: usize, seq: u64) -> String {
-        format!("{sender} {seq} {} {}", self.shared.now_us(), self.padding)
+    /// The text of a message and its send time (µs since the epoch).
+    fn message_text(&mut self, sender: usize, seq: u64) -> (String, u64) {
+        let us = self.shared.now_us();
+        (format!("{sender} {seq} {us} {}", self.padding), us)
     }
 
     fn send_chat(&mut self, i: usize) {
@@ -390,7 +394,7 @@ impl Driver {
             u.seq += 1;
             u.seq
         };
-        let text = self.message_text(i, seq);
+        let (text, us) = self.message_text(i, seq);
         let u = &self.users[i];
         let to = self.users[u.partner].id;
         if let Some(conn) = &u.conn {
@@ -405,7 +409,7 @@ impl Driver {
             let mut bytes = frame.into_bytes();
             bytes.push(0);
             conn.send(&bytes);
-            if self.shared.phase() == Phase::Measure {
+            if self.shared.measured(us) {
                 self.stats.sent += 1;
                 self.stats.expected += 1;
             }
@@ -466,7 +470,7 @@ impl Driver {
             grp.pending.insert(grp.seq, grp.members.len() - 1);
             grp.seq
         };
-        let text = self.message_text(creator, seq);
+        let (text, us) = self.message_text(creator, seq);
         let u = &self.users[creator];
         let gid = self.groups[g].id;
         if let Some(conn) = &u.conn {
@@ -475,7 +479,7 @@ impl Driver {
                 &json!({"msgid": msgid::GROUP_CHAT, "id": u.id, "name": u.name, "groupid": gid,
                         "msg": text, "time": "2026-01-01 00:00:00"}),
             );
-            if self.shared.phase() == Phase::Measure {
+            if self.shared.measured(us) {
                 self.stats.sent += 1;
                 self.stats.expected += (self.groups[g].members.len() - 1) as u64;
             }
@@ -536,7 +540,7 @@ impl Driver {
         if let Some(conn) = &u.conn {
             send(conn, &json!({"msgid": msgid::LOGINOUT, "id": u.id}));
             u.state = UserState::Cycling;
-            if self.shared.phase() == Phase::Measure {
+            if self.shared.measured(self.shared.now_us()) {
                 self.stats.sent += 1;
             }
         }
