@@ -47,6 +47,10 @@ pub struct ChatService {
     /// Group id → member ids: read once per group, dropped when membership changes
     /// (here, or on another node through the bus).
     members: MemberCache,
+    /// Users signed out here whose presence release failed (Redis unreachable): the
+    /// keeper retries them, or other nodes would answer errno 2 for them until
+    /// this node dies.
+    unreleased: parking_lot::Mutex<std::collections::HashSet<i64>>,
 }
 
 impl ChatService {
@@ -71,6 +75,7 @@ impl ChatService {
             store,
             handlers,
             members: MemberCache::new(cache_ttl),
+            unreleased: parking_lot::Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -242,7 +247,9 @@ impl ChatService {
             }
             if let Some(bus) = self.bus() {
                 match bus.claim(id) {
-                    Ok(Claim::Claimed) => {}
+                    Ok(Claim::Claimed) => {
+                        self.unreleased.lock().remove(&id);
+                    }
                     Ok(Claim::Taken(node)) => {
                         drop(shard);
                         log::debug!("user {id} is online on node {node}");
@@ -376,11 +383,12 @@ impl ChatService {
     }
 
     /// Drops the cluster presence of a user this node held.
+    /// The caller holds the user's shard lock.
     fn release_presence(&self, id: i64) {
         if let Some(bus) = self.bus() {
             if let Err(e) = bus.release(id) {
-                // The keeper's resync or the node's expiry repairs it.
-                log::warn!("user {id}: presence not released: {e}");
+                log::warn!("user {id}: presence not released ({e}); retried by the keeper");
+                self.unreleased.lock().insert(id);
             }
         }
     }
@@ -644,6 +652,21 @@ fn chat_text(frame: serde_json::Map<String, Value>, sender_name: &str) -> String
 }
 
 impl BusHandler for ChatService {
+    fn on_heartbeat(&self) {
+        let Some(bus) = self.bus() else { return };
+        let pending: Vec<i64> = self.unreleased.lock().drain().collect();
+        for id in pending {
+            let shard = self.hub().lock(id);
+            if shard.contains_key(&id) {
+                continue; // logged in here again: the claim stands
+            }
+            if bus.release(id).is_err() {
+                self.unreleased.lock().insert(id);
+            }
+            drop(shard);
+        }
+    }
+
     fn on_bus_restored(&self) {
         // Invalidations sent while we could not hear them are lost: start afresh.
         self.members.clear();

@@ -97,6 +97,9 @@ pub trait BusHandler: Send + Sync {
     /// flush notices may have reached nobody: deliver what is stored for every local
     /// user. Runs on the keeper or subscriber thread.
     fn on_bus_restored(&self);
+    /// After each successful heartbeat, on the keeper thread: retry work that
+    /// failed while Redis was unreachable.
+    fn on_heartbeat(&self);
 }
 
 /// An r2d2 manager for Redis connections with I/O timeouts.
@@ -515,6 +518,7 @@ impl Bus {
                         log::info!("bus: Redis is back");
                         handler.on_bus_restored();
                     }
+                    handler.on_heartbeat();
                 }
                 Err(e) => {
                     log::debug!("bus heartbeat: {e}");
