@@ -807,6 +807,40 @@ fn node(b: &Backend, url: &str, prefix: &str, id: &str) -> ServerThread {
     })
 }
 
+/// Redis stops answering (SIGSTOP) but keeps its data while a user logs out: the
+/// release of its presence fails; once Redis answers again the node retries it, so
+/// the user can log in on the other node instead of getting "already online" until
+/// the first node dies.
+#[test]
+fn redis_paused_release_is_retried() {
+    require_binary("redis-server");
+    let Some(b) = Backend::mysql() else { return };
+    fast_hashes();
+    let redis = cluster_util::RedisServer::start();
+    let pid = redis.pid().expect("redis-server runs");
+    let prefix = format!("hard_{}", unique());
+    let n1 = node(&b, &redis.url(), &prefix, "pause-n1");
+    let n2 = node(&b, &redis.url(), &prefix, "pause-n2");
+    let mut u = User::online(n1.addr(), "paused");
+    let mut other = Client::connect(n2.addr());
+    let v = other.login(u.id, &u.pw);
+    assert_eq!(v["errno"], 2, "online on node 1: {v}");
+
+    cluster_util::signal(pid, "-STOP");
+    u.c.logout(u.id);
+    u.c.barrier(); // the release has been tried (and failed) by now
+    cluster_util::signal(pid, "-CONT");
+    let ack = util::poll(
+        Duration::from_secs(15),
+        "the failed release is retried",
+        || {
+            let v = other.login(u.id, &u.pw);
+            (v["errno"] == 0).then_some(v)
+        },
+    );
+    assert_eq!(ack["id"], u.id);
+}
+
 /// Two nodes, users on both; the private Redis is killed: local delivery goes on,
 /// cross-node messages are stored — for a user who is offline, until the next login;
 /// Redis comes back (empty): the nodes reconnect and re-claim their users by

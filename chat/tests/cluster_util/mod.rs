@@ -220,6 +220,11 @@ impl RedisServer {
         );
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills it (SIGKILL: everything in it is lost) and waits for the exit.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
