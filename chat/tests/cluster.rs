@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use cluster_util::client::{
     ack_list, check_chat, frame_bytes, friend_state, group_chat, member_state, one_chat, Client,
 };
-use cluster_util::traffic::{parse_text, Ledger, Missing, Peer, Target, Writer};
+use cluster_util::traffic::{Ledger, Missing, Peer, Target, Writer};
 use cluster_util::{
     login, login_when_free, poll, register, serial, Cluster, ClusterOpts, RedisServer,
 };
@@ -323,22 +323,10 @@ fn kill_9_of_a_node_loses_no_message_and_frees_its_users() {
     // Survivors log out (their stored messages, if any, come at the next login).
     for (sent, p) in survivor_sent.into_iter().zip([pa1, pa2]) {
         p.logout();
-        let id = p.id;
-        let ib = p.finish();
-        ledger.live(
-            id,
-            ib.texts()
-                .into_iter()
-                .filter(|t| parse_text(t).is_some())
-                .collect(),
-        );
-        ledger.sent(sent, &ib.pongs);
+        ledger.settle(sent, p);
     }
     for (sent, p) in killed_sent.into_iter().zip(killed) {
-        let id = p.id;
-        let ib = p.finish();
-        ledger.live(id, ib.texts());
-        ledger.sent(sent, &ib.pongs);
+        ledger.settle(sent, p);
     }
     for (id, name) in [(a1, "ann1"), (a2, "ann2")] {
         let (_cl, ack) = login(c.port(1), id, name);
@@ -508,16 +496,7 @@ fn redis_restart_mid_traffic_loses_nothing_and_presence_comes_back() {
     let mut ledger = Ledger::default();
     for (sent, p) in [(sa.clone(), pa), (sb.clone(), pb)] {
         p.logout();
-        let id = p.id;
-        let ib = p.finish();
-        ledger.live(
-            id,
-            ib.texts()
-                .into_iter()
-                .filter(|t| parse_text(t).is_some())
-                .collect(),
-        );
-        ledger.sent(sent, &ib.pongs);
+        ledger.settle(sent, p);
     }
     // The next login, on the other node, returns what was stored meanwhile.
     let (_ca, ack) = login(c.port(2), a, "rita");

@@ -30,8 +30,8 @@ use hardening_util::chats::{
 use hardening_util::mariadb::MariaDb;
 use hardening_util::pair::Pair;
 use hardening_util::{
-    clamp_socket_buffers, cpu_secs, malformed, mib, require_binary, unique, Next, RawReader,
-    RssMonitor, ServerProc,
+    clamp_socket_buffers, cpu_secs, malformed, mib, require_binary, unique, RawReader, RssMonitor,
+    ServerProc,
 };
 use util::{frame_bytes, one_chat, parsed, Backend, Client, User};
 
@@ -373,15 +373,7 @@ fn limit_pipelining_without_reading() {
     // Now read: everything arrives, live, in order (what was stored while the output
     // was full is flushed when it drains).
     let mut r = RawReader::new(a.c.stream());
-    let mut live = Vec::with_capacity(N);
-    while live.len() < N {
-        match r.next_within(Duration::from_secs(10)) {
-            Next::Frame(v) if v["msgid"] == 6 => live.push(seq_of(&v)),
-            Next::Frame(v) => panic!("unexpected frame {v}"),
-            Next::Timeout => break,
-            Next::Eof => panic!("the server closed the pipelining connection"),
-        }
-    }
+    let live = hardening_util::chats::read_seqs(&mut r, N, "the pipelining connection");
     assert_eq!(r.pending(), 0, "bytes after the last message");
     writer.join().expect("writer").expect("writer failed");
     let peak_read = monitor.stop();
@@ -470,15 +462,7 @@ fn slow_reader() {
     let monitor = RssMonitor::start(srv.pid());
     let t1 = Instant::now();
     let mut r = RawReader::new(reader.c.stream());
-    let mut live = Vec::with_capacity(N);
-    while live.len() < N {
-        match r.next_within(Duration::from_secs(10)) {
-            Next::Frame(v) if v["msgid"] == 6 => live.push(seq_of(&v)),
-            Next::Frame(v) => panic!("unexpected frame for the reader: {v}"),
-            Next::Timeout => break,
-            Next::Eof => panic!("the server closed the slow reader"),
-        }
-    }
+    let live = hardening_util::chats::read_seqs(&mut r, N, "the slow reader");
     assert_eq!(r.pending(), 0, "bytes after the last message");
     let drain = t1.elapsed();
     let peak_drain = monitor.stop();

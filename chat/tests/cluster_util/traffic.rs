@@ -363,6 +363,21 @@ impl Ledger {
         self.sent.extend(sent);
     }
 
+    /// Finishes `peer` and adds what it received live (the traffic texts) and
+    /// `sent`, the messages its writer sent, confirmed by the peer's PONGs.
+    pub fn settle(&mut self, sent: Vec<Sent>, peer: Peer) {
+        let id = peer.id;
+        let ib = peer.finish();
+        self.live(
+            id,
+            ib.texts()
+                .into_iter()
+                .filter(|t| parse_text(t).is_some())
+                .collect(),
+        );
+        self.sent(sent, &ib.pongs);
+    }
+
     /// Adds the `msg` texts `user` received live, in arrival order.
     pub fn live(&mut self, user: i64, texts: Vec<String>) {
         self.live.entry(user).or_default().extend(texts);

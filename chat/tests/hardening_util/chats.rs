@@ -19,6 +19,22 @@ use crate::util::{frame_bytes, one_chat, parsed, Client, User};
 /// A PING frame.
 pub const PING: &[u8] = b"{\"msgid\":13}\0";
 
+/// Reads up to `n` one-to-one chats from `r` (10 s of silence ends it early) and
+/// returns their sequence numbers in arrival order; `who` names the connection in
+/// the panic for any other frame or an end of stream.
+pub fn read_seqs(r: &mut RawReader, n: usize, who: &str) -> Vec<usize> {
+    let mut seqs = Vec::with_capacity(n);
+    while seqs.len() < n {
+        match r.next_within(Duration::from_secs(10)) {
+            Next::Frame(v) if v["msgid"] == 6 => seqs.push(seq_of(&v)),
+            Next::Frame(v) => panic!("unexpected frame for {who}: {v}"),
+            Next::Timeout => break,
+            Next::Eof => panic!("the server closed {who}"),
+        }
+    }
+    seqs
+}
+
 /// The sequence number at the start of a message text (`"00042 ..."`).
 pub fn seq_of(msg: &Value) -> usize {
     let text = msg["msg"]
