@@ -52,18 +52,6 @@ impl Hub {
         self.lock(user).get(&user).cloned()
     }
 
-    /// Removes `user` if `session` is the one registered for it.
-    pub fn remove(&self, user: i64, session: &Session) -> bool {
-        let mut shard = self.lock(user);
-        match shard.get(&user) {
-            Some(s) if s.id() == session.id() => {
-                shard.remove(&user);
-                true
-            }
-            _ => false,
-        }
-    }
-
     /// Every online user id.
     pub fn online_users(&self) -> Vec<i64> {
         self.shards
