@@ -63,6 +63,13 @@ pub(crate) struct Inner {
     /// Loop-thread tasks that need no `Send` (they hold `Rc`s): deferred work such as
     /// a read continuation or a write-complete callback, run with the pending tasks.
     deferred: RefCell<Vec<LocalTask>>,
+    /// True from the end of `poll` until the iteration's writes are flushed: sends
+    /// made meanwhile are appended to their connection's output and written once at
+    /// the end, so a connection sent several frames in one iteration (a member of
+    /// several busy groups) costs one `write` instead of one per frame.
+    corked: Cell<bool>,
+    /// Connections with output appended while corked, written at the end of the iteration.
+    unflushed: RefCell<Vec<TcpConnectionPtr>>,
 }
 
 /// A task queued on the loop thread itself.
@@ -116,6 +123,8 @@ impl EventLoop {
                     next_timer: AtomicU64::new(1),
                 }),
                 looping: Cell::new(false),
+                corked: Cell::new(false),
+                unflushed: RefCell::new(Vec::new()),
                 deferred: RefCell::new(Vec::new()),
             });
             *cur.borrow_mut() = Rc::downgrade(&inner);
@@ -165,6 +174,7 @@ impl EventLoop {
                     log::error!("poll failed: {e}");
                 }
             }
+            self.inner.corked.set(true);
             for event in events.iter() {
                 if event.token() == WAKER_TOKEN {
                     continue;
@@ -179,6 +189,7 @@ impl EventLoop {
             drop(events);
             timer_queue::run_expired(self);
             self.do_pending_functors();
+            self.flush_corked();
         }
         self.inner.shared.quit.store(false, Ordering::Release);
         self.inner.looping.set(false);
@@ -296,6 +307,27 @@ impl EventLoop {
             task(self);
         }
         shared.calling_pending.store(false, Ordering::Release);
+    }
+
+    /// Writes out what connections were sent during this iteration, one `write`
+    /// sequence per connection, and ends the cork.
+    fn flush_corked(&self) {
+        self.inner.corked.set(false);
+        let conns = std::mem::take(&mut *self.inner.unflushed.borrow_mut());
+        for conn in conns {
+            conn.flush_output();
+        }
+    }
+
+    /// While the loop is corked (handling an iteration's events, timers and tasks),
+    /// takes `conn` to be written at the end of the iteration and returns true; else
+    /// returns false and the caller writes now. Must be called on the loop thread.
+    pub(crate) fn cork(&self, conn: &TcpConnectionPtr) -> bool {
+        if !self.inner.corked.get() {
+            return false;
+        }
+        self.inner.unflushed.borrow_mut().push(conn.clone());
+        true
     }
 
     /// Runs `task` on this thread after the current events, without the `Send`

@@ -23,6 +23,10 @@ use crate::event_loop::{EventLoop, LoopHandle};
 /// How many `read` calls one readiness event may make before the connection yields
 /// to the others on its loop; the rest is read in a deferred continuation.
 const READ_BUDGET: usize = 16;
+/// Sends shorter than this are coalesced until the end of the loop iteration; longer
+/// ones are written at once when nothing is buffered (their syscall is cheap for
+/// their size, and holding them back only adds latency).
+const CORK_MAX: usize = 1024;
 /// The default high-water mark of the output buffer: 64 MiB.
 pub const DEFAULT_HIGH_WATER_MARK: usize = 64 * 1024 * 1024;
 
@@ -72,6 +76,9 @@ pub struct TcpConnection {
     high_water_mark: Cell<usize>,
     close_callback: RefCell<Option<CloseCallback>>,
     context: RefCell<Option<Box<dyn Any>>>,
+    /// Output was appended while the loop was corked and waits for the loop's
+    /// end-of-iteration flush (so it is taken once, however many frames).
+    flush_queued: Cell<bool>,
 }
 
 impl TcpConnection {
@@ -108,6 +115,7 @@ impl TcpConnection {
             high_water_mark: Cell::new(hwm),
             close_callback: RefCell::new(None),
             context: RefCell::new(None),
+            flush_queued: Cell::new(false),
         }
     }
 
@@ -194,6 +202,10 @@ impl TcpConnection {
 
     /// Sends `data`: written at once when nothing is queued, the rest buffered until
     /// the socket is writable. Dropped if the connection is not established.
+    ///
+    /// While its loop handles events and tasks, the bytes are appended and written at
+    /// the end of that iteration together with whatever else the connection was sent
+    /// meanwhile, so many small frames cost one `write`.
     pub fn send(self: &Rc<Self>, data: &[u8]) {
         if self.state.get() != State::Connected {
             log::debug!(
@@ -204,7 +216,15 @@ impl TcpConnection {
         }
         let mut written = 0;
         let mut fault = false;
-        if self.output.borrow().is_empty() {
+        // Written now only when nothing is buffered and the loop is not corked; a
+        // connection already waiting for the flush just appends.
+        let direct = self.output.borrow().is_empty()
+            && !self.flush_queued.get()
+            && (data.len() >= CORK_MAX || !EventLoop::current().is_some_and(|lp| lp.cork(self)));
+        if !direct && !self.flush_queued.get() && self.output.borrow().is_empty() {
+            self.flush_queued.set(true);
+        }
+        if direct {
             loop {
                 match (&*self.stream.borrow()).write(&data[written..]) {
                     Ok(n) => {
@@ -408,6 +428,12 @@ impl TcpConnection {
             let conn = self.clone();
             lp.defer(move |lp| conn.handle_read(lp, to_eof));
         }
+    }
+
+    /// The loop's end-of-iteration flush of output appended while it was corked.
+    pub(crate) fn flush_output(self: &Rc<Self>) {
+        self.flush_queued.set(false);
+        self.handle_write();
     }
 
     fn handle_write(self: &Rc<Self>) {

@@ -197,6 +197,43 @@ fn half_close_delivers_everything_then_eof() {
     assert!(wait_until(TIMEOUT, || server.connection_count() == 0));
 }
 
+/// Small sends made while the loop handles an event are held and written together
+/// at the end of the iteration; a large send queues behind them, and a shutdown
+/// waits for all of it: the peer reads every byte in order, then EOF.
+#[test]
+fn small_sends_in_one_iteration_are_coalesced_in_order() {
+    let (tx, rx) = mpsc::channel();
+    let server = start_server(1, move |s| {
+        let tx = Mutex::new(tx);
+        s.set_connection_callback(Arc::new(move |conn| {
+            if conn.connected() {
+                let mut expected = Vec::new();
+                for i in 0..100 {
+                    let line = format!("small {i}\n");
+                    conn.send(line.as_bytes());
+                    expected.extend_from_slice(line.as_bytes());
+                }
+                // Nothing written yet: the hundred lines wait for one flush.
+                let held = conn.output_bytes();
+                let big = pattern(7, 200_000);
+                conn.send(&big);
+                expected.extend_from_slice(&big);
+                conn.send(b"tail\n");
+                expected.extend_from_slice(b"tail\n");
+                conn.shutdown();
+                tx.lock().unwrap().send((held, expected)).unwrap();
+            }
+        }));
+    });
+    let mut s = connect(server.addr);
+    let (held, expected) = rx.recv_timeout(TIMEOUT).expect("no connection");
+    let got = read_to_eof(&mut s).expect("read to EOF");
+    assert_eq!(got.len(), expected.len());
+    assert!(got == expected, "bytes differ from what was sent, in order");
+    let small: usize = (0..100).map(|i| format!("small {i}\n").len()).sum();
+    assert_eq!(held, small, "small sends were written one by one");
+}
+
 /// Eight threads send through clones of one ConnHandle: each thread's messages
 /// arrive complete and in its own order.
 #[test]
