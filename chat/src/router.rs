@@ -10,7 +10,9 @@
 
 use std::sync::Arc;
 
-use parking_lot::MutexGuard;
+use std::collections::HashSet;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::bus::Bus;
 use crate::hub::{Hub, Shard};
@@ -49,6 +51,10 @@ pub struct Router {
     hub: Hub,
     store: Arc<dyn Store>,
     bus: Option<Arc<Bus>>,
+    /// Users something was stored for whose "online elsewhere?" check failed
+    /// (Redis unreachable): retried after each heartbeat, so one online on another
+    /// node gets it then rather than at its next login.
+    unchecked: Mutex<HashSet<i64>>,
 }
 
 /// The wire bytes of a frame's JSON text: the text plus one NUL.
@@ -66,6 +72,7 @@ impl Router {
             hub: Hub::default(),
             store,
             bus,
+            unchecked: Mutex::new(HashSet::new()),
         }
     }
 
@@ -198,6 +205,14 @@ impl Router {
         (absent, congested)
     }
 
+    /// Stores a frame a dead node never delivered, for `to`; those who are online
+    /// again somewhere get a flush.
+    pub fn store_orphan(&self, to: &[i64], text: &str) -> Result<(), StoreError> {
+        self.store.store_offline_many(to, text)?;
+        self.recheck(to);
+        Ok(())
+    }
+
     /// Delivers the stored messages of local users (after another node stored them
     /// while the users were logging in here).
     pub fn flush_here(&self, users: &[i64]) {
@@ -272,17 +287,37 @@ impl Router {
     }
 
     /// After storing for `users`: any who are online on another node now get a flush.
+    /// Failed checks are kept for [`Router::retry_rechecks`].
     fn recheck(&self, users: &[i64]) {
         let Some(bus) = &self.bus else { return };
         if users.is_empty() {
             return;
         }
-        let Ok(nodes) = bus.locate(users) else { return };
+        let Ok(nodes) = bus.locate(users) else {
+            self.unchecked.lock().extend(users);
+            return;
+        };
         for (u, node) in users.iter().zip(nodes) {
             if let Some(node) = node {
                 if let Err(e) = bus.publish_flush(&node, &[*u]) {
                     log::debug!("flush notice for {u}: {e}");
+                    self.unchecked.lock().insert(*u);
                 }
+            }
+        }
+    }
+
+    /// Runs again the checks [`Router::recheck`] could not make (after a heartbeat
+    /// showed Redis reachable).
+    pub fn retry_rechecks(&self) {
+        let users: Vec<i64> = self.unchecked.lock().drain().collect();
+        if !users.is_empty() {
+            log::info!(
+                "bus: re-checking {} user(s) stored for while Redis failed",
+                users.len()
+            );
+            for chunk in users.chunks(1000) {
+                self.recheck(chunk);
             }
         }
     }

@@ -120,7 +120,9 @@ impl ChatServer {
 
     /// Starts the IO threads and listening. Must be called on the base loop thread.
     pub fn start(&self) -> io::Result<()> {
-        self.tcp.start()
+        self.tcp.start()?;
+        self.service.set_io_loops(self.tcp.io_loops());
+        Ok(())
     }
 
     /// Clean shutdown: stop accepting, log this node's users out (only them), close
@@ -166,6 +168,7 @@ impl ChatServer {
             if let Err(e) = bus.leave() {
                 log::warn!("shutdown: node not unregistered ({e}); it expires by itself");
             }
+            self.service.drain_own();
         }
     }
 }

@@ -409,6 +409,15 @@ impl LoopHandle {
         }
     }
 
+    /// Runs `task` on the loop once everything sent on its connections before this
+    /// call has been written out — handed to the kernel, or buffered for a socket
+    /// that cannot take more. Sends queued earlier run first and the loop flushes
+    /// coalesced writes at the end of each iteration, so the task runs in the next
+    /// one. Safe to call from any thread.
+    pub fn queue_after_writes(&self, task: impl FnOnce(&EventLoop) + Send + 'static) {
+        self.queue_in_loop(move |lp| lp.handle().queue_in_loop(task));
+    }
+
     /// Asks the loop to stop after its current iteration.
     pub fn quit(&self) {
         self.shared.quit.store(true, Ordering::Release);

@@ -1,14 +1,22 @@
 //! Bus: the Redis side of a cluster node — presence that expires with its node,
-//! per-node channels for delivery, a dedicated subscriber thread and a keeper
-//! thread that keeps the node alive and re-claims its users after Redis restarts.
+//! a per-node stream for delivery, a dedicated subscriber thread for control
+//! messages, a reader thread for the stream, and a keeper thread that keeps the
+//! node alive, re-claims its users after Redis restarts and drains dead nodes.
 //!
-//! Why per-node channels: a node subscribes to two channels for its whole life
-//! (its own and the broadcast one) instead of one channel per logged-in user, so
-//! logins cost no SUBSCRIBE round trip, Redis keeps two subscriptions per node
-//! instead of one per user, and a group message reaches each node once, carrying
-//! the list of that node's recipients. Presence is a hash user → node checked
-//! against the node's liveness key, so a node killed with `kill -9` stops owning
-//! its users when its key expires.
+//! Why per-node queues: a node listens on one stream and two channels for its
+//! whole life (its own and the broadcast one) instead of one channel per logged-in
+//! user, so logins cost no SUBSCRIBE round trip and a group message reaches each
+//! node once, carrying the list of that node's recipients. Presence is a hash
+//! user → node checked against the node's liveness key, so a node killed with
+//! `kill -9` stops owning its users when its key expires.
+//!
+//! Why a stream and not pub/sub for chat frames: delivery between nodes is
+//! at least once. A node trims its stream only after the frames it read were
+//! handed to the kernel (or stored), so what a killed node leaves in its stream is
+//! what it never delivered; whoever finds the node dead first (a login of one of its
+//! users, or any node's keeper) moves that rest to the offline store before the
+//! node's users can log in again. With pub/sub, frames a node had read but not yet
+//! written died with it.
 
 mod scripts;
 
@@ -17,6 +25,8 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crossbeam_channel::{Receiver, Sender};
+use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use redis::{Connection, ConnectionLike, RedisResult, Script};
 use serde_json::{json, Value};
 
@@ -26,6 +36,17 @@ const BREAKER: Duration = Duration::from_millis(500);
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the keeper sweeps dead nodes, in heartbeats.
 const SWEEP_EVERY: u32 = 4;
+/// How long the stream reader blocks in one XREAD when the stream is empty.
+const READ_BLOCK: Duration = Duration::from_millis(250);
+/// Most entries the reader takes from its stream per XREAD.
+const READ_COUNT: usize = 1000;
+/// Entries a drain moves to the store per step.
+const DRAIN_COUNT: usize = 500;
+/// How long a node may hold another node's drain lock (then it is presumed dead).
+const DRAIN_LOCK: Duration = Duration::from_secs(30);
+/// How long the reader waits for the IO loops to write a batch before reading on
+/// (the batch is then trimmed with a later one).
+const DELIVERY_WAIT: Duration = Duration::from_secs(1);
 
 /// Settings of the Redis bus.
 #[derive(Debug, Clone)]
@@ -60,12 +81,27 @@ pub enum Claim {
     Claimed,
     /// Another live node has the user.
     Taken(String),
+    /// The user was on this dead node, whose stream still holds frames: drain it
+    /// ([`Bus::drain_node`]), then claim again.
+    Orphaned(String),
+}
+
+/// The outcome of [`Bus::drain_node`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// The stream was stored and the node forgotten.
+    Done,
+    /// Another node is draining it now.
+    Busy,
+    /// The node is alive again (it was late with its heartbeat); it reads its own stream.
+    Alive,
 }
 
 /// A message from another node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BusMessage {
-    /// Deliver `frame` (JSON text) to these users, who should be on this node.
+    /// Deliver `frame` (JSON text) to these users, who should be on this node
+    /// (read from this node's stream).
     Deliver {
         /// Recipients.
         to: Vec<i64>,
@@ -86,8 +122,20 @@ pub enum BusMessage {
 
 /// What a node does with bus traffic; implemented by the chat service.
 pub trait BusHandler: Send + Sync {
-    /// A message from another node. Runs on the subscriber thread.
+    /// A message from another node. Runs on the subscriber thread (control
+    /// messages) or the stream reader (deliveries); a delivery must be handed to
+    /// the connections' loops or stored before this returns.
     fn on_message(&self, msg: BusMessage);
+    /// Calls `done` once everything handed to the IO loops so far has been written
+    /// to the sockets (or buffered for slow ones). Runs on the stream reader, which
+    /// trims its stream only then.
+    fn after_delivery(&self, done: Box<dyn FnOnce() + Send>);
+    /// Store one frame a dead node never delivered (from its stream), for `to`.
+    /// False if the store failed (the frame stays in the stream).
+    fn store_orphan(&self, to: &[i64], frame: &str) -> bool;
+    /// A dead node's stream still holds frames: drain it into the store. Runs on
+    /// the keeper thread.
+    fn on_dead_node(&self, node: &str);
     /// Redis lost this node's presence (restart, or the node looked dead):
     /// claim every local user again. Runs on the keeper thread. Returns false if
     /// it could not finish; it is then called again after the next heartbeat.
@@ -131,6 +179,8 @@ struct Keys {
     node_me: String,
     nodeusers_me: String,
     node_prefix: String,
+    queue_prefix: String,
+    queue_me: String,
     channel_prefix: String,
     channel_me: String,
     channel_all: String,
@@ -144,6 +194,8 @@ struct Scripts {
     locate: Script,
     heartbeat: Script,
     sweep: Script,
+    drained: Script,
+    unlock: Script,
     leave: Script,
 }
 
@@ -188,6 +240,8 @@ impl Bus {
             node_me: format!("{p}:node:{me}"),
             nodeusers_me: format!("{p}:nodeusers:{me}"),
             node_prefix: format!("{p}:node:"),
+            queue_prefix: format!("{p}:q:"),
+            queue_me: format!("{p}:q:{me}"),
             channel_prefix: format!("{p}:ch:"),
             channel_me: format!("{p}:ch:{me}"),
             channel_all: format!("{p}:ch:all"),
@@ -200,6 +254,8 @@ impl Bus {
             locate: Script::new(scripts::LOCATE),
             heartbeat: Script::new(scripts::HEARTBEAT),
             sweep: Script::new(scripts::SWEEP),
+            drained: Script::new(scripts::DRAINED),
+            unlock: Script::new(scripts::UNLOCK),
             leave: Script::new(scripts::LEAVE),
         };
         let bus = Arc::new(Bus {
@@ -296,10 +352,13 @@ impl Bus {
                 .arg(uid)
                 .arg(&self.cfg.node_id)
                 .arg(&self.keys.node_prefix)
+                .arg(&self.keys.queue_prefix)
                 .invoke(c)
         })?;
         Ok(if owner.is_empty() {
             Claim::Claimed
+        } else if let Some(dead) = owner.strip_prefix('!') {
+            Claim::Orphaned(dead.to_owned())
         } else {
             Claim::Taken(owner)
         })
@@ -319,7 +378,8 @@ impl Bus {
         Ok(())
     }
 
-    /// Publishes `frame` to the nodes of `uids`; returns the users nobody received it for.
+    /// Appends `frame` to the streams of the nodes of `uids`; returns the users with
+    /// no node, for whom the caller stores it.
     pub fn route(&self, uids: &[i64], frame: &str) -> Result<Vec<i64>, BusError> {
         if uids.is_empty() {
             return Ok(Vec::new());
@@ -327,7 +387,7 @@ impl Bus {
         let missed: Vec<String> = self.with_con(|c| {
             let mut inv = self.scripts.route.key(&self.keys.online);
             inv.arg(&self.keys.node_prefix)
-                .arg(&self.keys.channel_prefix)
+                .arg(&self.keys.queue_prefix)
                 .arg(frame);
             for u in uids {
                 inv.arg(*u);
@@ -395,8 +455,10 @@ impl Bus {
         Ok(existed == 1)
     }
 
-    /// Removes the presence of nodes whose liveness key expired.
-    pub fn sweep(&self) -> Result<i64, BusError> {
+    /// Removes the presence of nodes whose liveness key expired and whose streams
+    /// are drained. Returns how many were forgotten and the dead nodes whose streams
+    /// still need a drain.
+    pub fn sweep(&self) -> Result<(i64, Vec<String>), BusError> {
         self.with_con(|c| {
             self.scripts
                 .sweep
@@ -405,6 +467,99 @@ impl Bus {
                 .arg(&self.keys.prefix_colon)
                 .invoke(c)
         })
+    }
+
+    /// Moves what a dead (or cleanly stopped) node left in its stream to the store
+    /// through `store`, a step of [`DRAIN_COUNT`] entries at a time, then forgets the
+    /// node. Only one node drains a given node at a time (a lock with a TTL); an
+    /// entry is deleted only after `store` took it, so a drainer that dies midway
+    /// leaves the rest to the next (at worst a step is stored twice).
+    pub fn drain_node(
+        &self,
+        node: &str,
+        store: &dyn Fn(&[i64], &str) -> bool,
+    ) -> Result<Drain, BusError> {
+        let lock = format!("{}drain:{node}", self.keys.prefix_colon);
+        let got: Option<String> = self.with_con(|c| {
+            redis::cmd("SET")
+                .arg(&lock)
+                .arg(&self.cfg.node_id)
+                .arg("NX")
+                .arg("PX")
+                .arg(DRAIN_LOCK.as_millis() as u64)
+                .query(c)
+        })?;
+        if got.is_none() {
+            return Ok(Drain::Busy);
+        }
+        let result = self.drain_steps(node, store);
+        let unlocked = self.with_con(|c| {
+            self.scripts
+                .unlock
+                .key(&lock)
+                .arg(&self.cfg.node_id)
+                .invoke::<i64>(c)
+        });
+        if let Err(e) = unlocked {
+            log::debug!("drain lock of {node} not released ({e}); it expires");
+        }
+        result
+    }
+
+    fn drain_steps(
+        &self,
+        node: &str,
+        store: &dyn Fn(&[i64], &str) -> bool,
+    ) -> Result<Drain, BusError> {
+        let p = &self.keys.prefix_colon;
+        let queue = format!("{}{node}", self.keys.queue_prefix);
+        let mut moved = 0usize;
+        loop {
+            let range: StreamRangeReply = self.with_con(|c| {
+                redis::cmd("XRANGE")
+                    .arg(&queue)
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(DRAIN_COUNT)
+                    .query(c)
+            })?;
+            let mut ids = Vec::with_capacity(range.ids.len());
+            for entry in &range.ids {
+                match entry_message(entry) {
+                    Some(BusMessage::Deliver { to, frame }) => {
+                        if !store(&to, &frame) {
+                            return Err(BusError(format!(
+                                "drain of {node}: the store refused; {moved} moved so far"
+                            )));
+                        }
+                        moved += 1;
+                    }
+                    _ => log::warn!("drain of {node}: unreadable entry {}, dropped", entry.id),
+                }
+                ids.push(entry.id.as_str());
+            }
+            let state: i64 = self.with_con(|c| {
+                let mut inv = self.scripts.drained.key(&queue);
+                inv.key(format!("{}{node}", self.keys.node_prefix))
+                    .key(&self.keys.online)
+                    .key(format!("{p}nodeusers:{node}"))
+                    .key(&self.keys.nodes)
+                    .arg(node);
+                for id in &ids {
+                    inv.arg(*id);
+                }
+                inv.invoke(c)
+            })?;
+            match state {
+                1 => {
+                    log::info!("bus: drained node {node}: {moved} undelivered frame(s) stored");
+                    return Ok(Drain::Done);
+                }
+                -1 => return Ok(Drain::Alive),
+                _ => {}
+            }
+        }
     }
 
     /// Clean leave: this node's users (only them) go offline, the node unregisters.
@@ -416,13 +571,14 @@ impl Bus {
                 .key(&self.keys.nodeusers_me)
                 .key(&self.keys.node_me)
                 .key(&self.keys.nodes)
+                .key(&self.keys.queue_me)
                 .arg(&self.cfg.node_id)
                 .invoke::<i64>(c)
         })?;
         Ok(())
     }
 
-    /// Starts the subscriber and keeper threads.
+    /// Starts the subscriber, stream reader and keeper threads.
     pub fn spawn(self: &Arc<Self>, handler: Arc<dyn BusHandler>) -> std::io::Result<BusThreads> {
         let sub = {
             let bus = self.clone();
@@ -430,6 +586,13 @@ impl Bus {
             thread::Builder::new()
                 .name("bus-subscriber".into())
                 .spawn(move || bus.subscriber(&*handler))?
+        };
+        let reader = {
+            let bus = self.clone();
+            let handler = handler.clone();
+            thread::Builder::new()
+                .name("bus-reader".into())
+                .spawn(move || bus.reader(&*handler))?
         };
         let keeper = {
             let bus = self.clone();
@@ -439,29 +602,122 @@ impl Bus {
         };
         Ok(BusThreads {
             stop: self.stop.clone(),
-            threads: vec![sub, keeper],
+            threads: vec![sub, reader, keeper],
         })
     }
 
-    /// The dedicated subscriber: (re)connects, subscribes to this node's channel and
-    /// the broadcast channel, and hands every message to the handler.
-    fn subscriber(&self, handler: &dyn BusHandler) {
+    /// The stream reader: (re)connects, reads this node's stream from where it left
+    /// off, hands each entry to the handler, waits until the IO loops wrote the
+    /// batch, and trims the stream up to it with the next read.
+    fn reader(&self, handler: &dyn BusHandler) {
+        let mut last = String::from("0-0");
+        let (done_tx, done_rx) = crossbeam_channel::unbounded::<String>();
+        self.reconnecting("reader", || {
+            self.read_loop(handler, &mut last, &done_tx, &done_rx)
+        });
+    }
+
+    /// Runs one connection's `life` again and again until the bus stops, with a
+    /// backoff that restarts whenever a life got going (its error says so).
+    fn reconnecting(
+        &self,
+        who: &str,
+        mut life: impl FnMut() -> Result<(), (redis::RedisError, bool)>,
+    ) {
         const FIRST_RETRY: Duration = Duration::from_millis(100);
         let mut backoff = FIRST_RETRY;
-        let mut subscribed_before = false;
         while !self.stop.load(Ordering::Acquire) {
-            match self.subscribe_loop(handler, &mut subscribed_before) {
+            match life() {
                 Ok(()) => return,
-                Err((e, was_subscribed)) => {
-                    if was_subscribed {
+                Err((e, got_going)) => {
+                    if got_going {
                         backoff = FIRST_RETRY;
                     }
-                    log::warn!("bus subscriber: {e}; reconnecting in {backoff:?}");
+                    log::warn!("bus {who}: {e}; reconnecting in {backoff:?}");
                     sleep_unless(&self.stop, backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         }
+    }
+
+    /// One connection's life of the reader. The error says whether it read anything.
+    fn read_loop(
+        &self,
+        handler: &dyn BusHandler,
+        last: &mut String,
+        done_tx: &Sender<String>,
+        done_rx: &Receiver<String>,
+    ) -> Result<(), (redis::RedisError, bool)> {
+        let mut con = self
+            .client
+            .get_connection_with_timeout(IO_TIMEOUT)
+            .map_err(|e| (e, false))?;
+        con.set_read_timeout(Some(IO_TIMEOUT + READ_BLOCK))
+            .map_err(|e| (e, false))?;
+        con.set_write_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| (e, false))?;
+        let mut read_any = false;
+        let mut delivered: Option<String> = None;
+        loop {
+            let mut pipe = redis::pipe();
+            let trimming = delivered.is_some();
+            if let Some(id) = delivered.take() {
+                // Everything up to `id` is in the sockets: forget it.
+                pipe.cmd("XTRIM")
+                    .arg(&self.keys.queue_me)
+                    .arg("MINID")
+                    .arg(next_id(&id))
+                    .ignore();
+            }
+            if self.stop.load(Ordering::Acquire) {
+                // Trimmed before leaving, or the stop's own drain would store what
+                // was delivered already.
+                if trimming {
+                    pipe.query::<()>(&mut con).map_err(|e| (e, read_any))?;
+                }
+                return Ok(());
+            }
+            pipe.cmd("XREAD")
+                .arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(READ_BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&self.keys.queue_me)
+                .arg(last.as_str());
+            let (reply,): (Option<StreamReadReply>,) =
+                pipe.query(&mut con).map_err(|e| (e, read_any))?;
+            read_any = true;
+            let Some(reply) = reply else { continue };
+            let mut batch_end = None;
+            for entry in reply.keys.iter().flat_map(|k| &k.ids) {
+                match entry_message(entry) {
+                    Some(m) => handler.on_message(m),
+                    None => log::warn!("bus: unreadable stream entry {}", entry.id),
+                }
+                batch_end = Some(entry.id.clone());
+            }
+            let Some(end) = batch_end else { continue };
+            *last = end.clone();
+            let tx = done_tx.clone();
+            handler.after_delivery(Box::new(move || {
+                let _ = tx.send(end);
+            }));
+            // Usually a loop iteration away; a late one is covered by a later batch.
+            if let Ok(id) = done_rx.recv_timeout(DELIVERY_WAIT) {
+                delivered = Some(done_rx.try_iter().last().unwrap_or(id));
+            }
+        }
+    }
+
+    /// The dedicated subscriber: (re)connects, subscribes to this node's channel and
+    /// the broadcast channel, and hands every message to the handler.
+    fn subscriber(&self, handler: &dyn BusHandler) {
+        let mut subscribed_before = false;
+        self.reconnecting("subscriber", || {
+            self.subscribe_loop(handler, &mut subscribed_before)
+        });
     }
 
     /// One subscription's life. The error says whether it got as far as subscribing.
@@ -533,8 +789,14 @@ impl Bus {
             }
             if tick.is_multiple_of(SWEEP_EVERY) {
                 match self.sweep() {
-                    Ok(n) if n > 0 => log::info!("bus: swept {n} dead node(s)"),
-                    Ok(_) => {}
+                    Ok((n, undrained)) => {
+                        if n > 0 {
+                            log::info!("bus: swept {n} dead node(s)");
+                        }
+                        for node in undrained {
+                            handler.on_dead_node(&node);
+                        }
+                    }
                     Err(e) => log::debug!("bus sweep: {e}"),
                 }
             }
@@ -551,7 +813,7 @@ pub struct BusThreads {
 }
 
 impl BusThreads {
-    /// Stops both threads and waits for them.
+    /// Stops the threads and waits for them.
     pub fn stop(mut self) {
         self.stop_inner();
     }
@@ -594,15 +856,27 @@ fn ids(v: &Value) -> Vec<i64> {
         .unwrap_or_default()
 }
 
-/// Decodes a bus payload: `{"t":"m","to":[..],"f":".."}`, `{"t":"flush","to":[..]}`
-/// or `{"t":"inv","g":N}`. Ids may be numbers or strings (Lua sends strings).
+/// The id right after a stream entry id `ms-seq` (for an inclusive trim).
+fn next_id(id: &str) -> String {
+    match id.split_once('-').map(|(ms, seq)| (ms, seq.parse::<u64>())) {
+        Some((ms, Ok(seq))) => format!("{ms}-{}", seq.saturating_add(1)),
+        _ => id.to_owned(),
+    }
+}
+
+/// Decodes a stream entry: `to` (user ids joined by commas) and `f` (the frame).
+fn entry_message(entry: &StreamId) -> Option<BusMessage> {
+    let to: String = entry.get("to")?;
+    let frame: String = entry.get("f")?;
+    let to: Vec<i64> = to.split(',').filter_map(|u| u.parse().ok()).collect();
+    (!to.is_empty()).then_some(BusMessage::Deliver { to, frame })
+}
+
+/// Decodes a control payload: `{"t":"flush","to":[..]}` or `{"t":"inv","g":N}`.
+/// Ids may be numbers or strings.
 pub fn parse_message(payload: &[u8]) -> Option<BusMessage> {
     let v: Value = serde_json::from_slice(payload).ok()?;
     match v.get("t")?.as_str()? {
-        "m" => Some(BusMessage::Deliver {
-            to: ids(v.get("to")?),
-            frame: v.get("f")?.as_str()?.to_owned(),
-        }),
         "flush" => Some(BusMessage::Flush {
             to: ids(v.get("to")?),
         }),
@@ -620,12 +894,10 @@ mod tests {
     #[test]
     fn parses_payloads() {
         assert_eq!(
-            parse_message(br#"{"t":"m","to":["1",2],"f":"{\"msgid\":6}"}"#),
-            Some(BusMessage::Deliver {
-                to: vec![1, 2],
-                frame: "{\"msgid\":6}".into()
-            })
+            parse_message(br#"{"t":"flush","to":["1",2]}"#),
+            Some(BusMessage::Flush { to: vec![1, 2] })
         );
+        assert_eq!(next_id("1700000000000-5"), "1700000000000-6");
         assert_eq!(
             parse_message(br#"{"t":"flush","to":[7]}"#),
             Some(BusMessage::Flush { to: vec![7] })

@@ -6,15 +6,27 @@
 //! - `P:node:<node>` — exists while the node is alive (refreshed, with a TTL);
 //! - `P:nodes` — set of node ids that registered, for the dead-node sweep;
 //! - `P:nodeusers:<node>` — set of the node's users, for the sweep and resync;
-//! - channels `P:ch:<node>` (one per node) and `P:ch:all` (broadcast).
+//! - `P:q:<node>` — stream of chat frames for the node's users (fields `to`, ids
+//!   joined by commas, and `f`, the frame): the node trims what it delivered, so
+//!   what a dead node leaves there is exactly what it never handed to a socket;
+//! - `P:drain:<node>` — lock of the node that moves a dead node's stream to the store;
+//! - channels `P:ch:<node>` (one per node) and `P:ch:all` (broadcast), for control
+//!   messages (flush notices, cache invalidations).
 
 /// Claims a user for this node unless another live node has it.
-/// KEYS: online, nodeusers:me. ARGV: uid, me, node-key prefix.
-/// Returns "" on success, else the node that has the user.
+/// KEYS: online, nodeusers:me. ARGV: uid, me, node-key prefix, queue prefix.
+/// Returns "" on success, the node that has the user, or "!" and a dead node whose
+/// stream still holds undelivered frames: the caller drains it, then claims again
+/// (so the frames are stored before this login takes the user's offline messages).
 pub const CLAIM: &str = r"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur and cur ~= ARGV[2] and redis.call('EXISTS', ARGV[3] .. cur) == 1 then
-  return cur
+if cur and cur ~= ARGV[2] then
+  if redis.call('EXISTS', ARGV[3] .. cur) == 1 then
+    return cur
+  end
+  if redis.call('EXISTS', ARGV[4] .. cur) == 1 then
+    return '!' .. cur
+  end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[1])
@@ -30,17 +42,20 @@ redis.call('SREM', KEYS[2], ARGV[1])
 return 1
 ";
 
-/// Publishes a frame to the nodes of the given users, one message per node.
-/// KEYS: online. ARGV: node-key prefix, channel prefix, frame text, uid...
-/// Returns the uids that no live subscriber received (offline, dead node, or a
-/// node whose subscriber is gone): the caller stores those.
+/// Appends a frame to the streams of the given users' nodes, one entry per node.
+/// A dead node whose stream was not drained yet still gets it, behind the frames
+/// already there, so the drain stores them in order.
+/// KEYS: online. ARGV: node-key prefix, queue prefix, frame text, uid...
+/// Returns the uids with no node (offline, or on a dead node already drained): the
+/// caller stores those.
 pub const ROUTE: &str = r"
 local bynode = {}
 local missed = {}
 for i = 4, #ARGV do
   local uid = ARGV[i]
   local node = redis.call('HGET', KEYS[1], uid)
-  if node and redis.call('EXISTS', ARGV[1] .. node) == 1 then
+  if node and (redis.call('EXISTS', ARGV[1] .. node) == 1
+               or redis.call('EXISTS', ARGV[2] .. node) == 1) then
     local t = bynode[node]
     if not t then t = {}; bynode[node] = t end
     t[#t + 1] = uid
@@ -49,10 +64,7 @@ for i = 4, #ARGV do
   end
 end
 for node, uids in pairs(bynode) do
-  local payload = cjson.encode({t = 'm', to = uids, f = ARGV[3]})
-  if redis.call('PUBLISH', ARGV[2] .. node, payload) == 0 then
-    for _, u in ipairs(uids) do missed[#missed + 1] = u end
-  end
+  redis.call('XADD', ARGV[2] .. node, '*', 'to', table.concat(uids, ','), 'f', ARGV[3])
 end
 return missed
 ";
@@ -82,29 +94,70 @@ redis.call('SADD', KEYS[2], ARGV[2])
 return existed
 ";
 
-/// Forgets dead nodes: their presence entries, user sets and registrations.
-/// KEYS: nodes, online. ARGV: key prefix with its trailing ':'.
+/// Forgets dead nodes: their presence entries, user sets and registrations — but
+/// only once their streams are drained. KEYS: nodes, online. ARGV: key prefix with
+/// its trailing ':'. Returns {forgotten count, {dead nodes whose streams need a drain}}.
 pub const SWEEP: &str = r"
 local swept = 0
+local undrained = {}
 for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if redis.call('EXISTS', ARGV[1] .. 'node:' .. node) == 0 then
-    local setkey = ARGV[1] .. 'nodeusers:' .. node
-    for _, uid in ipairs(redis.call('SMEMBERS', setkey)) do
-      if redis.call('HGET', KEYS[2], uid) == node then
-        redis.call('HDEL', KEYS[2], uid)
+    if redis.call('EXISTS', ARGV[1] .. 'q:' .. node) == 1 then
+      undrained[#undrained + 1] = node
+    else
+      local setkey = ARGV[1] .. 'nodeusers:' .. node
+      for _, uid in ipairs(redis.call('SMEMBERS', setkey)) do
+        if redis.call('HGET', KEYS[2], uid) == node then
+          redis.call('HDEL', KEYS[2], uid)
+        end
       end
+      redis.call('DEL', setkey)
+      redis.call('SREM', KEYS[1], node)
+      swept = swept + 1
     end
-    redis.call('DEL', setkey)
-    redis.call('SREM', KEYS[1], node)
-    swept = swept + 1
   end
 end
-return swept
+return {swept, undrained}
+";
+
+/// After a drain step stored some entries of a dead node's stream: deletes them and,
+/// when the stream is empty, the stream itself and the node's presence entries.
+/// KEYS: q:node, node:node, online, nodeusers:node, nodes. ARGV: node, entry id...
+/// Returns 1 when the node is forgotten, 0 when entries remain, -1 when the node is
+/// alive again (it was only late with its heartbeat: it reads its stream itself).
+pub const DRAINED: &str = r"
+if #ARGV > 1 then
+  redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return -1
+end
+if redis.call('XLEN', KEYS[1]) > 0 then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+for _, uid in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+  if redis.call('HGET', KEYS[3], uid) == ARGV[1] then
+    redis.call('HDEL', KEYS[3], uid)
+  end
+end
+redis.call('DEL', KEYS[4])
+redis.call('SREM', KEYS[5], ARGV[1])
+return 1
+";
+
+/// Releases a lock if this node still holds it. KEYS: lock. ARGV: me.
+pub const UNLOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
 ";
 
 /// A clean leave: drops this node's users (only those still pointing at it), its
-/// user set, its liveness key and registration. KEYS: online, nodeusers:me, node:me,
-/// nodes. ARGV: me.
+/// user set and liveness key. The node stays registered while its stream exists, so
+/// that if its own last drain fails, another node's sweep drains it.
+/// KEYS: online, nodeusers:me, node:me, nodes, q:me. ARGV: me.
 pub const LEAVE: &str = r"
 for _, uid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   if redis.call('HGET', KEYS[1], uid) == ARGV[1] then
@@ -112,6 +165,8 @@ for _, uid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   end
 end
 redis.call('DEL', KEYS[2], KEYS[3])
-redis.call('SREM', KEYS[4], ARGV[1])
+if redis.call('EXISTS', KEYS[5]) == 0 then
+  redis.call('SREM', KEYS[4], ARGV[1])
+end
 return 1
 ";

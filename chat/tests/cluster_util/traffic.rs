@@ -262,17 +262,11 @@ impl Drop for Writer {
     }
 }
 
-/// How long after a kill a message may still have been handed to the dying node.
-const IN_FLIGHT_AFTER_KILL_MS: i128 = 100;
-
 /// Why a delivery is missing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Missing {
     /// The server never confirmed the message (no PONG): it may have died unread.
     Unconfirmed,
-    /// Forwarded to a node that was killed before it could write it out: after the
-    /// last message of that sender the recipient got live, and sent around the kill.
-    InFlight,
     /// Anything else: a bug.
     Lost,
 }
@@ -323,7 +317,7 @@ impl std::fmt::Display for Tally {
         write!(
             f,
             "messages {} deliveries owed {}: live {}, stored {}, duplicated {}, \
-             unconfirmed-and-missing {}, in-flight-at-kill {}, lost {}, unexpected {}, \
+             unconfirmed-and-missing {}, lost {}, unexpected {}, \
              reordered {}",
             self.messages,
             self.owed,
@@ -331,7 +325,6 @@ impl std::fmt::Display for Tally {
             self.stored,
             self.duplicated.len(),
             self.count(Missing::Unconfirmed),
-            self.count(Missing::InFlight),
             self.count(Missing::Lost),
             self.unexpected.len(),
             self.reordered.len()
@@ -401,9 +394,10 @@ impl Ledger {
         (n(&self.live), n(&self.stored))
     }
 
-    /// Accounts for every owed delivery. `killed` are the users of a node that was
-    /// killed at `kill` (if any); their missing deliveries can be [`Missing::InFlight`].
-    pub fn tally(&self, killed: &[i64], kill: Option<Instant>) -> Tally {
+    /// Accounts for every owed delivery. A missing one is excused only if the
+    /// server never confirmed the message; `kill` (if a node was killed) dates the
+    /// gaps for the report.
+    pub fn tally(&self, kill: Option<Instant>) -> Tally {
         let mut t = Tally {
             messages: self.sent.len(),
             ..Tally::default()
@@ -419,7 +413,7 @@ impl Ledger {
                 counts.entry((*user, s)).or_default().1 += 1;
             }
         }
-        // The highest seq of each sender each recipient got live, and order checks.
+        // Order checks: the highest seq of each sender each recipient got live so far.
         let mut last_live: HashMap<(i64, i64), usize> = HashMap::new();
         for (user, texts) in &self.live {
             for s in texts {
@@ -451,7 +445,6 @@ impl Ledger {
                 if live + stored > 0 {
                     continue;
                 }
-                let after_last_live = last_live.get(&(r, s.from)).is_none_or(|&l| s.seq > l);
                 let written_ms = kill.map(|k| {
                     if s.at >= k {
                         (s.at - k).as_millis() as i128
@@ -459,15 +452,10 @@ impl Ledger {
                         -((k - s.at).as_millis() as i128)
                     }
                 });
-                // Redis notices a dead subscriber within milliseconds; after that a
-                // publish to it reaches nobody and the sender stores the message.
-                let around_kill = written_ms.is_some_and(|ms| ms <= IN_FLIGHT_AFTER_KILL_MS);
-                let why = if !confirmed {
-                    Missing::Unconfirmed
-                } else if killed.contains(&r) && after_last_live && around_kill {
-                    Missing::InFlight
-                } else {
+                let why = if confirmed {
                     Missing::Lost
+                } else {
+                    Missing::Unconfirmed
                 };
                 t.missing.push(Gap {
                     to: r,

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::bus::{Bus, BusHandler, BusMessage, Claim};
+mod cluster;
+
+use crate::bus::{Bus, Claim};
 use crate::hub::Hub;
 use crate::member_cache::MemberCache;
 use crate::password::{self, Verified};
@@ -51,6 +53,9 @@ pub struct ChatService {
     /// keeper retries them, or other nodes would answer errno 2 for them until
     /// this node dies.
     unreleased: parking_lot::Mutex<std::collections::HashSet<i64>>,
+    /// The IO loops, once the server started: a delivery read from the bus is
+    /// acknowledged only after they wrote it (see `after_delivery`).
+    loops: std::sync::OnceLock<Vec<net::LoopHandle>>,
 }
 
 impl ChatService {
@@ -76,7 +81,13 @@ impl ChatService {
             handlers,
             members: MemberCache::new(cache_ttl),
             unreleased: parking_lot::Mutex::new(std::collections::HashSet::new()),
+            loops: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Tells the service the server's IO loops (once, after they started).
+    pub fn set_io_loops(&self, loops: Vec<net::LoopHandle>) {
+        let _ = self.loops.set(loops);
     }
 
     /// The store.
@@ -232,7 +243,8 @@ impl ChatService {
         }
 
         // Claim the user and take its offline messages under the user's shard lock.
-        let offline = {
+        let mut drains = 0;
+        let offline = loop {
             let mut shard = self.hub().lock(id);
             let already = || {
                 protocol::encode(&protocol::login_err(
@@ -249,6 +261,18 @@ impl ChatService {
                 match bus.claim(id) {
                     Ok(Claim::Claimed) => {
                         self.unreleased.lock().remove(&id);
+                    }
+                    Ok(Claim::Orphaned(node)) => {
+                        // The user was on a dead node whose undelivered frames are
+                        // still in its stream: store them first, so this login's
+                        // offline messages include them, then claim again.
+                        drop(shard);
+                        drains += 1;
+                        if drains > 3 || !self.drain_dead(bus, &node) {
+                            session.reply(already());
+                            return Ok(());
+                        }
+                        continue;
                     }
                     Ok(Claim::Taken(node)) => {
                         drop(shard);
@@ -267,7 +291,7 @@ impl ChatService {
             session.hold();
             shard.insert(id, session.clone());
             match self.store.take_offline(id) {
-                Ok(msgs) => msgs,
+                Ok(msgs) => break msgs,
                 Err(e) => {
                     shard.remove(&id);
                     self.release_presence(id);
@@ -649,70 +673,4 @@ fn chat_text(frame: serde_json::Map<String, Value>, sender_name: &str) -> String
     };
     let out = protocol::delivery_frame(frame, sender_name, &fallback);
     serde_json::to_string(&out).expect("a Value always serialises")
-}
-
-impl BusHandler for ChatService {
-    fn on_heartbeat(&self) {
-        let Some(bus) = self.bus() else { return };
-        let pending: Vec<i64> = self.unreleased.lock().drain().collect();
-        for id in pending {
-            let shard = self.hub().lock(id);
-            if shard.contains_key(&id) {
-                continue; // logged in here again: the claim stands
-            }
-            if bus.release(id).is_err() {
-                self.unreleased.lock().insert(id);
-            }
-            drop(shard);
-        }
-    }
-
-    fn on_bus_restored(&self) {
-        // Invalidations sent while we could not hear them are lost: start afresh.
-        self.members.clear();
-        let users = self.hub().online_users();
-        log::info!(
-            "bus: flushing stored messages of {} local users",
-            users.len()
-        );
-        self.router.flush_here(&users);
-    }
-
-    fn on_message(&self, msg: BusMessage) {
-        match msg {
-            BusMessage::Deliver { to, frame } => self.router.deliver_here(&to, &frame),
-            BusMessage::Flush { to } => self.router.flush_here(&to),
-            BusMessage::Invalidate { group } => {
-                self.members.invalidate(group);
-            }
-        }
-    }
-
-    fn on_presence_lost(&self) -> bool {
-        let Some(bus) = self.bus() else { return true };
-        for id in self.hub().online_users() {
-            // Under the user's shard lock, and only if still here: a user who signed
-            // out meanwhile must not be claimed back.
-            let mut shard = self.hub().lock(id);
-            let Some(session) = shard.get(&id).cloned() else {
-                continue;
-            };
-            match bus.claim(id) {
-                Ok(Claim::Claimed) => {}
-                Ok(Claim::Taken(node)) => {
-                    // Another node logged the user in while this one looked dead:
-                    // that login wins; end this one.
-                    log::warn!("user {id} was claimed by node {node}; closing the session here");
-                    session.set_user(None);
-                    shard.remove(&id);
-                    session.conn.shutdown();
-                }
-                Err(e) => {
-                    log::warn!("re-claim of {id} failed: {e}; retrying at the next heartbeat");
-                    return false;
-                }
-            }
-        }
-        true
-    }
 }

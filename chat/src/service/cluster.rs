@@ -1,0 +1,164 @@
+//! The cluster half of the service: what the bus asks of it — deliveries read
+//! from this node's stream, drains of dead nodes' streams, re-claims after Redis
+//! forgot this node.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::ChatService;
+use crate::bus::{Bus, BusHandler, BusMessage, Claim, Drain};
+
+/// How long a login waits for another node to finish draining a dead node.
+const DRAIN_WAIT: Duration = Duration::from_secs(3);
+
+impl ChatService {
+    /// Moves what dead `node` left in its stream to the store (or waits, up to
+    /// [`DRAIN_WAIT`], while another node does). True once the node no longer holds
+    /// undelivered frames back.
+    pub(super) fn drain_dead(&self, bus: &Bus, node: &str) -> bool {
+        let deadline = Instant::now() + DRAIN_WAIT;
+        loop {
+            match bus.drain_node(node, &|to, frame| self.store_orphan(to, frame)) {
+                Ok(Drain::Done | Drain::Alive) => return true,
+                Ok(Drain::Busy) if Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(50));
+                }
+                Ok(Drain::Busy) => return false,
+                Err(e) => {
+                    log::warn!("drain of node {node}: {e}");
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Clean shutdown, after the node left: frames that reached this node's stream
+    /// after its reader stopped are stored for their recipients.
+    pub fn drain_own(&self) {
+        if let Some(bus) = self.bus() {
+            if !self.drain_dead(bus, bus.node_id()) {
+                log::warn!("shutdown: own stream not drained; another node's keeper will");
+            }
+        }
+    }
+}
+
+impl BusHandler for ChatService {
+    fn on_heartbeat(&self) {
+        let Some(bus) = self.bus() else { return };
+        self.router.retry_rechecks();
+        let pending: Vec<i64> = self.unreleased.lock().drain().collect();
+        for id in pending {
+            let shard = self.hub().lock(id);
+            if shard.contains_key(&id) {
+                continue; // logged in here again: the claim stands
+            }
+            if bus.release(id).is_err() {
+                self.unreleased.lock().insert(id);
+            }
+            drop(shard);
+        }
+    }
+
+    fn on_bus_restored(&self) {
+        // Invalidations sent while we could not hear them are lost: start afresh.
+        self.members.clear();
+        let users = self.hub().online_users();
+        log::info!(
+            "bus: flushing stored messages of {} local users",
+            users.len()
+        );
+        self.router.flush_here(&users);
+    }
+
+    fn after_delivery(&self, done: Box<dyn FnOnce() + Send>) {
+        let Some(loops) = self.loops.get().filter(|l| !l.is_empty()) else {
+            done();
+            return;
+        };
+        // Each loop runs the barrier after the sends queued before it were written;
+        // the last one to get there calls `done`.
+        let left = Arc::new(AtomicUsize::new(loops.len()));
+        let done = Arc::new(Mutex::new(Some(done)));
+        for lp in loops {
+            let (left, done) = (left.clone(), done.clone());
+            lp.queue_after_writes(move |_| {
+                if left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    if let Some(done) = done.lock().take() {
+                        done();
+                    }
+                }
+            });
+        }
+    }
+
+    fn store_orphan(&self, to: &[i64], frame: &str) -> bool {
+        match self.router.store_orphan(to, frame) {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!("storing a dead node's frame for {to:?}: {e}");
+                false
+            }
+        }
+    }
+
+    fn on_dead_node(&self, node: &str) {
+        if let Some(bus) = self.bus() {
+            self.drain_dead(bus, node);
+        }
+    }
+
+    fn on_message(&self, msg: BusMessage) {
+        match msg {
+            BusMessage::Deliver { to, frame } => self.router.deliver_here(&to, &frame),
+            BusMessage::Flush { to } => self.router.flush_here(&to),
+            BusMessage::Invalidate { group } => {
+                self.members.invalidate(group);
+            }
+        }
+    }
+
+    fn on_presence_lost(&self) -> bool {
+        let Some(bus) = self.bus() else { return true };
+        for id in self.hub().online_users() {
+            // Under the user's shard lock, and only if still here: a user who signed
+            // out meanwhile must not be claimed back.
+            let mut shard = self.hub().lock(id);
+            let Some(session) = shard.get(&id).cloned() else {
+                continue;
+            };
+            let mut claim = bus.claim(id);
+            if let Ok(Claim::Orphaned(node)) = &claim {
+                // Redis forgot us but not a dead node that had this user: store that
+                // node's leftovers first (no hub lock is taken by that), then claim.
+                if self.drain_dead(bus, node) {
+                    claim = bus.claim(id);
+                }
+            }
+            match claim {
+                Ok(Claim::Claimed) => {}
+                Ok(Claim::Orphaned(node)) => {
+                    log::warn!("re-claim of {id}: node {node} is not drained yet; retrying");
+                    return false;
+                }
+                Ok(Claim::Taken(node)) => {
+                    // Another node logged the user in while this one looked dead:
+                    // that login wins; end this one.
+                    log::warn!("user {id} was claimed by node {node}; closing the session here");
+                    session.set_user(None);
+                    shard.remove(&id);
+                    session.conn.shutdown();
+                }
+                Err(e) => {
+                    log::warn!("re-claim of {id} failed: {e}; retrying at the next heartbeat");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
