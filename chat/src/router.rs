@@ -14,7 +14,7 @@ use std::collections::HashSet;
 
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::bus::Bus;
+use crate::bus::{Bus, Orphan};
 use crate::hub::{Hub, Shard};
 use crate::session::Session;
 use crate::store::{Store, StoreError};
@@ -205,11 +205,19 @@ impl Router {
         (absent, congested)
     }
 
-    /// Stores a frame a dead node never delivered, for `to`; those who are online
-    /// again somewhere get a flush.
-    pub fn store_orphan(&self, to: &[i64], text: &str) -> Result<(), StoreError> {
-        self.store.store_offline_many(to, text)?;
-        self.recheck(to);
+    /// Stores frames a dead node never delivered (each with its recipients); those
+    /// recipients who are online again somewhere get a flush.
+    pub fn store_orphans(&self, frames: &[Orphan]) -> Result<(), StoreError> {
+        let mut users = Vec::new();
+        for (to, text) in frames {
+            self.store.store_offline_many(to, text)?;
+            users.extend_from_slice(to);
+        }
+        users.sort_unstable();
+        users.dedup();
+        for chunk in users.chunks(1000) {
+            self.recheck(chunk);
+        }
         Ok(())
     }
 

@@ -161,14 +161,17 @@ impl ChatServer {
         self.workers.stop();
         // Whoever did not drain in time is signed out here; then the node leaves.
         self.service.sign_out_all();
+        self.service.set_closing();
         if let Some(threads) = self.bus_threads.take() {
             threads.stop();
         }
         if let Some(bus) = self.service.bus() {
-            if let Err(e) = bus.leave() {
-                log::warn!("shutdown: node not unregistered ({e}); it expires by itself");
+            match bus.leave() {
+                Ok(()) => self.service.drain_own(),
+                Err(e) => {
+                    log::warn!("shutdown: node not unregistered ({e}); it expires by itself");
+                }
             }
-            self.service.drain_own();
         }
     }
 }

@@ -254,8 +254,15 @@ impl TcpConnection {
         let rest = &data[written..];
         let old_len = self.output.borrow().readable_bytes();
         self.output.borrow_mut().append(rest);
+        if !self.flush_queued.get() {
+            // Corked bytes are judged at the flush, by what the socket did not take.
+            self.check_high_water(old_len, old_len + rest.len());
+        }
+    }
+
+    /// Queues the high-water-mark callback if the output grew across the mark.
+    fn check_high_water(self: &Rc<Self>, old_len: usize, new_len: usize) {
         let mark = self.high_water_mark.get();
-        let new_len = old_len + rest.len();
         if old_len < mark && new_len >= mark {
             let cb = self.callbacks.borrow().high_water_mark.clone();
             if let (Some((cb, _)), Some(lp)) = (cb, EventLoop::current()) {
@@ -281,6 +288,8 @@ impl TcpConnection {
     pub fn force_close(self: &Rc<Self>) {
         if matches!(self.state.get(), State::Connected | State::Disconnecting) {
             self.state.set(State::Disconnecting);
+            // Not written by a flush or writable event before the close runs.
+            self.output.borrow_mut().retrieve_all();
             if let Some(lp) = EventLoop::current() {
                 let conn = self.clone();
                 lp.defer(move |lp| conn.handle_close(lp));
@@ -434,6 +443,11 @@ impl TcpConnection {
     pub(crate) fn flush_output(self: &Rc<Self>) {
         self.flush_queued.set(false);
         self.handle_write();
+        if self.state.get() == State::Connected {
+            // The output was empty when the cork began.
+            let left = self.output.borrow().readable_bytes();
+            self.check_high_water(0, left);
+        }
     }
 
     fn handle_write(self: &Rc<Self>) {

@@ -234,6 +234,51 @@ fn small_sends_in_one_iteration_are_coalesced_in_order() {
     assert_eq!(held, small, "small sends were written one by one");
 }
 
+/// Corked bytes count against the high-water mark only if the socket does not take
+/// them at the flush; a force_close discards what is still corked.
+#[test]
+fn corked_bytes_and_the_high_water_mark_and_force_close() {
+    let crossings = Arc::new(AtomicUsize::new(0));
+    let seen = crossings.clone();
+    let server = start_server(1, move |s| {
+        s.set_high_water_mark_callback(
+            Arc::new(move |_, _| {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }),
+            1024,
+        );
+        s.set_message_callback(Arc::new(|conn, buf| {
+            let cmd = buf.retrieve_all_as_vec();
+            // 8 KiB in small pieces, far above the mark, all taken by the socket.
+            for _ in 0..64 {
+                conn.send(&[b'x'; 128]);
+            }
+            if cmd == b"close" {
+                conn.force_close();
+            }
+        }));
+    });
+    let mut s = connect(server.addr);
+    s.write_all(b"send").unwrap();
+    let mut got = vec![0u8; 64 * 128];
+    s.read_exact(&mut got).unwrap();
+    assert!(got.iter().all(|&b| b == b'x'));
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        crossings.load(Ordering::SeqCst),
+        0,
+        "the socket took it all"
+    );
+
+    s.write_all(b"close").unwrap();
+    let rest = read_to_eof(&mut s).expect("read to EOF");
+    assert!(
+        rest.is_empty(),
+        "force_close wrote {} corked bytes",
+        rest.len()
+    );
+}
+
 /// Eight threads send through clones of one ConnHandle: each thread's messages
 /// arrive complete and in its own order.
 #[test]

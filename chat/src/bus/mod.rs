@@ -1,6 +1,6 @@
 //! Bus: the Redis side of a cluster node — presence that expires with its node,
-//! a per-node stream for delivery, a dedicated subscriber thread for control
-//! messages, a reader thread for the stream, and a keeper thread that keeps the
+//! a per-node stream for delivery, a dedicated subscriber thread for broadcast
+//! cache invalidations, a reader thread for the stream, and a keeper thread that keeps the
 //! node alive, re-claims its users after Redis restarts and drains dead nodes.
 //!
 //! Why per-node queues: a node listens on one stream and two channels for its
@@ -11,12 +11,14 @@
 //! `kill -9` stops owning its users when its key expires.
 //!
 //! Why a stream and not pub/sub for chat frames: delivery between nodes is
-//! at least once. A node trims its stream only after the frames it read were
-//! handed to the kernel (or stored), so what a killed node leaves in its stream is
-//! what it never delivered; whoever finds the node dead first (a login of one of its
+//! at least once. A node trims its stream only after its IO loops wrote the frames
+//! it read (to the kernel, or into the output buffer of a reader slower than the
+//! sender) or stored them, so what a killed node leaves in its stream is what it
+//! never delivered; whoever finds the node dead first (a login of one of its
 //! users, or any node's keeper) moves that rest to the offline store before the
 //! node's users can log in again. With pub/sub, frames a node had read but not yet
-//! written died with it.
+//! written died with it. Flush notices travel in the same stream, so they keep
+//! their place among the frames.
 
 mod scripts;
 
@@ -86,12 +88,15 @@ pub enum Claim {
     Orphaned(String),
 }
 
+/// A frame a dead node never delivered: its recipients and its text.
+pub type Orphan = (Vec<i64>, String);
+
 /// The outcome of [`Bus::drain_node`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drain {
     /// The stream was stored and the node forgotten.
     Done,
-    /// Another node is draining it now.
+    /// Another node is draining it now (or took over this node's lock).
     Busy,
     /// The node is alive again (it was late with its heartbeat); it reads its own stream.
     Alive,
@@ -130,11 +135,9 @@ pub trait BusHandler: Send + Sync {
     /// to the sockets (or buffered for slow ones). Runs on the stream reader, which
     /// trims its stream only then.
     fn after_delivery(&self, done: Box<dyn FnOnce() + Send>);
-    /// Store one frame a dead node never delivered (from its stream), for `to`.
-    /// False if the store failed (the frame stays in the stream).
-    fn store_orphan(&self, to: &[i64], frame: &str) -> bool;
-    /// A dead node's stream still holds frames: drain it into the store. Runs on
-    /// the keeper thread.
+    /// A dead node's stream still exists: drain it into the store. Runs on a
+    /// thread of its own that the keeper starts (the keeper must not miss its own
+    /// heartbeats), one at a time per dead node.
     fn on_dead_node(&self, node: &str);
     /// Redis lost this node's presence (restart, or the node looked dead):
     /// claim every local user again. Runs on the keeper thread. Returns false if
@@ -181,8 +184,6 @@ struct Keys {
     node_prefix: String,
     queue_prefix: String,
     queue_me: String,
-    channel_prefix: String,
-    channel_me: String,
     channel_all: String,
     prefix_colon: String,
 }
@@ -194,6 +195,7 @@ struct Scripts {
     locate: Script,
     heartbeat: Script,
     sweep: Script,
+    drain_take: Script,
     drained: Script,
     unlock: Script,
     leave: Script,
@@ -210,6 +212,8 @@ pub struct Bus {
     down_until: AtomicU64,
     epoch: Instant,
     stop: Arc<AtomicBool>,
+    /// Dead nodes a background drain is working on.
+    draining: parking_lot::Mutex<std::collections::HashSet<String>>,
 }
 
 /// A fresh node id: the pid plus the clock, unique enough for a cluster.
@@ -242,8 +246,6 @@ impl Bus {
             node_prefix: format!("{p}:node:"),
             queue_prefix: format!("{p}:q:"),
             queue_me: format!("{p}:q:{me}"),
-            channel_prefix: format!("{p}:ch:"),
-            channel_me: format!("{p}:ch:{me}"),
             channel_all: format!("{p}:ch:all"),
             prefix_colon: format!("{p}:"),
         };
@@ -254,6 +256,7 @@ impl Bus {
             locate: Script::new(scripts::LOCATE),
             heartbeat: Script::new(scripts::HEARTBEAT),
             sweep: Script::new(scripts::SWEEP),
+            drain_take: Script::new(scripts::DRAIN_TAKE),
             drained: Script::new(scripts::DRAINED),
             unlock: Script::new(scripts::UNLOCK),
             leave: Script::new(scripts::LEAVE),
@@ -267,6 +270,7 @@ impl Bus {
             down_until: AtomicU64::new(0),
             epoch: Instant::now(),
             stop: Arc::new(AtomicBool::new(false)),
+            draining: parking_lot::Mutex::new(std::collections::HashSet::new()),
         });
         if let Err(e) = bus.heartbeat() {
             log::warn!("bus: Redis not reachable yet ({e}); will keep trying");
@@ -416,15 +420,21 @@ impl Bus {
             .collect())
     }
 
-    /// Asks `node` to deliver the stored messages of `uids`.
+    /// Asks `node` to deliver the stored messages of `uids`: a notice in its stream,
+    /// so it comes in order with the frames routed there after it.
     pub fn publish_flush(&self, node: &str, uids: &[i64]) -> Result<(), BusError> {
-        let payload = json!({"t": "flush", "to": uids}).to_string();
-        let channel = format!("{}{node}", self.keys.channel_prefix);
+        let to = uids
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
         self.with_con(|c| {
-            redis::cmd("PUBLISH")
-                .arg(channel)
-                .arg(payload)
-                .query::<i64>(c)
+            redis::cmd("XADD")
+                .arg(format!("{}{node}", self.keys.queue_prefix))
+                .arg("*")
+                .arg("flush")
+                .arg(to)
+                .query::<String>(c)
         })?;
         Ok(())
     }
@@ -470,14 +480,15 @@ impl Bus {
     }
 
     /// Moves what a dead (or cleanly stopped) node left in its stream to the store
-    /// through `store`, a step of [`DRAIN_COUNT`] entries at a time, then forgets the
-    /// node. Only one node drains a given node at a time (a lock with a TTL); an
-    /// entry is deleted only after `store` took it, so a drainer that dies midway
-    /// leaves the rest to the next (at worst a step is stored twice).
+    /// through `store` (given each step's frames, as (recipients, frame)), a step
+    /// of [`DRAIN_COUNT`] entries at a time, then forgets the node. Only one node
+    /// drains a given node at a time (a lock, extended at every step); an entry is
+    /// deleted only after `store` took it, so a drainer that dies midway leaves the
+    /// rest to the next (at worst a step is stored twice).
     pub fn drain_node(
         &self,
         node: &str,
-        store: &dyn Fn(&[i64], &str) -> bool,
+        store: &dyn Fn(&[Orphan]) -> bool,
     ) -> Result<Drain, BusError> {
         let lock = format!("{}drain:{node}", self.keys.prefix_colon);
         let got: Option<String> = self.with_con(|c| {
@@ -492,7 +503,7 @@ impl Bus {
         if got.is_none() {
             return Ok(Drain::Busy);
         }
-        let result = self.drain_steps(node, store);
+        let result = self.drain_steps(node, &lock, store);
         let unlocked = self.with_con(|c| {
             self.scripts
                 .unlock
@@ -509,45 +520,57 @@ impl Bus {
     fn drain_steps(
         &self,
         node: &str,
-        store: &dyn Fn(&[i64], &str) -> bool,
+        lock: &str,
+        store: &dyn Fn(&[Orphan]) -> bool,
     ) -> Result<Drain, BusError> {
         let p = &self.keys.prefix_colon;
         let queue = format!("{}{node}", self.keys.queue_prefix);
+        let node_key = format!("{}{node}", self.keys.node_prefix);
         let mut moved = 0usize;
         loop {
-            let range: StreamRangeReply = self.with_con(|c| {
-                redis::cmd("XRANGE")
-                    .arg(&queue)
-                    .arg("-")
-                    .arg("+")
-                    .arg("COUNT")
+            let (state, range): (i64, StreamRangeReply) = self.with_con(|c| {
+                self.scripts
+                    .drain_take
+                    .key(&node_key)
+                    .key(&queue)
+                    .key(lock)
+                    .arg(&self.cfg.node_id)
                     .arg(DRAIN_COUNT)
-                    .query(c)
+                    .arg(DRAIN_LOCK.as_millis() as u64)
+                    .invoke(c)
             })?;
-            let mut ids = Vec::with_capacity(range.ids.len());
+            match state {
+                -1 => return Ok(Drain::Alive),
+                -2 => return Ok(Drain::Busy),
+                _ => {}
+            }
+            let mut frames = Vec::with_capacity(range.ids.len());
             for entry in &range.ids {
                 match entry_message(entry) {
-                    Some(BusMessage::Deliver { to, frame }) => {
-                        if !store(&to, &frame) {
-                            return Err(BusError(format!(
-                                "drain of {node}: the store refused; {moved} moved so far"
-                            )));
-                        }
-                        moved += 1;
-                    }
-                    _ => log::warn!("drain of {node}: unreadable entry {}, dropped", entry.id),
+                    Some(BusMessage::Deliver { to, frame }) => frames.push((to, frame)),
+                    // A flush notice to a dead node: its users log in elsewhere and
+                    // get their stored messages there.
+                    Some(_) => {}
+                    None => log::warn!("drain of {node}: unreadable entry {}, dropped", entry.id),
                 }
-                ids.push(entry.id.as_str());
             }
+            if !frames.is_empty() && !store(&frames) {
+                return Err(BusError(format!(
+                    "drain of {node}: the store refused; {moved} frame(s) moved so far"
+                )));
+            }
+            moved += frames.len();
             let state: i64 = self.with_con(|c| {
                 let mut inv = self.scripts.drained.key(&queue);
-                inv.key(format!("{}{node}", self.keys.node_prefix))
+                inv.key(&node_key)
                     .key(&self.keys.online)
                     .key(format!("{p}nodeusers:{node}"))
                     .key(&self.keys.nodes)
-                    .arg(node);
-                for id in &ids {
-                    inv.arg(*id);
+                    .key(lock)
+                    .arg(node)
+                    .arg(&self.cfg.node_id);
+                for entry in &range.ids {
+                    inv.arg(&entry.id);
                 }
                 inv.invoke(c)
             })?;
@@ -557,6 +580,7 @@ impl Bus {
                     return Ok(Drain::Done);
                 }
                 -1 => return Ok(Drain::Alive),
+                -2 => return Ok(Drain::Busy),
                 _ => {}
             }
         }
@@ -598,7 +622,7 @@ impl Bus {
             let bus = self.clone();
             thread::Builder::new()
                 .name("bus-keeper".into())
-                .spawn(move || bus.keeper(&*handler))?
+                .spawn(move || bus.keeper(handler))?
         };
         Ok(BusThreads {
             stop: self.stop.clone(),
@@ -641,6 +665,26 @@ impl Bus {
         }
     }
 
+    /// After a (re)connect: if the stream is gone or was recreated behind `last`
+    /// (Redis restarted, or a drain of this node while it looked dead), read it
+    /// from the start, or new entries would be skipped as already read.
+    fn check_last(&self, con: &mut Connection, last: &mut String) -> RedisResult<()> {
+        let info: Option<redis::streams::StreamInfoStreamReply> = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(&self.keys.queue_me)
+            .query(con)
+            .ok();
+        let newest = info.map(|i| i.last_generated_id);
+        let behind = newest
+            .as_deref()
+            .is_none_or(|n| id_key(n) < id_key(last.as_str()));
+        if behind && last.as_str() != "0-0" {
+            log::info!("bus reader: stream was recreated; reading it from the start");
+            *last = String::from("0-0");
+        }
+        Ok(())
+    }
+
     /// One connection's life of the reader. The error says whether it read anything.
     fn read_loop(
         &self,
@@ -659,7 +703,12 @@ impl Bus {
             .map_err(|e| (e, false))?;
         let mut read_any = false;
         let mut delivered: Option<String> = None;
+        self.check_last(&mut con, last).map_err(|e| (e, false))?;
         loop {
+            // A batch whose writes finished after the wait below is trimmed now.
+            if let Some(id) = done_rx.try_iter().last() {
+                delivered = Some(id);
+            }
             let mut pipe = redis::pipe();
             let trimming = delivered.is_some();
             if let Some(id) = delivered.take() {
@@ -731,7 +780,7 @@ impl Bus {
             .get_connection_with_timeout(IO_TIMEOUT)
             .map_err(|e| (e, false))?;
         let mut ps = con.as_pubsub();
-        ps.subscribe(&[&self.keys.channel_me, &self.keys.channel_all])
+        ps.subscribe(&self.keys.channel_all)
             .map_err(|e| (e, false))?;
         ps.set_read_timeout(Some(Duration::from_millis(250)))
             .map_err(|e| (e, false))?;
@@ -758,7 +807,7 @@ impl Bus {
 
     /// The keeper: heartbeats at a quarter of the TTL, sweeps dead nodes now and then,
     /// and re-claims local users when Redis forgot this node.
-    fn keeper(&self, handler: &dyn BusHandler) {
+    fn keeper(self: &Arc<Self>, handler: Arc<dyn BusHandler>) {
         let interval = self.cfg.node_ttl / 4;
         let mut tick: u32 = 0;
         let mut resync = false;
@@ -794,7 +843,7 @@ impl Bus {
                             log::info!("bus: swept {n} dead node(s)");
                         }
                         for node in undrained {
-                            handler.on_dead_node(&node);
+                            self.drain_in_background(&handler, node);
                         }
                     }
                     Err(e) => log::debug!("bus sweep: {e}"),
@@ -802,6 +851,25 @@ impl Bus {
             }
             tick = tick.wrapping_add(1);
             sleep_unless(&self.stop, interval);
+        }
+    }
+}
+
+impl Bus {
+    /// Starts a thread that has `handler` drain dead `node`, unless one is at it.
+    fn drain_in_background(self: &Arc<Self>, handler: &Arc<dyn BusHandler>, node: String) {
+        if !self.draining.lock().insert(node.clone()) {
+            return;
+        }
+        let (bus, handler) = (self.clone(), handler.clone());
+        let spawned = thread::Builder::new()
+            .name("bus-drain".into())
+            .spawn(move || {
+                handler.on_dead_node(&node);
+                bus.draining.lock().remove(&node);
+            });
+        if let Err(e) = spawned {
+            log::warn!("bus: no thread for a drain: {e}");
         }
     }
 }
@@ -843,17 +911,11 @@ fn sleep_unless(stop: &AtomicBool, total: Duration) {
     }
 }
 
-fn ids(v: &Value) -> Vec<i64> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| {
-                    x.as_i64()
-                        .or_else(|| x.as_str().and_then(|s| s.parse().ok()))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+/// A stream entry id `ms-seq` as a comparable pair ((0, 0) if unreadable).
+fn id_key(id: &str) -> (u64, u64) {
+    id.split_once('-')
+        .and_then(|(ms, seq)| Some((ms.parse().ok()?, seq.parse().ok()?)))
+        .unwrap_or((0, 0))
 }
 
 /// The id right after a stream entry id `ms-seq` (for an inclusive trim).
@@ -864,22 +926,26 @@ fn next_id(id: &str) -> String {
     }
 }
 
-/// Decodes a stream entry: `to` (user ids joined by commas) and `f` (the frame).
+/// User ids joined by commas.
+fn id_list(text: &str) -> Vec<i64> {
+    text.split(',').filter_map(|u| u.parse().ok()).collect()
+}
+
+/// Decodes a stream entry: a frame (`to`, user ids joined by commas, and `f`) or a
+/// flush notice (`flush`, user ids).
 fn entry_message(entry: &StreamId) -> Option<BusMessage> {
-    let to: String = entry.get("to")?;
+    if let Some(to) = entry.get::<String>("flush") {
+        return Some(BusMessage::Flush { to: id_list(&to) });
+    }
+    let to = id_list(&entry.get::<String>("to")?);
     let frame: String = entry.get("f")?;
-    let to: Vec<i64> = to.split(',').filter_map(|u| u.parse().ok()).collect();
     (!to.is_empty()).then_some(BusMessage::Deliver { to, frame })
 }
 
-/// Decodes a control payload: `{"t":"flush","to":[..]}` or `{"t":"inv","g":N}`.
-/// Ids may be numbers or strings.
+/// Decodes a broadcast payload: `{"t":"inv","g":N}`.
 pub fn parse_message(payload: &[u8]) -> Option<BusMessage> {
     let v: Value = serde_json::from_slice(payload).ok()?;
     match v.get("t")?.as_str()? {
-        "flush" => Some(BusMessage::Flush {
-            to: ids(v.get("to")?),
-        }),
         "inv" => Some(BusMessage::Invalidate {
             group: v.get("g")?.as_i64()?,
         }),
@@ -894,19 +960,49 @@ mod tests {
     #[test]
     fn parses_payloads() {
         assert_eq!(
-            parse_message(br#"{"t":"flush","to":["1",2]}"#),
-            Some(BusMessage::Flush { to: vec![1, 2] })
-        );
-        assert_eq!(next_id("1700000000000-5"), "1700000000000-6");
-        assert_eq!(
-            parse_message(br#"{"t":"flush","to":[7]}"#),
-            Some(BusMessage::Flush { to: vec![7] })
-        );
-        assert_eq!(
             parse_message(br#"{"t":"inv","g":3}"#),
             Some(BusMessage::Invalidate { group: 3 })
         );
+        assert_eq!(parse_message(br#"{"t":"flush","to":[7]}"#), None);
         assert_eq!(parse_message(b"nope"), None);
         assert_eq!(parse_message(br#"{"t":"x"}"#), None);
+    }
+
+    #[test]
+    fn stream_ids() {
+        assert_eq!(next_id("1700000000000-5"), "1700000000000-6");
+        assert!(id_key("1700000000000-5") < id_key("1700000000001-0"));
+        assert!(id_key("9-10") > id_key("9-9"));
+        assert_eq!(id_key("junk"), (0, 0));
+    }
+
+    #[test]
+    fn stream_entries() {
+        let entry = |fields: &[(&str, &str)]| StreamId {
+            id: "1-0".into(),
+            map: fields
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        redis::Value::BulkString(v.as_bytes().to_vec()),
+                    )
+                })
+                .collect(),
+            ..StreamId::default()
+        };
+        assert_eq!(
+            entry_message(&entry(&[("to", "1,2"), ("f", "{}")])),
+            Some(BusMessage::Deliver {
+                to: vec![1, 2],
+                frame: "{}".into()
+            })
+        );
+        assert_eq!(
+            entry_message(&entry(&[("flush", "7")])),
+            Some(BusMessage::Flush { to: vec![7] })
+        );
+        assert_eq!(entry_message(&entry(&[("to", "x"), ("f", "{}")])), None);
+        assert_eq!(entry_message(&entry(&[("f", "{}")])), None);
     }
 }

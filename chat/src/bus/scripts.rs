@@ -6,18 +6,18 @@
 //! - `P:node:<node>` — exists while the node is alive (refreshed, with a TTL);
 //! - `P:nodes` — set of node ids that registered, for the dead-node sweep;
 //! - `P:nodeusers:<node>` — set of the node's users, for the sweep and resync;
-//! - `P:q:<node>` — stream of chat frames for the node's users (fields `to`, ids
-//!   joined by commas, and `f`, the frame): the node trims what it delivered, so
-//!   what a dead node leaves there is exactly what it never handed to a socket;
+//! - `P:q:<node>` — stream of what the node must deliver, in order: chat frames
+//!   (fields `to`, ids joined by commas, and `f`, the frame) and flush notices
+//!   (field `flush`, ids). The node trims what it wrote to its sockets, so what a
+//!   dead node leaves there is what it never handed to the kernel;
 //! - `P:drain:<node>` — lock of the node that moves a dead node's stream to the store;
-//! - channels `P:ch:<node>` (one per node) and `P:ch:all` (broadcast), for control
-//!   messages (flush notices, cache invalidations).
+//! - channel `P:ch:all` (broadcast), for group cache invalidations.
 
 /// Claims a user for this node unless another live node has it.
 /// KEYS: online, nodeusers:me. ARGV: uid, me, node-key prefix, queue prefix.
 /// Returns "" on success, the node that has the user, or "!" and a dead node whose
-/// stream still holds undelivered frames: the caller drains it, then claims again
-/// (so the frames are stored before this login takes the user's offline messages).
+/// stream still exists (it may hold undelivered frames): the caller drains it, then
+/// claims again (so they are stored before this login takes its offline messages).
 pub const CLAIM: &str = r"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur and cur ~= ARGV[2] then
@@ -120,17 +120,38 @@ end
 return {swept, undrained}
 ";
 
+/// A drain step's read: the next entries of a dead node's stream, if this node
+/// still holds the drain lock (extended here) and the node is still dead.
+/// KEYS: node:node, q:node, drain:node. ARGV: me, count, lock ttl ms.
+/// Returns {0, entries}, or {-1, {}} when the node is alive, {-2, {}} when the
+/// lock is lost.
+pub const DRAIN_TAKE: &str = r"
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then
+  return {-2, {}}
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {-1, {}}
+end
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+return {0, redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', ARGV[2])}
+";
+
 /// After a drain step stored some entries of a dead node's stream: deletes them and,
 /// when the stream is empty, the stream itself and the node's presence entries.
-/// KEYS: q:node, node:node, online, nodeusers:node, nodes. ARGV: node, entry id...
+/// KEYS: q:node, node:node, online, nodeusers:node, nodes, drain:node.
+/// ARGV: node, me, entry id...
 /// Returns 1 when the node is forgotten, 0 when entries remain, -1 when the node is
-/// alive again (it was only late with its heartbeat: it reads its stream itself).
+/// alive again (it was only late with its heartbeat: it reads its stream itself;
+/// what this step stored it may deliver too), -2 when the lock was lost.
 pub const DRAINED: &str = r"
-if #ARGV > 1 then
-  redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
+if redis.call('GET', KEYS[6]) ~= ARGV[2] then
+  return -2
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return -1
+end
+if #ARGV > 2 then
+  redis.call('XDEL', KEYS[1], unpack(ARGV, 3))
 end
 if redis.call('XLEN', KEYS[1]) > 0 then
   return 0

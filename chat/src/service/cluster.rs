@@ -10,21 +10,21 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::ChatService;
-use crate::bus::{Bus, BusHandler, BusMessage, Claim, Drain};
+use crate::bus::{Bus, BusHandler, BusMessage, Claim, Drain, Orphan};
 
 /// How long a login waits for another node to finish draining a dead node.
 const DRAIN_WAIT: Duration = Duration::from_secs(3);
 
 impl ChatService {
-    /// Moves what dead `node` left in its stream to the store (or waits, up to
-    /// [`DRAIN_WAIT`], while another node does). True once the node no longer holds
-    /// undelivered frames back.
-    pub(super) fn drain_dead(&self, bus: &Bus, node: &str) -> bool {
+    /// Moves what dead `node` left in its stream to the store. With `wait`, waits
+    /// up to [`DRAIN_WAIT`] while another node does it. True once the node no
+    /// longer holds undelivered frames back.
+    pub(super) fn drain_dead(&self, bus: &Bus, node: &str, wait: bool) -> bool {
         let deadline = Instant::now() + DRAIN_WAIT;
         loop {
-            match bus.drain_node(node, &|to, frame| self.store_orphan(to, frame)) {
+            match bus.drain_node(node, &|frames| self.store_orphans(frames)) {
                 Ok(Drain::Done | Drain::Alive) => return true,
-                Ok(Drain::Busy) if Instant::now() < deadline => {
+                Ok(Drain::Busy) if wait && Instant::now() < deadline => {
                     thread::sleep(Duration::from_millis(50));
                 }
                 Ok(Drain::Busy) => return false,
@@ -36,14 +36,67 @@ impl ChatService {
         }
     }
 
+    fn store_orphans(&self, frames: &[Orphan]) -> bool {
+        match self.router.store_orphans(frames) {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!("storing {} frame(s) of a dead node: {e}", frames.len());
+                false
+            }
+        }
+    }
+
     /// Clean shutdown, after the node left: frames that reached this node's stream
     /// after its reader stopped are stored for their recipients.
     pub fn drain_own(&self) {
         if let Some(bus) = self.bus() {
-            if !self.drain_dead(bus, bus.node_id()) {
+            if !self.drain_dead(bus, bus.node_id(), true) {
                 log::warn!("shutdown: own stream not drained; another node's keeper will");
             }
         }
+    }
+
+    /// From now on deliveries read from the bus need not wait for the IO loops
+    /// (clean shutdown: every session is signed out, so they are stored).
+    pub fn set_closing(&self) {
+        self.closing.store(true, Ordering::Release);
+    }
+
+    /// Claims `id` again for its session here, under its shard lock; a dead node
+    /// in the way is drained first, with the lock released meanwhile. False if it
+    /// must be retried later.
+    fn reclaim(&self, bus: &Bus, id: i64) -> bool {
+        for _ in 0..3 {
+            // Only if still here: a user who signed out meanwhile must not be
+            // claimed back.
+            let mut shard = self.hub().lock(id);
+            let Some(session) = shard.get(&id).cloned() else {
+                return true;
+            };
+            match bus.claim(id) {
+                Ok(Claim::Claimed) => return true,
+                Ok(Claim::Orphaned(node)) => {
+                    drop(shard);
+                    if !self.drain_dead(bus, &node, false) {
+                        return false;
+                    }
+                }
+                Ok(Claim::Taken(node)) => {
+                    // Another node logged the user in while this one looked dead:
+                    // that login wins; end this one.
+                    log::warn!("user {id} was claimed by node {node}; closing the session here");
+                    session.set_user(None);
+                    shard.remove(&id);
+                    session.conn.shutdown();
+                    return true;
+                }
+                Err(e) => {
+                    log::warn!("re-claim of {id} failed: {e}; retrying at the next heartbeat");
+                    return false;
+                }
+            }
+        }
+        false
     }
 }
 
@@ -76,7 +129,8 @@ impl BusHandler for ChatService {
     }
 
     fn after_delivery(&self, done: Box<dyn FnOnce() + Send>) {
-        let Some(loops) = self.loops.get().filter(|l| !l.is_empty()) else {
+        let loops = self.loops.get().filter(|l| !l.is_empty());
+        let Some(loops) = loops.filter(|_| !self.closing.load(Ordering::Acquire)) else {
             done();
             return;
         };
@@ -96,19 +150,9 @@ impl BusHandler for ChatService {
         }
     }
 
-    fn store_orphan(&self, to: &[i64], frame: &str) -> bool {
-        match self.router.store_orphan(to, frame) {
-            Ok(()) => true,
-            Err(e) => {
-                log::warn!("storing a dead node's frame for {to:?}: {e}");
-                false
-            }
-        }
-    }
-
     fn on_dead_node(&self, node: &str) {
         if let Some(bus) = self.bus() {
-            self.drain_dead(bus, node);
+            self.drain_dead(bus, node, false);
         }
     }
 
@@ -124,41 +168,9 @@ impl BusHandler for ChatService {
 
     fn on_presence_lost(&self) -> bool {
         let Some(bus) = self.bus() else { return true };
-        for id in self.hub().online_users() {
-            // Under the user's shard lock, and only if still here: a user who signed
-            // out meanwhile must not be claimed back.
-            let mut shard = self.hub().lock(id);
-            let Some(session) = shard.get(&id).cloned() else {
-                continue;
-            };
-            let mut claim = bus.claim(id);
-            if let Ok(Claim::Orphaned(node)) = &claim {
-                // Redis forgot us but not a dead node that had this user: store that
-                // node's leftovers first (no hub lock is taken by that), then claim.
-                if self.drain_dead(bus, node) {
-                    claim = bus.claim(id);
-                }
-            }
-            match claim {
-                Ok(Claim::Claimed) => {}
-                Ok(Claim::Orphaned(node)) => {
-                    log::warn!("re-claim of {id}: node {node} is not drained yet; retrying");
-                    return false;
-                }
-                Ok(Claim::Taken(node)) => {
-                    // Another node logged the user in while this one looked dead:
-                    // that login wins; end this one.
-                    log::warn!("user {id} was claimed by node {node}; closing the session here");
-                    session.set_user(None);
-                    shard.remove(&id);
-                    session.conn.shutdown();
-                }
-                Err(e) => {
-                    log::warn!("re-claim of {id} failed: {e}; retrying at the next heartbeat");
-                    return false;
-                }
-            }
-        }
-        true
+        self.hub()
+            .online_users()
+            .into_iter()
+            .all(|id| self.reclaim(bus, id))
     }
 }

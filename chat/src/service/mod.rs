@@ -56,6 +56,8 @@ pub struct ChatService {
     /// The IO loops, once the server started: a delivery read from the bus is
     /// acknowledged only after they wrote it (see `after_delivery`).
     loops: std::sync::OnceLock<Vec<net::LoopHandle>>,
+    /// Set at a clean shutdown once every session is signed out.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl ChatService {
@@ -82,6 +84,7 @@ impl ChatService {
             members: MemberCache::new(cache_ttl),
             unreleased: parking_lot::Mutex::new(std::collections::HashSet::new()),
             loops: std::sync::OnceLock::new(),
+            closing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -268,8 +271,10 @@ impl ChatService {
                         // offline messages include them, then claim again.
                         drop(shard);
                         drains += 1;
-                        if drains > 3 || !self.drain_dead(bus, &node) {
-                            session.reply(already());
+                        if drains > 3 || !self.drain_dead(bus, &node, true) {
+                            // Another node is still at it, or Redis failed: the
+                            // client may try again shortly.
+                            self.send_unavailable(session, msgid::LOGIN);
                             return Ok(());
                         }
                         continue;

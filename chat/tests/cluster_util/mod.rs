@@ -510,7 +510,8 @@ pub fn login_when_free(port: u16, id: i64, name: &str, limit: Duration) -> (Clie
         let ack = cl.login(id, name);
         match ack["errno"].as_i64() {
             Some(0) => return (cl, ack),
-            Some(2) => {}
+            // Online elsewhere, or (110) its dead node is being drained: retry.
+            Some(2) | Some(110) => {}
             _ => panic!("login of {id}: {ack}"),
         }
         assert!(
