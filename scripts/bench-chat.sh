@@ -95,7 +95,7 @@ scenario() {
         ;;
     idle-10000)
         start_server s 7001
-        run idle-10000 idle --targets 127.0.0.1:7001 -n 10000 -t 1 -d 5 --concurrency 1000 \
+        run idle-10000 idle --targets 127.0.0.1:7001 -n 10000 -t 1 -d 15 --concurrency 1000 \
             --server-pid "${pids[-1]}"
         ;;
     idle-50000)

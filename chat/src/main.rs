@@ -30,6 +30,7 @@ fn run(cfg: &Config) -> Result<(), Box<dyn std::error::Error>> {
     chat::password::set_cost(cfg.argon2_memory_kib, cfg.argon2_passes)?;
     chat::sys::raise_fd_limit();
     chat::sys::tune_allocator();
+    chat::sys::spawn_memory_trimmer();
     let store = chat::store::open_with(&cfg.db, cfg.db_pool)?;
     // This node owns every session of a standalone deployment: nobody is online yet.
     if cfg.redis.is_none() {

@@ -46,3 +46,28 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }
+
+/// Starts a thread that, every few seconds, has glibc return the free pages of its
+/// heaps to the system (`malloc_trim`). After a burst — a login storm, a backlog
+/// flushed to a slow reader — the memory freed inside the heaps is otherwise kept
+/// for good (only the free top of a heap is trimmed), so a server that held a peak
+/// keeps the peak's RSS while its connections sit idle.
+pub fn spawn_memory_trimmer() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        /// How often freed heap memory goes back to the system.
+        const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+        let spawned = std::thread::Builder::new()
+            .name("mem-trim".into())
+            .spawn(|| loop {
+                std::thread::sleep(TRIM_EVERY);
+                // SAFETY: malloc_trim only releases free memory; it is thread-safe.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("no memory trimmer thread: {e}");
+        }
+    }
+}

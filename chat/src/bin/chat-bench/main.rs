@@ -283,7 +283,12 @@ fn report(
         report["server_rss_kib_before"] = json!(before);
         report["server_rss_kib_after_setup"] = json!(after);
         report["server_rss_kib_end"] = json!(rss_end);
+        // What each connection costs once held idle (at the end of the run); the
+        // peak right after the login storm is reported beside it.
+        let held = rss_end.unwrap_or(after);
         report["server_rss_bytes_per_connection"] =
+            json!((held.saturating_sub(before) * 1024) as f64 / ready.max(1) as f64);
+        report["server_rss_bytes_per_connection_after_setup"] =
             json!((after.saturating_sub(before) * 1024) as f64 / ready.max(1) as f64);
         report["connections_held"] = json!(ready);
     }
@@ -322,7 +327,7 @@ fn report(
         );
     }
     if let Some(per) = report.get("server_rss_bytes_per_connection") {
-        println!("server RSS          {per:.0} bytes per connection");
+        println!("server RSS          {per:.0} bytes per connection (held idle)");
     }
     println!("{report}");
     if let Some(path) = &args.json {
