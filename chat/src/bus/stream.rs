@@ -1,0 +1,303 @@
+//! The bus's per-node stream: the reader thread that delivers what other nodes
+//! routed here and trims it once written, and the drain that moves what a dead
+//! node left in its stream to the offline store.
+
+use std::sync::atomic::Ordering;
+
+use crossbeam_channel::{Receiver, Sender};
+use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
+use redis::{Connection, RedisResult};
+
+use super::{
+    Bus, BusError, BusHandler, BusMessage, Drain, Orphan, DELIVERY_WAIT, DRAIN_COUNT, DRAIN_LOCK,
+    IO_TIMEOUT, READ_BLOCK, READ_COUNT,
+};
+
+impl Bus {
+    /// Moves what a dead (or cleanly stopped) node left in its stream to the store
+    /// through `store` (given each step's frames, as (recipients, frame)), a step
+    /// of [`DRAIN_COUNT`] entries at a time, then forgets the node. Only one node
+    /// drains a given node at a time (a lock, extended at every step); an entry is
+    /// deleted only after `store` took it, so a drainer that dies midway leaves the
+    /// rest to the next (at worst a step is stored twice).
+    pub fn drain_node(
+        &self,
+        node: &str,
+        store: &dyn Fn(&[Orphan]) -> bool,
+    ) -> Result<Drain, BusError> {
+        let lock = format!("{}drain:{node}", self.keys.prefix_colon);
+        let got: Option<String> = self.with_con(|c| {
+            redis::cmd("SET")
+                .arg(&lock)
+                .arg(&self.cfg.node_id)
+                .arg("NX")
+                .arg("PX")
+                .arg(DRAIN_LOCK.as_millis() as u64)
+                .query(c)
+        })?;
+        if got.is_none() {
+            return Ok(Drain::Busy);
+        }
+        let result = self.drain_steps(node, &lock, store);
+        let unlocked = self.with_con(|c| {
+            self.scripts
+                .unlock
+                .key(&lock)
+                .arg(&self.cfg.node_id)
+                .invoke::<i64>(c)
+        });
+        if let Err(e) = unlocked {
+            log::debug!("drain lock of {node} not released ({e}); it expires");
+        }
+        result
+    }
+
+    fn drain_steps(
+        &self,
+        node: &str,
+        lock: &str,
+        store: &dyn Fn(&[Orphan]) -> bool,
+    ) -> Result<Drain, BusError> {
+        let p = &self.keys.prefix_colon;
+        let queue = format!("{}{node}", self.keys.queue_prefix);
+        let node_key = format!("{}{node}", self.keys.node_prefix);
+        let mut moved = 0usize;
+        loop {
+            let (state, range): (i64, StreamRangeReply) = self.with_con(|c| {
+                self.scripts
+                    .drain_take
+                    .key(&node_key)
+                    .key(&queue)
+                    .key(lock)
+                    .arg(&self.cfg.node_id)
+                    .arg(DRAIN_COUNT)
+                    .arg(DRAIN_LOCK.as_millis() as u64)
+                    .invoke(c)
+            })?;
+            match state {
+                -1 => return Ok(Drain::Alive),
+                -2 => return Ok(Drain::Busy),
+                _ => {}
+            }
+            let mut frames = Vec::with_capacity(range.ids.len());
+            for entry in &range.ids {
+                match entry_message(entry) {
+                    Some(BusMessage::Deliver { to, frame }) => frames.push((to, frame)),
+                    // A flush notice to a dead node: its users log in elsewhere and
+                    // get their stored messages there.
+                    Some(_) => {}
+                    None => log::warn!("drain of {node}: unreadable entry {}, dropped", entry.id),
+                }
+            }
+            if !frames.is_empty() && !store(&frames) {
+                return Err(BusError(format!(
+                    "drain of {node}: the store refused; {moved} frame(s) moved so far"
+                )));
+            }
+            moved += frames.len();
+            let state: i64 = self.with_con(|c| {
+                let mut inv = self.scripts.drained.key(&queue);
+                inv.key(&node_key)
+                    .key(&self.keys.online)
+                    .key(format!("{p}nodeusers:{node}"))
+                    .key(&self.keys.nodes)
+                    .key(lock)
+                    .arg(node)
+                    .arg(&self.cfg.node_id);
+                for entry in &range.ids {
+                    inv.arg(&entry.id);
+                }
+                inv.invoke(c)
+            })?;
+            match state {
+                1 => {
+                    log::info!("bus: drained node {node}: {moved} undelivered frame(s) stored");
+                    return Ok(Drain::Done);
+                }
+                -1 => return Ok(Drain::Alive),
+                -2 => return Ok(Drain::Busy),
+                _ => {}
+            }
+        }
+    }
+
+    /// The stream reader: (re)connects, reads this node's stream from where it left
+    /// off, hands each entry to the handler, waits until the IO loops wrote the
+    /// batch, and trims the stream up to it with the next read.
+    pub(super) fn reader(&self, handler: &dyn BusHandler) {
+        let mut last = String::from("0-0");
+        let (done_tx, done_rx) = crossbeam_channel::unbounded::<String>();
+        self.reconnecting("reader", || {
+            self.read_loop(handler, &mut last, &done_tx, &done_rx)
+        });
+    }
+
+    /// After a (re)connect: if the stream is gone or was recreated behind `last`
+    /// (Redis restarted, or a drain of this node while it looked dead), read it
+    /// from the start, or new entries would be skipped as already read.
+    fn check_last(&self, con: &mut Connection, last: &mut String) -> RedisResult<()> {
+        let info: Option<redis::streams::StreamInfoStreamReply> = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(&self.keys.queue_me)
+            .query(con)
+            .ok();
+        let newest = info.map(|i| i.last_generated_id);
+        let behind = newest
+            .as_deref()
+            .is_none_or(|n| id_key(n) < id_key(last.as_str()));
+        if behind && last.as_str() != "0-0" {
+            log::info!("bus reader: stream was recreated; reading it from the start");
+            *last = String::from("0-0");
+        }
+        Ok(())
+    }
+
+    /// One connection's life of the reader. The error says whether it read anything.
+    fn read_loop(
+        &self,
+        handler: &dyn BusHandler,
+        last: &mut String,
+        done_tx: &Sender<String>,
+        done_rx: &Receiver<String>,
+    ) -> Result<(), (redis::RedisError, bool)> {
+        let mut con = self
+            .client
+            .get_connection_with_timeout(IO_TIMEOUT)
+            .map_err(|e| (e, false))?;
+        con.set_read_timeout(Some(IO_TIMEOUT + READ_BLOCK))
+            .map_err(|e| (e, false))?;
+        con.set_write_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| (e, false))?;
+        let mut read_any = false;
+        let mut delivered: Option<String> = None;
+        self.check_last(&mut con, last).map_err(|e| (e, false))?;
+        loop {
+            // A batch whose writes finished after the wait below is trimmed now.
+            if let Some(id) = done_rx.try_iter().last() {
+                delivered = Some(id);
+            }
+            let mut pipe = redis::pipe();
+            let trimming = delivered.is_some();
+            if let Some(id) = delivered.take() {
+                // Everything up to `id` is in the sockets: forget it.
+                pipe.cmd("XTRIM")
+                    .arg(&self.keys.queue_me)
+                    .arg("MINID")
+                    .arg(next_id(&id))
+                    .ignore();
+            }
+            if self.stop.load(Ordering::Acquire) {
+                // Trimmed before leaving, or the stop's own drain would store what
+                // was delivered already.
+                if trimming {
+                    pipe.query::<()>(&mut con).map_err(|e| (e, read_any))?;
+                }
+                return Ok(());
+            }
+            pipe.cmd("XREAD")
+                .arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(READ_BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&self.keys.queue_me)
+                .arg(last.as_str());
+            let (reply,): (Option<StreamReadReply>,) =
+                pipe.query(&mut con).map_err(|e| (e, read_any))?;
+            read_any = true;
+            let Some(reply) = reply else { continue };
+            let mut batch_end = None;
+            for entry in reply.keys.iter().flat_map(|k| &k.ids) {
+                match entry_message(entry) {
+                    Some(m) => handler.on_message(m),
+                    None => log::warn!("bus: unreadable stream entry {}", entry.id),
+                }
+                batch_end = Some(entry.id.clone());
+            }
+            let Some(end) = batch_end else { continue };
+            *last = end.clone();
+            let tx = done_tx.clone();
+            handler.after_delivery(Box::new(move || {
+                let _ = tx.send(end);
+            }));
+            // Usually a loop iteration away; a late one is covered by a later batch.
+            if let Ok(id) = done_rx.recv_timeout(DELIVERY_WAIT) {
+                delivered = Some(done_rx.try_iter().last().unwrap_or(id));
+            }
+        }
+    }
+}
+
+/// A stream entry id `ms-seq` as a comparable pair ((0, 0) if unreadable).
+fn id_key(id: &str) -> (u64, u64) {
+    id.split_once('-')
+        .and_then(|(ms, seq)| Some((ms.parse().ok()?, seq.parse().ok()?)))
+        .unwrap_or((0, 0))
+}
+
+/// The id right after a stream entry id `ms-seq` (for an inclusive trim).
+fn next_id(id: &str) -> String {
+    match id.split_once('-').map(|(ms, seq)| (ms, seq.parse::<u64>())) {
+        Some((ms, Ok(seq))) => format!("{ms}-{}", seq.saturating_add(1)),
+        _ => id.to_owned(),
+    }
+}
+
+/// User ids joined by commas.
+fn id_list(text: &str) -> Vec<i64> {
+    text.split(',').filter_map(|u| u.parse().ok()).collect()
+}
+
+/// Decodes a stream entry: a frame (`to`, user ids joined by commas, and `f`) or a
+/// flush notice (`flush`, user ids).
+fn entry_message(entry: &StreamId) -> Option<BusMessage> {
+    if let Some(to) = entry.get::<String>("flush") {
+        return Some(BusMessage::Flush { to: id_list(&to) });
+    }
+    let to = id_list(&entry.get::<String>("to")?);
+    let frame: String = entry.get("f")?;
+    (!to.is_empty()).then_some(BusMessage::Deliver { to, frame })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids() {
+        assert_eq!(next_id("1700000000000-5"), "1700000000000-6");
+        assert!(id_key("1700000000000-5") < id_key("1700000000001-0"));
+        assert!(id_key("9-10") > id_key("9-9"));
+        assert_eq!(id_key("junk"), (0, 0));
+    }
+
+    #[test]
+    fn stream_entries() {
+        let entry = |fields: &[(&str, &str)]| StreamId {
+            id: "1-0".into(),
+            map: fields
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        redis::Value::BulkString(v.as_bytes().to_vec()),
+                    )
+                })
+                .collect(),
+            ..StreamId::default()
+        };
+        assert_eq!(
+            entry_message(&entry(&[("to", "1,2"), ("f", "{}")])),
+            Some(BusMessage::Deliver {
+                to: vec![1, 2],
+                frame: "{}".into()
+            })
+        );
+        assert_eq!(
+            entry_message(&entry(&[("flush", "7")])),
+            Some(BusMessage::Flush { to: vec![7] })
+        );
+        assert_eq!(entry_message(&entry(&[("to", "x"), ("f", "{}")])), None);
+        assert_eq!(entry_message(&entry(&[("f", "{}")])), None);
+    }
+}

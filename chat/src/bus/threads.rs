@@ -1,0 +1,243 @@
+//! The bus's threads: the subscriber (broadcast invalidations), the stream
+//! reader (see `stream`), the keeper (heartbeat, sweep, re-claims) and the
+//! background drains the keeper starts.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{Bus, BusHandler, BusMessage, IO_TIMEOUT, SWEEP_EVERY};
+
+impl Bus {
+    /// Starts the subscriber, stream reader and keeper threads.
+    pub fn spawn(self: &Arc<Self>, handler: Arc<dyn BusHandler>) -> std::io::Result<BusThreads> {
+        let sub = {
+            let bus = self.clone();
+            let handler = handler.clone();
+            thread::Builder::new()
+                .name("bus-subscriber".into())
+                .spawn(move || bus.subscriber(&*handler))?
+        };
+        let reader = {
+            let bus = self.clone();
+            let handler = handler.clone();
+            thread::Builder::new()
+                .name("bus-reader".into())
+                .spawn(move || bus.reader(&*handler))?
+        };
+        let keeper = {
+            let bus = self.clone();
+            thread::Builder::new()
+                .name("bus-keeper".into())
+                .spawn(move || bus.keeper(handler))?
+        };
+        Ok(BusThreads {
+            stop: self.stop.clone(),
+            threads: vec![sub, reader, keeper],
+        })
+    }
+
+    /// Runs one connection's `life` again and again until the bus stops, with a
+    /// backoff that restarts whenever a life got going (its error says so).
+    pub(super) fn reconnecting(
+        &self,
+        who: &str,
+        mut life: impl FnMut() -> Result<(), (redis::RedisError, bool)>,
+    ) {
+        const FIRST_RETRY: Duration = Duration::from_millis(100);
+        let mut backoff = FIRST_RETRY;
+        while !self.stop.load(Ordering::Acquire) {
+            match life() {
+                Ok(()) => return,
+                Err((e, got_going)) => {
+                    if got_going {
+                        backoff = FIRST_RETRY;
+                    }
+                    log::warn!("bus {who}: {e}; reconnecting in {backoff:?}");
+                    sleep_unless(&self.stop, backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// The dedicated subscriber: (re)connects, subscribes to this node's channel and
+    /// the broadcast channel, and hands every message to the handler.
+    fn subscriber(&self, handler: &dyn BusHandler) {
+        let mut subscribed_before = false;
+        self.reconnecting("subscriber", || {
+            self.subscribe_loop(handler, &mut subscribed_before)
+        });
+    }
+
+    /// One subscription's life. The error says whether it got as far as subscribing.
+    fn subscribe_loop(
+        &self,
+        handler: &dyn BusHandler,
+        subscribed_before: &mut bool,
+    ) -> Result<(), (redis::RedisError, bool)> {
+        let mut con = self
+            .client
+            .get_connection_with_timeout(IO_TIMEOUT)
+            .map_err(|e| (e, false))?;
+        let mut ps = con.as_pubsub();
+        ps.subscribe(&self.keys.channel_all)
+            .map_err(|e| (e, false))?;
+        ps.set_read_timeout(Some(Duration::from_millis(250)))
+            .map_err(|e| (e, false))?;
+        log::info!("bus: subscribed as node {}", self.cfg.node_id);
+        if std::mem::replace(subscribed_before, true) {
+            // Frames published while we were away reached no subscriber and were
+            // stored; deliver them now.
+            handler.on_bus_restored();
+        }
+        loop {
+            if self.stop.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            match ps.get_message() {
+                Ok(msg) => match parse_message(msg.get_payload_bytes()) {
+                    Some(m) => handler.on_message(m),
+                    None => log::warn!("bus: unreadable message on {}", msg.get_channel_name()),
+                },
+                Err(e) if e.is_timeout() => {}
+                Err(e) => return Err((e, true)),
+            }
+        }
+    }
+
+    /// The keeper: heartbeats at a quarter of the TTL, sweeps dead nodes now and then,
+    /// and re-claims local users when Redis forgot this node.
+    fn keeper(self: &Arc<Self>, handler: Arc<dyn BusHandler>) {
+        let interval = self.cfg.node_ttl / 4;
+        let mut tick: u32 = 0;
+        let mut resync = false;
+        let mut was_down = false;
+        while !self.stop.load(Ordering::Acquire) {
+            match self.heartbeat() {
+                Ok(existed) => {
+                    if !existed {
+                        log::warn!("bus: node presence was lost; re-claiming local users");
+                        resync = true;
+                    }
+                    if std::mem::take(&mut was_down) && !resync {
+                        log::info!("bus: Redis is back");
+                        handler.on_bus_restored();
+                    }
+                    handler.on_heartbeat();
+                }
+                Err(e) => {
+                    log::debug!("bus heartbeat: {e}");
+                    was_down = true;
+                }
+            }
+            if resync {
+                resync = !handler.on_presence_lost();
+                if !resync {
+                    handler.on_bus_restored();
+                }
+            }
+            if tick.is_multiple_of(SWEEP_EVERY) {
+                match self.sweep() {
+                    Ok((n, undrained)) => {
+                        if n > 0 {
+                            log::info!("bus: swept {n} dead node(s)");
+                        }
+                        for node in undrained {
+                            self.drain_in_background(&handler, node);
+                        }
+                    }
+                    Err(e) => log::debug!("bus sweep: {e}"),
+                }
+            }
+            tick = tick.wrapping_add(1);
+            sleep_unless(&self.stop, interval);
+        }
+    }
+}
+
+impl Bus {
+    /// Starts a thread that has `handler` drain dead `node`, unless one is at it.
+    fn drain_in_background(self: &Arc<Self>, handler: &Arc<dyn BusHandler>, node: String) {
+        if !self.draining.lock().insert(node.clone()) {
+            return;
+        }
+        let (bus, handler) = (self.clone(), handler.clone());
+        let spawned = thread::Builder::new()
+            .name("bus-drain".into())
+            .spawn(move || {
+                handler.on_dead_node(&node);
+                bus.draining.lock().remove(&node);
+            });
+        if let Err(e) = spawned {
+            log::warn!("bus: no thread for a drain: {e}");
+        }
+    }
+}
+
+/// The bus threads; `stop` ends and joins them.
+pub struct BusThreads {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl BusThreads {
+    /// Stops the threads and waits for them.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for BusThreads {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+fn sleep_unless(stop: &AtomicBool, total: Duration) {
+    let deadline = Instant::now() + total;
+    while !stop.load(Ordering::Acquire) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
+/// Decodes a broadcast payload: `{"t":"inv","g":N}`.
+pub fn parse_message(payload: &[u8]) -> Option<BusMessage> {
+    let v: Value = serde_json::from_slice(payload).ok()?;
+    match v.get("t")?.as_str()? {
+        "inv" => Some(BusMessage::Invalidate {
+            group: v.get("g")?.as_i64()?,
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_payloads() {
+        assert_eq!(
+            parse_message(br#"{"t":"inv","g":3}"#),
+            Some(BusMessage::Invalidate { group: 3 })
+        );
+        assert_eq!(parse_message(br#"{"t":"flush","to":[7]}"#), None);
+        assert_eq!(parse_message(b"nope"), None);
+        assert_eq!(parse_message(br#"{"t":"x"}"#), None);
+    }
+}
