@@ -14,29 +14,24 @@ use super::{Bus, BusHandler, BusMessage, IO_TIMEOUT, SWEEP_EVERY};
 impl Bus {
     /// Starts the subscriber, stream reader and keeper threads.
     pub fn spawn(self: &Arc<Self>, handler: Arc<dyn BusHandler>) -> std::io::Result<BusThreads> {
-        let sub = {
-            let bus = self.clone();
-            let handler = handler.clone();
-            thread::Builder::new()
-                .name("bus-subscriber".into())
-                .spawn(move || bus.subscriber(&*handler))?
-        };
-        let reader = {
-            let bus = self.clone();
-            let handler = handler.clone();
-            thread::Builder::new()
-                .name("bus-reader".into())
-                .spawn(move || bus.reader(&*handler))?
-        };
-        let keeper = {
-            let bus = self.clone();
-            thread::Builder::new()
-                .name("bus-keeper".into())
-                .spawn(move || bus.keeper(handler))?
-        };
+        type Body = fn(&Arc<Bus>, Arc<dyn BusHandler>);
+        let bodies: [(&str, Body); 3] = [
+            ("bus-subscriber", |bus, h| bus.subscriber(&*h)),
+            ("bus-reader", |bus, h| bus.reader(&*h)),
+            ("bus-keeper", |bus, h| bus.keeper(h)),
+        ];
+        let mut threads = Vec::with_capacity(bodies.len());
+        for (name, body) in bodies {
+            let (bus, handler) = (self.clone(), handler.clone());
+            threads.push(
+                thread::Builder::new()
+                    .name(name.into())
+                    .spawn(move || body(&bus, handler))?,
+            );
+        }
         Ok(BusThreads {
             stop: self.stop.clone(),
-            threads: vec![sub, reader, keeper],
+            threads,
         })
     }
 
