@@ -1,0 +1,416 @@
+//! Outages: the database or Redis going away and coming back while users chat —
+//! the server must stay up, answer with errors instead of hanging, recover by
+//! itself, and account for every message (stored + delivered + refused == sent).
+//!
+//! The tests run private `mariadbd` and `redis-server` children (never the
+//! machine's shared ones); a missing binary fails. Measured figures are printed
+//! (`cargo test --test outages -- --nocapture`).
+
+mod cluster_util;
+mod hardening_util;
+mod util;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use chat::bus::BusConfig;
+use chat::server::ServerOptions;
+use chat::server_thread::ServerThread;
+use serde_json::json;
+
+use hardening_util::chats::{
+    chat_accepted, chats_until, drain_chats, offline_texts, recv_slow, Ledger,
+};
+use hardening_util::mariadb::MariaDb;
+use hardening_util::{require_binary, unique};
+use util::{parsed, Backend, Client, User};
+
+/// Cheap password hashes for the in-process servers: the hashing cost is not what
+/// these tests are about, and it would dominate their time on two cores.
+fn fast_hashes() {
+    let _ = chat::password::set_cost(1024, 1);
+}
+
+// ---------------------------------------------------------------------------------
+// 4. Database down
+// ---------------------------------------------------------------------------------
+
+/// The private MariaDB is killed while A and B chat: REG, LOGIN, ADD_FRIEND and a
+/// chat to an offline user get error replies within seconds, A and B keep chatting;
+/// the database restarts and everything recovers by itself. Every chat is accounted
+/// for: stored + delivered + refused == sent.
+#[test]
+fn database_down_and_back() {
+    let mut db = MariaDb::start();
+    fast_hashes();
+    let srv = ServerThread::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &db.url("chat"),
+        ServerOptions::default(),
+    )
+    .expect("server on the private MariaDB");
+    let addr = srv.addr();
+    let mut a = User::online(addr, "alice");
+    let mut b = User::online(addr, "bob");
+    let mut e = User::online(addr, "eve");
+    let c = User::register(addr, "carol"); // stays offline
+    let (mut sent, mut delivered, mut refused) = (0, 0, 0);
+    let mut expect_stored = Vec::new();
+    let live = |from: &mut User, to: &mut User, text: &str| {
+        let t = Instant::now();
+        from.chat(to.id, text);
+        let v = to.c.expect_msgid(6);
+        assert_eq!(v["msg"], text);
+        t.elapsed()
+    };
+    for i in 0..3 {
+        live(&mut a, &mut b, &format!("ab pre {i}"));
+        sent += 1;
+        delivered += 1;
+        let text = format!("{i:05} to carol before");
+        assert!(chat_accepted(&mut e, c.id, &text), "chat to carol refused");
+        sent += 1;
+        expect_stored.push(text);
+    }
+
+    db.kill();
+    let down = Instant::now();
+    // Requests that need the database, on their own connections, at once.
+    let reg = thread::spawn(move || {
+        let mut n = Client::connect(addr);
+        let t = Instant::now();
+        n.send(&json!({"msgid": 4, "name": "newbie", "password": "pw"}));
+        recv_slow(&n, t, Duration::from_secs(30))
+    });
+    let carol_id = c.id;
+    let login = thread::spawn(move || {
+        let mut n = Client::connect(addr);
+        let t = Instant::now();
+        n.send(&json!({"id": carol_id, "msgid": 1, "password": "pw-carol"}));
+        recv_slow(&n, t, Duration::from_secs(30))
+    });
+    let bob_id = b.id;
+    let friend = thread::spawn(move || {
+        let t = Instant::now();
+        e.c.send(&json!({"ext": 1, "friendid": bob_id, "id": e.id, "msgid": 7}));
+        let (v, d) = recv_slow(&e.c, t, Duration::from_secs(30));
+        (e, v, d)
+    });
+    // While those wait for the database, alice and bob chat live, and an unrelated
+    // connection is served at once (the workers are not all tied up).
+    let mut live_t = Vec::new();
+    let chat_live = |a: &mut User, b: &mut User, tag: &str, live_t: &mut Vec<Duration>| {
+        for i in 0..5 {
+            live_t.push(live(a, b, &format!("ab {tag} {i}")));
+            live_t.push(live(b, a, &format!("ba {tag} {i}")));
+        }
+        10
+    };
+    let n = chat_live(&mut a, &mut b, "down", &mut live_t);
+    sent += n;
+    delivered += n;
+    let mut p = Client::connect(addr);
+    let t = Instant::now();
+    p.barrier();
+    let ping_t = t.elapsed();
+    let (mut e, friend, friend_t) = friend.join().expect("ADD_FRIEND thread");
+    // Now that a checkout has failed, chats to the offline carol fail fast.
+    let mut chat_t = Vec::new();
+    for i in 0..5 {
+        let t = Instant::now();
+        sent += 1;
+        if chat_accepted(&mut e, c.id, &format!("{i:05} to carol while down")) {
+            panic!("a chat to an offline user was accepted with the database down");
+        }
+        refused += 1;
+        chat_t.push(t.elapsed());
+    }
+    let n = chat_live(&mut a, &mut b, "still down", &mut live_t);
+    sent += n;
+    delivered += n;
+    let (reg, reg_t) = reg.join().expect("REG thread");
+    let (login, login_t) = login.join().expect("LOGIN thread");
+    eprintln!(
+        "database down: REG answered in {reg_t:?}, LOGIN in {login_t:?}, ADD_FRIEND in \
+         {friend_t:?}, chats to offline in {chat_t:?}, an unrelated PING in {ping_t:?}; live \
+         chat latencies {live_t:?}"
+    );
+    assert_eq!(
+        (reg["msgid"].as_i64(), reg["errno"].as_i64()),
+        (Some(5), Some(1)),
+        "REG with the database down: {reg}"
+    );
+    assert!(
+        reg["errmsg"].is_string(),
+        "REG failure without errmsg: {reg}"
+    );
+    assert_eq!(
+        login,
+        json!({"errmsg": login["errmsg"], "errno": 110, "msgid": 2}),
+        "LOGIN with the database down"
+    );
+    assert_eq!(
+        (
+            friend["msgid"].as_i64(),
+            friend["errno"].as_i64(),
+            friend["reqmsgid"].as_i64()
+        ),
+        (Some(11), Some(110), Some(7)),
+        "ADD_FRIEND with the database down: {friend}"
+    );
+    // The first requests after the crash may wait for the pool's checkout timeout
+    // (5 s); later ones fail fast (or probe for at most a second).
+    for (what, d) in [("REG", reg_t), ("LOGIN", login_t), ("ADD_FRIEND", friend_t)] {
+        assert!(d < Duration::from_secs(8), "{what} took {d:?} to fail");
+    }
+    for d in &chat_t {
+        assert!(
+            *d < Duration::from_secs(2),
+            "a chat to offline took {d:?} to fail"
+        );
+    }
+    assert!(ping_t < Duration::from_secs(1), "PING took {ping_t:?}");
+
+    // Back up: the server recovers by itself.
+    db.restart();
+    let up = Instant::now();
+    let mut n = Client::connect(addr);
+    let newbie = util::poll(Duration::from_secs(30), "REG works again", || {
+        n.send(&json!({"msgid": 4, "name": "newbie", "password": "pw"}));
+        let (v, _) = recv_slow(&n, Instant::now(), Duration::from_secs(30));
+        assert_eq!(v["msgid"], 5, "{v}");
+        v["id"].as_i64()
+    });
+    let recovered = up.elapsed();
+    n.login_ok(newbie, "pw");
+    for i in 0..3 {
+        let text = format!("{i:05} to carol after");
+        sent += 1;
+        if chat_accepted(&mut e, c.id, &text) {
+            expect_stored.push(text);
+        } else {
+            refused += 1;
+        }
+    }
+    e.c.send(&json!({"ext": 1, "friendid": b.id, "id": e.id, "msgid": 7}));
+    e.c.expect_ack(7, 0);
+    live(&mut a, &mut b, "ab after");
+    sent += 1;
+    delivered += 1;
+    let mut carol = Client::connect(addr);
+    let ack = carol.login_ok(c.id, &c.pw);
+    let stored: Vec<String> = parsed(&ack, "offlinemsg")
+        .iter()
+        .map(|m| m["msg"].as_str().unwrap().to_owned())
+        .collect();
+    eprintln!(
+        "database back: REG works {recovered:?} after the restart ({:?} after the kill); \
+         sent {sent} = delivered {delivered} + stored {} + refused {refused}",
+        down.elapsed(),
+        stored.len()
+    );
+    assert_eq!(stored, expect_stored, "carol's offline messages");
+    assert_eq!(delivered + stored.len() + refused, sent);
+    a.c.expect_quiet();
+    b.c.expect_quiet();
+}
+
+// ---------------------------------------------------------------------------------
+// 5. Redis down
+// ---------------------------------------------------------------------------------
+
+/// A cluster node on the shared test database and the private Redis at `url`.
+fn node(b: &Backend, url: &str, prefix: &str, id: &str) -> ServerThread {
+    b.start_with(ServerOptions {
+        bus: Some(BusConfig {
+            url: url.to_owned(),
+            prefix: prefix.to_owned(),
+            node_id: id.to_owned(),
+            node_ttl: Duration::from_secs(2),
+        }),
+        ..ServerOptions::default()
+    })
+}
+
+/// Redis stops answering (SIGSTOP) but keeps its data while a user logs out: the
+/// release of its presence fails; once Redis answers again the node retries it, so
+/// the user can log in on the other node instead of getting "already online" until
+/// the first node dies.
+#[test]
+fn redis_paused_release_is_retried() {
+    require_binary("redis-server");
+    let Some(b) = Backend::mysql() else { return };
+    fast_hashes();
+    let redis = cluster_util::RedisServer::start();
+    let pid = redis.pid().expect("redis-server runs");
+    let prefix = format!("hard_{}", unique());
+    let n1 = node(&b, &redis.url(), &prefix, "pause-n1");
+    let n2 = node(&b, &redis.url(), &prefix, "pause-n2");
+    let mut u = User::online(n1.addr(), "paused");
+    let mut other = Client::connect(n2.addr());
+    let v = other.login(u.id, &u.pw);
+    assert_eq!(v["errno"], 2, "online on node 1: {v}");
+
+    cluster_util::signal(pid, "-STOP");
+    u.c.logout(u.id);
+    u.c.barrier(); // the release has been tried (and failed) by now
+    cluster_util::signal(pid, "-CONT");
+    let ack = util::poll(
+        Duration::from_secs(15),
+        "the failed release is retried",
+        || {
+            let v = other.login(u.id, &u.pw);
+            (v["errno"] == 0).then_some(v)
+        },
+    );
+    assert_eq!(ack["id"], u.id);
+}
+
+/// Two nodes, users on both; the private Redis is killed: local delivery goes on,
+/// cross-node messages are stored — for a user who is offline, until the next login;
+/// Redis comes back (empty): the nodes reconnect and re-claim their users by
+/// themselves and cross-node delivery resumes. stored + delivered == sent, no loss,
+/// no duplicate.
+#[test]
+fn redis_down_and_back() {
+    require_binary("redis-server");
+    let Some(b) = Backend::mysql() else { return };
+    fast_hashes();
+    let mut redis = cluster_util::RedisServer::start();
+    let prefix = format!("hard_{}", unique());
+    let n1 = node(&b, &redis.url(), &prefix, "hard-n1");
+    let n2 = node(&b, &redis.url(), &prefix, "hard-n2");
+    let mut a1 = User::online(n1.addr(), "a1");
+    let mut b1 = User::online(n1.addr(), "b1");
+    let mut a2 = User::online(n2.addr(), "a2");
+    let mut b2 = User::online(n2.addr(), "b2");
+    let mut c2 = User::online(n2.addr(), "c2");
+    let mut ledger = Ledger::default();
+    let mut local = 0;
+    let live = |from: &mut User, to: &mut User, text: &str, ledger: &mut Ledger| {
+        from.chat(to.id, text);
+        assert_eq!(to.c.expect_msgid(6)["msg"], text);
+        ledger.sent(to.id, text);
+        ledger.live(to.id, [text.to_owned()]);
+    };
+    live(&mut a1, &mut a2, "cross before", &mut ledger);
+    live(&mut a1, &mut b1, "local before", &mut ledger);
+
+    redis.kill();
+    let down = Instant::now();
+    b2.c.logout(b2.id);
+    b2.c.barrier();
+    // Cross-node, both ways, to online and offline users: not live, not lost.
+    for i in 0..5 {
+        for (to, text) in
+            [(a2.id, "a2"), (b2.id, "b2")].map(|(to, n)| (to, format!("cross down {i} to {n}")))
+        {
+            a1.chat(to, &text);
+            ledger.sent(to, &text);
+        }
+        let text = format!("cross down {i} to a1");
+        a2.chat(a1.id, &text);
+        ledger.sent(a1.id, &text);
+    }
+    a1.c.barrier();
+    a2.c.barrier();
+    let handled = down.elapsed();
+    // Local delivery on both nodes goes on.
+    for i in 0..5 {
+        live(&mut a1, &mut b1, &format!("local n1 {i}"), &mut ledger);
+        live(&mut b1, &mut a1, &format!("local n1 back {i}"), &mut ledger);
+        live(&mut a2, &mut c2, &format!("local n2 {i}"), &mut ledger);
+        live(&mut c2, &mut a2, &format!("local n2 back {i}"), &mut ledger);
+        local += 4;
+    }
+    a1.c.expect_quiet();
+    a2.c.expect_quiet();
+    // A login needs presence in Redis: refused at once, not hung.
+    let t = Instant::now();
+    let v = b2.c.login(b2.id, &b2.pw);
+    let login_t = t.elapsed();
+    assert_eq!(v["errno"], 110, "LOGIN with Redis down: {v}");
+    assert!(
+        login_t < Duration::from_secs(3),
+        "LOGIN took {login_t:?} to fail"
+    );
+
+    redis.restart();
+    let up = Instant::now();
+    // Cross-node delivery resumes by itself, each way (each node's subscriber
+    // reconnects on its own): probe until one arrives live. Whatever else arrives
+    // meanwhile (stored messages flushed once the recipient's node is reachable) is
+    // counted as delivered.
+    let mut probes = 0;
+    let mut resumed = Vec::new();
+    for forward in [true, false] {
+        let (from, to) = if forward {
+            (&mut a1, &mut a2)
+        } else {
+            (&mut a2, &mut a1)
+        };
+        let at = util::poll(
+            Duration::from_secs(20),
+            "cross-node delivery resumes",
+            || {
+                let text = format!("probe {probes} to {}", to.name);
+                probes += 1;
+                from.chat(to.id, &text);
+                ledger.sent(to.id, &text);
+                let got = drain_chats(&to.c, Duration::from_millis(300));
+                let done = got.contains(&text);
+                ledger.live(to.id, got);
+                done.then(|| up.elapsed())
+            },
+        );
+        resumed.push(at);
+    }
+    for i in 0..5 {
+        for forward in [true, false] {
+            let (from, to) = if forward {
+                (&mut a1, &mut a2)
+            } else {
+                (&mut a2, &mut a1)
+            };
+            let text = format!("cross after {i} to {}", to.name);
+            from.chat(to.id, &text);
+            ledger.sent(to.id, &text);
+            let got = chats_until(&to.c, &text, Duration::from_secs(5));
+            assert!(got.contains(&text), "{text:?} not delivered live: {got:?}");
+            ledger.live(to.id, got);
+        }
+    }
+    // Whatever is still stored comes with the next login.
+    for u in [&mut a1, &mut a2] {
+        let got = drain_chats(&u.c, Duration::from_millis(300));
+        ledger.live(u.id, got);
+        let ack = u.relogin();
+        ledger.stored(u.id, &ack);
+    }
+    // b2 logged out of node 2 while Redis was down: once Redis is back, b2 can log
+    // in on node 1 (no stale "already online" left behind by the failed release).
+    let mut elsewhere = Client::connect(n1.addr());
+    let ack = util::poll(
+        Duration::from_secs(10),
+        "b2's presence released after the outage",
+        || {
+            let v = elsewhere.login(b2.id, &b2.pw);
+            (v["errno"] == 0).then_some(v)
+        },
+    );
+    ledger.stored(b2.id, &ack);
+    assert_eq!(
+        offline_texts(&ack).len(),
+        5,
+        "b2 was offline: its messages wait for its login"
+    );
+    let (sent, delivered, stored) = ledger.check();
+    eprintln!(
+        "redis down: cross-node chats handled in {handled:?}, LOGIN refused in {login_t:?}, \
+         {local} local chats delivered; redis back: live again (1→2, 2→1) {resumed:?} after \
+         the restart ({probes} probes); sent {sent} = delivered {delivered} + stored {stored}"
+    );
+    assert_eq!(delivered + stored, sent);
+    b1.c.expect_quiet();
+    c2.c.expect_quiet();
+}
