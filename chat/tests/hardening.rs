@@ -7,7 +7,6 @@
 //! RSS is the server's alone.
 //! Measured figures are printed (`cargo test --test hardening -- --nocapture`).
 
-mod cluster_util;
 mod hardening_util;
 mod util;
 
