@@ -97,11 +97,20 @@ impl Router {
             self.store.store_offline(to, text)?;
             return Ok(Outcome::Stored);
         }
-        if let Some(bus) = &self.bus {
+        // A user whose earlier frames were stored while Redis failed keeps having
+        // them stored until the flush notice for those went out (under this shard
+        // lock, in `retry_rechecks`), so none overtakes them live.
+        let unchecked = self.unchecked.lock().contains(&to);
+        if let Some(bus) = self.bus.as_ref().filter(|_| !unchecked) {
             match bus.route(&[to], text) {
                 Ok(missed) if missed.is_empty() => return Ok(Outcome::Remote),
                 Ok(_) => {}
-                Err(e) => log::debug!("route to {to} through the bus: {e}; storing"),
+                Err(e) => {
+                    log::debug!("route to {to} through the bus: {e}; storing");
+                    // Marked under the shard lock: no later frame goes live before
+                    // this one's flush notice (see `retry_rechecks`).
+                    self.unchecked.lock().insert(to);
+                }
             }
         }
         if !self.store.user_exists(to)? {
@@ -140,11 +149,25 @@ impl Router {
     /// in one transaction.
     pub fn send_many(&self, members: &[i64], text: &str) -> Result<(), StoreError> {
         let guards = self.hub.lock_many(members);
-        let (elsewhere, mut stored) = self.deliver_local(&guards, members, text);
+        let (mut elsewhere, mut stored) = self.deliver_local(&guards, members, text);
+        // As in `send_one`: those with an unsent flush keep being stored.
+        let held: Vec<i64> = {
+            let unchecked = self.unchecked.lock();
+            elsewhere
+                .iter()
+                .copied()
+                .filter(|u| unchecked.contains(u))
+                .collect()
+        };
+        if !held.is_empty() {
+            elsewhere.retain(|u| !held.contains(u));
+            stored.extend_from_slice(&held);
+        }
         let missed = match (&self.bus, elsewhere.is_empty()) {
             (_, true) => Vec::new(),
             (Some(bus), false) => bus.route(&elsewhere, text).unwrap_or_else(|e| {
                 log::debug!("group route through the bus: {e}; storing");
+                self.unchecked.lock().extend(&elsewhere);
                 elsewhere
             }),
             (None, false) => elsewhere,
@@ -155,22 +178,26 @@ impl Router {
         }
         drop(guards);
         self.recheck(&missed);
+        self.recheck(&held);
         Ok(())
     }
 
     /// Delivers a frame that another node routed here to users expected on this node;
     /// those who left meanwhile get it stored (and flushed wherever they are now).
-    pub fn deliver_here(&self, to: &[i64], text: &str) {
+    /// If that store fails, returns those users: the caller keeps the frame for them.
+    pub fn deliver_here(&self, to: &[i64], text: &str) -> Result<(), Vec<i64>> {
         let guards = self.hub.lock_many(to);
         let (gone, mut stored) = self.deliver_local(&guards, to, text);
         stored.extend_from_slice(&gone);
         if !stored.is_empty() {
             if let Err(e) = self.store.store_offline_many(&stored, text) {
-                log::error!("lost a frame for {stored:?}: {e}");
+                log::warn!("storing a frame for {stored:?}: {e}; kept for a retry");
+                return Err(stored);
             }
         }
         drop(guards);
         self.recheck(&gone);
+        Ok(())
     }
 
     /// Delivers to the users in `users` that are on this node (their shards locked
@@ -281,7 +308,7 @@ impl Router {
 
     /// Takes the user's stored messages and delivers them to `session`, congested
     /// or not. The caller holds the user's shard lock. False if the store failed.
-    fn flush_session(&self, user: i64, session: &Session) -> bool {
+    pub(crate) fn flush_session(&self, user: i64, session: &Session) -> bool {
         if session.is_closed() {
             return false;
         }
@@ -316,17 +343,29 @@ impl Router {
     }
 
     /// Runs again the checks [`Router::recheck`] could not make (after a heartbeat
-    /// showed Redis reachable).
+    /// showed Redis reachable). Each user's flush notice goes out under the user's
+    /// shard lock, and only then do frames for the user go live again.
     pub fn retry_rechecks(&self) {
-        let users: Vec<i64> = self.unchecked.lock().drain().collect();
-        if !users.is_empty() {
-            log::info!(
-                "bus: re-checking {} user(s) stored for while Redis failed",
-                users.len()
-            );
-            for chunk in users.chunks(1000) {
-                self.recheck(chunk);
+        let Some(bus) = &self.bus else { return };
+        let users: Vec<i64> = self.unchecked.lock().iter().copied().collect();
+        if users.is_empty() {
+            return;
+        }
+        log::info!(
+            "bus: re-checking {} user(s) stored for while Redis failed",
+            users.len()
+        );
+        for u in users {
+            let _shard = self.hub.lock(u);
+            let Ok(nodes) = bus.locate(&[u]) else {
+                return; // Redis fails again: at the next heartbeat
+            };
+            if let Some(Some(node)) = nodes.first() {
+                if bus.publish_flush(node, &[u]).is_err() {
+                    return;
+                }
             }
+            self.unchecked.lock().remove(&u);
         }
     }
 

@@ -3,9 +3,8 @@
 //! cache invalidations, a reader thread for the stream, and a keeper thread that keeps the
 //! node alive, re-claims its users after Redis restarts and drains dead nodes.
 //!
-//! Why per-node queues: a node listens on one stream and two channels for its
-//! whole life (its own and the broadcast one) instead of one channel per logged-in
-//! user, so logins cost no SUBSCRIBE round trip and a group message reaches each
+//! Why per-node queues: a node listens on one stream and one broadcast channel for
+//! its whole life instead of one channel per logged-in user, so logins cost no SUBSCRIBE round trip and a group message reaches each
 //! node once, carrying the list of that node's recipients. Presence is a hash
 //! user → node checked against the node's liveness key, so a node killed with
 //! `kill -9` stops owning its users when its key expires.
@@ -131,7 +130,9 @@ pub trait BusHandler: Send + Sync {
     /// A message from another node. Runs on the subscriber thread (control
     /// messages) or the stream reader (deliveries); a delivery must be handed to
     /// the connections' loops or stored before this returns.
-    fn on_message(&self, msg: BusMessage);
+    /// A delivery whose recipients could be neither handed over nor stored (the
+    /// store failed) comes back as `Err`: the reader queues it again.
+    fn on_message(&self, msg: BusMessage) -> Result<(), Orphan>;
     /// Calls `done` once everything handed to the IO loops so far has been written
     /// to the sockets (or buffered for slow ones). Runs on the stream reader, which
     /// trims its stream only then.
@@ -146,8 +147,9 @@ pub trait BusHandler: Send + Sync {
     fn on_presence_lost(&self) -> bool;
     /// Redis is reachable again, or the subscriber re-subscribed, after a gap in
     /// which frames for local users may have been stored instead of delivered, and
-    /// flush notices may have reached nobody: deliver what is stored for every local
-    /// user. Runs on the keeper or subscriber thread.
+    /// cache invalidations may have been missed: drop cached memberships and
+    /// deliver what is stored for every local user. Runs on the keeper or
+    /// subscriber thread.
     fn on_bus_restored(&self);
     /// After each successful heartbeat, on the keeper thread: retry work that
     /// failed while Redis was unreachable.
@@ -196,6 +198,8 @@ struct Scripts {
     locate: Script,
     heartbeat: Script,
     sweep: Script,
+    flush: Script,
+    reset: Script,
     drain_take: Script,
     drained: Script,
     unlock: Script,
@@ -257,6 +261,8 @@ impl Bus {
             locate: Script::new(scripts::LOCATE),
             heartbeat: Script::new(scripts::HEARTBEAT),
             sweep: Script::new(scripts::SWEEP),
+            flush: Script::new(scripts::FLUSH),
+            reset: Script::new(scripts::RESET),
             drain_take: Script::new(scripts::DRAIN_TAKE),
             drained: Script::new(scripts::DRAINED),
             unlock: Script::new(scripts::UNLOCK),
@@ -273,7 +279,15 @@ impl Bus {
             stop: Arc::new(AtomicBool::new(false)),
             draining: parking_lot::Mutex::new(std::collections::HashSet::new()),
         });
-        if let Err(e) = bus.heartbeat() {
+        let reset = bus.with_con(|c| {
+            bus.scripts
+                .reset
+                .key(&bus.keys.online)
+                .key(&bus.keys.nodeusers_me)
+                .arg(&bus.cfg.node_id)
+                .invoke::<i64>(c)
+        });
+        if let Err(e) = reset.and_then(|_| bus.heartbeat()) {
             log::warn!("bus: Redis not reachable yet ({e}); will keep trying");
         }
         Ok(bus)
@@ -424,18 +438,13 @@ impl Bus {
     /// Asks `node` to deliver the stored messages of `uids`: a notice in its stream,
     /// so it comes in order with the frames routed there after it.
     pub fn publish_flush(&self, node: &str, uids: &[i64]) -> Result<(), BusError> {
-        let to = uids
-            .iter()
-            .map(i64::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
         self.with_con(|c| {
-            redis::cmd("XADD")
-                .arg(format!("{}{node}", self.keys.queue_prefix))
-                .arg("*")
-                .arg("flush")
-                .arg(to)
-                .query::<String>(c)
+            self.scripts
+                .flush
+                .key(format!("{}{node}", self.keys.node_prefix))
+                .key(format!("{}{node}", self.keys.queue_prefix))
+                .arg(stream::id_text(uids))
+                .invoke::<i64>(c)
         })?;
         Ok(())
     }

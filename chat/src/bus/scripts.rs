@@ -13,6 +13,20 @@
 //! - `P:drain:<node>` — lock of the node that moves a dead node's stream to the store;
 //! - channel `P:ch:all` (broadcast), for group cache invalidations.
 
+/// Lua that drops the presence entries of the users in set `KEYS[2]` that still
+/// point at node `ARGV[1]` in hash `KEYS[1]`: shared by RESET and LEAVE.
+macro_rules! forget_users {
+    () => {
+        r"
+for _, uid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if redis.call('HGET', KEYS[1], uid) == ARGV[1] then
+    redis.call('HDEL', KEYS[1], uid)
+  end
+end
+"
+    };
+}
+
 /// Claims a user for this node unless another live node has it.
 /// KEYS: online, nodeusers:me. ARGV: uid, me, node-key prefix, queue prefix.
 /// Returns "" on success, the node that has the user, or "!" and a dead node whose
@@ -68,6 +82,28 @@ for node, uids in pairs(bynode) do
 end
 return missed
 ";
+
+/// Asks a live node to deliver what is stored for some users: a notice in its
+/// stream, behind the frames already routed there. KEYS: node:node, q:node.
+/// ARGV: user ids joined by commas. Returns 0 (and adds nothing) if the node is dead.
+pub const FLUSH: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+redis.call('XADD', KEYS[2], '*', 'flush', ARGV[1])
+return 1
+";
+
+/// Forgets what an earlier process with this node id left: presence entries that
+/// still point here and the user set (a restart with a fixed `--node-id` would
+/// otherwise keep its old users "online"). KEYS: online, nodeusers:me. ARGV: me.
+pub const RESET: &str = concat!(
+    forget_users!(),
+    r"
+redis.call('DEL', KEYS[2])
+return 1
+"
+);
 
 /// Where each user is online: a live node id, or "".
 /// KEYS: online. ARGV: node-key prefix, uid...
@@ -179,15 +215,13 @@ return 0
 /// user set and liveness key. The node stays registered while its stream exists, so
 /// that if its own last drain fails, another node's sweep drains it.
 /// KEYS: online, nodeusers:me, node:me, nodes, q:me. ARGV: me.
-pub const LEAVE: &str = r"
-for _, uid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  if redis.call('HGET', KEYS[1], uid) == ARGV[1] then
-    redis.call('HDEL', KEYS[1], uid)
-  end
-end
+pub const LEAVE: &str = concat!(
+    forget_users!(),
+    r"
 redis.call('DEL', KEYS[2], KEYS[3])
 if redis.call('EXISTS', KEYS[5]) == 0 then
   redis.call('SREM', KEYS[4], ARGV[1])
 end
 return 1
-";
+"
+);

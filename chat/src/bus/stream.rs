@@ -2,7 +2,7 @@
 //! routed here and trims it once written, and the drain that moves what a dead
 //! node left in its stream to the offline store.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_channel::{Receiver, Sender};
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
@@ -12,6 +12,12 @@ use super::{
     Bus, BusError, BusHandler, BusMessage, Drain, Orphan, DELIVERY_WAIT, DRAIN_COUNT, DRAIN_LOCK,
     IO_TIMEOUT, READ_BLOCK, READ_COUNT,
 };
+
+/// Numbers the drains of this process, for their lock tokens.
+static DRAINS: AtomicU64 = AtomicU64::new(0);
+
+/// How long the reader waits before it retries an entry it could not store.
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Bus {
     /// Moves what a dead (or cleanly stopped) node left in its stream to the store
@@ -26,10 +32,17 @@ impl Bus {
         store: &dyn Fn(&[Orphan]) -> bool,
     ) -> Result<Drain, BusError> {
         let lock = format!("{}drain:{node}", self.keys.prefix_colon);
+        // The lock's value names this drain, not just this node: two drains of
+        // one node (a login and the keeper) must not share a lock.
+        let token = format!(
+            "{}#{}",
+            self.cfg.node_id,
+            DRAINS.fetch_add(1, Ordering::Relaxed)
+        );
         let got: Option<String> = self.with_con(|c| {
             redis::cmd("SET")
                 .arg(&lock)
-                .arg(&self.cfg.node_id)
+                .arg(&token)
                 .arg("NX")
                 .arg("PX")
                 .arg(DRAIN_LOCK.as_millis() as u64)
@@ -38,14 +51,9 @@ impl Bus {
         if got.is_none() {
             return Ok(Drain::Busy);
         }
-        let result = self.drain_steps(node, &lock, store);
-        let unlocked = self.with_con(|c| {
-            self.scripts
-                .unlock
-                .key(&lock)
-                .arg(&self.cfg.node_id)
-                .invoke::<i64>(c)
-        });
+        let result = self.drain_steps(node, &lock, &token, store);
+        let unlocked =
+            self.with_con(|c| self.scripts.unlock.key(&lock).arg(&token).invoke::<i64>(c));
         if let Err(e) = unlocked {
             log::debug!("drain lock of {node} not released ({e}); it expires");
         }
@@ -56,6 +64,7 @@ impl Bus {
         &self,
         node: &str,
         lock: &str,
+        token: &str,
         store: &dyn Fn(&[Orphan]) -> bool,
     ) -> Result<Drain, BusError> {
         let p = &self.keys.prefix_colon;
@@ -69,7 +78,7 @@ impl Bus {
                     .key(&node_key)
                     .key(&queue)
                     .key(lock)
-                    .arg(&self.cfg.node_id)
+                    .arg(token)
                     .arg(DRAIN_COUNT)
                     .arg(DRAIN_LOCK.as_millis() as u64)
                     .invoke(c)
@@ -103,7 +112,7 @@ impl Bus {
                     .key(&self.keys.nodes)
                     .key(lock)
                     .arg(node)
-                    .arg(&self.cfg.node_id);
+                    .arg(token);
                 for entry in &range.ids {
                     inv.arg(&entry.id);
                 }
@@ -135,21 +144,24 @@ impl Bus {
     /// After a (re)connect: if the stream is gone or was recreated behind `last`
     /// (Redis restarted, or a drain of this node while it looked dead), read it
     /// from the start, or new entries would be skipped as already read.
-    fn check_last(&self, con: &mut Connection, last: &mut String) -> RedisResult<()> {
-        let info: Option<redis::streams::StreamInfoStreamReply> = redis::cmd("XINFO")
-            .arg("STREAM")
-            .arg(&self.keys.queue_me)
-            .query(con)
-            .ok();
-        let newest = info.map(|i| i.last_generated_id);
-        let behind = newest
-            .as_deref()
-            .is_none_or(|n| id_key(n) < id_key(last.as_str()));
-        if behind && last.as_str() != "0-0" {
+    /// Returns whether it reset `last`.
+    fn check_last(&self, con: &mut Connection, last: &mut String) -> RedisResult<bool> {
+        if last.as_str() == "0-0" {
+            return Ok(false);
+        }
+        let exists: bool = redis::cmd("EXISTS").arg(&self.keys.queue_me).query(con)?;
+        let behind = !exists || {
+            let info: redis::streams::StreamInfoStreamReply = redis::cmd("XINFO")
+                .arg("STREAM")
+                .arg(&self.keys.queue_me)
+                .query(con)?;
+            id_key(&info.last_generated_id) < id_key(last.as_str())
+        };
+        if behind {
             log::info!("bus reader: stream was recreated; reading it from the start");
             *last = String::from("0-0");
         }
-        Ok(())
+        Ok(behind)
     }
 
     /// One connection's life of the reader. The error says whether it read anything.
@@ -170,7 +182,10 @@ impl Bus {
             .map_err(|e| (e, false))?;
         let mut read_any = false;
         let mut delivered: Option<String> = None;
-        self.check_last(&mut con, last).map_err(|e| (e, false))?;
+        if self.check_last(&mut con, last).map_err(|e| (e, false))? {
+            // Batches of the old stream must not trim the new one.
+            while done_rx.try_recv().is_ok() {}
+        }
         loop {
             // A batch whose writes finished after the wait below is trimmed now.
             if let Some(id) = done_rx.try_iter().last() {
@@ -207,12 +222,39 @@ impl Bus {
             read_any = true;
             let Some(reply) = reply else { continue };
             let mut batch_end = None;
+            let mut again: Vec<Orphan> = Vec::new();
             for entry in reply.keys.iter().flat_map(|k| &k.ids) {
                 match entry_message(entry) {
-                    Some(m) => handler.on_message(m),
-                    None => log::warn!("bus: unreadable stream entry {}", entry.id),
+                    Some(m) => {
+                        if let Err(orphan) = handler.on_message(m) {
+                            again.push(orphan);
+                        }
+                    }
+                    None => log::warn!("bus: unreadable stream entry {}, skipped", entry.id),
                 }
                 batch_end = Some(entry.id.clone());
+            }
+            if !again.is_empty() {
+                // Frames that could be neither delivered nor stored (the store is
+                // down) go back to the end of this node's stream before the batch
+                // is trimmed: retried after a pause, never lost.
+                log::warn!(
+                    "bus reader: {} frame(s) could not be stored; queued again",
+                    again.len()
+                );
+                let mut pipe = redis::pipe();
+                for (to, frame) in &again {
+                    pipe.cmd("XADD")
+                        .arg(&self.keys.queue_me)
+                        .arg("*")
+                        .arg("to")
+                        .arg(id_text(to))
+                        .arg("f")
+                        .arg(frame)
+                        .ignore();
+                }
+                pipe.query::<()>(&mut con).map_err(|e| (e, true))?;
+                super::threads::sleep_unless(&self.stop, RETRY_PAUSE);
             }
             let Some(end) = batch_end else { continue };
             *last = end.clone();
@@ -241,6 +283,11 @@ fn next_id(id: &str) -> String {
         Some((ms, Ok(seq))) => format!("{ms}-{}", seq.saturating_add(1)),
         _ => id.to_owned(),
     }
+}
+
+/// User ids joined by commas, as in a stream entry.
+pub(super) fn id_text(ids: &[i64]) -> String {
+    ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
 }
 
 /// User ids joined by commas.

@@ -59,8 +59,8 @@ impl Bus {
         }
     }
 
-    /// The dedicated subscriber: (re)connects, subscribes to this node's channel and
-    /// the broadcast channel, and hands every message to the handler.
+    /// The dedicated subscriber: (re)connects, subscribes to the broadcast channel
+    /// (group cache invalidations), and hands every message to the handler.
     fn subscriber(&self, handler: &dyn BusHandler) {
         let mut subscribed_before = false;
         self.reconnecting("subscriber", || {
@@ -77,6 +77,12 @@ impl Bus {
         let mut con = self
             .client
             .get_connection_with_timeout(IO_TIMEOUT)
+            .map_err(|e| (e, false))?;
+        // Before SUBSCRIBE: a Redis that accepts but never answers must not hold
+        // this thread (and the node's shutdown) forever.
+        con.set_read_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| (e, false))?;
+        con.set_write_timeout(Some(IO_TIMEOUT))
             .map_err(|e| (e, false))?;
         let mut ps = con.as_pubsub();
         ps.subscribe(&self.keys.channel_all)
@@ -95,7 +101,10 @@ impl Bus {
             }
             match ps.get_message() {
                 Ok(msg) => match parse_message(msg.get_payload_bytes()) {
-                    Some(m) => handler.on_message(m),
+                    Some(m) => {
+                        // Invalidations need no store: nothing to retry.
+                        let _ = handler.on_message(m);
+                    }
                     None => log::warn!("bus: unreadable message on {}", msg.get_channel_name()),
                 },
                 Err(e) if e.is_timeout() => {}
@@ -161,6 +170,7 @@ impl Bus {
             return;
         }
         let (bus, handler) = (self.clone(), handler.clone());
+        let node_name = node.clone();
         let spawned = thread::Builder::new()
             .name("bus-drain".into())
             .spawn(move || {
@@ -169,6 +179,7 @@ impl Bus {
             });
         if let Err(e) = spawned {
             log::warn!("bus: no thread for a drain: {e}");
+            self.draining.lock().remove(&node_name);
         }
     }
 }
@@ -199,7 +210,7 @@ impl Drop for BusThreads {
     }
 }
 
-fn sleep_unless(stop: &AtomicBool, total: Duration) {
+pub(super) fn sleep_unless(stop: &AtomicBool, total: Duration) {
     let deadline = Instant::now() + total;
     while !stop.load(Ordering::Acquire) {
         let left = deadline.saturating_duration_since(Instant::now());

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use super::ChatService;
 use crate::bus::{Bus, BusHandler, BusMessage, Claim, Drain, Orphan};
 
-/// How long a login waits for another node to finish draining a dead node.
+/// How long a clean shutdown waits for another drain of its own stream to finish.
 const DRAIN_WAIT: Duration = Duration::from_secs(3);
 
 impl ChatService {
@@ -74,7 +74,12 @@ impl ChatService {
                 return true;
             };
             match bus.claim(id) {
-                Ok(Claim::Claimed) => return true,
+                Ok(Claim::Claimed) => {
+                    // What was stored for the user while Redis did not know it was
+                    // here goes out now, under the lock, before any new frame.
+                    self.router.flush_session(id, &session);
+                    return true;
+                }
                 Ok(Claim::Orphaned(node)) => {
                     drop(shard);
                     if !self.drain_dead(bus, &node, false) {
@@ -156,12 +161,19 @@ impl BusHandler for ChatService {
         }
     }
 
-    fn on_message(&self, msg: BusMessage) {
+    fn on_message(&self, msg: BusMessage) -> Result<(), Orphan> {
         match msg {
-            BusMessage::Deliver { to, frame } => self.router.deliver_here(&to, &frame),
-            BusMessage::Flush { to } => self.router.flush_here(&to),
+            BusMessage::Deliver { to, frame } => self
+                .router
+                .deliver_here(&to, &frame)
+                .map_err(|to| (to, frame)),
+            BusMessage::Flush { to } => {
+                self.router.flush_here(&to);
+                Ok(())
+            }
             BusMessage::Invalidate { group } => {
                 self.members.invalidate(group);
+                Ok(())
             }
         }
     }

@@ -271,9 +271,10 @@ impl ChatService {
                         // offline messages include them, then claim again.
                         drop(shard);
                         drains += 1;
-                        if drains > 3 || !self.drain_dead(bus, &node, true) {
-                            // Another node is still at it, or Redis failed: the
-                            // client may try again shortly.
+                        if drains > 3 || !self.drain_dead(bus, &node, false) {
+                            // Another drain is at it (a worker never waits for
+                            // one: after a crash all of the node's users come
+                            // back at once), or Redis failed: try again shortly.
                             self.send_unavailable(session, msgid::LOGIN);
                             return Ok(());
                         }
