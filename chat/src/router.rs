@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
 
@@ -55,6 +56,9 @@ pub struct Router {
     /// (Redis unreachable): retried after each heartbeat, so one online on another
     /// node gets it then rather than at its next login.
     unchecked: Mutex<HashSet<i64>>,
+    /// False while `unchecked` is empty (nearly always): the hot paths then skip
+    /// its lock.
+    any_unchecked: AtomicBool,
 }
 
 /// The wire bytes of a frame's JSON text: the text plus one NUL.
@@ -73,6 +77,7 @@ impl Router {
             store,
             bus,
             unchecked: Mutex::new(HashSet::new()),
+            any_unchecked: AtomicBool::new(false),
         }
     }
 
@@ -100,7 +105,8 @@ impl Router {
         // A user whose earlier frames were stored while Redis failed keeps having
         // them stored until the flush notice for those went out (under this shard
         // lock, in `retry_rechecks`), so none overtakes them live.
-        let unchecked = self.unchecked.lock().contains(&to);
+        let unchecked =
+            self.any_unchecked.load(Ordering::Acquire) && self.unchecked.lock().contains(&to);
         if let Some(bus) = self.bus.as_ref().filter(|_| !unchecked) {
             match bus.route(&[to], text) {
                 Ok(missed) if missed.is_empty() => return Ok(Outcome::Remote),
@@ -109,7 +115,7 @@ impl Router {
                     log::debug!("route to {to} through the bus: {e}; storing");
                     // Marked under the shard lock: no later frame goes live before
                     // this one's flush notice (see `retry_rechecks`).
-                    self.unchecked.lock().insert(to);
+                    self.mark_unchecked(&[to]);
                 }
             }
         }
@@ -151,7 +157,9 @@ impl Router {
         let guards = self.hub.lock_many(members);
         let (mut elsewhere, mut stored) = self.deliver_local(&guards, members, text);
         // As in `send_one`: those with an unsent flush keep being stored.
-        let held: Vec<i64> = {
+        let held: Vec<i64> = if !self.any_unchecked.load(Ordering::Acquire) {
+            Vec::new()
+        } else {
             let unchecked = self.unchecked.lock();
             elsewhere
                 .iter()
@@ -167,7 +175,7 @@ impl Router {
             (_, true) => Vec::new(),
             (Some(bus), false) => bus.route(&elsewhere, text).unwrap_or_else(|e| {
                 log::debug!("group route through the bus: {e}; storing");
-                self.unchecked.lock().extend(&elsewhere);
+                self.mark_unchecked(&elsewhere);
                 elsewhere
             }),
             (None, false) => elsewhere,
@@ -329,14 +337,14 @@ impl Router {
             return;
         }
         let Ok(nodes) = bus.locate(users) else {
-            self.unchecked.lock().extend(users);
+            self.mark_unchecked(users);
             return;
         };
         for (u, node) in users.iter().zip(nodes) {
             if let Some(node) = node {
                 if let Err(e) = bus.publish_flush(&node, &[*u]) {
                     log::debug!("flush notice for {u}: {e}");
-                    self.unchecked.lock().insert(*u);
+                    self.mark_unchecked(&[*u]);
                 }
             }
         }
@@ -365,8 +373,19 @@ impl Router {
                     return;
                 }
             }
-            self.unchecked.lock().remove(&u);
+            let mut unchecked = self.unchecked.lock();
+            unchecked.remove(&u);
+            if unchecked.is_empty() {
+                self.any_unchecked.store(false, Ordering::Release);
+            }
         }
+    }
+
+    /// Notes users whose "online elsewhere?" check (and flush) is owed.
+    fn mark_unchecked(&self, users: &[i64]) {
+        let mut unchecked = self.unchecked.lock();
+        unchecked.extend(users);
+        self.any_unchecked.store(true, Ordering::Release);
     }
 
     /// Whether each user is online, here or (cluster mode) on a live node.
