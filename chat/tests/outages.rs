@@ -414,3 +414,76 @@ fn redis_down_and_back() {
     b1.c.expect_quiet();
     c2.c.expect_quiet();
 }
+
+/// A frame routed to a node whose database is down, for a user who just left that
+/// node (presence still points there): the node can neither deliver nor store it,
+/// so it holds it (and the frames behind it for that user), keeps it in its stream
+/// and retries until the database is back; then the user's next login returns
+/// every such frame, in order. (Before, the node logged the frame as lost.)
+#[test]
+fn frames_a_node_cannot_store_wait_in_its_stream() {
+    require_binary("redis-server");
+    let mut db = MariaDb::start();
+    fast_hashes();
+    let redis = cluster_util::RedisServer::start();
+    let prefix = format!("rq_{}", unique());
+    let start = |id: &str| {
+        ServerThread::start(
+            "127.0.0.1:0".parse().unwrap(),
+            &db.url("chat"),
+            ServerOptions {
+                bus: Some(BusConfig {
+                    url: redis.url(),
+                    prefix: prefix.clone(),
+                    node_id: id.to_owned(),
+                    node_ttl: Duration::from_secs(5),
+                }),
+                ..ServerOptions::default()
+            },
+        )
+        .expect("node on the private MariaDB")
+    };
+    let (n1, n2) = (start("rq-n1"), start("rq-n2"));
+    let mut a = User::online(n1.addr(), "ann");
+    let mut z = User::register(n2.addr(), "zed");
+    // As if zed had been on node 2 and left just after a route chose it.
+    let mut r = cluster_util::redis_con(&redis.url()).expect("private redis");
+    redis::cmd("HSET")
+        .arg(format!("{prefix}:online"))
+        .arg(z.id)
+        .arg("rq-n2")
+        .query::<i64>(&mut r)
+        .unwrap();
+
+    db.kill();
+    let texts: Vec<String> = (0..5)
+        .map(|i| format!("while the db is down {i}"))
+        .collect();
+    for t in &texts {
+        a.chat(z.id, t);
+    }
+    a.c.barrier(); // node 1 routed them all to node 2's stream
+    let queue = format!("{prefix}:q:rq-n2");
+    // Node 2 holds them while the database is down (retrying every half second),
+    // past its pool's first 5 s wait for a connection and the breaker's first trips.
+    thread::sleep(Duration::from_secs(8));
+    let kept: i64 = redis::cmd("XLEN").arg(&queue).query(&mut r).unwrap();
+    assert_eq!(kept, texts.len() as i64, "frames kept in node 2's stream");
+
+    db.restart();
+    let t = Instant::now();
+    util::poll(
+        Duration::from_secs(30),
+        "node 2 stores the kept frames",
+        || {
+            let left: i64 = redis::cmd("XLEN").arg(&queue).query(&mut r).unwrap();
+            (left == 0).then_some(())
+        },
+    );
+    println!(
+        "kept frames stored {:.2?} after the database came back",
+        t.elapsed()
+    );
+    let ack = z.login();
+    assert_eq!(offline_texts(&ack), texts, "zed's offline messages");
+}

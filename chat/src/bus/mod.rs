@@ -131,7 +131,8 @@ pub trait BusHandler: Send + Sync {
     /// messages) or the stream reader (deliveries); a delivery must be handed to
     /// the connections' loops or stored before this returns.
     /// A delivery whose recipients could be neither handed over nor stored (the
-    /// store failed) comes back as `Err`: the reader queues it again.
+    /// store failed) comes back as `Err` with those recipients: the reader holds it
+    /// for them and retries.
     fn on_message(&self, msg: BusMessage) -> Result<(), Orphan>;
     /// Calls `done` once everything handed to the IO loops so far has been written
     /// to the sockets (or buffered for slow ones). Runs on the stream reader, which

@@ -2,7 +2,9 @@
 //! routed here and trims it once written, and the drain that moves what a dead
 //! node left in its stream to the offline store.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
@@ -136,8 +138,9 @@ impl Bus {
     pub(super) fn reader(&self, handler: &dyn BusHandler) {
         let mut last = String::from("0-0");
         let (done_tx, done_rx) = crossbeam_channel::unbounded::<String>();
+        let mut held = Held::default();
         self.reconnecting("reader", || {
-            self.read_loop(handler, &mut last, &done_tx, &done_rx)
+            self.read_loop(handler, &mut last, &mut held, &done_tx, &done_rx)
         });
     }
 
@@ -169,6 +172,7 @@ impl Bus {
         &self,
         handler: &dyn BusHandler,
         last: &mut String,
+        held: &mut Held,
         done_tx: &Sender<String>,
         done_rx: &Receiver<String>,
     ) -> Result<(), (redis::RedisError, bool)> {
@@ -191,14 +195,20 @@ impl Bus {
             if let Some(id) = done_rx.try_iter().last() {
                 delivered = Some(id);
             }
+            held.retry(handler);
             let mut pipe = redis::pipe();
             let trimming = delivered.is_some();
             if let Some(id) = delivered.take() {
-                // Everything up to `id` is in the sockets: forget it.
+                // Everything up to `id` is in the sockets (or stored): forget it,
+                // except from the oldest frame still held back on.
+                let mut minid = next_id(&id);
+                if let Some(oldest) = held.oldest().filter(|o| id_key(o) < id_key(&minid)) {
+                    minid = oldest;
+                }
                 pipe.cmd("XTRIM")
                     .arg(&self.keys.queue_me)
                     .arg("MINID")
-                    .arg(next_id(&id))
+                    .arg(minid)
                     .ignore();
             }
             if self.stop.load(Ordering::Acquire) {
@@ -222,39 +232,18 @@ impl Bus {
             read_any = true;
             let Some(reply) = reply else { continue };
             let mut batch_end = None;
-            let mut again: Vec<Orphan> = Vec::new();
             for entry in reply.keys.iter().flat_map(|k| &k.ids) {
                 match entry_message(entry) {
+                    Some(BusMessage::Deliver { to, frame }) => {
+                        held.deliver(handler, &entry.id, to, frame);
+                    }
                     Some(m) => {
-                        if let Err(orphan) = handler.on_message(m) {
-                            again.push(orphan);
-                        }
+                        // Flush notices: nothing of theirs can fail here.
+                        let _ = handler.on_message(m);
                     }
                     None => log::warn!("bus: unreadable stream entry {}, skipped", entry.id),
                 }
                 batch_end = Some(entry.id.clone());
-            }
-            if !again.is_empty() {
-                // Frames that could be neither delivered nor stored (the store is
-                // down) go back to the end of this node's stream before the batch
-                // is trimmed: retried after a pause, never lost.
-                log::warn!(
-                    "bus reader: {} frame(s) could not be stored; queued again",
-                    again.len()
-                );
-                let mut pipe = redis::pipe();
-                for (to, frame) in &again {
-                    pipe.cmd("XADD")
-                        .arg(&self.keys.queue_me)
-                        .arg("*")
-                        .arg("to")
-                        .arg(id_text(to))
-                        .arg("f")
-                        .arg(frame)
-                        .ignore();
-                }
-                pipe.query::<()>(&mut con).map_err(|e| (e, true))?;
-                super::threads::sleep_unless(&self.stop, RETRY_PAUSE);
             }
             let Some(end) = batch_end else { continue };
             *last = end.clone();
@@ -267,6 +256,74 @@ impl Bus {
                 delivered = Some(done_rx.try_iter().last().unwrap_or(id));
             }
         }
+    }
+}
+
+/// Frames the reader could neither deliver nor store (the store was down), kept
+/// per recipient in stream order and retried every [`RETRY_PAUSE`]; later frames
+/// for those recipients queue behind them, so order holds. The stream is not
+/// trimmed past the oldest one, so if the node dies they are drained from there.
+#[derive(Default)]
+pub(super) struct Held {
+    by_user: HashMap<i64, VecDeque<(String, String)>>,
+    last_try: Option<Instant>,
+}
+
+impl Held {
+    /// Hands entry `id`'s frame to the handler for the recipients with nothing held;
+    /// keeps it for the others and for those whose delivery failed.
+    fn deliver(&mut self, handler: &dyn BusHandler, id: &str, to: Vec<i64>, frame: String) {
+        let (wait, go): (Vec<i64>, Vec<i64>) =
+            to.into_iter().partition(|u| self.by_user.contains_key(u));
+        let mut keep = wait;
+        if !go.is_empty() {
+            let msg = BusMessage::Deliver {
+                to: go,
+                frame: frame.clone(),
+            };
+            if let Err((failed, _)) = handler.on_message(msg) {
+                log::warn!("bus reader: a frame for {failed:?} could not be stored; held");
+                keep.extend(failed);
+            }
+        }
+        for u in keep {
+            self.by_user
+                .entry(u)
+                .or_default()
+                .push_back((id.to_owned(), frame.clone()));
+        }
+    }
+
+    /// Retries the held frames, oldest first per recipient, at most every
+    /// [`RETRY_PAUSE`].
+    fn retry(&mut self, handler: &dyn BusHandler) {
+        if self.by_user.is_empty() || self.last_try.is_some_and(|t| t.elapsed() < RETRY_PAUSE) {
+            return;
+        }
+        self.last_try = Some(Instant::now());
+        self.by_user.retain(|&u, frames| {
+            while let Some((_, frame)) = frames.front() {
+                let msg = BusMessage::Deliver {
+                    to: vec![u],
+                    frame: frame.clone(),
+                };
+                if handler.on_message(msg).is_err() {
+                    return true;
+                }
+                frames.pop_front();
+            }
+            false
+        });
+    }
+
+    /// The id of the oldest held entry.
+    fn oldest(&self) -> Option<String> {
+        self.by_user
+            .values()
+            .filter_map(|f| f.front())
+            .map(|(id, _)| id)
+            .min_by_key(|id| id_key(id))
+            .cloned()
     }
 }
 
