@@ -487,3 +487,41 @@ fn frames_a_node_cannot_store_wait_in_its_stream() {
     let ack = z.login();
     assert_eq!(offline_texts(&ack), texts, "zed's offline messages");
 }
+
+/// A node that crashed and is started again under the same `--node-id` (as
+/// `scripts/cluster.sh` names them) forgets the presence its earlier process left:
+/// a user who was online there can log in on another node at once, instead of
+/// getting "already online" for as long as the new process lives.
+#[test]
+fn a_node_restarted_under_its_old_id_forgets_its_old_users() {
+    require_binary("redis-server");
+    let Some(b) = Backend::mysql() else { return };
+    fast_hashes();
+    let redis = cluster_util::RedisServer::start();
+    let prefix = format!("rs_{}", unique());
+    let n2 = node(&b, &redis.url(), &prefix, "rs-n2");
+    let mut u = User::register(n2.addr(), "uma");
+    // What a kill -9 of node 1 leaves behind: uma online there.
+    let mut r = cluster_util::redis_con(&redis.url()).expect("private redis");
+    redis::cmd("HSET")
+        .arg(format!("{prefix}:online"))
+        .arg(u.id)
+        .arg("rs-n1")
+        .query::<i64>(&mut r)
+        .unwrap();
+    redis::cmd("SADD")
+        .arg(format!("{prefix}:nodeusers:rs-n1"))
+        .arg(u.id)
+        .query::<i64>(&mut r)
+        .unwrap();
+    let n1 = node(&b, &redis.url(), &prefix, "rs-n1");
+    let v = u.c.login(u.id, &u.pw);
+    assert_eq!(v["errno"], 0, "login on node 2 after node 1 restarted: {v}");
+    let at: Option<String> = redis::cmd("HGET")
+        .arg(format!("{prefix}:online"))
+        .arg(u.id)
+        .query(&mut r)
+        .unwrap();
+    assert_eq!(at.as_deref(), Some("rs-n2"));
+    drop(n1);
+}
