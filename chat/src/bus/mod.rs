@@ -1,7 +1,8 @@
 //! Bus: the Redis side of a cluster node — presence that expires with its node,
 //! a per-node stream for delivery, a dedicated subscriber thread for broadcast
-//! cache invalidations, a reader thread for the stream, and a keeper thread that keeps the
-//! node alive, re-claims its users after Redis restarts and drains dead nodes.
+//! cache invalidations, a reader thread for the stream, a heartbeat thread that
+//! keeps the node alive, and a keeper thread that re-claims its users after Redis
+//! restarts and drains dead nodes.
 //!
 //! Why per-node queues: a node listens on one stream and one broadcast channel for
 //! its whole life instead of one channel per logged-in user, so logins cost no SUBSCRIBE round trip and a group message reaches each

@@ -1,18 +1,28 @@
 //! The bus's threads: the subscriber (broadcast invalidations), the stream
-//! reader (see `stream`), the keeper (heartbeat, sweep, re-claims) and the
-//! background drains the keeper starts.
+//! reader (see `stream`), the heartbeat, the keeper (acts on the heartbeats:
+//! re-claims, flushes, retries, sweeps) and the background drains it starts.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Sender;
 use serde_json::Value;
 
 use super::{Bus, BusHandler, BusMessage, IO_TIMEOUT, SWEEP_EVERY};
 
+/// What one heartbeat found.
+enum Beat {
+    /// Redis answered; `existed` is false if this node's key had been lost.
+    Ok { existed: bool },
+    /// Redis did not answer.
+    Failed,
+}
+
 impl Bus {
-    /// Starts the subscriber, stream reader and keeper threads.
+    /// Starts the subscriber, stream reader and keeper threads (the keeper starts
+    /// the heartbeat thread).
     pub fn spawn(self: &Arc<Self>, handler: Arc<dyn BusHandler>) -> std::io::Result<BusThreads> {
         type Body = fn(&Arc<Bus>, Arc<dyn BusHandler>);
         let bodies: [(&str, Body); 3] = [
@@ -113,30 +123,75 @@ impl Bus {
         }
     }
 
-    /// The keeper: heartbeats at a quarter of the TTL, sweeps dead nodes now and then,
-    /// and re-claims local users when Redis forgot this node.
-    fn keeper(self: &Arc<Self>, handler: Arc<dyn BusHandler>) {
+    /// The heartbeat: refreshes this node's liveness key every quarter of the TTL
+    /// and tells the keeper how it went. A thread of its own, so that nothing the
+    /// keeper does (re-claiming thousands of users, flushing stores) can delay it
+    /// past the TTL and make the node look dead.
+    fn heartbeater(&self, beats: Sender<Beat>) {
         let interval = self.cfg.node_ttl / 4;
+        while !self.stop.load(Ordering::Acquire) {
+            let beat = match self.heartbeat() {
+                Ok(existed) => Beat::Ok { existed },
+                Err(e) => {
+                    log::debug!("bus heartbeat: {e}");
+                    Beat::Failed
+                }
+            };
+            if beats.send(beat).is_err() {
+                return;
+            }
+            sleep_unless(&self.stop, interval);
+        }
+    }
+
+    /// The keeper: acts on the heartbeats — re-claims local users when Redis forgot
+    /// this node, flushes stores after an outage, retries failed releases and
+    /// checks — and sweeps dead nodes now and then.
+    fn keeper(self: &Arc<Self>, handler: Arc<dyn BusHandler>) {
+        let (tx, beats) = crossbeam_channel::unbounded();
+        let heart = {
+            let bus = self.clone();
+            thread::Builder::new()
+                .name("bus-heartbeat".into())
+                .spawn(move || bus.heartbeater(tx))
+        };
+        let heart = match heart {
+            Ok(h) => h,
+            Err(e) => {
+                log::error!("bus: no heartbeat thread: {e}");
+                return;
+            }
+        };
         let mut tick: u32 = 0;
         let mut resync = false;
         let mut was_down = false;
         while !self.stop.load(Ordering::Acquire) {
-            match self.heartbeat() {
-                Ok(existed) => {
-                    if !existed {
-                        log::warn!("bus: node presence was lost; re-claiming local users");
-                        resync = true;
+            let Ok(first) = beats.recv_timeout(Duration::from_millis(100)) else {
+                continue;
+            };
+            // Beats that queued up while the keeper was busy count as one.
+            let mut ok = None;
+            for beat in std::iter::once(first).chain(beats.try_iter()) {
+                match beat {
+                    Beat::Ok { existed } => {
+                        if !existed {
+                            log::warn!("bus: node presence was lost; re-claiming local users");
+                            resync = true;
+                        }
+                        ok = Some(true);
                     }
-                    if std::mem::take(&mut was_down) && !resync {
-                        log::info!("bus: Redis is back");
-                        handler.on_bus_restored();
+                    Beat::Failed => {
+                        was_down = true;
+                        ok = Some(false);
                     }
-                    handler.on_heartbeat();
                 }
-                Err(e) => {
-                    log::debug!("bus heartbeat: {e}");
-                    was_down = true;
+            }
+            if ok == Some(true) {
+                if std::mem::take(&mut was_down) && !resync {
+                    log::info!("bus: Redis is back");
+                    handler.on_bus_restored();
                 }
+                handler.on_heartbeat();
             }
             if resync {
                 resync = !handler.on_presence_lost();
@@ -158,8 +213,8 @@ impl Bus {
                 }
             }
             tick = tick.wrapping_add(1);
-            sleep_unless(&self.stop, interval);
         }
+        let _ = heart.join();
     }
 }
 
