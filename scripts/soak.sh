@@ -6,7 +6,8 @@
 #
 # Settings (environment): SOAK_DIR (default /tmp/chat-soak), SOAK_USERS (1000),
 # SOAK_RATE (total msgs/s, open loop; default 20000), SOAK_INTERVAL (sampling
-# seconds, default 10), plus scripts/cluster.sh's settings. Writes
+# seconds, default 10), SOAK_KEEP_DB (set: keep the default chat_soak database),
+# plus scripts/cluster.sh's settings. Writes
 # $SOAK_DIR/samples.csv (time_s,node,rss_kib,fds) and $SOAK_DIR/bench.json, and
 # prints the first, peak and last sample of each node.
 set -euo pipefail
@@ -28,7 +29,14 @@ mkdir -p "$dir"
 "$root/autobuild.sh" >/dev/null
 "$root/scripts/cluster.sh" stop >/dev/null 2>&1 || true
 "$root/scripts/cluster.sh" start "$nodes"
-trap '"$root/scripts/cluster.sh" stop' EXIT
+# The soak's own database goes with it, unless SOAK_KEEP_DB=1 (to look at it after).
+cleanup() {
+    "$root/scripts/cluster.sh" stop
+    if [[ -z ${SOAK_KEEP_DB:-} && $CHAT_DB == mysql://root@127.0.0.1:3306/chat_soak ]]; then
+        mariadb -uroot -e "DROP DATABASE IF EXISTS chat_soak" || true
+    fi
+}
+trap cleanup EXIT
 
 targets=$(seq -s, -f "127.0.0.1:%g" "$BASE_PORT" $((BASE_PORT + nodes - 1)))
 secs=$((minutes * 60))
