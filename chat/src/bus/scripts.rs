@@ -13,15 +13,19 @@
 //! - `P:drain:<node>` — lock of the node that moves a dead node's stream to the store;
 //! - channel `P:ch:all` (broadcast), for group cache invalidations.
 
-/// Lua that drops the presence entries of the users in set `KEYS[2]` that still
-/// point at node `ARGV[1]` in hash `KEYS[1]`: shared by RESET and LEAVE.
-macro_rules! forget_users {
+/// A Lua function the scripts that forget a node's users start with:
+/// `forget(online, set, node)` drops the presence entries (in hash `online`) of
+/// the users in `set` that still point at `node`, then the set itself.
+macro_rules! forget_fn {
     () => {
         r"
-for _, uid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  if redis.call('HGET', KEYS[1], uid) == ARGV[1] then
-    redis.call('HDEL', KEYS[1], uid)
+local function forget(online, set, node)
+  for _, uid in ipairs(redis.call('SMEMBERS', set)) do
+    if redis.call('HGET', online, uid) == node then
+      redis.call('HDEL', online, uid)
+    end
   end
+  redis.call('DEL', set)
 end
 "
     };
@@ -98,9 +102,9 @@ return 1
 /// still point here and the user set (a restart with a fixed `--node-id` would
 /// otherwise keep its old users "online"). KEYS: online, nodeusers:me. ARGV: me.
 pub const RESET: &str = concat!(
-    forget_users!(),
+    forget_fn!(),
     r"
-redis.call('DEL', KEYS[2])
+forget(KEYS[1], KEYS[2], ARGV[1])
 return 1
 "
 );
@@ -133,7 +137,9 @@ return existed
 /// Forgets dead nodes: their presence entries, user sets and registrations — but
 /// only once their streams are drained. KEYS: nodes, online. ARGV: key prefix with
 /// its trailing ':'. Returns {forgotten count, {dead nodes whose streams need a drain}}.
-pub const SWEEP: &str = r"
+pub const SWEEP: &str = concat!(
+    forget_fn!(),
+    r"
 local swept = 0
 local undrained = {}
 for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
@@ -141,20 +147,15 @@ for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     if redis.call('EXISTS', ARGV[1] .. 'q:' .. node) == 1 then
       undrained[#undrained + 1] = node
     else
-      local setkey = ARGV[1] .. 'nodeusers:' .. node
-      for _, uid in ipairs(redis.call('SMEMBERS', setkey)) do
-        if redis.call('HGET', KEYS[2], uid) == node then
-          redis.call('HDEL', KEYS[2], uid)
-        end
-      end
-      redis.call('DEL', setkey)
+      forget(KEYS[2], ARGV[1] .. 'nodeusers:' .. node, node)
       redis.call('SREM', KEYS[1], node)
       swept = swept + 1
     end
   end
 end
 return {swept, undrained}
-";
+"
+);
 
 /// A drain step's read: the next entries of a dead node's stream, if this node
 /// still holds the drain lock (extended here) and the node is still dead.
@@ -179,7 +180,9 @@ return {0, redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', ARGV[2])}
 /// Returns 1 when the node is forgotten, 0 when entries remain, -1 when the node is
 /// alive again (it was only late with its heartbeat: it reads its stream itself;
 /// what this step stored it may deliver too), -2 when the lock was lost.
-pub const DRAINED: &str = r"
+pub const DRAINED: &str = concat!(
+    forget_fn!(),
+    r"
 if redis.call('GET', KEYS[6]) ~= ARGV[2] then
   return -2
 end
@@ -193,15 +196,11 @@ if redis.call('XLEN', KEYS[1]) > 0 then
   return 0
 end
 redis.call('DEL', KEYS[1])
-for _, uid in ipairs(redis.call('SMEMBERS', KEYS[4])) do
-  if redis.call('HGET', KEYS[3], uid) == ARGV[1] then
-    redis.call('HDEL', KEYS[3], uid)
-  end
-end
-redis.call('DEL', KEYS[4])
+forget(KEYS[3], KEYS[4], ARGV[1])
 redis.call('SREM', KEYS[5], ARGV[1])
 return 1
-";
+"
+);
 
 /// Releases a lock if this node still holds it. KEYS: lock. ARGV: me.
 pub const UNLOCK: &str = r"
@@ -216,9 +215,10 @@ return 0
 /// that if its own last drain fails, another node's sweep drains it.
 /// KEYS: online, nodeusers:me, node:me, nodes, q:me. ARGV: me.
 pub const LEAVE: &str = concat!(
-    forget_users!(),
+    forget_fn!(),
     r"
-redis.call('DEL', KEYS[2], KEYS[3])
+forget(KEYS[1], KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[3])
 if redis.call('EXISTS', KEYS[5]) == 0 then
   redis.call('SREM', KEYS[4], ARGV[1])
 end
