@@ -218,12 +218,8 @@ impl TcpConnection {
         let mut fault = false;
         // Written now only when nothing is buffered and the loop is not corked; a
         // connection already waiting for the flush just appends.
-        let direct = self.output.borrow().is_empty()
-            && !self.flush_queued.get()
-            && (data.len() >= CORK_MAX || !EventLoop::current().is_some_and(|lp| lp.cork(self)));
-        if !direct && !self.flush_queued.get() && self.output.borrow().is_empty() {
-            self.flush_queued.set(true);
-        }
+        let direct =
+            self.output.borrow().is_empty() && !self.flush_queued.get() && !self.cork(data);
         if direct {
             loop {
                 match (&*self.stream.borrow()).write(&data[written..]) {
@@ -270,6 +266,16 @@ impl TcpConnection {
                 lp.defer(move |_| cb(&conn, new_len));
             }
         }
+    }
+
+    /// Hands the connection to its loop's end-of-iteration flush if the loop is
+    /// corked and `data` is small enough to hold back; true if so.
+    fn cork(self: &Rc<Self>, data: &[u8]) -> bool {
+        if data.len() >= CORK_MAX || !EventLoop::current().is_some_and(|lp| lp.cork(self)) {
+            return false;
+        }
+        self.flush_queued.set(true);
+        true
     }
 
     /// Closes our writing half once everything queued has been written; reading
