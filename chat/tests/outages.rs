@@ -415,6 +415,17 @@ fn redis_down_and_back() {
     c2.c.expect_quiet();
 }
 
+/// Writes a user's presence (user → node) straight into the cluster's Redis, as a
+/// node that then went away would have left it.
+fn set_presence(r: &mut redis::Connection, prefix: &str, uid: i64, node: &str) {
+    redis::cmd("HSET")
+        .arg(format!("{prefix}:online"))
+        .arg(uid)
+        .arg(node)
+        .query::<i64>(r)
+        .unwrap();
+}
+
 /// A frame routed to a node whose database is down, for a user who just left that
 /// node (presence still points there): the node can neither deliver nor store it,
 /// so it holds it (and the frames behind it for that user), keeps it in its stream
@@ -448,12 +459,7 @@ fn frames_a_node_cannot_store_wait_in_its_stream() {
     let mut z = User::register(n2.addr(), "zed");
     // As if zed had been on node 2 and left just after a route chose it.
     let mut r = cluster_util::redis_con(&redis.url()).expect("private redis");
-    redis::cmd("HSET")
-        .arg(format!("{prefix}:online"))
-        .arg(z.id)
-        .arg("rq-n2")
-        .query::<i64>(&mut r)
-        .unwrap();
+    set_presence(&mut r, &prefix, z.id, "rq-n2");
 
     db.kill();
     let texts: Vec<String> = (0..5)
@@ -503,12 +509,7 @@ fn a_node_restarted_under_its_old_id_forgets_its_old_users() {
     let mut u = User::register(n2.addr(), "uma");
     // What a kill -9 of node 1 leaves behind: uma online there.
     let mut r = cluster_util::redis_con(&redis.url()).expect("private redis");
-    redis::cmd("HSET")
-        .arg(format!("{prefix}:online"))
-        .arg(u.id)
-        .arg("rs-n1")
-        .query::<i64>(&mut r)
-        .unwrap();
+    set_presence(&mut r, &prefix, u.id, "rs-n1");
     redis::cmd("SADD")
         .arg(format!("{prefix}:nodeusers:rs-n1"))
         .arg(u.id)
