@@ -105,8 +105,7 @@ impl Router {
         // A user whose earlier frames were stored while Redis failed keeps having
         // them stored until the flush notice for those went out (under this shard
         // lock, in `retry_rechecks`), so none overtakes them live.
-        let unchecked =
-            self.any_unchecked.load(Ordering::Acquire) && self.unchecked.lock().contains(&to);
+        let unchecked = !self.held_back(&[to]).is_empty();
         if let Some(bus) = self.bus.as_ref().filter(|_| !unchecked) {
             match bus.route(&[to], text) {
                 Ok(missed) if missed.is_empty() => return Ok(Outcome::Remote),
@@ -157,16 +156,7 @@ impl Router {
         let guards = self.hub.lock_many(members);
         let (mut elsewhere, mut stored) = self.deliver_local(&guards, members, text);
         // As in `send_one`: those with an unsent flush keep being stored.
-        let held: Vec<i64> = if !self.any_unchecked.load(Ordering::Acquire) {
-            Vec::new()
-        } else {
-            let unchecked = self.unchecked.lock();
-            elsewhere
-                .iter()
-                .copied()
-                .filter(|u| unchecked.contains(u))
-                .collect()
-        };
+        let held = self.held_back(&elsewhere);
         if !held.is_empty() {
             elsewhere.retain(|u| !held.contains(u));
             stored.extend_from_slice(&held);
@@ -185,8 +175,9 @@ impl Router {
             self.store.store_offline_many(&stored, text)?;
         }
         drop(guards);
-        self.recheck(&missed);
-        self.recheck(&held);
+        let mut check = missed;
+        check.extend_from_slice(&held);
+        self.recheck(&check);
         Ok(())
     }
 
@@ -379,6 +370,20 @@ impl Router {
                 self.any_unchecked.store(false, Ordering::Release);
             }
         }
+    }
+
+    /// Those of `users` whose flush notice is owed (see `retry_rechecks`): frames
+    /// for them are stored, not routed, until it went out.
+    fn held_back(&self, users: &[i64]) -> Vec<i64> {
+        if !self.any_unchecked.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let unchecked = self.unchecked.lock();
+        users
+            .iter()
+            .copied()
+            .filter(|u| unchecked.contains(u))
+            .collect()
     }
 
     /// Notes users whose "online elsewhere?" check (and flush) is owed.
