@@ -219,17 +219,22 @@ fn database_down_and_back() {
 // 5. Redis down
 // ---------------------------------------------------------------------------------
 
-/// A cluster node on the shared test database and the private Redis at `url`.
-fn node(b: &Backend, url: &str, prefix: &str, id: &str) -> ServerThread {
-    b.start_with(ServerOptions {
+/// The options of cluster node `id` on the Redis at `url`, keys under `prefix`.
+fn node_options(url: &str, prefix: &str, id: &str, ttl: Duration) -> ServerOptions {
+    ServerOptions {
         bus: Some(BusConfig {
             url: url.to_owned(),
             prefix: prefix.to_owned(),
             node_id: id.to_owned(),
-            node_ttl: Duration::from_secs(2),
+            node_ttl: ttl,
         }),
         ..ServerOptions::default()
-    })
+    }
+}
+
+/// A cluster node on the shared test database and the private Redis at `url`.
+fn node(b: &Backend, url: &str, prefix: &str, id: &str) -> ServerThread {
+    b.start_with(node_options(url, prefix, id, Duration::from_secs(2)))
 }
 
 /// Redis stops answering (SIGSTOP) but keeps its data while a user logs out: the
@@ -442,15 +447,7 @@ fn frames_a_node_cannot_store_wait_in_its_stream() {
         ServerThread::start(
             "127.0.0.1:0".parse().unwrap(),
             &db.url("chat"),
-            ServerOptions {
-                bus: Some(BusConfig {
-                    url: redis.url(),
-                    prefix: prefix.clone(),
-                    node_id: id.to_owned(),
-                    node_ttl: Duration::from_secs(5),
-                }),
-                ..ServerOptions::default()
-            },
+            node_options(&redis.url(), &prefix, id, Duration::from_secs(5)),
         )
         .expect("node on the private MariaDB")
     };
