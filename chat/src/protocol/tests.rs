@@ -200,6 +200,7 @@ fn parses_every_request() {
         groupid,
         msg,
         frame,
+        ..
     } = req(s)
     else {
         panic!("not a group chat")
@@ -218,6 +219,7 @@ fn one_chat_to_and_toid() {
         toid,
         msg,
         frame,
+        ..
     } = p.req
     else {
         panic!()
