@@ -227,7 +227,7 @@ impl ChatService {
 
 /// The chat's sender: the session's user, who may have been signed out by the node
 /// between dispatch and here (a lost claim).
-fn sender(session: &Session, msgid: i64) -> Result<User> {
+fn sender(session: &Session, msgid: i64) -> Result<Arc<User>> {
     session
         .user()
         .ok_or_else(|| ServiceError::Protocol(ProtocolError::not_logged_in(msgid)))
