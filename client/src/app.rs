@@ -7,16 +7,18 @@
 
 use std::io;
 use std::process::ExitCode;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat::timefmt;
+use chat::codec::DEFAULT_FRAME_LIMIT;
+use chat::{protocol, timefmt};
 use serde_json::Value;
 
 use crate::commands::{self, Command};
-use crate::session::{Awaiting, Outcome, Session};
-use crate::ui;
+use crate::input::Input;
+use crate::session::{Awaiting, Contacts, Outcome, Session};
+use crate::{reader, ui};
 
 /// How long to wait for a LOGIN_ACK or REG_ACK before giving up.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
@@ -30,16 +32,23 @@ pub struct App<I> {
     session: Arc<Session>,
     /// Answers from the reader thread to our LOGIN and REG.
     outcomes: Receiver<Outcome>,
+    /// The sending side of `outcomes`, for the reader of a new connection.
+    outcomes_tx: Sender<Outcome>,
     /// Lines of input; an `InvalidData` error is a line that is not UTF-8.
     input: I,
 }
 
-impl<I: Iterator<Item = io::Result<String>>> App<I> {
+impl<I: Input> App<I> {
     /// A loop reading `input`, talking through `session`.
-    pub fn new(session: Arc<Session>, outcomes: Receiver<Outcome>, input: I) -> Self {
+    pub fn new(
+        session: Arc<Session>,
+        outcomes: (Sender<Outcome>, Receiver<Outcome>),
+        input: I,
+    ) -> Self {
         App {
             session,
-            outcomes,
+            outcomes_tx: outcomes.0,
+            outcomes: outcomes.1,
             input,
         }
     }
@@ -79,11 +88,18 @@ impl<I: Iterator<Item = io::Result<String>>> App<I> {
     /// Prints `prompt` and reads a line (without its `\r\n`); `None` at the end of input.
     /// A line that is not UTF-8 gets a hint and the prompt again.
     fn ask(&mut self, prompt: &str) -> Option<String> {
+        self.ask_with(prompt, false)
+    }
+
+    /// [`App::ask`], or for a password (`secret`: not echoed, not in the history).
+    fn ask_with(&mut self, prompt: &str, secret: bool) -> Option<String> {
         loop {
-            if !prompt.is_empty() {
-                ui::emit(prompt);
-            }
-            match self.input.next()? {
+            let line = if secret {
+                self.input.secret(prompt)
+            } else {
+                self.input.line(prompt)
+            };
+            match line? {
                 Ok(mut line) => {
                     if line.ends_with('\r') {
                         line.pop();
@@ -111,7 +127,7 @@ impl<I: Iterator<Item = io::Result<String>>> App<I> {
                 )),
             }
         };
-        let password = self.ask(ui::PASSWORD)?;
+        let password = self.ask_with(ui::PASSWORD, true)?;
         let frame = commands::login_request(id, &password);
         Some(self.request(Awaiting::Login, &frame) == Some(Outcome::LoggedIn))
     }
@@ -127,7 +143,7 @@ impl<I: Iterator<Item = io::Result<String>>> App<I> {
 
     fn ask_non_empty(&mut self, prompt: &str, hint: &str) -> Option<String> {
         loop {
-            let line = self.ask(prompt)?;
+            let line = self.ask_with(prompt, prompt == ui::PASSWORD)?;
             if !line.trim().is_empty() {
                 return Some(line);
             }
@@ -140,6 +156,9 @@ impl<I: Iterator<Item = io::Result<String>>> App<I> {
     fn request(&mut self, awaiting: Awaiting, frame: &Value) -> Option<Outcome> {
         // Answers to requests we gave up on are stale now.
         while self.outcomes.try_recv().is_ok() {}
+        if !self.connected() {
+            return None;
+        }
         self.session.state().awaiting = Some(awaiting);
         self.send(frame);
         match self.outcomes.recv_timeout(ANSWER_TIMEOUT) {
@@ -157,15 +176,39 @@ impl<I: Iterator<Item = io::Result<String>>> App<I> {
         }
     }
 
+    /// Connects again if the server closed the idle connection at the menu (its login
+    /// timeout). False, with the reason printed, if that fails.
+    fn connected(&mut self) -> bool {
+        let read = match self.session.reconnect_if_dropped() {
+            Ok(None) => return true,
+            Ok(Some(read)) => read,
+            Err(e) => {
+                ui::error(&format!("cannot connect to the server: {e}"));
+                return false;
+            }
+        };
+        let spawned = reader::spawn(read, self.session.clone(), self.outcomes_tx.clone());
+        if let Err(e) = spawned {
+            ui::error(&format!("ChatClient: {e}"));
+            return false;
+        }
+        true
+    }
+
     /// The chat menu. `None` after `loginout` (back to the top menu), `Some(code)` to exit.
     fn chat_menu(&mut self) -> Option<ExitCode> {
         loop {
-            let Some(line) = self.ask("") else {
+            // A person gets a prompt; a script gets none, as with the original client.
+            let prompt = match (self.session.interactive(), self.session.user()) {
+                (true, Some(me)) => format!("{}> ", me.name),
+                _ => String::new(),
+            };
+            let Some(line) = self.ask(&prompt) else {
                 return Some(self.finish());
             };
             match commands::parse(&line) {
                 Ok(None) => {}
-                Ok(Some(Command::Help)) => ui::emit(&ui::help()),
+                Ok(Some(Command::Help)) => ui::emit(&ui::help(self.session.interactive())),
                 Ok(Some(Command::Loginout)) => {
                     self.session.settle();
                     if let Err(e) = self.session.logout() {
@@ -174,15 +217,38 @@ impl<I: Iterator<Item = io::Result<String>>> App<I> {
                     return None;
                 }
                 Ok(Some(Command::Quit)) => return Some(self.finish()),
-                Ok(Some(cmd)) => {
-                    let me = self.session.user()?;
-                    if let Some(frame) = commands::request(&cmd, &me, &timefmt::now_local()) {
-                        self.send(&frame);
-                    }
-                }
+                Ok(Some(cmd)) => self.command(&cmd)?,
                 Err(hint) => ui::emit(&format!("{hint}\n")),
             }
         }
+    }
+
+    /// Sends the request of a chat-menu command. `None` if no one is logged in.
+    fn command(&mut self, cmd: &Command) -> Option<()> {
+        let me = self.session.user()?;
+        // A person is told where each chat went; a script's output stays the original's.
+        let cid = self.session.interactive().then(|| {
+            let mut st = self.session.state();
+            st.last_cid += 1;
+            st.last_cid
+        });
+        let Some(frame) = commands::request(cmd, &me, &timefmt::now_local(), cid) else {
+            return Some(());
+        };
+        let size = protocol::encode(&frame).len();
+        if size > DEFAULT_FRAME_LIMIT {
+            ui::emit(&format!(
+                "message too long: {size} bytes with its header, the server takes {DEFAULT_FRAME_LIMIT}; nothing sent\n"
+            ));
+            return Some(());
+        }
+        match cmd {
+            Command::Friends => self.session.state().contacts.push_back(Contacts::Friends),
+            Command::Groups => self.session.state().contacts.push_back(Contacts::Groups),
+            _ => {}
+        }
+        self.send(&frame);
+        Some(())
     }
 
     fn send(&self, frame: &Value) {
