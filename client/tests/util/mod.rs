@@ -41,6 +41,11 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server on 127.0.0.1 with a free port and an empty database.
     pub fn start() -> TestServer {
+        TestServer::start_with(|_| {})
+    }
+
+    /// [`TestServer::start`] with options changed by `tune` (e.g. a short login timeout).
+    pub fn start_with(tune: impl FnOnce(&mut ServerOptions)) -> TestServer {
         static SEQ: AtomicUsize = AtomicUsize::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -51,11 +56,12 @@ impl TestServer {
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
-        let opts = ServerOptions {
+        let mut opts = ServerOptions {
             io_threads: 1,
             workers: 2,
             ..ServerOptions::default()
         };
+        tune(&mut opts);
         let server = ServerThread::start(
             "127.0.0.1:0".parse().unwrap(),
             &format!("sqlite:{}", db.display()),
