@@ -66,9 +66,14 @@ fn empty_and_oversized_messages_are_refused_before_sending() {
     let mut b = logged_in(&server, bob);
     let mut a = logged_in(&server, alice);
     let huge = "x".repeat(70_000);
-    a.send(&format!("chat:{bob}:\ngroupchat:1: \nchat:{bob}:{huge}\nchat:{bob}:after\n"));
+    a.send(&format!(
+        "chat:{bob}:\ngroupchat:1: \nchat:{bob}:{huge}\nchat:{bob}:after\n"
+    ));
     let out = a.wait_for("nothing sent\n");
-    assert!(out.contains("the message is empty, nothing sent\n"), "{out}");
+    assert!(
+        out.contains("the message is empty, nothing sent\n"),
+        "{out}"
+    );
     a.wait_for("message too long: ");
     b.wait_for(&format!("[{alice}]alice said: after\n"));
     // Only the last one reached bob, and alice's connection lives on.
@@ -92,7 +97,9 @@ fn login_timeout_at_the_menu_connects_again() {
     c.send(&login(alice));
     c.wait_for("current login user => id:");
     // Nothing about the closed connection was printed: the menu, then the banner.
-    assert!(c.stdout().starts_with(&format!("{MENU}userid:userpassword:")));
+    assert!(c
+        .stdout()
+        .starts_with(&format!("{MENU}userid:userpassword:")));
     c.close_stdin();
     assert!(c.wait_exit().success(), "{}", c.stderr());
     assert_eq!(c.stderr(), "");

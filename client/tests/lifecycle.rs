@@ -49,7 +49,10 @@ fn wrong_arguments_print_usage_and_exit_2() {
     }
     let mut c = Client::spawn_args(&["--version"], &[]);
     assert!(c.wait_exit().success());
-    assert_eq!(c.stdout(), format!("ChatClient {}\n", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        c.stdout(),
+        format!("ChatClient {}\n", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]

@@ -1,0 +1,219 @@
+//! The client as a person uses it: ChatClient in a real pseudo-terminal (portable-pty),
+//! its screen rendered by a terminal emulator (vt100), keys typed as a terminal sends them.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::num::NonZeroU16;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use chat::protocol::msgid;
+use portable_pty::{native_pty_system, Child, CommandBuilder, PtySize};
+use serde_json::json;
+use util::{TestServer, PW, TIMEOUT};
+
+const ROWS: u16 = 40;
+const COLS: u16 = 200;
+const LEFT: &str = "\x1b[D";
+const UP: &str = "\x1b[A";
+const END: &str = "\x1b[F";
+
+/// ChatClient in a pty, with the screen kept up to date by a reader thread.
+struct Tty {
+    child: Box<dyn Child + Send + Sync>,
+    keys: Arc<Mutex<Box<dyn Write + Send>>>,
+    screen: Arc<Mutex<vt100::Parser>>,
+}
+
+impl Tty {
+    fn spawn(server: &TestServer) -> Tty {
+        let pair = native_pty_system()
+            .openpty(PtySize {
+                rows: ROWS,
+                cols: COLS,
+                pixel_width: 0,
+                pixel_height: 0,
+            })
+            .expect("a pty");
+        let mut cmd = CommandBuilder::new(env!("CARGO_BIN_EXE_ChatClient"));
+        cmd.args(["127.0.0.1", &server.port()]);
+        cmd.env("TERM", "xterm-256color");
+        cmd.cwd(std::env::temp_dir());
+        let child = pair.slave.spawn_command(cmd).expect("spawn ChatClient");
+        drop(pair.slave);
+        let mut out = pair.master.try_clone_reader().unwrap();
+        let keys = Arc::new(Mutex::new(pair.master.take_writer().unwrap()));
+        let rows = NonZeroU16::new(ROWS).unwrap();
+        let cols = NonZeroU16::new(COLS).unwrap();
+        let screen = Arc::new(Mutex::new(vt100::Parser::new(rows, cols, 0)));
+        let (scr, answer) = (screen.clone(), keys.clone());
+        thread::spawn(move || {
+            // Keeps the master alive as long as the reader runs.
+            let _master = pair.master;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut p = scr.lock().unwrap();
+                p.process(&buf[..n]);
+                // Answer cursor-position queries as a terminal does (rustyline asks).
+                for _ in 0..buf[..n].windows(4).filter(|w| w == b"\x1b[6n").count() {
+                    let (r, c) = p.screen().cursor_position();
+                    let reply = format!("\x1b[{};{}R", r + 1, c + 1);
+                    let _ = answer.lock().unwrap().write_all(reply.as_bytes());
+                }
+            }
+        });
+        Tty {
+            child,
+            keys,
+            screen,
+        }
+    }
+
+    fn send(&self, keys: &str) {
+        let mut k = self.keys.lock().unwrap();
+        k.write_all(keys.as_bytes()).unwrap();
+        k.flush().unwrap();
+    }
+
+    fn contents(&self) -> String {
+        self.screen.lock().unwrap().screen().contents()
+    }
+
+    /// The screen's lines, trailing blanks trimmed.
+    fn lines(&self) -> Vec<String> {
+        self.contents()
+            .lines()
+            .map(|l| l.trim_end().to_owned())
+            .collect()
+    }
+
+    /// The line the cursor is on.
+    fn cursor_line(&self) -> String {
+        let p = self.screen.lock().unwrap();
+        let (row, _) = p.screen().cursor_position();
+        let rows: Vec<String> = p.screen().rows(0, COLS).collect();
+        rows[usize::from(row)].trim_end().to_owned()
+    }
+
+    /// Waits until `done` holds for the screen; fails with the screen after [`TIMEOUT`].
+    fn wait(&self, what: &str, done: impl Fn(&Tty) -> bool) {
+        let deadline = Instant::now() + TIMEOUT;
+        while !done(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; screen:\n{}",
+                self.contents()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait_text(&self, text: &str) {
+        self.wait(text, |t| t.contents().contains(text));
+    }
+
+    /// Waits until the cursor's line reads `line` exactly (the input line as typed).
+    fn wait_line(&self, line: &str) {
+        self.wait(&format!("the input line {line:?}"), |t| {
+            t.cursor_line() == line
+        });
+    }
+}
+
+impl Drop for Tty {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn editing_history_hidden_password_and_lines_above_the_input() {
+    let server = TestServer::start();
+    let alice = server.register("alice");
+    let bob = server.register("bob");
+    let mut b = server.login(bob);
+    let recv_from_alice = |b: &mut util::Raw| {
+        let v = b.recv_msgid(msgid::ONE_CHAT);
+        v["msg"].as_str().unwrap().to_owned()
+    };
+
+    let tty = Tty::spawn(&server);
+    tty.wait_line("choice:");
+    tty.send("1\r");
+    tty.wait_line("userid:");
+    tty.send(&format!("{alice}\r"));
+    tty.wait_line("userpassword:");
+    // The password is typed but not shown: the cursor moves, the text stays blank.
+    tty.send(PW);
+    tty.wait("the cursor past the masked password", |t| {
+        t.screen.lock().unwrap().screen().cursor_position().1
+            == ("userpassword:".len() + PW.len()) as u16
+    });
+    assert_eq!(tty.cursor_line(), "userpassword:");
+    tty.send("\r");
+    tty.wait_text("current login user => id:");
+    tty.wait_line("alice>");
+    assert!(
+        !tty.lines()
+            .iter()
+            .any(|l| l.contains(&format!("userpassword:{PW}"))),
+        "{}",
+        tty.contents()
+    );
+
+    // Arrow keys edit the line: "helo", left, "l" makes "hello".
+    tty.send(&format!("chat:{bob}:helo{LEFT}l"));
+    tty.wait_line(&format!("alice> chat:{bob}:hello"));
+    tty.send("\r");
+    assert_eq!(recv_from_alice(&mut b), "hello");
+    tty.wait_text(&format!("(message to {bob} delivered)"));
+
+    // Up recalls it; End and one more character make a new message.
+    tty.wait_line("alice>");
+    tty.send(UP);
+    tty.wait_line(&format!("alice> chat:{bob}:hello"));
+    tty.send(&format!("{END}!\r"));
+    assert_eq!(recv_from_alice(&mut b), "hello!");
+
+    // A message arrives while a line is half typed: it is printed above, and the
+    // typed line stays as it was, cursor and all.
+    tty.wait_line("alice>");
+    tty.send(&format!("chat:{bob}:half typed"));
+    tty.wait_line(&format!("alice> chat:{bob}:half typed"));
+    b.send(
+        json!({"ext": 1, "id": bob, "msg": "incoming", "msgid": msgid::ONE_CHAT,
+        "name": "bob", "time": "2024-01-02 03:04:05", "toid": alice}),
+    );
+    let said = format!("2024-01-02 03:04:05 [{bob}]bob said: incoming");
+    tty.wait_text(&said);
+    tty.wait_line(&format!("alice> chat:{bob}:half typed"));
+    let lines = tty.lines();
+    let at = |want: &str| lines.iter().position(|l| l == want);
+    let (said_at, input_at) = (at(&said), at(&format!("alice> chat:{bob}:half typed")));
+    assert!(
+        matches!((said_at, input_at), (Some(s), Some(i)) if s < i),
+        "{}",
+        tty.contents()
+    );
+    tty.send(" still\r");
+    assert_eq!(recv_from_alice(&mut b), "half typed still");
+
+    tty.wait_line("alice>");
+    tty.send("quit\r");
+    let deadline = Instant::now() + TIMEOUT;
+    let mut child = tty;
+    loop {
+        if let Some(status) = child.child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "ChatClient did not exit on quit");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
