@@ -19,6 +19,8 @@ const COLS: u16 = 200;
 const LEFT: &str = "\x1b[D";
 const UP: &str = "\x1b[A";
 const END: &str = "\x1b[F";
+const PASTE_START: &str = "\x1b[200~";
+const PASTE_END: &str = "\x1b[201~";
 
 /// ChatClient in a pty, with the screen kept up to date by a reader thread.
 struct Tty {
@@ -203,6 +205,14 @@ fn editing_history_hidden_password_and_lines_above_the_input() {
     );
     tty.send(" still\r");
     assert_eq!(recv_from_alice(&mut b), "half typed still");
+
+    // A long paste (bracketed, as terminals send it) is read whole: no line limit.
+    tty.wait_line("alice>");
+    let long: String = (0..10_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    tty.send(&format!("{PASTE_START}chat:{bob}:{long}{PASTE_END}\r"));
+    assert_eq!(recv_from_alice(&mut b), long);
 
     tty.wait_line("alice>");
     tty.send("quit\r");
