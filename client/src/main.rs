@@ -75,14 +75,22 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let interactive = io::stdin().is_terminal() && io::stdout().is_terminal();
+    // Set up before the reader starts, so its first line goes through the editor. A
+    // terminal the editor cannot drive is read as a script is.
+    let editor = if io::stdin().is_terminal() && io::stdout().is_terminal() {
+        input::Interactive::new()
+            .map_err(|e| ui::error(&format!("no line editing on this terminal: {e}")))
+            .ok()
+    } else {
+        None
+    };
     let session = Arc::new(Session::new(
         write,
         connector,
-        interactive,
+        editor.is_some(),
         heartbeat::interval_from_env(),
     ));
-    match start(read, session) {
+    match start(read, session, editor) {
         Ok(code) => code,
         Err(e) => {
             ui::error(&format!("ChatClient: {e}"));
@@ -91,15 +99,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn start(read: transport::ReadHalf, session: Arc<Session>) -> io::Result<ExitCode> {
+fn start(
+    read: transport::ReadHalf,
+    session: Arc<Session>,
+    editor: Option<input::Interactive>,
+) -> io::Result<ExitCode> {
     let (tx, rx) = mpsc::channel();
     heartbeat::spawn(session.clone())?;
-    if session.interactive() {
-        // Set up before the reader starts, so its first line goes through the editor.
-        let input = input::Interactive::new().map_err(io::Error::other)?;
-        reader::spawn(read, session.clone(), tx.clone())?;
-        return Ok(app::App::new(session, (tx, rx), input).run());
-    }
     reader::spawn(read, session.clone(), tx.clone())?;
-    Ok(app::App::new(session, (tx, rx), input::Piped::stdin()).run())
+    Ok(match editor {
+        Some(input) => app::App::new(session, (tx, rx), input).run(),
+        None => app::App::new(session, (tx, rx), input::Piped::stdin()).run(),
+    })
 }
