@@ -6,15 +6,7 @@ mod util;
 use std::thread;
 use std::time::Duration;
 
-use util::{login, Client, TestServer, MENU};
-
-/// Logs `id` in through a piped client and waits for the banner.
-fn logged_in(server: &TestServer, id: i64) -> Client {
-    let mut c = Client::spawn(server);
-    c.send(&login(id));
-    c.wait_for("show command list >>>");
-    c
-}
+use util::{logged_in, login, Client, TestServer, MENU};
 
 #[test]
 fn friends_and_groups_list_with_live_state() {

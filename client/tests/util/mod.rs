@@ -381,6 +381,14 @@ pub fn run_script(server: &TestServer, script: &str) -> Run {
     }
 }
 
+/// A piped client logged in as `id`, its banner and command list printed.
+pub fn logged_in(server: &TestServer, id: i64) -> Client {
+    let mut c = Client::spawn(server);
+    c.send(&login(id));
+    c.wait_for("show command list >>>");
+    c
+}
+
 /// The login script for `id` with [`PW`].
 pub fn login(id: i64) -> String {
     format!("1\n{id}\n{PW}\n")
