@@ -141,21 +141,10 @@ impl Reader {
             return;
         }
         let name = frame.get("name").and_then(Value::as_str).unwrap_or("");
-        let strings = |key: &str| -> Vec<String> {
-            frame
-                .get(key)
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|s| s.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
         let friends = wire_list(frame, "friends", Friend::from_wire);
         let groups = wire_list(frame, "groups", GroupInfo::from_wire);
         let mut out = ui::banner(id, name, &friends, &groups);
-        for text in strings("offlinemsg") {
+        for text in wire_list(frame, "offlinemsg", |s| Some(s.to_owned())) {
             if let Some(line) = serde_json::from_str::<Value>(&text)
                 .ok()
                 .and_then(|m| ui::chat_line(&m))
