@@ -5,6 +5,9 @@
 
 use std::borrow::Cow;
 use std::io::{self, BufRead, Lines, StdinLock};
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+use nix::sys::termios::{self, SetArg, Termios};
 
 use rustyline::completion::Completer;
 use rustyline::config::Configurer;
@@ -86,6 +89,19 @@ impl Validator for Masking {}
 
 impl Helper for Masking {}
 
+/// The terminal's settings before the editor touched them, for [`restore_terminal`].
+static SAVED_TERMIOS: OnceLock<Mutex<Termios>> = OnceLock::new();
+
+/// Puts the terminal back as it was before interactive mode, for an exit that skips the
+/// editor's own cleanup (the connection lost while a line is being read, in raw mode):
+/// otherwise the shell the person returns to would not echo. Safe from any thread.
+pub fn restore_terminal() {
+    if let Some(t) = SAVED_TERMIOS.get() {
+        let t = t.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = termios::tcsetattr(io::stdin(), SetArg::TCSANOW, &t);
+    }
+}
+
 /// A person at a terminal, through rustyline.
 pub struct Interactive {
     /// The line editor, with the command history of this run.
@@ -96,6 +112,9 @@ impl Interactive {
     /// Sets up the editor and routes [`ui::emit`] through its external printer, so that
     /// what the server says appears above the line being typed.
     pub fn new() -> rustyline::Result<Interactive> {
+        if let Ok(t) = termios::tcgetattr(io::stdin()) {
+            let _ = SAVED_TERMIOS.set(Mutex::new(t));
+        }
         let config = Config::builder()
             .auto_add_history(true)
             .history_ignore_dups(true)?

@@ -362,6 +362,7 @@ impl Session {
             return;
         }
         crate::ui::error(why);
+        crate::input::restore_terminal();
         std::process::exit(1);
     }
 }

@@ -10,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use chat::protocol::msgid;
-use portable_pty::{native_pty_system, Child, CommandBuilder, PtySize};
+use portable_pty::{native_pty_system, Child, CommandBuilder, MasterPty, PtySize};
 use serde_json::json;
 use util::{TestServer, PW, TIMEOUT};
 
@@ -25,6 +25,7 @@ const PASTE_END: &str = "\x1b[201~";
 /// ChatClient in a pty, with the screen kept up to date by a reader thread.
 struct Tty {
     child: Box<dyn Child + Send + Sync>,
+    master: Box<dyn MasterPty + Send>,
     keys: Arc<Mutex<Box<dyn Write + Send>>>,
     screen: Arc<Mutex<vt100::Parser>>,
 }
@@ -52,8 +53,6 @@ impl Tty {
         let screen = Arc::new(Mutex::new(vt100::Parser::new(rows, cols, 0)));
         let (scr, answer) = (screen.clone(), keys.clone());
         thread::spawn(move || {
-            // Keeps the master alive as long as the reader runs.
-            let _master = pair.master;
             let mut buf = [0u8; 4096];
             while let Ok(n) = out.read(&mut buf) {
                 if n == 0 {
@@ -71,6 +70,7 @@ impl Tty {
         });
         Tty {
             child,
+            master: pair.master,
             keys,
             screen,
         }
@@ -124,6 +124,39 @@ impl Tty {
         self.wait(&format!("the input line {line:?}"), |t| {
             t.cursor_line() == line
         });
+    }
+}
+
+impl Tty {
+    /// Whether the terminal echoes and edits lines itself (cooked mode), as a shell
+    /// expects it; false while the line editor has it in raw mode.
+    fn cooked(&self) -> bool {
+        let t = self.master.get_termios().expect("the pty's settings");
+        let want = libc::ECHO | libc::ICANON;
+        t.local_flags.bits() & want == want
+    }
+
+    /// Waits for the client to exit; its status.
+    fn wait_exit(&mut self) -> portable_pty::ExitStatus {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "ChatClient did not exit");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Logs `id` in with [`PW`] and waits for the prompt `<name>>`.
+    fn login(&self, id: i64, name: &str) {
+        self.wait_line("choice:");
+        self.send("1\r");
+        self.wait_line("userid:");
+        self.send(&format!("{id}\r"));
+        self.wait_line("userpassword:");
+        self.send(&format!("{PW}\r"));
+        self.wait_line(&format!("{name}>"));
     }
 }
 
@@ -216,14 +249,23 @@ fn editing_history_hidden_password_and_lines_above_the_input() {
 
     tty.wait_line("alice>");
     tty.send("quit\r");
-    let deadline = Instant::now() + TIMEOUT;
-    let mut child = tty;
-    loop {
-        if let Some(status) = child.child.try_wait().unwrap() {
-            assert!(status.success(), "{status:?}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "ChatClient did not exit on quit");
-        thread::sleep(Duration::from_millis(20));
-    }
+    let mut tty = tty;
+    assert!(tty.wait_exit().success());
+    assert!(tty.cooked());
+}
+
+#[test]
+fn a_lost_connection_leaves_the_terminal_as_it_was() {
+    let mut server = TestServer::start();
+    let alice = server.register("alice");
+    let mut tty = Tty::spawn(&server);
+    tty.login(alice, "alice");
+    tty.send("half a line");
+    tty.wait_line("alice> half a line");
+    assert!(!tty.cooked(), "the editor reads in raw mode");
+    server.stop();
+    assert_eq!(tty.wait_exit().exit_code(), 1);
+    tty.wait_text("server closed the connection");
+    // The shell the person returns to echoes again.
+    assert!(tty.cooked());
 }
