@@ -9,7 +9,7 @@ use std::io;
 use std::process::ExitCode;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chat::codec::DEFAULT_FRAME_LIMIT;
 use chat::{protocol, timefmt};
@@ -22,6 +22,9 @@ use crate::{reader, ui};
 
 /// How long to wait for a LOGIN_ACK or REG_ACK before giving up.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How often a wait for an answer looks whether the connection was closed meanwhile.
+const DROP_CHECK: Duration = Duration::from_millis(100);
 
 /// How long a clean exit waits for the server to close its side after our FIN.
 pub const CLOSE_GRACE: Duration = Duration::from_millis(500);
@@ -153,26 +156,49 @@ impl<I: Input> App<I> {
 
     /// Sends a LOGIN or REG and waits for the reader to hand over its answer (which it has
     /// printed). `None` after [`ANSWER_TIMEOUT`].
+    ///
+    /// If the server's login timeout closes the connection before the answer, a LOGIN is
+    /// sent again once on a new connection (a login on a closed connection is undone by
+    /// the server); a REG is not (it may have been done), and the person is told.
     fn request(&mut self, awaiting: Awaiting, frame: &Value) -> Option<Outcome> {
         // Answers to requests we gave up on are stale now.
         while self.outcomes.try_recv().is_ok() {}
-        if !self.connected() {
-            return None;
-        }
-        self.session.state().awaiting = Some(awaiting);
-        self.send(frame);
-        match self.outcomes.recv_timeout(ANSWER_TIMEOUT) {
-            Ok(o) => Some(o),
-            Err(RecvTimeoutError::Disconnected) => None,
-            Err(RecvTimeoutError::Timeout) => {
-                let gave_up = self.session.state().awaiting.take().is_some();
-                if gave_up {
-                    ui::emit("no answer from the server, try again\n");
-                    return None;
-                }
-                // The reader took the answer just now; it is on its way.
-                self.outcomes.recv().ok()
+        let mut resent = false;
+        let mut deadline = Instant::now();
+        loop {
+            if !self.connected() {
+                return None;
             }
+            self.session.state().awaiting = Some(awaiting.clone());
+            self.send(frame);
+            deadline = deadline.max(Instant::now() + ANSWER_TIMEOUT);
+            loop {
+                let wait = DROP_CHECK.min(deadline.saturating_duration_since(Instant::now()));
+                match self.outcomes.recv_timeout(wait) {
+                    Ok(o) => return Some(o),
+                    Err(RecvTimeoutError::Disconnected) => return None,
+                    Err(RecvTimeoutError::Timeout) => {}
+                }
+                if self.session.state().dropped {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    let gave_up = self.session.state().awaiting.take().is_some();
+                    if gave_up {
+                        ui::emit("no answer from the server, try again\n");
+                        return None;
+                    }
+                    // The reader took the answer just now; it is on its way.
+                    return self.outcomes.recv().ok();
+                }
+            }
+            // The connection was closed for idling just as the request went out.
+            self.session.state().awaiting = None;
+            if resent || awaiting != Awaiting::Login {
+                ui::emit("the server closed the connection before answering, try again\n");
+                return None;
+            }
+            resent = true;
         }
     }
 

@@ -41,11 +41,6 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server on 127.0.0.1 with a free port and an empty database.
     pub fn start() -> TestServer {
-        TestServer::start_with(|_| {})
-    }
-
-    /// [`TestServer::start`] with options changed by `tune` (e.g. a short login timeout).
-    pub fn start_with(tune: impl FnOnce(&mut ServerOptions)) -> TestServer {
         static SEQ: AtomicUsize = AtomicUsize::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -56,23 +51,21 @@ impl TestServer {
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
-        let mut opts = ServerOptions {
-            io_threads: 1,
-            workers: 2,
-            ..ServerOptions::default()
-        };
-        tune(&mut opts);
-        let server = ServerThread::start(
-            "127.0.0.1:0".parse().unwrap(),
-            &format!("sqlite:{}", db.display()),
-            opts,
-        )
-        .expect("server starts");
+        let server = launch(&db, |_| {});
         TestServer {
             addr: server.addr(),
             server: Some(server),
             db,
         }
+    }
+
+    /// Stops the server and starts a new one (on a new port) over the same database, with
+    /// options changed by `tune` (e.g. a login timeout too short for test setup).
+    pub fn restart_with(&mut self, tune: impl FnOnce(&mut ServerOptions)) {
+        self.stop();
+        let server = launch(&self.db, tune);
+        self.addr = server.addr();
+        self.server = Some(server);
     }
 
     /// The listening address.
@@ -110,6 +103,22 @@ impl TestServer {
         raw.id = id;
         raw
     }
+}
+
+/// A server thread on 127.0.0.1:0 over the SQLite file `db`.
+fn launch(db: &std::path::Path, tune: impl FnOnce(&mut ServerOptions)) -> ServerThread {
+    let mut opts = ServerOptions {
+        io_threads: 1,
+        workers: 2,
+        ..ServerOptions::default()
+    };
+    tune(&mut opts);
+    ServerThread::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &format!("sqlite:{}", db.display()),
+        opts,
+    )
+    .expect("server starts")
 }
 
 impl Drop for TestServer {
