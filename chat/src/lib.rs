@@ -8,6 +8,8 @@
 //! or MySQL) and the [`hub::Hub`] of online users, and replies through the
 //! connection's handle. Nothing blocking ever runs on an IO loop.
 
+pub mod admin;
+pub mod audit;
 pub mod bus;
 pub mod codec;
 pub mod config;
@@ -21,6 +23,7 @@ pub mod server;
 pub mod server_thread;
 pub mod service;
 pub mod session;
+pub mod stats;
 pub mod store;
 pub mod sys;
 pub mod timefmt;
