@@ -125,7 +125,12 @@ fn metrics_parse_and_move_with_traffic() {
     bad.send(&json!({"msgid": 1, "id": "x"})); // a BAD_FIELD protocol error
     bad.recv();
     z.c.login(z.id, "wrong password");
-    let after = scrape(addr);
+    // The worker bumps the login counters just after it sent the reply.
+    let after = poll(Duration::from_secs(5), "the failed login counted", || {
+        let m = scrape(addr);
+        let failed = "chat_logins_total{result=failed}";
+        (get(&m, failed) > get(&before, failed)).then_some(m)
+    });
     let moved = |k: &str| get(&after, k) - get(&before, k);
     assert_eq!(moved("chat_logins_total{result=ok}"), 2.0, "{after:?}");
     assert_eq!(moved("chat_logins_total{result=failed}"), 1.0);
