@@ -53,7 +53,9 @@ fn run(cfg: &Config) -> Result<(), Box<dyn std::error::Error>> {
         store.set_all_offline()?;
     }
     let lp = EventLoop::new()?;
-    let server = ChatServer::new(&lp, cfg.addr()?, store, cfg.server_options()?)?;
+    let addr = cfg.addr()?;
+    let server = ChatServer::new(&lp, addr, store, cfg.server_options()?)
+        .map_err(|e| format!("cannot serve on {addr}: {e}"))?;
     server.start()?;
     log::info!(
         "ChatServer listening on {} (db {})",

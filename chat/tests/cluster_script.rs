@@ -63,7 +63,13 @@ fn help_describes_the_commands() {
     let (out, _) = cluster_sh(&["--help"], &[], Duration::from_secs(10));
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for word in ["start [N]", "stop", "status", "BASE_PORT", "ADMIN_BASE_PORT"] {
+    for word in [
+        "start [N]",
+        "stop",
+        "status",
+        "BASE_PORT",
+        "ADMIN_BASE_PORT",
+    ] {
         assert!(text.contains(word), "--help lacks {word}: {text}");
     }
 }
