@@ -150,6 +150,7 @@ fn a_fatal_error_is_reported_once_in_plain_words() {
     while let Ok(l) = node.lines.recv_timeout(Duration::from_secs(5)) {
         lines.push(l);
     }
+    assert_eq!(lines.len(), 1, "one line, nothing else: {lines:?}");
     let errors: Vec<&String> = lines.iter().filter(|l| l.contains("ERROR")).collect();
     assert_eq!(errors.len(), 1, "one error line: {lines:?}");
     assert!(

@@ -12,9 +12,15 @@ use std::time::{Duration, Instant};
 use cluster_util::free_port;
 
 /// Runs `cluster.sh ARGS` with a private state directory; kills it after `limit`.
-fn cluster_sh(args: &[&str], env: &[(&str, String)], limit: Duration) -> (Output, PathBuf) {
+/// Each call gets a directory of its own (`tag`): the tests run in parallel.
+fn cluster_sh(
+    tag: &str,
+    args: &[&str],
+    env: &[(&str, String)],
+    limit: Duration,
+) -> (Output, PathBuf) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let dir = std::env::temp_dir().join(format!("chat-cluster-test-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("chat-cluster-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut cmd = Command::new("bash");
     cmd.arg(root.join("scripts/cluster.sh"))
@@ -47,7 +53,7 @@ fn start_fails_with_a_clear_line_when_a_port_is_taken() {
         ("BASE_PORT", taken.to_string()),
         ("LB_PORT", free_port().to_string()),
     ];
-    let (out, dir) = cluster_sh(&["start", "1"], &env, Duration::from_secs(30));
+    let (out, dir) = cluster_sh("taken", &["start", "1"], &env, Duration::from_secs(30));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "start succeeded: {err}");
     assert!(
@@ -60,7 +66,7 @@ fn start_fails_with_a_clear_line_when_a_port_is_taken() {
 
 #[test]
 fn help_describes_the_commands() {
-    let (out, _) = cluster_sh(&["--help"], &[], Duration::from_secs(10));
+    let (out, _) = cluster_sh("help", &["--help"], &[], Duration::from_secs(10));
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     for word in [
@@ -72,4 +78,23 @@ fn help_describes_the_commands() {
     ] {
         assert!(text.contains(word), "--help lacks {word}: {text}");
     }
+}
+
+#[test]
+fn start_fails_with_a_clear_line_when_a_node_dies_at_start() {
+    let port = free_port();
+    let env = [
+        ("BASE_PORT", port.to_string()),
+        ("LB_PORT", free_port().to_string()),
+        ("NODE_ARGS", "--no-such-option".to_owned()),
+    ];
+    let (out, dir) = cluster_sh("dies", &["start", "1"], &env, Duration::from_secs(60));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "start succeeded: {err}");
+    assert!(
+        err.contains(&format!("node 1 (port {port}) died at start")),
+        "no clear line about the dead node: {err}"
+    );
+    assert!(!dir.join("nginx.pid").exists(), "nginx was started anyway");
+    let _ = std::fs::remove_dir_all(dir);
 }
