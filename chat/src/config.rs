@@ -83,9 +83,13 @@ pub struct Config {
     /// Passes of new password hashes (argon2id).
     #[arg(long, env = "CHAT_ARGON2_PASSES", default_value_t = 2)]
     pub argon2_passes: u32,
-    /// Log level: error, warn, info, debug or trace (`RUST_LOG` overrides it).
-    #[arg(long, env = "CHAT_LOG", default_value = "info")]
-    pub log_level: String,
+    /// Log level: error, warn, info, debug or trace (default info; `RUST_LOG`
+    /// overrides it). The older env name `CHAT_LOG` is still read.
+    #[arg(long, env = "CHAT_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// The old name of `CHAT_LOG_LEVEL`.
+    #[arg(long = "log", env = "CHAT_LOG", hide = true)]
+    pub log_level_old: Option<String>,
     /// Log lines as plain text or as one JSON object per line.
     #[arg(long, env = "CHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -131,6 +135,14 @@ fn resolve_pair(hostport: &str) -> io::Result<SocketAddr> {
 }
 
 impl Config {
+    /// The log filter: `--log-level`, else the old `CHAT_LOG`, else `info`.
+    pub fn log_filter(&self) -> &str {
+        self.log_level
+            .as_deref()
+            .or(self.log_level_old.as_deref())
+            .unwrap_or("info")
+    }
+
     /// The listen address (a host name is resolved).
     pub fn addr(&self) -> io::Result<SocketAddr> {
         resolve(&self.ip, self.port)
@@ -180,5 +192,47 @@ impl Config {
                 node_ttl: std::time::Duration::from_millis(self.node_ttl_ms.max(1000)),
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The old names (`CHAT_LOG`, `CHAT_LOGIN_TIMEOUT`, and their hidden flags) are
+    /// read when the new ones are absent, and lose to them when both are set.
+    #[test]
+    fn old_names_are_aliases() {
+        let parse = |args: &[&str]| {
+            Config::try_parse_from(std::iter::once("ChatServer").chain(args.iter().copied()))
+                .expect("valid arguments")
+        };
+        let c = parse(&["--log", "debug", "--login-timeout", "7"]);
+        assert_eq!(c.log_filter(), "debug");
+        let opts = c.server_options().unwrap();
+        assert_eq!(opts.limits.login_timeout, std::time::Duration::from_secs(7));
+        let c = parse(&[
+            "--log",
+            "debug",
+            "--log-level",
+            "warn",
+            "--login-timeout",
+            "7",
+        ]);
+        assert_eq!(c.log_filter(), "warn");
+        let c = parse(&["--login-timeout", "7", "--login-timeout-secs", "9"]);
+        let opts = c.server_options().unwrap();
+        assert_eq!(opts.limits.login_timeout, std::time::Duration::from_secs(9));
+        assert_eq!(parse(&[]).log_filter(), "info");
+    }
+
+    #[test]
+    fn host_names_resolve() {
+        assert!(resolve("localhost", 6000).unwrap().ip().is_loopback());
+        assert_eq!(
+            resolve_pair("[::1]:9101").unwrap(),
+            "[::1]:9101".parse().unwrap()
+        );
+        assert!(resolve_pair("localhost").is_err());
     }
 }

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
 /// Installs env_logger at `--log-level` (`RUST_LOG` wins), as text or JSON lines.
 fn init_logging(cfg: &Config) {
     let mut b = env_logger::Builder::new();
-    b.parse_filters(&cfg.log_level).parse_env("RUST_LOG");
+    b.parse_filters(cfg.log_filter()).parse_env("RUST_LOG");
     if cfg.log_format == LogFormat::Json {
         b.format(|out, rec| {
             use std::io::Write;
