@@ -8,10 +8,10 @@ use std::time::Duration;
 use serde_json::Value;
 
 mod admin;
-
-pub use admin::Kick;
 mod cluster;
 mod login;
+
+pub use admin::Kick;
 
 use crate::audit::End;
 use crate::bus::Bus;
