@@ -7,6 +7,9 @@
 //! counter together.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
+
+use memchr::memmem::FinderRev;
 
 /// Msgids counted one by one; a larger (or negative) one counts in the last slot.
 pub const MSGID_SLOTS: usize = 64;
@@ -193,7 +196,9 @@ pub struct Snapshot {
 /// cannot match).
 pub fn peek_msgid(frame: &[u8]) -> Option<i64> {
     const KEY: &[u8] = b"\"msgid\":";
-    let at = memchr::memmem::rfind(frame, KEY)? + KEY.len();
+    /// Built once: a search then allocates nothing and sets nothing up.
+    static FINDER: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(KEY));
+    let at = FINDER.rfind(frame)? + KEY.len();
     let digits = &frame[at..];
     let (neg, digits) = match digits.first() {
         Some(b'-') => (true, &digits[1..]),
