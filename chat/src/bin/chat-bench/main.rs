@@ -92,8 +92,11 @@ pub struct Args {
     /// (CREATE_GROUP, LOGINOUT, ADD_GROUP) are followed by a pause of --legacy-gap-ms.
     #[arg(long)]
     pub legacy: bool,
-    /// Pause after a request a legacy server never answers, before the next one.
-    #[arg(long, default_value_t = 20)]
+    /// Pause after a request a legacy server never answers, before the next one. The
+    /// original runs its database calls on its IO threads, so under load it may not read
+    /// a connection for tens of milliseconds: two requests then reach it in one read,
+    /// and it drops the second.
+    #[arg(long, default_value_t = 100)]
     pub legacy_gap_ms: u64,
     /// Give up when setup makes no progress for this many seconds.
     #[arg(long, default_value_t = 30.0)]
