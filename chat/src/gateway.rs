@@ -175,6 +175,21 @@ impl Gateway {
                     break;
                 }
                 Ok(Decoded::Frame { start, end }) => {
+                    let token = self.take_token(st);
+                    let fast = token
+                        .then(|| protocol::parse_fast_chat(&buf.peek()[start..end]))
+                        .flatten()
+                        .and_then(|chat| self.service.try_fast_chat(&st.session, &chat));
+                    if let Some(done) = fast {
+                        buf.retrieve(end);
+                        if let Err(job) = done {
+                            pause |= self.submitter.submit(&st.session, job);
+                            if pause {
+                                break;
+                            }
+                        }
+                        continue;
+                    }
                     let (mut ext, mut reg_strings) = (false, false);
                     let parsed = codec::parse_frame(&buf.peek()[start..end]).and_then(|v| {
                         ext = asks_ext(&v);
@@ -182,7 +197,7 @@ impl Gateway {
                         protocol::parse_request(v)
                     });
                     buf.retrieve(end);
-                    let job = if !self.take_token(st) {
+                    let job = if !token {
                         let msgid = parsed.as_ref().ok().map(|p| p.msgid);
                         Job::Reply(protocol::encode(&protocol::error(
                             &ProtocolError::rate_limited(msgid),

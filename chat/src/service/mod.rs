@@ -14,7 +14,7 @@ use crate::hub::Hub;
 use crate::member_cache::MemberCache;
 use crate::password::{self, Verified};
 use crate::protocol::{
-    self, errno, msgid, Friend, GroupInfo, Member, Parsed, ProtocolError, Request,
+    self, errno, msgid, FastChat, Friend, GroupInfo, Member, Parsed, ProtocolError, Request,
 };
 use crate::router::{Fast, Outcome, Router};
 use crate::session::{Job, Session, User};
@@ -489,6 +489,30 @@ impl ChatService {
             (Fast::Store(text), _) => Err(Job::Route { to: toid, text }),
             (Fast::NotHere, Some(parsed)) => Err(Job::Request(parsed)),
             (Fast::NotHere, None) => unreachable!("the text is built only when sent"),
+        }
+    }
+
+    /// [`Self::try_fast`] for a chat frame read without a `Value`: `None` when this path
+    /// cannot take it (then the caller parses it in full), else what `try_fast` gives.
+    pub fn try_fast_chat(
+        &self,
+        session: &Arc<Session>,
+        chat: &FastChat,
+    ) -> Option<std::result::Result<(), Job>> {
+        let user = match session.user() {
+            Some(u) if u.id == chat.id && session.is_idle() => u,
+            _ => return None,
+        };
+        match self
+            .router
+            .try_send_local(chat.toid, || chat.delivery_text(&user.name, timefmt::now))
+        {
+            Fast::Sent => Some(Ok(())),
+            Fast::Store(text) => Some(Err(Job::Route {
+                to: chat.toid,
+                text,
+            })),
+            Fast::NotHere => None,
         }
     }
 
