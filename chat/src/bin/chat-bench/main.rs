@@ -388,7 +388,11 @@ fn report(
             report["latency"]["max_us"]
         );
     }
-    if let Some(per) = report["server_cpu_us_per_unit"].as_f64() {
+    if args.scenario == Scenario::Idle {
+        if let Some(cores) = report["server_cpu_cores"].as_f64() {
+            println!("server CPU          {cores:.3} cores while idle");
+        }
+    } else if let Some(per) = report["server_cpu_us_per_unit"].as_f64() {
         let f = |k: &str| report[k].as_f64().unwrap_or(0.0);
         let unit = if args.scenario == Scenario::Login {
             "login"
