@@ -281,9 +281,10 @@ fn slow_reader_gets_everything_in_order(b: &Backend) {
         },
         ..ServerOptions::default()
     };
-    let srv = b.start_with(opts);
+    let srv = b.start_with(opts.clone());
     let mut a = User::online(srv.addr(), "alice");
     let mut bob = User::online(srv.addr(), "bob");
+    util::clamp_socket_buffers(bob.c.stream(), 32 * 1024);
     // Far more than the socket buffers hold, so the server's output for bob grows.
     let n = 300;
     let pad = "p".repeat(32 * 1024);
@@ -291,6 +292,18 @@ fn slow_reader_gets_everything_in_order(b: &Backend) {
         a.chat(bob.id, &format!("{i:04} {pad}"));
     }
     a.c.barrier();
+    // The congestion path was taken: with bob reading nothing, only what fits below the
+    // high-water mark (plus the frame that crossed it) and in the kernel's buffers went
+    // to his connection; the rest is in the store until his output drains.
+    let frame = frame_bytes(&one_chat(a.id, "alice", bob.id, &format!("0000 {pad}"))).len();
+    let queued_max =
+        opts.limits.output_high_water + frame + util::kernel_in_flight_max(bob.c.stream());
+    let live_max = queued_max.div_ceil(frame);
+    let stored = b.stored_for(bob.id);
+    assert!(
+        stored >= n - live_max && stored < n,
+        "{stored} of {n} stored while bob read nothing (at most {live_max} may be queued)"
+    );
     for i in 0..n {
         let got = bob.c.expect_msgid(6);
         let msg = got["msg"].as_str().unwrap();

@@ -256,7 +256,21 @@ fn one_chat_to_and_toid() {
 
 #[test]
 fn acting_id() {
-    assert_eq!(req(r#"{"id":22,"msgid":3}"#).acting_id(), Some(22));
+    // Every request that acts as a user names it; dispatch refuses any other id.
+    for acting in [
+        r#"{"id":22,"msgid":3}"#,
+        r#"{"id":22,"msg":"m","msgid":6,"name":"n","time":"t","toid":23}"#,
+        r#"{"friendid":23,"id":22,"msgid":7}"#,
+        r#"{"groupdesc":"","groupname":"g","id":22,"msgid":8}"#,
+        r#"{"groupid":5,"id":22,"msgid":9}"#,
+        r#"{"groupid":5,"id":22,"msg":"m","msgid":10,"name":"n","time":"t"}"#,
+    ] {
+        assert_eq!(req(acting).acting_id(), Some(22), "{acting}");
+    }
+    assert_eq!(
+        req(r#"{"msgid":4,"name":"n","password":"p"}"#).acting_id(),
+        None
+    );
     assert_eq!(
         req(r#"{"id":22,"msgid":1,"password":"p"}"#).acting_id(),
         None
