@@ -483,3 +483,42 @@ fn server_side_error_constructors() {
         "frame exceeds the limit of 10 bytes"
     );
 }
+
+#[test]
+fn msgid_names() {
+    let table = [
+        (msgid::LOGIN, "LOGIN"),
+        (msgid::LOGIN_ACK, "LOGIN_ACK"),
+        (msgid::LOGINOUT, "LOGINOUT"),
+        (msgid::REG, "REG"),
+        (msgid::REG_ACK, "REG_ACK"),
+        (msgid::ONE_CHAT, "ONE_CHAT"),
+        (msgid::ADD_FRIEND, "ADD_FRIEND"),
+        (msgid::CREATE_GROUP, "CREATE_GROUP"),
+        (msgid::ADD_GROUP, "ADD_GROUP"),
+        (msgid::GROUP_CHAT, "GROUP_CHAT"),
+        (msgid::ERROR, "ERROR"),
+        (msgid::ACK, "ACK"),
+        (msgid::PING, "PING"),
+        (msgid::PONG, "PONG"),
+    ];
+    for (id, name) in table {
+        assert_eq!(msgid::name(id), Some(name), "msgid {id}");
+    }
+    assert_eq!(msgid::name(0), None);
+    assert_eq!(msgid::name(99), None);
+}
+
+#[test]
+fn protocol_error_display_for_logs() {
+    let e = ProtocolError::new(errno::UNKNOWN_MSGID, "unknown msgid 99").with_msgid(99);
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "errno {}: unknown msgid 99 (msgid 99)",
+            errno::UNKNOWN_MSGID
+        )
+    );
+    let e = ProtocolError::new(errno::UNKNOWN_MSGID, "x");
+    assert_eq!(e.to_string(), format!("errno {}: x", errno::UNKNOWN_MSGID));
+}

@@ -9,15 +9,10 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ::mysql::prelude::Queryable;
 use chat::codec::FrameReader;
-use chat::server::ServerOptions;
-use chat::server_thread::ServerThread;
 use serde_json::{json, Value};
 
 /// How long any single wait for the server may take before the test fails.
@@ -31,208 +26,12 @@ pub const CLIENT_FRAME_LIMIT: usize = 16 * 1024 * 1024;
 /// A fixed `time` field, so forwarded frames have predictable bytes.
 pub const TIME: &str = "2024-01-02 03:04:05";
 
-/// Distinguishes the databases and files of tests running in parallel.
-fn unique_suffix() -> String {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    format!("{}_{n}", std::process::id())
-}
-
-/// A fresh, empty database for one test, removed when dropped (also on panic).
-pub enum Backend {
-    /// An SQLite file in the temp directory; the file and its WAL companions are deleted.
-    Sqlite {
-        /// The database file.
-        path: PathBuf,
-    },
-    /// A database on the test MySQL server; it is dropped.
-    Mysql {
-        /// The server URL without a database.
-        server: String,
-        /// `chat_it_<pid>_<n>`.
-        name: String,
-    },
-}
-
-impl Backend {
-    /// A fresh SQLite database (the file is created by the server).
-    pub fn sqlite() -> Backend {
-        let path = std::env::temp_dir().join(format!("chat_it_{}.db", unique_suffix()));
-        Backend::Sqlite { path }
-    }
-
-    /// A fresh MySQL database (created by the server). Panics when MySQL is unreachable:
-    /// a MySQL test never reports ok without MySQL.
-    pub fn mysql() -> Backend {
-        let server = mysql_server();
-        if let Err(err) = mysql_conn(&server) {
-            panic!("MySQL at {server} is unreachable: {err} (run scripts/ensure-services.sh)");
-        }
-        Backend::Mysql {
-            server,
-            name: format!("chat_it_{}", unique_suffix()),
-        }
-    }
-
-    /// The URL to give the server.
-    pub fn url(&self) -> String {
-        match self {
-            Backend::Sqlite { path } => format!("sqlite:{}", path.display()),
-            Backend::Mysql { server, name } => format!("{server}/{name}"),
-        }
-    }
-
-    /// Whether this is the SQLite backend.
-    pub fn is_sqlite(&self) -> bool {
-        matches!(self, Backend::Sqlite { .. })
-    }
-
-    /// How many offline messages are stored for `user` right now, read straight from the
-    /// table (without taking them): shows which path a message took.
-    pub fn stored_for(&self, user: i64) -> usize {
-        stored_rows(&self.url(), user)
-    }
-
-    /// Starts a server with default options on this database.
-    pub fn start(&self) -> ServerThread {
-        self.start_with(ServerOptions::default())
-    }
-
-    /// Starts a server with `opts` on this database.
-    pub fn start_with(&self, opts: ServerOptions) -> ServerThread {
-        ServerThread::start("127.0.0.1:0".parse().unwrap(), &self.url(), opts)
-            .unwrap_or_else(|e| panic!("server on {} did not start: {e}", self.url()))
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        match self {
-            Backend::Sqlite { path } => {
-                for suffix in ["", "-wal", "-shm", "-journal"] {
-                    let mut p = path.clone().into_os_string();
-                    p.push(suffix);
-                    let _ = std::fs::remove_file(p);
-                }
-            }
-            Backend::Mysql { server, name } => {
-                let dropped = mysql_conn(server)
-                    .and_then(|mut c| c.query_drop(format!("DROP DATABASE IF EXISTS `{name}`")));
-                if let Err(err) = dropped {
-                    eprintln!("could not drop test database {name}: {err}");
-                }
-            }
-        }
-    }
-}
-
-/// The number of rows of `user` in the `offlinemessage` table of the database at `url`
-/// (`sqlite:PATH` or a MySQL URL), counted without taking them.
-pub fn stored_rows(url: &str, user: i64) -> usize {
-    let sql = "SELECT COUNT(*) FROM offlinemessage WHERE userid = ?";
-    let n: i64 = match url.strip_prefix("sqlite:") {
-        Some(path) => {
-            let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
-            let conn = rusqlite::Connection::open_with_flags(path, flags).expect("open sqlite");
-            conn.busy_timeout(TIMEOUT).unwrap();
-            conn.query_row(sql, [user], |row| row.get(0))
-                .expect("count stored rows")
-        }
-        None => {
-            let opts = ::mysql::Opts::from_url(url).expect("a MySQL URL");
-            let mut conn = ::mysql::Conn::new(opts).expect("connect to MySQL");
-            conn.exec_first(sql, (user,))
-                .expect("count stored rows")
-                .expect("a count")
-        }
-    };
-    usize::try_from(n).unwrap()
-}
-
-/// Caps a socket's kernel buffers (`SO_RCVBUF`, `SO_SNDBUF`), so that what a test
-/// sends or leaves unread piles up in the server rather than in the kernel.
-pub fn clamp_socket_buffers(s: &TcpStream, bytes: i32) {
-    use std::os::fd::AsRawFd;
-    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-        let v: libc::c_int = bytes;
-        // SAFETY: a valid descriptor, and a pointer to a c_int of the size we pass.
-        let rc = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0, "setsockopt: {}", io::Error::last_os_error());
-    }
-}
-
-/// At most how many bytes the kernel holds between a server and this client socket: the
-/// largest send buffer the server's side may grow to (`tcp_wmem` max) plus this socket's
-/// receive buffer. What a server queued beyond that is still in its own memory.
-pub fn kernel_in_flight_max(s: &TcpStream) -> usize {
-    use std::os::fd::AsRawFd;
-    let wmem = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem").expect("tcp_wmem");
-    let wmem_max: usize = wmem
-        .split_whitespace()
-        .nth(2)
-        .and_then(|v| v.parse().ok())
-        .expect("tcp_wmem has three numbers");
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: a valid descriptor, and a pointer to a c_int with its size in `len`.
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&mut v as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(rc, 0, "getsockopt: {}", io::Error::last_os_error());
-    wmem_max + usize::try_from(v).unwrap()
-}
-
-/// The MySQL server the tests use, without a trailing slash.
-fn mysql_server() -> String {
-    std::env::var("CHAT_TEST_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
-        .trim_end_matches('/')
-        .to_owned()
-}
-
-/// A connection to the test MySQL server, no database selected.
-fn mysql_conn(server: &str) -> Result<::mysql::Conn, ::mysql::Error> {
-    let opts = ::mysql::Opts::from_url(server).expect("CHAT_TEST_MYSQL_URL is not a URL");
-    let opts = ::mysql::OptsBuilder::from_opts(opts)
-        .tcp_connect_timeout(Some(Duration::from_secs(3)))
-        .read_timeout(Some(Duration::from_secs(30)));
-    ::mysql::Conn::new(opts)
-}
-
-/// Runs each listed scenario `fn name(b: &Backend)` as `sqlite::name` and `mysql::name`.
-#[macro_export]
-macro_rules! both_backends {
-    ($($scenario:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test]
-            fn $scenario() {
-                let b = $crate::util::Backend::sqlite();
-                super::$scenario(&b);
-            })*
-        }
-        mod mysql {
-            $(#[test]
-            fn $scenario() {
-                let b = $crate::util::Backend::mysql();
-                super::$scenario(&b);
-            })*
-        }
-    };
-}
+mod backend;
+mod sockets;
+#[allow(unused_imports)] // each test binary uses a different subset
+pub use backend::{stored_rows, Backend};
+#[allow(unused_imports)]
+pub use sockets::{clamp_socket_buffers, kernel_in_flight_max};
 
 /// Polls `f` until it returns `Some`, failing after `limit`.
 pub fn poll<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -467,29 +266,28 @@ impl Client {
 
     /// Asserts that the server closes the connection, with no more frames first.
     pub fn expect_eof(&mut self) {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            assert!(
-                self.pending.is_empty(),
-                "expected EOF, got {:?}",
-                String::from_utf8_lossy(&self.pending)
-            );
-            match self.fill(deadline) {
-                Ok(false) => return,
-                Ok(true) => {}
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return,
-                Err(e) if is_timeout(&e) => panic!("connection still open after {TIMEOUT:?}"),
-                Err(e) => panic!("expected EOF, read failed: {e}"),
-            }
-        }
+        self.wait_eof(false);
     }
 
     /// Discards whatever still arrives, then asserts that the server closes the
     /// connection.
     pub fn expect_eof_after_any(&mut self) {
+        self.wait_eof(true);
+    }
+
+    /// Reads until EOF (a reset counts), failing after [`TIMEOUT`]; bytes on the way
+    /// fail too unless `discard`.
+    fn wait_eof(&mut self, discard: bool) {
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            self.pending.clear();
+            if discard {
+                self.pending.clear();
+            }
+            assert!(
+                self.pending.is_empty(),
+                "expected EOF, got {:?}",
+                String::from_utf8_lossy(&self.pending)
+            );
             match self.fill(deadline) {
                 Ok(false) => return,
                 Ok(true) => {}
