@@ -281,9 +281,10 @@ fn slow_reader_gets_everything_in_order(b: &Backend) {
         },
         ..ServerOptions::default()
     };
-    let srv = b.start_with(opts);
+    let srv = b.start_with(opts.clone());
     let mut a = User::online(srv.addr(), "alice");
     let mut bob = User::online(srv.addr(), "bob");
+    util::clamp_socket_buffers(bob.c.stream(), 32 * 1024);
     // Far more than the socket buffers hold, so the server's output for bob grows.
     let n = 300;
     let pad = "p".repeat(32 * 1024);
@@ -291,6 +292,18 @@ fn slow_reader_gets_everything_in_order(b: &Backend) {
         a.chat(bob.id, &format!("{i:04} {pad}"));
     }
     a.c.barrier();
+    // The congestion path was taken: with bob reading nothing, only what fits below the
+    // high-water mark (plus the frame that crossed it) and in the kernel's buffers went
+    // to his connection; the rest is in the store until his output drains.
+    let frame = frame_bytes(&one_chat(a.id, "alice", bob.id, &format!("0000 {pad}"))).len();
+    let queued_max =
+        opts.limits.output_high_water + frame + util::kernel_in_flight_max(bob.c.stream());
+    let live_max = queued_max.div_ceil(frame);
+    let stored = b.stored_for(bob.id);
+    assert!(
+        stored >= n - live_max && stored < n,
+        "{stored} of {n} stored while bob read nothing (at most {live_max} may be queued)"
+    );
     for i in 0..n {
         let got = bob.c.expect_msgid(6);
         let msg = got["msg"].as_str().unwrap();
@@ -307,18 +320,25 @@ fn slow_reader_gets_everything_in_order(b: &Backend) {
 
 /// Messages that keep coming while the recipient logs in are neither lost nor
 /// duplicated: those stored before the login are in the LOGIN_ACK, the rest follow it
-/// live, and together they are exactly the messages sent, in order.
+/// live, and together they are exactly the messages sent, in order. The writer keeps
+/// sending until the LOGIN_ACK is in, and a little after, so the login really races
+/// with the stream: some must come stored and some live.
 fn messages_racing_a_login(b: &Backend) {
+    use std::sync::atomic::{AtomicBool, Ordering};
     let srv = b.start();
     let a = User::online(srv.addr(), "alice");
     let mut bob = User::register(srv.addr(), "bob");
-    let n = 300;
     let (bob_id, a_id) = (bob.id, a.id);
     let mut sender = a.c;
+    let acked = std::sync::Arc::new(AtomicBool::new(false));
+    let stop = acked.clone();
     let (started, go) = std::sync::mpsc::channel();
     let writer = std::thread::spawn(move || {
-        for i in 0..n {
+        let mut i = 0;
+        let mut after = 0;
+        while after < 20 {
             sender.send(&one_chat(a_id, "alice", bob_id, &format!("r{i}")));
+            i += 1;
             if i == 50 {
                 // The first ones are surely stored; now let bob log in.
                 sender.barrier();
@@ -328,21 +348,30 @@ fn messages_racing_a_login(b: &Backend) {
                 // Spread the rest over the login, which takes a password hash.
                 std::thread::sleep(std::time::Duration::from_micros(500));
             }
+            if stop.load(Ordering::SeqCst) {
+                after += 1;
+            }
         }
         sender.barrier();
+        i
     });
     go.recv_timeout(util::TIMEOUT).expect("writer started");
     let ack = bob.login();
+    acked.store(true, Ordering::SeqCst);
     let mut got: Vec<String> = parsed(&ack, "offlinemsg")
         .iter()
         .map(|m| m["msg"].as_str().unwrap().to_owned())
         .collect();
     let stored = got.len();
-    assert!(stored > 50, "only {stored} stored before the login");
+    let n = writer.join().expect("writer");
+    assert!(stored >= 50, "only {stored} stored before the login");
+    assert!(
+        stored + 20 <= n,
+        "{stored} of {n} stored: nothing went live"
+    );
     while got.len() < n {
         got.push(bob.c.expect_msgid(6)["msg"].as_str().unwrap().to_owned());
     }
-    writer.join().expect("writer");
     let expected: Vec<String> = (0..n).map(|i| format!("r{i}")).collect();
     assert_eq!(got, expected, "{stored} of them came in the LOGIN_ACK");
     bob.c.expect_quiet();

@@ -22,10 +22,8 @@ use serde_json::json;
 
 use hardening_util::chats::{assert_exactly_in_order, seq_of, spawn_writer, stored_seqs, PING};
 use hardening_util::pair::Pair;
-use hardening_util::{
-    clamp_socket_buffers, cpu_secs, malformed, mib, RawReader, RssMonitor, ServerProc,
-};
-use util::{frame_bytes, one_chat, Backend, Client, User};
+use hardening_util::{cpu_secs, malformed, mib, RawReader, RssMonitor, ServerProc};
+use util::{clamp_socket_buffers, frame_bytes, one_chat, Backend, Client, User};
 
 /// Serialises the tests that load both cores (a child server under a flood), so
 /// that their latency and memory figures are their own.
@@ -450,6 +448,22 @@ fn slow_reader() {
     let peak_flood = monitor.stop();
     let lat = pair.stop();
     sender.c.expect_quiet();
+    // The backlog went to the store: only what fits below the high-water mark (plus the
+    // frame that crossed it) and in the kernel's buffers was queued for the reader.
+    let frame = frame_bytes(&one_chat(
+        sender.id,
+        &sender.name,
+        reader.id,
+        &format!("00000 {pad}"),
+    ))
+    .len();
+    let queued_max = 262_144 + frame + util::kernel_in_flight_max(reader.c.stream());
+    let live_max = queued_max.div_ceil(frame);
+    let stored_unread = srv.stored_for(reader.id);
+    assert!(
+        stored_unread >= N - live_max,
+        "{stored_unread} of {N} stored while the reader read nothing (at most {live_max} queued)"
+    );
 
     let monitor = RssMonitor::start(srv.pid());
     let t1 = Instant::now();

@@ -17,9 +17,15 @@ both_backends!(
     spoofed_id_is_refused,
     logout_with_another_users_id,
     close_without_logout_frees_the_account,
+    messages_after_a_close_without_logout_are_stored,
+    closed_while_login_runs,
+    legacy_plaintext_password_is_rehashed_at_login,
     clean_shutdown_closes_and_frees,
     clean_shutdown_single_loop,
 );
+
+/// How long a reply behind deliberately slow password hashes may take on a busy machine.
+const SLOW: Duration = Duration::from_secs(60);
 
 #[test]
 fn sqlite_clean_shutdown_with_a_stubborn_peer() {
@@ -60,12 +66,17 @@ fn requests_before_login_are_refused(b: &Backend) {
     assert_eq!(other.login(bob.id, &bob.pw)["errno"], 2);
 }
 
-/// After login, a request under another user's id gets 108 and has no effect.
+/// After login, a request under another user's id gets 108 and has no effect: every
+/// msgid that carries an acting id (3 is `logout_with_another_users_id`).
 fn spoofed_id_is_refused(b: &Backend) {
     let srv = b.start();
     let mut a = User::online(srv.addr(), "alice");
     let mut bob = User::online(srv.addr(), "bob");
     let mut carol = User::register(srv.addr(), "carol");
+    // bob's group, so that a spoofed ADD_GROUP or GROUP_CHAT would have something to do.
+    bob.c
+        .send(&json!({"ext": 1, "groupdesc": "", "groupname": "bg", "id": bob.id, "msgid": 8}));
+    let gid = bob.c.expect_ack(8, 0)["groupid"].as_i64().unwrap();
     a.c.send(&one_chat(carol.id, "carol", bob.id, "from carol, really"));
     a.c.expect_error(108, Some(6));
     a.c.send(&one_chat(carol.id, "carol", carol.id, "to myself"));
@@ -74,8 +85,15 @@ fn spoofed_id_is_refused(b: &Backend) {
     a.c.expect_error(108, Some(7));
     a.c.send(&json!({"groupdesc": "", "groupname": "cg", "id": carol.id, "msgid": 8}));
     a.c.expect_error(108, Some(8));
+    // carol into bob's group, and a group message as bob (a member) that would reach
+    // alice once carol's join had worked, or be stored for carol.
+    a.c.send(&json!({"groupid": gid, "id": carol.id, "msgid": 9}));
+    a.c.expect_error(108, Some(9));
+    a.c.send(&util::group_chat(bob.id, "bob", gid, "from bob, really"));
+    a.c.expect_error(108, Some(10));
     a.c.barrier();
     bob.c.expect_quiet();
+    // No group, friend or offline message for carol: a bare LOGIN_ACK.
     let ack = carol.c.login_ok(carol.id, &carol.pw);
     assert_eq!(
         ack.as_object().unwrap().len(),
@@ -106,11 +124,10 @@ fn logout_with_another_users_id(b: &Backend) {
     assert_eq!(a.c.expect_msgid(6)["msg"], "yes");
 }
 
-/// A connection closed without LOGINOUT logs its user out at once; messages sent
-/// meanwhile are stored, not lost.
+/// A connection closed without LOGINOUT logs its user out at once (for what is sent to
+/// the user meanwhile, see `messages_after_a_close_without_logout_are_stored`).
 fn close_without_logout_frees_the_account(b: &Backend) {
     let srv = b.start();
-    let mut bob = User::online(srv.addr(), "bob");
     let a = User::online(srv.addr(), "alice");
     a.c.shutdown();
     drop(a.c);
@@ -120,27 +137,120 @@ fn close_without_logout_frees_the_account(b: &Backend) {
         (v["errno"] == 0).then_some(v)
     });
     assert_eq!(ack["name"], "alice");
-
-    // Close again, this time with a message sent to the closed user right after.
-    c.shutdown();
-    drop(c);
-    let mut c = Client::connect(srv.addr());
-    util::poll(
-        Duration::from_secs(2),
-        "alice freed after second close",
-        || {
-            let v = c.login(a.id, &a.pw);
-            (v["errno"] == 0).then_some(())
-        },
-    );
     c.logout(a.id);
     c.barrier();
-    bob.chat(a.id, "while you were away");
-    bob.c.barrier();
-    let ack = c.login_ok(a.id, &a.pw);
+}
+
+/// Messages sent to a user right after its connection closed without LOGINOUT are
+/// stored, also while the sign-out is still queued behind the connection's earlier
+/// requests (eight REGs, each a password hash): the closed session is still in the
+/// hub then, and a delivery to it must be refused and stored, not sent into the void.
+fn messages_after_a_close_without_logout_are_stored(b: &Backend) {
+    let srv = b.start();
+    let mut bob = User::online(srv.addr(), "bob");
+    let mut a = User::online(srv.addr(), "alice");
+    let regs: Vec<u8> = (0..8)
+        .flat_map(|i| {
+            util::frame_bytes(&json!({"msgid": 4, "name": format!("filler{i}"), "password": "p"}))
+        })
+        .collect();
+    a.c.send_raw(&regs);
+    a.c.stream().shutdown(std::net::Shutdown::Write).unwrap();
+    // EOF (after whatever REG_ACKs made it): the server has seen the close.
+    a.c.expect_eof_after_any();
+    bob.chat(a.id, "right after the close");
+    bob.c.barrier_within(SLOW);
+    let mut c = Client::connect(srv.addr());
+    let ack = util::poll(SLOW, "alice freed after the close", || {
+        let v = c.login_within(a.id, &a.pw, SLOW);
+        (v["errno"] == 0).then_some(v)
+    });
     let off = util::parsed(&ack, "offlinemsg");
     assert_eq!(off.len(), 1, "{ack}");
-    assert_eq!(off[0]["msg"], "while you were away");
+    assert_eq!(off[0]["msg"], "right after the close");
+}
+
+/// A connection that closes while its LOGIN runs (a deliberately slow password hash):
+/// the login is undone, so the account is free again, and the offline messages it took
+/// are stored again, in order, with what arrived for the user meanwhile after them.
+/// The next LOGIN waits behind it (one worker), so it cannot take the messages first.
+fn closed_while_login_runs(b: &Backend) {
+    let store = chat::store::open(&b.url()).expect("open the store");
+    let pw = "pw-slow";
+    let alice = store
+        .register("alice", &slow_hash(pw))
+        .unwrap()
+        .expect("alice registered");
+    // One worker: requests run one at a time in arrival order, so the closed login
+    // finishes (and is undone) before the next LOGIN of alice is looked at.
+    let srv = b.start_with(ServerOptions {
+        workers: 1,
+        ..ServerOptions::default()
+    });
+    let mut bob = User::online(srv.addr(), "bob");
+    for i in 0..3 {
+        bob.chat(alice, &format!("before {i}"));
+    }
+    bob.c.barrier();
+    let mut c = Client::connect(srv.addr());
+    c.send(&json!({"id": alice, "msgid": 1, "password": pw}));
+    c.shutdown();
+    drop(c);
+    bob.chat(alice, "during");
+    bob.c.barrier_within(SLOW);
+    let mut d = Client::connect(srv.addr());
+    let ack = util::poll(SLOW, "alice freed after the closed login", || {
+        let v = d.login_within(alice, pw, SLOW);
+        (v["errno"] == 0).then_some(v)
+    });
+    let msgs: Vec<String> = util::parsed(&ack, "offlinemsg")
+        .iter()
+        .map(|m| m["msg"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        msgs,
+        ["before 0", "before 1", "before 2", "during"],
+        "{ack}"
+    );
+}
+
+/// An argon2id hash of `pw` that takes a good fraction of a second to check.
+fn slow_hash(pw: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let params = argon2::Params::new(32 * 1024, 4, 1, None).unwrap();
+    let salt = SaltString::encode_b64(b"closed-while-login").unwrap();
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password(pw.as_bytes(), &salt)
+        .unwrap()
+        .to_string()
+}
+
+/// A password stored in plaintext by the legacy server is accepted once at login and
+/// replaced by an argon2 hash then; a wrong password neither logs in nor re-hashes.
+fn legacy_plaintext_password_is_rehashed_at_login(b: &Backend) {
+    let store = chat::store::open(&b.url()).expect("open the store");
+    let id = store
+        .register("oldtimer", "plain-pw")
+        .unwrap()
+        .expect("registered with a plaintext password");
+    let srv = b.start();
+    let mut c = Client::connect(srv.addr());
+    assert_eq!(c.login(id, "plain-pw-wrong")["errno"], 1);
+    assert_eq!(store.user(id).unwrap().unwrap().password, "plain-pw");
+    c.login_ok(id, "plain-pw");
+    let stored = store.user(id).unwrap().unwrap().password;
+    assert!(stored.starts_with("$argon2"), "not re-hashed: {stored:?}");
+    assert_eq!(
+        chat::password::verify(&stored, "plain-pw"),
+        chat::password::Verified::Ok
+    );
+    c.logout(id);
+    c.barrier();
+    // The hash works at the next login; the plaintext no longer matches byte for byte.
+    c.login_ok(id, "plain-pw");
+    c.logout(id);
+    c.barrier();
+    assert_eq!(c.login(id, "$argon2")["errno"], 1);
 }
 
 /// Waits for EOF on each client on its own thread, then closes it, as a real client

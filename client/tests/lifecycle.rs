@@ -2,9 +2,12 @@
 
 mod util;
 
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use util::{login, Client, TestServer, MENU};
 
@@ -111,19 +114,75 @@ fn server_shutdown_at_the_menu_is_reported() {
     assert_eq!(c.stdout(), MENU);
 }
 
+/// A relay between a client and a server that counts the exact PING frames going up
+/// and PONG frames coming down, so a test can see heartbeats really were exchanged.
+struct PingCounter {
+    port: u16,
+    pings: Arc<AtomicUsize>,
+    pongs: Arc<AtomicUsize>,
+}
+
+impl PingCounter {
+    fn start(server: SocketAddr) -> PingCounter {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (pings, pongs) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (up, down) = (pings.clone(), pongs.clone());
+        thread::spawn(move || {
+            let (client, _) = listener.accept().unwrap();
+            let upstream = TcpStream::connect(server).unwrap();
+            let (c2, u2) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+            thread::spawn(move || relay(c2, u2, b"{\"msgid\":13}", &up));
+            relay(upstream, client, b"{\"msgid\":14}", &down);
+        });
+        PingCounter { port, pings, pongs }
+    }
+}
+
+/// Copies `from` to `to` until either side closes, counting the frames equal to `frame`.
+fn relay(mut from: TcpStream, mut to: TcpStream, frame: &[u8], count: &AtomicUsize) {
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 || to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(end) = pending.iter().position(|&b| b == 0) {
+            if pending[..end] == *frame {
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+            pending.drain(..=end);
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
+
 #[test]
 fn heartbeat_pongs_stay_silent() {
     let server = TestServer::start();
     let alice = server.register("alice");
     let bob = server.register("bob");
+    let relay = PingCounter::start(server.addr());
     let mut a = Client::spawn_args(
-        &["127.0.0.1", &server.port()],
+        &["127.0.0.1", &relay.port.to_string()],
         &[("CHAT_HEARTBEAT_SECS", "0.05")],
     );
     a.send(&login(alice));
     let banner = a.wait_for("show command list >>>");
-    // Several heartbeats go by; their PONGs print nothing and the session lives on.
-    thread::sleep(Duration::from_millis(400));
+    // Several heartbeats go by, answered: their PONGs print nothing and the session
+    // lives on.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while relay.pongs.load(Ordering::SeqCst) < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "{} PINGs, {} PONGs",
+            relay.pings.load(Ordering::SeqCst),
+            relay.pongs.load(Ordering::SeqCst)
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(relay.pings.load(Ordering::SeqCst) >= 3);
     assert_eq!(a.stdout(), banner);
     let mut b = Client::spawn(&server);
     b.send(&format!("{}chat:{alice}:still there?\n", login(bob)));

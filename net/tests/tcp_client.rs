@@ -6,7 +6,6 @@ mod util;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
 
 use net::{ConnHandle, EventLoop, LoopHandle, TcpClient};
 use util::{echo, start_server, start_server_at, TIMEOUT};
@@ -122,9 +121,20 @@ fn client_retries_until_the_server_listens() {
         .unwrap()
         .local_addr()
         .unwrap(); // the listener is dropped: nothing listens there now
-    let (_client, conn_rx, msg_rx) = start_client(addr, false);
-    // The first attempt is refused at once; the retry comes 500 ms later.
-    thread::sleep(Duration::from_millis(700));
+    let (client, conn_rx, msg_rx) = start_client(addr, false);
+    // The first attempt is refused at once and a retry is scheduled (500 ms later): the
+    // client's loop holds a timer then, and no connection came up.
+    let retry_scheduled = util::wait_until(TIMEOUT, || {
+        let (tx, rx) = mpsc::channel();
+        client.handle.run_in_loop(move |lp| {
+            let _ = tx.send(lp.timer_count());
+        });
+        rx.recv_timeout(TIMEOUT).expect("client loop stopped") > 0
+    });
+    assert!(
+        retry_scheduled,
+        "no retry scheduled after a refused connect"
+    );
     assert!(
         conn_rx.try_recv().is_err(),
         "connected with nothing listening"

@@ -111,9 +111,12 @@ fn big_send_to_slow_reader() {
         high_water_size.clone(),
     );
     let payload = pattern(0, TOTAL);
+    let (loop_tx, loop_rx) = mpsc::channel();
     let server = start_server(1, move |s| {
+        let loop_tx = Mutex::new(loop_tx);
         s.set_connection_callback(Arc::new(move |conn| {
             if conn.connected() {
+                let _ = loop_tx.lock().unwrap().send(conn.loop_handle().clone());
                 conn.send(&payload);
             }
         }));
@@ -156,8 +159,9 @@ fn big_send_to_slow_reader() {
     assert!(wait_until(TIMEOUT, || write_complete
         .load(Ordering::SeqCst)
         >= 1));
-    // Give a duplicate a chance to show up.
-    thread::sleep(Duration::from_millis(50));
+    // A duplicate would be queued by now: the loop goes round twice more first.
+    let conn_loop = loop_rx.recv_timeout(TIMEOUT).expect("no connection");
+    util::loop_turns(&conn_loop, 2);
     assert_eq!(write_complete.load(Ordering::SeqCst), 1);
     assert_eq!(high_water.load(Ordering::SeqCst), 1);
 }
@@ -240,7 +244,14 @@ fn small_sends_in_one_iteration_are_coalesced_in_order() {
 fn corked_bytes_and_the_high_water_mark_and_force_close() {
     let crossings = Arc::new(AtomicUsize::new(0));
     let seen = crossings.clone();
+    let (loop_tx, loop_rx) = mpsc::channel();
     let server = start_server(1, move |s| {
+        let loop_tx = Mutex::new(loop_tx);
+        s.set_connection_callback(Arc::new(move |conn| {
+            if conn.connected() {
+                let _ = loop_tx.lock().unwrap().send(conn.loop_handle().clone());
+            }
+        }));
         s.set_high_water_mark_callback(
             Arc::new(move |_, _| {
                 seen.fetch_add(1, Ordering::SeqCst);
@@ -263,7 +274,9 @@ fn corked_bytes_and_the_high_water_mark_and_force_close() {
     let mut got = vec![0u8; 64 * 128];
     s.read_exact(&mut got).unwrap();
     assert!(got.iter().all(|&b| b == b'x'));
-    thread::sleep(Duration::from_millis(50));
+    // High-water callbacks are queued: a crossing would have run after two more turns.
+    let conn_loop = loop_rx.recv_timeout(TIMEOUT).expect("no connection");
+    util::loop_turns(&conn_loop, 2);
     assert_eq!(
         crossings.load(Ordering::SeqCst),
         0,
@@ -335,12 +348,12 @@ fn quit_from_another_thread() {
         let lp = EventLoop::new().unwrap();
         // A far-away timer: the loop must not wait for it.
         lp.run_after(Duration::from_secs(3600), |_| {});
-        tx.send(lp.handle()).unwrap();
+        tx.send((lp.handle(), util::gettid())).unwrap();
         lp.run();
         done_tx.send(Instant::now()).unwrap();
     });
-    let handle = rx.recv_timeout(TIMEOUT).unwrap();
-    thread::sleep(Duration::from_millis(50)); // let it block in poll
+    let (handle, tid) = rx.recv_timeout(TIMEOUT).unwrap();
+    util::wait_blocked_in_epoll(tid);
     let asked = Instant::now();
     handle.quit();
     let stopped = done_rx
@@ -498,7 +511,8 @@ fn stop_read_from_another_thread() {
     });
     ack_rx.recv_timeout(TIMEOUT).expect("stop_read did not run");
     s.write_all(&[7; 100_000]).unwrap();
-    thread::sleep(Duration::from_millis(100));
+    // The bytes are readable at the server now; the loop polls twice more.
+    util::loop_turns(handle.loop_handle(), 2);
     assert_eq!(received.load(Ordering::SeqCst), 0);
     handle.run(|conn| conn.start_read());
     assert!(wait_until(TIMEOUT, || received.load(Ordering::SeqCst) == 100_000));

@@ -258,7 +258,21 @@ fn one_chat_to_and_toid() {
 
 #[test]
 fn acting_id() {
-    assert_eq!(req(r#"{"id":22,"msgid":3}"#).acting_id(), Some(22));
+    // Every request that acts as a user names it; dispatch refuses any other id.
+    for acting in [
+        r#"{"id":22,"msgid":3}"#,
+        r#"{"id":22,"msg":"m","msgid":6,"name":"n","time":"t","toid":23}"#,
+        r#"{"friendid":23,"id":22,"msgid":7}"#,
+        r#"{"groupdesc":"","groupname":"g","id":22,"msgid":8}"#,
+        r#"{"groupid":5,"id":22,"msgid":9}"#,
+        r#"{"groupid":5,"id":22,"msg":"m","msgid":10,"name":"n","time":"t"}"#,
+    ] {
+        assert_eq!(req(acting).acting_id(), Some(22), "{acting}");
+    }
+    assert_eq!(
+        req(r#"{"msgid":4,"name":"n","password":"p"}"#).acting_id(),
+        None
+    );
     assert_eq!(
         req(r#"{"id":22,"msgid":1,"password":"p"}"#).acting_id(),
         None
@@ -470,4 +484,43 @@ fn server_side_error_constructors() {
         ProtocolError::frame_too_large(10).errmsg,
         "frame exceeds the limit of 10 bytes"
     );
+}
+
+#[test]
+fn msgid_names() {
+    let table = [
+        (msgid::LOGIN, "LOGIN"),
+        (msgid::LOGIN_ACK, "LOGIN_ACK"),
+        (msgid::LOGINOUT, "LOGINOUT"),
+        (msgid::REG, "REG"),
+        (msgid::REG_ACK, "REG_ACK"),
+        (msgid::ONE_CHAT, "ONE_CHAT"),
+        (msgid::ADD_FRIEND, "ADD_FRIEND"),
+        (msgid::CREATE_GROUP, "CREATE_GROUP"),
+        (msgid::ADD_GROUP, "ADD_GROUP"),
+        (msgid::GROUP_CHAT, "GROUP_CHAT"),
+        (msgid::ERROR, "ERROR"),
+        (msgid::ACK, "ACK"),
+        (msgid::PING, "PING"),
+        (msgid::PONG, "PONG"),
+    ];
+    for (id, name) in table {
+        assert_eq!(msgid::name(id), Some(name), "msgid {id}");
+    }
+    assert_eq!(msgid::name(0), None);
+    assert_eq!(msgid::name(99), None);
+}
+
+#[test]
+fn protocol_error_display_for_logs() {
+    let e = ProtocolError::new(errno::UNKNOWN_MSGID, "unknown msgid 99").with_msgid(99);
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "errno {}: unknown msgid 99 (msgid 99)",
+            errno::UNKNOWN_MSGID
+        )
+    );
+    let e = ProtocolError::new(errno::UNKNOWN_MSGID, "x");
+    assert_eq!(e.to_string(), format!("errno {}: x", errno::UNKNOWN_MSGID));
 }

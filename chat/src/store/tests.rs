@@ -3,9 +3,8 @@
 //!
 //! MySQL tests use `mysql://root@127.0.0.1:3306` (override: `CHAT_TEST_MYSQL_URL`, a server
 //! URL without a database), create `chat_test_<pid>_<n>` and drop it afterwards. An
-//! unreachable server fails them, unless `CHAT_SKIP_MYSQL=1`.
+//! unreachable server fails them: there is no switch to skip them.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -94,23 +93,14 @@ fn server_conn() -> Result<::mysql::Conn, ::mysql::Error> {
     ::mysql::Conn::new(opts)
 }
 
-/// `false` (after a loud line) when MySQL is down and `CHAT_SKIP_MYSQL=1`; panics when it
-/// is down otherwise.
-fn mysql_available() -> bool {
-    match server_conn() {
-        Ok(_) => true,
-        Err(err) if std::env::var("CHAT_SKIP_MYSQL").as_deref() == Ok("1") => {
-            // Straight to stderr, past the test harness's capture: a skip must be seen.
-            let _ = writeln!(
-                std::io::stderr(),
-                "!!!!! CHAT_SKIP_MYSQL=1 and MySQL is unreachable ({err}): MySQL test SKIPPED"
-            );
-            false
-        }
-        Err(err) => panic!(
-            "MySQL at {} is unreachable: {err} (start it, or set CHAT_SKIP_MYSQL=1)",
+/// Panics when the test MySQL server is unreachable: a MySQL test never reports ok
+/// without MySQL.
+fn require_mysql() {
+    if let Err(err) = server_conn() {
+        panic!(
+            "MySQL at {} is unreachable: {err} (run scripts/ensure-services.sh)",
             mysql_server()
-        ),
+        );
     }
 }
 
@@ -121,13 +111,11 @@ struct MysqlDb {
 }
 
 impl MysqlDb {
-    fn new() -> Option<MysqlDb> {
-        if !mysql_available() {
-            return None;
-        }
+    fn new() -> MysqlDb {
+        require_mysql();
         let db = DbGuard::new();
         let store = open_with(&db.url(), 8).expect("open mysql");
-        Some(MysqlDb { store, _db: db })
+        MysqlDb { store, _db: db }
     }
 }
 
@@ -144,9 +132,8 @@ macro_rules! backend_tests {
         mod mysql {
             $(#[test]
             fn $check() {
-                if let Some(db) = super::MysqlDb::new() {
-                    super::$check(&*db.store);
-                }
+                let db = super::MysqlDb::new();
+                super::$check(&*db.store);
             })*
         }
     };
@@ -535,9 +522,7 @@ fn chat_sql_matches_embedded_ddl() {
 
 #[test]
 fn mysql_chat_sql_schema_conforms() {
-    if !mysql_available() {
-        return;
-    }
+    require_mysql();
     let db = DbGuard::new();
     let mut conn = server_conn().unwrap();
     conn.query_drop(format!("CREATE DATABASE `{}`", db.name))
@@ -580,9 +565,7 @@ const LEGACY_DDL: [&str; 5] = [
 
 #[test]
 fn mysql_legacy_upgrade() {
-    if !mysql_available() {
-        return;
-    }
+    require_mysql();
     let db = DbGuard::new();
     let mut conn = server_conn().unwrap();
     conn.query_drop(format!(

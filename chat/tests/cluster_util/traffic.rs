@@ -303,6 +303,9 @@ pub struct Tally {
     pub unexpected: Vec<(i64, String)>,
     /// Live frames of one sender that arrived out of order, (recipient, sender).
     pub reordered: Vec<(i64, i64)>,
+    /// Stored frames of one sender listed out of order in a LOGIN_ACK, (recipient,
+    /// sender).
+    pub stored_reordered: Vec<(i64, i64)>,
 }
 
 impl Tally {
@@ -413,20 +416,9 @@ impl Ledger {
                 counts.entry((*user, s)).or_default().1 += 1;
             }
         }
-        // Order checks: the highest seq of each sender each recipient got live so far.
-        let mut last_live: HashMap<(i64, i64), usize> = HashMap::new();
-        for (user, texts) in &self.live {
-            for s in texts {
-                let Some((from, seq)) = parse_text(s) else {
-                    continue;
-                };
-                let last = last_live.entry((*user, from)).or_insert(0);
-                if seq < *last && !t.reordered.contains(&(*user, from)) {
-                    t.reordered.push((*user, from));
-                }
-                *last = (*last).max(seq);
-            }
-        }
+        // Each sender's frames reach each recipient in order, live and in its stored list.
+        t.reordered = out_of_order(&self.live);
+        t.stored_reordered = out_of_order(&self.stored);
         let mut owed: HashMap<(i64, &str), ()> = HashMap::new();
         for s in &self.sent {
             let confirmed = self.confirmed.get(&s.from).map_or(0, Vec::len) > s.seq;
@@ -472,4 +464,24 @@ impl Ledger {
         }
         t
     }
+}
+
+/// The (recipient, sender) pairs whose traffic texts in `by_user` go backwards in a
+/// sender's sequence numbers.
+fn out_of_order(by_user: &HashMap<i64, Vec<String>>) -> Vec<(i64, i64)> {
+    let mut bad = Vec::new();
+    let mut last: HashMap<(i64, i64), usize> = HashMap::new();
+    for (user, texts) in by_user {
+        for s in texts {
+            let Some((from, seq)) = parse_text(s) else {
+                continue;
+            };
+            let last = last.entry((*user, from)).or_insert(0);
+            if seq < *last && !bad.contains(&(*user, from)) {
+                bad.push((*user, from));
+            }
+            *last = (*last).max(seq);
+        }
+    }
+    bad
 }

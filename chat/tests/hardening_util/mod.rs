@@ -221,6 +221,11 @@ impl ServerProc {
         rss_kib(self.pid()).expect("the server process is gone")
     }
 
+    /// How many offline messages its database holds for `user` right now.
+    pub fn stored_for(&self, user: i64) -> usize {
+        crate::util::stored_rows(&format!("sqlite:{}", self.db.display()), user)
+    }
+
     /// Panics (with the log tail) if the process exited.
     pub fn assert_alive(&mut self) {
         if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -393,24 +398,4 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("bind 127.0.0.1:0")
         .port()
-}
-
-/// Caps a socket's kernel buffers (`SO_RCVBUF`, `SO_SNDBUF`), so that what a test
-/// sends or leaves unread piles up in the server rather than in the kernel.
-pub fn clamp_socket_buffers(s: &TcpStream, bytes: i32) {
-    use std::os::fd::AsRawFd;
-    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-        let v: libc::c_int = bytes;
-        // SAFETY: a valid descriptor, and a pointer to a c_int of the size we pass.
-        let rc = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0, "setsockopt: {}", io::Error::last_os_error());
-    }
 }

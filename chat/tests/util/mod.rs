@@ -4,20 +4,15 @@
 //!
 //! MySQL tests use `mysql://root@127.0.0.1:3306` (override: `CHAT_TEST_MYSQL_URL`, a server
 //! URL without a database), create `chat_it_<pid>_<n>` and drop it afterwards, also when the
-//! test panics. An unreachable MySQL fails them, unless `CHAT_SKIP_MYSQL=1`.
+//! test panics. An unreachable MySQL fails them: there is no switch to skip them.
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ::mysql::prelude::Queryable;
 use chat::codec::FrameReader;
-use chat::server::ServerOptions;
-use chat::server_thread::ServerThread;
 use serde_json::{json, Value};
 
 /// How long any single wait for the server may take before the test fails.
@@ -31,145 +26,12 @@ pub const CLIENT_FRAME_LIMIT: usize = 16 * 1024 * 1024;
 /// A fixed `time` field, so forwarded frames have predictable bytes.
 pub const TIME: &str = "2024-01-02 03:04:05";
 
-/// Distinguishes the databases and files of tests running in parallel.
-fn unique_suffix() -> String {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    format!("{}_{n}", std::process::id())
-}
-
-/// A fresh, empty database for one test, removed when dropped (also on panic).
-pub enum Backend {
-    /// An SQLite file in the temp directory; the file and its WAL companions are deleted.
-    Sqlite {
-        /// The database file.
-        path: PathBuf,
-    },
-    /// A database on the test MySQL server; it is dropped.
-    Mysql {
-        /// The server URL without a database.
-        server: String,
-        /// `chat_it_<pid>_<n>`.
-        name: String,
-    },
-}
-
-impl Backend {
-    /// A fresh SQLite database (the file is created by the server).
-    pub fn sqlite() -> Backend {
-        let path = std::env::temp_dir().join(format!("chat_it_{}.db", unique_suffix()));
-        Backend::Sqlite { path }
-    }
-
-    /// A fresh MySQL database (created by the server), or `None` after a loud line on
-    /// stderr when MySQL is unreachable and `CHAT_SKIP_MYSQL=1`. Panics when it is
-    /// unreachable otherwise.
-    pub fn mysql() -> Option<Backend> {
-        let server = mysql_server();
-        match mysql_conn(&server) {
-            Ok(_) => Some(Backend::Mysql {
-                server,
-                name: format!("chat_it_{}", unique_suffix()),
-            }),
-            Err(err) if std::env::var("CHAT_SKIP_MYSQL").as_deref() == Ok("1") => {
-                // Straight to stderr, past the harness's capture: a skip must be seen.
-                let _ = writeln!(
-                    io::stderr(),
-                    "!!!!! CHAT_SKIP_MYSQL=1 and MySQL at {server} is unreachable ({err}): \
-                     MySQL test SKIPPED !!!!!"
-                );
-                None
-            }
-            Err(err) => panic!(
-                "MySQL at {server} is unreachable: {err} (start it, or set CHAT_SKIP_MYSQL=1)"
-            ),
-        }
-    }
-
-    /// The URL to give the server.
-    pub fn url(&self) -> String {
-        match self {
-            Backend::Sqlite { path } => format!("sqlite:{}", path.display()),
-            Backend::Mysql { server, name } => format!("{server}/{name}"),
-        }
-    }
-
-    /// Whether this is the SQLite backend.
-    pub fn is_sqlite(&self) -> bool {
-        matches!(self, Backend::Sqlite { .. })
-    }
-
-    /// Starts a server with default options on this database.
-    pub fn start(&self) -> ServerThread {
-        self.start_with(ServerOptions::default())
-    }
-
-    /// Starts a server with `opts` on this database.
-    pub fn start_with(&self, opts: ServerOptions) -> ServerThread {
-        ServerThread::start("127.0.0.1:0".parse().unwrap(), &self.url(), opts)
-            .unwrap_or_else(|e| panic!("server on {} did not start: {e}", self.url()))
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        match self {
-            Backend::Sqlite { path } => {
-                for suffix in ["", "-wal", "-shm", "-journal"] {
-                    let mut p = path.clone().into_os_string();
-                    p.push(suffix);
-                    let _ = std::fs::remove_file(p);
-                }
-            }
-            Backend::Mysql { server, name } => {
-                let dropped = mysql_conn(server)
-                    .and_then(|mut c| c.query_drop(format!("DROP DATABASE IF EXISTS `{name}`")));
-                if let Err(err) = dropped {
-                    eprintln!("could not drop test database {name}: {err}");
-                }
-            }
-        }
-    }
-}
-
-/// The MySQL server the tests use, without a trailing slash.
-fn mysql_server() -> String {
-    std::env::var("CHAT_TEST_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
-        .trim_end_matches('/')
-        .to_owned()
-}
-
-/// A connection to the test MySQL server, no database selected.
-fn mysql_conn(server: &str) -> Result<::mysql::Conn, ::mysql::Error> {
-    let opts = ::mysql::Opts::from_url(server).expect("CHAT_TEST_MYSQL_URL is not a URL");
-    let opts = ::mysql::OptsBuilder::from_opts(opts)
-        .tcp_connect_timeout(Some(Duration::from_secs(3)))
-        .read_timeout(Some(Duration::from_secs(30)));
-    ::mysql::Conn::new(opts)
-}
-
-/// Runs each listed scenario `fn name(b: &Backend)` as `sqlite::name` and `mysql::name`.
-#[macro_export]
-macro_rules! both_backends {
-    ($($scenario:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test]
-            fn $scenario() {
-                let b = $crate::util::Backend::sqlite();
-                super::$scenario(&b);
-            })*
-        }
-        mod mysql {
-            $(#[test]
-            fn $scenario() {
-                if let Some(b) = $crate::util::Backend::mysql() {
-                    super::$scenario(&b);
-                }
-            })*
-        }
-    };
-}
+mod backend;
+mod sockets;
+#[allow(unused_imports)] // each test binary uses a different subset
+pub use backend::{stored_rows, Backend};
+#[allow(unused_imports)]
+pub use sockets::{clamp_socket_buffers, kernel_in_flight_max};
 
 /// Polls `f` until it returns `Some`, failing after `limit`.
 pub fn poll<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -275,7 +137,13 @@ impl Client {
 
     /// The exact bytes of the next frame, its terminating `0x00` included.
     pub fn recv_raw(&mut self) -> Vec<u8> {
-        let deadline = Instant::now() + TIMEOUT;
+        self.recv_raw_within(TIMEOUT)
+    }
+
+    /// [`Client::recv_raw`] with a longer wait, for a reply behind deliberately slow
+    /// work (password hashes of a high cost).
+    pub fn recv_raw_within(&mut self, limit: Duration) -> Vec<u8> {
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(pos) = self.pending.iter().position(|&b| b == 0) {
                 return self.pending.drain(..=pos).collect();
@@ -287,7 +155,7 @@ impl Client {
                     String::from_utf8_lossy(&self.pending)
                 ),
                 Err(e) if is_timeout(&e) => panic!(
-                    "no frame within {TIMEOUT:?} (partial: {:?})",
+                    "no frame within {limit:?} (partial: {:?})",
                     String::from_utf8_lossy(&self.pending)
                 ),
                 Err(e) => panic!("read failed while waiting for a frame: {e}"),
@@ -376,8 +244,13 @@ impl Client {
     /// PING, then the very next frame must be PONG: proves that every earlier request of
     /// this connection was handled and nothing else was sent to it before the PONG.
     pub fn barrier(&mut self) {
+        self.barrier_within(TIMEOUT);
+    }
+
+    /// [`Client::barrier`] behind deliberately slow work: waits up to `limit`.
+    pub fn barrier_within(&mut self, limit: Duration) {
         self.send_raw(b"{\"msgid\":13}\0");
-        let raw = self.recv_raw();
+        let raw = self.recv_raw_within(limit);
         assert_eq!(
             String::from_utf8_lossy(&raw),
             "{\"msgid\":14}\0",
@@ -393,8 +266,23 @@ impl Client {
 
     /// Asserts that the server closes the connection, with no more frames first.
     pub fn expect_eof(&mut self) {
+        self.wait_eof(false);
+    }
+
+    /// Discards whatever still arrives, then asserts that the server closes the
+    /// connection.
+    pub fn expect_eof_after_any(&mut self) {
+        self.wait_eof(true);
+    }
+
+    /// Reads until EOF (a reset counts), failing after [`TIMEOUT`]; bytes on the way
+    /// fail too unless `discard`.
+    fn wait_eof(&mut self, discard: bool) {
         let deadline = Instant::now() + TIMEOUT;
         loop {
+            if discard {
+                self.pending.clear();
+            }
             assert!(
                 self.pending.is_empty(),
                 "expected EOF, got {:?}",
@@ -430,6 +318,15 @@ impl Client {
     pub fn login(&mut self, id: i64, password: &str) -> Value {
         self.send(&json!({"id": id, "msgid": 1, "password": password}));
         self.expect_msgid(2)
+    }
+
+    /// [`Client::login`] for a login behind slow password hashes: waits up to `limit`.
+    pub fn login_within(&mut self, id: i64, password: &str, limit: Duration) -> Value {
+        self.send(&json!({"id": id, "msgid": 1, "password": password}));
+        let raw = self.recv_raw_within(limit);
+        let v: Value = serde_json::from_slice(&raw[..raw.len() - 1]).expect("a JSON reply");
+        assert_eq!(v["msgid"], 2, "expected a LOGIN_ACK, got {v}");
+        v
     }
 
     /// Logs in and asserts success; returns the LOGIN_ACK.

@@ -212,3 +212,46 @@ pub fn check_pattern(offset: usize, chunk: &[u8]) -> Result<(), usize> {
         Ok(())
     })
 }
+
+/// Waits until `lp` has gone round `turns` times: each hop is queued from inside the
+/// previous one, which wakes the loop, so between two hops it polls once more and
+/// handles whatever was ready, then runs the callbacks queued meanwhile. A positive
+/// barrier for "nothing else happened": every event and queued callback that was due
+/// when this was called has been handled when it returns.
+pub fn loop_turns(lp: &LoopHandle, turns: usize) {
+    fn hop(lp: &EventLoop, left: usize, done: mpsc::Sender<()>) {
+        if left == 0 {
+            let _ = done.send(());
+        } else {
+            lp.queue_in_loop(move |lp| hop(lp, left - 1, done));
+        }
+    }
+    let (tx, rx) = mpsc::channel();
+    lp.queue_in_loop(move |lp| hop(lp, turns, tx));
+    rx.recv_timeout(TIMEOUT).expect("the loop did not turn");
+}
+
+/// The kernel thread id of the calling thread.
+pub fn gettid() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}
+
+/// Waits until thread `tid` of this process is blocked in `epoll_wait` (or
+/// `epoll_pwait`, `epoll_pwait2`), as `/proc/self/task/<tid>/syscall` shows it.
+pub fn wait_blocked_in_epoll(tid: i32) {
+    let waits = [
+        libc::SYS_epoll_wait,
+        libc::SYS_epoll_pwait,
+        libc::SYS_epoll_pwait2,
+    ];
+    let path = format!("/proc/self/task/{tid}/syscall");
+    let blocked = wait_until(TIMEOUT, || {
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return false;
+        };
+        let nr = text.split_whitespace().next().and_then(|n| n.parse().ok());
+        nr.is_some_and(|nr: libc::c_long| waits.contains(&nr))
+    });
+    assert!(blocked, "thread {tid} never blocked in epoll_wait");
+}

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Mutation testing with cargo-mutants over the modules that guard correctness:
+# every mutant (a changed operator, a function that returns a default, ...) that
+# the tests do not catch is a behaviour nobody checks. Not part of CI (hours on
+# two cores); run it before resolving an issue that touches these modules and
+# triage its survivors in docs/mutants.md.
+#
+#   scripts/mutants.sh [MODULE...]     default: all, fastest first
+#   modules: protocol codec router gateway service store bus
+#
+# Feasible on two cores because:
+#   - it runs in a scratch copy of this tree made with rsync -a (mtimes kept), so
+#     the warm target/ is reused and a mutant costs an incremental build; the
+#     mutants are applied there in place, never in this tree;
+#   - two passes per module: (1) quick: each mutant against the module's own unit
+#     tests only (cargo test --lib, one small binary, filtered by module path);
+#     (2) full: only the survivors of pass 1 (cargo mutants --iterate), against
+#     the integration tests that exercise the module over real sockets.
+# What survives pass 2 is in mutants-out/MODULE/mutants.out/missed.txt.
+#
+# Environment: MUTANTS_TIMEOUT
+# (seconds a mutant's tests may run, default 300: a mutant that makes a test hang
+# counts as caught once it times out), MUTANTS_PASS (quick, full or both; default
+# both), MUTANTS_SCRATCH (the scratch copy, default /tmp/chat-mutants-tree).
+# Needs MariaDB and Redis like the test suite (scripts/ensure-services.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+timeout=${MUTANTS_TIMEOUT:-300}
+pass=${MUTANTS_PASS:-both}
+scratch=${MUTANTS_SCRATCH:-/tmp/chat-mutants-tree}
+out=$PWD/mutants-out
+
+if ! command -v cargo-mutants >/dev/null 2>&1; then
+    cargo install --locked cargo-mutants
+fi
+
+# Files of each module, and the tests of its two passes: cargo test target
+# selection (each word one --cargo-arg, so the build compiles only those targets),
+# then "::" and a test-name filter for the test binaries (may be empty).
+files_of() {
+    case $1 in
+    protocol) echo chat/src/protocol/mod.rs chat/src/protocol/replies.rs ;;
+    codec) echo chat/src/codec.rs ;;
+    router) echo chat/src/router.rs chat/src/hub.rs ;;
+    gateway) echo chat/src/gateway.rs chat/src/session.rs ;;
+    service) echo chat/src/service/mod.rs chat/src/service/cluster.rs ;;
+    store) echo chat/src/store/mod.rs chat/src/store/sqlite.rs chat/src/store/mysql.rs ;;
+    bus) echo chat/src/bus/mod.rs chat/src/bus/stream.rs chat/src/bus/threads.rs ;;
+    *) echo "unknown module $1" >&2 && return 1 ;;
+    esac
+}
+quick_tests() {
+    case $1 in
+    protocol) echo "--lib :: protocol::" ;;
+    codec) echo "--lib :: codec::" ;;
+    router | gateway | service) echo "--test identity ::" ;;
+    store) echo "--lib :: store::" ;;
+    bus) echo "--lib :: bus::" ;;
+    esac
+}
+full_tests() {
+    case $1 in
+    protocol | codec) echo "--test fuzz_props --test framing --test messages ::" ;;
+    router | gateway | service) echo "--test delivery --test messages --test framing ::" ;;
+    store) echo "--test delivery --test identity --test messages ::" ;;
+    bus) echo "--test cluster --test outages ::" ;;
+    esac
+}
+
+run() { # run MODULE quick|full
+    local module=$1 which=$2 args=() sel filter w
+    for f in $(files_of "$module"); do args+=(--file "$f"); done
+    if [ "$which" = quick ]; then sel=$(quick_tests "$module"); else sel=$(full_tests "$module"); fi
+    filter=${sel#*::}
+    for w in ${sel%%::*}; do args+=(--cargo-arg="$w"); done
+    if [ "$which" = full ]; then args+=(--iterate); fi
+    echo "mutants: $module, $which pass: cargo test ${sel%%::*} --$filter" >&2
+    # --baseline skip: the suite is known to pass (CI), and the fixed timeouts
+    # replace the measured ones. Exit status 2 (mutants missed) or 3 (timeouts)
+    # is a result, not a failure of the script.
+    # shellcheck disable=SC2086 # $filter is a list of test-name filters
+    (cd "$scratch" && cargo mutants --in-place --package chat "${args[@]}" --baseline=skip \
+        --timeout "$timeout" --build-timeout 900 --no-shuffle \
+        --output "$out/$module" -- -- $filter) || {
+        rc=$?
+        [ "$rc" = 2 ] || [ "$rc" = 3 ] || return "$rc"
+    }
+}
+
+bash scripts/ensure-services.sh >/dev/null
+mkdir -p "$scratch"
+rsync -a --delete --exclude /mutants-out --exclude /.git ./ "$scratch/"
+modules=("$@")
+[ ${#modules[@]} -gt 0 ] || modules=(protocol codec store router gateway service bus)
+for m in "${modules[@]}"; do
+    files_of "$m" >/dev/null
+    if [ "$pass" != full ]; then rm -rf "${out:?}/$m"; fi
+    mkdir -p "$out/$m"
+    [ "$pass" = full ] || run "$m" quick
+    [ "$pass" = quick ] || run "$m" full
+    echo "mutants: $m survivors:" >&2
+    cat "$out/$m/mutants.out/missed.txt" >&2 || true
+done
