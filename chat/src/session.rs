@@ -33,6 +33,8 @@ pub enum Job {
     Route {
         /// The recipient.
         to: i64,
+        /// The sender (the session this job runs on).
+        from: i64,
         /// The frame's JSON text.
         text: String,
     },

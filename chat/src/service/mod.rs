@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+mod chat;
 mod cluster;
 
 use crate::bus::{Bus, Claim};
@@ -16,10 +17,9 @@ use crate::password::{self, Verified};
 use crate::protocol::{
     self, errno, msgid, Friend, GroupInfo, Member, Parsed, ProtocolError, Request,
 };
-use crate::router::{Fast, Outcome, Router};
+use crate::router::{Outcome, Router};
 use crate::session::{Job, Session, User};
 use crate::store::{AddFriend, JoinGroup, Store, StoreError};
-use crate::timefmt;
 
 /// A failure that ends a request with an error reply.
 #[derive(Debug)]
@@ -37,6 +37,11 @@ impl From<StoreError> for ServiceError {
 }
 
 type Result<T> = std::result::Result<T, ServiceError>;
+
+/// Bytes of stored messages (their JSON text) a LOGIN_ACK carries at most, besides
+/// the oldest one whatever its size: escaped into the ACK's strings they take at
+/// most twice that, so the ACK stays within 256 KiB plus friends and groups.
+pub const LOGIN_PAGE_BYTES: usize = 128 * 1024;
 
 /// A message handler: the session that sent the request and the request.
 type Handler = fn(&ChatService, &Arc<Session>, Parsed) -> Result<()>;
@@ -63,7 +68,11 @@ pub struct ChatService {
 impl ChatService {
     /// A service over `store`, with every handler registered; `bus` makes it a
     /// cluster node.
-    pub fn new(store: Arc<dyn Store>, bus: Option<Arc<Bus>>) -> ChatService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        bus: Option<Arc<Bus>>,
+        limits: crate::store::OfflineLimits,
+    ) -> ChatService {
         let mut handlers: HashMap<i64, Handler> = HashMap::new();
         handlers.insert(msgid::LOGIN, ChatService::login);
         handlers.insert(msgid::LOGINOUT, ChatService::logout);
@@ -78,7 +87,7 @@ impl ChatService {
         // node's invalidation can be lost while Redis is down, so entries expire.
         let cache_ttl = bus.as_ref().map(|_| Duration::from_secs(30));
         ChatService {
-            router: Router::new(store.clone(), bus),
+            router: Router::new(store.clone(), bus, limits),
             store,
             handlers,
             members: MemberCache::new(cache_ttl),
@@ -142,11 +151,11 @@ impl ChatService {
                 self.sign_out(session);
                 session.conn.shutdown();
             }
-            Job::Route { to, text } => {
-                if let Err(e) = self.router.send_one(to, &text) {
-                    log::error!("lost a frame for {to}: {e}");
-                }
-            }
+            Job::Route { to, from, text } => match self.router.send_one(to, from, &text) {
+                Ok(Outcome::Refused) => self.refused_ack(session, msgid::ONE_CHAT, to),
+                Ok(_) => {}
+                Err(e) => log::error!("lost a frame for {to}: {e}"),
+            },
         }
     }
 
@@ -296,8 +305,17 @@ impl ChatService {
             }
             session.hold();
             shard.insert(id, session.clone());
-            match self.store.take_offline(id) {
-                Ok(msgs) => break msgs,
+            // One page only: the rest follows as chat frames, page by page as the
+            // connection writes them (the session stays congested until then, so
+            // new frames queue behind in the store).
+            match self
+                .store
+                .take_offline_batch(id, usize::MAX, LOGIN_PAGE_BYTES)
+            {
+                Ok((msgs, more)) => {
+                    session.set_congested(more);
+                    break msgs;
+                }
                 Err(e) => {
                     shard.remove(&id);
                     self.release_presence(id);
@@ -331,8 +349,13 @@ impl ChatService {
             // messages in it) and what was held cannot be delivered; store them
             // again and undo the login.
             log::debug!("user {id}: connection closed during login");
-            self.restore(id, offline.iter().map(String::as_str));
-            self.restore(id, held.iter().map(|f| frame_text(f)));
+            self.restore(
+                id,
+                offline
+                    .iter()
+                    .map(String::as_str)
+                    .chain(held.iter().map(|f| frame_text(f))),
+            );
             self.sign_out(session);
         }
         Ok(())
@@ -423,13 +446,11 @@ impl ChatService {
         }
     }
 
-    /// Stores frames again for `user` (ones that could not be delivered after all).
+    /// Stores frames again for `user` (ones that could not be delivered after all),
+    /// in order, ahead of anything stored for it since.
     fn restore<'a>(&self, user: i64, texts: impl Iterator<Item = &'a str>) {
-        for t in texts.filter(|t| !t.is_empty()) {
-            if let Err(e) = self.store.store_offline(user, t) {
-                log::error!("lost a frame for {user}: {e}");
-            }
-        }
+        let texts: Vec<String> = texts.filter(|t| !t.is_empty()).map(str::to_owned).collect();
+        self.router.restore(user, &texts);
     }
 
     /// Signs out every session of this node (clean shutdown, or a claim lost to
@@ -453,65 +474,6 @@ impl ChatService {
             None => protocol::reg_err(),
         };
         session.reply(protocol::encode(&frame));
-        Ok(())
-    }
-
-    /// Handles a ONE_CHAT on the IO loop when that needs no blocking work: the
-    /// session has nothing queued (so order is kept), the sender is who it claims,
-    /// and the recipient is online on this node. Otherwise hands the request back
-    /// for the workers.
-    pub fn try_fast(&self, session: &Arc<Session>, parsed: Parsed) -> std::result::Result<(), Job> {
-        let Request::OneChat { id, toid, .. } = &parsed.req else {
-            return Err(Job::Request(parsed));
-        };
-        let (id, toid) = (*id, *toid);
-        let user = match session.user() {
-            Some(u) if u.id == id && session.is_idle() => u,
-            _ => return Err(Job::Request(parsed)),
-        };
-        let ext = parsed.ext;
-        let mut parsed = Some(parsed);
-        let sent = self.router.try_send_local(toid, || {
-            let Some(Parsed {
-                req: Request::OneChat { frame, .. },
-                ..
-            }) = parsed.take()
-            else {
-                unreachable!("checked above")
-            };
-            chat_text(frame, &user.name)
-        });
-        if ext && !matches!(sent, Fast::NotHere) {
-            session.set_ext();
-        }
-        match (sent, parsed) {
-            (Fast::Sent, _) => Ok(()),
-            (Fast::Store(text), _) => Err(Job::Route { to: toid, text }),
-            (Fast::NotHere, Some(parsed)) => Err(Job::Request(parsed)),
-            (Fast::NotHere, None) => unreachable!("the text is built only when sent"),
-        }
-    }
-
-    fn one_chat(&self, session: &Arc<Session>, parsed: Parsed) -> Result<()> {
-        let Request::OneChat { toid, frame, .. } = parsed.req else {
-            unreachable!("handler registered for ONE_CHAT")
-        };
-        let Some(user) = session.user() else {
-            // Signed out by the node between dispatch and here (a lost claim).
-            return Err(ServiceError::Protocol(ProtocolError::not_logged_in(
-                parsed.msgid,
-            )));
-        };
-        let text = chat_text(frame, &user.name);
-        if self.router.send_one(toid, &text)? == Outcome::NoSuchUser {
-            self.ack(
-                session,
-                msgid::ONE_CHAT,
-                errno::NO_SUCH_USER,
-                &format!("no such user {toid}"),
-                &[("toid", Value::from(toid))],
-            );
-        }
         Ok(())
     }
 
@@ -594,70 +556,6 @@ impl ChatService {
         Ok(())
     }
 
-    fn group_chat(&self, session: &Arc<Session>, parsed: Parsed) -> Result<()> {
-        let Request::GroupChat {
-            id, groupid, frame, ..
-        } = parsed.req
-        else {
-            unreachable!("handler registered for GROUP_CHAT")
-        };
-        let Some(user) = session.user() else {
-            // Signed out by the node between dispatch and here (a lost claim).
-            return Err(ServiceError::Protocol(ProtocolError::not_logged_in(
-                parsed.msgid,
-            )));
-        };
-        let Some(members) = self.group_members(groupid)? else {
-            self.ack(
-                session,
-                msgid::GROUP_CHAT,
-                errno::NO_SUCH_GROUP,
-                &format!("no such group {groupid}"),
-                &[("groupid", Value::from(groupid))],
-            );
-            return Ok(());
-        };
-        if !members.contains(&id) {
-            self.ack(
-                session,
-                msgid::GROUP_CHAT,
-                errno::NOT_MEMBER,
-                &format!("you are not in group {groupid}"),
-                &[("groupid", Value::from(groupid))],
-            );
-            return Ok(());
-        }
-        let others: Vec<i64> = members.iter().copied().filter(|&m| m != id).collect();
-        let text = chat_text(frame, &user.name);
-        self.router.send_many(&others, &text)?;
-        Ok(())
-    }
-
-    /// A group's member ids, from the cache or the store; `None` if no such group.
-    fn group_members(&self, group: i64) -> std::result::Result<Option<Arc<Vec<i64>>>, StoreError> {
-        if let Some(m) = self.members.get(group) {
-            return Ok(Some(m));
-        }
-        let epoch = self.members.begin();
-        let Some(mut members) = self.store.group_members(group)? else {
-            return Ok(None);
-        };
-        members.sort_unstable();
-        let members = Arc::new(members);
-        self.members.insert(group, members.clone(), epoch);
-        Ok(Some(members))
-    }
-
-    /// Drops a group from the member cache, here and on every other node.
-    fn invalidate_group(&self, group: i64) {
-        self.members.invalidate(group);
-        if let Some(bus) = self.bus() {
-            if let Err(e) = bus.broadcast_invalidate(group) {
-                log::warn!("group {group}: other nodes keep a stale member list: {e}");
-            }
-        }
-    }
-
     fn ping(&self, session: &Arc<Session>, _parsed: Parsed) -> Result<()> {
         session.reply(protocol::encode(&protocol::pong()));
         Ok(())
@@ -668,15 +566,4 @@ impl ChatService {
 fn frame_text(frame: &[u8]) -> &str {
     let json = frame.strip_suffix(&[0]).unwrap_or(frame);
     std::str::from_utf8(json).unwrap_or_default()
-}
-
-/// The JSON text of a chat frame as recipients get it (see `protocol::delivery_frame`).
-fn chat_text(frame: serde_json::Map<String, Value>, sender_name: &str) -> String {
-    let fallback = if frame.contains_key("time") {
-        String::new()
-    } else {
-        timefmt::now()
-    };
-    let out = protocol::delivery_frame(frame, sender_name, &fallback);
-    serde_json::to_string(&out).expect("a Value always serialises")
 }
