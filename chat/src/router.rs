@@ -22,6 +22,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::bus::{Bus, Orphan};
 use crate::hub::{Hub, Shard};
+use crate::outflow::FanOut;
 use crate::session::Session;
 use crate::store::{sender_of, OfflineLimits, Store, StoreError};
 
@@ -110,15 +111,14 @@ impl Router {
             .store
             .store_offline_many(users, from, text, &self.limits)?;
         if !refused.is_empty() {
-            let before = self
-                .refused
-                .fetch_add(refused.len() as u64, Ordering::Relaxed);
-            // The first and then every 1000th: a bomb must not flood the log too.
-            if before % 1000 == 0 {
+            let n = refused.len() as u64;
+            let before = self.refused.fetch_add(n, Ordering::Relaxed);
+            // The first and then one per thousand: a bomb must not flood the log too.
+            if before == 0 || before / 1000 != (before + n) / 1000 {
                 log::warn!(
                     "offline store full for {refused:?}: a frame from {from} refused \
                      ({} refused so far)",
-                    before + refused.len() as u64
+                    before + n
                 );
             }
         }
@@ -195,7 +195,7 @@ impl Router {
             return Fast::NotHere;
         }
         let text = make_text();
-        if session.deliver_always(wire(&text)) {
+        if session.deliver_live(wire(&text)) {
             Fast::Sent
         } else {
             // Closed in the meantime: the text must be stored, off this thread.
@@ -272,17 +272,16 @@ impl Router {
         users: &[i64],
         text: &str,
     ) -> (Vec<i64>, Vec<i64>) {
-        let frame: Arc<[u8]> = wire(text).into();
+        let mut fan = FanOut::new(wire(text).into());
         let mut absent = Vec::new();
         let mut congested = Vec::new();
-        let mut batch = Vec::with_capacity(users.len());
         for &u in users {
             let shard = guards[Hub::shard_index(u)]
                 .as_ref()
                 .expect("locked by lock_many");
             match shard.get(&u) {
                 Some(session) => {
-                    if !session.deliver_into(&frame, &mut batch) {
+                    if !session.deliver_into(&mut fan) {
                         congested.push(u);
                     }
                 }
@@ -291,7 +290,7 @@ impl Router {
         }
         // Queued while the shards are still locked, so a login that takes a
         // member's shard next sees this frame go out before its own.
-        net::send_to_all(&batch, &frame);
+        fan.send();
         (absent, congested)
     }
 
@@ -351,20 +350,26 @@ impl Router {
         // stored, the flag stays up so new frames queue behind it in the store and
         // this batch's write-complete asks for the next; when this was the last
         // batch, a new crossing of the mark by these frames raises it again.
-        session.set_congested(more);
-        self.deliver_or_restore(user, session, msgs);
+        // The flag goes down (or stays up while more is stored) on the IO loop,
+        // right after this page: new frames queue behind it in the store until
+        // then, and this page's write-complete asks for the next.
+        self.deliver_or_restore(user, session, msgs, Some(more));
     }
 
-    /// Delivers taken messages in order; if the connection closed meanwhile, the
-    /// rest go back to the store, ahead of anything stored since.
-    fn deliver_or_restore(&self, user: i64, session: &Session, msgs: Vec<String>) -> bool {
-        let mut it = msgs.into_iter();
-        for m in it.by_ref() {
-            if !session.deliver_always(wire(&m)) {
-                let rest: Vec<String> = std::iter::once(m).chain(it).collect();
-                self.restore(user, &rest);
-                return false;
-            }
+    /// Delivers taken messages in order (after any the loop spilled), setting the
+    /// congestion flag to `congested` behind them; if the connection closed
+    /// meanwhile, they go back to the store, ahead of anything stored since.
+    fn deliver_or_restore(
+        &self,
+        user: i64,
+        session: &Session,
+        msgs: Vec<String>,
+        congested: Option<bool>,
+    ) -> bool {
+        let page = msgs.iter().map(|m| wire(m)).collect();
+        if session.deliver_page(page, congested).is_err() {
+            self.restore(user, &msgs);
+            return false;
         }
         true
     }
@@ -389,12 +394,7 @@ impl Router {
             .store
             .take_offline_batch(user, DRAIN_BATCH, DRAIN_BYTES)
         {
-            Ok((msgs, more)) => {
-                if more {
-                    session.set_congested(true);
-                }
-                self.deliver_or_restore(user, session, msgs)
-            }
+            Ok((msgs, more)) => self.deliver_or_restore(user, session, msgs, more.then_some(true)),
             Err(e) => {
                 log::warn!("flush for {user}: {e}; kept for later");
                 false

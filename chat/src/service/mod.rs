@@ -134,7 +134,10 @@ impl ChatService {
                         conn.force_close()
                     });
             }
-            Job::Closed => self.sign_out(session),
+            Job::Closed { unsent, spilled } => {
+                self.put_back(session, &unsent, &spilled);
+                self.sign_out(session);
+            }
             Job::Drained => {
                 session.end_drain();
                 match session.user() {
@@ -406,6 +409,7 @@ impl ChatService {
 
     fn logout(&self, session: &Arc<Session>, _parsed: Parsed) -> Result<()> {
         self.sign_out(session);
+        session.forget_last_user();
         self.ack(session, msgid::LOGINOUT, errno::OK, "logged out", &[]);
         Ok(())
     }
@@ -443,6 +447,28 @@ impl ChatService {
                 log::warn!("user {id}: presence not released ({e}); retried by the keeper");
                 self.unreleased.lock().insert(id);
             }
+        }
+    }
+
+    /// At a close: the chat frames the connection never wrote go back to the
+    /// store of the user they were for, in order, ahead of newer ones.
+    fn put_back(&self, session: &Session, unsent: &[u8], spilled: &[Vec<u8>]) {
+        let texts = crate::outflow::undelivered(unsent, spilled);
+        if texts.is_empty() {
+            return;
+        }
+        match session.last_user() {
+            Some(user) => {
+                log::debug!(
+                    "user {user}: {} unwritten frame(s) stored again",
+                    texts.len()
+                );
+                self.router.restore(user, &texts);
+            }
+            None => log::warn!(
+                "{} unwritten frame(s) of a connection that logged out dropped",
+                texts.len()
+            ),
         }
     }
 

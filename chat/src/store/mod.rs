@@ -88,7 +88,11 @@ pub trait Store: Send + Sync {
         from: i64,
         message: &str,
         limits: &OfflineLimits,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .store_offline_many(&[user], from, message, limits)?
+            .is_empty())
+    }
     /// Appends the same message for each of `users` in one transaction (group fan-out to
     /// offline members), for those it fits; returns the others (refused).
     fn store_offline_many(

@@ -386,18 +386,6 @@ impl Store for MysqlStore {
         Ok(found.is_some())
     }
 
-    fn store_offline(
-        &self,
-        user: i64,
-        from: i64,
-        message: &str,
-        limits: &OfflineLimits,
-    ) -> Result<bool, StoreError> {
-        Ok(self
-            .store_offline_many(&[user], from, message, limits)?
-            .is_empty())
-    }
-
     fn store_offline_many(
         &self,
         users: &[i64],
@@ -414,24 +402,22 @@ impl Store for MysqlStore {
         let bytes = message.len() as u64;
         let mut conn = self.conn()?;
         retry_deadlock(|| {
-            let mut tx = conn.start_transaction(tx_opts())?;
+            let mut tx = conn.start_transaction(TxOpts::default())?;
             let mut refused = Vec::new();
             let mut admitted = Vec::new();
+            // Any isolation level will do (no round trip to set one): the recipient's
+            // user row is the lock that makes "count, then insert" atomic among
+            // concurrent senders to it, and the count runs after it is taken.
             for &user in &users {
-                // The recipient's user row is the lock that makes "count, then insert"
-                // atomic among concurrent senders to it.
                 tx.exec_drop("SELECT id FROM user WHERE id = ? FOR UPDATE", (user,))?;
-                let total: Option<(u64, u64)> = tx.exec_first(
-                    "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM offlinemessage \
-                     WHERE userid = ?",
-                    (user,),
+                // One scan of the covering quota index: the total and this sender's.
+                let row: Option<(u64, u64, u64, u64)> = tx.exec_first(
+                    "SELECT COUNT(*), COALESCE(SUM(bytes), 0), COALESCE(SUM(fromid = ?), 0), \
+                     COALESCE(SUM(IF(fromid = ?, bytes, 0)), 0) \
+                     FROM offlinemessage WHERE userid = ?",
+                    (from, from, user),
                 )?;
-                let sent: Option<(u64, u64)> = tx.exec_first(
-                    "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM offlinemessage \
-                     WHERE userid = ? AND fromid = ?",
-                    (user, from),
-                )?;
-                let (t, f) = (usage(total), usage(sent));
+                let (t, f) = usage(row);
                 if limits.admits(t, f, bytes) {
                     admitted.push(user);
                 } else {
@@ -507,8 +493,17 @@ impl Store for MysqlStore {
     }
 }
 
-/// A quota row (`COUNT(*)`, `SUM(bytes)`) as a [`Usage`].
-fn usage(row: Option<(u64, u64)>) -> Usage {
-    let (messages, bytes) = row.unwrap_or_default();
-    Usage { messages, bytes }
+/// A quota row (count and bytes in total, then of one sender) as two [`Usage`]s.
+fn usage(row: Option<(u64, u64, u64, u64)>) -> (Usage, Usage) {
+    let (n, b, sn, sb) = row.unwrap_or_default();
+    (
+        Usage {
+            messages: n,
+            bytes: b,
+        },
+        Usage {
+            messages: sn,
+            bytes: sb,
+        },
+    )
 }

@@ -42,12 +42,18 @@ impl OfflineLimits {
     /// Whether one more message of `bytes` bytes fits, given what the recipient has
     /// stored in all (`total`) and from this sender (`sender`).
     pub fn admits(&self, total: Usage, sender: Usage, bytes: u64) -> bool {
-        let pct = self.sender_percent.clamp(1, 100);
-        let share = |bound: u64| (bound.saturating_mul(pct) / 100).max(1);
+        let (share_n, share_b) = self.sender_share();
         total.messages < self.max_messages
             && total.bytes.saturating_add(bytes) <= self.max_bytes
-            && sender.messages < share(self.max_messages)
-            && sender.bytes.saturating_add(bytes) <= share(self.max_bytes)
+            && sender.messages < share_n
+            && sender.bytes.saturating_add(bytes) <= share_b
+    }
+
+    /// One sender's share of the bounds: (messages, bytes).
+    pub fn sender_share(&self) -> (u64, u64) {
+        let pct = self.sender_percent.clamp(1, 100);
+        let share = |bound: u64| (bound.saturating_mul(pct) / 100).max(1);
+        (share(self.max_messages), share(self.max_bytes))
     }
 }
 

@@ -380,18 +380,6 @@ impl Store for SqliteStore {
         Ok(exists)
     }
 
-    fn store_offline(
-        &self,
-        user: i64,
-        from: i64,
-        message: &str,
-        limits: &OfflineLimits,
-    ) -> Result<bool, StoreError> {
-        Ok(self
-            .store_offline_many(&[user], from, message, limits)?
-            .is_empty())
-    }
-
     fn store_offline_many(
         &self,
         users: &[i64],
@@ -408,20 +396,18 @@ impl Store for SqliteStore {
         // IMMEDIATE: the quota read and the insert see no other writer in between.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
-            let mut total = tx.prepare_cached(
-                "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM offlinemessage WHERE userid = ?1",
-            )?;
-            let mut sent = tx.prepare_cached(
-                "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM offlinemessage \
-                 WHERE userid = ?1 AND fromid = ?2",
+            // One scan of the covering quota index: the total and this sender's.
+            let mut quota = tx.prepare_cached(
+                "SELECT COUNT(*), COALESCE(SUM(bytes), 0), COALESCE(SUM(fromid = ?2), 0), \
+                 COALESCE(SUM(CASE WHEN fromid = ?2 THEN bytes ELSE 0 END), 0) \
+                 FROM offlinemessage WHERE userid = ?1",
             )?;
             let mut insert = tx.prepare_cached(
                 "INSERT INTO offlinemessage (userid, message, fromid, bytes) \
                  VALUES (?1, ?2, ?3, ?4)",
             )?;
             for &user in users {
-                let t = total.query_row([user], usage)?;
-                let f = sent.query_row([user, from], usage)?;
+                let (t, f) = quota.query_row([user, from], usage)?;
                 if limits.admits(t, f, bytes) {
                     insert.execute((user, message, from, bytes as i64))?;
                 } else {
@@ -495,11 +481,17 @@ impl Store for SqliteStore {
     }
 }
 
-/// A quota row: message count and byte total.
-fn usage(row: &rusqlite::Row<'_>) -> rusqlite::Result<Usage> {
-    let (n, b): (i64, i64) = (row.get(0)?, row.get(1)?);
-    Ok(Usage {
-        messages: n as u64,
-        bytes: b as u64,
-    })
+/// A quota row (count and bytes in total, then of one sender) as two [`Usage`]s.
+fn usage(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Usage, Usage)> {
+    let n = |i: usize| row.get::<_, i64>(i).map(|v| v.max(0) as u64);
+    Ok((
+        Usage {
+            messages: n(0)?,
+            bytes: n(1)?,
+        },
+        Usage {
+            messages: n(2)?,
+            bytes: n(3)?,
+        },
+    ))
 }
