@@ -33,6 +33,9 @@ const BREAKER: Duration = Duration::from_secs(1);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Attempts of a transaction that InnoDB chose as a deadlock victim.
 const DEADLOCK_ATTEMPTS: u32 = 3;
+/// Attempts of a bounded offline insert that lost a race with another sender to
+/// the same recipient (each loss means another insert got in: progress is made).
+const RACE_ATTEMPTS: u32 = 50;
 /// Ids per `IN (…)` list in bulk updates.
 const IN_CHUNK: usize = 500;
 
@@ -384,6 +387,58 @@ impl Store for MysqlStore {
         let mut conn = self.conn()?;
         let found: Option<i64> = conn.exec_first("SELECT id FROM user WHERE id = ?", (id,))?;
         Ok(found.is_some())
+    }
+
+    fn store_offline(
+        &self,
+        user: i64,
+        from: i64,
+        message: &str,
+        limits: &OfflineLimits,
+    ) -> Result<bool, StoreError> {
+        // One statement, one round trip (a single recipient is the common case):
+        // the row goes in only if the quota read in the same statement admits it.
+        // INSERT … SELECT reads with shared next-key locks, so two senders racing
+        // for the same recipient deadlock (or, in MariaDB, fail to read the
+        // AUTO_INCREMENT value) and one is retried, seeing the other's row.
+        let (share_n, share_b) = limits.sender_share();
+        let bytes = message.len() as u64;
+        let mut conn = self.conn()?;
+        let mut attempt = 1;
+        loop {
+            let result = conn.exec_drop(
+                "INSERT INTO offlinemessage (userid, message, fromid, bytes) \
+                 SELECT ?, ?, ?, ? FROM (SELECT COUNT(*) AS n, COALESCE(SUM(bytes), 0) AS b, \
+                 COALESCE(SUM(fromid = ?), 0) AS sn, COALESCE(SUM(IF(fromid = ?, bytes, 0)), 0) AS sb \
+                 FROM offlinemessage WHERE userid = ?) AS q \
+                 WHERE q.n < ? AND q.b + ? <= ? AND q.sn < ? AND q.sb + ? <= ?",
+                ::mysql::Params::Positional(vec![
+                    user.into(),
+                    message.into(),
+                    from.into(),
+                    bytes.into(),
+                    from.into(),
+                    from.into(),
+                    user.into(),
+                    limits.max_messages.into(),
+                    bytes.into(),
+                    limits.max_bytes.into(),
+                    share_n.into(),
+                    bytes.into(),
+                    share_b.into(),
+                ]),
+            );
+            match result {
+                Ok(()) => return Ok(conn.affected_rows() == 1),
+                Err(err)
+                    if matches!(server_code(&err), Some(1213 | 1467))
+                        && attempt < RACE_ATTEMPTS =>
+                {
+                    attempt += 1;
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
     }
 
     fn store_offline_many(
