@@ -146,6 +146,16 @@ impl<'a, T> FanOut<'a, T> {
         self.targets.push((conn, flow));
     }
 
+    /// How many connections it goes to.
+    pub fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// True if it goes nowhere.
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+
     /// Queues the frame on every target's loop (one task per loop), then unlocks.
     pub fn send(self) {
         let mut by_loop: Vec<(LoopHandle, Targets)> = Vec::new();

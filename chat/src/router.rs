@@ -24,6 +24,7 @@ use crate::bus::{Bus, Orphan};
 use crate::hub::{Hub, Shard};
 use crate::outflow::FanOut;
 use crate::session::Session;
+use crate::stats::{Chat, Stats};
 use crate::store::{sender_of, OfflineLimits, Store, StoreError};
 
 /// Stored frames a drained slow reader gets per drain, at most.
@@ -74,6 +75,8 @@ pub struct Router {
     limits: OfflineLimits,
     /// Frames refused because their recipient's offline store was full.
     refused: AtomicU64,
+    /// Where chat frames went (local, remote, stored).
+    stats: Arc<Stats>,
 }
 
 /// The wire bytes of a frame's JSON text: the text plus one NUL.
@@ -86,8 +89,14 @@ fn wire(text: &str) -> Vec<u8> {
 
 impl Router {
     /// A router; `bus` is `None` on a standalone node.
-    pub fn new(store: Arc<dyn Store>, bus: Option<Arc<Bus>>, limits: OfflineLimits) -> Router {
+    pub fn new(
+        store: Arc<dyn Store>,
+        bus: Option<Arc<Bus>>,
+        stats: Arc<Stats>,
+        limits: OfflineLimits,
+    ) -> Router {
         Router {
+            stats,
             hub: Hub::default(),
             store,
             bus,
@@ -146,6 +155,18 @@ impl Router {
 
     /// Sends one chat frame (JSON text) from `from` to `to`.
     pub fn send_one(&self, to: i64, from: i64, text: &str) -> Result<Outcome, StoreError> {
+        let outcome = self.route_one(to, from, text)?;
+        let how = match outcome {
+            Outcome::Local => Chat::Local,
+            Outcome::Remote => Chat::Remote,
+            Outcome::Stored => Chat::Stored,
+            Outcome::NoSuchUser | Outcome::Refused => return Ok(outcome),
+        };
+        self.stats.chats(how, 1);
+        Ok(outcome)
+    }
+
+    fn route_one(&self, to: i64, from: i64, text: &str) -> Result<Outcome, StoreError> {
         let shard = self.hub.lock(to);
         if let Some(session) = shard.get(&to) {
             if session.deliver(wire(text)) {
@@ -196,6 +217,7 @@ impl Router {
         }
         let text = make_text();
         if session.deliver_live(wire(&text)) {
+            self.stats.chats(Chat::Local, 1);
             Fast::Sent
         } else {
             // Closed in the meantime: the text must be stored, off this thread.
@@ -205,13 +227,14 @@ impl Router {
 
     /// Fans a chat frame out to `members` (existing users): at once where they are
     /// online, here or on other nodes (one bus message per node), stored for the rest
-    /// in one transaction. Returns the members it was refused for (store full).
+    /// in one transaction. Returns how many it was stored for, and the members it
+    /// was refused for (their store is full).
     pub fn send_many(
         &self,
         members: &[i64],
         from: i64,
         text: &str,
-    ) -> Result<Vec<i64>, StoreError> {
+    ) -> Result<(usize, Vec<i64>), StoreError> {
         let guards = self.hub.lock_many(members);
         let (mut elsewhere, mut stored) = self.deliver_local(&guards, members, text);
         // As in `send_one`: those with an unsent flush keep being stored.
@@ -220,6 +243,7 @@ impl Router {
             elsewhere.retain(|u| !held.contains(u));
             stored.extend_from_slice(&held);
         }
+        let routed = elsewhere.len();
         let missed = match (&self.bus, elsewhere.is_empty()) {
             (_, true) => Vec::new(),
             (Some(bus), false) => bus.route(&elsewhere, text).unwrap_or_else(|e| {
@@ -229,18 +253,21 @@ impl Router {
             }),
             (None, false) => elsewhere,
         };
+        self.stats.chats(Chat::Remote, routed - missed.len());
         stored.extend_from_slice(&missed);
         let refused = if stored.is_empty() {
             Vec::new()
         } else {
             self.store_bounded(&stored, from, text)?
         };
+        let stored_for = stored.len() - refused.len();
+        self.stats.chats(Chat::Stored, stored_for);
         drop(guards);
         let mut check = missed;
         check.extend_from_slice(&held);
         check.retain(|u| !refused.contains(u));
         self.recheck(&check);
-        Ok(refused)
+        Ok((stored_for, refused))
     }
 
     /// Delivers a frame that another node routed here to users expected on this node;
@@ -257,6 +284,7 @@ impl Router {
                 log::warn!("storing a frame for {stored:?}: {e}; kept for a retry");
                 return Err(stored);
             }
+            self.stats.chats(Chat::Stored, stored.len());
         }
         drop(guards);
         self.recheck(&gone);
@@ -290,7 +318,9 @@ impl Router {
         }
         // Queued while the shards are still locked, so a login that takes a
         // member's shard next sees this frame go out before its own.
+        let sent = fan.len();
         fan.send();
+        self.stats.chats(Chat::Local, sent);
         (absent, congested)
     }
 

@@ -2,6 +2,7 @@
 //! and the workers; requests run through it one at a time, in arrival order.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use parking_lot::Mutex;
 
 use crate::outflow::{FanOut, Outflow};
 use crate::protocol::Parsed;
+use crate::stats::Stats;
 
 /// Above this many queued requests the connection stops reading (backpressure).
 pub const QUEUE_HIGH: usize = 256;
@@ -21,10 +23,18 @@ pub const QUEUE_LOW: usize = 64;
 pub enum Job {
     /// A parsed request.
     Request(Parsed),
-    /// A reply the IO loop prepared (a protocol error), sent in turn with the others.
-    Reply(Vec<u8>),
-    /// A fatal protocol error: send it, then close the connection.
-    Fatal(Vec<u8>),
+    /// A protocol error the IO loop found (the reply frame and its errno and the
+    /// request's msgid), sent in turn with the others.
+    Refused {
+        /// The reply.
+        frame: Vec<u8>,
+        /// Its errno, for the audit line.
+        errno: i64,
+        /// The request's msgid (-1 if unreadable).
+        msgid: i64,
+    },
+    /// A fatal protocol error (frame, errno): send it, then close the connection.
+    Fatal(Vec<u8>, i64),
     /// The connection closed: put what it never wrote back into the store, then
     /// log its user out.
     Closed {
@@ -44,6 +54,8 @@ pub enum Job {
         from: i64,
         /// The frame's JSON text.
         text: String,
+        /// The sender's `cid`, when it asked for a confirmation.
+        cid: Option<i64>,
     },
     /// The connection's output drained after it was congested: flush what was
     /// stored for the user meanwhile, then deliver live again.
@@ -87,6 +99,10 @@ struct Strand {
 pub struct Session {
     /// Sends to and closes the connection, from any thread.
     pub conn: ConnHandle,
+    /// The client's address, for the audit log.
+    pub peer: SocketAddr,
+    /// The server's counters: every frame sent through the session is counted.
+    stats: Arc<Stats>,
     user: Mutex<Option<Arc<User>>>,
     /// The client opted in to extended replies (`"ext":1` on any request).
     ext: AtomicBool,
@@ -106,10 +122,18 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session for a new connection whose live output is bounded by `high_water`.
-    pub fn new(conn: ConnHandle, high_water: usize) -> Session {
+    /// A session for a new connection whose live chat output is bounded by
+    /// `high_water`.
+    pub fn new(
+        conn: ConnHandle,
+        peer: SocketAddr,
+        stats: Arc<Stats>,
+        high_water: usize,
+    ) -> Session {
         Session {
             conn,
+            peer,
+            stats,
             user: Mutex::new(None),
             ext: AtomicBool::new(false),
             outbox: Mutex::new(Outbox::default()),
@@ -195,9 +219,25 @@ impl Session {
         self.ext.store(true, Ordering::Relaxed);
     }
 
+    /// The server's counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// The logged-in user's id, 0 before a login (for the audit log).
+    pub fn user_id(&self) -> i64 {
+        self.user.lock().as_ref().map_or(0, |u| u.id)
+    }
+
+    /// Counts and sends one frame.
+    fn send(&self, frame: Vec<u8>) {
+        self.stats.frame_out(&frame);
+        self.conn.send(frame);
+    }
+
     /// Sends a reply to this connection's own request (never held).
     pub fn reply(&self, frame: Vec<u8>) {
-        self.conn.send(frame);
+        self.send(frame);
     }
 
     /// Delivers a frame from someone else: held while a login is being answered.
@@ -222,6 +262,7 @@ impl Session {
         if out.holding {
             out.held.push(frame);
         } else {
+            self.stats.frame_out(&frame);
             let flow = self.flow.clone();
             self.conn.with(move |c| flow.offer(c, &frame));
         }
@@ -243,6 +284,7 @@ impl Session {
         if out.holding {
             out.held.push(fan.frame().to_vec());
         } else {
+            self.stats.frame_out(fan.frame());
             fan.push(out, self.conn.clone(), self.flow.clone());
         }
         true
@@ -267,6 +309,7 @@ impl Session {
                 self.set_congested(on);
             }
         } else {
+            page.iter().for_each(|f| self.stats.frame_out(f));
             let flow = self.flow.clone();
             self.conn.with(move |c| {
                 let on = congested.unwrap_or_else(|| flow.is_congested());
@@ -302,6 +345,7 @@ impl Session {
             return Err(std::mem::take(&mut out.held));
         }
         let frames: Vec<Vec<u8>> = first.into_iter().chain(out.held.drain(..)).collect();
+        frames.iter().for_each(|f| self.stats.frame_out(f));
         if !frames.is_empty() {
             let flow = self.flow.clone();
             self.conn.with(move |c| flow.force(c, frames));

@@ -7,18 +7,23 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+mod admin;
 mod chat;
 mod cluster;
+mod contacts;
+mod login;
 
-use crate::bus::{Bus, Claim};
+pub use admin::Kick;
+
+use crate::audit::End;
+use crate::bus::Bus;
 use crate::hub::Hub;
 use crate::member_cache::MemberCache;
-use crate::password::{self, Verified};
-use crate::protocol::{
-    self, errno, msgid, Friend, GroupInfo, Member, Parsed, ProtocolError, Request,
-};
-use crate::router::{Outcome, Router};
-use crate::session::{Job, Session, User};
+use crate::password;
+use crate::protocol::{self, errno, msgid, Parsed, ProtocolError, Request};
+use crate::router::Router;
+use crate::session::{Job, Session};
+use crate::stats::Stats;
 use crate::store::{AddFriend, JoinGroup, Store, StoreError};
 
 /// A failure that ends a request with an error reply.
@@ -63,6 +68,8 @@ pub struct ChatService {
     loops: std::sync::OnceLock<Vec<net::LoopHandle>>,
     /// Set at a clean shutdown once every session is signed out.
     closing: std::sync::atomic::AtomicBool,
+    /// The server's counters (shared with the router, the sessions and the admin).
+    stats: Arc<Stats>,
 }
 
 impl ChatService {
@@ -83,11 +90,14 @@ impl ChatService {
         handlers.insert(msgid::ADD_GROUP, ChatService::add_group);
         handlers.insert(msgid::GROUP_CHAT, ChatService::group_chat);
         handlers.insert(msgid::PING, ChatService::ping);
+        handlers.insert(msgid::CONTACTS, ChatService::contacts);
         // Standalone, every change goes through this cache; in a cluster another
         // node's invalidation can be lost while Redis is down, so entries expire.
         let cache_ttl = bus.as_ref().map(|_| Duration::from_secs(30));
+        let stats = Arc::new(Stats::default());
         ChatService {
-            router: Router::new(store.clone(), bus, limits),
+            router: Router::new(store.clone(), bus, stats.clone(), limits),
+            stats,
             store,
             handlers,
             members: MemberCache::new(cache_ttl),
@@ -100,6 +110,11 @@ impl ChatService {
     /// Tells the service the server's IO loops (once, after they started).
     pub fn set_io_loops(&self, loops: Vec<net::LoopHandle>) {
         let _ = self.loops.set(loops);
+    }
+
+    /// The server's counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
     }
 
     /// The store.
@@ -121,22 +136,27 @@ impl ChatService {
     pub fn run_job(&self, session: &Arc<Session>, job: Job) {
         match job {
             Job::Request(parsed) => self.dispatch(session, parsed),
-            Job::Reply(frame) => session.reply(frame),
-            Job::Fatal(frame) => {
+            Job::Refused {
+                frame,
+                errno,
+                msgid,
+            } => {
+                let peer = session.peer;
+                self.stats
+                    .protocol_error_from(session.user_id(), peer, errno, msgid);
                 session.reply(frame);
-                self.sign_out(session);
-                session.conn.shutdown();
-                let conn = session.conn.clone();
-                session
-                    .conn
-                    .loop_handle()
-                    .run_after(std::time::Duration::from_secs(2), move |_| {
-                        conn.force_close()
-                    });
+            }
+            Job::Fatal(frame, errno) => {
+                let peer = session.peer;
+                self.stats
+                    .protocol_error_from(session.user_id(), peer, errno, -1);
+                close_after(session, frame, || {
+                    self.sign_out(session, End::ProtocolError)
+                });
             }
             Job::Closed { unsent, spilled } => {
                 self.put_back(session, &unsent, &spilled);
-                self.sign_out(session);
+                self.sign_out(session, End::Closed);
             }
             Job::Drained => {
                 session.end_drain();
@@ -151,14 +171,15 @@ impl ChatService {
                 crate::gateway::resume_session(session);
             }
             Job::Shutdown => {
-                self.sign_out(session);
+                self.sign_out(session, End::Shutdown);
                 session.conn.shutdown();
             }
-            Job::Route { to, from, text } => match self.router.send_one(to, from, &text) {
-                Ok(Outcome::Refused) => self.refused_ack(session, msgid::ONE_CHAT, to),
-                Ok(_) => {}
-                Err(e) => log::error!("lost a frame for {to}: {e}"),
-            },
+            Job::Route {
+                to,
+                from,
+                text,
+                cid,
+            } => self.route_again(session, (to, from), &text, cid),
         }
     }
 
@@ -196,6 +217,9 @@ impl ChatService {
     }
 
     fn send_error(&self, session: &Session, e: &ProtocolError) {
+        let msgid = e.msgid.unwrap_or(-1);
+        self.stats
+            .protocol_error_from(session.user_id(), session.peer, e.errno, msgid);
         session.reply(protocol::encode(&protocol::error(e)));
     }
 
@@ -224,268 +248,6 @@ impl ChatService {
             session.reply(protocol::encode(&protocol::ack(
                 reqmsgid, code, errmsg, extra,
             )));
-        }
-    }
-
-    fn login(&self, session: &Arc<Session>, parsed: Parsed) -> Result<()> {
-        let Request::Login { id, password } = parsed.req else {
-            unreachable!("handler registered for LOGIN")
-        };
-        if let Some(current) = session.user() {
-            return Err(ServiceError::Protocol(ProtocolError::already_logged_in(
-                current.id,
-            )));
-        }
-        let invalid = || {
-            protocol::encode(&protocol::login_err(
-                errno::INVALID_CREDENTIALS,
-                protocol::MSG_INVALID_CREDENTIALS,
-            ))
-        };
-        let Some(row) = self.store.user(id)? else {
-            session.reply(invalid());
-            return Ok(());
-        };
-        match password::verify(&row.password, &password) {
-            Verified::Mismatch => {
-                session.reply(invalid());
-                return Ok(());
-            }
-            Verified::OkLegacyPlaintext => {
-                self.store.set_password(id, &password::hash(&password))?;
-            }
-            Verified::Ok => {}
-        }
-
-        // Claim the user and take its offline messages under the user's shard lock.
-        let mut drains = 0;
-        let offline = loop {
-            let mut shard = self.hub().lock(id);
-            let already = || {
-                protocol::encode(&protocol::login_err(
-                    errno::ALREADY_ONLINE,
-                    protocol::MSG_ALREADY_ONLINE,
-                ))
-            };
-            if shard.contains_key(&id) {
-                drop(shard);
-                session.reply(already());
-                return Ok(());
-            }
-            if let Some(bus) = self.bus() {
-                match bus.claim(id) {
-                    Ok(Claim::Claimed) => {
-                        self.unreleased.lock().remove(&id);
-                    }
-                    Ok(Claim::Orphaned(node)) => {
-                        // The user was on a dead node whose undelivered frames are
-                        // still in its stream: store them first, so this login's
-                        // offline messages include them, then claim again.
-                        drop(shard);
-                        drains += 1;
-                        if drains > 3 || !self.drain_dead(bus, &node, false) {
-                            // Another drain is at it (a worker never waits for
-                            // one: after a crash all of the node's users come
-                            // back at once), or Redis failed: try again shortly.
-                            self.send_unavailable(session, msgid::LOGIN);
-                            return Ok(());
-                        }
-                        continue;
-                    }
-                    Ok(Claim::Taken(node)) => {
-                        drop(shard);
-                        log::debug!("user {id} is online on node {node}");
-                        session.reply(already());
-                        return Ok(());
-                    }
-                    Err(e) => {
-                        drop(shard);
-                        log::warn!("login {id}: {e}");
-                        self.send_unavailable(session, msgid::LOGIN);
-                        return Ok(());
-                    }
-                }
-            }
-            session.hold();
-            shard.insert(id, session.clone());
-            // One page only: the rest follows as chat frames, page by page as the
-            // connection writes them (the session stays congested until then, so
-            // new frames queue behind in the store).
-            match self
-                .store
-                .take_offline_batch(id, usize::MAX, LOGIN_PAGE_BYTES)
-            {
-                Ok((msgs, more)) => {
-                    session.set_congested(more);
-                    break msgs;
-                }
-                Err(e) => {
-                    shard.remove(&id);
-                    self.release_presence(id);
-                    drop(shard);
-                    // Nothing was taken: held frames (if the connection also closed)
-                    // go back to the store.
-                    if let Err(held) = session.release(None) {
-                        self.restore(id, held.iter().map(|f| frame_text(f)));
-                    }
-                    return Err(e.into());
-                }
-            }
-        };
-        session.set_user(Some(User {
-            id,
-            name: row.name.clone(),
-        }));
-        if let Err(e) = self.store.set_state(id, true) {
-            log::warn!("user {id}: state column not updated: {e}");
-        }
-        let ack = match self.login_view(id) {
-            Ok((friends, groups)) => protocol::login_ok(id, &row.name, &friends, &groups, &offline),
-            Err(e) => {
-                // The messages were taken: deliver them rather than lose them.
-                log::warn!("user {id}: friends/groups not loaded: {e}");
-                protocol::login_ok(id, &row.name, &[], &[], &offline)
-            }
-        };
-        if let Err(held) = session.release(Some(protocol::encode(&ack))) {
-            // The connection closed while the login ran: the ACK (with the offline
-            // messages in it) and what was held cannot be delivered; store them
-            // again and undo the login.
-            log::debug!("user {id}: connection closed during login");
-            self.restore(
-                id,
-                offline
-                    .iter()
-                    .map(String::as_str)
-                    .chain(held.iter().map(|f| frame_text(f))),
-            );
-            self.sign_out(session);
-        }
-        Ok(())
-    }
-
-    /// Friends and groups with live presence, for the LOGIN_ACK.
-    fn login_view(
-        &self,
-        id: i64,
-    ) -> std::result::Result<(Vec<Friend>, Vec<GroupInfo>), StoreError> {
-        let friends = self.store.friends(id)?;
-        let groups = self.store.groups_of(id)?;
-        let mut ids: Vec<i64> = friends.iter().map(|(f, _)| *f).collect();
-        ids.extend(groups.iter().flat_map(|g| g.members.iter().map(|m| m.id)));
-        ids.sort_unstable();
-        ids.dedup();
-        let online: HashMap<i64, bool> =
-            ids.iter().copied().zip(self.router.online(&ids)).collect();
-        let is_online = |u: i64| online.get(&u).copied().unwrap_or(false);
-        let friends = friends
-            .into_iter()
-            .map(|(fid, name)| Friend {
-                id: fid,
-                name,
-                online: is_online(fid),
-            })
-            .collect();
-        let groups = groups
-            .into_iter()
-            .map(|g| GroupInfo {
-                id: g.id,
-                name: g.name,
-                desc: g.desc,
-                members: g
-                    .members
-                    .into_iter()
-                    .map(|m| Member {
-                        id: m.id,
-                        name: m.name,
-                        role: m.role,
-                        online: is_online(m.id),
-                    })
-                    .collect(),
-            })
-            .collect();
-        Ok((friends, groups))
-    }
-
-    fn logout(&self, session: &Arc<Session>, _parsed: Parsed) -> Result<()> {
-        self.sign_out(session);
-        session.forget_last_user();
-        self.ack(session, msgid::LOGINOUT, errno::OK, "logged out", &[]);
-        Ok(())
-    }
-
-    /// Logs the connection's user out, if any: presence first, then the state column.
-    fn sign_out(&self, session: &Arc<Session>) {
-        let Some(user) = session.user() else {
-            return;
-        };
-        session.set_user(None);
-        let removed = {
-            // Presence goes with the hub entry under one shard lock, so a new login
-            // of the same user on this node (which takes that lock) cannot have its
-            // fresh claim released by this late sign-out.
-            let mut shard = self.hub().lock(user.id);
-            let ours = shard.get(&user.id).is_some_and(|s| s.id() == session.id());
-            if ours {
-                shard.remove(&user.id);
-                self.release_presence(user.id);
-            }
-            ours
-        };
-        if removed {
-            if let Err(e) = self.store.set_state(user.id, false) {
-                log::warn!("user {}: state column not updated: {e}", user.id);
-            }
-        }
-    }
-
-    /// Drops the cluster presence of a user this node held.
-    /// The caller holds the user's shard lock.
-    fn release_presence(&self, id: i64) {
-        if let Some(bus) = self.bus() {
-            if let Err(e) = bus.release(id) {
-                log::warn!("user {id}: presence not released ({e}); retried by the keeper");
-                self.unreleased.lock().insert(id);
-            }
-        }
-    }
-
-    /// At a close: the chat frames the connection never wrote go back to the
-    /// store of the user they were for, in order, ahead of newer ones.
-    fn put_back(&self, session: &Session, unsent: &[u8], spilled: &[Vec<u8>]) {
-        let texts = crate::outflow::undelivered(unsent, spilled);
-        if texts.is_empty() {
-            return;
-        }
-        match session.last_user() {
-            Some(user) => {
-                log::debug!(
-                    "user {user}: {} unwritten frame(s) stored again",
-                    texts.len()
-                );
-                self.router.restore(user, &texts);
-            }
-            None => log::warn!(
-                "{} unwritten frame(s) of a connection that logged out dropped",
-                texts.len()
-            ),
-        }
-    }
-
-    /// Stores frames again for `user` (ones that could not be delivered after all),
-    /// in order, ahead of anything stored for it since.
-    fn restore<'a>(&self, user: i64, texts: impl Iterator<Item = &'a str>) {
-        let texts: Vec<String> = texts.filter(|t| !t.is_empty()).map(str::to_owned).collect();
-        self.router.restore(user, &texts);
-    }
-
-    /// Signs out every session of this node (clean shutdown, or a claim lost to
-    /// another node): presence and the state column of these users only.
-    pub fn sign_out_all(&self) {
-        for id in self.hub().online_users() {
-            if let Some(session) = self.hub().get(id) {
-                self.sign_out(&session);
-            }
         }
     }
 
@@ -586,6 +348,19 @@ impl ChatService {
         session.reply(protocol::encode(&protocol::pong()));
         Ok(())
     }
+}
+
+/// Sends a final frame, runs `sign_out`, and closes the connection once the frame
+/// is written (or after a grace period).
+fn close_after(session: &Session, frame: Vec<u8>, sign_out: impl FnOnce()) {
+    session.reply(frame);
+    sign_out();
+    session.conn.shutdown();
+    let conn = session.conn.clone();
+    session
+        .conn
+        .loop_handle()
+        .run_after(Duration::from_secs(2), move |_| conn.force_close());
 }
 
 /// A wire frame's JSON text (without its NUL).

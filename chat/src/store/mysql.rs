@@ -13,8 +13,8 @@ use r2d2_mysql::MySqlConnectionManager;
 use super::mysql_schema::{migrate, COLLATION};
 use super::offline::{ids_ahead, page_end};
 use super::{
-    fits, sender_of, AddFriend, GroupRow, JoinGroup, MemberRow, OfflineLimits, Role, Store,
-    StoreError, Usage, UserRow,
+    fits, sender_of, AddFriend, GroupRow, JoinGroup, MemberRow, OfflineLimits, PoolWait, Role,
+    Store, StoreError, Usage, UserRow,
 };
 
 /// The database used when the URL names none (the one `chat.sql` creates).
@@ -32,7 +32,7 @@ const BREAKER: Duration = Duration::from_secs(1);
 /// How long the one checkout that probes an open breaker may wait.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Attempts of a transaction that InnoDB chose as a deadlock victim.
-const DEADLOCK_ATTEMPTS: u32 = 3;
+const DEADLOCK_ATTEMPTS: u32 = 8;
 /// Attempts of a bounded offline insert that lost a race with another sender to
 /// the same recipient (each loss means another insert got in: progress is made).
 const RACE_ATTEMPTS: u32 = 50;
@@ -47,6 +47,8 @@ pub struct MysqlStore {
     /// 0 while the database is reachable.
     down_until: AtomicU64,
     epoch: Instant,
+    /// Time spent waiting for pooled connections.
+    wait: PoolWait,
 }
 
 /// A pooled connection.
@@ -91,6 +93,7 @@ impl MysqlStore {
             pool,
             down_until: AtomicU64::new(0),
             epoch: Instant::now(),
+            wait: PoolWait::default(),
         })
     }
 
@@ -121,7 +124,7 @@ impl MysqlStore {
             }
             PROBE_TIMEOUT
         };
-        match self.pool.get_timeout(timeout) {
+        match self.wait.time(|| self.pool.get_timeout(timeout)) {
             Ok(conn) => {
                 if until != 0 {
                     self.down_until.store(0, Ordering::Release);
@@ -198,6 +201,22 @@ fn placeholders(n: usize) -> String {
 }
 
 impl Store for MysqlStore {
+    fn ping(&self) -> Result<(), StoreError> {
+        self.conn()?.query_drop("SELECT 1")?;
+        Ok(())
+    }
+
+    fn offline_backlog(&self) -> Result<u64, StoreError> {
+        let n: Option<u64> = self
+            .conn()?
+            .query_first("SELECT COUNT(*) FROM offlinemessage")?;
+        Ok(n.unwrap_or(0))
+    }
+
+    fn pool_wait(&self) -> &PoolWait {
+        &self.wait
+    }
+
     fn register(&self, name: &str, password_hash: &str) -> Result<Option<i64>, StoreError> {
         if !fits(name, "") {
             return Ok(None);

@@ -1,10 +1,6 @@
-//! The MySQL schema: the tables as they must be, and the in-place upgrade of older
-//! or legacy ones (run once at open, under a named lock).
-//!
-//! Every table is checked against [`TABLES`] through `information_schema` and created
-//! or upgraded in place: utf8mb4, wider columns, NOT NULL, unique keys (after removing
-//! duplicate rows), an ordering column and the quota columns on `offlinemessage`.
-//! The upgrade is a no-op once the schema conforms.
+//! The MySQL schema: the tables, and the upgrade of a legacy database in place
+//! (checked through `information_schema`, run under a named lock so servers that
+//! start together do not race it).
 
 use ::mysql::prelude::Queryable;
 use ::mysql::Conn;
