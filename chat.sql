@@ -5,7 +5,7 @@
 -- MEDIUMTEXT, unique keys on friend and groupuser, and an AUTO_INCREMENT ordering column
 -- on offlinemessage. The server creates these tables itself if missing, and upgrades a
 -- database made by the legacy script in place at start (stop legacy servers first).
--- chat/src/store/mysql.rs embeds the same table definitions, and a test keeps them equal.
+-- chat/src/store/mysql_schema.rs embeds the same table definitions, and a test keeps them equal.
 
 CREATE DATABASE IF NOT EXISTS chat CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
 USE chat;
@@ -42,11 +42,16 @@ CREATE TABLE IF NOT EXISTS groupuser (
   KEY userid (userid)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
--- Chat frames (JSON text) kept for offline users, delivered and deleted in id order.
+-- Chat frames (JSON text) kept for offline users, delivered and deleted in id order;
+-- fromid (the sender) and bytes (the message's length) bound what one recipient may
+-- be sent while away, in total and per sender.
 CREATE TABLE IF NOT EXISTS offlinemessage (
   id BIGINT NOT NULL AUTO_INCREMENT,
   userid INT NOT NULL,
   message MEDIUMTEXT NOT NULL,
+  fromid INT NOT NULL DEFAULT 0,
+  bytes INT NOT NULL DEFAULT 0,
   PRIMARY KEY (id),
-  KEY userid (userid, id)
+  KEY userid (userid, id, bytes),
+  KEY quota (userid, fromid, bytes)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

@@ -11,6 +11,7 @@ use crate::bus::{new_node_id, BusConfig};
 use crate::codec::DEFAULT_FRAME_LIMIT;
 use crate::gateway::Limits;
 use crate::server::ServerOptions;
+use crate::store::{self, OfflineLimits};
 
 /// `ChatServer [IP] [PORT] [OPTIONS]` — as the original takes `ChatServer <ip> <port>`,
 /// plus options, each also settable from the environment.
@@ -77,6 +78,15 @@ pub struct Config {
     /// new messages are stored and delivered when it catches up.
     #[arg(long, env = "CHAT_OUTPUT_HIGH_WATER", default_value_t = 4 * 1024 * 1024)]
     pub output_high_water: usize,
+    /// Most messages stored for one offline recipient; more are refused (errno 206).
+    #[arg(long, env = "CHAT_OFFLINE_MAX_MESSAGES", default_value_t = store::offline_defaults().max_messages)]
+    pub offline_max_messages: u64,
+    /// Most bytes of messages stored for one offline recipient; more are refused.
+    #[arg(long, env = "CHAT_OFFLINE_MAX_BYTES", default_value_t = store::offline_defaults().max_bytes)]
+    pub offline_max_bytes: u64,
+    /// Percent of both bounds one sender may fill for one recipient (1-100).
+    #[arg(long, env = "CHAT_OFFLINE_SENDER_PERCENT", default_value_t = store::offline_defaults().sender_percent)]
+    pub offline_sender_percent: u64,
     /// Memory cost of new password hashes in KiB (argon2id; the default is OWASP's).
     #[arg(long, env = "CHAT_ARGON2_MEMORY_KIB", default_value_t = 19_456)]
     pub argon2_memory_kib: u32,
@@ -184,6 +194,11 @@ impl Config {
                 rate: self.rate,
                 burst: self.burst,
                 output_high_water: self.output_high_water.max(1024),
+            },
+            offline: OfflineLimits {
+                max_messages: self.offline_max_messages,
+                max_bytes: self.offline_max_bytes,
+                sender_percent: self.offline_sender_percent.clamp(1, 100),
             },
             bus: self.redis.as_ref().map(|url| BusConfig {
                 url: url.clone(),

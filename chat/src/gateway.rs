@@ -114,9 +114,18 @@ impl Gateway {
                 if let Some(timer) = timer {
                     conn.loop_handle().cancel(timer);
                 }
+                let unsent = conn.take_unsent_output();
                 // Before the job: deliveries from now on are stored, not lost.
                 session.mark_closed();
-                self.submitter.submit(&session, Job::Closed);
+                // Every send queued before the mark runs before this task (the
+                // loop runs tasks in order) and keeps its frame in the session
+                // when it finds the connection gone; the job then puts all of it
+                // back into the store.
+                let submitter = self.submitter.clone();
+                conn.loop_handle().queue_in_loop(move |_| {
+                    let spilled = session.take_spilled();
+                    submitter.submit(&session, Job::Closed { unsent, spilled });
+                });
             }
         }
     }
@@ -128,6 +137,7 @@ impl Gateway {
             conn.handle(),
             conn.peer_addr(),
             self.stats.clone(),
+            self.limits.output_high_water,
         ));
         let full = self.connections.load(Ordering::Relaxed) > self.limits.max_connections;
         conn.set_context(ConnState {
@@ -299,13 +309,15 @@ impl Gateway {
     }
 }
 
-/// Reads again unless the session's queue is paused or the output is still high.
+/// Reads again unless the session's queue is paused or, congested, it still has
+/// output to write (a slow reader's own requests would only add replies; one that
+/// is being sent its stored messages page by page may go on talking meanwhile).
 /// Runs on the connection's loop thread.
 pub fn update_reading(conn: &TcpConnectionPtr) {
     let Some(session) = conn.with_context(|st: &mut ConnState| st.session.clone()) else {
         return;
     };
-    if session.queue_paused() || session.is_congested() {
+    if session.queue_paused() || (session.is_congested() && conn.output_bytes() > 0) {
         conn.stop_read();
     } else {
         conn.start_read();

@@ -21,6 +21,7 @@ pub mod config;
 pub mod gateway;
 pub mod hub;
 pub mod member_cache;
+pub mod outflow;
 pub mod password;
 pub mod protocol;
 pub mod router;

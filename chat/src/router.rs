@@ -7,22 +7,31 @@
 //! took the store. Across nodes the login runs elsewhere, so after storing for a
 //! user the router looks again: if the user came online meanwhile, it asks that
 //! node to flush the user's stored messages.
+//!
+//! What is stored for one recipient is bounded ([`OfflineLimits`]): beyond the bound
+//! a new frame is refused (counted, logged, and reported to the sender where it is
+//! known), never an old one dropped. Frames taken from the store to be delivered
+//! but not written go back ahead of everything newer.
 
 use std::sync::Arc;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::bus::{Bus, Orphan};
 use crate::hub::{Hub, Shard};
+use crate::outflow::FanOut;
 use crate::session::Session;
 use crate::stats::{Chat, Stats};
-use crate::store::{Store, StoreError};
+use crate::store::{sender_of, OfflineLimits, Store, StoreError};
 
-/// Stored frames a drained slow reader gets per drain.
+/// Stored frames a drained slow reader gets per drain, at most.
 const DRAIN_BATCH: usize = 1000;
+/// Bytes of stored frames taken per drain, at most (besides the first frame): a
+/// backlog costs a connection this much memory at a time, whatever its length.
+const DRAIN_BYTES: usize = 1024 * 1024;
 
 /// The outcome of the IO loop's fast path ([`Router::try_send_local`]).
 #[derive(Debug)]
@@ -44,6 +53,8 @@ pub enum Outcome {
     Remote,
     /// Stored for the recipient's next login.
     Stored,
+    /// Refused: the recipient's offline store is at its bound.
+    Refused,
     /// No such user: nothing was stored.
     NoSuchUser,
 }
@@ -60,6 +71,10 @@ pub struct Router {
     /// False while `unchecked` is empty (nearly always): the hot paths then skip
     /// its lock.
     any_unchecked: AtomicBool,
+    /// The bounds of each recipient's offline store.
+    limits: OfflineLimits,
+    /// Frames refused because their recipient's offline store was full.
+    refused: AtomicU64,
     /// Where chat frames went (local, remote, stored).
     stats: Arc<Stats>,
 }
@@ -74,7 +89,12 @@ fn wire(text: &str) -> Vec<u8> {
 
 impl Router {
     /// A router; `bus` is `None` on a standalone node.
-    pub fn new(store: Arc<dyn Store>, bus: Option<Arc<Bus>>, stats: Arc<Stats>) -> Router {
+    pub fn new(
+        store: Arc<dyn Store>,
+        bus: Option<Arc<Bus>>,
+        stats: Arc<Stats>,
+        limits: OfflineLimits,
+    ) -> Router {
         Router {
             stats,
             hub: Hub::default(),
@@ -82,7 +102,45 @@ impl Router {
             bus,
             unchecked: Mutex::new(HashSet::new()),
             any_unchecked: AtomicBool::new(false),
+            limits,
+            refused: AtomicU64::new(0),
         }
+    }
+
+    /// How many frames were refused so far because their recipient's offline store
+    /// was full (one per recipient).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Stores `text` from `from` for each of `users` within the bounds; returns those
+    /// it was refused for, counted and logged.
+    fn store_bounded(&self, users: &[i64], from: i64, text: &str) -> Result<Vec<i64>, StoreError> {
+        let refused = self
+            .store
+            .store_offline_many(users, from, text, &self.limits)?;
+        if !refused.is_empty() {
+            let n = refused.len() as u64;
+            let before = self.refused.fetch_add(n, Ordering::Relaxed);
+            // The first and then one per thousand: a bomb must not flood the log too.
+            if before == 0 || before / 1000 != (before + n) / 1000 {
+                log::warn!(
+                    "offline store full for {refused:?}: a frame from {from} refused \
+                     ({} refused so far)",
+                    before + n
+                );
+            }
+        }
+        Ok(refused)
+    }
+
+    /// [`Router::store_bounded`] for one recipient: `Stored` or `Refused`.
+    fn store_one(&self, to: i64, from: i64, text: &str) -> Result<Outcome, StoreError> {
+        Ok(if self.store_bounded(&[to], from, text)?.is_empty() {
+            Outcome::Stored
+        } else {
+            Outcome::Refused
+        })
     }
 
     /// The sessions of this node.
@@ -95,28 +153,27 @@ impl Router {
         self.bus.as_ref()
     }
 
-    /// Sends one chat frame (JSON text) to `to`.
-    pub fn send_one(&self, to: i64, text: &str) -> Result<Outcome, StoreError> {
-        let outcome = self.route_one(to, text)?;
+    /// Sends one chat frame (JSON text) from `from` to `to`.
+    pub fn send_one(&self, to: i64, from: i64, text: &str) -> Result<Outcome, StoreError> {
+        let outcome = self.route_one(to, from, text)?;
         let how = match outcome {
             Outcome::Local => Chat::Local,
             Outcome::Remote => Chat::Remote,
             Outcome::Stored => Chat::Stored,
-            Outcome::NoSuchUser => return Ok(outcome),
+            Outcome::NoSuchUser | Outcome::Refused => return Ok(outcome),
         };
         self.stats.chats(how, 1);
         Ok(outcome)
     }
 
-    fn route_one(&self, to: i64, text: &str) -> Result<Outcome, StoreError> {
+    fn route_one(&self, to: i64, from: i64, text: &str) -> Result<Outcome, StoreError> {
         let shard = self.hub.lock(to);
         if let Some(session) = shard.get(&to) {
             if session.deliver(wire(text)) {
                 return Ok(Outcome::Local);
             }
             // A slow reader: kept for the flush when its output drains.
-            self.store.store_offline(to, text)?;
-            return Ok(Outcome::Stored);
+            return self.store_one(to, from, text);
         }
         // A user whose earlier frames were stored while Redis failed keeps having
         // them stored until the flush notice for those went out (under this shard
@@ -137,10 +194,12 @@ impl Router {
         if !self.store.user_exists(to)? {
             return Ok(Outcome::NoSuchUser);
         }
-        self.store.store_offline(to, text)?;
+        let outcome = self.store_one(to, from, text)?;
         drop(shard);
-        self.recheck(&[to]);
-        Ok(Outcome::Stored)
+        if outcome == Outcome::Stored {
+            self.recheck(&[to]);
+        }
+        Ok(outcome)
     }
 
     /// The IO loop's fast path: if `to` is online on this node, not congested, and
@@ -157,7 +216,7 @@ impl Router {
             return Fast::NotHere;
         }
         let text = make_text();
-        if session.deliver_always(wire(&text)) {
+        if session.deliver_live(wire(&text)) {
             self.stats.chats(Chat::Local, 1);
             Fast::Sent
         } else {
@@ -168,8 +227,14 @@ impl Router {
 
     /// Fans a chat frame out to `members` (existing users): at once where they are
     /// online, here or on other nodes (one bus message per node), stored for the rest
-    /// in one transaction. Returns how many of them it was stored for.
-    pub fn send_many(&self, members: &[i64], text: &str) -> Result<usize, StoreError> {
+    /// in one transaction. Returns how many it was stored for, and the members it
+    /// was refused for (their store is full).
+    pub fn send_many(
+        &self,
+        members: &[i64],
+        from: i64,
+        text: &str,
+    ) -> Result<(usize, Vec<i64>), StoreError> {
         let guards = self.hub.lock_many(members);
         let (mut elsewhere, mut stored) = self.deliver_local(&guards, members, text);
         // As in `send_one`: those with an unsent flush keep being stored.
@@ -190,26 +255,32 @@ impl Router {
         };
         self.stats.chats(Chat::Remote, routed - missed.len());
         stored.extend_from_slice(&missed);
-        if !stored.is_empty() {
-            self.store.store_offline_many(&stored, text)?;
-            self.stats.chats(Chat::Stored, stored.len());
-        }
+        let refused = if stored.is_empty() {
+            Vec::new()
+        } else {
+            self.store_bounded(&stored, from, text)?
+        };
+        let stored_for = stored.len() - refused.len();
+        self.stats.chats(Chat::Stored, stored_for);
         drop(guards);
         let mut check = missed;
         check.extend_from_slice(&held);
+        check.retain(|u| !refused.contains(u));
         self.recheck(&check);
-        Ok(stored.len())
+        Ok((stored_for, refused))
     }
 
     /// Delivers a frame that another node routed here to users expected on this node;
     /// those who left meanwhile get it stored (and flushed wherever they are now).
     /// If that store fails, returns those users: the caller keeps the frame for them.
+    /// The store's bound applies: a recipient whose store is full does not get it
+    /// (counted and logged here; the sender, on another node, is not told).
     pub fn deliver_here(&self, to: &[i64], text: &str) -> Result<(), Vec<i64>> {
         let guards = self.hub.lock_many(to);
         let (gone, mut stored) = self.deliver_local(&guards, to, text);
         stored.extend_from_slice(&gone);
         if !stored.is_empty() {
-            if let Err(e) = self.store.store_offline_many(&stored, text) {
+            if let Err(e) = self.store_bounded(&stored, sender_of(text), text) {
                 log::warn!("storing a frame for {stored:?}: {e}; kept for a retry");
                 return Err(stored);
             }
@@ -229,17 +300,16 @@ impl Router {
         users: &[i64],
         text: &str,
     ) -> (Vec<i64>, Vec<i64>) {
-        let frame: Arc<[u8]> = wire(text).into();
+        let mut fan = FanOut::new(wire(text).into());
         let mut absent = Vec::new();
         let mut congested = Vec::new();
-        let mut batch = Vec::with_capacity(users.len());
         for &u in users {
             let shard = guards[Hub::shard_index(u)]
                 .as_ref()
                 .expect("locked by lock_many");
             match shard.get(&u) {
                 Some(session) => {
-                    if !session.deliver_into(&frame, &mut batch) {
+                    if !session.deliver_into(&mut fan) {
                         congested.push(u);
                     }
                 }
@@ -248,9 +318,9 @@ impl Router {
         }
         // Queued while the shards are still locked, so a login that takes a
         // member's shard next sees this frame go out before its own.
-        net::send_to_all(&batch, &frame);
-        self.stats
-            .chats(Chat::Local, users.len() - absent.len() - congested.len());
+        let sent = fan.len();
+        fan.send();
+        self.stats.chats(Chat::Local, sent);
         (absent, congested)
     }
 
@@ -259,8 +329,10 @@ impl Router {
     pub fn store_orphans(&self, frames: &[Orphan]) -> Result<(), StoreError> {
         let mut users = Vec::new();
         for (to, text) in frames {
-            self.store.store_offline_many(to, text)?;
-            users.extend_from_slice(to);
+            // Bounded like any other store: beyond it a frame is refused (counted and
+            // logged), never one already stored dropped.
+            let refused = self.store_bounded(to, sender_of(text), text)?;
+            users.extend(to.iter().filter(|u| !refused.contains(u)));
         }
         users.sort_unstable();
         users.dedup();
@@ -292,8 +364,11 @@ impl Router {
         }
         // One batch per drain: a long backlog comes out a batch at a time as the
         // reader catches up, instead of all at once into memory.
-        let msgs = match self.store.take_offline_batch(user, DRAIN_BATCH) {
-            Ok(msgs) => msgs,
+        let (msgs, more) = match self
+            .store
+            .take_offline_batch(user, DRAIN_BATCH, DRAIN_BYTES)
+        {
+            Ok(page) => page,
             Err(e) => {
                 // The frames stay stored: delivered at the next login or drain.
                 log::warn!("flush for {user}: {e}; kept for later");
@@ -305,37 +380,51 @@ impl Router {
         // stored, the flag stays up so new frames queue behind it in the store and
         // this batch's write-complete asks for the next; when this was the last
         // batch, a new crossing of the mark by these frames raises it again.
-        session.set_congested(msgs.len() == DRAIN_BATCH);
-        self.deliver_or_restore(user, session, msgs);
+        // The flag goes down (or stays up while more is stored) on the IO loop,
+        // right after this page: new frames queue behind it in the store until
+        // then, and this page's write-complete asks for the next.
+        self.deliver_or_restore(user, session, msgs, Some(more));
     }
 
-    /// Delivers taken messages in order; if the connection closed meanwhile, the
-    /// rest go back to the store (behind anything stored since: order may suffer,
-    /// nothing is lost).
-    fn deliver_or_restore(&self, user: i64, session: &Session, msgs: Vec<String>) -> bool {
-        let mut it = msgs.into_iter();
-        for m in it.by_ref() {
-            if !session.deliver_always(wire(&m)) {
-                let rest: Vec<String> = std::iter::once(m).chain(it).collect();
-                for r in &rest {
-                    if let Err(e) = self.store.store_offline(user, r) {
-                        log::error!("lost a stored frame for {user}: {e}");
-                    }
-                }
-                return false;
-            }
+    /// Delivers taken messages in order (after any the loop spilled), setting the
+    /// congestion flag to `congested` behind them; if the connection closed
+    /// meanwhile, they go back to the store, ahead of anything stored since.
+    fn deliver_or_restore(
+        &self,
+        user: i64,
+        session: &Session,
+        msgs: Vec<String>,
+        congested: Option<bool>,
+    ) -> bool {
+        let page = msgs.iter().map(|m| wire(m)).collect();
+        if session.deliver_page(page, congested).is_err() {
+            self.restore(user, &msgs);
+            return false;
         }
         true
     }
 
-    /// Takes the user's stored messages and delivers them to `session`, congested
-    /// or not. The caller holds the user's shard lock. False if the store failed.
+    /// Puts frames taken for `user` but not delivered back into the store, in order,
+    /// ahead of everything stored for it since.
+    pub fn restore(&self, user: i64, texts: &[String]) {
+        if let Err(e) = self.store.restore_offline(user, texts) {
+            log::error!("lost {} stored frame(s) for {user}: {e}", texts.len());
+        }
+    }
+
+    /// Takes a page of the user's stored messages and delivers it to `session`,
+    /// congested or not; if more is left, the session stays congested so that the
+    /// rest follows page by page as its output drains ([`Router::drained`]). The
+    /// caller holds the user's shard lock. False if the store failed.
     pub(crate) fn flush_session(&self, user: i64, session: &Session) -> bool {
         if session.is_closed() {
             return false;
         }
-        match self.store.take_offline(user) {
-            Ok(msgs) => self.deliver_or_restore(user, session, msgs),
+        match self
+            .store
+            .take_offline_batch(user, DRAIN_BATCH, DRAIN_BYTES)
+        {
+            Ok((msgs, more)) => self.deliver_or_restore(user, session, msgs, more.then_some(true)),
             Err(e) => {
                 log::warn!("flush for {user}: {e}; kept for later");
                 false

@@ -15,7 +15,7 @@ use crate::codec;
 use crate::gateway::{self, Gateway, Limits, Sessions};
 use crate::service::ChatService;
 use crate::session::{Job, Session};
-use crate::store::Store;
+use crate::store::{OfflineLimits, Store};
 use crate::workers::WorkerPool;
 
 /// Server settings that are not about storage.
@@ -31,6 +31,8 @@ pub struct ServerOptions {
     pub bus: Option<BusConfig>,
     /// Connection limits.
     pub limits: Limits,
+    /// Bounds of each recipient's offline store.
+    pub offline: OfflineLimits,
     /// The admin HTTP listener (health, metrics, admin actions); `None`: off.
     pub admin: Option<AdminOptions>,
 }
@@ -43,6 +45,7 @@ impl Default for ServerOptions {
             frame_limit: codec::DEFAULT_FRAME_LIMIT,
             bus: None,
             limits: Limits::default(),
+            offline: OfflineLimits::default(),
             admin: None,
         }
     }
@@ -72,7 +75,7 @@ impl ChatServer {
             Some(cfg) => Some(Bus::connect(cfg.clone()).map_err(io::Error::other)?),
             None => None,
         };
-        let service = Arc::new(ChatService::new(store, bus.clone()));
+        let service = Arc::new(ChatService::new(store, bus.clone(), opts.offline));
         let bus_threads = match &bus {
             Some(bus) => Some(bus.spawn(service.clone() as Arc<dyn BusHandler>)?),
             None => None,

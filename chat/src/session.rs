@@ -3,12 +3,13 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
 use net::ConnHandle;
 use parking_lot::Mutex;
 
+use crate::outflow::{FanOut, Outflow};
 use crate::protocol::Parsed;
 use crate::stats::Stats;
 
@@ -34,8 +35,14 @@ pub enum Job {
     },
     /// A fatal protocol error (frame, errno): send it, then close the connection.
     Fatal(Vec<u8>, i64),
-    /// The connection closed: log its user out.
-    Closed,
+    /// The connection closed: put what it never wrote back into the store, then
+    /// log its user out.
+    Closed {
+        /// The output buffer's unwritten bytes.
+        unsent: Vec<u8>,
+        /// Frames the IO loop kept instead of appending them (wire bytes).
+        spilled: Vec<Vec<u8>>,
+    },
     /// The server is stopping: log the user out and close after output drains.
     Shutdown,
     /// A chat frame (JSON text) for `to` that the IO loop could not deliver after
@@ -43,6 +50,8 @@ pub enum Job {
     Route {
         /// The recipient.
         to: i64,
+        /// The sender (the session this job runs on).
+        from: i64,
         /// The frame's JSON text.
         text: String,
         /// The sender's `cid`, when it asked for a confirmation.
@@ -63,9 +72,11 @@ pub struct User {
 }
 
 /// Frames for this connection; while `holding`, live deliveries wait so that they
-/// reach the client after its LOGIN_ACK, never before.
+/// reach the client after its LOGIN_ACK, never before. Every send of a frame to
+/// the connection is queued under this lock after checking `closed`, so a send
+/// is either queued before the close is marked or refused.
 #[derive(Default)]
-struct Outbox {
+pub struct Outbox {
     holding: bool,
     held: Vec<Vec<u8>>,
     /// The connection closed: nothing sent now would arrive, so deliveries are
@@ -97,9 +108,12 @@ pub struct Session {
     ext: AtomicBool,
     outbox: Mutex<Outbox>,
     strand: Mutex<Strand>,
-    /// True while the connection's output is above its high-water mark (a slow
-    /// reader): deliveries are then stored offline instead of growing its buffer.
-    congested: AtomicBool,
+    /// The frames on their way out: the hard high-water mark, congestion, and
+    /// what the IO loop kept instead of writing.
+    flow: Arc<Outflow>,
+    /// The user whose frames the connection carries, for putting back what it
+    /// did not write at its close (0: none, or not safe to tell after a LOGINOUT).
+    last_user: AtomicI64,
     /// Set at the first successful login (the login time limit checks it).
     logged_in_once: AtomicBool,
     /// A `Drained` job is queued: every completed write of a flushed batch would
@@ -108,8 +122,14 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session for a new connection.
-    pub fn new(conn: ConnHandle, peer: SocketAddr, stats: Arc<Stats>) -> Session {
+    /// A session for a new connection whose live chat output is bounded by
+    /// `high_water`.
+    pub fn new(
+        conn: ConnHandle,
+        peer: SocketAddr,
+        stats: Arc<Stats>,
+        high_water: usize,
+    ) -> Session {
         Session {
             conn,
             peer,
@@ -118,7 +138,8 @@ impl Session {
             ext: AtomicBool::new(false),
             outbox: Mutex::new(Outbox::default()),
             strand: Mutex::new(Strand::default()),
-            congested: AtomicBool::new(false),
+            flow: Outflow::new(high_water),
+            last_user: AtomicI64::new(0),
             logged_in_once: AtomicBool::new(false),
             drain_pending: AtomicBool::new(false),
         }
@@ -136,10 +157,26 @@ impl Session {
 
     /// Binds (or with `None` unbinds) the connection's identity.
     pub fn set_user(&self, user: Option<User>) {
-        if user.is_some() {
+        if let Some(u) = &user {
             self.logged_in_once.store(true, Ordering::Relaxed);
+            // Once a LOGINOUT made it ambiguous whose frames are in the output,
+            // they are never attributed again on this connection.
+            let _ = self
+                .last_user
+                .compare_exchange(0, u.id, Ordering::AcqRel, Ordering::Acquire);
         }
         *self.user.lock() = user.map(Arc::new);
+    }
+
+    /// After a LOGINOUT: frames still unwritten at the close are no longer put
+    /// back for anyone (they may be the previous user's).
+    pub fn forget_last_user(&self) {
+        self.last_user.store(-1, Ordering::Release);
+    }
+
+    /// The user whose unwritten frames go back to the store at the close, if any.
+    pub fn last_user(&self) -> Option<i64> {
+        Some(self.last_user.load(Ordering::Acquire)).filter(|&u| u > 0)
     }
 
     /// Whether the connection ever logged in.
@@ -149,7 +186,12 @@ impl Session {
 
     /// Marks the connection congested (or not); see [`Session::deliver`].
     pub fn set_congested(&self, on: bool) {
-        self.congested.store(on, Ordering::Release);
+        self.flow.set_congested(on);
+    }
+
+    /// The frames the IO loop kept instead of writing (at the close).
+    pub fn take_spilled(&self) -> Vec<Vec<u8>> {
+        self.flow.take_spilled()
     }
 
     /// Claims the one pending `Drained` job; false if one is already queued.
@@ -164,7 +206,7 @@ impl Session {
 
     /// Whether the connection's output is above its high-water mark.
     pub fn is_congested(&self) -> bool {
-        self.congested.load(Ordering::Acquire)
+        self.flow.is_congested()
     }
 
     /// Whether extended replies were asked for.
@@ -199,39 +241,20 @@ impl Session {
     }
 
     /// Delivers a frame from someone else: held while a login is being answered.
-    /// Returns false, delivering nothing, while the connection is congested: the
-    /// caller (holding the user's hub shard lock) stores the frame instead.
+    /// Returns false, delivering nothing, while the connection is congested or
+    /// once it closed: the caller (holding the user's hub shard lock) stores the
+    /// frame instead.
     pub fn deliver(&self, frame: Vec<u8>) -> bool {
         if self.is_congested() {
             return false;
         }
-        self.deliver_always(frame)
+        self.deliver_live(frame)
     }
 
-    /// Like [`Session::deliver`], for a fan-out: instead of sending, adds this
-    /// connection to `batch` (the caller sends the frame to the whole batch with
-    /// `net::send_to_all`), or holds a copy while a login is being answered.
-    /// False, doing nothing, while congested or once closed.
-    pub fn deliver_into(&self, frame: &[u8], batch: &mut Vec<ConnHandle>) -> bool {
-        if self.is_congested() {
-            return false;
-        }
-        let mut out = self.outbox.lock();
-        if out.closed {
-            return false;
-        }
-        if out.holding {
-            out.held.push(frame.to_vec());
-        } else {
-            self.stats.frame_out(frame);
-            batch.push(self.conn.clone());
-        }
-        true
-    }
-
-    /// Delivers a frame even when congested (stored frames being flushed). False,
-    /// doing nothing, once the connection closed: the caller keeps the frame stored.
-    pub fn deliver_always(&self, frame: Vec<u8>) -> bool {
+    /// Like [`Session::deliver`] without the congestion check (the IO loop's fast
+    /// path made it): the loop still spills the frame if the output is at its
+    /// mark. False, doing nothing, once the connection closed.
+    pub fn deliver_live(&self, frame: Vec<u8>) -> bool {
         let mut out = self.outbox.lock();
         if out.closed {
             return false;
@@ -239,9 +262,61 @@ impl Session {
         if out.holding {
             out.held.push(frame);
         } else {
-            self.send(frame);
+            self.stats.frame_out(&frame);
+            let flow = self.flow.clone();
+            self.conn.with(move |c| flow.offer(c, &frame));
         }
         true
+    }
+
+    /// Like [`Session::deliver`], for a fan-out: adds this connection to `fan`
+    /// (which sends the frame to all of them, this outbox locked until then), or
+    /// holds a copy while a login is being answered. False, doing nothing, while
+    /// congested or once closed.
+    pub fn deliver_into<'a>(&'a self, fan: &mut FanOut<'a, Outbox>) -> bool {
+        if self.is_congested() {
+            return false;
+        }
+        let mut out = self.outbox.lock();
+        if out.closed {
+            return false;
+        }
+        if out.holding {
+            out.held.push(fan.frame().to_vec());
+        } else {
+            self.stats.frame_out(fan.frame());
+            fan.push(out, self.conn.clone(), self.flow.clone());
+        }
+        true
+    }
+
+    /// Delivers a page of stored frames, congested or not, after any frames the
+    /// loop spilled; then sets the congestion flag to `congested` (`None`: leaves
+    /// it), in the same step of the loop. If the connection closed, nothing is
+    /// sent and the page is returned, for the caller to store again.
+    pub fn deliver_page(
+        &self,
+        page: Vec<Vec<u8>>,
+        congested: Option<bool>,
+    ) -> Result<(), Vec<Vec<u8>>> {
+        let mut out = self.outbox.lock();
+        if out.closed {
+            return Err(page);
+        }
+        if out.holding {
+            out.held.extend(page);
+            if let Some(on) = congested {
+                self.set_congested(on);
+            }
+        } else {
+            page.iter().for_each(|f| self.stats.frame_out(f));
+            let flow = self.flow.clone();
+            self.conn.with(move |c| {
+                let on = congested.unwrap_or_else(|| flow.is_congested());
+                flow.drain(c, page, on);
+            });
+        }
+        Ok(())
     }
 
     /// Marks the connection closed (by its IO loop, before the `Closed` job is
@@ -269,11 +344,11 @@ impl Session {
         if out.closed {
             return Err(std::mem::take(&mut out.held));
         }
-        if let Some(first) = first {
-            self.send(first);
-        }
-        for frame in out.held.drain(..) {
-            self.send(frame);
+        let frames: Vec<Vec<u8>> = first.into_iter().chain(out.held.drain(..)).collect();
+        frames.iter().for_each(|f| self.stats.frame_out(f));
+        if !frames.is_empty() {
+            let flow = self.flow.clone();
+            self.conn.with(move |c| flow.force(c, frames));
         }
         Ok(())
     }

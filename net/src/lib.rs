@@ -39,6 +39,7 @@ mod acceptor;
 mod buffer;
 mod callbacks;
 mod channel;
+mod conn_handle;
 mod connector;
 mod event_loop;
 mod event_loop_thread;
@@ -53,9 +54,10 @@ pub use callbacks::{
     HighWaterMarkCallback, MessageCallback, Task, TcpConnectionPtr, ThreadInitCallback,
     TimerCallback, WriteCompleteCallback,
 };
+pub use conn_handle::{send_to_all, ConnHandle};
 pub use event_loop::{EventLoop, LoopHandle};
 pub use event_loop_thread::{EventLoopThread, EventLoopThreadPool};
 pub use tcp_client::TcpClient;
-pub use tcp_connection::{send_to_all, ConnHandle, State, TcpConnection, DEFAULT_HIGH_WATER_MARK};
+pub use tcp_connection::{State, TcpConnection, DEFAULT_HIGH_WATER_MARK};
 pub use tcp_server::{ReusePort, TcpServer};
 pub use timer_queue::TimerId;

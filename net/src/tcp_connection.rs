@@ -6,7 +6,6 @@ use std::cell::{Cell, RefCell, RefMut};
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
-use std::sync::Arc;
 
 use mio::event::Event;
 use mio::net::TcpStream;
@@ -14,10 +13,11 @@ use mio::Token;
 
 use crate::buffer::Buffer;
 use crate::callbacks::{
-    CloseCallback, ConnectionCallback, HighWaterMarkCallback, MessageCallback, TcpConnectionPtr,
+    CloseCallback, ConnectionCallback, HighWaterMarkCallback, MessageCallback,
     WriteCompleteCallback,
 };
 use crate::channel::Channel;
+use crate::conn_handle::ConnHandle;
 use crate::event_loop::{EventLoop, LoopHandle};
 
 /// How many `read` calls one readiness event may make before the connection yields
@@ -70,8 +70,6 @@ pub struct TcpConnection {
     reading: Cell<bool>,
     /// Readiness that arrived while reading was paused, so `start_read` resumes it.
     read_pending: Cell<bool>,
-    /// The paused readiness included the peer's FIN or an error.
-    pending_eof: Cell<bool>,
     callbacks: RefCell<ConnCallbacks>,
     high_water_mark: Cell<usize>,
     close_callback: RefCell<Option<CloseCallback>>,
@@ -79,6 +77,9 @@ pub struct TcpConnection {
     /// Output was appended while the loop was corked and waits for the loop's
     /// end-of-iteration flush (so it is taken once, however many frames).
     flush_queued: Cell<bool>,
+    /// Output that `force_close` kept from being written, for
+    /// [`TcpConnection::take_unsent_output`].
+    discarded: RefCell<Vec<u8>>,
 }
 
 impl TcpConnection {
@@ -110,12 +111,12 @@ impl TcpConnection {
             output: RefCell::new(Buffer::with_capacity(0)),
             reading: Cell::new(true),
             read_pending: Cell::new(false),
-            pending_eof: Cell::new(false),
             callbacks: RefCell::new(callbacks),
             high_water_mark: Cell::new(hwm),
             close_callback: RefCell::new(None),
             context: RefCell::new(None),
             flush_queued: Cell::new(false),
+            discarded: RefCell::new(Vec::new()),
         }
     }
 
@@ -169,9 +170,21 @@ impl TcpConnection {
         }
     }
 
-    /// Bytes waiting in the output buffer.
+    /// Bytes waiting in the output buffer. Must be called on the loop thread.
     pub fn output_bytes(&self) -> usize {
         self.output.borrow().readable_bytes()
+    }
+
+    /// Takes the output that was never written to the socket (what was buffered
+    /// when the connection closed, or when `force_close` discarded it), oldest
+    /// first; a user that must not lose what it sent looks here in its close
+    /// callback. Must be called on the loop thread.
+    pub fn take_unsent_output(&self) -> Vec<u8> {
+        let mut out = std::mem::take(&mut *self.discarded.borrow_mut());
+        let mut buf = self.output.borrow_mut();
+        out.extend_from_slice(buf.peek());
+        buf.retrieve_all();
+        out
     }
 
     /// Sets the output size at which the high-water-mark callback fires.
@@ -294,8 +307,11 @@ impl TcpConnection {
     pub fn force_close(self: &Rc<Self>) {
         if matches!(self.state.get(), State::Connected | State::Disconnecting) {
             self.state.set(State::Disconnecting);
-            // Not written by a flush or writable event before the close runs.
-            self.output.borrow_mut().retrieve_all();
+            // Not written by a flush or writable event before the close runs; kept
+            // for `take_unsent_output`.
+            let mut out = self.output.borrow_mut();
+            self.discarded.borrow_mut().extend_from_slice(out.peek());
+            out.retrieve_all();
             if let Some(lp) = EventLoop::current() {
                 let conn = self.clone();
                 lp.defer(move |lp| conn.handle_close(lp));
@@ -319,14 +335,13 @@ impl TcpConnection {
         if pending || unread {
             if let Some(lp) = EventLoop::current() {
                 let conn = self.clone();
-                let to_eof = self.pending_eof.replace(false);
-                lp.defer(move |lp| conn.resume(lp, pending, to_eof));
+                lp.defer(move |lp| conn.resume(lp, pending));
             }
         }
     }
 
     /// The deferred half of `start_read`.
-    fn resume(self: &Rc<Self>, lp: &EventLoop, pending: bool, to_eof: bool) {
+    fn resume(self: &Rc<Self>, lp: &EventLoop, pending: bool) {
         if !self.reading.get() || self.state.get() == State::Disconnected {
             self.read_pending.set(self.read_pending.get() || pending);
             return;
@@ -337,7 +352,7 @@ impl TcpConnection {
             cb(self, &mut input);
         }
         if pending {
-            self.handle_read(lp, to_eof);
+            self.handle_read(lp, false);
         }
     }
 
@@ -390,8 +405,15 @@ impl TcpConnection {
             return;
         }
         if !self.reading.get() {
+            if to_eof {
+                // The peer closed (FIN) or reset the connection while we were not
+                // reading: nothing would notice it until reading resumes, which for
+                // a reader that left may be never. Close now, as an EOF does.
+                log::debug!("{}: peer closed while reading was paused", self.name);
+                self.handle_close(lp);
+                return;
+            }
             self.read_pending.set(true);
-            self.pending_eof.set(self.pending_eof.get() || to_eof);
             return;
         }
         let mut got = 0;
@@ -525,94 +547,5 @@ impl Channel for TcpConnection {
 impl Drop for TcpConnection {
     fn drop(&mut self) {
         log::trace!("{} dropped in state {:?}", self.name, self.state.get());
-    }
-}
-
-/// A connection as other threads see it: `Send + Sync + Clone`, cheap to copy.
-/// Operations are carried out on the connection's loop; once the connection is
-/// closed they do nothing, even if its slab slot holds a newer connection.
-#[derive(Clone)]
-pub struct ConnHandle {
-    loop_handle: LoopHandle,
-    token: usize,
-    id: u64,
-}
-
-impl ConnHandle {
-    /// The connection's process-wide unique id.
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// The handle of the connection's loop.
-    pub fn loop_handle(&self) -> &LoopHandle {
-        &self.loop_handle
-    }
-
-    /// Runs `f` with the connection on its loop thread, if it is still there.
-    /// Safe to call from any thread.
-    pub fn run(&self, f: impl FnOnce(&TcpConnectionPtr) + Send + 'static) {
-        let (token, id) = (self.token, self.id);
-        self.loop_handle.run_in_loop(move |lp| {
-            if let Some(conn) = lp.connection(token, id) {
-                f(&conn);
-            }
-        });
-    }
-
-    /// Looks the connection up on its loop. Must be called on the connection's loop thread.
-    pub fn get(&self, lp: &EventLoop) -> Option<TcpConnectionPtr> {
-        lp.connection(self.token, self.id)
-    }
-
-    /// Sends bytes; sends from one thread arrive in the order made. Safe to call from any thread.
-    pub fn send(&self, data: impl Into<Vec<u8>>) {
-        let data = data.into();
-        self.run(move |conn| conn.send(&data));
-    }
-
-    /// Half-closes once the output is written. Safe to call from any thread.
-    pub fn shutdown(&self) {
-        self.run(|conn| conn.shutdown());
-    }
-
-    /// Closes at once. Safe to call from any thread.
-    pub fn force_close(&self) {
-        self.run(|conn| conn.force_close());
-    }
-}
-
-/// Sends the same bytes to many connections with one task per loop instead of one
-/// per connection (a group message's fan-out). For each connection the bytes keep
-/// their place among the other sends made from this thread. Safe to call from any thread.
-pub fn send_to_all(conns: &[ConnHandle], data: &Arc<[u8]>) {
-    let mut by_loop: Vec<(LoopHandle, Vec<(usize, u64)>)> = Vec::new();
-    for c in conns {
-        match by_loop
-            .iter_mut()
-            .find(|(lh, _)| lh.same_loop(&c.loop_handle))
-        {
-            Some((_, v)) => v.push((c.token, c.id)),
-            None => by_loop.push((c.loop_handle.clone(), vec![(c.token, c.id)])),
-        }
-    }
-    for (lh, targets) in by_loop {
-        let data = data.clone();
-        lh.run_in_loop(move |lp| {
-            for (token, id) in targets {
-                if let Some(conn) = lp.connection(token, id) {
-                    conn.send(&data);
-                }
-            }
-        });
-    }
-}
-
-impl std::fmt::Debug for ConnHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnHandle")
-            .field("token", &self.token)
-            .field("id", &self.id)
-            .finish()
     }
 }

@@ -124,6 +124,9 @@ pub mod errno {
     pub const SELF_FRIEND: i64 = 204;
     /// GROUP_CHAT to a group the sender is not a member of.
     pub const NOT_MEMBER: i64 = 205;
+    /// The recipient is offline and what is stored for it is at its bound (in total,
+    /// or this sender's share): the message was refused, not stored.
+    pub const OFFLINE_FULL: i64 = 206;
 }
 
 /// Legacy LOGIN_ACK errmsg for [`errno::INVALID_CREDENTIALS`]; the legacy client prints it.

@@ -73,6 +73,7 @@ impl ChatService {
             }
             (Fast::Store(text), _) => Err(Job::Route {
                 to: toid,
+                from: id,
                 text,
                 cid,
             }),
@@ -99,6 +100,7 @@ impl ChatService {
             Fast::Sent => Some(Ok(())),
             Fast::Store(text) => Some(Err(Job::Route {
                 to: chat.toid,
+                from: chat.id,
                 text,
                 cid: None,
             })),
@@ -107,8 +109,15 @@ impl ChatService {
     }
 
     /// Routes a frame the fast path could not deliver after all, and confirms it.
-    pub(super) fn route_again(&self, session: &Session, to: i64, text: &str, cid: Option<i64>) {
-        match self.router.send_one(to, text) {
+    pub(super) fn route_again(
+        &self,
+        session: &Session,
+        (to, from): (i64, i64),
+        text: &str,
+        cid: Option<i64>,
+    ) {
+        match self.router.send_one(to, from, text) {
+            Ok(Outcome::Refused) => self.refused_ack(session, msgid::ONE_CHAT, to, cid),
             Ok(outcome) => {
                 let d = Delivered::one(outcome);
                 self.confirm(session, msgid::ONE_CHAT, cid, d, ("toid", to));
@@ -133,8 +142,10 @@ impl ChatService {
         };
         let user = sender(session, parsed.msgid)?;
         let text = chat_text(frame, &user.name);
-        let outcome = self.router.send_one(toid, &text)?;
-        if outcome == Outcome::NoSuchUser {
+        let outcome = self.router.send_one(toid, user.id, &text)?;
+        if outcome == Outcome::Refused {
+            self.refused_ack(session, msgid::ONE_CHAT, toid, cid);
+        } else if outcome == Outcome::NoSuchUser {
             let mut extra = vec![("toid", Value::from(toid))];
             extra.extend(cid.map(|c| ("cid", Value::from(c))));
             self.ack(
@@ -183,9 +194,24 @@ impl ChatService {
         }
         let others: Vec<i64> = members.iter().copied().filter(|&m| m != id).collect();
         let text = chat_text(frame, &user.name);
-        let stored = self.router.send_many(&others, &text)?;
+        let (stored, refused) = self.router.send_many(&others, id, &text)?;
+        if !refused.is_empty() {
+            let msg = format!(
+                "the offline store of {} member(s) is full; not stored for them",
+                refused.len()
+            );
+            let mut extra = extra.clone();
+            extra.push(("refused", Value::from(refused.clone())));
+            self.ack(
+                session,
+                msgid::GROUP_CHAT,
+                errno::OFFLINE_FULL,
+                &msg,
+                &extra,
+            );
+        }
         let delivered = Delivered {
-            live: others.len() - stored,
+            live: others.len() - stored - refused.len(),
             stored,
         };
         self.confirm(
@@ -196,6 +222,20 @@ impl ChatService {
             ("groupid", groupid),
         );
         Ok(())
+    }
+
+    /// Tells an opted-in sender that its chat to `to` was refused: the recipient's
+    /// offline store is full.
+    pub(super) fn refused_ack(&self, session: &Session, reqmsgid: i64, to: i64, cid: Option<i64>) {
+        let mut extra = vec![("toid", Value::from(to))];
+        extra.extend(cid.map(|c| ("cid", Value::from(c))));
+        self.ack(
+            session,
+            reqmsgid,
+            errno::OFFLINE_FULL,
+            &format!("the offline store of {to} is full; message not stored"),
+            &extra,
+        );
     }
 
     /// The ACK errno 0 for a chat sent with a `cid` by an opted-in client:

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{frame_text, ChatService, Result, ServiceError};
+use super::{frame_text, ChatService, Result, ServiceError, LOGIN_PAGE_BYTES};
 use crate::audit::End;
 use crate::bus::Claim;
 use crate::password::{self, Verified};
@@ -116,8 +116,17 @@ impl ChatService {
             }
             session.hold();
             shard.insert(id, session.clone());
-            match self.store.take_offline(id) {
-                Ok(msgs) => break msgs,
+            // One page only: the rest follows as chat frames, page by page as the
+            // connection writes them (the session stays congested until then, so
+            // new frames queue behind in the store).
+            match self
+                .store
+                .take_offline_batch(id, usize::MAX, LOGIN_PAGE_BYTES)
+            {
+                Ok((msgs, more)) => {
+                    session.set_congested(more);
+                    break msgs;
+                }
                 Err(e) => {
                     shard.remove(&id);
                     self.release_presence(id);
@@ -151,8 +160,13 @@ impl ChatService {
             // messages in it) and what was held cannot be delivered; store them
             // again and undo the login.
             log::debug!("user {id}: connection closed during login");
-            self.restore(id, offline.iter().map(String::as_str));
-            self.restore(id, held.iter().map(|f| frame_text(f)));
+            self.restore(
+                id,
+                offline
+                    .iter()
+                    .map(String::as_str)
+                    .chain(held.iter().map(|f| frame_text(f))),
+            );
             self.sign_out(session, End::Closed);
             return Ok(Some("closed"));
         }
@@ -204,6 +218,7 @@ impl ChatService {
 
     pub(super) fn logout(&self, session: &Arc<Session>, _parsed: Parsed) -> Result<()> {
         self.sign_out(session, End::Logout);
+        session.forget_last_user();
         self.ack(session, msgid::LOGINOUT, errno::OK, "logged out", &[]);
         Ok(())
     }
@@ -246,13 +261,33 @@ impl ChatService {
         }
     }
 
-    /// Stores frames again for `user` (ones that could not be delivered after all).
-    pub(super) fn restore<'a>(&self, user: i64, texts: impl Iterator<Item = &'a str>) {
-        for t in texts.filter(|t| !t.is_empty()) {
-            if let Err(e) = self.store.store_offline(user, t) {
-                log::error!("lost a frame for {user}: {e}");
-            }
+    /// At a close: the chat frames the connection never wrote go back to the
+    /// store of the user they were for, in order, ahead of newer ones.
+    pub(super) fn put_back(&self, session: &Session, unsent: &[u8], spilled: &[Vec<u8>]) {
+        let texts = crate::outflow::undelivered(unsent, spilled);
+        if texts.is_empty() {
+            return;
         }
+        match session.last_user() {
+            Some(user) => {
+                log::debug!(
+                    "user {user}: {} unwritten frame(s) stored again",
+                    texts.len()
+                );
+                self.router.restore(user, &texts);
+            }
+            None => log::warn!(
+                "{} unwritten frame(s) of a connection that logged out dropped",
+                texts.len()
+            ),
+        }
+    }
+
+    /// Stores frames again for `user` (ones that could not be delivered after all),
+    /// in order, ahead of anything stored for it since.
+    pub(super) fn restore<'a>(&self, user: i64, texts: impl Iterator<Item = &'a str>) {
+        let texts: Vec<String> = texts.filter(|t| !t.is_empty()).map(str::to_owned).collect();
+        self.router.restore(user, &texts);
     }
 
     /// Signs out every session of this node (clean shutdown, or a claim lost to

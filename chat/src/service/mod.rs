@@ -43,6 +43,11 @@ impl From<StoreError> for ServiceError {
 
 type Result<T> = std::result::Result<T, ServiceError>;
 
+/// Bytes of stored messages (their JSON text) a LOGIN_ACK carries at most, besides
+/// the oldest one whatever its size: escaped into the ACK's strings they take at
+/// most twice that, so the ACK stays within 256 KiB plus friends and groups.
+pub const LOGIN_PAGE_BYTES: usize = 128 * 1024;
+
 /// A message handler: the session that sent the request and the request.
 type Handler = fn(&ChatService, &Arc<Session>, Parsed) -> Result<()>;
 
@@ -70,7 +75,11 @@ pub struct ChatService {
 impl ChatService {
     /// A service over `store`, with every handler registered; `bus` makes it a
     /// cluster node.
-    pub fn new(store: Arc<dyn Store>, bus: Option<Arc<Bus>>) -> ChatService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        bus: Option<Arc<Bus>>,
+        limits: crate::store::OfflineLimits,
+    ) -> ChatService {
         let mut handlers: HashMap<i64, Handler> = HashMap::new();
         handlers.insert(msgid::LOGIN, ChatService::login);
         handlers.insert(msgid::LOGINOUT, ChatService::logout);
@@ -87,7 +96,7 @@ impl ChatService {
         let cache_ttl = bus.as_ref().map(|_| Duration::from_secs(30));
         let stats = Arc::new(Stats::default());
         ChatService {
-            router: Router::new(store.clone(), bus, stats.clone()),
+            router: Router::new(store.clone(), bus, stats.clone(), limits),
             stats,
             store,
             handlers,
@@ -145,7 +154,10 @@ impl ChatService {
                     self.sign_out(session, End::ProtocolError)
                 });
             }
-            Job::Closed => self.sign_out(session, End::Closed),
+            Job::Closed { unsent, spilled } => {
+                self.put_back(session, &unsent, &spilled);
+                self.sign_out(session, End::Closed);
+            }
             Job::Drained => {
                 session.end_drain();
                 match session.user() {
@@ -162,7 +174,12 @@ impl ChatService {
                 self.sign_out(session, End::Shutdown);
                 session.conn.shutdown();
             }
-            Job::Route { to, text, cid } => self.route_again(session, to, &text, cid),
+            Job::Route {
+                to,
+                from,
+                text,
+                cid,
+            } => self.route_again(session, (to, from), &text, cid),
         }
     }
 

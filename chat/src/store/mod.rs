@@ -8,6 +8,7 @@
 
 mod mysql;
 mod mysql_schema;
+mod offline;
 mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -18,7 +19,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use self::mysql::MysqlStore;
+pub use self::offline::{sender_of, OfflineLimits, Usage};
 pub use self::sqlite::SqliteStore;
+
+/// The default [`OfflineLimits`] (a `const fn`, for command-line defaults).
+pub const fn offline_defaults() -> OfflineLimits {
+    OfflineLimits {
+        max_messages: offline::DEFAULT_MAX_MESSAGES,
+        max_bytes: offline::DEFAULT_MAX_BYTES,
+        sender_percent: offline::DEFAULT_SENDER_PERCENT,
+    }
+}
 
 /// Connections per pool when the caller does not say ([`open`]).
 pub const DEFAULT_POOL_SIZE: u32 = 16;
@@ -70,19 +81,47 @@ pub trait Store: Send + Sync {
     fn group_members(&self, group: i64) -> Result<Option<Vec<i64>>, StoreError>;
     /// Whether a user with this id exists.
     fn user_exists(&self, id: i64) -> Result<bool, StoreError>;
-    /// Appends one offline message (the chat frame's JSON text) for `user`.
-    fn store_offline(&self, user: i64, message: &str) -> Result<(), StoreError>;
+    /// Appends one offline message (the chat frame's JSON text) from `from` for `user`
+    /// if it fits `limits` (checked in the insert's transaction); `Ok(false)`, storing
+    /// nothing, if it does not. Nothing already stored is ever dropped to make room.
+    fn store_offline(
+        &self,
+        user: i64,
+        from: i64,
+        message: &str,
+        limits: &OfflineLimits,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .store_offline_many(&[user], from, message, limits)?
+            .is_empty())
+    }
     /// Appends the same message for each of `users` in one transaction (group fan-out to
-    /// offline members).
-    fn store_offline_many(&self, users: &[i64], message: &str) -> Result<(), StoreError>;
+    /// offline members), for those it fits; returns the others (refused).
+    fn store_offline_many(
+        &self,
+        users: &[i64],
+        from: i64,
+        message: &str,
+        limits: &OfflineLimits,
+    ) -> Result<Vec<i64>, StoreError>;
+    /// Puts messages that were taken but not delivered back, in order, ahead of
+    /// everything stored for `user` since; not bounded (they were admitted before).
+    fn restore_offline(&self, user: i64, messages: &[String]) -> Result<(), StoreError>;
     /// Atomically removes and returns the user's offline messages, oldest first. A message
     /// stored concurrently is either returned now or kept for the next call, never lost.
     fn take_offline(&self, user: i64) -> Result<Vec<String>, StoreError> {
-        self.take_offline_batch(user, usize::MAX)
+        self.take_offline_batch(user, usize::MAX, usize::MAX)
+            .map(|(msgs, _)| msgs)
     }
-    /// Like [`Store::take_offline`], at most the `max` oldest messages; the rest stay
-    /// stored, in order, for the next call.
-    fn take_offline_batch(&self, user: i64, max: usize) -> Result<Vec<String>, StoreError>;
+    /// Like [`Store::take_offline`], the oldest messages up to `max` of them and
+    /// `max_bytes` bytes (but always the oldest one, whatever its size); the rest stay
+    /// stored, in order, for the next call. The flag says whether any were left.
+    fn take_offline_batch(
+        &self,
+        user: i64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<String>, bool), StoreError>;
     /// Whether the database answers a trivial query (the readiness check).
     fn ping(&self) -> Result<(), StoreError>;
     /// Offline messages waiting, for all users together.

@@ -1,10 +1,7 @@
-//! The MySQL/MariaDB backend: an r2d2 pool, and a schema that upgrades legacy databases.
+//! The MySQL/MariaDB backend: an r2d2 pool with a circuit breaker, and the queries.
 //!
-//! On open the database is created if missing, then every table is checked against
-//! [`TABLES`] through `information_schema` and created or upgraded in place: utf8mb4,
-//! wider columns, NOT NULL, unique keys (after removing duplicate rows) and an ordering
-//! column on `offlinemessage`. The upgrade runs under a named lock, so servers of one
-//! cluster that start together do not race it, and is a no-op once the schema conforms.
+//! On open the database is created if missing and the tables are created or upgraded
+//! (see `mysql_schema`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -14,8 +11,10 @@ use ::mysql::{Conn, IsolationLevel, Opts, OptsBuilder, TxOpts};
 use r2d2_mysql::MySqlConnectionManager;
 
 use super::mysql_schema::{migrate, COLLATION};
+use super::offline::{ids_ahead, page_end};
 use super::{
-    fits, AddFriend, GroupRow, JoinGroup, MemberRow, PoolWait, Role, Store, StoreError, UserRow,
+    fits, sender_of, AddFriend, GroupRow, JoinGroup, MemberRow, OfflineLimits, PoolWait, Role,
+    Store, StoreError, Usage, UserRow,
 };
 
 /// The database used when the URL names none (the one `chat.sql` creates).
@@ -34,6 +33,9 @@ const BREAKER: Duration = Duration::from_secs(1);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Attempts of a transaction that InnoDB chose as a deadlock victim.
 const DEADLOCK_ATTEMPTS: u32 = 8;
+/// Attempts of a bounded offline insert that lost a race with another sender to
+/// the same recipient (each loss means another insert got in: progress is made).
+const RACE_ATTEMPTS: u32 = 50;
 /// Ids per `IN (…)` list in bulk updates.
 const IN_CHUNK: usize = 500;
 
@@ -406,56 +408,176 @@ impl Store for MysqlStore {
         Ok(found.is_some())
     }
 
-    fn store_offline(&self, user: i64, message: &str) -> Result<(), StoreError> {
+    fn store_offline(
+        &self,
+        user: i64,
+        from: i64,
+        message: &str,
+        limits: &OfflineLimits,
+    ) -> Result<bool, StoreError> {
+        // One statement, one round trip (a single recipient is the common case):
+        // the row goes in only if the quota read in the same statement admits it.
+        // INSERT … SELECT reads with shared next-key locks, so two senders racing
+        // for the same recipient deadlock (or, in MariaDB, fail to read the
+        // AUTO_INCREMENT value) and one is retried, seeing the other's row.
+        let (share_n, share_b) = limits.sender_share();
+        let bytes = message.len() as u64;
         let mut conn = self.conn()?;
-        // A take's locking read holds the gap this insert needs: InnoDB may pick
-        // the insert as the deadlock victim, and it is safe to run again.
-        retry_deadlock(|| {
-            conn.exec_drop(
-                "INSERT INTO offlinemessage (userid, message) VALUES (?, ?)",
-                (user, message),
-            )
-        })
+        let mut attempt = 1;
+        loop {
+            let result = conn.exec_drop(
+                "INSERT INTO offlinemessage (userid, message, fromid, bytes) \
+                 SELECT ?, ?, ?, ? FROM (SELECT COUNT(*) AS n, COALESCE(SUM(bytes), 0) AS b, \
+                 COALESCE(SUM(fromid = ?), 0) AS sn, COALESCE(SUM(IF(fromid = ?, bytes, 0)), 0) AS sb \
+                 FROM offlinemessage WHERE userid = ?) AS q \
+                 WHERE q.n < ? AND q.b + ? <= ? AND q.sn < ? AND q.sb + ? <= ?",
+                ::mysql::Params::Positional(vec![
+                    user.into(),
+                    message.into(),
+                    from.into(),
+                    bytes.into(),
+                    from.into(),
+                    from.into(),
+                    user.into(),
+                    limits.max_messages.into(),
+                    bytes.into(),
+                    limits.max_bytes.into(),
+                    share_n.into(),
+                    bytes.into(),
+                    share_b.into(),
+                ]),
+            );
+            match result {
+                Ok(()) => return Ok(conn.affected_rows() == 1),
+                Err(err)
+                    if matches!(server_code(&err), Some(1213 | 1467))
+                        && attempt < RACE_ATTEMPTS =>
+                {
+                    attempt += 1;
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
     }
 
-    fn store_offline_many(&self, users: &[i64], message: &str) -> Result<(), StoreError> {
+    fn store_offline_many(
+        &self,
+        users: &[i64],
+        from: i64,
+        message: &str,
+        limits: &OfflineLimits,
+    ) -> Result<Vec<i64>, StoreError> {
         if users.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         // Ascending order keeps the lock order consistent with concurrent fan-outs.
         let mut users = users.to_vec();
         users.sort_unstable();
+        let bytes = message.len() as u64;
+        let mut conn = self.conn()?;
+        retry_deadlock(|| {
+            let mut tx = conn.start_transaction(TxOpts::default())?;
+            let mut refused = Vec::new();
+            let mut admitted = Vec::new();
+            // Any isolation level will do (no round trip to set one): the recipient's
+            // user row is the lock that makes "count, then insert" atomic among
+            // concurrent senders to it, and the count runs after it is taken.
+            for &user in &users {
+                tx.exec_drop("SELECT id FROM user WHERE id = ? FOR UPDATE", (user,))?;
+                // One scan of the covering quota index: the total and this sender's.
+                let row: Option<(u64, u64, u64, u64)> = tx.exec_first(
+                    "SELECT COUNT(*), COALESCE(SUM(bytes), 0), COALESCE(SUM(fromid = ?), 0), \
+                     COALESCE(SUM(IF(fromid = ?, bytes, 0)), 0) \
+                     FROM offlinemessage WHERE userid = ?",
+                    (from, from, user),
+                )?;
+                let (t, f) = usage(row);
+                if limits.admits(t, f, bytes) {
+                    admitted.push(user);
+                } else {
+                    refused.push(user);
+                }
+            }
+            tx.exec_batch(
+                "INSERT INTO offlinemessage (userid, message, fromid, bytes) VALUES (?, ?, ?, ?)",
+                admitted.iter().map(|&user| (user, message, from, bytes)),
+            )?;
+            tx.commit()?;
+            Ok(refused)
+        })
+    }
+
+    fn restore_offline(&self, user: i64, messages: &[String]) -> Result<(), StoreError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
         let mut conn = self.conn()?;
         retry_deadlock(|| {
             let mut tx = conn.start_transaction(tx_opts())?;
+            // Locks the smallest id and the gap below it: a concurrent restore waits.
+            let min: Option<i64> = tx.exec_first(
+                "SELECT id FROM offlinemessage ORDER BY id LIMIT 1 FOR UPDATE",
+                (),
+            )?;
+            let first = ids_ahead(min, messages.len());
             tx.exec_batch(
-                "INSERT INTO offlinemessage (userid, message) VALUES (?, ?)",
-                users.iter().map(|&user| (user, message)),
+                "INSERT INTO offlinemessage (id, userid, message, fromid, bytes) \
+                 VALUES (?, ?, ?, ?, ?)",
+                messages
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| (first + i as i64, user, m, sender_of(m), m.len() as u64)),
             )?;
             tx.commit()
         })
     }
 
-    fn take_offline_batch(&self, user: i64, max: usize) -> Result<Vec<String>, StoreError> {
-        let limit = u64::try_from(max).unwrap_or(u64::MAX);
+    fn take_offline_batch(
+        &self,
+        user: i64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<String>, bool), StoreError> {
+        let limit = u64::try_from(max.saturating_add(1)).unwrap_or(u64::MAX);
         let mut conn = self.conn()?;
         retry_deadlock(|| {
             let mut tx = conn.start_transaction(tx_opts())?;
             // FOR UPDATE locks the rows and the gaps of this user's range: a concurrent
             // insert waits for the commit and is then kept for the next take.
-            let rows: Vec<(i64, String)> = tx.exec(
-                "SELECT id, message FROM offlinemessage WHERE userid = ? ORDER BY id LIMIT ? \
+            let sizes: Vec<(i64, i64)> = tx.exec(
+                "SELECT id, bytes FROM offlinemessage WHERE userid = ? ORDER BY id LIMIT ? \
                  FOR UPDATE",
                 (user, limit),
             )?;
-            if let Some(&(last, _)) = rows.last() {
-                tx.exec_drop(
-                    "DELETE FROM offlinemessage WHERE userid = ? AND id <= ?",
-                    (user, last),
-                )?;
-            }
+            let (Some(last), more) = page_end(sizes, max, max_bytes) else {
+                tx.commit()?;
+                return Ok((Vec::new(), false));
+            };
+            let messages: Vec<String> = tx.exec(
+                "SELECT message FROM offlinemessage WHERE userid = ? AND id <= ? ORDER BY id",
+                (user, last),
+            )?;
+            tx.exec_drop(
+                "DELETE FROM offlinemessage WHERE userid = ? AND id <= ?",
+                (user, last),
+            )?;
             tx.commit()?;
-            Ok(rows.into_iter().map(|(_, message)| message).collect())
+            Ok((messages, more))
         })
     }
+}
+
+/// A quota row (count and bytes in total, then of one sender) as two [`Usage`]s.
+fn usage(row: Option<(u64, u64, u64, u64)>) -> (Usage, Usage) {
+    let (n, b, sn, sb) = row.unwrap_or_default();
+    (
+        Usage {
+            messages: n,
+            bytes: b,
+        },
+        Usage {
+            messages: sn,
+            bytes: sb,
+        },
+    )
 }

@@ -88,12 +88,17 @@ pub(super) const TABLES: [TableSpec; 5] = [
         body: "id BIGINT NOT NULL AUTO_INCREMENT,
   userid INT NOT NULL,
   message MEDIUMTEXT NOT NULL,
+  fromid INT NOT NULL DEFAULT 0,
+  bytes INT NOT NULL DEFAULT 0,
   PRIMARY KEY (id),
-  KEY userid (userid, id)",
+  KEY userid (userid, id, bytes),
+  KEY quota (userid, fromid, bytes)",
         columns: &[
             ("id", "bigint", None),
             ("userid", "int", None),
             ("message", "mediumtext", None),
+            ("fromid", "int", None),
+            ("bytes", "int", None),
         ],
         unique: &["id"],
     },
@@ -157,14 +162,16 @@ fn migrate_table(conn: &mut Conn, spec: &TableSpec) -> Result<(), StoreError> {
         )?,
         "offlinemessage" => {
             // Without an ordering column the legacy rows come out of a scan in insertion
-            // order (InnoDB's hidden row id); with one, in its order.
+            // order (InnoDB's hidden row id); with one, in its order. Rows from before
+            // the quota columns count against their recipient's total with sender 0
+            // (unknown), their size measured now.
             let copy = if has_column(conn, "offlinemessage", "id")? {
-                "INSERT INTO offlinemessage__new (userid, message) \
-                 SELECT userid, message FROM offlinemessage \
+                "INSERT INTO offlinemessage__new (userid, message, fromid, bytes) \
+                 SELECT userid, message, 0, LENGTH(message) FROM offlinemessage \
                  WHERE userid IS NOT NULL AND message IS NOT NULL ORDER BY id"
             } else {
-                "INSERT INTO offlinemessage__new (userid, message) \
-                 SELECT userid, message FROM offlinemessage \
+                "INSERT INTO offlinemessage__new (userid, message, fromid, bytes) \
+                 SELECT userid, message, 0, LENGTH(message) FROM offlinemessage \
                  WHERE userid IS NOT NULL AND message IS NOT NULL"
             };
             rebuild(conn, spec, copy)?

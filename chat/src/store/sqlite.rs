@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use rusqlite::{ffi, Connection, OptionalExtension, TransactionBehavior};
 
+use super::offline::{ids_ahead, page_end};
 use super::{
-    fits, AddFriend, GroupRow, JoinGroup, MemberRow, PoolWait, Role, Store, StoreError, UserRow,
+    fits, sender_of, AddFriend, GroupRow, JoinGroup, MemberRow, OfflineLimits, PoolWait, Role,
+    Store, StoreError, Usage, UserRow,
 };
 
 /// How long a writer waits for the write lock before giving up with an error.
@@ -18,7 +20,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a caller waits for a free pooled connection.
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 /// `PRAGMA user_version` of the schema below; bump it with each upgrade step.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// The schema, created on first open. Same tables and columns as MySQL's `chat.sql`.
 const SCHEMA: &str = "
@@ -48,9 +50,18 @@ CREATE INDEX IF NOT EXISTS groupuser_userid ON groupuser (userid);
 CREATE TABLE IF NOT EXISTS offlinemessage (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   userid INTEGER NOT NULL,
-  message TEXT NOT NULL
+  message TEXT NOT NULL,
+  fromid INTEGER NOT NULL DEFAULT 0,
+  bytes INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS offlinemessage_userid ON offlinemessage (userid, id);
+";
+
+/// Indexes, created after any upgrade of the tables: pages of a recipient's messages
+/// and its quota are read from them alone, never from the (long) message rows.
+const INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS offlinemessage_pages ON offlinemessage (userid, id, bytes);
+CREATE INDEX IF NOT EXISTS offlinemessage_quota ON offlinemessage (userid, fromid, bytes);
+DROP INDEX IF EXISTS offlinemessage_userid;
 ";
 
 /// Opens rusqlite connections to one file for r2d2, each with the per-connection settings.
@@ -122,6 +133,19 @@ fn create_schema(conn: &mut Connection) -> Result<(), StoreError> {
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(SCHEMA)?;
+    // Version 1 had no quota columns: add them, measuring what is stored (sender 0,
+    // unknown, counts against its recipient's total only).
+    let has_bytes = tx
+        .prepare("SELECT 1 FROM pragma_table_info('offlinemessage') WHERE name = 'bytes'")?
+        .exists([])?;
+    if !has_bytes {
+        tx.execute_batch(
+            "ALTER TABLE offlinemessage ADD COLUMN fromid INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE offlinemessage ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
+             UPDATE offlinemessage SET bytes = length(CAST(message AS BLOB));",
+        )?;
+    }
+    tx.execute_batch(INDEXES)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())
@@ -377,48 +401,118 @@ impl Store for SqliteStore {
         Ok(exists)
     }
 
-    fn store_offline(&self, user: i64, message: &str) -> Result<(), StoreError> {
-        let conn = self.conn()?;
-        conn.prepare_cached("INSERT INTO offlinemessage (userid, message) VALUES (?1, ?2)")?
-            .execute((user, message))?;
-        Ok(())
+    fn store_offline_many(
+        &self,
+        users: &[i64],
+        from: i64,
+        message: &str,
+        limits: &OfflineLimits,
+    ) -> Result<Vec<i64>, StoreError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let bytes = message.len() as u64;
+        let mut refused = Vec::new();
+        let mut conn = self.conn()?;
+        // IMMEDIATE: the quota read and the insert see no other writer in between.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            // One scan of the covering quota index: the total and this sender's.
+            let mut quota = tx.prepare_cached(
+                "SELECT COUNT(*), COALESCE(SUM(bytes), 0), COALESCE(SUM(fromid = ?2), 0), \
+                 COALESCE(SUM(CASE WHEN fromid = ?2 THEN bytes ELSE 0 END), 0) \
+                 FROM offlinemessage WHERE userid = ?1",
+            )?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO offlinemessage (userid, message, fromid, bytes) \
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for &user in users {
+                let (t, f) = quota.query_row([user, from], usage)?;
+                if limits.admits(t, f, bytes) {
+                    insert.execute((user, message, from, bytes as i64))?;
+                } else {
+                    refused.push(user);
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(refused)
     }
 
-    fn store_offline_many(&self, users: &[i64], message: &str) -> Result<(), StoreError> {
-        if users.is_empty() {
+    fn restore_offline(&self, user: i64, messages: &[String]) -> Result<(), StoreError> {
+        if messages.is_empty() {
             return Ok(());
         }
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let min: Option<i64> =
+            tx.query_row("SELECT MIN(id) FROM offlinemessage", [], |r| r.get(0))?;
+        let first = ids_ahead(min, messages.len());
         {
-            let mut stmt =
-                tx.prepare_cached("INSERT INTO offlinemessage (userid, message) VALUES (?1, ?2)")?;
-            for user in users {
-                stmt.execute((user, message))?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO offlinemessage (id, userid, message, fromid, bytes) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for (i, m) in messages.iter().enumerate() {
+                let id = first + i as i64;
+                insert.execute((id, user, m, sender_of(m), m.len() as i64))?;
             }
         }
         tx.commit()?;
         Ok(())
     }
 
-    fn take_offline_batch(&self, user: i64, max: usize) -> Result<Vec<String>, StoreError> {
-        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+    fn take_offline_batch(
+        &self,
+        user: i64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<String>, bool), StoreError> {
         let mut conn = self.conn()?;
         // IMMEDIATE takes the write lock first: no insert can land between the select and
         // the delete, and the delete is bounded by the last id returned anyway.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let rows: Vec<(i64, String)> = {
+        let (last, more) = {
+            let limit = i64::try_from(max.saturating_add(1)).unwrap_or(i64::MAX);
             let mut stmt = tx.prepare_cached(
-                "SELECT id, message FROM offlinemessage WHERE userid = ?1 ORDER BY id LIMIT ?2",
+                "SELECT id, bytes FROM offlinemessage WHERE userid = ?1 ORDER BY id LIMIT ?2",
             )?;
             let rows = stmt.query_map([user, limit], |row| Ok((row.get(0)?, row.get(1)?)))?;
-            rows.collect::<Result<_, _>>()?
+            page_end(
+                rows.collect::<Result<Vec<(i64, i64)>, _>>()?,
+                max,
+                max_bytes,
+            )
         };
-        if let Some(&(last, _)) = rows.last() {
-            tx.prepare_cached("DELETE FROM offlinemessage WHERE userid = ?1 AND id <= ?2")?
-                .execute((user, last))?;
-        }
+        let Some(last) = last else {
+            return Ok((Vec::new(), false));
+        };
+        let messages = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT message FROM offlinemessage WHERE userid = ?1 AND id <= ?2 ORDER BY id",
+            )?;
+            let rows = stmt.query_map([user, last], |row| row.get(0))?;
+            rows.collect::<Result<Vec<String>, _>>()?
+        };
+        tx.prepare_cached("DELETE FROM offlinemessage WHERE userid = ?1 AND id <= ?2")?
+            .execute((user, last))?;
         tx.commit()?;
-        Ok(rows.into_iter().map(|(_, message)| message).collect())
+        Ok((messages, more))
     }
+}
+
+/// A quota row (count and bytes in total, then of one sender) as two [`Usage`]s.
+fn usage(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Usage, Usage)> {
+    let n = |i: usize| row.get::<_, i64>(i).map(|v| v.max(0) as u64);
+    Ok((
+        Usage {
+            messages: n(0)?,
+            bytes: n(1)?,
+        },
+        Usage {
+            messages: n(2)?,
+            bytes: n(3)?,
+        },
+    ))
 }

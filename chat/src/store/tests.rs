@@ -119,6 +119,13 @@ impl MysqlDb {
     }
 }
 
+/// No bound: these checks are about order and content.
+const FREE: OfflineLimits = OfflineLimits {
+    max_messages: u64::MAX,
+    max_bytes: u64::MAX,
+    sender_percent: 100,
+};
+
 /// Defines `sqlite::<check>` and `mysql::<check>` tests for each check below.
 macro_rules! backend_tests {
     ($($check:ident),* $(,)?) => {
@@ -138,6 +145,8 @@ macro_rules! backend_tests {
         }
     };
 }
+
+mod offline;
 
 backend_tests!(
     register_and_lookup,
@@ -357,33 +366,44 @@ fn offline_order(store: &dyn Store) {
     let c = store.register("oc", "p").unwrap().unwrap();
     assert_eq!(store.take_offline(a).unwrap(), Vec::<String>::new());
     for m in ["m1", "m2", "m3"] {
-        store.store_offline(a, m).unwrap();
+        store.store_offline(a, 0, m, &FREE).unwrap();
     }
-    store.store_offline(b, "for b").unwrap();
-    store.store_offline_many(&[c, a, b], "fan").unwrap();
-    store.store_offline_many(&[], "nobody").unwrap();
-    store.store_offline(a, "m4").unwrap();
+    store.store_offline(b, 0, "for b", &FREE).unwrap();
+    store
+        .store_offline_many(&[c, a, b], 0, "fan", &FREE)
+        .unwrap();
+    store.store_offline_many(&[], 0, "nobody", &FREE).unwrap();
+    store.store_offline(a, 0, "m4", &FREE).unwrap();
     assert_eq!(
         store.take_offline(a).unwrap(),
         ["m1", "m2", "m3", "fan", "m4"]
     );
     assert_eq!(store.take_offline(a).unwrap(), Vec::<String>::new());
     assert_eq!(store.take_offline(b).unwrap(), ["for b", "fan"]);
-    store.store_offline(a, "m5").unwrap();
+    store.store_offline(a, 0, "m5", &FREE).unwrap();
     assert_eq!(store.take_offline(a).unwrap(), ["m5"]);
     assert_eq!(store.take_offline(c).unwrap(), ["fan"]);
 
     // Batches: the oldest first, the rest kept in order for the next call.
     for m in ["b1", "b2", "b3", "b4", "b5"] {
-        store.store_offline(a, m).unwrap();
+        store.store_offline(a, 0, m, &FREE).unwrap();
     }
-    store.store_offline(b, "other").unwrap();
-    assert_eq!(store.take_offline_batch(a, 2).unwrap(), ["b1", "b2"]);
-    store.store_offline(a, "b6").unwrap();
-    assert_eq!(store.take_offline_batch(a, 3).unwrap(), ["b3", "b4", "b5"]);
-    assert_eq!(store.take_offline_batch(a, 3).unwrap(), ["b6"]);
+    store.store_offline(b, 0, "other", &FREE).unwrap();
     assert_eq!(
-        store.take_offline_batch(a, 3).unwrap(),
+        store.take_offline_batch(a, 2, usize::MAX).unwrap().0,
+        ["b1", "b2"]
+    );
+    store.store_offline(a, 0, "b6", &FREE).unwrap();
+    assert_eq!(
+        store.take_offline_batch(a, 3, usize::MAX).unwrap().0,
+        ["b3", "b4", "b5"]
+    );
+    assert_eq!(
+        store.take_offline_batch(a, 3, usize::MAX).unwrap().0,
+        ["b6"]
+    );
+    assert_eq!(
+        store.take_offline_batch(a, 3, usize::MAX).unwrap().0,
         Vec::<String>::new()
     );
     assert_eq!(store.take_offline(b).unwrap(), ["other"]);
@@ -392,16 +412,16 @@ fn offline_order(store: &dyn Store) {
 fn offline_special_and_large(store: &dyn Store) {
     let a = store.register("sa", "p").unwrap().unwrap();
     for m in TRICKY {
-        store.store_offline(a, m).unwrap();
+        store.store_offline(a, 0, m, &FREE).unwrap();
     }
     let unit = "ab'\\\"张😀";
     let large: String = unit.repeat(100 * 1024 / unit.len() + 1);
     assert!(large.len() > 100 * 1024);
-    store.store_offline(a, &large).unwrap();
+    store.store_offline(a, 0, &large, &FREE).unwrap();
     let mut expected: Vec<String> = TRICKY.iter().map(|m| m.to_string()).collect();
     expected.push(large.clone());
     assert_eq!(store.take_offline(a).unwrap(), expected);
-    store.store_offline_many(&[a], &large).unwrap();
+    store.store_offline_many(&[a], 0, &large, &FREE).unwrap();
     assert_eq!(store.take_offline(a).unwrap(), [large]);
 }
 
@@ -418,9 +438,11 @@ fn take_offline_concurrent(store: &dyn Store) {
                     for i in 0..PER_WRITER {
                         let message = format!("w{w}:{i}");
                         if i % 10 == 0 {
-                            store.store_offline_many(&[other, user], &message).unwrap();
+                            store
+                                .store_offline_many(&[other, user], 0, &message, &FREE)
+                                .unwrap();
                         } else {
-                            store.store_offline(user, &message).unwrap();
+                            store.store_offline(user, 0, &message, &FREE).unwrap();
                         }
                     }
                 })
@@ -660,7 +682,7 @@ fn mysql_legacy_upgrade() {
     assert_eq!(store.join_group(2, 1).unwrap(), JoinGroup::AlreadyMember);
     // The AUTO_INCREMENT counter survives; utf8mb4 works now.
     assert_eq!(store.register("eve 🦀", "h").unwrap(), Some(8));
-    store.store_offline(1, "m5 🦀").unwrap();
+    store.store_offline(1, 0, "m5 🦀", &FREE).unwrap();
     assert_eq!(store.take_offline(2).unwrap(), ["b1", "b2"]);
     for spec in &TABLES {
         assert!(conforms(&mut conn, spec).unwrap(), "{} upgraded", spec.name);

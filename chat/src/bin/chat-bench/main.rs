@@ -7,6 +7,7 @@
 //! a table and JSON. A message's send time travels inside its `msg` text, so latency
 //! is measured end to end, sender to recipient.
 
+mod bomb;
 mod driver;
 mod probe;
 mod server_proc;
@@ -36,6 +37,9 @@ pub enum Scenario {
     Login,
     /// Hold N logged-in connections; with --server-pid, the server's RSS per connection.
     Idle,
+    /// Offline-store bomb: --senders × --messages chats of --msg-size bytes to one
+    /// offline user, who then logs in (see bomb.rs).
+    Bomb,
 }
 
 /// Command line.
@@ -107,6 +111,12 @@ pub struct Args {
     /// Password of the users the bench registers.
     #[arg(long, default_value = "bench-pw")]
     pub password: String,
+    /// Bomb scenario: senders.
+    #[arg(long, default_value_t = 4)]
+    pub senders: usize,
+    /// Bomb scenario: messages per sender.
+    #[arg(long, default_value_t = 1000)]
+    pub messages: usize,
 }
 
 fn main() {
@@ -132,6 +142,9 @@ fn main() {
                 })
         })
         .collect();
+    if args.scenario == Scenario::Bomb {
+        return bomb::run(&args, targets[0]);
+    }
     let legacy = probe::probe_all(&targets, args.legacy);
     if legacy && args.window > 1 {
         eprintln!(
