@@ -20,18 +20,22 @@
 //! written died with it. Flush notices travel in the same stream, so they keep
 //! their place among the frames.
 
+mod connector;
 mod scripts;
 mod stream;
 mod threads;
 
 pub use threads::{parse_message, BusThreads};
 
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redis::{Connection, ConnectionLike, RedisResult, Script};
+use redis::{Connection, ConnectionLike, RedisResult, Script, ServerErrorKind};
 use serde_json::json;
+
+use connector::Connector;
 
 /// How long a failed Redis call makes the bus fail fast before trying again.
 const BREAKER: Duration = Duration::from_millis(500);
@@ -54,7 +58,8 @@ const DELIVERY_WAIT: Duration = Duration::from_secs(1);
 /// Settings of the Redis bus.
 #[derive(Debug, Clone)]
 pub struct BusConfig {
-    /// `redis://host:port[/db]`.
+    /// `redis://host:port[/db]`, or
+    /// `redis+sentinel://host:port[,host:port…]/master[/db]` (see docs/protocol.md §9).
     pub url: String,
     /// Prefix of every key and channel, so deployments (and tests) can share a Redis.
     pub prefix: String,
@@ -63,6 +68,18 @@ pub struct BusConfig {
     /// How long the node stays "alive" without a heartbeat; its users become free
     /// to log in elsewhere this long after it dies.
     pub node_ttl: Duration,
+    /// How many replicas must have a presence claim or a routed frame before the
+    /// node goes on (Redis `WAIT`), so that a failover cannot lose it.
+    pub wait: WaitReplicas,
+}
+
+/// How many replicas a write must reach (`WAIT`), and how long to wait for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WaitReplicas {
+    /// Replicas that must acknowledge the write (0: do not wait).
+    pub replicas: u32,
+    /// How long to wait for them at most.
+    pub timeout: Duration,
 }
 
 /// A Redis failure (unreachable, timed out, or an error reply).
@@ -158,26 +175,34 @@ pub trait BusHandler: Send + Sync {
     fn on_heartbeat(&self);
 }
 
-/// An r2d2 manager for Redis connections with I/O timeouts.
-struct Manager(redis::Client);
+/// An r2d2 manager for Redis connections with I/O timeouts, made by the connector.
+struct Manager(Arc<Connector>);
+
+/// A pooled connection.
+struct Pooled {
+    con: Connection,
+    /// It answered READONLY: it points at a master that was demoted to a replica
+    /// in a failover, and must be replaced by one to the new master.
+    demoted: bool,
+}
 
 impl r2d2::ManageConnection for Manager {
-    type Connection = Connection;
+    type Connection = Pooled;
     type Error = redis::RedisError;
 
-    fn connect(&self) -> RedisResult<Connection> {
-        let con = self.0.get_connection_with_timeout(IO_TIMEOUT)?;
-        con.set_read_timeout(Some(IO_TIMEOUT))?;
-        con.set_write_timeout(Some(IO_TIMEOUT))?;
-        Ok(con)
+    fn connect(&self) -> RedisResult<Pooled> {
+        Ok(Pooled {
+            con: self.0.connect()?,
+            demoted: false,
+        })
     }
 
-    fn is_valid(&self, con: &mut Connection) -> RedisResult<()> {
-        redis::cmd("PING").query(con)
+    fn is_valid(&self, p: &mut Pooled) -> RedisResult<()> {
+        redis::cmd("PING").query(&mut p.con)
     }
 
-    fn has_broken(&self, con: &mut Connection) -> bool {
-        !con.is_open()
+    fn has_broken(&self, p: &mut Pooled) -> bool {
+        p.demoted || !p.con.is_open()
     }
 }
 
@@ -211,7 +236,7 @@ struct Scripts {
 /// The Redis connection pool, scripts and keys of one node. Safe to share between threads.
 pub struct Bus {
     cfg: BusConfig,
-    client: redis::Client,
+    connector: Arc<Connector>,
     pool: r2d2::Pool<Manager>,
     keys: Keys,
     scripts: Scripts,
@@ -235,14 +260,14 @@ impl Bus {
     /// Prepares the pool (connections are made lazily, so a node can start while
     /// Redis is down) and announces the node.
     pub fn connect(cfg: BusConfig) -> Result<Arc<Bus>, BusError> {
-        let client = redis::Client::open(cfg.url.as_str()).map_err(|e| BusError(e.to_string()))?;
+        let connector = Arc::new(Connector::open(&cfg.url)?);
         let pool = r2d2::Pool::builder()
             .max_size(16)
             .min_idle(Some(0))
             // A dead Redis must not hold a worker (and the recipient's shard lock)
             // for long: the breaker takes over after the first failure.
             .connection_timeout(Duration::from_millis(500))
-            .build_unchecked(Manager(client.clone()));
+            .build_unchecked(Manager(connector.clone()));
         let p = &cfg.prefix;
         let me = &cfg.node_id;
         let keys = Keys {
@@ -272,7 +297,7 @@ impl Bus {
         };
         let bus = Arc::new(Bus {
             cfg,
-            client,
+            connector,
             pool,
             keys,
             scripts,
@@ -337,8 +362,13 @@ impl Bus {
             self.down_until.store(0, Ordering::Release);
         }
         let result = match self.pool.get() {
-            Ok(mut con) => f(&mut con).map_err(|e| {
-                let fatal = e.is_io_error() || e.is_timeout() || e.is_connection_dropped();
+            Ok(mut p) => f(&mut p.con).map_err(|e| {
+                // A demoted master: fail fast until the sentinels name the new one.
+                p.demoted = e.kind() == ServerErrorKind::ReadOnly.into();
+                let fatal = e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || p.demoted;
                 (e.to_string(), fatal)
             }),
             Err(e) => Err((e.to_string(), true)),
@@ -357,15 +387,48 @@ impl Bus {
 
     /// Whether Redis answers on a fresh connection (the breaker's half-open probe).
     fn probe(&self) -> RedisResult<()> {
-        let mut con = self.client.get_connection_with_timeout(IO_TIMEOUT)?;
-        con.set_read_timeout(Some(IO_TIMEOUT))?;
-        con.set_write_timeout(Some(IO_TIMEOUT))?;
-        redis::cmd("PING").query(&mut con)
+        redis::cmd("PING").query(&mut self.connector.connect()?)
+    }
+
+    /// [`Bus::with_con`] for a write a failover must not lose: with
+    /// [`BusConfig::wait`], then waits (`WAIT`) until that many replicas have it.
+    /// A shortfall is an error when `strict`; otherwise it is only logged.
+    fn with_replicated<T>(
+        &self,
+        strict: bool,
+        f: impl FnOnce(&mut Connection) -> RedisResult<T>,
+    ) -> Result<T, BusError> {
+        let want = self.cfg.wait;
+        if want.replicas == 0 {
+            return self.with_con(f);
+        }
+        let (value, acked) = self.with_con(|c| {
+            let value = f(c)?;
+            let acked: u32 = redis::cmd("WAIT")
+                .arg(want.replicas)
+                .arg(want.timeout.as_millis() as u64)
+                .query(c)?;
+            Ok((value, acked))
+        })?;
+        if acked >= want.replicas {
+            return Ok(value);
+        }
+        let msg = format!(
+            "written, but {acked} of {} replica(s) had it after {:?}",
+            want.replicas, want.timeout
+        );
+        if strict {
+            return Err(BusError(msg));
+        }
+        log::debug!("bus: {msg}");
+        Ok(value)
     }
 
     /// Claims `uid` for this node unless another live node has it.
     pub fn claim(&self, uid: i64) -> Result<Claim, BusError> {
-        let owner: String = self.with_con(|c| {
+        // Not strict: a claim the new master lacks after a failover is made again
+        // by the keeper's re-claim.
+        let owner: String = self.with_replicated(false, |c| {
             self.scripts
                 .claim
                 .key(&self.keys.online)
@@ -405,7 +468,8 @@ impl Bus {
         if uids.is_empty() {
             return Ok(Vec::new());
         }
-        let missed: Vec<String> = self.with_con(|c| {
+        // Strict: a frame that may not survive a failover is also stored.
+        let missed: Vec<String> = self.with_replicated(true, |c| {
             let mut inv = self.scripts.route.key(&self.keys.online);
             inv.arg(&self.keys.node_prefix)
                 .arg(&self.keys.queue_prefix)

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use serde_json::Value;
 
-use super::{Bus, BusHandler, BusMessage, IO_TIMEOUT, SWEEP_EVERY};
+use super::{Bus, BusHandler, BusMessage, SWEEP_EVERY};
 
 /// What one heartbeat found.
 enum Beat {
@@ -84,16 +84,9 @@ impl Bus {
         handler: &dyn BusHandler,
         subscribed_before: &mut bool,
     ) -> Result<(), (redis::RedisError, bool)> {
-        let mut con = self
-            .client
-            .get_connection_with_timeout(IO_TIMEOUT)
-            .map_err(|e| (e, false))?;
-        // Before SUBSCRIBE: a Redis that accepts but never answers must not hold
-        // this thread (and the node's shutdown) forever.
-        con.set_read_timeout(Some(IO_TIMEOUT))
-            .map_err(|e| (e, false))?;
-        con.set_write_timeout(Some(IO_TIMEOUT))
-            .map_err(|e| (e, false))?;
+        // With timeouts: a Redis that accepts but never answers must not hold this
+        // thread (and the node's shutdown) forever before SUBSCRIBE.
+        let mut con = self.connector.connect().map_err(|e| (e, false))?;
         let mut ps = con.as_pubsub();
         ps.subscribe(&self.keys.channel_all)
             .map_err(|e| (e, false))?;
@@ -165,6 +158,7 @@ impl Bus {
         let mut tick: u32 = 0;
         let mut resync = false;
         let mut was_down = false;
+        let mut switches = self.connector.switches();
         while !self.stop.load(Ordering::Acquire) {
             let Ok(first) = beats.recv_timeout(Duration::from_millis(100)) else {
                 continue;
@@ -187,6 +181,12 @@ impl Bus {
                 }
             }
             if ok == Some(true) {
+                let now = self.connector.switches();
+                if std::mem::replace(&mut switches, now) != now {
+                    // The new master may lack claims the old one acknowledged.
+                    log::warn!("bus: Redis failed over; re-claiming local users");
+                    resync = true;
+                }
                 if std::mem::take(&mut was_down) && !resync {
                     log::info!("bus: Redis is back");
                     handler.on_bus_restored();
