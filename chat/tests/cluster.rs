@@ -435,6 +435,7 @@ fn redis_restart_mid_traffic_loses_nothing_and_presence_comes_back() {
         nodes: 2,
         redis: redis.url(),
         node_ttl_ms: Some(2000),
+        ..ClusterOpts::default()
     });
     let ids = register(&c, &["rita", "ruth"]);
     let (a, b) = (ids[0], ids[1]);

@@ -1,0 +1,132 @@
+//! A Sentinel-managed Redis for the failover tests: a primary, one replica and three
+//! sentinels on private free ports in a temp dir, started by `scripts/cluster.sh
+//! sentinel-start` and killed (processes, dir) when dropped — also when the test
+//! panics. The machine's shared Redis is never touched.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::{alive, free_port_run, poll, redis_con, script, signal, unique};
+
+/// What to run when redis-sentinel is missing.
+const HINT: &str = "run `bash scripts/ensure-services.sh` (as root) to install it";
+
+/// A running primary + replica + three sentinels.
+pub struct SentinelRedis {
+    /// `$CLUSTER_DIR` of the script; the processes live in its `sentinel/`.
+    dir: PathBuf,
+    /// The primary's port; the replica is on +1, the sentinels on +2..+4.
+    pub base_port: u16,
+    /// The master's name in the sentinels.
+    pub name: String,
+    /// `redis+sentinel://…/name`, for `--redis`.
+    pub url: String,
+}
+
+impl SentinelRedis {
+    /// Starts them with a sentinel down-after of `down_after`; returns once the
+    /// replica is in sync and the sentinels know each other (the script waits).
+    pub fn start(down_after: Duration) -> SentinelRedis {
+        let ok = Command::new("redis-sentinel")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status();
+        if !ok.is_ok_and(|s| s.success()) {
+            panic!("the failover tests need the redis-sentinel binary; {HINT}");
+        }
+        let mut s = SentinelRedis {
+            dir: std::env::temp_dir().join(format!("chat_sentinel_{}", unique())),
+            base_port: 0,
+            name: "chatmaster".into(),
+            url: String::new(),
+        };
+        for attempt in 1..=3 {
+            s.base_port = free_port_run(5);
+            let out = s.run(&["sentinel-start"], down_after);
+            if out.status.success() {
+                s.url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                assert!(s.url.starts_with("redis+sentinel://"), "url {:?}", s.url);
+                return s;
+            }
+            let _ = s.run(&["sentinel-stop"], down_after);
+            let logs = s.logs();
+            if attempt < 3 && logs.contains("Address already in use") {
+                eprintln!("sentinel start lost a port race (attempt {attempt}); retrying");
+                continue;
+            }
+            panic!(
+                "cluster.sh sentinel-start failed: {}\n{logs}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    fn run(&self, args: &[&str], down_after: Duration) -> std::process::Output {
+        Command::new("bash")
+            .arg(script())
+            .args(args)
+            .env("CLUSTER_DIR", &self.dir)
+            .env("SENTINEL_BASE_PORT", self.base_port.to_string())
+            .env("SENTINEL_MASTER", &self.name)
+            .env(
+                "SENTINEL_DOWN_AFTER_MS",
+                down_after.as_millis().to_string(),
+            )
+            .stdin(Stdio::null())
+            .output()
+            .expect("run scripts/cluster.sh")
+    }
+
+    fn pid(&self, what: &str) -> u32 {
+        let f = self.dir.join("sentinel").join(format!("{what}.pid"));
+        let text = std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        text.trim().parse().expect("a pid")
+    }
+
+    /// The port the sentinels name as master now.
+    pub fn master_port(&self) -> u16 {
+        let url = format!("redis://127.0.0.1:{}", self.base_port + 2);
+        let addr: Vec<String> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(&self.name)
+            .query(&mut redis_con(&url).expect("a sentinel"))
+            .expect("SENTINEL get-master-addr-by-name");
+        addr[1].parse().expect("a port")
+    }
+
+    /// SIGKILLs the primary (what it had not replicated is gone); returns when it is.
+    pub fn kill_primary(&self) {
+        let pid = self.pid("primary");
+        signal(pid, "-9");
+        poll(Duration::from_secs(10), "killed primary exits", || {
+            (!alive(pid)).then_some(())
+        });
+    }
+
+    /// The tails of the Redis and sentinel logs, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for name in ["primary", "replica", "sentinel1", "sentinel2", "sentinel3"] {
+            let f = self.dir.join("sentinel").join(format!("{name}.log"));
+            let text = std::fs::read_to_string(f).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(15)..];
+            out.push_str(&format!("--- {name}.log\n{}\n", tail.join("\n")));
+        }
+        out
+    }
+}
+
+impl Drop for SentinelRedis {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("sentinel set at failure:\n{}", self.logs());
+        }
+        let _ = self.run(&["sentinel-stop"], Duration::ZERO);
+        if !std::thread::panicking() && std::env::var_os("CLUSTER_TEST_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
