@@ -37,8 +37,8 @@ pub struct Config {
     /// goes on (Redis WAIT), so a failover cannot lose it (0: do not wait).
     #[arg(long, env = "CHAT_REDIS_WAIT_REPLICAS", default_value_t = 0)]
     pub redis_wait_replicas: u32,
-    /// How long a WAIT for replicas may take; a frame that did not reach them in
-    /// time is stored as well (it may then come twice).
+    /// How long a WAIT for replicas may take. After a shortfall (the replicas are
+    /// down or slow) the node stops waiting for a second.
     #[arg(long, env = "CHAT_REDIS_WAIT_MS", default_value_t = 200)]
     pub redis_wait_ms: u64,
     /// Prefix of every Redis key and channel (nodes of one cluster share it).

@@ -41,6 +41,8 @@ use connector::Connector;
 const BREAKER: Duration = Duration::from_millis(500);
 /// Read/write timeout of every Redis call, so a hung Redis cannot hang a worker.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long writes stop waiting for replicas after a WAIT fell short.
+const WAIT_PAUSE: Duration = Duration::from_secs(1);
 /// How often the keeper sweeps dead nodes, in heartbeats.
 const SWEEP_EVERY: u32 = 4;
 /// How long the stream reader blocks in one XREAD when the stream is empty.
@@ -242,6 +244,8 @@ pub struct Bus {
     scripts: Scripts,
     /// Milliseconds since `epoch` until which calls fail fast (a circuit breaker).
     down_until: AtomicU64,
+    /// Milliseconds since `epoch` until which writes do not wait for replicas.
+    wait_off_until: AtomicU64,
     epoch: Instant,
     stop: Arc<AtomicBool>,
     /// Dead nodes a background drain is working on.
@@ -302,6 +306,7 @@ impl Bus {
             keys,
             scripts,
             down_until: AtomicU64::new(0),
+            wait_off_until: AtomicU64::new(0),
             epoch: Instant::now(),
             stop: Arc::new(AtomicBool::new(false)),
             draining: parking_lot::Mutex::new(std::collections::HashSet::new()),
@@ -391,15 +396,18 @@ impl Bus {
     }
 
     /// [`Bus::with_con`] for a write a failover must not lose: with
-    /// [`BusConfig::wait`], then waits (`WAIT`) until that many replicas have it.
-    /// A shortfall is an error when `strict`; otherwise it is only logged.
+    /// [`BusConfig::wait`], then waits (`WAIT`) until that many replicas have it, so
+    /// the write is acknowledged (to the user) only once it would survive a
+    /// failover. A shortfall (no replica, or a slow one) is not an error — the
+    /// write is on the master, as without WAIT — but it stops the waiting for
+    /// [`WAIT_PAUSE`]: while the replicas are away every write would otherwise
+    /// wait the whole timeout, for nothing.
     fn with_replicated<T>(
         &self,
-        strict: bool,
         f: impl FnOnce(&mut Connection) -> RedisResult<T>,
     ) -> Result<T, BusError> {
         let want = self.cfg.wait;
-        if want.replicas == 0 {
+        if want.replicas == 0 || self.now_ms() < self.wait_off_until.load(Ordering::Acquire) {
             return self.with_con(f);
         }
         let (value, acked) = self.with_con(|c| {
@@ -410,25 +418,23 @@ impl Bus {
                 .query(c)?;
             Ok((value, acked))
         })?;
-        if acked >= want.replicas {
-            return Ok(value);
+        if acked < want.replicas {
+            let until = self.now_ms() + WAIT_PAUSE.as_millis() as u64;
+            if self.wait_off_until.swap(until, Ordering::AcqRel) < self.now_ms() {
+                log::warn!(
+                    "bus: {acked} of {} replica(s) acknowledged a write within {:?}; \
+                     not waiting for replicas for {WAIT_PAUSE:?}",
+                    want.replicas,
+                    want.timeout
+                );
+            }
         }
-        let msg = format!(
-            "written, but {acked} of {} replica(s) had it after {:?}",
-            want.replicas, want.timeout
-        );
-        if strict {
-            return Err(BusError(msg));
-        }
-        log::debug!("bus: {msg}");
         Ok(value)
     }
 
     /// Claims `uid` for this node unless another live node has it.
     pub fn claim(&self, uid: i64) -> Result<Claim, BusError> {
-        // Not strict: a claim the new master lacks after a failover is made again
-        // by the keeper's re-claim.
-        let owner: String = self.with_replicated(false, |c| {
+        let owner: String = self.with_replicated(|c| {
             self.scripts
                 .claim
                 .key(&self.keys.online)
@@ -468,8 +474,7 @@ impl Bus {
         if uids.is_empty() {
             return Ok(Vec::new());
         }
-        // Strict: a frame that may not survive a failover is also stored.
-        let missed: Vec<String> = self.with_replicated(true, |c| {
+        let missed: Vec<String> = self.with_replicated(|c| {
             let mut inv = self.scripts.route.key(&self.keys.online);
             inv.arg(&self.keys.node_prefix)
                 .arg(&self.keys.queue_prefix)
