@@ -8,7 +8,7 @@ mod cluster_util;
 
 use std::time::{Duration, Instant};
 
-use cluster_util::client::{frame_bytes, one_chat, Client};
+use cluster_util::client::{check_chat, frame_bytes, one_chat, Client};
 use cluster_util::sentinel::SentinelRedis;
 use cluster_util::traffic::{Ledger, Peer, Target, Writer};
 use cluster_util::{login, poll, register, serial, Cluster, ClusterOpts};
@@ -155,4 +155,40 @@ fn sigkill_of_the_redis_primary_fails_over_and_loses_nothing() {
     assert!(t.missing.is_empty(), "missing: {:?}", t.missing);
     assert!(t.unexpected.is_empty(), "unexpected: {:?}", t.unexpected);
     assert!(t.reordered.is_empty(), "reordered: {:?}", t.reordered);
+}
+
+#[test]
+fn a_claim_the_failover_lost_is_made_again_by_its_node() {
+    let _serial = serial();
+    let redis = SentinelRedis::start(DOWN_AFTER);
+    let c = Cluster::start(ClusterOpts {
+        nodes: 2,
+        redis: redis.url.clone(),
+        ..ClusterOpts::default()
+    });
+    let ids = register(&c, &["lena", "luke"]);
+    let (l, k) = (ids[0], ids[1]);
+    let (mut luke, _) = login(c.port(2), k, "luke");
+    // Lena's claim reaches only the primary, which then dies.
+    redis.cut_replica();
+    let (mut lena, _) = login(c.port(1), l, "lena");
+    let kill = Instant::now();
+    redis.kill_primary();
+
+    // Node 1 notices the new master and claims lena again.
+    let presence = poll(RECOVERY, "lena present on node 1 in the new master", || {
+        let master = format!("redis://127.0.0.1:{}", redis.master_port());
+        let online: Option<String> = redis::cmd("HGET")
+            .arg(format!("{}:online", c.prefix))
+            .arg(l)
+            .query(&mut cluster_util::redis_con(&master).ok()?)
+            .ok()?;
+        (online == Some(c.node_id(1))).then(|| kill.elapsed())
+    });
+    // So she is online cluster-wide: not again on node 2 (errno 2), and a
+    // message from luke on node 2 reaches her live on node 1.
+    Client::connect(c.port(2)).login_already_online(l, "lena");
+    luke.send(&one_chat(k, "luke", l, "after the failover"));
+    check_chat(&lena.recv(), 6, k, "luke", "after the failover");
+    println!("failover: lena's lost claim made again {presence:.2?} after the kill");
 }

@@ -160,9 +160,21 @@ impl Bus {
         let mut was_down = false;
         let mut switches = self.connector.switches();
         while !self.stop.load(Ordering::Acquire) {
-            let Ok(first) = beats.recv_timeout(Duration::from_millis(100)) else {
-                continue;
+            let beat = beats.recv_timeout(Duration::from_millis(100));
+            let now = self.connector.switches();
+            let first = match beat {
+                Ok(first) => first,
+                // A connection just reached a new master: act now, not at the next
+                // heartbeat — until the re-claim, another node could log in a
+                // user whose claim the failover lost.
+                Err(_) if now != switches => Beat::Ok { existed: true },
+                Err(_) => continue,
             };
+            if std::mem::replace(&mut switches, now) != now {
+                // The new master may lack claims the old one acknowledged.
+                log::warn!("bus: Redis failed over; re-claiming local users");
+                resync = true;
+            }
             // Beats that queued up while the keeper was busy count as one.
             let mut ok = None;
             for beat in std::iter::once(first).chain(beats.try_iter()) {
@@ -181,12 +193,6 @@ impl Bus {
                 }
             }
             if ok == Some(true) {
-                let now = self.connector.switches();
-                if std::mem::replace(&mut switches, now) != now {
-                    // The new master may lack claims the old one acknowledged.
-                    log::warn!("bus: Redis failed over; re-claiming local users");
-                    resync = true;
-                }
                 if std::mem::take(&mut was_down) && !resync {
                     log::info!("bus: Redis is back");
                     handler.on_bus_restored();

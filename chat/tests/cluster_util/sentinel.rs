@@ -96,6 +96,50 @@ impl SentinelRedis {
         addr[1].parse().expect("a port")
     }
 
+    /// Cuts the replica off the primary for good: it reconnects as a user that the
+    /// primary then deletes (which drops the link and fails every reconnect), so
+    /// writes from now on exist only on the primary — what a failover loses.
+    pub fn cut_replica(&self) {
+        let url = |port: u16| format!("redis://127.0.0.1:{port}");
+        let mut primary = redis_con(&url(self.base_port)).expect("the primary");
+        let mut replica = redis_con(&url(self.base_port + 1)).expect("the replica");
+        let link = |replica: &mut redis::Connection| -> String {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(replica)
+                .expect("INFO replication");
+            info.lines()
+                .find_map(|l| l.strip_prefix("master_link_status:"))
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        };
+        let q = |con: &mut redis::Connection, args: &[&str]| {
+            redis::cmd(args[0])
+                .arg(&args[1..])
+                .query::<redis::Value>(con)
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        };
+        q(&mut primary, &["ACL", "SETUSER", "cut", "on", ">cut", "~*", "&*", "+@all"]);
+        q(&mut replica, &["CONFIG", "SET", "masteruser", "cut"]);
+        q(&mut replica, &["CONFIG", "SET", "masterauth", "cut"]);
+        q(&mut primary, &["CLIENT", "KILL", "TYPE", "replica"]);
+        // Wait until the replica is back, as `cut`, then delete `cut`.
+        poll(Duration::from_secs(10), "replica relinks as user cut", || {
+            let users: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .arg("TYPE")
+                .arg("replica")
+                .query(&mut primary)
+                .ok()?;
+            (users.contains("user=cut") && link(&mut replica) == "up").then_some(())
+        });
+        q(&mut primary, &["ACL", "DELUSER", "cut"]);
+        poll(Duration::from_secs(10), "replica link down", || {
+            (link(&mut replica) == "down").then_some(())
+        });
+    }
+
     /// SIGKILLs the primary (what it had not replicated is gone); returns when it is.
     pub fn kill_primary(&self) {
         let pid = self.pid("primary");
