@@ -8,7 +8,7 @@ mod cluster_util;
 
 use std::time::{Duration, Instant};
 
-use cluster_util::client::{check_chat, frame_bytes, one_chat, Client};
+use cluster_util::client::{check_chat, frame_bytes, group_chat, one_chat, Client, Recv};
 use cluster_util::sentinel::SentinelRedis;
 use cluster_util::traffic::{Ledger, Peer, Target, Writer};
 use cluster_util::{login, poll, register, serial, Cluster, ClusterOpts};
@@ -30,7 +30,7 @@ fn login_works(port: u16, id: i64, name: &str, kill: Instant) -> Duration {
         }
         assert!(
             kill.elapsed() < RECOVERY,
-            "login on :{port} still failing {RECOVERY:?} after the kill: {ack}"
+            "login on :{port} still failing {RECOVERY:?} after the master went: {ack}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -191,4 +191,100 @@ fn a_claim_the_failover_lost_is_made_again_by_its_node() {
     luke.send(&one_chat(k, "luke", l, "after the failover"));
     check_chat(&lena.recv(), 6, k, "luke", "after the failover");
     println!("failover: lena's lost claim made again {presence:.2?} after the kill");
+}
+
+#[test]
+fn a_manual_failover_moves_the_nodes_to_the_new_master() {
+    // SENTINEL FAILOVER: the old master keeps running as a replica; the sentinels
+    // close its clients' connections.
+    nodes_follow_a_new_master("SENTINEL FAILOVER", SentinelRedis::failover);
+}
+
+#[test]
+fn a_master_demoted_behind_the_nodes_back_is_left() {
+    // The old master becomes a replica with its clients still connected: their
+    // writes get READONLY, and the nodes must leave those connections.
+    nodes_follow_a_new_master("quiet role swap", SentinelRedis::swap_quietly);
+}
+
+/// Two nodes chat; `how` makes the replica master while the old one keeps
+/// running; logins work again and messages cross both ways, within [`RECOVERY`].
+fn nodes_follow_a_new_master(what: &str, how: fn(&SentinelRedis)) {
+    let _serial = serial();
+    let redis = SentinelRedis::start(DOWN_AFTER);
+    let first_master = redis.master_port();
+    let c = Cluster::start(ClusterOpts {
+        nodes: 2,
+        redis: redis.url.clone(),
+        ..ClusterOpts::default()
+    });
+    let ids = register(&c, &["mona", "milo", "mick"]);
+    let (a, b, m) = (ids[0], ids[1], ids[2]);
+    let (mut mona, _) = login(c.port(1), a, "mona");
+    let (mut milo, _) = login(c.port(2), b, "milo");
+    mona.send(&one_chat(a, "mona", b, "before"));
+    check_chat(&milo.recv(), 6, a, "mona", "before");
+
+    let start = Instant::now();
+    how(&redis);
+    poll(RECOVERY, "the sentinels name a new master", || {
+        (redis.master_port() != first_master).then_some(())
+    });
+    let login1 = login_works(c.port(1), m, "mick", start);
+    let login2 = login_works(c.port(2), m, "mick", start);
+    for i in 0..20 {
+        let text = format!("after {i}");
+        mona.send(&one_chat(a, "mona", b, &text));
+        check_chat(&milo.recv(), 6, a, "mona", &text);
+        milo.send(&one_chat(b, "milo", a, &text));
+        check_chat(&mona.recv(), 6, b, "milo", &text);
+    }
+    Client::connect(c.port(2)).login_already_online(a, "mona");
+    Client::connect(c.port(1)).login_already_online(b, "milo");
+    println!("{what}: logins work {login1:.2?} (node 1) / {login2:.2?} (node 2) after it");
+}
+
+#[test]
+fn a_frozen_master_is_left_by_every_bus_connection() {
+    let _serial = serial();
+    let redis = SentinelRedis::start(DOWN_AFTER);
+    let first_master = redis.master_port();
+    let c = Cluster::start(ClusterOpts {
+        nodes: 2,
+        redis: redis.url.clone(),
+        ..ClusterOpts::default()
+    });
+    let ids = register(&c, &["gina", "gus", "gail", "mick"]);
+    let (gi, gu, ga, m) = (ids[0], ids[1], ids[2], ids[3]);
+    let (mut gina, _) = login(c.port(1), gi, "gina");
+    let (mut gus, _) = login(c.port(2), gu, "gus");
+    let g = gina.create_group(gi, "frozen");
+    gus.join_group(gu, g);
+
+    // A frozen primary: connections to it stay open, and only timeouts tell.
+    let start = Instant::now();
+    redis.freeze_primary();
+    poll(Duration::from_secs(20), "the sentinels name a new master", || {
+        (redis.master_port() != first_master).then_some(())
+    });
+    let login1 = login_works(c.port(1), m, "mick", start);
+    let login2 = login_works(c.port(2), m, "mick", start);
+    // Node 2 caches the group's members again...
+    gus.send(&group_chat(gu, "gus", g, "cached"));
+    check_chat(&gina.recv(), 10, gu, "gus", "cached");
+    // ... and must hear node 1's invalidation when gail joins there: only a
+    // subscriber that left the frozen master does.
+    let (mut gail, _) = login(c.port(1), ga, "gail");
+    gail.join_group(ga, g);
+    let heard = poll(RECOVERY, "gail gets gus's group messages", || {
+        gus.send(&group_chat(gu, "gus", g, "joined"));
+        match gail.recv_by(Instant::now() + Duration::from_millis(500)) {
+            Recv::Frame(v) => Some(v),
+            _ => None,
+        }
+    });
+    check_chat(&heard, 10, gu, "gus", "joined");
+    println!(
+        "frozen master: logins work {login1:.2?} (node 1) / {login2:.2?} (node 2) after SIGSTOP"
+    );
 }

@@ -4,16 +4,23 @@
 //! a failover by themselves: a connection the old master broke is replaced by one
 //! to the new master.
 //!
-//! The rule it keeps: every connection it hands out has read and write timeouts,
-//! and it says (through [`Connector::switches`]) when the master changed, because
-//! writes the old master acknowledged may not have reached the new one.
+//! The rule it keeps: every step has a timeout — the sentinel's answer, the
+//! master's `ROLE`, the connection handed out — so a frozen or partitioned Redis
+//! or sentinel costs a bus thread [`IO_TIMEOUT`], never its life. (That is why
+//! the lookup is done here, after the Sentinel client spec, and not with the
+//! redis crate's sync `Sentinel`, which connects to sentinels and checks the
+//! master's role without any timeout and under `&mut`: one frozen master hung
+//! every bus connection of a node.) And it says, through
+//! [`Connector::switches`], when the master changed, because writes the old
+//! master acknowledged may not have reached the new one.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
-use redis::io::tcp::TcpSettings;
-use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
-use redis::{Connection, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, RedisResult};
+use redis::{
+    Client, Connection, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo,
+    RedisConnectionInfo, RedisError, RedisResult, Role,
+};
 
 use super::{BusError, IO_TIMEOUT};
 
@@ -25,16 +32,15 @@ const SENTINEL_PORT: u16 = 26379;
 /// Where connections go.
 enum Target {
     /// One Redis.
-    Plain(redis::Client),
+    Plain(Client),
     /// The master named `name`, as the sentinels see it now.
     Sentinel {
-        /// The sentinels, with their cached connections (the crate's type needs
-        /// `&mut`, so the bus threads take turns).
-        sentinel: Mutex<Sentinel>,
+        /// The sentinels, asked in turn.
+        sentinels: Vec<ConnectionInfo>,
         /// The master's name in the sentinels' configuration.
         name: String,
         /// Database and credentials of the master's connections.
-        node: SentinelNodeConnectionInfo,
+        redis: RedisConnectionInfo,
     },
 }
 
@@ -120,19 +126,11 @@ impl Connector {
     pub(super) fn open(url: &str) -> Result<Connector, BusError> {
         let target = if url.starts_with(SENTINEL_SCHEME) {
             let u = parse_sentinel_url(url).map_err(|e| BusError(format!("{url}: {e}")))?;
-            // A sentinel that went silent must not hold a bus thread for the
-            // kernel's whole retransmission time.
-            let tcp = TcpSettings::default().set_user_timeout(IO_TIMEOUT);
             let sentinels = u
                 .sentinels
                 .into_iter()
-                .map(|(host, port)| {
-                    ConnectionAddr::Tcp(host, port)
-                        .into_connection_info()
-                        .map(|i| i.set_tcp_settings(tcp.clone()))
-                })
+                .map(|(host, port)| ConnectionAddr::Tcp(host, port).into_connection_info())
                 .collect::<RedisResult<Vec<_>>>()
-                .and_then(Sentinel::build)
                 .map_err(|e| BusError(e.to_string()))?;
             let mut redis = RedisConnectionInfo::default().set_db(u.db);
             if let Some(user) = u.user {
@@ -142,14 +140,12 @@ impl Connector {
                 redis = redis.set_password(password);
             }
             Target::Sentinel {
-                sentinel: Mutex::new(sentinels),
+                sentinels,
                 name: u.name,
-                node: SentinelNodeConnectionInfo::default()
-                    .set_redis_connection_info(redis)
-                    .set_tcp_settings(tcp),
+                redis,
             }
         } else {
-            Target::Plain(redis::Client::open(url).map_err(|e| BusError(e.to_string()))?)
+            Target::Plain(Client::open(url).map_err(|e| BusError(e.to_string()))?)
         };
         Ok(Connector {
             target,
@@ -162,22 +158,29 @@ impl Connector {
     /// with [`IO_TIMEOUT`] on reads and writes. Blocks for network round trips:
     /// never call it on an IO loop. Safe to call from any thread.
     pub(super) fn connect(&self) -> RedisResult<Connection> {
-        let client = match &self.target {
-            Target::Plain(client) => client.clone(),
+        match &self.target {
+            Target::Plain(client) => timed(client),
             Target::Sentinel {
-                sentinel,
+                sentinels,
                 name,
-                node,
+                redis,
             } => {
-                let client = sentinel.lock().master_for(name, Some(node))?;
-                self.note_master(client.get_connection_info().addr().to_string());
-                client
+                // The Sentinel client spec: ask the sentinels in turn for the
+                // master's address, and use it only if the server there says it is
+                // a master (a sentinel may not know of a failover yet).
+                let mut last = None;
+                for sentinel in sentinels {
+                    match master_from(sentinel, name, redis) {
+                        Ok((con, addr)) => {
+                            self.note_master(addr);
+                            return Ok(con);
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(last.unwrap_or_else(|| (ErrorKind::InvalidClientConfig, "no sentinel").into()))
             }
-        };
-        let con = client.get_connection_with_timeout(IO_TIMEOUT)?;
-        con.set_read_timeout(Some(IO_TIMEOUT))?;
-        con.set_write_timeout(Some(IO_TIMEOUT))?;
-        Ok(con)
+        }
     }
 
     /// Records the master a connection went to; counts a switch when it changed.
@@ -194,6 +197,43 @@ impl Connector {
     /// from any thread.
     pub(super) fn switches(&self) -> u64 {
         self.switches.load(Ordering::Acquire)
+    }
+}
+
+/// A connection to `client`'s server with [`IO_TIMEOUT`] on the connect, reads and writes.
+fn timed(client: &Client) -> RedisResult<Connection> {
+    let con = client.get_connection_with_timeout(IO_TIMEOUT)?;
+    con.set_read_timeout(Some(IO_TIMEOUT))?;
+    con.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(con)
+}
+
+/// Asks `sentinel` where master `name` is, connects there and checks its `ROLE`.
+/// Returns the connection and the master's address.
+fn master_from(
+    sentinel: &ConnectionInfo,
+    name: &str,
+    redis: &RedisConnectionInfo,
+) -> RedisResult<(Connection, String)> {
+    let mut s = timed(&Client::open(sentinel.clone())?)?;
+    let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
+        .arg("get-master-addr-by-name")
+        .arg(name)
+        .query(&mut s)?;
+    let Some((host, port)) = addr else {
+        let msg = "the sentinel knows no master of that name";
+        return Err(RedisError::from((ErrorKind::MasterNameNotFoundBySentinel, msg)));
+    };
+    let info = ConnectionAddr::Tcp(host.clone(), port)
+        .into_connection_info()?
+        .set_redis_settings(redis.clone());
+    let mut con = timed(&Client::open(info)?)?;
+    match redis::cmd("ROLE").query(&mut con)? {
+        Role::Primary { .. } => Ok((con, format!("{host}:{port}"))),
+        _ => {
+            let msg = "the server the sentinel names is not a master (yet)";
+            Err(RedisError::from((ErrorKind::MasterNameNotFoundBySentinel, msg)))
+        }
     }
 }
 

@@ -86,6 +86,7 @@ impl Bus {
     ) -> Result<(), (redis::RedisError, bool)> {
         // With timeouts: a Redis that accepts but never answers must not hold this
         // thread (and the node's shutdown) forever before SUBSCRIBE.
+        let master = self.connector.switches();
         let mut con = self.connector.connect().map_err(|e| (e, false))?;
         let mut ps = con.as_pubsub();
         ps.subscribe(&self.keys.channel_all)
@@ -101,6 +102,12 @@ impl Bus {
         loop {
             if self.stop.load(Ordering::Acquire) {
                 return Ok(());
+            }
+            if self.connector.switches() != master {
+                // Subscribed to a master that was demoted (a manual failover keeps
+                // it running): subscribe again on the new one.
+                let e = (redis::ErrorKind::Io, "the Redis master changed");
+                return Err((e.into(), true));
             }
             match ps.get_message() {
                 Ok(msg) => match parse_message(msg.get_payload_bytes()) {

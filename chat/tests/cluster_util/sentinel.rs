@@ -22,6 +22,8 @@ pub struct SentinelRedis {
     pub name: String,
     /// `redis+sentinel://…/name`, for `--redis`.
     pub url: String,
+    /// The sentinels' down-after.
+    pub down_after: Duration,
 }
 
 impl SentinelRedis {
@@ -40,16 +42,17 @@ impl SentinelRedis {
             base_port: 0,
             name: "chatmaster".into(),
             url: String::new(),
+            down_after,
         };
         for attempt in 1..=3 {
             s.base_port = free_port_run(5);
-            let out = s.run(&["sentinel-start"], down_after);
+            let out = s.run(&["sentinel-start"], s.down_after);
             if out.status.success() {
                 s.url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
                 assert!(s.url.starts_with("redis+sentinel://"), "url {:?}", s.url);
                 return s;
             }
-            let _ = s.run(&["sentinel-stop"], down_after);
+            let _ = s.run(&["sentinel-stop"], s.down_after);
             let logs = s.logs();
             if attempt < 3 && logs.contains("Address already in use") {
                 eprintln!("sentinel start lost a port race (attempt {attempt}); retrying");
@@ -140,6 +143,49 @@ impl SentinelRedis {
         });
     }
 
+    /// Asks a sentinel for a failover now (`SENTINEL FAILOVER`): the replica is
+    /// promoted and the primary, still running, becomes its replica.
+    pub fn failover(&self) {
+        let url = format!("redis://127.0.0.1:{}", self.base_port + 2);
+        redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg(&self.name)
+            .query::<String>(&mut redis_con(&url).expect("a sentinel"))
+            .expect("SENTINEL FAILOVER");
+    }
+
+    /// Swaps the roles behind the nodes' backs, as a partition healing late can:
+    /// the replica becomes master, the primary its replica (its clients stay
+    /// connected and get READONLY), and the sentinels are told to monitor the new
+    /// master (no sentinel failover, so nobody kills the old master's clients).
+    pub fn swap_quietly(&self) {
+        let url = |port: u16| format!("redis://127.0.0.1:{port}");
+        let (old, new) = (self.base_port, self.base_port + 1);
+        let run = |port: u16, args: &[&str]| {
+            redis::cmd(args[0])
+                .arg(&args[1..])
+                .query::<redis::Value>(&mut redis_con(&url(port)).expect("a Redis"))
+                .unwrap_or_else(|e| panic!(":{port} {args:?}: {e}"));
+        };
+        let new_s = new.to_string();
+        let down = self.down_after.as_millis().to_string();
+        for s in self.base_port + 2..=self.base_port + 4 {
+            run(s, &["SENTINEL", "REMOVE", &self.name]);
+        }
+        run(new, &["REPLICAOF", "NO", "ONE"]);
+        run(old, &["REPLICAOF", "127.0.0.1", &new_s]);
+        for s in self.base_port + 2..=self.base_port + 4 {
+            run(s, &["SENTINEL", "MONITOR", &self.name, "127.0.0.1", &new_s, "2"]);
+            run(s, &["SENTINEL", "SET", &self.name, "down-after-milliseconds", &down]);
+        }
+    }
+
+    /// SIGSTOPs the primary: its connections stay open but nothing answers, as
+    /// with a partition. (Stopped processes are still SIGKILLed by the drop.)
+    pub fn freeze_primary(&self) {
+        signal(self.pid("primary"), "-STOP");
+    }
+
     /// SIGKILLs the primary (what it had not replicated is gone); returns when it is.
     pub fn kill_primary(&self) {
         let pid = self.pid("primary");
@@ -168,7 +214,7 @@ impl Drop for SentinelRedis {
         if std::thread::panicking() {
             eprintln!("sentinel set at failure:\n{}", self.logs());
         }
-        let _ = self.run(&["sentinel-stop"], Duration::ZERO);
+        let _ = self.run(&["sentinel-stop"], self.down_after);
         if !std::thread::panicking() && std::env::var_os("CLUSTER_TEST_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
