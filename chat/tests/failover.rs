@@ -269,7 +269,15 @@ fn a_frozen_master_is_left_by_every_bus_connection() {
     });
     let login1 = login_works(c.port(1), m, "mick", start);
     let login2 = login_works(c.port(2), m, "mick", start);
-    // Node 2 caches the group's members again...
+    // Node 2's keeper has re-claimed its users and dropped its cached members...
+    for i in [1, 2] {
+        poll(RECOVERY, "the keepers resync after the failover", || {
+            let log = std::fs::read_to_string(c.dir.join(format!("node{i}.log"))).ok()?;
+            let (_, after) = log.split_once("Redis failed over")?;
+            after.contains("flushing stored messages").then_some(())
+        });
+    }
+    // ... then caches them again ...
     gus.send(&group_chat(gu, "gus", g, "cached"));
     check_chat(&gina.recv(), 10, gu, "gus", "cached");
     // ... and must hear node 1's invalidation when gail joins there: only a
