@@ -161,17 +161,23 @@ fn sigkill_of_the_redis_primary_fails_over_and_loses_nothing() {
 fn a_claim_the_failover_lost_is_made_again_by_its_node() {
     let _serial = serial();
     let redis = SentinelRedis::start(DOWN_AFTER);
+    let wait = Duration::from_millis(1500);
     let c = Cluster::start(ClusterOpts {
         nodes: 2,
         redis: redis.url.clone(),
+        node_args: format!("--redis-wait-replicas 1 --redis-wait-ms {}", wait.as_millis()),
         ..ClusterOpts::default()
     });
     let ids = register(&c, &["lena", "luke"]);
     let (l, k) = (ids[0], ids[1]);
     let (mut luke, _) = login(c.port(2), k, "luke");
-    // Lena's claim reaches only the primary, which then dies.
+    // Lena's claim reaches only the primary, which then dies. The node waited
+    // for the replica (WAIT) as long as it was told, then went on.
     redis.cut_replica();
+    let t = Instant::now();
     let (mut lena, _) = login(c.port(1), l, "lena");
+    let waited = t.elapsed();
+    assert!(waited >= wait, "the login did not wait for the replica: {waited:?}");
     let kill = Instant::now();
     redis.kill_primary();
 
@@ -190,7 +196,10 @@ fn a_claim_the_failover_lost_is_made_again_by_its_node() {
     Client::connect(c.port(2)).login_already_online(l, "lena");
     luke.send(&one_chat(k, "luke", l, "after the failover"));
     check_chat(&lena.recv(), 6, k, "luke", "after the failover");
-    println!("failover: lena's lost claim made again {presence:.2?} after the kill");
+    println!(
+        "failover: lena's login waited {waited:.2?} for the cut replica; \
+         her lost claim was made again {presence:.2?} after the kill"
+    );
 }
 
 #[test]
