@@ -165,7 +165,10 @@ fn a_claim_the_failover_lost_is_made_again_by_its_node() {
     let c = Cluster::start(ClusterOpts {
         nodes: 2,
         redis: redis.url.clone(),
-        node_args: format!("--redis-wait-replicas 1 --redis-wait-ms {}", wait.as_millis()),
+        node_args: format!(
+            "--redis-wait-replicas 1 --redis-wait-ms {}",
+            wait.as_millis()
+        ),
         ..ClusterOpts::default()
     });
     let ids = register(&c, &["lena", "luke"]);
@@ -177,7 +180,10 @@ fn a_claim_the_failover_lost_is_made_again_by_its_node() {
     let t = Instant::now();
     let (mut lena, _) = login(c.port(1), l, "lena");
     let waited = t.elapsed();
-    assert!(waited >= wait, "the login did not wait for the replica: {waited:?}");
+    assert!(
+        waited >= wait,
+        "the login did not wait for the replica: {waited:?}"
+    );
     let kill = Instant::now();
     redis.kill_primary();
 
@@ -273,9 +279,11 @@ fn a_frozen_master_is_left_by_every_bus_connection() {
     // A frozen primary: connections to it stay open, and only timeouts tell.
     let start = Instant::now();
     redis.freeze_primary();
-    poll(Duration::from_secs(20), "the sentinels name a new master", || {
-        (redis.master_port() != first_master).then_some(())
-    });
+    poll(
+        Duration::from_secs(20),
+        "the sentinels name a new master",
+        || (redis.master_port() != first_master).then_some(()),
+    );
     let login1 = login_works(c.port(1), m, "mick", start);
     let login2 = login_works(c.port(2), m, "mick", start);
     // Node 2's keeper has re-claimed its users and dropped its cached members...

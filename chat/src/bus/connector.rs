@@ -83,9 +83,7 @@ fn parse_sentinel_url(url: &str) -> Result<SentinelUrl, String> {
         ),
         None => (None, None),
     };
-    let (hosts, path) = rest
-        .split_once('/')
-        .ok_or("no master name (…/MASTER)")?;
+    let (hosts, path) = rest.split_once('/').ok_or("no master name (…/MASTER)")?;
     let mut sentinels = Vec::new();
     for h in hosts.split(',') {
         let (host, port) = match h.rsplit_once(':') {
@@ -222,7 +220,10 @@ fn master_from(
         .query(&mut s)?;
     let Some((host, port)) = addr else {
         let msg = "the sentinel knows no master of that name";
-        return Err(RedisError::from((ErrorKind::MasterNameNotFoundBySentinel, msg)));
+        return Err(RedisError::from((
+            ErrorKind::MasterNameNotFoundBySentinel,
+            msg,
+        )));
     };
     let info = ConnectionAddr::Tcp(host.clone(), port)
         .into_connection_info()?
@@ -232,7 +233,10 @@ fn master_from(
         Role::Primary { .. } => Ok((con, format!("{host}:{port}"))),
         _ => {
             let msg = "the server the sentinel names is not a master (yet)";
-            Err(RedisError::from((ErrorKind::MasterNameNotFoundBySentinel, msg)))
+            Err(RedisError::from((
+                ErrorKind::MasterNameNotFoundBySentinel,
+                msg,
+            )))
         }
     }
 }

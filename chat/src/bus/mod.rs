@@ -27,7 +27,6 @@ mod threads;
 
 pub use threads::{parse_message, BusThreads};
 
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -370,10 +369,8 @@ impl Bus {
             Ok(mut p) => f(&mut p.con).map_err(|e| {
                 // A demoted master: fail fast until the sentinels name the new one.
                 p.demoted = e.kind() == ServerErrorKind::ReadOnly.into();
-                let fatal = e.is_io_error()
-                    || e.is_timeout()
-                    || e.is_connection_dropped()
-                    || p.demoted;
+                let fatal =
+                    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || p.demoted;
                 (e.to_string(), fatal)
             }),
             Err(e) => Err((e.to_string(), true)),

@@ -73,10 +73,7 @@ impl SentinelRedis {
             .env("CLUSTER_DIR", &self.dir)
             .env("SENTINEL_BASE_PORT", self.base_port.to_string())
             .env("SENTINEL_MASTER", &self.name)
-            .env(
-                "SENTINEL_DOWN_AFTER_MS",
-                down_after.as_millis().to_string(),
-            )
+            .env("SENTINEL_DOWN_AFTER_MS", down_after.as_millis().to_string())
             .stdin(Stdio::null())
             .output()
             .expect("run scripts/cluster.sh")
@@ -123,20 +120,27 @@ impl SentinelRedis {
                 .query::<redis::Value>(con)
                 .unwrap_or_else(|e| panic!("{args:?}: {e}"));
         };
-        q(&mut primary, &["ACL", "SETUSER", "cut", "on", ">cut", "~*", "&*", "+@all"]);
+        q(
+            &mut primary,
+            &["ACL", "SETUSER", "cut", "on", ">cut", "~*", "&*", "+@all"],
+        );
         q(&mut replica, &["CONFIG", "SET", "masteruser", "cut"]);
         q(&mut replica, &["CONFIG", "SET", "masterauth", "cut"]);
         q(&mut primary, &["CLIENT", "KILL", "TYPE", "replica"]);
         // Wait until the replica is back, as `cut`, then delete `cut`.
-        poll(Duration::from_secs(10), "replica relinks as user cut", || {
-            let users: String = redis::cmd("CLIENT")
-                .arg("LIST")
-                .arg("TYPE")
-                .arg("replica")
-                .query(&mut primary)
-                .ok()?;
-            (users.contains("user=cut") && link(&mut replica) == "up").then_some(())
-        });
+        poll(
+            Duration::from_secs(10),
+            "replica relinks as user cut",
+            || {
+                let users: String = redis::cmd("CLIENT")
+                    .arg("LIST")
+                    .arg("TYPE")
+                    .arg("replica")
+                    .query(&mut primary)
+                    .ok()?;
+                (users.contains("user=cut") && link(&mut replica) == "up").then_some(())
+            },
+        );
         q(&mut primary, &["ACL", "DELUSER", "cut"]);
         poll(Duration::from_secs(10), "replica link down", || {
             (link(&mut replica) == "down").then_some(())
@@ -175,8 +179,20 @@ impl SentinelRedis {
         run(new, &["REPLICAOF", "NO", "ONE"]);
         run(old, &["REPLICAOF", "127.0.0.1", &new_s]);
         for s in self.base_port + 2..=self.base_port + 4 {
-            run(s, &["SENTINEL", "MONITOR", &self.name, "127.0.0.1", &new_s, "2"]);
-            run(s, &["SENTINEL", "SET", &self.name, "down-after-milliseconds", &down]);
+            run(
+                s,
+                &["SENTINEL", "MONITOR", &self.name, "127.0.0.1", &new_s, "2"],
+            );
+            run(
+                s,
+                &[
+                    "SENTINEL",
+                    "SET",
+                    &self.name,
+                    "down-after-milliseconds",
+                    &down,
+                ],
+            );
         }
     }
 
