@@ -8,9 +8,9 @@ mod cluster_util;
 
 use std::time::{Duration, Instant};
 
-use cluster_util::client::{check_chat, frame_bytes, group_chat, one_chat, Client, Recv};
+use cluster_util::client::{check_chat, group_chat, one_chat, Client, Recv};
 use cluster_util::sentinel::SentinelRedis;
-use cluster_util::traffic::{Ledger, Peer, Target, Writer};
+use cluster_util::traffic::{assert_complete, settle_pair, Peer, Target, Writer};
 use cluster_util::{login, poll, register, serial, Cluster, ClusterOpts};
 
 /// The sentinels call the primary down after this much silence.
@@ -63,18 +63,24 @@ fn messages_flow(w: &Writer, p: &Peer, kill: Instant) -> Duration {
     }
 }
 
-#[test]
-fn sigkill_of_the_redis_primary_fails_over_and_loses_nothing() {
-    let _serial = serial();
+/// A Sentinel-managed Redis and two nodes on it, with `node_args`.
+fn sentinel_cluster(node_args: &str) -> (SentinelRedis, Cluster) {
     let redis = SentinelRedis::start(DOWN_AFTER);
-    let first_master = redis.master_port();
     let c = Cluster::start(ClusterOpts {
         nodes: 2,
         redis: redis.url.clone(),
-        node_ttl_ms: Some(10_000),
-        // Claims and routed frames reach the replica before the node goes on.
-        node_args: "--redis-wait-replicas 1 --redis-wait-ms 500".into(),
+        node_args: node_args.to_owned(),
+        ..ClusterOpts::default()
     });
+    (redis, c)
+}
+
+#[test]
+fn sigkill_of_the_redis_primary_fails_over_and_loses_nothing() {
+    let _serial = serial();
+    // Claims and routed frames reach the replica before the node goes on.
+    let (redis, c) = sentinel_cluster("--redis-wait-replicas 1 --redis-wait-ms 500");
+    let first_master = redis.master_port();
     let ids = register(&c, &["rita", "ruth", "lena"]);
     let (a, b, l) = (ids[0], ids[1], ids[2]);
     let pa = Peer::start(a, "rita", login(c.port(1), a, "rita").0);
@@ -112,65 +118,18 @@ fn sigkill_of_the_redis_primary_fails_over_and_loses_nothing() {
     poll(Duration::from_secs(20), "50 more messages each way", || {
         (wa.count() >= more[0] && wb.count() >= more[1]).then_some(())
     });
-    let (sa, ea) = wa.stop();
-    let (sb, eb) = wb.stop();
-    assert!(ea.is_none() && eb.is_none(), "writes failed: {ea:?} {eb:?}");
-    for (p, n) in [(&pa, sa.len()), (&pb, sb.len())] {
-        assert!(
-            p.wait(Duration::from_secs(10), |ib| ib.pongs.len() >= n),
-            "not every message of {} was handled",
-            p.id
-        );
-    }
-    // A last marker each way: once it arrives, everything routed before it has too.
-    pa.send_raw(&frame_bytes(&one_chat(a, "rita", b, "marker")))
-        .unwrap();
-    pb.send_raw(&frame_bytes(&one_chat(b, "ruth", a, "marker")))
-        .unwrap();
-    for p in [&pa, &pb] {
-        assert!(
-            p.wait(Duration::from_secs(10), |ib| ib
-                .texts()
-                .iter()
-                .any(|t| t == "marker")),
-            "marker to {}",
-            p.id
-        );
-    }
-    let mut ledger = Ledger::default();
-    for (sent, p) in [(sa, pa), (sb, pb)] {
-        p.logout();
-        ledger.settle(sent, p);
-    }
-    // The next login, on the other node, returns what was stored meanwhile.
-    let (_ca, ack) = login(c.port(2), a, "rita");
-    ledger.stored(a, &ack);
-    let (_cb, ack) = login(c.port(1), b, "ruth");
-    ledger.stored(b, &ack);
-    let t = ledger.tally(Some(kill));
-    println!("failover: {t}");
-    for d in &t.duplicated {
-        println!("failover: DUPLICATED {d:?}");
-    }
-    assert!(t.missing.is_empty(), "missing: {:?}", t.missing);
-    assert!(t.unexpected.is_empty(), "unexpected: {:?}", t.unexpected);
-    assert!(t.reordered.is_empty(), "reordered: {:?}", t.reordered);
+    let (ledger, _) = settle_pair(&c, [(wa, pa, "rita", 1), (wb, pb, "ruth", 2)]);
+    assert_complete("failover", &ledger.tally(Some(kill)));
 }
 
 #[test]
 fn a_claim_the_failover_lost_is_made_again_by_its_node() {
     let _serial = serial();
-    let redis = SentinelRedis::start(DOWN_AFTER);
     let wait = Duration::from_millis(1500);
-    let c = Cluster::start(ClusterOpts {
-        nodes: 2,
-        redis: redis.url.clone(),
-        node_args: format!(
-            "--redis-wait-replicas 1 --redis-wait-ms {}",
-            wait.as_millis()
-        ),
-        ..ClusterOpts::default()
-    });
+    let (redis, c) = sentinel_cluster(&format!(
+        "--redis-wait-replicas 1 --redis-wait-ms {}",
+        wait.as_millis()
+    ));
     let ids = register(&c, &["lena", "luke"]);
     let (l, k) = (ids[0], ids[1]);
     let (mut luke, _) = login(c.port(2), k, "luke");
@@ -226,13 +185,8 @@ fn a_master_demoted_behind_the_nodes_back_is_left() {
 /// running; logins work again and messages cross both ways, within [`RECOVERY`].
 fn nodes_follow_a_new_master(what: &str, how: fn(&SentinelRedis)) {
     let _serial = serial();
-    let redis = SentinelRedis::start(DOWN_AFTER);
+    let (redis, c) = sentinel_cluster("");
     let first_master = redis.master_port();
-    let c = Cluster::start(ClusterOpts {
-        nodes: 2,
-        redis: redis.url.clone(),
-        ..ClusterOpts::default()
-    });
     let ids = register(&c, &["mona", "milo", "mick"]);
     let (a, b, m) = (ids[0], ids[1], ids[2]);
     let (mut mona, _) = login(c.port(1), a, "mona");
@@ -262,13 +216,8 @@ fn nodes_follow_a_new_master(what: &str, how: fn(&SentinelRedis)) {
 #[test]
 fn a_frozen_master_is_left_by_every_bus_connection() {
     let _serial = serial();
-    let redis = SentinelRedis::start(DOWN_AFTER);
+    let (redis, c) = sentinel_cluster("");
     let first_master = redis.master_port();
-    let c = Cluster::start(ClusterOpts {
-        nodes: 2,
-        redis: redis.url.clone(),
-        ..ClusterOpts::default()
-    });
     let ids = register(&c, &["gina", "gus", "gail", "mick"]);
     let (gi, gu, ga, m) = (ids[0], ids[1], ids[2], ids[3]);
     let (mut gina, _) = login(c.port(1), gi, "gina");
