@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use cluster_util::client::{check_chat, group_chat, one_chat, Client, Recv};
 use cluster_util::sentinel::SentinelRedis;
 use cluster_util::traffic::{assert_complete, settle_pair, Peer, Target, Writer};
-use cluster_util::{login, poll, register, serial, Cluster, ClusterOpts};
+use cluster_util::{login, login_when_free, poll, register, serial, Cluster, ClusterOpts};
 
 /// The sentinels call the primary down after this much silence.
 const DOWN_AFTER: Duration = Duration::from_secs(2);
@@ -130,12 +130,15 @@ fn a_claim_the_failover_lost_is_made_again_by_its_node() {
         "--redis-wait-replicas 1 --redis-wait-ms {}",
         wait.as_millis()
     ));
-    let ids = register(&c, &["lena", "luke"]);
-    let (l, k) = (ids[0], ids[1]);
+    let ids = register(&c, &["lena", "luke", "lars"]);
+    let (l, k, r) = (ids[0], ids[1], ids[2]);
     let (mut luke, _) = login(c.port(2), k, "luke");
+    let (mut lars, _) = login(c.port(2), r, "lars");
     // Lena's claim reaches only the primary, which then dies. The node waited
     // for the replica (WAIT) as long as it was told, then went on.
     redis.cut_replica();
+    // Lars's logout, too, reaches only the primary.
+    lars.logout(r);
     let t = Instant::now();
     let (mut lena, _) = login(c.port(1), l, "lena");
     let waited = t.elapsed();
@@ -161,6 +164,8 @@ fn a_claim_the_failover_lost_is_made_again_by_its_node() {
     Client::connect(c.port(2)).login_already_online(l, "lena");
     luke.send(&one_chat(k, "luke", l, "after the failover"));
     check_chat(&lena.recv(), 6, k, "luke", "after the failover");
+    // Node 2 forgot lars after the failover, as it had before: he may log in on node 1.
+    login_when_free(c.port(1), r, "lars", RECOVERY);
     println!(
         "failover: lena's login waited {waited:.2?} for the cut replica; \
          her lost claim was made again {presence:.2?} after the kill"

@@ -310,18 +310,26 @@ impl Bus {
             stop: Arc::new(AtomicBool::new(false)),
             draining: parking_lot::Mutex::new(std::collections::HashSet::new()),
         });
-        let reset = bus.with_con(|c| {
-            bus.scripts
-                .reset
-                .key(&bus.keys.online)
-                .key(&bus.keys.nodeusers_me)
-                .arg(&bus.cfg.node_id)
-                .invoke::<i64>(c)
-        });
-        if let Err(e) = reset.and_then(|_| bus.heartbeat()) {
+        if let Err(e) = bus.forget_own().and_then(|_| bus.heartbeat()) {
             log::warn!("bus: Redis not reachable yet ({e}); will keep trying");
         }
         Ok(bus)
+    }
+
+    /// Forgets every presence entry that points at this node (its users are then
+    /// claimed again): what an earlier process under this id left, or what a new
+    /// master says after a failover, which may still hold releases the old master
+    /// acknowledged but never replicated.
+    fn forget_own(&self) -> Result<(), BusError> {
+        self.with_con(|c| {
+            self.scripts
+                .reset
+                .key(&self.keys.online)
+                .key(&self.keys.nodeusers_me)
+                .arg(&self.cfg.node_id)
+                .invoke::<i64>(c)
+        })?;
+        Ok(())
     }
 
     /// This node's id.

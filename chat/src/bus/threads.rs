@@ -164,6 +164,8 @@ impl Bus {
         };
         let mut tick: u32 = 0;
         let mut resync = false;
+        // A failover happened: forget this node's presence entries before the re-claim.
+        let mut forget = false;
         let mut was_down = false;
         let mut switches = self.connector.switches();
         while !self.stop.load(Ordering::Acquire) {
@@ -178,8 +180,10 @@ impl Bus {
                 Err(_) => continue,
             };
             if std::mem::replace(&mut switches, now) != now {
-                // The new master may lack claims the old one acknowledged.
+                // The new master may lack claims and releases the old one
+                // acknowledged: forget what it says is here, claim the local users.
                 log::warn!("bus: Redis failed over; re-claiming local users");
+                forget = true;
                 resync = true;
             }
             // Beats that queued up while the keeper was busy count as one.
@@ -206,7 +210,10 @@ impl Bus {
                 }
                 handler.on_heartbeat();
             }
-            if resync {
+            if forget {
+                forget = self.forget_own().is_err();
+            }
+            if resync && !forget {
                 resync = !handler.on_presence_lost();
                 if !resync {
                     handler.on_bus_restored();
