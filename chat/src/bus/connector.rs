@@ -15,11 +15,12 @@
 //! master acknowledged may not have reached the new one.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use redis::{
-    Client, Connection, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo,
-    RedisConnectionInfo, RedisError, RedisResult, Role,
+    Client, Connection, ConnectionAddr, ConnectionInfo, ConnectionLike, ErrorKind,
+    IntoConnectionInfo, RedisConnectionInfo, RedisError, RedisResult, Role,
 };
 
 use super::{BusError, IO_TIMEOUT};
@@ -195,6 +196,37 @@ impl Connector {
     /// from any thread.
     pub(super) fn switches(&self) -> u64 {
         self.switches.load(Ordering::Acquire)
+    }
+}
+
+/// An r2d2 manager for Redis connections with I/O timeouts, made by the connector.
+pub(super) struct Manager(pub(super) Arc<Connector>);
+
+/// A pooled connection.
+pub(super) struct Pooled {
+    pub(super) con: Connection,
+    /// It answered READONLY: it points at a master that was demoted to a replica
+    /// in a failover, and must be replaced by one to the new master.
+    pub(super) demoted: bool,
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Pooled;
+    type Error = redis::RedisError;
+
+    fn connect(&self) -> RedisResult<Pooled> {
+        Ok(Pooled {
+            con: self.0.connect()?,
+            demoted: false,
+        })
+    }
+
+    fn is_valid(&self, p: &mut Pooled) -> RedisResult<()> {
+        redis::cmd("PING").query(&mut p.con)
+    }
+
+    fn has_broken(&self, p: &mut Pooled) -> bool {
+        p.demoted || !p.con.is_open()
     }
 }
 

@@ -31,10 +31,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redis::{Connection, ConnectionLike, RedisResult, Script, ServerErrorKind};
+use redis::{Connection, RedisResult, Script, ServerErrorKind};
 use serde_json::json;
 
-use connector::Connector;
+use connector::{Connector, Manager};
 
 /// How long a failed Redis call makes the bus fail fast before trying again.
 const BREAKER: Duration = Duration::from_millis(500);
@@ -174,37 +174,6 @@ pub trait BusHandler: Send + Sync {
     /// After each successful heartbeat, on the keeper thread: retry work that
     /// failed while Redis was unreachable.
     fn on_heartbeat(&self);
-}
-
-/// An r2d2 manager for Redis connections with I/O timeouts, made by the connector.
-struct Manager(Arc<Connector>);
-
-/// A pooled connection.
-struct Pooled {
-    con: Connection,
-    /// It answered READONLY: it points at a master that was demoted to a replica
-    /// in a failover, and must be replaced by one to the new master.
-    demoted: bool,
-}
-
-impl r2d2::ManageConnection for Manager {
-    type Connection = Pooled;
-    type Error = redis::RedisError;
-
-    fn connect(&self) -> RedisResult<Pooled> {
-        Ok(Pooled {
-            con: self.0.connect()?,
-            demoted: false,
-        })
-    }
-
-    fn is_valid(&self, p: &mut Pooled) -> RedisResult<()> {
-        redis::cmd("PING").query(&mut p.con)
-    }
-
-    fn has_broken(&self, p: &mut Pooled) -> bool {
-        p.demoted || !p.con.is_open()
-    }
 }
 
 struct Keys {
