@@ -147,17 +147,6 @@ impl SentinelRedis {
         });
     }
 
-    /// Asks a sentinel for a failover now (`SENTINEL FAILOVER`): the replica is
-    /// promoted and the primary, still running, becomes its replica.
-    pub fn failover(&self) {
-        let url = format!("redis://127.0.0.1:{}", self.base_port + 2);
-        redis::cmd("SENTINEL")
-            .arg("FAILOVER")
-            .arg(&self.name)
-            .query::<String>(&mut redis_con(&url).expect("a sentinel"))
-            .expect("SENTINEL FAILOVER");
-    }
-
     /// Swaps the roles behind the nodes' backs, as a partition healing late can:
     /// the replica becomes master, the primary its replica (its clients stay
     /// connected and get READONLY), and the sentinels are told to monitor the new
