@@ -105,6 +105,8 @@ pub mod errno {
     pub const SERVER_FULL: i64 = 112;
     /// No login within the time limit after connecting; the connection is closed.
     pub const LOGIN_TIMEOUT: i64 = 113;
+    /// An operator disconnected the user (admin kick); the connection is closed.
+    pub const KICKED: i64 = 135;
 
     /// The addressed user does not exist.
     pub const NO_SUCH_USER: i64 = 201;

@@ -7,17 +7,21 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+mod admin;
 mod cluster;
+mod login;
 
-use crate::bus::{Bus, Claim};
+pub use admin::Kick;
+
+use crate::audit::End;
+use crate::bus::Bus;
 use crate::hub::Hub;
 use crate::member_cache::MemberCache;
-use crate::password::{self, Verified};
-use crate::protocol::{
-    self, errno, msgid, Friend, GroupInfo, Member, Parsed, ProtocolError, Request,
-};
+use crate::password;
+use crate::protocol::{self, errno, msgid, Parsed, ProtocolError, Request};
 use crate::router::{Fast, Outcome, Router};
-use crate::session::{Job, Session, User};
+use crate::session::{Job, Session};
+use crate::stats::Stats;
 use crate::store::{AddFriend, JoinGroup, Store, StoreError};
 use crate::timefmt;
 
@@ -58,6 +62,8 @@ pub struct ChatService {
     loops: std::sync::OnceLock<Vec<net::LoopHandle>>,
     /// Set at a clean shutdown once every session is signed out.
     closing: std::sync::atomic::AtomicBool,
+    /// The server's counters (shared with the router, the sessions and the admin).
+    stats: Arc<Stats>,
 }
 
 impl ChatService {
@@ -77,8 +83,10 @@ impl ChatService {
         // Standalone, every change goes through this cache; in a cluster another
         // node's invalidation can be lost while Redis is down, so entries expire.
         let cache_ttl = bus.as_ref().map(|_| Duration::from_secs(30));
+        let stats = Arc::new(Stats::default());
         ChatService {
-            router: Router::new(store.clone(), bus),
+            router: Router::new(store.clone(), bus, stats.clone()),
+            stats,
             store,
             handlers,
             members: MemberCache::new(cache_ttl),
@@ -91,6 +99,11 @@ impl ChatService {
     /// Tells the service the server's IO loops (once, after they started).
     pub fn set_io_loops(&self, loops: Vec<net::LoopHandle>) {
         let _ = self.loops.set(loops);
+    }
+
+    /// The server's counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
     }
 
     /// The store.
@@ -112,20 +125,25 @@ impl ChatService {
     pub fn run_job(&self, session: &Arc<Session>, job: Job) {
         match job {
             Job::Request(parsed) => self.dispatch(session, parsed),
-            Job::Reply(frame) => session.reply(frame),
-            Job::Fatal(frame) => {
+            Job::Refused {
+                frame,
+                errno,
+                msgid,
+            } => {
+                let peer = session.peer;
+                self.stats
+                    .protocol_error_from(session.user_id(), peer, errno, msgid);
                 session.reply(frame);
-                self.sign_out(session);
-                session.conn.shutdown();
-                let conn = session.conn.clone();
-                session
-                    .conn
-                    .loop_handle()
-                    .run_after(std::time::Duration::from_secs(2), move |_| {
-                        conn.force_close()
-                    });
             }
-            Job::Closed => self.sign_out(session),
+            Job::Fatal(frame, errno) => {
+                let peer = session.peer;
+                self.stats
+                    .protocol_error_from(session.user_id(), peer, errno, -1);
+                close_after(session, frame, || {
+                    self.sign_out(session, End::ProtocolError)
+                });
+            }
+            Job::Closed => self.sign_out(session, End::Closed),
             Job::Drained => {
                 session.end_drain();
                 match session.user() {
@@ -139,7 +157,7 @@ impl ChatService {
                 crate::gateway::resume_session(session);
             }
             Job::Shutdown => {
-                self.sign_out(session);
+                self.sign_out(session, End::Shutdown);
                 session.conn.shutdown();
             }
             Job::Route { to, text } => {
@@ -184,6 +202,9 @@ impl ChatService {
     }
 
     fn send_error(&self, session: &Session, e: &ProtocolError) {
+        let msgid = e.msgid.unwrap_or(-1);
+        self.stats
+            .protocol_error_from(session.user_id(), session.peer, e.errno, msgid);
         session.reply(protocol::encode(&protocol::error(e)));
     }
 
@@ -212,233 +233,6 @@ impl ChatService {
             session.reply(protocol::encode(&protocol::ack(
                 reqmsgid, code, errmsg, extra,
             )));
-        }
-    }
-
-    fn login(&self, session: &Arc<Session>, parsed: Parsed) -> Result<()> {
-        let Request::Login { id, password } = parsed.req else {
-            unreachable!("handler registered for LOGIN")
-        };
-        if let Some(current) = session.user() {
-            return Err(ServiceError::Protocol(ProtocolError::already_logged_in(
-                current.id,
-            )));
-        }
-        let invalid = || {
-            protocol::encode(&protocol::login_err(
-                errno::INVALID_CREDENTIALS,
-                protocol::MSG_INVALID_CREDENTIALS,
-            ))
-        };
-        let Some(row) = self.store.user(id)? else {
-            session.reply(invalid());
-            return Ok(());
-        };
-        match password::verify(&row.password, &password) {
-            Verified::Mismatch => {
-                session.reply(invalid());
-                return Ok(());
-            }
-            Verified::OkLegacyPlaintext => {
-                self.store.set_password(id, &password::hash(&password))?;
-            }
-            Verified::Ok => {}
-        }
-
-        // Claim the user and take its offline messages under the user's shard lock.
-        let mut drains = 0;
-        let offline = loop {
-            let mut shard = self.hub().lock(id);
-            let already = || {
-                protocol::encode(&protocol::login_err(
-                    errno::ALREADY_ONLINE,
-                    protocol::MSG_ALREADY_ONLINE,
-                ))
-            };
-            if shard.contains_key(&id) {
-                drop(shard);
-                session.reply(already());
-                return Ok(());
-            }
-            if let Some(bus) = self.bus() {
-                match bus.claim(id) {
-                    Ok(Claim::Claimed) => {
-                        self.unreleased.lock().remove(&id);
-                    }
-                    Ok(Claim::Orphaned(node)) => {
-                        // The user was on a dead node whose undelivered frames are
-                        // still in its stream: store them first, so this login's
-                        // offline messages include them, then claim again.
-                        drop(shard);
-                        drains += 1;
-                        if drains > 3 || !self.drain_dead(bus, &node, false) {
-                            // Another drain is at it (a worker never waits for
-                            // one: after a crash all of the node's users come
-                            // back at once), or Redis failed: try again shortly.
-                            self.send_unavailable(session, msgid::LOGIN);
-                            return Ok(());
-                        }
-                        continue;
-                    }
-                    Ok(Claim::Taken(node)) => {
-                        drop(shard);
-                        log::debug!("user {id} is online on node {node}");
-                        session.reply(already());
-                        return Ok(());
-                    }
-                    Err(e) => {
-                        drop(shard);
-                        log::warn!("login {id}: {e}");
-                        self.send_unavailable(session, msgid::LOGIN);
-                        return Ok(());
-                    }
-                }
-            }
-            session.hold();
-            shard.insert(id, session.clone());
-            match self.store.take_offline(id) {
-                Ok(msgs) => break msgs,
-                Err(e) => {
-                    shard.remove(&id);
-                    self.release_presence(id);
-                    drop(shard);
-                    // Nothing was taken: held frames (if the connection also closed)
-                    // go back to the store.
-                    if let Err(held) = session.release(None) {
-                        self.restore(id, held.iter().map(|f| frame_text(f)));
-                    }
-                    return Err(e.into());
-                }
-            }
-        };
-        session.set_user(Some(User {
-            id,
-            name: row.name.clone(),
-        }));
-        if let Err(e) = self.store.set_state(id, true) {
-            log::warn!("user {id}: state column not updated: {e}");
-        }
-        let ack = match self.login_view(id) {
-            Ok((friends, groups)) => protocol::login_ok(id, &row.name, &friends, &groups, &offline),
-            Err(e) => {
-                // The messages were taken: deliver them rather than lose them.
-                log::warn!("user {id}: friends/groups not loaded: {e}");
-                protocol::login_ok(id, &row.name, &[], &[], &offline)
-            }
-        };
-        if let Err(held) = session.release(Some(protocol::encode(&ack))) {
-            // The connection closed while the login ran: the ACK (with the offline
-            // messages in it) and what was held cannot be delivered; store them
-            // again and undo the login.
-            log::debug!("user {id}: connection closed during login");
-            self.restore(id, offline.iter().map(String::as_str));
-            self.restore(id, held.iter().map(|f| frame_text(f)));
-            self.sign_out(session);
-        }
-        Ok(())
-    }
-
-    /// Friends and groups with live presence, for the LOGIN_ACK.
-    fn login_view(
-        &self,
-        id: i64,
-    ) -> std::result::Result<(Vec<Friend>, Vec<GroupInfo>), StoreError> {
-        let friends = self.store.friends(id)?;
-        let groups = self.store.groups_of(id)?;
-        let mut ids: Vec<i64> = friends.iter().map(|(f, _)| *f).collect();
-        ids.extend(groups.iter().flat_map(|g| g.members.iter().map(|m| m.id)));
-        ids.sort_unstable();
-        ids.dedup();
-        let online: HashMap<i64, bool> =
-            ids.iter().copied().zip(self.router.online(&ids)).collect();
-        let is_online = |u: i64| online.get(&u).copied().unwrap_or(false);
-        let friends = friends
-            .into_iter()
-            .map(|(fid, name)| Friend {
-                id: fid,
-                name,
-                online: is_online(fid),
-            })
-            .collect();
-        let groups = groups
-            .into_iter()
-            .map(|g| GroupInfo {
-                id: g.id,
-                name: g.name,
-                desc: g.desc,
-                members: g
-                    .members
-                    .into_iter()
-                    .map(|m| Member {
-                        id: m.id,
-                        name: m.name,
-                        role: m.role,
-                        online: is_online(m.id),
-                    })
-                    .collect(),
-            })
-            .collect();
-        Ok((friends, groups))
-    }
-
-    fn logout(&self, session: &Arc<Session>, _parsed: Parsed) -> Result<()> {
-        self.sign_out(session);
-        self.ack(session, msgid::LOGINOUT, errno::OK, "logged out", &[]);
-        Ok(())
-    }
-
-    /// Logs the connection's user out, if any: presence first, then the state column.
-    fn sign_out(&self, session: &Arc<Session>) {
-        let Some(user) = session.user() else {
-            return;
-        };
-        session.set_user(None);
-        let removed = {
-            // Presence goes with the hub entry under one shard lock, so a new login
-            // of the same user on this node (which takes that lock) cannot have its
-            // fresh claim released by this late sign-out.
-            let mut shard = self.hub().lock(user.id);
-            let ours = shard.get(&user.id).is_some_and(|s| s.id() == session.id());
-            if ours {
-                shard.remove(&user.id);
-                self.release_presence(user.id);
-            }
-            ours
-        };
-        if removed {
-            if let Err(e) = self.store.set_state(user.id, false) {
-                log::warn!("user {}: state column not updated: {e}", user.id);
-            }
-        }
-    }
-
-    /// Drops the cluster presence of a user this node held.
-    /// The caller holds the user's shard lock.
-    fn release_presence(&self, id: i64) {
-        if let Some(bus) = self.bus() {
-            if let Err(e) = bus.release(id) {
-                log::warn!("user {id}: presence not released ({e}); retried by the keeper");
-                self.unreleased.lock().insert(id);
-            }
-        }
-    }
-
-    /// Stores frames again for `user` (ones that could not be delivered after all).
-    fn restore<'a>(&self, user: i64, texts: impl Iterator<Item = &'a str>) {
-        for t in texts.filter(|t| !t.is_empty()) {
-            if let Err(e) = self.store.store_offline(user, t) {
-                log::error!("lost a frame for {user}: {e}");
-            }
-        }
-    }
-
-    /// Signs out every session of this node (clean shutdown, or a claim lost to
-    /// another node): presence and the state column of these users only.
-    pub fn sign_out_all(&self) {
-        for id in self.hub().online_users() {
-            if let Some(session) = self.hub().get(id) {
-                self.sign_out(&session);
-            }
         }
     }
 
@@ -662,6 +456,19 @@ impl ChatService {
         session.reply(protocol::encode(&protocol::pong()));
         Ok(())
     }
+}
+
+/// Sends a final frame, runs `sign_out`, and closes the connection once the frame
+/// is written (or after a grace period).
+fn close_after(session: &Session, frame: Vec<u8>, sign_out: impl FnOnce()) {
+    session.reply(frame);
+    sign_out();
+    session.conn.shutdown();
+    let conn = session.conn.clone();
+    session
+        .conn
+        .loop_handle()
+        .run_after(Duration::from_secs(2), move |_| conn.force_close());
 }
 
 /// A wire frame's JSON text (without its NUL).
