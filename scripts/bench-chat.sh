@@ -5,7 +5,8 @@
 #   scripts/bench-chat.sh [SCENARIO...]
 #
 # Scenarios: o2o-100 o2o-1000 o2o-10000 o2o-open cluster-o2o group-100 group-1000
-# login idle-10000 idle-50000 (default: all). Environment: OUT (default
+# login idle-10000 idle-50000 (default: all), and cluster-o2o-sentinel,
+# cluster-o2o-wait (cluster-o2o on a Sentinel-managed Redis, without and with WAIT). Environment: OUT (default
 # /tmp/chat-bench-results), DURATION (seconds per run, default 10), SERVER_ARGS
 # (extra ChatServer options). Servers run on SQLite files in $OUT with cheap
 # password hashing (--argon2-memory-kib 64 --argon2-passes 1) so that setting up
@@ -52,6 +53,17 @@ run() { # run NAME ARGS...
     tail -n 1 "$out/$name.out"
 }
 
+cluster_o2o() { # cluster_o2o NAME REDIS_URL [NODE_ARGS...]: two nodes, N = 1,000 across them
+    local name=$1 redis=$2 dir=$out/cluster
+    shift 2
+    CLUSTER_DIR=$dir BASE_PORT=7101 LB_PORT=7199 CHAT_DB=mysql://root@127.0.0.1:3306/chat_bench \
+        CHAT_REDIS=$redis CHAT_REDIS_PREFIX=bench NODE_ARGS="${common[*]} $*" CHAT_BIN=$server \
+        "$root/scripts/cluster.sh" start 2 >&2
+    run "$name" one-to-one --targets 127.0.0.1:7101,127.0.0.1:7102 -n 1000 -w 4 -t 1 -d "$dur" || true
+    CLUSTER_DIR=$dir LB_PORT=7199 "$root/scripts/cluster.sh" stop >&2
+    mariadb -uroot -e "DROP DATABASE IF EXISTS chat_bench"
+}
+
 scenario() {
     case $1 in
     o2o-100)
@@ -73,13 +85,17 @@ scenario() {
             --rate "${RATE:-40000}"
         ;;
     cluster-o2o)
-        local dir=$out/cluster
-        CLUSTER_DIR=$dir BASE_PORT=7101 LB_PORT=7199 CHAT_DB=mysql://root@127.0.0.1:3306/chat_bench \
-            CHAT_REDIS_PREFIX=bench NODE_ARGS="${common[*]}" CHAT_BIN=$server \
-            "$root/scripts/cluster.sh" start 2 >&2
-        run cluster-o2o one-to-one --targets 127.0.0.1:7101,127.0.0.1:7102 -n 1000 -w 4 -t 1 -d "$dur" || true
-        CLUSTER_DIR=$dir LB_PORT=7199 "$root/scripts/cluster.sh" stop >&2
-        mariadb -uroot -e "DROP DATABASE IF EXISTS chat_bench"
+        cluster_o2o cluster-o2o redis://127.0.0.1:6379
+        ;;
+    cluster-o2o-sentinel | cluster-o2o-wait)
+        # The same on a Redis primary + replica + three sentinels of cluster.sh;
+        # -wait: each claim and routed frame waits for the replica (WAIT 1).
+        local sdir=$out/sentinel url
+        url=$(CLUSTER_DIR=$sdir SENTINEL_BASE_PORT=7300 "$root/scripts/cluster.sh" sentinel-start)
+        local wait=()
+        [ "$1" = cluster-o2o-wait ] && wait=(--redis-wait-replicas 1)
+        cluster_o2o "$1" "$url" "${wait[@]}"
+        CLUSTER_DIR=$sdir "$root/scripts/cluster.sh" sentinel-stop >&2
         ;;
     group-100)
         start_server s 7001

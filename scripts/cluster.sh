@@ -5,6 +5,10 @@
 #   scripts/cluster.sh start [N]   start N nodes (default 2) and nginx
 #   scripts/cluster.sh stop        stop them (SIGTERM: a clean shutdown)
 #   scripts/cluster.sh status      show what runs
+#   scripts/cluster.sh sentinel-start   a Redis primary, one replica and three
+#                                  sentinels under $CLUSTER_DIR/sentinel; prints the
+#                                  redis+sentinel:// URL to give the nodes as CHAT_REDIS
+#   scripts/cluster.sh sentinel-stop    stop them (SIGKILL: they keep nothing)
 #   scripts/cluster.sh --help      this text
 #
 # `start` refuses to begin when a node port or the nginx port is already taken, and
@@ -21,6 +25,9 @@
 #   ADMIN_BASE_PORT  if set, node i serves /healthz, /readyz, /metrics (and the
 #                 admin routes, given CHAT_ADMIN_TOKEN) on 127.0.0.1:ADMIN_BASE_PORT+i-1
 #   NODE_ARGS     extra ChatServer options
+#   SENTINEL_BASE_PORT  primary port, then replica +1, sentinels +2..+4 (default 26400)
+#   SENTINEL_MASTER     the master's name in the sentinels (default chat)
+#   SENTINEL_DOWN_AFTER_MS  silence after which a sentinel calls the primary down (default 2000)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=${CLUSTER_DIR:-/tmp/chat-cluster}
@@ -161,10 +168,92 @@ status() {
     fi
 }
 
+# --- Redis under Sentinel: primary, replica, three sentinels, all on 127.0.0.1 ---
+
+sentinel_ports() { # sets s_primary s_replica s_sentinels
+    local b=${SENTINEL_BASE_PORT:-26400}
+    s_primary=$b
+    s_replica=$((b + 1))
+    s_sentinels="$((b + 2)) $((b + 3)) $((b + 4))"
+}
+
+sentinel_start() {
+    local sdir="$dir/sentinel" name=${SENTINEL_MASTER:-chat} down=${SENTINEL_DOWN_AFTER_MS:-2000}
+    sentinel_ports
+    if ls "$sdir"/*.pid >/dev/null 2>&1; then
+        log "sentinel set already running in $sdir (sentinel-stop it first)"
+        exit 1
+    fi
+    command -v redis-sentinel >/dev/null 2>&1 \
+        || { log "redis-sentinel missing: run scripts/ensure-services.sh"; exit 1; }
+    mkdir -p "$sdir"
+    # No persistence: a killed Redis comes back empty, which is what failover is for.
+    # Diskless sync without delay: the replica is in sync within moments.
+    local common=(--bind 127.0.0.1 --save "" --appendonly no --daemonize no
+                  --repl-diskless-sync yes --repl-diskless-sync-delay 0)
+    nohup redis-server --port "$s_primary" --dir "$sdir" "${common[@]}" \
+        >"$sdir/primary.log" 2>&1 &
+    echo $! >"$sdir/primary.pid"
+    nohup redis-server --port "$s_replica" --dir "$sdir" --replicaof 127.0.0.1 "$s_primary" \
+        "${common[@]}" >"$sdir/replica.log" 2>&1 &
+    echo $! >"$sdir/replica.pid"
+    local i=0 p
+    for p in $s_sentinels; do
+        i=$((i + 1))
+        # A sentinel rewrites its config file: each gets its own.
+        cat >"$sdir/sentinel$i.conf" <<EOF
+port $p
+bind 127.0.0.1
+daemonize no
+dir $sdir
+sentinel monitor $name 127.0.0.1 $s_primary 2
+sentinel down-after-milliseconds $name $down
+sentinel failover-timeout $name 10000
+sentinel parallel-syncs $name 1
+EOF
+        nohup redis-sentinel "$sdir/sentinel$i.conf" >"$sdir/sentinel$i.log" 2>&1 &
+        echo $! >"$sdir/sentinel$i.pid"
+    done
+    # Ready when the replica is in sync and every sentinel knows the replica and
+    # the two other sentinels (a failover needs them).
+    local ok=0 m
+    for _ in $(seq 1 300); do
+        ok=1
+        redis-cli -p "$s_replica" info replication 2>/dev/null | grep -q 'master_link_status:up' || ok=0
+        for p in $s_sentinels; do
+            m=$(redis-cli -p "$p" sentinel master "$name" 2>/dev/null | tr -d '\r' | paste - - || true)
+            { grep -qx $'num-slaves\t1' <<<"$m" && grep -qx $'num-other-sentinels\t2' <<<"$m"; } || ok=0
+        done
+        [ "$ok" = 1 ] && break
+        sleep 0.1
+    done
+    if [ "$ok" != 1 ]; then
+        log "sentinel set did not come up within 30 s; see $sdir/*.log"
+        sentinel_stop
+        exit 1
+    fi
+    local url="redis+sentinel://" sep=""
+    for p in $s_sentinels; do url+="${sep}127.0.0.1:$p"; sep=","; done
+    log "Redis primary :$s_primary, replica :$s_replica, sentinels :${s_sentinels// /,:} in $sdir"
+    echo "$url/$name"
+}
+
+sentinel_stop() {
+    local f sdir="$dir/sentinel"
+    for f in "$sdir"/*.pid; do
+        [ -f "$f" ] || continue
+        kill -KILL "$(cat "$f")" 2>/dev/null || true
+        rm -f "$f"
+    done
+    log "sentinel set stopped"
+}
+
 case "${1:-}" in
     start) start "${2:-2}" ;;
     stop) stop ;;
     status) status ;;
+    sentinel-start) sentinel_start ;;
+    sentinel-stop) sentinel_stop ;;
     -h | --help | help) usage ;;
-    *) echo "usage: $0 start [N] | stop | status | --help" >&2; exit 2 ;;
+    *) echo "usage: $0 start [N] | stop | status | sentinel-start | sentinel-stop | --help" >&2; exit 2 ;;
 esac

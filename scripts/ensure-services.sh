@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure the services the test suite talks to are installed and running:
-# MariaDB (127.0.0.1:3306, root, empty password), Redis (127.0.0.1:6379) and the
-# nginx binary (the cluster tests start their own nginx with a private config).
+# MariaDB (127.0.0.1:3306, root, empty password), Redis (127.0.0.1:6379), the
+# redis-sentinel binary and the nginx binary (the cluster tests start their own nginx with a private config).
 # Idempotent; run as root. A service that cannot be brought up is an error.
 set -euo pipefail
 
@@ -53,6 +53,15 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
     wait_for Redis 30 redis-cli -h 127.0.0.1 -p 6379 ping
 fi
 log "Redis up"
+
+# --- Redis Sentinel (binary only: cluster.sh and the failover test run their own
+# primary, replica and sentinels on private ports) ---
+if ! command -v redis-sentinel >/dev/null 2>&1; then
+    apt_install redis-sentinel
+    # Debian's package may start a system sentinel on 26379; we never use it.
+    if command -v service >/dev/null 2>&1; then service redis-sentinel stop >/dev/null 2>&1 || true; fi
+fi
+log "redis-sentinel present"
 
 # --- nginx (binary only: the cluster script and tests run their own instance) ---
 # The stream (TCP) module is a separate package on Debian.

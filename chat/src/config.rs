@@ -7,7 +7,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::admin::AdminOptions;
 
-use crate::bus::{new_node_id, BusConfig};
+use crate::bus::{new_node_id, BusConfig, WaitReplicas};
 use crate::codec::DEFAULT_FRAME_LIMIT;
 use crate::gateway::Limits;
 use crate::server::ServerOptions;
@@ -32,10 +32,19 @@ pub struct Config {
     /// `mysql://user:pass@host:port/db` (the database and tables are created or upgraded).
     #[arg(long, env = "CHAT_DB", default_value = "sqlite:chat.db")]
     pub db: String,
-    /// Redis URL (`redis://127.0.0.1:6379`): run as a cluster node. Without it the
-    /// node routes locally.
+    /// Redis URL: run as a cluster node. Without it the node routes locally. Either
+    /// one Redis (`redis://127.0.0.1:6379[/DB]`) or a Sentinel-managed master
+    /// (`redis+sentinel://HOST:PORT,HOST:PORT,.../MASTER[/DB]`), followed through failovers.
     #[arg(long, env = "CHAT_REDIS")]
     pub redis: Option<String>,
+    /// Replicas that must have each presence claim and routed frame before the node
+    /// goes on (Redis WAIT), so a failover cannot lose it (0: do not wait).
+    #[arg(long, env = "CHAT_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+    /// How long a WAIT for replicas may take. After a shortfall (the replicas are
+    /// down or slow) the node stops waiting for a second.
+    #[arg(long, env = "CHAT_REDIS_WAIT_MS", default_value_t = 200)]
+    pub redis_wait_ms: u64,
     /// Prefix of every Redis key and channel (nodes of one cluster share it).
     #[arg(long, env = "CHAT_REDIS_PREFIX", default_value = "chat")]
     pub redis_prefix: String,
@@ -205,6 +214,10 @@ impl Config {
                 prefix: self.redis_prefix.clone(),
                 node_id: self.node_id.clone().unwrap_or_else(new_node_id),
                 node_ttl: std::time::Duration::from_millis(self.node_ttl_ms.max(1000)),
+                wait: WaitReplicas {
+                    replicas: self.redis_wait_replicas,
+                    timeout: std::time::Duration::from_millis(self.redis_wait_ms.max(1)),
+                },
             }),
         })
     }

@@ -44,6 +44,7 @@ fn bus(url: &str, prefix: &str, node: &str) -> Option<BusConfig> {
         prefix: prefix.to_owned(),
         node_id: node.to_owned(),
         node_ttl: Duration::from_secs(2),
+        wait: Default::default(),
     })
 }
 

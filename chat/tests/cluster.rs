@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use cluster_util::client::{
     ack_list, check_chat, frame_bytes, friend_state, group_chat, member_state, one_chat, Client,
 };
-use cluster_util::traffic::{Ledger, Missing, Peer, Target, Writer};
+use cluster_util::traffic::{assert_complete, settle_pair, Ledger, Missing, Peer, Target, Writer};
 use cluster_util::{
     login, login_when_free, poll, register, serial, Cluster, ClusterOpts, RedisServer,
 };
@@ -453,6 +453,7 @@ fn redis_restart_mid_traffic_loses_nothing_and_presence_comes_back() {
         nodes: 2,
         redis: redis.url(),
         node_ttl_ms: Some(2000),
+        ..ClusterOpts::default()
     });
     let ids = register(&c, &["rita", "ruth"]);
     let (a, b) = (ids[0], ids[1]);
@@ -560,49 +561,8 @@ fn redis_restart_mid_traffic_loses_nothing_and_presence_comes_back() {
          live delivery back {ra:.2?} (rita->ruth) / {rb:.2?} (ruth->rita)"
     );
 
-    let (sa, ea) = wa.stop();
-    let (sb, eb) = wb.stop();
-    assert!(ea.is_none() && eb.is_none(), "writes failed: {ea:?} {eb:?}");
-    for (p, n) in [(&pa, sa.len()), (&pb, sb.len())] {
-        assert!(
-            p.wait(Duration::from_secs(10), |ib| ib.pongs.len() >= n),
-            "not every message of {} was handled",
-            p.id
-        );
-    }
-    // A last marker each way: once it arrives, everything routed before it has too.
-    pa.send_raw(&frame_bytes(&one_chat(a, "rita", b, "marker")))
-        .unwrap();
-    pb.send_raw(&frame_bytes(&one_chat(b, "ruth", a, "marker")))
-        .unwrap();
-    for p in [&pa, &pb] {
-        assert!(
-            p.wait(Duration::from_secs(10), |ib| ib
-                .texts()
-                .iter()
-                .any(|t| t == "marker")),
-            "marker to {}",
-            p.id
-        );
-    }
-    let mut ledger = Ledger::default();
-    for (sent, p) in [(sa.clone(), pa), (sb.clone(), pb)] {
-        p.logout();
-        ledger.settle(sent, p);
-    }
-    // The next login, on the other node, returns what was stored meanwhile.
-    let (_ca, ack) = login(c.port(2), a, "rita");
-    ledger.stored(a, &ack);
-    let (_cb, ack) = login(c.port(1), b, "ruth");
-    ledger.stored(b, &ack);
-    let t = ledger.tally(None);
-    println!("redis restart: {t}");
-    for d in &t.duplicated {
-        println!("redis restart: DUPLICATED {d:?}");
-    }
-    assert!(t.missing.is_empty(), "missing: {:?}", t.missing);
-    assert!(t.unexpected.is_empty(), "unexpected: {:?}", t.unexpected);
-    assert!(t.reordered.is_empty(), "reordered: {:?}", t.reordered);
+    let (ledger, [sa, sb]) = settle_pair(&c, [(wa, pa, "rita", 1), (wb, pb, "ruth", 2)]);
+    assert_complete("redis restart", &ledger.tally(None));
     let during: Vec<(i64, String)> = sa
         .iter()
         .chain(&sb)

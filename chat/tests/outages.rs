@@ -236,6 +236,7 @@ fn node_options(url: &str, prefix: &str, id: &str, ttl: Duration) -> ServerOptio
             prefix: prefix.to_owned(),
             node_id: id.to_owned(),
             node_ttl: ttl,
+            wait: Default::default(),
         }),
         ..ServerOptions::default()
     }

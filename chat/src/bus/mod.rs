@@ -21,6 +21,7 @@
 //! their place among the frames.
 
 mod admin;
+mod connector;
 mod scripts;
 mod stream;
 mod threads;
@@ -32,13 +33,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redis::{Connection, ConnectionLike, RedisResult, Script};
+use redis::{Connection, RedisResult, Script, ServerErrorKind};
 use serde_json::json;
+
+use connector::{Connector, Manager};
 
 /// How long a failed Redis call makes the bus fail fast before trying again.
 const BREAKER: Duration = Duration::from_millis(500);
 /// Read/write timeout of every Redis call, so a hung Redis cannot hang a worker.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long writes stop waiting for replicas after a WAIT fell short.
+const WAIT_PAUSE: Duration = Duration::from_secs(1);
 /// How often the keeper sweeps dead nodes, in heartbeats.
 const SWEEP_EVERY: u32 = 4;
 /// How long the stream reader blocks in one XREAD when the stream is empty.
@@ -56,7 +61,8 @@ const DELIVERY_WAIT: Duration = Duration::from_secs(1);
 /// Settings of the Redis bus.
 #[derive(Debug, Clone)]
 pub struct BusConfig {
-    /// `redis://host:port[/db]`.
+    /// `redis://host:port[/db]`, or
+    /// `redis+sentinel://host:port[,host:port…]/master[/db]` (see docs/protocol.md §9).
     pub url: String,
     /// Prefix of every key and channel, so deployments (and tests) can share a Redis.
     pub prefix: String,
@@ -65,6 +71,18 @@ pub struct BusConfig {
     /// How long the node stays "alive" without a heartbeat; its users become free
     /// to log in elsewhere this long after it dies.
     pub node_ttl: Duration,
+    /// How many replicas must have a presence claim or a routed frame before the
+    /// node goes on (Redis `WAIT`), so that a failover cannot lose it.
+    pub wait: WaitReplicas,
+}
+
+/// How many replicas a write must reach (`WAIT`), and how long to wait for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WaitReplicas {
+    /// Replicas that must acknowledge the write (0: do not wait).
+    pub replicas: u32,
+    /// How long to wait for them at most.
+    pub timeout: Duration,
 }
 
 /// A Redis failure (unreachable, timed out, or an error reply).
@@ -167,29 +185,6 @@ pub trait BusHandler: Send + Sync {
     fn on_heartbeat(&self);
 }
 
-/// An r2d2 manager for Redis connections with I/O timeouts.
-struct Manager(redis::Client);
-
-impl r2d2::ManageConnection for Manager {
-    type Connection = Connection;
-    type Error = redis::RedisError;
-
-    fn connect(&self) -> RedisResult<Connection> {
-        let con = self.0.get_connection_with_timeout(IO_TIMEOUT)?;
-        con.set_read_timeout(Some(IO_TIMEOUT))?;
-        con.set_write_timeout(Some(IO_TIMEOUT))?;
-        Ok(con)
-    }
-
-    fn is_valid(&self, con: &mut Connection) -> RedisResult<()> {
-        redis::cmd("PING").query(con)
-    }
-
-    fn has_broken(&self, con: &mut Connection) -> bool {
-        !con.is_open()
-    }
-}
-
 struct Keys {
     online: String,
     nodes: String,
@@ -220,12 +215,14 @@ struct Scripts {
 /// The Redis connection pool, scripts and keys of one node. Safe to share between threads.
 pub struct Bus {
     cfg: BusConfig,
-    client: redis::Client,
+    connector: Arc<Connector>,
     pool: r2d2::Pool<Manager>,
     keys: Keys,
     scripts: Scripts,
     /// Milliseconds since `epoch` until which calls fail fast (a circuit breaker).
     down_until: AtomicU64,
+    /// Milliseconds since `epoch` until which writes do not wait for replicas.
+    wait_off_until: AtomicU64,
     epoch: Instant,
     stop: Arc<AtomicBool>,
     /// Dead nodes a background drain is working on.
@@ -246,14 +243,14 @@ impl Bus {
     /// Prepares the pool (connections are made lazily, so a node can start while
     /// Redis is down) and announces the node.
     pub fn connect(cfg: BusConfig) -> Result<Arc<Bus>, BusError> {
-        let client = redis::Client::open(cfg.url.as_str()).map_err(|e| BusError(e.to_string()))?;
+        let connector = Arc::new(Connector::open(&cfg.url)?);
         let pool = r2d2::Pool::builder()
             .max_size(16)
             .min_idle(Some(0))
             // A dead Redis must not hold a worker (and the recipient's shard lock)
             // for long: the breaker takes over after the first failure.
             .connection_timeout(Duration::from_millis(500))
-            .build_unchecked(Manager(client.clone()));
+            .build_unchecked(Manager(connector.clone()));
         let p = &cfg.prefix;
         let me = &cfg.node_id;
         let keys = Keys {
@@ -283,28 +280,37 @@ impl Bus {
         };
         let bus = Arc::new(Bus {
             cfg,
-            client,
+            connector,
             pool,
             keys,
             scripts,
             down_until: AtomicU64::new(0),
+            wait_off_until: AtomicU64::new(0),
             epoch: Instant::now(),
             stop: Arc::new(AtomicBool::new(false)),
             draining: parking_lot::Mutex::new(std::collections::HashSet::new()),
             health: admin::Health::default(),
         });
-        let reset = bus.with_con(|c| {
-            bus.scripts
-                .reset
-                .key(&bus.keys.online)
-                .key(&bus.keys.nodeusers_me)
-                .arg(&bus.cfg.node_id)
-                .invoke::<i64>(c)
-        });
-        if let Err(e) = reset.and_then(|_| bus.heartbeat()) {
+        if let Err(e) = bus.forget_own().and_then(|_| bus.heartbeat()) {
             log::warn!("bus: Redis not reachable yet ({e}); will keep trying");
         }
         Ok(bus)
+    }
+
+    /// Forgets every presence entry that points at this node (its users are then
+    /// claimed again): what an earlier process under this id left, or what a new
+    /// master says after a failover, which may still hold releases the old master
+    /// acknowledged but never replicated.
+    fn forget_own(&self) -> Result<(), BusError> {
+        self.with_con(|c| {
+            self.scripts
+                .reset
+                .key(&self.keys.online)
+                .key(&self.keys.nodeusers_me)
+                .arg(&self.cfg.node_id)
+                .invoke::<i64>(c)
+        })?;
+        Ok(())
     }
 
     /// This node's id.
@@ -349,8 +355,11 @@ impl Bus {
             self.down_until.store(0, Ordering::Release);
         }
         let result = match self.pool.get() {
-            Ok(mut con) => f(&mut con).map_err(|e| {
-                let fatal = e.is_io_error() || e.is_timeout() || e.is_connection_dropped();
+            Ok(mut p) => f(&mut p.con).map_err(|e| {
+                // A demoted master: fail fast until the sentinels name the new one.
+                p.demoted = e.kind() == ServerErrorKind::ReadOnly.into();
+                let fatal =
+                    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || p.demoted;
                 (e.to_string(), fatal)
             }),
             Err(e) => Err((e.to_string(), true)),
@@ -369,15 +378,49 @@ impl Bus {
 
     /// Whether Redis answers on a fresh connection (the breaker's half-open probe).
     fn probe(&self) -> RedisResult<()> {
-        let mut con = self.client.get_connection_with_timeout(IO_TIMEOUT)?;
-        con.set_read_timeout(Some(IO_TIMEOUT))?;
-        con.set_write_timeout(Some(IO_TIMEOUT))?;
-        redis::cmd("PING").query(&mut con)
+        redis::cmd("PING").query(&mut self.connector.connect()?)
+    }
+
+    /// [`Bus::with_con`] for a write a failover must not lose: with
+    /// [`BusConfig::wait`], then waits (`WAIT`) until that many replicas have it, so
+    /// the write is acknowledged (to the user) only once it would survive a
+    /// failover. A shortfall (no replica, or a slow one) is not an error — the
+    /// write is on the master, as without WAIT — but it stops the waiting for
+    /// [`WAIT_PAUSE`]: while the replicas are away every write would otherwise
+    /// wait the whole timeout, for nothing.
+    fn with_replicated<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> RedisResult<T>,
+    ) -> Result<T, BusError> {
+        let want = self.cfg.wait;
+        if want.replicas == 0 || self.now_ms() < self.wait_off_until.load(Ordering::Acquire) {
+            return self.with_con(f);
+        }
+        let (value, acked) = self.with_con(|c| {
+            let value = f(c)?;
+            let acked: u32 = redis::cmd("WAIT")
+                .arg(want.replicas)
+                .arg(want.timeout.as_millis() as u64)
+                .query(c)?;
+            Ok((value, acked))
+        })?;
+        if acked < want.replicas {
+            let until = self.now_ms() + WAIT_PAUSE.as_millis() as u64;
+            if self.wait_off_until.swap(until, Ordering::AcqRel) < self.now_ms() {
+                log::warn!(
+                    "bus: {acked} of {} replica(s) acknowledged a write within {:?}; \
+                     not waiting for replicas for {WAIT_PAUSE:?}",
+                    want.replicas,
+                    want.timeout
+                );
+            }
+        }
+        Ok(value)
     }
 
     /// Claims `uid` for this node unless another live node has it.
     pub fn claim(&self, uid: i64) -> Result<Claim, BusError> {
-        let owner: String = self.with_con(|c| {
+        let owner: String = self.with_replicated(|c| {
             self.scripts
                 .claim
                 .key(&self.keys.online)
@@ -417,7 +460,7 @@ impl Bus {
         if uids.is_empty() {
             return Ok(Vec::new());
         }
-        let missed: Vec<String> = self.with_con(|c| {
+        let missed: Vec<String> = self.with_replicated(|c| {
             let mut inv = self.scripts.route.key(&self.keys.online);
             inv.arg(&self.keys.node_prefix)
                 .arg(&self.keys.queue_prefix)

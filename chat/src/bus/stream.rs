@@ -176,13 +176,8 @@ impl Bus {
         done_tx: &Sender<String>,
         done_rx: &Receiver<String>,
     ) -> Result<(), (redis::RedisError, bool)> {
-        let mut con = self
-            .client
-            .get_connection_with_timeout(IO_TIMEOUT)
-            .map_err(|e| (e, false))?;
+        let mut con = self.connector.connect().map_err(|e| (e, false))?;
         con.set_read_timeout(Some(IO_TIMEOUT + READ_BLOCK))
-            .map_err(|e| (e, false))?;
-        con.set_write_timeout(Some(IO_TIMEOUT))
             .map_err(|e| (e, false))?;
         let mut read_any = false;
         let mut delivered: Option<String> = None;

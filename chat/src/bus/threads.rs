@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use serde_json::Value;
 
-use super::{Bus, BusHandler, BusMessage, IO_TIMEOUT, SWEEP_EVERY};
+use super::{Bus, BusHandler, BusMessage, SWEEP_EVERY};
 
 /// What one heartbeat found.
 enum Beat {
@@ -84,16 +84,10 @@ impl Bus {
         handler: &dyn BusHandler,
         subscribed_before: &mut bool,
     ) -> Result<(), (redis::RedisError, bool)> {
-        let mut con = self
-            .client
-            .get_connection_with_timeout(IO_TIMEOUT)
-            .map_err(|e| (e, false))?;
-        // Before SUBSCRIBE: a Redis that accepts but never answers must not hold
-        // this thread (and the node's shutdown) forever.
-        con.set_read_timeout(Some(IO_TIMEOUT))
-            .map_err(|e| (e, false))?;
-        con.set_write_timeout(Some(IO_TIMEOUT))
-            .map_err(|e| (e, false))?;
+        // With timeouts: a Redis that accepts but never answers must not hold this
+        // thread (and the node's shutdown) forever before SUBSCRIBE.
+        let master = self.connector.switches();
+        let mut con = self.connector.connect().map_err(|e| (e, false))?;
         let mut ps = con.as_pubsub();
         ps.subscribe(&self.keys.channel_all)
             .map_err(|e| (e, false))?;
@@ -108,6 +102,12 @@ impl Bus {
         loop {
             if self.stop.load(Ordering::Acquire) {
                 return Ok(());
+            }
+            if self.connector.switches() != master {
+                // Subscribed to a master that was demoted (a manual failover keeps
+                // it running): subscribe again on the new one.
+                let e = (redis::ErrorKind::Io, "the Redis master changed");
+                return Err((e.into(), true));
             }
             match ps.get_message() {
                 Ok(msg) => match parse_message(msg.get_payload_bytes()) {
@@ -164,11 +164,28 @@ impl Bus {
         };
         let mut tick: u32 = 0;
         let mut resync = false;
+        // A failover happened: forget this node's presence entries before the re-claim.
+        let mut forget = false;
         let mut was_down = false;
+        let mut switches = self.connector.switches();
         while !self.stop.load(Ordering::Acquire) {
-            let Ok(first) = beats.recv_timeout(Duration::from_millis(100)) else {
-                continue;
+            let beat = beats.recv_timeout(Duration::from_millis(100));
+            let now = self.connector.switches();
+            let first = match beat {
+                Ok(first) => first,
+                // A connection just reached a new master: act now, not at the next
+                // heartbeat — until the re-claim, another node could log in a
+                // user whose claim the failover lost.
+                Err(_) if now != switches => Beat::Ok { existed: true },
+                Err(_) => continue,
             };
+            if std::mem::replace(&mut switches, now) != now {
+                // The new master may lack claims and releases the old one
+                // acknowledged: forget what it says is here, claim the local users.
+                log::warn!("bus: Redis failed over; re-claiming local users");
+                forget = true;
+                resync = true;
+            }
             // Beats that queued up while the keeper was busy count as one.
             let mut ok = None;
             for beat in std::iter::once(first).chain(beats.try_iter()) {
@@ -193,7 +210,10 @@ impl Bus {
                 }
                 handler.on_heartbeat();
             }
-            if resync {
+            if forget {
+                forget = self.forget_own().is_err();
+            }
+            if resync && !forget {
                 resync = !handler.on_presence_lost();
                 if !resync {
                     handler.on_bus_restored();

@@ -10,6 +10,7 @@
 #![allow(dead_code)] // not every test uses every helper
 
 pub mod client;
+pub mod sentinel;
 pub mod traffic;
 
 use std::net::TcpListener;
@@ -41,7 +42,7 @@ pub fn serial() -> MutexGuard<'static, ()> {
 }
 
 /// Distinguishes the clusters (database, key prefix, directory) of this process.
-fn unique() -> String {
+pub(crate) fn unique() -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
     format!(
         "{}_{}",
@@ -254,6 +255,8 @@ pub struct ClusterOpts {
     pub redis: String,
     /// `--node-ttl-ms`, when not the default 10000.
     pub node_ttl_ms: Option<u64>,
+    /// More node options.
+    pub node_args: String,
 }
 
 impl Default for ClusterOpts {
@@ -262,6 +265,7 @@ impl Default for ClusterOpts {
             nodes: 2,
             redis: SHARED_REDIS.to_owned(),
             node_ttl_ms: None,
+            node_args: String::new(),
         }
     }
 }
@@ -289,7 +293,7 @@ pub struct Cluster {
 }
 
 /// The cluster script.
-fn script() -> PathBuf {
+pub(crate) fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster.sh")
 }
 
@@ -312,10 +316,11 @@ impl Cluster {
         };
         // CLUSTER_TEST_NODE_ARGS: extra node options when debugging (`--log-level debug`).
         let node_args = format!(
-            "{} {}",
+            "{} {} {}",
             opts.node_ttl_ms
                 .map(|ms| format!("--node-ttl-ms {ms}"))
                 .unwrap_or_default(),
+            opts.node_args,
             std::env::var("CLUSTER_TEST_NODE_ARGS").unwrap_or_default()
         );
         for attempt in 1..=3 {

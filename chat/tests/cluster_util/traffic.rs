@@ -485,3 +485,62 @@ fn out_of_order(by_user: &HashMap<i64, Vec<String>>) -> Vec<(i64, i64)> {
     }
     bad
 }
+
+/// One side of a two-user run: its writer, its peer, the user's name, its node.
+pub type Side<'a> = (Writer, Peer, &'a str, usize);
+
+/// Ends a run of two users on two nodes writing to each other: stops the writers,
+/// waits until the server handled every message and a last marker each way
+/// arrived (so everything routed before it has too), logs both out, and logs each
+/// in on the other's node to collect what was stored. Returns the ledger and what
+/// each side sent.
+pub fn settle_pair(c: &super::Cluster, sides: [Side<'_>; 2]) -> (Ledger, [Vec<Sent>; 2]) {
+    let [(wa, pa, na, ia), (wb, pb, nb, ib)] = sides;
+    let (sa, ea) = wa.stop();
+    let (sb, eb) = wb.stop();
+    assert!(ea.is_none() && eb.is_none(), "writes failed: {ea:?} {eb:?}");
+    for (p, n) in [(&pa, sa.len()), (&pb, sb.len())] {
+        assert!(
+            p.wait(Duration::from_secs(10), |ib| ib.pongs.len() >= n),
+            "not every message of {} was handled",
+            p.id
+        );
+    }
+    let (a, b) = (pa.id, pb.id);
+    pa.send_raw(&frame_bytes(&one_chat(a, na, b, "marker")))
+        .unwrap();
+    pb.send_raw(&frame_bytes(&one_chat(b, nb, a, "marker")))
+        .unwrap();
+    for p in [&pa, &pb] {
+        assert!(
+            p.wait(Duration::from_secs(10), |ib| ib
+                .texts()
+                .iter()
+                .any(|t| t == "marker")),
+            "marker to {}",
+            p.id
+        );
+    }
+    let mut ledger = Ledger::default();
+    for (sent, p) in [(sa.clone(), pa), (sb.clone(), pb)] {
+        p.logout();
+        ledger.settle(sent, p);
+    }
+    let (_ca, ack) = super::login(c.port(ib), a, na);
+    ledger.stored(a, &ack);
+    let (_cb, ack) = super::login(c.port(ia), b, nb);
+    ledger.stored(b, &ack);
+    (ledger, [sa, sb])
+}
+
+/// Prints `t` (and its duplicates) under `label`; asserts that nothing is missing,
+/// unexpected or out of order.
+pub fn assert_complete(label: &str, t: &Tally) {
+    println!("{label}: {t}");
+    for d in &t.duplicated {
+        println!("{label}: DUPLICATED {d:?}");
+    }
+    assert!(t.missing.is_empty(), "missing: {:?}", t.missing);
+    assert!(t.unexpected.is_empty(), "unexpected: {:?}", t.unexpected);
+    assert!(t.reordered.is_empty(), "reordered: {:?}", t.reordered);
+}
