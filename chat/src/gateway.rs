@@ -204,6 +204,15 @@ impl Gateway {
                         break;
                     }
                 }
+                Ok(Decoded::Unterminated { end }) => {
+                    buf.retrieve(end);
+                    let job =
+                        Job::Reply(protocol::encode(&protocol::error(&codec::unterminated())));
+                    pause |= self.submitter.submit(&st.session, job);
+                    if pause {
+                        break;
+                    }
+                }
                 Err(e) => {
                     let frame = protocol::encode(&protocol::error(&e.to_protocol_error()));
                     st.closing = true;

@@ -359,3 +359,24 @@ fn oversize_frame_closes_the_connection(b: &Backend) {
         (v["errno"] == 0).then_some(())
     });
 }
+
+/// A NUL byte ends an unterminated frame: error 100, and the next frame is served, before
+/// and after login (before the fix the connection hung until 64 KiB or the login timeout).
+#[test]
+fn nul_ends_an_unterminated_frame() {
+    let b = Backend::sqlite();
+    let srv = b.start();
+    let mut c = Client::connect(srv.addr());
+    c.send_raw(b"{\"msgid\":13\0{\"msgid\":13}\0");
+    c.expect_error(100, None);
+    expect_bytes(&mut c, r#"{"msgid":14}"#);
+    // Cut inside a string, in two writes, while logged in: the user stays logged in.
+    let mut side = Bystanders::new(&srv.addr());
+    let mut a = User::online(srv.addr(), "alice");
+    a.c.send_raw(format!("{{\"id\":{},\"msg\":\"half", a.id).as_bytes());
+    a.c.send_raw(b"\0");
+    a.c.expect_error(100, None);
+    a.chat(side.y.id, "after the cut");
+    assert_eq!(side.y.c.expect_msgid(6)["msg"], "after the cut");
+    side.still_chat();
+}

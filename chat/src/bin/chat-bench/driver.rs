@@ -687,6 +687,7 @@ fn on_bytes(conn: &TcpConnectionPtr, buf: &mut Buffer) {
                     }
                     buf.retrieve(end);
                 }
+                Ok(Decoded::Unterminated { end }) => buf.retrieve(end),
                 Err(_) => {
                     buf.retrieve_all();
                     c.decoder.reset();
