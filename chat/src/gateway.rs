@@ -118,7 +118,7 @@ impl Gateway {
     fn on_connected(&self, conn: &TcpConnectionPtr) {
         let _ = conn.set_tcp_no_delay(true);
         conn.set_high_water_mark(self.limits.output_high_water);
-        let session = Arc::new(Session::new(conn.handle()));
+        let session = Arc::new(Session::new(conn.handle(), conn.peer_addr().ip()));
         let full = self.connections.load(Ordering::Relaxed) > self.limits.max_connections;
         conn.set_context(ConnState {
             session: session.clone(),

@@ -12,6 +12,8 @@ use net::{Buffer, EventLoop, TcpConnectionPtr, TcpServer};
 use crate::bus::{Bus, BusConfig, BusHandler, BusThreads};
 use crate::codec;
 use crate::gateway::{self, Gateway, Limits, Sessions};
+use crate::hasher::HasherConfig;
+use crate::service::throttle::ThrottleConfig;
 use crate::service::ChatService;
 use crate::session::{Job, Session};
 use crate::store::Store;
@@ -30,6 +32,10 @@ pub struct ServerOptions {
     pub bus: Option<BusConfig>,
     /// Connection limits.
     pub limits: Limits,
+    /// The failed-login throttle.
+    pub throttle: ThrottleConfig,
+    /// The password-hashing threads and their fairness.
+    pub hashing: HasherConfig,
 }
 
 impl Default for ServerOptions {
@@ -40,6 +46,8 @@ impl Default for ServerOptions {
             frame_limit: codec::DEFAULT_FRAME_LIMIT,
             bus: None,
             limits: Limits::default(),
+            throttle: ThrottleConfig::default(),
+            hashing: HasherConfig::default(),
         }
     }
 }
@@ -67,13 +75,18 @@ impl ChatServer {
             Some(cfg) => Some(Bus::connect(cfg.clone()).map_err(io::Error::other)?),
             None => None,
         };
-        let service = Arc::new(ChatService::new(store, bus.clone()));
+        let service = Arc::new(ChatService::new(store, bus.clone(), opts.throttle.clone()));
         let bus_threads = match &bus {
             Some(bus) => Some(bus.spawn(service.clone() as Arc<dyn BusHandler>)?),
             None => None,
         };
         let sessions: Sessions = Arc::default();
-        let workers = WorkerPool::start(opts.workers, service.clone(), gateway::resume_session)?;
+        let workers = WorkerPool::start(
+            opts.workers,
+            &opts.hashing,
+            service.clone(),
+            gateway::resume_session,
+        )?;
         let gw = Arc::new(Gateway::new(
             service.clone(),
             workers.submitter().clone(),

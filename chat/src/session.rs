@@ -2,13 +2,16 @@
 //! and the workers; requests run through it one at a time, in arrival order.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use net::ConnHandle;
 use parking_lot::Mutex;
 
+use crate::password::Verified;
 use crate::protocol::Parsed;
+use crate::store::UserRow;
 
 /// Above this many queued requests the connection stops reading (backpressure).
 pub const QUEUE_HIGH: usize = 256;
@@ -39,6 +42,31 @@ pub enum Job {
     /// The connection's output drained after it was congested: flush what was
     /// stored for the user meanwhile, then deliver live again.
     Drained,
+    /// A LOGIN's password check came back from the hasher: finish the login. It
+    /// runs before every job queued behind that LOGIN.
+    Checked(PasswordCheck, Verified),
+}
+
+/// A LOGIN's password check, run off the strand by the hasher: the session's later
+/// jobs wait (its strand stays owned) until it comes back as [`Job::Checked`].
+pub struct PasswordCheck {
+    /// The id the client logs in as.
+    pub id: i64,
+    /// The user's row; `None` when there is no such user (the check still costs a
+    /// hash, so that the reply's timing does not tell).
+    pub row: Option<UserRow>,
+    /// The password the client sent.
+    pub password: String,
+}
+
+impl std::fmt::Debug for PasswordCheck {
+    /// Never prints the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordCheck")
+            .field("id", &self.id)
+            .field("known", &self.row.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The logged-in user of a connection.
@@ -76,6 +104,8 @@ struct Strand {
 pub struct Session {
     /// Sends to and closes the connection, from any thread.
     pub conn: ConnHandle,
+    /// The peer's address: the hasher's fairness key and the audit log's "from".
+    peer: IpAddr,
     user: Mutex<Option<Arc<User>>>,
     /// The client opted in to extended replies (`"ext":1` on any request).
     ext: AtomicBool,
@@ -89,13 +119,17 @@ pub struct Session {
     /// A `Drained` job is queued: every completed write of a flushed batch would
     /// otherwise queue one more.
     drain_pending: AtomicBool,
+    /// A password check the running job handed over: the worker moves it to the
+    /// hasher once the job returned, and leaves the strand waiting for it.
+    suspended: Mutex<Option<PasswordCheck>>,
 }
 
 impl Session {
-    /// A session for a new connection.
-    pub fn new(conn: ConnHandle) -> Session {
+    /// A session for a new connection from `peer`.
+    pub fn new(conn: ConnHandle, peer: IpAddr) -> Session {
         Session {
             conn,
+            peer,
             user: Mutex::new(None),
             ext: AtomicBool::new(false),
             outbox: Mutex::new(Outbox::default()),
@@ -103,7 +137,24 @@ impl Session {
             congested: AtomicBool::new(false),
             logged_in_once: AtomicBool::new(false),
             drain_pending: AtomicBool::new(false),
+            suspended: Mutex::new(None),
         }
+    }
+
+    /// The peer's address.
+    pub fn peer(&self) -> IpAddr {
+        self.peer
+    }
+
+    /// Hands a password check over (from the job running on this session's strand):
+    /// the strand waits for its [`Job::Checked`].
+    pub fn suspend(&self, check: PasswordCheck) {
+        *self.suspended.lock() = Some(check);
+    }
+
+    /// The check the job that just returned handed over, if any (for the worker).
+    pub fn take_suspended(&self) -> Option<PasswordCheck> {
+        self.suspended.lock().take()
     }
 
     /// The connection's unique id.

@@ -23,8 +23,10 @@
 mod scripts;
 mod stream;
 mod threads;
+mod throttle;
 
 pub use threads::{parse_message, BusThreads};
+pub use throttle::{Counted, ThrottleRule};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

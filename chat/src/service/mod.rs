@@ -8,18 +8,19 @@ use std::time::Duration;
 use serde_json::Value;
 
 mod cluster;
+mod login;
+pub mod throttle;
 
-use crate::bus::{Bus, Claim};
+use crate::bus::Bus;
 use crate::hub::Hub;
 use crate::member_cache::MemberCache;
-use crate::password::{self, Verified};
-use crate::protocol::{
-    self, errno, msgid, Friend, GroupInfo, Member, Parsed, ProtocolError, Request,
-};
+use crate::password;
+use crate::protocol::{self, errno, msgid, Parsed, ProtocolError, Request};
 use crate::router::{Fast, Outcome, Router};
-use crate::session::{Job, Session, User};
+use crate::session::{Job, Session};
 use crate::store::{AddFriend, JoinGroup, Store, StoreError};
 use crate::timefmt;
+use throttle::{LoginThrottle, ThrottleConfig};
 
 /// A failure that ends a request with an error reply.
 #[derive(Debug)]
@@ -58,12 +59,18 @@ pub struct ChatService {
     loops: std::sync::OnceLock<Vec<net::LoopHandle>>,
     /// Set at a clean shutdown once every session is signed out.
     closing: std::sync::atomic::AtomicBool,
+    /// Failed logins per account (cluster-wide through the bus).
+    throttle: LoginThrottle,
 }
 
 impl ChatService {
     /// A service over `store`, with every handler registered; `bus` makes it a
     /// cluster node.
-    pub fn new(store: Arc<dyn Store>, bus: Option<Arc<Bus>>) -> ChatService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        bus: Option<Arc<Bus>>,
+        throttle: ThrottleConfig,
+    ) -> ChatService {
         let mut handlers: HashMap<i64, Handler> = HashMap::new();
         handlers.insert(msgid::LOGIN, ChatService::login);
         handlers.insert(msgid::LOGINOUT, ChatService::logout);
@@ -78,6 +85,7 @@ impl ChatService {
         // node's invalidation can be lost while Redis is down, so entries expire.
         let cache_ttl = bus.as_ref().map(|_| Duration::from_secs(30));
         ChatService {
+            throttle: LoginThrottle::new(throttle, bus.clone()),
             router: Router::new(store.clone(), bus),
             store,
             handlers,
@@ -142,6 +150,10 @@ impl ChatService {
                 self.sign_out(session);
                 session.conn.shutdown();
             }
+            Job::Checked(check, verified) => {
+                let result = self.login_checked(session, check, verified);
+                self.answer(session, msgid::LOGIN, result);
+            }
             Job::Route { to, text } => {
                 if let Err(e) = self.router.send_one(to, &text) {
                     log::error!("lost a frame for {to}: {e}");
@@ -173,7 +185,13 @@ impl ChatService {
                 .with_msgid(msgid);
             return self.send_error(session, &e);
         };
-        match handler(self, session, parsed) {
+        let result = handler(self, session, parsed);
+        self.answer(session, msgid, result);
+    }
+
+    /// Answers a handler's error, if any.
+    fn answer(&self, session: &Session, msgid: i64, result: Result<()>) {
+        match result {
             Ok(()) => {}
             Err(ServiceError::Protocol(e)) => self.send_error(session, &e),
             Err(ServiceError::Store(e)) => {
@@ -213,172 +231,6 @@ impl ChatService {
                 reqmsgid, code, errmsg, extra,
             )));
         }
-    }
-
-    fn login(&self, session: &Arc<Session>, parsed: Parsed) -> Result<()> {
-        let Request::Login { id, password } = parsed.req else {
-            unreachable!("handler registered for LOGIN")
-        };
-        if let Some(current) = session.user() {
-            return Err(ServiceError::Protocol(ProtocolError::already_logged_in(
-                current.id,
-            )));
-        }
-        let invalid = || {
-            protocol::encode(&protocol::login_err(
-                errno::INVALID_CREDENTIALS,
-                protocol::MSG_INVALID_CREDENTIALS,
-            ))
-        };
-        let Some(row) = self.store.user(id)? else {
-            session.reply(invalid());
-            return Ok(());
-        };
-        match password::verify(&row.password, &password) {
-            Verified::Mismatch => {
-                session.reply(invalid());
-                return Ok(());
-            }
-            Verified::OkLegacyPlaintext => {
-                self.store.set_password(id, &password::hash(&password))?;
-            }
-            Verified::Ok => {}
-        }
-
-        // Claim the user and take its offline messages under the user's shard lock.
-        let mut drains = 0;
-        let offline = loop {
-            let mut shard = self.hub().lock(id);
-            let already = || {
-                protocol::encode(&protocol::login_err(
-                    errno::ALREADY_ONLINE,
-                    protocol::MSG_ALREADY_ONLINE,
-                ))
-            };
-            if shard.contains_key(&id) {
-                drop(shard);
-                session.reply(already());
-                return Ok(());
-            }
-            if let Some(bus) = self.bus() {
-                match bus.claim(id) {
-                    Ok(Claim::Claimed) => {
-                        self.unreleased.lock().remove(&id);
-                    }
-                    Ok(Claim::Orphaned(node)) => {
-                        // The user was on a dead node whose undelivered frames are
-                        // still in its stream: store them first, so this login's
-                        // offline messages include them, then claim again.
-                        drop(shard);
-                        drains += 1;
-                        if drains > 3 || !self.drain_dead(bus, &node, false) {
-                            // Another drain is at it (a worker never waits for
-                            // one: after a crash all of the node's users come
-                            // back at once), or Redis failed: try again shortly.
-                            self.send_unavailable(session, msgid::LOGIN);
-                            return Ok(());
-                        }
-                        continue;
-                    }
-                    Ok(Claim::Taken(node)) => {
-                        drop(shard);
-                        log::debug!("user {id} is online on node {node}");
-                        session.reply(already());
-                        return Ok(());
-                    }
-                    Err(e) => {
-                        drop(shard);
-                        log::warn!("login {id}: {e}");
-                        self.send_unavailable(session, msgid::LOGIN);
-                        return Ok(());
-                    }
-                }
-            }
-            session.hold();
-            shard.insert(id, session.clone());
-            match self.store.take_offline(id) {
-                Ok(msgs) => break msgs,
-                Err(e) => {
-                    shard.remove(&id);
-                    self.release_presence(id);
-                    drop(shard);
-                    // Nothing was taken: held frames (if the connection also closed)
-                    // go back to the store.
-                    if let Err(held) = session.release(None) {
-                        self.restore(id, held.iter().map(|f| frame_text(f)));
-                    }
-                    return Err(e.into());
-                }
-            }
-        };
-        session.set_user(Some(User {
-            id,
-            name: row.name.clone(),
-        }));
-        if let Err(e) = self.store.set_state(id, true) {
-            log::warn!("user {id}: state column not updated: {e}");
-        }
-        let ack = match self.login_view(id) {
-            Ok((friends, groups)) => protocol::login_ok(id, &row.name, &friends, &groups, &offline),
-            Err(e) => {
-                // The messages were taken: deliver them rather than lose them.
-                log::warn!("user {id}: friends/groups not loaded: {e}");
-                protocol::login_ok(id, &row.name, &[], &[], &offline)
-            }
-        };
-        if let Err(held) = session.release(Some(protocol::encode(&ack))) {
-            // The connection closed while the login ran: the ACK (with the offline
-            // messages in it) and what was held cannot be delivered; store them
-            // again and undo the login.
-            log::debug!("user {id}: connection closed during login");
-            self.restore(id, offline.iter().map(String::as_str));
-            self.restore(id, held.iter().map(|f| frame_text(f)));
-            self.sign_out(session);
-        }
-        Ok(())
-    }
-
-    /// Friends and groups with live presence, for the LOGIN_ACK.
-    fn login_view(
-        &self,
-        id: i64,
-    ) -> std::result::Result<(Vec<Friend>, Vec<GroupInfo>), StoreError> {
-        let friends = self.store.friends(id)?;
-        let groups = self.store.groups_of(id)?;
-        let mut ids: Vec<i64> = friends.iter().map(|(f, _)| *f).collect();
-        ids.extend(groups.iter().flat_map(|g| g.members.iter().map(|m| m.id)));
-        ids.sort_unstable();
-        ids.dedup();
-        let online: HashMap<i64, bool> =
-            ids.iter().copied().zip(self.router.online(&ids)).collect();
-        let is_online = |u: i64| online.get(&u).copied().unwrap_or(false);
-        let friends = friends
-            .into_iter()
-            .map(|(fid, name)| Friend {
-                id: fid,
-                name,
-                online: is_online(fid),
-            })
-            .collect();
-        let groups = groups
-            .into_iter()
-            .map(|g| GroupInfo {
-                id: g.id,
-                name: g.name,
-                desc: g.desc,
-                members: g
-                    .members
-                    .into_iter()
-                    .map(|m| Member {
-                        id: m.id,
-                        name: m.name,
-                        role: m.role,
-                        online: is_online(m.id),
-                    })
-                    .collect(),
-            })
-            .collect();
-        Ok((friends, groups))
     }
 
     fn logout(&self, session: &Arc<Session>, _parsed: Parsed) -> Result<()> {
