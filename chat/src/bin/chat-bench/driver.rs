@@ -554,7 +554,7 @@ impl Driver {
             .filter(|&i| self.users[i].state == UserState::Ready)
             .collect();
         match args.scenario {
-            Scenario::Idle => {}
+            Scenario::Idle | Scenario::LoginFlood => {}
             Scenario::Login => {
                 for i in ready {
                     self.cycle_login(i);

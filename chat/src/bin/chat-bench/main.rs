@@ -8,6 +8,7 @@
 //! is measured end to end, sender to recipient.
 
 mod driver;
+mod login_flood;
 mod stats;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -33,6 +34,9 @@ pub enum Scenario {
     Login,
     /// Hold N logged-in connections; with --server-pid, the server's RSS per connection.
     Idle,
+    /// N connections send wrong passwords for one account; --tries legitimate logins
+    /// to other accounts are timed meanwhile (see login_flood.rs).
+    LoginFlood,
 }
 
 /// Command line.
@@ -88,6 +92,9 @@ pub struct Args {
     /// Password of the users the bench registers.
     #[arg(long, default_value = "bench-pw")]
     pub password: String,
+    /// login-flood: legitimate logins timed during the flood.
+    #[arg(long, default_value_t = 10)]
+    pub tries: usize,
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -124,6 +131,10 @@ fn main() {
                 })
         })
         .collect();
+    if args.scenario == Scenario::LoginFlood {
+        login_flood::run(&args, targets[0]);
+        return;
+    }
     let rss_before = args.server_pid.and_then(rss_kib);
     let shared = Arc::new(Shared::new(args.clone(), targets));
     let mut handles = Vec::new();
