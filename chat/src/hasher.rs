@@ -138,7 +138,7 @@ impl Hasher {
 
     /// Queues `check` for `session`, whose strand waits for it. Safe to call from any thread.
     pub fn submit(&self, session: Arc<Session>, check: PasswordCheck) {
-        let addr = session.peer();
+        let addr = session.peer.ip();
         let mut q = lock(&self.shared.queue);
         let peer = q.peers.entry(addr).or_default();
         peer.waiting.push_back(Task { session, check });

@@ -8,7 +8,14 @@
 //! or MySQL) and the [`hub::Hub`] of online users, and replies through the
 //! connection's handle. A LOGIN's password check runs on the [`hasher`]'s own
 //! threads, fair between peer addresses. Nothing blocking ever runs on an IO loop.
+//!
+//! Operations: every floor bumps the relaxed atomics of [`stats::Stats`] (and
+//! writes [`audit`] lines for session events, off the IO loops); the [`admin`]
+//! listener the server owns reads them, with the store and the bus, for
+//! `/healthz`, `/readyz`, `/metrics` and the admin routes.
 
+pub mod admin;
+pub mod audit;
 pub mod bus;
 pub mod codec;
 pub mod config;
@@ -23,6 +30,7 @@ pub mod server;
 pub mod server_thread;
 pub mod service;
 pub mod session;
+pub mod stats;
 pub mod store;
 pub mod sys;
 pub mod timefmt;

@@ -44,6 +44,11 @@ impl Submitter {
         }
         pause
     }
+
+    /// Sessions waiting for a worker (the depth of the pool's queue).
+    pub fn queue_len(&self) -> usize {
+        self.tx.len()
+    }
 }
 
 /// The worker threads and the hasher. Dropping stops them after their current job.

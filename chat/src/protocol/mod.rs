@@ -43,6 +43,10 @@ pub mod msgid {
     pub const PING: i64 = 13;
     /// Ours, server → client: the answer to [`PING`].
     pub const PONG: i64 = 14;
+    /// Ours, client → server: ask for one's friends and groups (with live presence).
+    pub const CONTACTS: i64 = 15;
+    /// Ours, server → client: the answer to [`CONTACTS`], shaped as LOGIN_ACK's lists.
+    pub const CONTACTS_ACK: i64 = 16;
 
     /// The symbolic name of a msgid, for logs; `None` for ids outside the table.
     pub fn name(id: i64) -> Option<&'static str> {
@@ -61,6 +65,8 @@ pub mod msgid {
             ACK => "ACK",
             PING => "PING",
             PONG => "PONG",
+            CONTACTS => "CONTACTS",
+            CONTACTS_ACK => "CONTACTS_ACK",
             _ => return None,
         })
     }
@@ -108,6 +114,8 @@ pub mod errno {
     /// LOGIN of an account locked after too many failed attempts (a LOGIN_ACK with
     /// `retryafter`, to opted-in clients; legacy clients get errno 1).
     pub const LOGIN_THROTTLED: i64 = 114;
+    /// An operator disconnected the user (admin kick); the connection is closed.
+    pub const KICKED: i64 = 135;
 
     /// The addressed user does not exist.
     pub const NO_SUCH_USER: i64 = 201;
@@ -242,6 +250,8 @@ pub enum Request {
         toid: i64,
         /// The message text (any length; the frame limit bounds it).
         msg: String,
+        /// The sender's own id for this message (`cid`), if it wants an ACK on success.
+        cid: Option<i64>,
         /// The whole request object, forwarded after [`delivery_frame`].
         frame: Map<String, Value>,
     },
@@ -276,11 +286,18 @@ pub enum Request {
         groupid: i64,
         /// The message text.
         msg: String,
+        /// The sender's own id for this message (`cid`), if it wants an ACK on success.
+        cid: Option<i64>,
         /// The whole request object, forwarded after [`delivery_frame`].
         frame: Map<String, Value>,
     },
     /// PING (13); needs no login and no fields.
     Ping,
+    /// CONTACTS (15): the user's friends and groups, as LOGIN_ACK lists them.
+    Contacts {
+        /// The asking user.
+        id: i64,
+    },
 }
 
 impl Request {
@@ -296,6 +313,7 @@ impl Request {
             Request::AddGroup { .. } => msgid::ADD_GROUP,
             Request::GroupChat { .. } => msgid::GROUP_CHAT,
             Request::Ping => msgid::PING,
+            Request::Contacts { .. } => msgid::CONTACTS,
         }
     }
 
@@ -308,7 +326,8 @@ impl Request {
             | Request::AddFriend { id, .. }
             | Request::CreateGroup { id, .. }
             | Request::AddGroup { id, .. }
-            | Request::GroupChat { id, .. } => Some(*id),
+            | Request::GroupChat { id, .. }
+            | Request::Contacts { id } => Some(*id),
             Request::Login { .. } | Request::Reg { .. } | Request::Ping => None,
         }
     }
@@ -378,11 +397,12 @@ pub fn parse_request(v: Value) -> Result<Parsed, ProtocolError> {
                 f.id("to")?
             };
             let msg = f.string("msg", 0, usize::MAX)?;
-            f.chat_extras()?;
+            let cid = f.chat_extras()?;
             Request::OneChat {
                 id,
                 toid,
                 msg,
+                cid,
                 frame: obj,
             }
         }
@@ -405,22 +425,24 @@ pub fn parse_request(v: Value) -> Result<Parsed, ProtocolError> {
             let id = f.id("id")?;
             let groupid = f.id("groupid")?;
             let msg = f.string("msg", 0, usize::MAX)?;
-            f.chat_extras()?;
+            let cid = f.chat_extras()?;
             Request::GroupChat {
                 id,
                 groupid,
                 msg,
+                cid,
                 frame: obj,
             }
         }
         msgid::PING => Request::Ping,
+        msgid::CONTACTS => Request::Contacts { id: f.id("id")? },
         other => return Err(unknown_msgid(other)),
     };
     Ok(Parsed { req, ext, msgid })
 }
 
 /// The msgids a client may send.
-const REQUEST_MSGIDS: [i64; 9] = [
+const REQUEST_MSGIDS: [i64; 10] = [
     msgid::LOGIN,
     msgid::LOGINOUT,
     msgid::REG,
@@ -430,6 +452,7 @@ const REQUEST_MSGIDS: [i64; 9] = [
     msgid::ADD_GROUP,
     msgid::GROUP_CHAT,
     msgid::PING,
+    msgid::CONTACTS,
 ];
 
 /// [`errno::UNKNOWN_MSGID`] for `id`, naming a server-only msgid as such.
@@ -511,11 +534,21 @@ impl Fields<'_> {
     }
 
     /// The optional `name` and `time` of a chat frame must be strings when present: the legacy
-    /// client reads both as strings unconditionally when it receives the frame.
-    fn chat_extras(&self) -> Result<(), ProtocolError> {
+    /// client reads both as strings unconditionally when it receives the frame. Returns the
+    /// optional `cid`: a JSON integer in `0..=i64::MAX` (protocol.md §4).
+    fn chat_extras(&self) -> Result<Option<i64>, ProtocolError> {
         self.opt_string("name", 0, usize::MAX)?;
         self.opt_string("time", 0, usize::MAX)?;
-        Ok(())
+        let Some(v) = self.obj.get("cid") else {
+            return Ok(None);
+        };
+        match v.as_i64() {
+            Some(cid) if cid >= 0 && !v.is_f64() => Ok(Some(cid)),
+            _ => Err(self.bad(format!(
+                "field \"cid\" must be an integer from 0 to {}",
+                i64::MAX
+            ))),
+        }
     }
 }
 

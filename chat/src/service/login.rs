@@ -1,5 +1,6 @@
-//! LOGIN: the throttle, the password check on the hasher, then the claim of the
-//! user and the LOGIN_ACK.
+//! Login and logout: the failed-login throttle, the password check on the hasher,
+//! claiming a user for a session (hub, cluster presence, offline messages, under the
+//! user's shard lock) and letting it go, each with its audit line.
 //!
 //! The rule: a wrong id and a wrong password get the same bytes after the same work
 //! (a hash either way), and a locked account costs no hash at all.
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use super::throttle::Attempt;
 use super::{frame_text, ChatService, Result, ServiceError};
+use crate::audit::End;
 use crate::bus::Claim;
 use crate::password::{self, Verified};
 use crate::protocol::{
@@ -30,23 +32,27 @@ impl ChatService {
                 current.id,
             )));
         }
+        let stats = session.stats();
         match self.throttle.begin(id) {
             Attempt::Refused { retry_after } => {
-                log::debug!(
-                    "login of {id} from {} refused: locked for {retry_after:?}",
-                    session.peer()
-                );
+                stats.login_failed(id, session.peer, "throttled");
                 session.reply(throttled_reply(session.ext(), retry_after));
                 return Ok(());
             }
             Attempt::Allowed { locked: Some(lock) } => log::warn!(
                 "login of {id}: too many failed attempts, locked for {} s (this one from {})",
                 lock.as_secs_f64().ceil(),
-                session.peer()
+                session.peer
             ),
             Attempt::Allowed { locked: None } => {}
         }
-        let row = self.store.user(id)?;
+        let row = match self.store.user(id) {
+            Ok(row) => row,
+            Err(e) => {
+                stats.login_failed(id, session.peer, "unavailable");
+                return Err(e.into());
+            }
+        };
         session.suspend(PasswordCheck { id, row, password });
         Ok(())
     }
@@ -59,6 +65,28 @@ impl ChatService {
         check: PasswordCheck,
         verified: Verified,
     ) -> Result<()> {
+        let id = check.id;
+        let stats = session.stats();
+        match self.try_login(session, check, verified) {
+            Ok(None) => stats.login_ok(id, session.peer),
+            Ok(Some(why)) => stats.login_failed(id, session.peer, why),
+            Err(ServiceError::Store(e)) => {
+                stats.login_failed(id, session.peer, "unavailable");
+                return Err(ServiceError::Store(e));
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// Logs the session in after its password check; `Ok(Some(reason))` when refused
+    /// with a reply sent.
+    fn try_login(
+        &self,
+        session: &Arc<Session>,
+        check: PasswordCheck,
+        verified: Verified,
+    ) -> Result<Option<&'static str>> {
         let PasswordCheck { id, row, password } = check;
         let row = match (row, verified) {
             (Some(row), Verified::Ok) => row,
@@ -67,15 +95,11 @@ impl ChatService {
                 row
             }
             (_, _) => {
-                log::info!(
-                    "login of {id} from {}: wrong id or password",
-                    session.peer()
-                );
                 session.reply(protocol::encode(&protocol::login_err(
                     errno::INVALID_CREDENTIALS,
                     protocol::MSG_INVALID_CREDENTIALS,
                 )));
-                return Ok(());
+                return Ok(Some("bad-credentials"));
             }
         };
         self.throttle.succeeded(id);
@@ -93,7 +117,7 @@ impl ChatService {
             if shard.contains_key(&id) {
                 drop(shard);
                 session.reply(already());
-                return Ok(());
+                return Ok(Some("already-online"));
             }
             if let Some(bus) = self.bus() {
                 match bus.claim(id) {
@@ -111,7 +135,7 @@ impl ChatService {
                             // one: after a crash all of the node's users come
                             // back at once), or Redis failed: try again shortly.
                             self.send_unavailable(session, msgid::LOGIN);
-                            return Ok(());
+                            return Ok(Some("unavailable"));
                         }
                         continue;
                     }
@@ -119,13 +143,13 @@ impl ChatService {
                         drop(shard);
                         log::debug!("user {id} is online on node {node}");
                         session.reply(already());
-                        return Ok(());
+                        return Ok(Some("already-online"));
                     }
                     Err(e) => {
                         drop(shard);
                         log::warn!("login {id}: {e}");
                         self.send_unavailable(session, msgid::LOGIN);
-                        return Ok(());
+                        return Ok(Some("unavailable"));
                     }
                 }
             }
@@ -168,13 +192,14 @@ impl ChatService {
             log::debug!("user {id}: connection closed during login");
             self.restore(id, offline.iter().map(String::as_str));
             self.restore(id, held.iter().map(|f| frame_text(f)));
-            self.sign_out(session);
+            self.sign_out(session, End::Closed);
+            return Ok(Some("closed"));
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Friends and groups with live presence, for the LOGIN_ACK.
-    fn login_view(
+    pub(super) fn login_view(
         &self,
         id: i64,
     ) -> std::result::Result<(Vec<Friend>, Vec<GroupInfo>), StoreError> {
@@ -214,6 +239,69 @@ impl ChatService {
             })
             .collect();
         Ok((friends, groups))
+    }
+
+    pub(super) fn logout(&self, session: &Arc<Session>, _parsed: Parsed) -> Result<()> {
+        self.sign_out(session, End::Logout);
+        self.ack(session, msgid::LOGINOUT, errno::OK, "logged out", &[]);
+        Ok(())
+    }
+
+    /// Logs the connection's user out, if any: presence first, then the state
+    /// column; the audit line says `how` the session ended.
+    pub(super) fn sign_out(&self, session: &Arc<Session>, how: End) {
+        let Some(user) = session.user() else {
+            return;
+        };
+        session.set_user(None);
+        let removed = {
+            // Presence goes with the hub entry under one shard lock, so a new login
+            // of the same user on this node (which takes that lock) cannot have its
+            // fresh claim released by this late sign-out.
+            let mut shard = self.hub().lock(user.id);
+            let ours = shard.get(&user.id).is_some_and(|s| s.id() == session.id());
+            if ours {
+                shard.remove(&user.id);
+                self.release_presence(user.id);
+            }
+            ours
+        };
+        if removed {
+            session.stats().session_end(user.id, session.peer, how);
+            if let Err(e) = self.store.set_state(user.id, false) {
+                log::warn!("user {}: state column not updated: {e}", user.id);
+            }
+        }
+    }
+
+    /// Drops the cluster presence of a user this node held.
+    /// The caller holds the user's shard lock.
+    pub(super) fn release_presence(&self, id: i64) {
+        if let Some(bus) = self.bus() {
+            if let Err(e) = bus.release(id) {
+                log::warn!("user {id}: presence not released ({e}); retried by the keeper");
+                self.unreleased.lock().insert(id);
+            }
+        }
+    }
+
+    /// Stores frames again for `user` (ones that could not be delivered after all).
+    pub(super) fn restore<'a>(&self, user: i64, texts: impl Iterator<Item = &'a str>) {
+        for t in texts.filter(|t| !t.is_empty()) {
+            if let Err(e) = self.store.store_offline(user, t) {
+                log::error!("lost a frame for {user}: {e}");
+            }
+        }
+    }
+
+    /// Signs out every session of this node (clean shutdown, or a claim lost to
+    /// another node): presence and the state column of these users only.
+    pub fn sign_out_all(&self) {
+        for id in self.hub().online_users() {
+            if let Some(session) = self.hub().get(id) {
+                self.sign_out(&session, End::Shutdown);
+            }
+        }
     }
 }
 

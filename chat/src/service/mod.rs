@@ -7,19 +7,25 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+mod admin;
+mod chat;
 mod cluster;
+mod contacts;
 mod login;
 pub mod throttle;
 
+pub use admin::Kick;
+
+use crate::audit::End;
 use crate::bus::Bus;
 use crate::hub::Hub;
 use crate::member_cache::MemberCache;
 use crate::password;
 use crate::protocol::{self, errno, msgid, Parsed, ProtocolError, Request};
-use crate::router::{Fast, Outcome, Router};
+use crate::router::Router;
 use crate::session::{Job, Session};
+use crate::stats::Stats;
 use crate::store::{AddFriend, JoinGroup, Store, StoreError};
-use crate::timefmt;
 use throttle::{LoginThrottle, ThrottleConfig};
 
 /// A failure that ends a request with an error reply.
@@ -59,6 +65,8 @@ pub struct ChatService {
     loops: std::sync::OnceLock<Vec<net::LoopHandle>>,
     /// Set at a clean shutdown once every session is signed out.
     closing: std::sync::atomic::AtomicBool,
+    /// The server's counters (shared with the router, the sessions and the admin).
+    stats: Arc<Stats>,
     /// Failed logins per account (cluster-wide through the bus).
     throttle: LoginThrottle,
 }
@@ -81,12 +89,15 @@ impl ChatService {
         handlers.insert(msgid::ADD_GROUP, ChatService::add_group);
         handlers.insert(msgid::GROUP_CHAT, ChatService::group_chat);
         handlers.insert(msgid::PING, ChatService::ping);
+        handlers.insert(msgid::CONTACTS, ChatService::contacts);
         // Standalone, every change goes through this cache; in a cluster another
         // node's invalidation can be lost while Redis is down, so entries expire.
         let cache_ttl = bus.as_ref().map(|_| Duration::from_secs(30));
+        let stats = Arc::new(Stats::default());
         ChatService {
             throttle: LoginThrottle::new(throttle, bus.clone()),
-            router: Router::new(store.clone(), bus),
+            router: Router::new(store.clone(), bus, stats.clone()),
+            stats,
             store,
             handlers,
             members: MemberCache::new(cache_ttl),
@@ -99,6 +110,11 @@ impl ChatService {
     /// Tells the service the server's IO loops (once, after they started).
     pub fn set_io_loops(&self, loops: Vec<net::LoopHandle>) {
         let _ = self.loops.set(loops);
+    }
+
+    /// The server's counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
     }
 
     /// The store.
@@ -120,20 +136,25 @@ impl ChatService {
     pub fn run_job(&self, session: &Arc<Session>, job: Job) {
         match job {
             Job::Request(parsed) => self.dispatch(session, parsed),
-            Job::Reply(frame) => session.reply(frame),
-            Job::Fatal(frame) => {
+            Job::Refused {
+                frame,
+                errno,
+                msgid,
+            } => {
+                let peer = session.peer;
+                self.stats
+                    .protocol_error_from(session.user_id(), peer, errno, msgid);
                 session.reply(frame);
-                self.sign_out(session);
-                session.conn.shutdown();
-                let conn = session.conn.clone();
-                session
-                    .conn
-                    .loop_handle()
-                    .run_after(std::time::Duration::from_secs(2), move |_| {
-                        conn.force_close()
-                    });
             }
-            Job::Closed => self.sign_out(session),
+            Job::Fatal(frame, errno) => {
+                let peer = session.peer;
+                self.stats
+                    .protocol_error_from(session.user_id(), peer, errno, -1);
+                close_after(session, frame, || {
+                    self.sign_out(session, End::ProtocolError)
+                });
+            }
+            Job::Closed => self.sign_out(session, End::Closed),
             Job::Drained => {
                 session.end_drain();
                 match session.user() {
@@ -147,17 +168,13 @@ impl ChatService {
                 crate::gateway::resume_session(session);
             }
             Job::Shutdown => {
-                self.sign_out(session);
+                self.sign_out(session, End::Shutdown);
                 session.conn.shutdown();
             }
+            Job::Route { to, text, cid } => self.route_again(session, to, &text, cid),
             Job::Checked(check, verified) => {
                 let result = self.login_checked(session, check, verified);
                 self.answer(session, msgid::LOGIN, result);
-            }
-            Job::Route { to, text } => {
-                if let Err(e) = self.router.send_one(to, &text) {
-                    log::error!("lost a frame for {to}: {e}");
-                }
             }
         }
     }
@@ -202,6 +219,9 @@ impl ChatService {
     }
 
     fn send_error(&self, session: &Session, e: &ProtocolError) {
+        let msgid = e.msgid.unwrap_or(-1);
+        self.stats
+            .protocol_error_from(session.user_id(), session.peer, e.errno, msgid);
         session.reply(protocol::encode(&protocol::error(e)));
     }
 
@@ -233,67 +253,6 @@ impl ChatService {
         }
     }
 
-    fn logout(&self, session: &Arc<Session>, _parsed: Parsed) -> Result<()> {
-        self.sign_out(session);
-        self.ack(session, msgid::LOGINOUT, errno::OK, "logged out", &[]);
-        Ok(())
-    }
-
-    /// Logs the connection's user out, if any: presence first, then the state column.
-    fn sign_out(&self, session: &Arc<Session>) {
-        let Some(user) = session.user() else {
-            return;
-        };
-        session.set_user(None);
-        let removed = {
-            // Presence goes with the hub entry under one shard lock, so a new login
-            // of the same user on this node (which takes that lock) cannot have its
-            // fresh claim released by this late sign-out.
-            let mut shard = self.hub().lock(user.id);
-            let ours = shard.get(&user.id).is_some_and(|s| s.id() == session.id());
-            if ours {
-                shard.remove(&user.id);
-                self.release_presence(user.id);
-            }
-            ours
-        };
-        if removed {
-            if let Err(e) = self.store.set_state(user.id, false) {
-                log::warn!("user {}: state column not updated: {e}", user.id);
-            }
-        }
-    }
-
-    /// Drops the cluster presence of a user this node held.
-    /// The caller holds the user's shard lock.
-    fn release_presence(&self, id: i64) {
-        if let Some(bus) = self.bus() {
-            if let Err(e) = bus.release(id) {
-                log::warn!("user {id}: presence not released ({e}); retried by the keeper");
-                self.unreleased.lock().insert(id);
-            }
-        }
-    }
-
-    /// Stores frames again for `user` (ones that could not be delivered after all).
-    fn restore<'a>(&self, user: i64, texts: impl Iterator<Item = &'a str>) {
-        for t in texts.filter(|t| !t.is_empty()) {
-            if let Err(e) = self.store.store_offline(user, t) {
-                log::error!("lost a frame for {user}: {e}");
-            }
-        }
-    }
-
-    /// Signs out every session of this node (clean shutdown, or a claim lost to
-    /// another node): presence and the state column of these users only.
-    pub fn sign_out_all(&self) {
-        for id in self.hub().online_users() {
-            if let Some(session) = self.hub().get(id) {
-                self.sign_out(&session);
-            }
-        }
-    }
-
     fn register(&self, session: &Arc<Session>, parsed: Parsed) -> Result<()> {
         let Request::Reg { name, password } = parsed.req else {
             unreachable!("handler registered for REG")
@@ -305,65 +264,6 @@ impl ChatService {
             None => protocol::reg_err(),
         };
         session.reply(protocol::encode(&frame));
-        Ok(())
-    }
-
-    /// Handles a ONE_CHAT on the IO loop when that needs no blocking work: the
-    /// session has nothing queued (so order is kept), the sender is who it claims,
-    /// and the recipient is online on this node. Otherwise hands the request back
-    /// for the workers.
-    pub fn try_fast(&self, session: &Arc<Session>, parsed: Parsed) -> std::result::Result<(), Job> {
-        let Request::OneChat { id, toid, .. } = &parsed.req else {
-            return Err(Job::Request(parsed));
-        };
-        let (id, toid) = (*id, *toid);
-        let user = match session.user() {
-            Some(u) if u.id == id && session.is_idle() => u,
-            _ => return Err(Job::Request(parsed)),
-        };
-        let ext = parsed.ext;
-        let mut parsed = Some(parsed);
-        let sent = self.router.try_send_local(toid, || {
-            let Some(Parsed {
-                req: Request::OneChat { frame, .. },
-                ..
-            }) = parsed.take()
-            else {
-                unreachable!("checked above")
-            };
-            chat_text(frame, &user.name)
-        });
-        if ext && !matches!(sent, Fast::NotHere) {
-            session.set_ext();
-        }
-        match (sent, parsed) {
-            (Fast::Sent, _) => Ok(()),
-            (Fast::Store(text), _) => Err(Job::Route { to: toid, text }),
-            (Fast::NotHere, Some(parsed)) => Err(Job::Request(parsed)),
-            (Fast::NotHere, None) => unreachable!("the text is built only when sent"),
-        }
-    }
-
-    fn one_chat(&self, session: &Arc<Session>, parsed: Parsed) -> Result<()> {
-        let Request::OneChat { toid, frame, .. } = parsed.req else {
-            unreachable!("handler registered for ONE_CHAT")
-        };
-        let Some(user) = session.user() else {
-            // Signed out by the node between dispatch and here (a lost claim).
-            return Err(ServiceError::Protocol(ProtocolError::not_logged_in(
-                parsed.msgid,
-            )));
-        };
-        let text = chat_text(frame, &user.name);
-        if self.router.send_one(toid, &text)? == Outcome::NoSuchUser {
-            self.ack(
-                session,
-                msgid::ONE_CHAT,
-                errno::NO_SUCH_USER,
-                &format!("no such user {toid}"),
-                &[("toid", Value::from(toid))],
-            );
-        }
         Ok(())
     }
 
@@ -446,89 +346,27 @@ impl ChatService {
         Ok(())
     }
 
-    fn group_chat(&self, session: &Arc<Session>, parsed: Parsed) -> Result<()> {
-        let Request::GroupChat {
-            id, groupid, frame, ..
-        } = parsed.req
-        else {
-            unreachable!("handler registered for GROUP_CHAT")
-        };
-        let Some(user) = session.user() else {
-            // Signed out by the node between dispatch and here (a lost claim).
-            return Err(ServiceError::Protocol(ProtocolError::not_logged_in(
-                parsed.msgid,
-            )));
-        };
-        let Some(members) = self.group_members(groupid)? else {
-            self.ack(
-                session,
-                msgid::GROUP_CHAT,
-                errno::NO_SUCH_GROUP,
-                &format!("no such group {groupid}"),
-                &[("groupid", Value::from(groupid))],
-            );
-            return Ok(());
-        };
-        if !members.contains(&id) {
-            self.ack(
-                session,
-                msgid::GROUP_CHAT,
-                errno::NOT_MEMBER,
-                &format!("you are not in group {groupid}"),
-                &[("groupid", Value::from(groupid))],
-            );
-            return Ok(());
-        }
-        let others: Vec<i64> = members.iter().copied().filter(|&m| m != id).collect();
-        let text = chat_text(frame, &user.name);
-        self.router.send_many(&others, &text)?;
-        Ok(())
-    }
-
-    /// A group's member ids, from the cache or the store; `None` if no such group.
-    fn group_members(&self, group: i64) -> std::result::Result<Option<Arc<Vec<i64>>>, StoreError> {
-        if let Some(m) = self.members.get(group) {
-            return Ok(Some(m));
-        }
-        let epoch = self.members.begin();
-        let Some(mut members) = self.store.group_members(group)? else {
-            return Ok(None);
-        };
-        members.sort_unstable();
-        let members = Arc::new(members);
-        self.members.insert(group, members.clone(), epoch);
-        Ok(Some(members))
-    }
-
-    /// Drops a group from the member cache, here and on every other node.
-    fn invalidate_group(&self, group: i64) {
-        self.members.invalidate(group);
-        if let Some(bus) = self.bus() {
-            if let Err(e) = bus.broadcast_invalidate(group) {
-                log::warn!("group {group}: other nodes keep a stale member list: {e}");
-            }
-        }
-    }
-
     fn ping(&self, session: &Arc<Session>, _parsed: Parsed) -> Result<()> {
         session.reply(protocol::encode(&protocol::pong()));
         Ok(())
     }
 }
 
+/// Sends a final frame, runs `sign_out`, and closes the connection once the frame
+/// is written (or after a grace period).
+fn close_after(session: &Session, frame: Vec<u8>, sign_out: impl FnOnce()) {
+    session.reply(frame);
+    sign_out();
+    session.conn.shutdown();
+    let conn = session.conn.clone();
+    session
+        .conn
+        .loop_handle()
+        .run_after(Duration::from_secs(2), move |_| conn.force_close());
+}
+
 /// A wire frame's JSON text (without its NUL).
 fn frame_text(frame: &[u8]) -> &str {
     let json = frame.strip_suffix(&[0]).unwrap_or(frame);
     std::str::from_utf8(json).unwrap_or_default()
-}
-
-/// The JSON text of a chat frame as recipients get it (see `protocol::delivery_frame`).
-fn chat_text(frame: serde_json::Map<String, Value>, sender_name: &str) -> String {
-    let fallback = if frame.contains_key("time") {
-        String::new()
-    } else {
-        timefmt::now()
-    };
-    let out = protocol::delivery_frame(frame, sender_name, &fallback);
-    serde_json::to_string(&out).expect("a Value always serialises")
 }

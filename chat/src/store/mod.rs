@@ -7,12 +7,15 @@
 //! Every statement binds its values as parameters; no SQL is ever built from user data.
 
 mod mysql;
+mod mysql_schema;
 mod sqlite;
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 pub use self::mysql::MysqlStore;
 pub use self::sqlite::SqliteStore;
@@ -80,6 +83,40 @@ pub trait Store: Send + Sync {
     /// Like [`Store::take_offline`], at most the `max` oldest messages; the rest stay
     /// stored, in order, for the next call.
     fn take_offline_batch(&self, user: i64, max: usize) -> Result<Vec<String>, StoreError>;
+    /// Whether the database answers a trivial query (the readiness check).
+    fn ping(&self) -> Result<(), StoreError>;
+    /// Offline messages waiting, for all users together.
+    fn offline_backlog(&self) -> Result<u64, StoreError>;
+    /// How long callers waited for a pooled connection.
+    fn pool_wait(&self) -> &PoolWait;
+}
+
+/// Time spent waiting for a pooled connection: a count and a sum, bumped with one
+/// atomic add each per checkout.
+#[derive(Debug, Default)]
+pub struct PoolWait {
+    checkouts: AtomicU64,
+    micros: AtomicU64,
+}
+
+impl PoolWait {
+    /// Times one checkout.
+    pub fn time<T>(&self, checkout: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let out = checkout();
+        self.micros
+            .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.checkouts.fetch_add(1, Ordering::Relaxed);
+        out
+    }
+
+    /// (checkouts, total seconds waited).
+    pub fn get(&self) -> (u64, f64) {
+        (
+            self.checkouts.load(Ordering::Relaxed),
+            self.micros.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
 }
 
 /// One row of `user`.
