@@ -565,8 +565,10 @@ fn describe_string(key: &str, min: usize, max: usize) -> String {
     }
 }
 
+mod fast_chat;
 mod replies;
 
+pub use fast_chat::{parse_fast_chat, FastChat};
 pub use replies::*;
 
 #[cfg(test)]

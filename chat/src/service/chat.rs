@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::{ChatService, Result, ServiceError};
-use crate::protocol::{self, errno, msgid, Parsed, ProtocolError, Request};
+use crate::protocol::{self, errno, msgid, FastChat, Parsed, ProtocolError, Request};
 use crate::router::{Fast, Outcome};
 use crate::session::{Job, Session, User};
 use crate::store::StoreError;
@@ -78,6 +78,31 @@ impl ChatService {
             }),
             (Fast::NotHere, Some(parsed)) => Err(Job::Request(parsed)),
             (Fast::NotHere, None) => unreachable!("the text is built only when sent"),
+        }
+    }
+
+    /// [`Self::try_fast`] for a chat frame read without a `Value`: `None` when this path
+    /// cannot take it (then the caller parses it in full), else what `try_fast` gives.
+    pub fn try_fast_chat(
+        &self,
+        session: &Arc<Session>,
+        chat: &FastChat,
+    ) -> Option<std::result::Result<(), Job>> {
+        let user = match session.user() {
+            Some(u) if u.id == chat.id && session.is_idle() => u,
+            _ => return None,
+        };
+        match self
+            .router
+            .try_send_local(chat.toid, || chat.delivery_text(&user.name, timefmt::now))
+        {
+            Fast::Sent => Some(Ok(())),
+            Fast::Store(text) => Some(Err(Job::Route {
+                to: chat.toid,
+                text,
+                cid: None,
+            })),
+            Fast::NotHere => None,
         }
     }
 
