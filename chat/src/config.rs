@@ -2,6 +2,7 @@
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
@@ -10,7 +11,9 @@ use crate::admin::AdminOptions;
 use crate::bus::{new_node_id, BusConfig, WaitReplicas};
 use crate::codec::DEFAULT_FRAME_LIMIT;
 use crate::gateway::Limits;
+use crate::hasher::HasherConfig;
 use crate::server::ServerOptions;
+use crate::service::throttle::ThrottleConfig;
 use crate::store::{self, OfflineLimits};
 
 /// `ChatServer [IP] [PORT] [OPTIONS]` — as the original takes `ChatServer <ip> <port>`,
@@ -96,6 +99,22 @@ pub struct Config {
     /// Percent of both bounds one sender may fill for one recipient (1-100).
     #[arg(long, env = "CHAT_OFFLINE_SENDER_PERCENT", default_value_t = store::offline_defaults().sender_percent)]
     pub offline_sender_percent: u64,
+    /// Failed logins an account gets before it is locked (0: no throttle); each
+    /// further one doubles the lock.
+    #[arg(long, env = "CHAT_LOGIN_FAILURES", default_value_t = 5)]
+    pub login_failures: u32,
+    /// The first lock of an account, in milliseconds.
+    #[arg(long, env = "CHAT_LOGIN_BACKOFF_MS", default_value_t = 1000)]
+    pub login_backoff_ms: u64,
+    /// The longest lock of an account, in seconds.
+    #[arg(long, env = "CHAT_LOGIN_BACKOFF_MAX_SECS", default_value_t = 900)]
+    pub login_backoff_max_secs: u64,
+    /// Password-hashing threads (0: one per core).
+    #[arg(long, env = "CHAT_HASHERS", default_value_t = 0)]
+    pub hashers: usize,
+    /// Hashes one peer address may have running while another address's login waits.
+    #[arg(long, env = "CHAT_HASHES_PER_PEER", default_value_t = 1)]
+    pub hashes_per_peer: usize,
     /// Memory cost of new password hashes in KiB (argon2id; the default is OWASP's).
     #[arg(long, env = "CHAT_ARGON2_MEMORY_KIB", default_value_t = 19_456)]
     pub argon2_memory_kib: u32,
@@ -208,6 +227,15 @@ impl Config {
                 max_messages: self.offline_max_messages,
                 max_bytes: self.offline_max_bytes,
                 sender_percent: self.offline_sender_percent.clamp(1, 100),
+            },
+            throttle: ThrottleConfig {
+                free_attempts: self.login_failures,
+                backoff_base: Duration::from_millis(self.login_backoff_ms.max(1)),
+                backoff_max: Duration::from_secs(self.login_backoff_max_secs),
+            },
+            hashing: HasherConfig {
+                threads: self.hashers,
+                per_peer: self.hashes_per_peer.max(1),
             },
             bus: self.redis.as_ref().map(|url| BusConfig {
                 url: url.clone(),

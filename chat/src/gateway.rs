@@ -216,10 +216,9 @@ impl Gateway {
                         }
                         continue;
                     }
-                    let (mut ext, mut reg_strings, mut msgid) = (false, false, -1);
+                    let (mut ext, mut msgid) = (false, -1);
                     let parsed = codec::parse_frame(&buf.peek()[start..end]).and_then(|v| {
                         ext = asks_ext(&v);
-                        reg_strings = reg_with_strings(&v);
                         msgid = v
                             .get("msgid")
                             .and_then(serde_json::Value::as_i64)
@@ -237,7 +236,7 @@ impl Gateway {
                                 Ok(()) => continue,
                                 Err(job) => job,
                             },
-                            Err(e) => refused(error_reply(&e, ext, reg_strings), e.errno, msgid),
+                            Err(e) => refused(error_reply(&e, ext), e.errno, msgid),
                         }
                     };
                     pause |= self.submitter.submit(&st.session, job);
@@ -245,6 +244,16 @@ impl Gateway {
                         // Leave the rest undecoded in the input buffer: the loop
                         // hands it over again when reading resumes, so a flood
                         // costs its bytes, not a job per frame.
+                        break;
+                    }
+                }
+                Ok(Decoded::Unterminated { end }) => {
+                    buf.retrieve(end);
+                    self.stats.frame_in(-1);
+                    let e = codec::unterminated();
+                    let job = refused(protocol::encode(&protocol::error(&e)), e.errno, -1);
+                    pause |= self.submitter.submit(&st.session, job);
+                    if pause {
                         break;
                     }
                 }
@@ -335,24 +344,22 @@ fn asks_ext(v: &serde_json::Value) -> bool {
         || v.get("ext").and_then(serde_json::Value::as_u64) == Some(1)
 }
 
-/// A REG whose name and password are both strings: if it is still invalid, the
-/// strings are empty or too long, which the legacy protocol answers as a failed
-/// registration, not as a malformed request.
-fn reg_with_strings(v: &serde_json::Value) -> bool {
-    v.get("msgid").and_then(serde_json::Value::as_i64) == Some(protocol::msgid::REG)
-        && v.get("name").is_some_and(serde_json::Value::is_string)
-        && v.get("password").is_some_and(serde_json::Value::is_string)
-}
-
-/// The reply to an invalid request. A REG with an empty or too long name or
-/// password gets the legacy failed REG_ACK (the legacy client prints its own line
-/// for any errno 1), with the reason for opted-in clients; anything else an ERROR.
-fn error_reply(e: &ProtocolError, ext: bool, reg_strings: bool) -> Vec<u8> {
-    let reg_failed = reg_strings && e.errno == errno::BAD_FIELD;
-    protocol::encode(&match (reg_failed, ext) {
-        (true, true) => protocol::reg_err_ext(&e.errmsg),
-        (true, false) => protocol::reg_err(),
-        (false, _) => protocol::error(e),
+/// The reply to an invalid request. A LOGIN or REG with a missing or invalid field
+/// (an id <= 0, an over-long value, a wrong type) gets the legacy failed LOGIN_ACK or
+/// REG_ACK, which is what a legacy client waits for (it ignores msgid 11 and would hang):
+/// the legacy bytes for a legacy client, the reason for an opted-in one (a LOGIN_ACK
+/// with the protocol errno, a REG_ACK errno 1 with errmsg). Anything else an ERROR.
+fn error_reply(e: &ProtocolError, ext: bool) -> Vec<u8> {
+    let field = matches!(e.errno, errno::MISSING_FIELD | errno::BAD_FIELD);
+    protocol::encode(&match (e.msgid, field, ext) {
+        (Some(protocol::msgid::LOGIN), true, false) => protocol::login_err(
+            errno::INVALID_CREDENTIALS,
+            protocol::MSG_INVALID_CREDENTIALS,
+        ),
+        (Some(protocol::msgid::LOGIN), true, true) => protocol::login_err(e.errno, &e.errmsg),
+        (Some(protocol::msgid::REG), true, false) => protocol::reg_err(),
+        (Some(protocol::msgid::REG), true, true) => protocol::reg_err_ext(&e.errmsg),
+        _ => protocol::error(e),
     })
 }
 

@@ -6,7 +6,8 @@
 //! queues them in arrival order; a worker pool runs them through the msgid →
 //! handler map of [`service::ChatService`], which uses a [`store::Store`] (SQLite
 //! or MySQL) and the [`hub::Hub`] of online users, and replies through the
-//! connection's handle. Nothing blocking ever runs on an IO loop.
+//! connection's handle. A LOGIN's password check runs on the [`hasher`]'s own
+//! threads, fair between peer addresses. Nothing blocking ever runs on an IO loop.
 //!
 //! Operations: every floor bumps the relaxed atomics of [`stats::Stats`] (and
 //! writes [`audit`] lines for session events, off the IO loops); the [`admin`]
@@ -19,6 +20,7 @@ pub mod bus;
 pub mod codec;
 pub mod config;
 pub mod gateway;
+pub mod hasher;
 pub mod hub;
 pub mod member_cache;
 pub mod outflow;

@@ -112,6 +112,33 @@ pub fn verify(stored: &str, password: &str) -> Verified {
     }
 }
 
+/// [`verify`] for a LOGIN, in about the same time whatever the outcome, so that the
+/// reply's timing does not tell which ids exist: an unknown user (`stored` is `None`)
+/// is checked against a hash no password matches, and a legacy plaintext row pays for
+/// one such check too before its constant-time comparison.
+///
+/// Slow on purpose: call it from a hashing thread, never an IO loop.
+pub fn verify_login(stored: Option<&str>, password: &str) -> Verified {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    let dummy = || DUMMY.get_or_init(unusable).as_str();
+    match stored {
+        None => {
+            let _ = verify(dummy(), password);
+            Verified::Mismatch
+        }
+        Some(s) if is_hash(s) => verify(s, password),
+        Some(s) => {
+            let _ = verify(dummy(), password);
+            verify(s, password)
+        }
+    }
+}
+
+/// Whether `stored` is an argon2 PHC string (not a legacy plaintext password).
+fn is_hash(stored: &str) -> bool {
+    stored.starts_with("$argon2") && PasswordHash::new(stored).is_ok()
+}
+
 /// Compares two byte strings in time that depends only on their lengths, not on where
 /// they first differ.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -180,6 +207,20 @@ mod tests {
         assert!(stored.starts_with("$argon2id$"));
         assert_eq!(verify(&stored, ""), Verified::Mismatch);
         assert_eq!(verify(&stored, &stored), Verified::Mismatch);
+    }
+
+    #[test]
+    fn verify_login_cases() {
+        let stored = hash("pw");
+        assert_eq!(verify_login(Some(&stored), "pw"), Verified::Ok);
+        assert_eq!(verify_login(Some(&stored), "px"), Verified::Mismatch);
+        assert_eq!(verify_login(None, "pw"), Verified::Mismatch);
+        assert_eq!(verify_login(None, ""), Verified::Mismatch);
+        assert_eq!(
+            verify_login(Some("plain"), "plain"),
+            Verified::OkLegacyPlaintext
+        );
+        assert_eq!(verify_login(Some("plain"), "plainx"), Verified::Mismatch);
     }
 
     #[test]

@@ -13,6 +13,8 @@ use crate::admin::{AdminOptions, AdminServer, Sources};
 use crate::bus::{Bus, BusConfig, BusHandler, BusThreads};
 use crate::codec;
 use crate::gateway::{self, Gateway, Limits, Sessions};
+use crate::hasher::HasherConfig;
+use crate::service::throttle::ThrottleConfig;
 use crate::service::ChatService;
 use crate::session::{Job, Session};
 use crate::store::{OfflineLimits, Store};
@@ -33,6 +35,10 @@ pub struct ServerOptions {
     pub limits: Limits,
     /// Bounds of each recipient's offline store.
     pub offline: OfflineLimits,
+    /// The failed-login throttle.
+    pub throttle: ThrottleConfig,
+    /// The password-hashing threads and their fairness.
+    pub hashing: HasherConfig,
     /// The admin HTTP listener (health, metrics, admin actions); `None`: off.
     pub admin: Option<AdminOptions>,
 }
@@ -46,6 +52,8 @@ impl Default for ServerOptions {
             bus: None,
             limits: Limits::default(),
             offline: OfflineLimits::default(),
+            throttle: ThrottleConfig::default(),
+            hashing: HasherConfig::default(),
             admin: None,
         }
     }
@@ -75,13 +83,23 @@ impl ChatServer {
             Some(cfg) => Some(Bus::connect(cfg.clone()).map_err(io::Error::other)?),
             None => None,
         };
-        let service = Arc::new(ChatService::new(store, bus.clone(), opts.offline));
+        let service = Arc::new(ChatService::new(
+            store,
+            bus.clone(),
+            opts.offline,
+            opts.throttle.clone(),
+        ));
         let bus_threads = match &bus {
             Some(bus) => Some(bus.spawn(service.clone() as Arc<dyn BusHandler>)?),
             None => None,
         };
         let sessions: Sessions = Arc::default();
-        let workers = WorkerPool::start(opts.workers, service.clone(), gateway::resume_session)?;
+        let workers = WorkerPool::start(
+            opts.workers,
+            &opts.hashing,
+            service.clone(),
+            gateway::resume_session,
+        )?;
         let gw = Arc::new(Gateway::new(
             service.clone(),
             workers.submitter().clone(),

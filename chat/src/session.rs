@@ -10,8 +10,10 @@ use net::ConnHandle;
 use parking_lot::Mutex;
 
 use crate::outflow::{FanOut, Outflow};
+use crate::password::Verified;
 use crate::protocol::Parsed;
 use crate::stats::Stats;
+use crate::store::UserRow;
 
 /// Above this many queued requests the connection stops reading (backpressure).
 pub const QUEUE_HIGH: usize = 256;
@@ -60,6 +62,31 @@ pub enum Job {
     /// The connection's output drained after it was congested: flush what was
     /// stored for the user meanwhile, then deliver live again.
     Drained,
+    /// A LOGIN's password check came back from the hasher: finish the login. It
+    /// runs before every job queued behind that LOGIN.
+    Checked(PasswordCheck, Verified),
+}
+
+/// A LOGIN's password check, run off the strand by the hasher: the session's later
+/// jobs wait (its strand stays owned) until it comes back as [`Job::Checked`].
+pub struct PasswordCheck {
+    /// The id the client logs in as.
+    pub id: i64,
+    /// The user's row; `None` when there is no such user (the check still costs a
+    /// hash, so that the reply's timing does not tell).
+    pub row: Option<UserRow>,
+    /// The password the client sent.
+    pub password: String,
+}
+
+impl std::fmt::Debug for PasswordCheck {
+    /// Never prints the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordCheck")
+            .field("id", &self.id)
+            .field("known", &self.row.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The logged-in user of a connection.
@@ -119,6 +146,9 @@ pub struct Session {
     /// A `Drained` job is queued: every completed write of a flushed batch would
     /// otherwise queue one more.
     drain_pending: AtomicBool,
+    /// A password check the running job handed over: the worker moves it to the
+    /// hasher once the job returned, and leaves the strand waiting for it.
+    suspended: Mutex<Option<PasswordCheck>>,
 }
 
 impl Session {
@@ -142,7 +172,19 @@ impl Session {
             last_user: AtomicI64::new(0),
             logged_in_once: AtomicBool::new(false),
             drain_pending: AtomicBool::new(false),
+            suspended: Mutex::new(None),
         }
+    }
+
+    /// Hands a password check over (from the job running on this session's strand):
+    /// the strand waits for its [`Job::Checked`].
+    pub fn suspend(&self, check: PasswordCheck) {
+        *self.suspended.lock() = Some(check);
+    }
+
+    /// The check the job that just returned handed over, if any (for the worker).
+    pub fn take_suspended(&self) -> Option<PasswordCheck> {
+        self.suspended.lock().take()
     }
 
     /// The connection's unique id.

@@ -1,5 +1,7 @@
-//! Workers: the pool that runs sessions' jobs — database, password hashing and
-//! Redis round trips — so that no IO loop ever blocks.
+//! Workers: the pool that runs sessions' jobs — database and Redis round trips —
+//! so that no IO loop ever blocks. A LOGIN's password check goes on to the hasher
+//! (its own threads, fair between peer addresses): the session's strand waits for
+//! it while the worker serves other sessions.
 
 use std::io;
 use std::sync::Arc;
@@ -7,6 +9,7 @@ use std::thread::{self, JoinHandle};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::hasher::{Hasher, HasherConfig};
 use crate::service::ChatService;
 use crate::session::{Job, Session};
 
@@ -18,6 +21,8 @@ const JOBS_PER_TURN: usize = 32;
 enum Work {
     /// Run this session's jobs.
     Run(Arc<Session>),
+    /// Run this job of the session (a finished password check) first, then its queue.
+    Resume(Arc<Session>, Job),
     /// Exit.
     Stop,
 }
@@ -46,34 +51,46 @@ impl Submitter {
     }
 }
 
-/// The worker threads. Dropping stops them after their current job.
+/// The worker threads and the hasher. Dropping stops them after their current job.
 pub struct WorkerPool {
     submitter: Submitter,
     threads: Vec<JoinHandle<()>>,
+    hasher: Arc<Hasher>,
 }
 
 impl WorkerPool {
-    /// Starts `n` (at least one) workers running jobs through `service`.
-    /// `on_resume` runs when a paused session's queue drains below its low mark.
+    /// Starts `n` (at least one) workers running jobs through `service`, and the
+    /// hasher. `on_resume` runs when a paused session's queue drains below its low mark.
     pub fn start(
         n: usize,
+        hashing: &HasherConfig,
         service: Arc<ChatService>,
         on_resume: fn(&Session),
     ) -> io::Result<WorkerPool> {
         let (tx, rx) = crossbeam_channel::unbounded::<Work>();
+        let back = tx.clone();
+        let hasher = Hasher::start(
+            hashing,
+            Arc::new(move |session, job| {
+                let _ = back.send(Work::Resume(session, job));
+            }),
+        )?;
+        let hasher = Arc::new(hasher);
         let threads = (0..n.max(1))
             .map(|i| {
                 let rx = rx.clone();
                 let tx = tx.clone();
                 let service = service.clone();
+                let hasher = hasher.clone();
                 thread::Builder::new()
                     .name(format!("chat-worker{i}"))
-                    .spawn(move || worker(&service, &rx, &tx, on_resume))
+                    .spawn(move || worker(&service, &hasher, &rx, &tx, on_resume))
             })
             .collect::<io::Result<Vec<_>>>()?;
         Ok(WorkerPool {
             submitter: Submitter { tx },
             threads,
+            hasher,
         })
     }
 
@@ -82,8 +99,10 @@ impl WorkerPool {
         &self.submitter
     }
 
-    /// Stops the workers (after the jobs queued before this call) and joins them.
+    /// Stops the hasher (checks still queued are dropped: the server is going), then
+    /// the workers (after the jobs queued before this call), and joins them.
     pub fn stop(&mut self) {
+        self.hasher.stop();
         for _ in &self.threads {
             let _ = self.submitter.tx.send(Work::Stop);
         }
@@ -100,15 +119,32 @@ impl Drop for WorkerPool {
 }
 
 /// A worker: takes sessions that have work and runs their jobs, a turn at a time.
-fn worker(service: &ChatService, rx: &Receiver<Work>, tx: &Sender<Work>, on_resume: fn(&Session)) {
-    while let Ok(Work::Run(session)) = rx.recv() {
+fn worker(
+    service: &ChatService,
+    hasher: &Hasher,
+    rx: &Receiver<Work>,
+    tx: &Sender<Work>,
+    on_resume: fn(&Session),
+) {
+    loop {
+        let (session, mut first) = match rx.recv() {
+            Ok(Work::Run(session)) => (session, None),
+            Ok(Work::Resume(session, job)) => (session, Some(job)),
+            Ok(Work::Stop) | Err(_) => return,
+        };
         let mut done = 0;
         loop {
-            let (job, resume) = session.pop();
-            if resume {
-                on_resume(&session);
-            }
-            let Some(job) = job else { break };
+            let job = match first.take() {
+                Some(job) => job,
+                None => {
+                    let (job, resume) = session.pop();
+                    if resume {
+                        on_resume(&session);
+                    }
+                    let Some(job) = job else { break };
+                    job
+                }
+            };
             // A panicking handler must not take the worker, or the session's strand
             // (left scheduled forever), with it.
             let run = std::panic::AssertUnwindSafe(|| service.run_job(&session, job));
@@ -117,6 +153,12 @@ fn worker(service: &ChatService, rx: &Receiver<Work>, tx: &Sender<Work>, on_resu
                     "a job of connection {} panicked; it was dropped",
                     session.id()
                 );
+            }
+            if let Some(check) = session.take_suspended() {
+                // The strand stays scheduled: the hasher hands the session back
+                // (Work::Resume) and only then do its later jobs run.
+                hasher.submit(session.clone(), check);
+                break;
             }
             done += 1;
             if done >= JOBS_PER_TURN && session.has_jobs() {

@@ -21,8 +21,8 @@ both_backends!(
 
 /// A REG whose name is empty or too long is a failed registration, as the legacy
 /// server answered it (the legacy client prints its own line for errno 1): the exact
-/// legacy bytes for a legacy client, the reason for an opted-in one. A mistyped field
-/// stays a protocol error.
+/// legacy bytes for a legacy client, the reason for an opted-in one; a mistyped field too
+/// (a legacy client waits for msgid 5 and ignores msgid 11).
 fn invalid_registration_is_a_failed_reg(b: &Backend) {
     let srv = b.start();
     let mut c = Client::connect(srv.addr());
@@ -36,7 +36,7 @@ fn invalid_registration_is_a_failed_reg(b: &Backend) {
     assert_eq!(v["errno"], 1, "{v}");
     assert!(v["errmsg"].as_str().unwrap().contains("name"), "{v}");
     c.send(&json!({"msgid": 4, "name": 5, "password": "p"}));
-    c.expect_error(105, Some(4));
+    util::expect_bytes(&mut c, r#"{"errno":1,"msgid":5}"#);
     // The connection still registers a valid name.
     let id = c.register("fine", "pw");
     assert!(id > 0);
@@ -487,4 +487,54 @@ fn ext_client_gets_acks(b: &Backend) {
     let v = a.c.expect_msgid(5);
     assert_eq!(v["errno"], 1);
     assert!(v["errmsg"].is_string(), "{v}");
+}
+
+/// Every LOGIN failure a legacy client can cause gets the legacy LOGIN_ACK, which it waits
+/// for (the original client typed id 0 after bad input and hung on an ERROR frame); an
+/// opted-in client gets the LOGIN_ACK with the protocol errno and the reason. REG alike.
+#[test]
+fn invalid_login_or_reg_gets_the_legacy_reply() {
+    let b = Backend::sqlite();
+    let srv = b.start();
+    let mut c = Client::connect(srv.addr());
+    let long = "p".repeat(257);
+    let logins = [
+        json!({"id": 0, "msgid": 1, "password": "p"}),
+        json!({"id": -5, "msgid": 1, "password": "p"}),
+        json!({"id": "22", "msgid": 1, "password": "p"}),
+        json!({"id": 1.5, "msgid": 1, "password": "p"}),
+        json!({"msgid": 1, "password": "p"}),
+        json!({"id": 22, "msgid": 1}),
+        json!({"id": 22, "msgid": 1, "password": 7}),
+        json!({"id": 22, "msgid": 1, "password": long}),
+    ];
+    for req in &logins {
+        c.send(req);
+        expect_bytes(
+            &mut c,
+            r#"{"errmsg":"id or password is invalid!","errno":1,"msgid":2}"#,
+        );
+    }
+    for mut req in logins {
+        req["ext"] = json!(1);
+        c.send(&req);
+        let v = c.expect_msgid(2);
+        assert!(v["errno"] == 104 || v["errno"] == 105, "{req} got {v}");
+        assert!(v["errmsg"].as_str().unwrap().contains("field"), "{v}");
+    }
+    for req in [
+        json!({"msgid": 4, "name": ["n"], "password": "p"}),
+        json!({"msgid": 4, "name": "n"}),
+        json!({"msgid": 4, "name": "n", "password": long}),
+    ] {
+        c.send(&req);
+        expect_bytes(&mut c, r#"{"errno":1,"msgid":5}"#);
+    }
+    c.send(&json!({"ext": 1, "msgid": 4, "password": "p"}));
+    let v = c.expect_msgid(5);
+    assert_eq!(v["errno"], 1, "{v}");
+    assert!(v["errmsg"].as_str().unwrap().contains("name"), "{v}");
+    // The connection still logs in.
+    let id = c.register("fine", "pw");
+    c.login_ok(id, "pw");
 }

@@ -105,7 +105,8 @@ pub enum End {
 /// The frames found in a stream, in order, and how it ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Split {
-    /// Each frame's bytes, from its opening `{`/`[` to its closing `}`/`]`.
+    /// Each frame's bytes, from its opening `{`/`[` to its closing `}`/`]`, or to the NUL
+    /// that cut it short (included).
     pub frames: Vec<Vec<u8>>,
     /// What came after the last frame.
     pub end: End,
@@ -126,8 +127,10 @@ pub struct Drive {
 
 /// An independent, whole-stream statement of protocol.md §1, to compare the streaming
 /// decoder against: skip separators; a frame starts at `{` or `[`; it ends where the
-/// bracket depth, counted outside JSON strings, returns to zero; it may be at most `limit`
-/// bytes; a partial frame longer than `limit` is already refused.
+/// bracket depth, counted outside JSON strings, returns to zero, or — cut short — at the
+/// first NUL byte, wherever it is; it may be at most `limit` bytes (a cut frame: at most
+/// `limit` bytes before its NUL); a partial frame longer than `limit` is already refused.
+/// A cut frame is listed in `frames` with its NUL, as [`drive_decoder`] does.
 pub fn reference_split(limit: usize, stream: &[u8]) -> Split {
     let mut frames = Vec::new();
     let mut pos = 0;
@@ -149,13 +152,13 @@ pub fn reference_split(limit: usize, stream: &[u8]) -> Split {
         }
         let rest = &stream[pos..];
         match frame_len(rest) {
-            Some(n) if n <= limit => {
+            Scan::Closed(n) | Scan::Cut(n) if n - usize::from(rest[n - 1] == 0) <= limit => {
                 frames.push(rest[..n].to_vec());
                 pos += n;
             }
-            Some(_) => break,
-            None if rest.len() > limit => break,
-            None => {
+            Scan::Closed(_) | Scan::Cut(_) => break,
+            Scan::Open if rest.len() > limit => break,
+            Scan::Open => {
                 return Split {
                     frames,
                     end: End::Pending(rest.len()),
@@ -169,20 +172,35 @@ pub fn reference_split(limit: usize, stream: &[u8]) -> Split {
     }
 }
 
-/// The length of the bracketed value at the front of `s`, `None` if it does not close.
-fn frame_len(s: &[u8]) -> Option<usize> {
+/// How the bracketed value at the front of a stream ends.
+enum Scan {
+    /// It closes after this many bytes.
+    Closed(usize),
+    /// A NUL cuts it: this many bytes, the NUL included.
+    Cut(usize),
+    /// Neither, yet.
+    Open,
+}
+
+/// Where the bracketed value at the front of `s` ends.
+fn frame_len(s: &[u8]) -> Scan {
     let mut depth = 0usize;
     let mut i = 0;
     while i < s.len() {
         match s[i] {
+            0 => return Scan::Cut(i + 1),
             b'"' => {
-                // Jump over the string: a backslash always takes the next byte with it.
+                // Jump over the string: a backslash always takes the next byte with it,
+                // unless that byte is a NUL.
                 i += 1;
                 loop {
-                    match s.get(i)? {
-                        b'\\' => i += 2,
-                        b'"' => break,
-                        _ => i += 1,
+                    match s.get(i) {
+                        None => return Scan::Open,
+                        Some(0) => return Scan::Cut(i + 1),
+                        Some(b'\\') if s.get(i + 1) == Some(&0) => return Scan::Cut(i + 2),
+                        Some(b'\\') => i += 2,
+                        Some(b'"') => break,
+                        Some(_) => i += 1,
                     }
                 }
             }
@@ -190,14 +208,14 @@ fn frame_len(s: &[u8]) -> Option<usize> {
             b'}' | b']' => {
                 depth -= 1;
                 if depth == 0 {
-                    return Some(i + 1);
+                    return Scan::Closed(i + 1);
                 }
             }
             _ => {}
         }
         i += 1;
     }
-    None
+    Scan::Open
 }
 
 /// Feeds `stream` to a [`Decoder`] through a `net::Buffer` exactly as the server's IO loop
@@ -256,6 +274,26 @@ pub fn drive_decoder(limit: usize, stream: &[u8], mut chunk: impl FnMut(usize) -
                     assert!(matches!(data[end - 1], b'}' | b']'));
                     assert!(end - start <= limit, "frame of {} > {limit}", end - start);
                     frames.push(data[start..end].to_vec());
+                    buf.retrieve(end);
+                    consumed += end;
+                }
+                Ok(Decoded::Unterminated { end }) => {
+                    assert!(end <= data.len(), "{end} of {}", data.len());
+                    let lead = data.iter().take_while(|&&b| is_separator(b)).count();
+                    assert!(lead < end - 1, "no frame before the NUL");
+                    assert!(matches!(data[lead], b'{' | b'['));
+                    assert_eq!(data[end - 1], 0);
+                    assert!(
+                        !data[lead..end - 1].contains(&0),
+                        "an earlier NUL was passed"
+                    );
+                    assert!(
+                        end - 1 - lead <= limit,
+                        "cut frame of {} > {limit}",
+                        end - 1 - lead
+                    );
+                    check_error(&codec::unterminated(), None);
+                    frames.push(data[lead..end].to_vec());
                     buf.retrieve(end);
                     consumed += end;
                 }
@@ -365,7 +403,10 @@ pub fn expected_reader_outcomes(split: &Split) -> Vec<Result<Value, CodecError>>
     let mut out: Vec<_> = split
         .frames
         .iter()
-        .map(|f| codec::parse_frame(f).map_err(CodecError::Invalid))
+        .map(|f| match f.last() {
+            Some(0) => Err(CodecError::Invalid(codec::unterminated())),
+            _ => codec::parse_frame(f).map_err(CodecError::Invalid),
+        })
         .collect();
     if let End::Failed(e) = &split.end {
         out.push(Err(e.clone()));

@@ -25,9 +25,11 @@ mod connector;
 mod scripts;
 mod stream;
 mod threads;
+mod throttle;
 
 pub use admin::NodeInfo;
 pub use threads::{parse_message, BusThreads};
+pub use throttle::{Counted, ThrottleRule};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -111,6 +111,9 @@ pub mod errno {
     pub const SERVER_FULL: i64 = 112;
     /// No login within the time limit after connecting; the connection is closed.
     pub const LOGIN_TIMEOUT: i64 = 113;
+    /// LOGIN of an account locked after too many failed attempts (a LOGIN_ACK with
+    /// `retryafter`, to opted-in clients; legacy clients get errno 1).
+    pub const LOGIN_THROTTLED: i64 = 114;
     /// An operator disconnected the user (admin kick); the connection is closed.
     pub const KICKED: i64 = 135;
 

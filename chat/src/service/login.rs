@@ -1,9 +1,15 @@
-//! Login and logout: claiming a user for a session (hub, cluster presence, offline
-//! messages, under the user's shard lock) and letting it go, each with its audit line.
+//! Login and logout: the failed-login throttle, the password check on the hasher,
+//! claiming a user for a session (hub, cluster presence, offline messages, under the
+//! user's shard lock) and letting it go, each with its audit line.
+//!
+//! The rule: a wrong id and a wrong password get the same bytes after the same work
+//! (a hash either way), and a locked account costs no hash at all.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
+use super::throttle::Attempt;
 use super::{frame_text, ChatService, Result, ServiceError, LOGIN_PAGE_BYTES};
 use crate::audit::End;
 use crate::bus::Claim;
@@ -11,16 +17,57 @@ use crate::password::{self, Verified};
 use crate::protocol::{
     self, errno, msgid, Friend, GroupInfo, Member, Parsed, ProtocolError, Request,
 };
-use crate::session::{Session, User};
+use crate::session::{PasswordCheck, Session, User};
 use crate::store::StoreError;
 
 impl ChatService {
+    /// LOGIN, first half: refuse a locked account, count the attempt, read the user,
+    /// and hand the password check to the hasher (the strand waits for it).
     pub(super) fn login(&self, session: &Arc<Session>, parsed: Parsed) -> Result<()> {
         let Request::Login { id, password } = parsed.req else {
             unreachable!("handler registered for LOGIN")
         };
+        if let Some(current) = session.user() {
+            return Err(ServiceError::Protocol(ProtocolError::already_logged_in(
+                current.id,
+            )));
+        }
         let stats = session.stats();
-        match self.try_login(session, id, &password) {
+        match self.throttle.begin(id) {
+            Attempt::Refused { retry_after } => {
+                stats.login_failed(id, session.peer, "throttled");
+                session.reply(throttled_reply(session.ext(), retry_after));
+                return Ok(());
+            }
+            Attempt::Allowed { locked: Some(lock) } => log::warn!(
+                "login of {id}: too many failed attempts, locked for {} s (this one from {})",
+                lock.as_secs_f64().ceil(),
+                session.peer
+            ),
+            Attempt::Allowed { locked: None } => {}
+        }
+        let row = match self.store.user(id) {
+            Ok(row) => row,
+            Err(e) => {
+                stats.login_failed(id, session.peer, "unavailable");
+                return Err(e.into());
+            }
+        };
+        session.suspend(PasswordCheck { id, row, password });
+        Ok(())
+    }
+
+    /// LOGIN, second half, when the hasher answered: the same reply for an unknown id
+    /// and a wrong password; on success, claim the user and send the LOGIN_ACK.
+    pub(super) fn login_checked(
+        &self,
+        session: &Arc<Session>,
+        check: PasswordCheck,
+        verified: Verified,
+    ) -> Result<()> {
+        let id = check.id;
+        let stats = session.stats();
+        match self.try_login(session, check, verified) {
             Ok(None) => stats.login_ok(id, session.peer),
             Ok(Some(why)) => stats.login_failed(id, session.peer, why),
             Err(ServiceError::Store(e)) => {
@@ -32,38 +79,30 @@ impl ChatService {
         Ok(())
     }
 
-    /// Logs the session in; `Ok(Some(reason))` when refused with a reply sent.
+    /// Logs the session in after its password check; `Ok(Some(reason))` when refused
+    /// with a reply sent.
     fn try_login(
         &self,
         session: &Arc<Session>,
-        id: i64,
-        password: &str,
+        check: PasswordCheck,
+        verified: Verified,
     ) -> Result<Option<&'static str>> {
-        if let Some(current) = session.user() {
-            return Err(ServiceError::Protocol(ProtocolError::already_logged_in(
-                current.id,
-            )));
-        }
-        let invalid = || {
-            protocol::encode(&protocol::login_err(
-                errno::INVALID_CREDENTIALS,
-                protocol::MSG_INVALID_CREDENTIALS,
-            ))
-        };
-        let Some(row) = self.store.user(id)? else {
-            session.reply(invalid());
-            return Ok(Some("bad-credentials"));
-        };
-        match password::verify(&row.password, password) {
-            Verified::Mismatch => {
-                session.reply(invalid());
+        let PasswordCheck { id, row, password } = check;
+        let row = match (row, verified) {
+            (Some(row), Verified::Ok) => row,
+            (Some(row), Verified::OkLegacyPlaintext) => {
+                self.store.set_password(id, &password::hash(&password))?;
+                row
+            }
+            (_, _) => {
+                session.reply(protocol::encode(&protocol::login_err(
+                    errno::INVALID_CREDENTIALS,
+                    protocol::MSG_INVALID_CREDENTIALS,
+                )));
                 return Ok(Some("bad-credentials"));
             }
-            Verified::OkLegacyPlaintext => {
-                self.store.set_password(id, &password::hash(password))?;
-            }
-            Verified::Ok => {}
-        }
+        };
+        self.throttle.succeeded(id);
 
         // Claim the user and take its offline messages under the user's shard lock.
         let mut drains = 0;
@@ -299,4 +338,23 @@ impl ChatService {
             }
         }
     }
+}
+
+/// The reply to a LOGIN of a locked account: the legacy wrong-credentials bytes (a
+/// legacy client prints them; they tell nothing more than a wrong password), or for an
+/// opted-in client errno 114 with `retryafter`, whole seconds.
+fn throttled_reply(ext: bool, retry_after: Duration) -> Vec<u8> {
+    if !ext {
+        return protocol::encode(&protocol::login_err(
+            errno::INVALID_CREDENTIALS,
+            protocol::MSG_INVALID_CREDENTIALS,
+        ));
+    }
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    let mut v = protocol::login_err(
+        errno::LOGIN_THROTTLED,
+        &format!("too many failed logins, try again in {secs} s"),
+    );
+    v["retryafter"] = serde_json::Value::from(secs);
+    protocol::encode(&v)
 }

@@ -12,6 +12,7 @@ mod chat;
 mod cluster;
 mod contacts;
 mod login;
+pub mod throttle;
 
 pub use admin::Kick;
 
@@ -25,6 +26,7 @@ use crate::router::Router;
 use crate::session::{Job, Session};
 use crate::stats::Stats;
 use crate::store::{AddFriend, JoinGroup, Store, StoreError};
+use throttle::{LoginThrottle, ThrottleConfig};
 
 /// A failure that ends a request with an error reply.
 #[derive(Debug)]
@@ -70,6 +72,8 @@ pub struct ChatService {
     closing: std::sync::atomic::AtomicBool,
     /// The server's counters (shared with the router, the sessions and the admin).
     stats: Arc<Stats>,
+    /// Failed logins per account (cluster-wide through the bus).
+    throttle: LoginThrottle,
 }
 
 impl ChatService {
@@ -79,6 +83,7 @@ impl ChatService {
         store: Arc<dyn Store>,
         bus: Option<Arc<Bus>>,
         limits: crate::store::OfflineLimits,
+        throttle: ThrottleConfig,
     ) -> ChatService {
         let mut handlers: HashMap<i64, Handler> = HashMap::new();
         handlers.insert(msgid::LOGIN, ChatService::login);
@@ -96,6 +101,7 @@ impl ChatService {
         let cache_ttl = bus.as_ref().map(|_| Duration::from_secs(30));
         let stats = Arc::new(Stats::default());
         ChatService {
+            throttle: LoginThrottle::new(throttle, bus.clone()),
             router: Router::new(store.clone(), bus, stats.clone(), limits),
             stats,
             store,
@@ -180,6 +186,10 @@ impl ChatService {
                 text,
                 cid,
             } => self.route_again(session, (to, from), &text, cid),
+            Job::Checked(check, verified) => {
+                let result = self.login_checked(session, check, verified);
+                self.answer(session, msgid::LOGIN, result);
+            }
         }
     }
 
@@ -206,7 +216,13 @@ impl ChatService {
                 .with_msgid(msgid);
             return self.send_error(session, &e);
         };
-        match handler(self, session, parsed) {
+        let result = handler(self, session, parsed);
+        self.answer(session, msgid, result);
+    }
+
+    /// Answers a handler's error, if any.
+    fn answer(&self, session: &Session, msgid: i64, result: Result<()>) {
+        match result {
             Ok(()) => {}
             Err(ServiceError::Protocol(e)) => self.send_error(session, &e),
             Err(ServiceError::Store(e)) => {

@@ -65,15 +65,17 @@ fn bad(kind: &'static str, bytes: impl Into<Vec<u8>>, errno: Option<i64>) -> Bad
 /// Frames that are well-formed JSON objects with a known msgid but wrong fields,
 /// before login: (text, errno).
 const WRONG_FIELDS: &[(&str, i64)] = &[
-    (r#"{"id":"1","msgid":1,"password":"p"}"#, 105),
-    (r#"{"id":1,"msgid":1,"password":7}"#, 105),
-    (r#"{"id":1.5,"msgid":1,"password":"p"}"#, 105),
-    (r#"{"msgid":4,"name":["n"],"password":"p"}"#, 105),
-    (r#"{"msgid":4,"name":"n","password":{"a":1}}"#, 105),
-    (r#"{"msgid":1,"password":"p"}"#, 104),
-    (r#"{"id":1,"msgid":1}"#, 104),
-    (r#"{"msgid":4,"name":"n"}"#, 104),
-    (r#"{"msgid":4,"password":"p"}"#, 104),
+    // LOGIN and REG get their legacy failure (errno 1 in a LOGIN_ACK / REG_ACK).
+    (r#"{"id":"1","msgid":1,"password":"p"}"#, 1),
+    (r#"{"id":1,"msgid":1,"password":7}"#, 1),
+    (r#"{"id":1.5,"msgid":1,"password":"p"}"#, 1),
+    (r#"{"id":0,"msgid":1,"password":"p"}"#, 1),
+    (r#"{"msgid":4,"name":["n"],"password":"p"}"#, 1),
+    (r#"{"msgid":4,"name":"n","password":{"a":1}}"#, 1),
+    (r#"{"msgid":1,"password":"p"}"#, 1),
+    (r#"{"id":1,"msgid":1}"#, 1),
+    (r#"{"msgid":4,"name":"n"}"#, 1),
+    (r#"{"msgid":4,"password":"p"}"#, 1),
     // Well-formed requests that need a login.
     (r#"{"id":1,"msg":"x","msgid":6,"toid":2}"#, 107),
     (r#"{"friendid":2,"id":1,"msgid":7}"#, 107),
@@ -276,14 +278,15 @@ fn write_split(s: &mut TcpStream, bytes: &[u8], rng: &mut Rng) -> std::io::Resul
     Ok(())
 }
 
-/// Reads until PONG; returns the errnos of the error frames before it.
+/// Reads until PONG; returns the errnos of the error replies before it: ERROR frames and
+/// failed LOGIN_ACKs / REG_ACKs.
 fn errors_until_pong(r: &mut RawReader, what: &str) -> Result<Vec<i64>, String> {
     let deadline = Instant::now() + WAIT;
     let mut errnos = Vec::new();
     loop {
         match r.next_by(deadline) {
             Next::Frame(v) if v["msgid"] == 14 => return Ok(errnos),
-            Next::Frame(v) if v["msgid"] == 11 => {
+            Next::Frame(v) if v["msgid"] == 11 || v["msgid"] == 2 || v["msgid"] == 5 => {
                 errnos.push(v["errno"].as_i64().ok_or(format!("no errno in {v}"))?)
             }
             Next::Frame(v) => return Err(format!("{what}: unexpected frame {v}")),

@@ -587,7 +587,7 @@ impl Driver {
             .filter(|&i| self.users[i].state == UserState::Ready)
             .collect();
         match args.scenario {
-            Scenario::Idle | Scenario::Bomb => {}
+            Scenario::Idle | Scenario::Bomb | Scenario::LoginFlood => {}
             Scenario::Login => {
                 for i in ready {
                     self.cycle_login(i);
@@ -727,6 +727,7 @@ fn on_bytes(conn: &TcpConnectionPtr, buf: &mut Buffer) {
                     }
                     buf.retrieve(end);
                 }
+                Ok(Decoded::Unterminated { end }) => buf.retrieve(end),
                 Err(_) => {
                     buf.retrieve_all();
                     c.decoder.reset();

@@ -9,6 +9,7 @@
 
 mod bomb;
 mod driver;
+mod login_flood;
 mod probe;
 mod server_proc;
 mod stats;
@@ -40,6 +41,9 @@ pub enum Scenario {
     /// Offline-store bomb: --senders × --messages chats of --msg-size bytes to one
     /// offline user, who then logs in (see bomb.rs).
     Bomb,
+    /// N connections send wrong passwords for one account; --tries legitimate logins
+    /// to other accounts are timed meanwhile (see login_flood.rs).
+    LoginFlood,
 }
 
 /// Command line.
@@ -117,6 +121,9 @@ pub struct Args {
     /// Bomb scenario: messages per sender.
     #[arg(long, default_value_t = 1000)]
     pub messages: usize,
+    /// login-flood: legitimate logins timed during the flood.
+    #[arg(long, default_value_t = 10)]
+    pub tries: usize,
 }
 
 fn main() {
@@ -144,6 +151,10 @@ fn main() {
         .collect();
     if args.scenario == Scenario::Bomb {
         return bomb::run(&args, targets[0]);
+    }
+    if args.scenario == Scenario::LoginFlood {
+        login_flood::run(&args, targets[0]);
+        return;
     }
     let legacy = probe::probe_all(&targets, args.legacy);
     if legacy && args.window > 1 {
