@@ -8,6 +8,7 @@ use crate::bus::{new_node_id, BusConfig};
 use crate::codec::DEFAULT_FRAME_LIMIT;
 use crate::gateway::Limits;
 use crate::server::ServerOptions;
+use crate::service::HistoryOptions;
 
 /// `ChatServer [IP] [PORT] [OPTIONS]` — as the original takes `ChatServer <ip> <port>`,
 /// plus options, each also settable from the environment.
@@ -76,6 +77,12 @@ pub struct Config {
     /// Passes of new password hashes (argon2id).
     #[arg(long, env = "CHAT_ARGON2_PASSES", default_value_t = 2)]
     pub argon2_passes: u32,
+    /// Keep no message history (HISTORY then answers empty pages).
+    #[arg(long, env = "CHAT_NO_HISTORY")]
+    pub no_history: bool,
+    /// Delete history older than this many days (0: keep it forever).
+    #[arg(long, env = "CHAT_HISTORY_DAYS", default_value_t = 0)]
+    pub history_days: u64,
     /// Log level: error, warn, info, debug or trace (`RUST_LOG` overrides it).
     #[arg(long, env = "CHAT_LOG", default_value = "info")]
     pub log_level: String,
@@ -115,6 +122,12 @@ impl Config {
                 node_id: self.node_id.clone().unwrap_or_else(new_node_id),
                 node_ttl: std::time::Duration::from_millis(self.node_ttl_ms.max(1000)),
             }),
+            history: HistoryOptions {
+                enabled: !self.no_history,
+                retention: (self.history_days > 0).then(|| {
+                    std::time::Duration::from_secs(self.history_days.saturating_mul(86_400))
+                }),
+            },
         }
     }
 }

@@ -12,7 +12,7 @@ use net::{Buffer, EventLoop, TcpConnectionPtr, TcpServer};
 use crate::bus::{Bus, BusConfig, BusHandler, BusThreads};
 use crate::codec;
 use crate::gateway::{self, Gateway, Limits, Sessions};
-use crate::service::ChatService;
+use crate::service::{ChatService, HistoryOptions};
 use crate::session::{Job, Session};
 use crate::store::Store;
 use crate::workers::WorkerPool;
@@ -30,6 +30,8 @@ pub struct ServerOptions {
     pub bus: Option<BusConfig>,
     /// Connection limits.
     pub limits: Limits,
+    /// History on or off, and its retention.
+    pub history: HistoryOptions,
 }
 
 impl Default for ServerOptions {
@@ -40,6 +42,7 @@ impl Default for ServerOptions {
             frame_limit: codec::DEFAULT_FRAME_LIMIT,
             bus: None,
             limits: Limits::default(),
+            history: HistoryOptions::default(),
         }
     }
 }
@@ -67,7 +70,7 @@ impl ChatServer {
             Some(cfg) => Some(Bus::connect(cfg.clone()).map_err(io::Error::other)?),
             None => None,
         };
-        let service = Arc::new(ChatService::new(store, bus.clone()));
+        let service = Arc::new(ChatService::new(store, bus.clone(), &opts.history));
         let bus_threads = match &bus {
             Some(bus) => Some(bus.spawn(service.clone() as Arc<dyn BusHandler>)?),
             None => None,
@@ -161,6 +164,7 @@ impl ChatServer {
         self.workers.stop();
         // Whoever did not drain in time is signed out here; then the node leaves.
         self.service.sign_out_all();
+        self.service.history().finish(Duration::from_secs(5));
         self.service.set_closing();
         if let Some(threads) = self.bus_threads.take() {
             threads.stop();

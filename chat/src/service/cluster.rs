@@ -175,6 +175,10 @@ impl BusHandler for ChatService {
                 self.members.invalidate(group);
                 Ok(())
             }
+            BusMessage::Notice { to, frame } => {
+                self.notify_here(&to, &frame);
+                Ok(())
+            }
         }
     }
 

@@ -8,6 +8,10 @@ use std::time::Duration;
 use serde_json::Value;
 
 mod cluster;
+mod history;
+mod social;
+
+pub use history::{HistoryOptions, HistoryWriter};
 
 use crate::bus::{Bus, Claim};
 use crate::hub::Hub;
@@ -58,12 +62,18 @@ pub struct ChatService {
     loops: std::sync::OnceLock<Vec<net::LoopHandle>>,
     /// Set at a clean shutdown once every session is signed out.
     closing: std::sync::atomic::AtomicBool,
+    /// Appends chat messages to history off the chat path (see `service::history`).
+    history: HistoryWriter,
 }
 
 impl ChatService {
     /// A service over `store`, with every handler registered; `bus` makes it a
     /// cluster node.
-    pub fn new(store: Arc<dyn Store>, bus: Option<Arc<Bus>>) -> ChatService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        bus: Option<Arc<Bus>>,
+        history: &HistoryOptions,
+    ) -> ChatService {
         let mut handlers: HashMap<i64, Handler> = HashMap::new();
         handlers.insert(msgid::LOGIN, ChatService::login);
         handlers.insert(msgid::LOGINOUT, ChatService::logout);
@@ -74,11 +84,15 @@ impl ChatService {
         handlers.insert(msgid::ADD_GROUP, ChatService::add_group);
         handlers.insert(msgid::GROUP_CHAT, ChatService::group_chat);
         handlers.insert(msgid::PING, ChatService::ping);
+        for id in protocol::SOCIAL_MSGIDS {
+            handlers.insert(id, ChatService::social);
+        }
         // Standalone, every change goes through this cache; in a cluster another
         // node's invalidation can be lost while Redis is down, so entries expire.
         let cache_ttl = bus.as_ref().map(|_| Duration::from_secs(30));
         ChatService {
             router: Router::new(store.clone(), bus),
+            history: HistoryWriter::start(store.clone(), history),
             store,
             handlers,
             members: MemberCache::new(cache_ttl),
@@ -96,6 +110,11 @@ impl ChatService {
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The history writer.
+    pub fn history(&self) -> &HistoryWriter {
+        &self.history
     }
 
     /// The users online on this node.
@@ -334,6 +353,8 @@ impl ChatService {
             self.restore(id, offline.iter().map(String::as_str));
             self.restore(id, held.iter().map(|f| frame_text(f)));
             self.sign_out(session);
+        } else {
+            self.announce(id, &row.name, true);
         }
         Ok(())
     }
@@ -409,6 +430,7 @@ impl ChatService {
             if let Err(e) = self.store.set_state(user.id, false) {
                 log::warn!("user {}: state column not updated: {e}", user.id);
             }
+            self.announce(user.id, &user.name, false);
         }
     }
 
@@ -479,7 +501,11 @@ impl ChatService {
             else {
                 unreachable!("checked above")
             };
-            chat_text(frame, &user.name)
+            let text = chat_text(frame, &user.name);
+            // Called only when the frame goes out (or is stored): recorded before the
+            // recipient can see it, so a reply gets the later seq.
+            self.record_chat(id, toid, &text);
+            text
         });
         if ext && !matches!(sent, Fast::NotHere) {
             session.set_ext();
@@ -503,7 +529,17 @@ impl ChatService {
             )));
         };
         let text = chat_text(frame, &user.name);
-        if self.router.send_one(toid, &text)? == Outcome::NoSuchUser {
+        // Recorded before a recipient here can see it (so its reply gets the later
+        // seq); otherwise only once the recipient is known to exist.
+        let here = self.hub().is_online(toid);
+        if here {
+            self.record_chat(user.id, toid, &text);
+        }
+        let outcome = self.router.send_one(toid, &text)?;
+        if !here && outcome != Outcome::NoSuchUser {
+            self.record_chat(user.id, toid, &text);
+        }
+        if outcome == Outcome::NoSuchUser {
             self.ack(
                 session,
                 msgid::ONE_CHAT,
@@ -629,6 +665,8 @@ impl ChatService {
         }
         let others: Vec<i64> = members.iter().copied().filter(|&m| m != id).collect();
         let text = chat_text(frame, &user.name);
+        // Recorded before any member can see it, so replies get later seqs.
+        self.record_group_chat(id, groupid, &text);
         self.router.send_many(&others, &text)?;
         Ok(())
     }

@@ -7,7 +7,10 @@
 //! Every statement binds its values as parameters; no SQL is ever built from user data.
 
 mod mysql;
+mod mysql_social;
+pub mod social;
 mod sqlite;
+mod sqlite_social;
 #[cfg(test)]
 mod tests;
 
@@ -15,6 +18,7 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use self::mysql::MysqlStore;
+pub use self::social::SocialStore;
 pub use self::sqlite::SqliteStore;
 
 /// Connections per pool when the caller does not say ([`open`]).
@@ -33,7 +37,7 @@ fn fits(name: &str, desc: &str) -> bool {
 }
 
 /// The storage operations the chat service needs. Blocking; safe to call from any thread.
-pub trait Store: Send + Sync {
+pub trait Store: Send + Sync + SocialStore {
     /// Creates a user; `Ok(None)` when the name is taken or longer than
     /// [`MAX_NAME_CHARS`].
     fn register(&self, name: &str, password_hash: &str) -> Result<Option<i64>, StoreError>;

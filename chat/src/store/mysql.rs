@@ -56,7 +56,7 @@ pub(super) struct TableSpec {
 }
 
 /// The schema; `chat.sql` holds the same `CREATE TABLE` statements (a test checks it).
-pub(super) const TABLES: [TableSpec; 5] = [
+pub(super) const TABLES: [TableSpec; 8] = [
     TableSpec {
         name: "user",
         body: "id INT NOT NULL AUTO_INCREMENT,
@@ -77,7 +77,8 @@ pub(super) const TABLES: [TableSpec; 5] = [
         name: "friend",
         body: "userid INT NOT NULL,
   friendid INT NOT NULL,
-  PRIMARY KEY (userid, friendid)",
+  PRIMARY KEY (userid, friendid),
+  KEY friendid (friendid)",
         columns: &[("userid", "int", None), ("friendid", "int", None)],
         unique: &["userid,friendid"],
     },
@@ -122,6 +123,43 @@ pub(super) const TABLES: [TableSpec; 5] = [
             ("message", "mediumtext", None),
         ],
         unique: &["id"],
+    },
+    // History (protocol.md §10): a page is one range of the primary key; `ts` serves
+    // the retention sweep.
+    TableSpec {
+        name: "history",
+        body: "conv BIGINT NOT NULL,
+  seq BIGINT NOT NULL,
+  sender INT NOT NULL,
+  ts BIGINT NOT NULL,
+  message MEDIUMTEXT NOT NULL,
+  PRIMARY KEY (conv, seq),
+  KEY ts (ts)",
+        columns: &[
+            ("conv", "bigint", None),
+            ("seq", "bigint", None),
+            ("sender", "int", None),
+            ("ts", "bigint", None),
+            ("message", "mediumtext", None),
+        ],
+        unique: &["conv,seq"],
+    },
+    TableSpec {
+        name: "historyseq",
+        body: "conv BIGINT NOT NULL,
+  seq BIGINT NOT NULL,
+  PRIMARY KEY (conv)",
+        columns: &[("conv", "bigint", None), ("seq", "bigint", None)],
+        unique: &["conv"],
+    },
+    TableSpec {
+        name: "friendrequest",
+        body: "fromid INT NOT NULL,
+  toid INT NOT NULL,
+  PRIMARY KEY (fromid, toid),
+  KEY toid (toid)",
+        columns: &[("fromid", "int", None), ("toid", "int", None)],
+        unique: &["fromid,toid"],
     },
 ];
 
@@ -191,7 +229,7 @@ impl MysqlStore {
     /// while the breaker is open: then only one caller at a time probes the database
     /// (for at most [`PROBE_TIMEOUT`]) and the others fail fast, so an outage does not
     /// hold every worker for seconds per request.
-    fn conn(&self) -> Result<PooledConn, StoreError> {
+    pub(super) fn conn(&self) -> Result<PooledConn, StoreError> {
         let until = self.down_until.load(Ordering::Acquire);
         let timeout = if until == 0 {
             POOL_TIMEOUT
@@ -266,7 +304,9 @@ fn is_duplicate(err: &::mysql::Error) -> bool {
 
 /// Runs a transaction body again when InnoDB picked it as a deadlock victim (it was
 /// rolled back whole, so a retry is safe).
-fn retry_deadlock<T>(mut body: impl FnMut() -> Result<T, ::mysql::Error>) -> Result<T, StoreError> {
+pub(super) fn retry_deadlock<T>(
+    mut body: impl FnMut() -> Result<T, ::mysql::Error>,
+) -> Result<T, StoreError> {
     let mut attempt = 1;
     loop {
         match body() {
@@ -281,7 +321,7 @@ fn retry_deadlock<T>(mut body: impl FnMut() -> Result<T, ::mysql::Error>) -> Res
 
 /// Transaction options: REPEATABLE READ, so a locking read also locks the gaps and no
 /// row can appear inside a range that was read `FOR UPDATE`.
-fn tx_opts() -> TxOpts {
+pub(super) fn tx_opts() -> TxOpts {
     TxOpts::default().set_isolation_level(Some(IsolationLevel::RepeatableRead))
 }
 
@@ -297,7 +337,10 @@ fn migrate(conn: &mut Conn) -> Result<(), StoreError> {
             "timed out waiting for another server to upgrade the schema".into(),
         ));
     }
-    let result = TABLES.iter().try_for_each(|spec| migrate_table(conn, spec));
+    let result = TABLES
+        .iter()
+        .try_for_each(|spec| migrate_table(conn, spec))
+        .and_then(|()| super::mysql_social::ensure_indexes(conn));
     conn.query_drop(format!("DO RELEASE_LOCK({LOCK})"))?;
     result
 }
@@ -494,7 +537,7 @@ fn rebuild(conn: &mut Conn, spec: &TableSpec, copy: &str) -> Result<(), StoreErr
 }
 
 /// `?, ?, …` with `n` placeholders, for an `IN (…)` list of bound ids.
-fn placeholders(n: usize) -> String {
+pub(super) fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
 }
 

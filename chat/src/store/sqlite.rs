@@ -53,7 +53,7 @@ CREATE INDEX IF NOT EXISTS offlinemessage_userid ON offlinemessage (userid, id);
 
 /// Opens rusqlite connections to one file for r2d2, each with the per-connection settings.
 #[derive(Debug)]
-struct Manager {
+pub(super) struct Manager {
     /// The database file.
     path: PathBuf,
 }
@@ -102,7 +102,7 @@ impl SqliteStore {
     }
 
     /// A pooled connection, or `Unavailable` after [`POOL_TIMEOUT`].
-    fn conn(&self) -> Result<r2d2::PooledConnection<Manager>, StoreError> {
+    pub(super) fn conn(&self) -> Result<r2d2::PooledConnection<Manager>, StoreError> {
         Ok(self.pool.get()?)
     }
 }
@@ -115,6 +115,7 @@ fn create_schema(conn: &mut Connection) -> Result<(), StoreError> {
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(SCHEMA)?;
+    tx.execute_batch(super::sqlite_social::SCHEMA)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())
