@@ -44,6 +44,8 @@ pub enum Command {
     Loginout,
     /// `quit`: log out and exit.
     Quit,
+    /// History, friend requests and groups (`crate::social`).
+    Social(crate::social::SocialCommand),
 }
 
 /// Parses one chat-menu line. `Ok(None)` for a blank line; `Err` holds the hint to print.
@@ -81,7 +83,10 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
                 desc: desc.to_owned(),
             }
         }
-        _ => return Err(crate::ui::INVALID_COMMAND.to_owned()),
+        other => match crate::social::parse(other, rest) {
+            Some(cmd) => Command::Social(cmd?),
+            None => return Err(crate::ui::INVALID_COMMAND.to_owned()),
+        },
     };
     Ok(Some(cmd))
 }
@@ -112,6 +117,7 @@ fn bad_id(what: &str, got: &str, form: &str) -> String {
 pub fn request(cmd: &Command, me: &User, time: &str) -> Option<Value> {
     Some(match cmd {
         Command::Help | Command::Loginout | Command::Quit => return None,
+        Command::Social(cmd) => cmd.request(me.id),
         // Both `toid` (what the original server reads) and `to` (what some copies read).
         Command::Chat { to, msg } => json!({
             "ext": 1, "id": me.id, "msg": msg, "msgid": msgid::ONE_CHAT,

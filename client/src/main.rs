@@ -11,6 +11,7 @@ mod commands;
 mod heartbeat;
 mod reader;
 mod session;
+mod social;
 mod ui;
 
 use std::io;
