@@ -17,6 +17,8 @@ both_backends!(
     presence_reaches_opted_in_friends,
     friend_request_accept_decline_remove,
     leave_and_remove_members,
+    concurrent_writers_share_one_sequence,
+    retention_prunes_old_messages,
 );
 
 /// Cheap password hashes: hashing is not what these tests are about.
@@ -374,6 +376,61 @@ fn leave_and_remove_members(b: &Backend) {
         v["users"],
         json!([{"id": off.id, "name": "goff", "role": "creator", "state": "online"}])
     );
+}
+
+/// Four writers (as four nodes would) append batches to one conversation at once: every
+/// message gets its own seq, and the seqs are exactly 1..=N.
+fn concurrent_writers_share_one_sequence(b: &Backend) {
+    use chat::store::social::HistoryRecord;
+    let store = chat::store::open(&b.url()).expect("open");
+    std::thread::scope(|s| {
+        for w in 0..4 {
+            let store = &store;
+            s.spawn(move || {
+                for i in 0..25 {
+                    let batch: Vec<HistoryRecord> = (0..4)
+                        .map(|k| HistoryRecord {
+                            conv: 77,
+                            sender: w,
+                            ts_ms: 1,
+                            text: format!(r#"{{"msg":"{w}-{i}-{k}"}}"#),
+                        })
+                        .collect();
+                    store.append_history(&batch).expect("append");
+                }
+            });
+        }
+    });
+    let page = store.history_page(77, None, 1000).unwrap();
+    let seqs: Vec<i64> = page.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (1..=400).rev().collect::<Vec<_>>());
+    // A batch's messages keep their order within the conversation.
+    let pos = |t: &str| page.iter().position(|m| m.text.contains(t)).unwrap();
+    assert!(pos("2-7-3") < pos("2-7-0"));
+}
+
+/// The retention sweep removes messages older than the cutoff only, in chunks.
+fn retention_prunes_old_messages(b: &Backend) {
+    use chat::store::social::HistoryRecord;
+    let store = chat::store::open(&b.url()).expect("open");
+    let rec = |ts_ms: i64, t: &str| HistoryRecord {
+        conv: 5,
+        sender: 1,
+        ts_ms,
+        text: format!(r#"{{"msg":"{t}"}}"#),
+    };
+    let batch: Vec<HistoryRecord> = (0..5)
+        .map(|i| rec(100 + i, "old"))
+        .chain([rec(10_000, "new")])
+        .collect();
+    store.append_history(&batch).unwrap();
+    assert_eq!(store.prune_history(1_000, 3).unwrap(), 3);
+    assert_eq!(store.prune_history(1_000, 3).unwrap(), 2);
+    assert_eq!(store.prune_history(1_000, 3).unwrap(), 0);
+    let left = store.history_page(5, None, 10).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].seq, 6);
+    assert!(left[0].text.contains("new"));
 }
 
 /// Two nodes on one database and Redis: presence crosses nodes, and a message sent on
