@@ -33,7 +33,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a starting server waits for another one that is upgrading the schema.
 const SCHEMA_LOCK_TIMEOUT_SECS: u32 = 120;
 /// Attempts of a transaction that InnoDB chose as a deadlock victim.
-const DEADLOCK_ATTEMPTS: u32 = 3;
+const DEADLOCK_ATTEMPTS: u32 = 8;
 /// Ids per `IN (…)` list in bulk updates.
 const IN_CHUNK: usize = 500;
 
@@ -735,11 +735,14 @@ impl Store for MysqlStore {
 
     fn store_offline(&self, user: i64, message: &str) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
-        conn.exec_drop(
-            "INSERT INTO offlinemessage (userid, message) VALUES (?, ?)",
-            (user, message),
-        )?;
-        Ok(())
+        // A take's locking read holds the gap this insert needs: InnoDB may pick
+        // the insert as the deadlock victim, and it is safe to run again.
+        retry_deadlock(|| {
+            conn.exec_drop(
+                "INSERT INTO offlinemessage (userid, message) VALUES (?, ?)",
+                (user, message),
+            )
+        })
     }
 
     fn store_offline_many(&self, users: &[i64], message: &str) -> Result<(), StoreError> {

@@ -423,24 +423,25 @@ fn take_offline_concurrent(store: &dyn Store) {
     const PER_WRITER: usize = 60;
     let user = store.register("busy", "p").unwrap().unwrap();
     let other = store.register("other", "p").unwrap().unwrap();
-    let done = std::sync::atomic::AtomicUsize::new(0);
     let mut taken: Vec<String> = Vec::new();
     std::thread::scope(|s| {
-        for w in 0..WRITERS {
-            let done = &done;
-            s.spawn(move || {
-                for i in 0..PER_WRITER {
-                    let message = format!("w{w}:{i}");
-                    if i % 10 == 0 {
-                        store.store_offline_many(&[other, user], &message).unwrap();
-                    } else {
-                        store.store_offline(user, &message).unwrap();
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                s.spawn(move || {
+                    for i in 0..PER_WRITER {
+                        let message = format!("w{w}:{i}");
+                        if i % 10 == 0 {
+                            store.store_offline_many(&[other, user], &message).unwrap();
+                        } else {
+                            store.store_offline(user, &message).unwrap();
+                        }
                     }
-                }
-                done.fetch_add(1, Ordering::SeqCst);
-            });
-        }
-        while done.load(Ordering::SeqCst) < WRITERS {
+                })
+            })
+            .collect();
+        // A writer that fails ends too (its panic is re-raised by the scope), so
+        // this loop cannot outlive them.
+        while !writers.iter().all(|w| w.is_finished()) {
             taken.extend(store.take_offline(user).unwrap());
         }
     });
