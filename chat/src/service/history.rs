@@ -4,7 +4,9 @@
 //! a channel (an IO loop may do it); the writer takes whatever piled up while it wrote
 //! the previous batch and appends it in one transaction, so under load the cost per
 //! message is a fraction of a round trip. A batch that fails (database down) is kept
-//! and retried, with the messages behind it queued, in order. A HISTORY request first
+//! and retried, with the messages behind it queued, in order; the queue is bounded
+//! (`QUEUE_CAP`): past it, senders wait on workers, never on an IO loop (the fast path
+//! hands over to the workers before the queue is full). A HISTORY request first
 //! waits (bounded) until the writer wrote everything recorded before it, so a client
 //! reads its own messages on the node it talks to; across nodes a page shows a message
 //! once its node's writer committed it (milliseconds).
@@ -20,6 +22,13 @@ use crate::store::Store;
 
 /// Messages per transaction at most.
 const MAX_BATCH: usize = 2000;
+/// Messages queued for the writer at most: a chat sender whose message would pass this
+/// waits (on a worker) until the writer catches up, so a database slower than the chat
+/// traffic slows the senders down instead of growing memory without bound.
+const QUEUE_CAP: usize = 100_000;
+/// The IO loops' fast path hands chats to the workers once this many are queued, so
+/// that it never waits on a full queue (the margin covers the loops' own pushes).
+const FAST_PATH_LIMIT: usize = QUEUE_CAP - 10_000;
 /// Pause after a failed batch before it is tried again.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 /// How often expired history is swept (when a retention is set).
@@ -65,7 +74,7 @@ impl HistoryWriter {
         if !opts.enabled {
             return HistoryWriter { tx: None };
         }
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE_CAP);
         let retention = opts.retention;
         thread::Builder::new()
             .name("history".into())
@@ -79,7 +88,13 @@ impl HistoryWriter {
         self.tx.is_some()
     }
 
-    /// Queues one message of conversation `conv` (never blocks).
+    /// Whether the IO loops' fast path may record now (see [`FAST_PATH_LIMIT`]).
+    pub fn has_room(&self) -> bool {
+        self.tx.as_ref().is_none_or(|tx| tx.len() < FAST_PATH_LIMIT)
+    }
+
+    /// Queues one message of conversation `conv`. Waits while the queue is full: on an
+    /// IO loop, call it only after [`HistoryWriter::has_room`].
     pub fn record(&self, conv: i64, sender: i64, text: &str) {
         if let Some(tx) = &self.tx {
             let _ = tx.send(Command::Record(HistoryRecord {

@@ -488,7 +488,7 @@ impl ChatService {
         };
         let (id, toid) = (*id, *toid);
         let user = match session.user() {
-            Some(u) if u.id == id && session.is_idle() => u,
+            Some(u) if u.id == id && session.is_idle() && self.history.has_room() => u,
             _ => return Err(Job::Request(parsed)),
         };
         let ext = parsed.ext;
