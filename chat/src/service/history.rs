@@ -1,12 +1,13 @@
 //! The history writer: one thread that appends chat messages to history in batches.
 //!
-//! Its rule: the chat path never waits for history. Recording a message is a push onto
-//! a channel (an IO loop may do it); the writer takes whatever piled up while it wrote
-//! the previous batch and appends it in one transaction, so under load the cost per
-//! message is a fraction of a round trip. A batch that fails (database down) is kept
-//! and retried, with the messages behind it queued, in order; the queue is bounded
-//! (`QUEUE_CAP`): past it, senders wait on workers, never on an IO loop (the fast path
-//! hands over to the workers before the queue is full). A HISTORY request first
+//! Its rule: the chat path never waits for the database. Recording a message is a push
+//! onto a channel (an IO loop may do it); the writer takes whatever piled up while it
+//! wrote the previous batch and appends it in one transaction, so under load the cost
+//! per message is a fraction of a round trip. A batch that fails (database down) is
+//! kept and retried, with the messages behind it queued, in order. The queue is bounded
+//! (`QUEUE_CAP`): past it, senders wait on workers (never on an IO loop: the fast path
+//! hands over to the workers first), for at most `FULL_WAIT`; a message that still
+//! finds no room is delivered but not kept, so chat survives a long database outage. A HISTORY request first
 //! waits (bounded) until the writer wrote everything recorded before it, so a client
 //! reads its own messages on the node it talks to; across nodes a page shows a message
 //! once its node's writer committed it (milliseconds).
@@ -26,6 +27,10 @@ const MAX_BATCH: usize = 2000;
 /// waits (on a worker) until the writer catches up, so a database slower than the chat
 /// traffic slows the senders down instead of growing memory without bound.
 const QUEUE_CAP: usize = 100_000;
+/// How long a sender waits for room in a full queue. After that the database is taken
+/// to be down, and the message is delivered but not kept in history: chat goes on
+/// through a database outage, as it did before history existed.
+const FULL_WAIT: Duration = Duration::from_secs(1);
 /// The IO loops' fast path hands chats to the workers once this many are queued, so
 /// that it never waits on a full queue (the margin covers the loops' own pushes).
 const FAST_PATH_LIMIT: usize = QUEUE_CAP - 10_000;
@@ -93,16 +98,19 @@ impl HistoryWriter {
         self.tx.as_ref().is_none_or(|tx| tx.len() < FAST_PATH_LIMIT)
     }
 
-    /// Queues one message of conversation `conv`. Waits while the queue is full: on an
-    /// IO loop, call it only after [`HistoryWriter::has_room`].
+    /// Queues one message of conversation `conv`. Waits while the queue is full (at
+    /// most [`FULL_WAIT`]): on an IO loop, call it only after [`HistoryWriter::has_room`].
     pub fn record(&self, conv: i64, sender: i64, text: &str) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(Command::Record(HistoryRecord {
+            let rec = Command::Record(HistoryRecord {
                 conv,
                 sender,
                 ts_ms: now_ms(),
                 text: text.to_owned(),
-            }));
+            });
+            if tx.send_timeout(rec, FULL_WAIT).is_err() {
+                log::error!("history: the writer is stuck; a message of {sender} is not kept");
+            }
         }
     }
 
