@@ -129,7 +129,7 @@ fn load_mysql(url: &str, a: &Args) -> Result<(), mysql::Error> {
     conn.query_drop("SET SESSION unique_checks = 0")?;
     let mut batch: Vec<mysql::Value> = Vec::new();
     let mut n = 0i64;
-    let mut flush = |conn: &mut mysql::Conn, batch: &mut Vec<mysql::Value>| {
+    let flush = |conn: &mut mysql::Conn, batch: &mut Vec<mysql::Value>| {
         if batch.is_empty() {
             return Ok(());
         }
