@@ -5,6 +5,10 @@
 #   scripts/cluster.sh start [N]   start N nodes (default 2) and nginx
 #   scripts/cluster.sh stop        stop them (SIGTERM: a clean shutdown)
 #   scripts/cluster.sh status      show what runs
+#   scripts/cluster.sh --help      this text
+#
+# `start` refuses to begin when a node port or the nginx port is already taken, and
+# fails (stopping what it started) when a node dies or does not listen in time.
 #
 # Settings (environment):
 #   CLUSTER_DIR   state, logs and nginx config      (default /tmp/chat-cluster)
@@ -14,6 +18,8 @@
 #   BASE_PORT     first node port, then +1, +2, ...  (default 6001)
 #   LB_PORT       nginx listen port on 127.0.0.1     (default 8000)
 #   CHAT_BIN      the ChatServer binary              (default bin/ChatServer, built by autobuild.sh)
+#   ADMIN_BASE_PORT  if set, node i serves /healthz, /readyz, /metrics (and the
+#                 admin routes, given CHAT_ADMIN_TOKEN) on 127.0.0.1:ADMIN_BASE_PORT+i-1
 #   NODE_ARGS     extra ChatServer options
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,15 +30,55 @@ prefix=${CHAT_REDIS_PREFIX:-chat}
 base_port=${BASE_PORT:-6001}
 lb_port=${LB_PORT:-8000}
 bin=${CHAT_BIN:-$root/bin/ChatServer}
+admin_base=${ADMIN_BASE_PORT:-}
 
 log() { printf 'cluster: %s\n' "$*" >&2; }
 
+usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
 wait_port() { # wait_port PORT SECONDS
     for _ in $(seq 1 $(($2 * 10))); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        if port_open "$1"; then return 0; fi
         sleep 0.1
     done
     return 1
+}
+
+# wait_node I PORT PID: until node I logs that it listens; fails at once if it died.
+wait_node() {
+    local i=$1 port=$2 pid=$3
+    for _ in $(seq 1 300); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            log "node $i (port $port) died at start: $(tail -n 1 "$dir/node$i.log" 2>/dev/null)"
+            return 1
+        fi
+        if grep -q "listening on" "$dir/node$i.log" 2>/dev/null && port_open "$port"; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    log "node $i (port $port) did not start within 30 s; see $dir/node$i.log"
+    return 1
+}
+
+# Every port the cluster would listen on must be free before anything starts:
+# otherwise nginx would send clients to whatever else listens there.
+check_ports() {
+    local n=$1 taken=0 p
+    local ports=("$lb_port")
+    for i in $(seq 1 "$n"); do
+        ports+=("$((base_port + i - 1))")
+        [ -z "$admin_base" ] || ports+=("$((admin_base + i - 1))")
+    done
+    for p in "${ports[@]}"; do
+        if port_open "$p"; then
+            log "port $p is taken by another process; free it or choose BASE_PORT / LB_PORT / ADMIN_BASE_PORT"
+            taken=1
+        fi
+    done
+    return "$taken"
 }
 
 ensure_nginx() {
@@ -50,6 +96,7 @@ start() {
         log "already running in $dir (stop it first)"
         exit 1
     fi
+    check_ports "$n" || exit 1
     ensure_nginx
     if [ ! -x "$bin" ]; then
         log "building (no $bin)"
@@ -59,16 +106,18 @@ start() {
     local upstreams=""
     for i in $(seq 1 "$n"); do
         local port=$((base_port + i - 1))
+        local admin=()
+        [ -z "$admin_base" ] || admin=(--admin-addr "127.0.0.1:$((admin_base + i - 1))")
         # shellcheck disable=SC2086
         nohup "$bin" 127.0.0.1 "$port" --db "$db" --redis "$redis" \
-            --redis-prefix "$prefix" --node-id "node$i-$port" ${NODE_ARGS:-} \
+            --redis-prefix "$prefix" --node-id "node$i-$port" "${admin[@]}" ${NODE_ARGS:-} \
             >"$dir/node$i.log" 2>&1 &
         echo $! >"$dir/node$i.pid"
         upstreams+="        server 127.0.0.1:$port max_fails=1 fail_timeout=2s;"$'\n'
     done
     for i in $(seq 1 "$n"); do
         local port=$((base_port + i - 1))
-        wait_port "$port" 30 || { log "node $i (port $port) did not start; see $dir/node$i.log"; stop; exit 1; }
+        wait_node "$i" "$port" "$(cat "$dir/node$i.pid")" || { stop; exit 1; }
     done
     sed -e "s|@PREFIX@|$dir|g" -e "s|@LISTEN@|127.0.0.1:$lb_port|g" \
         "$root/deploy/nginx-stream.conf.in" | awk -v ups="$upstreams" '{ if ($0 == "@UPSTREAMS@") printf "%s", ups; else print }' \
@@ -116,5 +165,6 @@ case "${1:-}" in
     start) start "${2:-2}" ;;
     stop) stop ;;
     status) status ;;
-    *) echo "usage: $0 start [N] | stop | status" >&2; exit 2 ;;
+    -h | --help | help) usage ;;
+    *) echo "usage: $0 start [N] | stop | status | --help" >&2; exit 2 ;;
 esac

@@ -1,8 +1,11 @@
 //! Config: the command line (and environment) of `ChatServer`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+
+use crate::admin::AdminOptions;
 
 use crate::bus::{new_node_id, BusConfig};
 use crate::codec::DEFAULT_FRAME_LIMIT;
@@ -19,9 +22,9 @@ use crate::service::HistoryOptions;
     about = "A cluster chat server (legacy ChatServer protocol)."
 )]
 pub struct Config {
-    /// Address to listen on.
+    /// Address or host name to listen on (`localhost`, `0.0.0.0`, `::1`).
     #[arg(default_value = "127.0.0.1")]
-    pub ip: IpAddr,
+    pub ip: String,
     /// Port to listen on (0 picks a free one).
     #[arg(default_value_t = 6000)]
     pub port: u16,
@@ -58,9 +61,13 @@ pub struct Config {
     /// Connections beyond this are refused (error 112) and closed.
     #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
-    /// Seconds a new connection has to log in before it is closed (0: no limit).
-    #[arg(long, env = "CHAT_LOGIN_TIMEOUT", default_value_t = 60)]
-    pub login_timeout_secs: u64,
+    /// Seconds a new connection has to log in before it is closed (0: no limit;
+    /// default 60). The older env name `CHAT_LOGIN_TIMEOUT` is still read.
+    #[arg(long, env = "CHAT_LOGIN_TIMEOUT_SECS")]
+    pub login_timeout_secs: Option<u64>,
+    /// The old name of `CHAT_LOGIN_TIMEOUT_SECS`.
+    #[arg(long = "login-timeout", env = "CHAT_LOGIN_TIMEOUT", hide = true)]
+    pub login_timeout_old: Option<u64>,
     /// Requests per second one connection may send; more get error 109 (0: no limit).
     #[arg(long, env = "CHAT_RATE", default_value_t = 1000)]
     pub rate: u32,
@@ -83,21 +90,90 @@ pub struct Config {
     /// Delete history older than this many days (0: keep it forever).
     #[arg(long, env = "CHAT_HISTORY_DAYS", default_value_t = 0)]
     pub history_days: u64,
-    /// Log level: error, warn, info, debug or trace (`RUST_LOG` overrides it).
-    #[arg(long, env = "CHAT_LOG", default_value = "info")]
-    pub log_level: String,
+    /// Log level: error, warn, info, debug or trace (default info; `RUST_LOG`
+    /// overrides it). The older env name `CHAT_LOG` is still read.
+    #[arg(long, env = "CHAT_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// The old name of `CHAT_LOG_LEVEL`.
+    #[arg(long = "log", env = "CHAT_LOG", hide = true)]
+    pub log_level_old: Option<String>,
+    /// Log lines as plain text or as one JSON object per line.
+    #[arg(long, env = "CHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// `HOST:PORT` of the admin HTTP listener (`/healthz`, `/readyz`, `/metrics`,
+    /// and the `/admin/` routes behind the bearer token in `CHAT_ADMIN_TOKEN`).
+    /// Off by default.
+    #[arg(long, env = "CHAT_ADMIN_ADDR")]
+    pub admin_addr: Option<String>,
+}
+
+/// The format of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// `[time level target] message`, env_logger's default.
+    Text,
+    /// `{"ts":…,"level":…,"target":…,"msg":…}`, one object per line.
+    Json,
+}
+
+/// The first address `host` (with `port`) resolves to, IPv4 first.
+pub fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| io::Error::new(e.kind(), format!("{host}: {e}")))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| io::Error::other(format!("{host}: resolves to no address")))
+}
+
+/// `HOST:PORT` resolved (IPv4 first).
+fn resolve_pair(hostport: &str) -> io::Result<SocketAddr> {
+    let (host, port) = hostport
+        .rsplit_once(':')
+        .ok_or_else(|| io::Error::other(format!("{hostport}: expected HOST:PORT")))?;
+    let port = port
+        .parse()
+        .map_err(|_| io::Error::other(format!("{hostport}: bad port")))?;
+    resolve(host.trim_start_matches('[').trim_end_matches(']'), port)
 }
 
 impl Config {
-    /// The listen address.
-    pub fn addr(&self) -> SocketAddr {
-        SocketAddr::new(self.ip, self.port)
+    /// The log filter: `--log-level`, else the old `CHAT_LOG`, else `info`.
+    pub fn log_filter(&self) -> &str {
+        self.log_level
+            .as_deref()
+            .or(self.log_level_old.as_deref())
+            .unwrap_or("info")
     }
 
-    /// The server options, with 0 resolved against the machine's cores.
-    pub fn server_options(&self) -> ServerOptions {
+    /// The listen address (a host name is resolved).
+    pub fn addr(&self) -> io::Result<SocketAddr> {
+        resolve(&self.ip, self.port)
+    }
+
+    /// The server options, with 0 resolved against the machine's cores and the
+    /// admin address resolved; the admin token is read from `CHAT_ADMIN_TOKEN`.
+    pub fn server_options(&self) -> io::Result<ServerOptions> {
+        let admin = match &self.admin_addr {
+            Some(a) => Some(AdminOptions {
+                addr: resolve_pair(a)?,
+                token: std::env::var("CHAT_ADMIN_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty()),
+            }),
+            None => None,
+        };
+        let login_timeout = self
+            .login_timeout_secs
+            .or(self.login_timeout_old)
+            .unwrap_or(60);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        ServerOptions {
+        Ok(ServerOptions {
+            admin,
             io_threads: if self.io_threads == 0 {
                 cores
             } else {
@@ -111,7 +187,7 @@ impl Config {
             frame_limit: self.frame_limit,
             limits: Limits {
                 max_connections: self.max_connections,
-                login_timeout: std::time::Duration::from_secs(self.login_timeout_secs),
+                login_timeout: std::time::Duration::from_secs(login_timeout),
                 rate: self.rate,
                 burst: self.burst,
                 output_high_water: self.output_high_water.max(1024),
@@ -128,6 +204,48 @@ impl Config {
                     std::time::Duration::from_secs(self.history_days.saturating_mul(86_400))
                 }),
             },
-        }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The old names (`CHAT_LOG`, `CHAT_LOGIN_TIMEOUT`, and their hidden flags) are
+    /// read when the new ones are absent, and lose to them when both are set.
+    #[test]
+    fn old_names_are_aliases() {
+        let parse = |args: &[&str]| {
+            Config::try_parse_from(std::iter::once("ChatServer").chain(args.iter().copied()))
+                .expect("valid arguments")
+        };
+        let c = parse(&["--log", "debug", "--login-timeout", "7"]);
+        assert_eq!(c.log_filter(), "debug");
+        let opts = c.server_options().unwrap();
+        assert_eq!(opts.limits.login_timeout, std::time::Duration::from_secs(7));
+        let c = parse(&[
+            "--log",
+            "debug",
+            "--log-level",
+            "warn",
+            "--login-timeout",
+            "7",
+        ]);
+        assert_eq!(c.log_filter(), "warn");
+        let c = parse(&["--login-timeout", "7", "--login-timeout-secs", "9"]);
+        let opts = c.server_options().unwrap();
+        assert_eq!(opts.limits.login_timeout, std::time::Duration::from_secs(9));
+        assert_eq!(parse(&[]).log_filter(), "info");
+    }
+
+    #[test]
+    fn host_names_resolve() {
+        assert!(resolve("localhost", 6000).unwrap().ip().is_loopback());
+        assert_eq!(
+            resolve_pair("[::1]:9101").unwrap(),
+            "[::1]:9101".parse().unwrap()
+        );
+        assert!(resolve_pair("localhost").is_err());
     }
 }

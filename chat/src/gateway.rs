@@ -14,6 +14,7 @@ use crate::codec::{self, Decoded, Decoder};
 use crate::protocol::{self, errno, ProtocolError};
 use crate::service::ChatService;
 use crate::session::{Job, Session};
+use crate::stats::Stats;
 use crate::workers::Submitter;
 
 /// How long a refused or failed connection may take to read its error before it is closed.
@@ -61,6 +62,9 @@ struct ConnState {
     refilled: Instant,
     /// The login time limit's timer, cancelled when the connection closes.
     login_timer: Option<net::TimerId>,
+    /// Bytes left in the input buffer after the last `on_message`: what is beyond
+    /// them is new (counted in the stats).
+    seen: usize,
 }
 
 /// Every connection's session, for shutdown.
@@ -74,6 +78,7 @@ pub struct Gateway {
     limits: Limits,
     frame_limit: usize,
     connections: Arc<AtomicUsize>,
+    stats: Arc<Stats>,
 }
 
 impl Gateway {
@@ -87,6 +92,7 @@ impl Gateway {
         connections: Arc<AtomicUsize>,
     ) -> Gateway {
         Gateway {
+            stats: service.stats().clone(),
             service,
             submitter,
             sessions,
@@ -118,7 +124,11 @@ impl Gateway {
     fn on_connected(&self, conn: &TcpConnectionPtr) {
         let _ = conn.set_tcp_no_delay(true);
         conn.set_high_water_mark(self.limits.output_high_water);
-        let session = Arc::new(Session::new(conn.handle()));
+        let session = Arc::new(Session::new(
+            conn.handle(),
+            conn.peer_addr(),
+            self.stats.clone(),
+        ));
         let full = self.connections.load(Ordering::Relaxed) > self.limits.max_connections;
         conn.set_context(ConnState {
             session: session.clone(),
@@ -127,10 +137,11 @@ impl Gateway {
             tokens: f64::from(self.limits.burst.max(1)),
             refilled: Instant::now(),
             login_timer: None,
+            seen: 0,
         });
         if full {
             let e = ProtocolError::new(errno::SERVER_FULL, "server is full, try again later");
-            close_with(conn, &e);
+            close_with(conn, &e, &self.stats);
             return;
         }
         self.sessions.lock().insert(conn.id(), session.clone());
@@ -143,10 +154,11 @@ impl Gateway {
                         return;
                     }
                     if let Some(conn) = handle.get(lp) {
+                        let stats = session.stats();
                         let e =
                             ProtocolError::new(errno::LOGIN_TIMEOUT, "no login in time, closing");
                         conn.with_context(|st: &mut ConnState| st.closing = true);
-                        close_with(&conn, &e);
+                        close_with(&conn, &e, stats);
                     }
                 });
             conn.with_context(|st: &mut ConnState| st.login_timer = Some(timer));
@@ -160,6 +172,9 @@ impl Gateway {
             buf.retrieve_all();
             return;
         };
+        self.stats
+            .bytes_in(buf.readable_bytes().saturating_sub(st.seen));
+        st.seen = buf.readable_bytes();
         if st.session.queue_paused() {
             return;
         }
@@ -175,25 +190,44 @@ impl Gateway {
                     break;
                 }
                 Ok(Decoded::Frame { start, end }) => {
-                    let (mut ext, mut reg_strings) = (false, false);
+                    let token = self.take_token(st);
+                    let fast = token
+                        .then(|| protocol::parse_fast_chat(&buf.peek()[start..end]))
+                        .flatten()
+                        .and_then(|chat| self.service.try_fast_chat(&st.session, &chat));
+                    if let Some(done) = fast {
+                        buf.retrieve(end);
+                        self.stats.frame_in(protocol::msgid::ONE_CHAT);
+                        if let Err(job) = done {
+                            pause |= self.submitter.submit(&st.session, job);
+                            if pause {
+                                break;
+                            }
+                        }
+                        continue;
+                    }
+                    let (mut ext, mut reg_strings, mut msgid) = (false, false, -1);
                     let parsed = codec::parse_frame(&buf.peek()[start..end]).and_then(|v| {
                         ext = asks_ext(&v);
                         reg_strings = reg_with_strings(&v);
+                        msgid = v
+                            .get("msgid")
+                            .and_then(serde_json::Value::as_i64)
+                            .unwrap_or(-1);
                         protocol::parse_request(v)
                     });
                     buf.retrieve(end);
-                    let job = if !self.take_token(st) {
-                        let msgid = parsed.as_ref().ok().map(|p| p.msgid);
-                        Job::Reply(protocol::encode(&protocol::error(
-                            &ProtocolError::rate_limited(msgid),
-                        )))
+                    self.stats.frame_in(msgid);
+                    let job = if !token {
+                        let e = ProtocolError::rate_limited(parsed.as_ref().ok().map(|p| p.msgid));
+                        refused(protocol::encode(&protocol::error(&e)), e.errno, msgid)
                     } else {
                         match parsed {
                             Ok(p) => match self.service.try_fast(&st.session, p) {
                                 Ok(()) => continue,
                                 Err(job) => job,
                             },
-                            Err(e) => Job::Reply(error_reply(&e, ext, reg_strings)),
+                            Err(e) => refused(error_reply(&e, ext, reg_strings), e.errno, msgid),
                         }
                     };
                     pause |= self.submitter.submit(&st.session, job);
@@ -205,12 +239,17 @@ impl Gateway {
                     }
                 }
                 Err(e) => {
-                    let frame = protocol::encode(&protocol::error(&e.to_protocol_error()));
+                    let e = e.to_protocol_error();
+                    let frame = protocol::encode(&protocol::error(&e));
                     st.closing = true;
-                    pause |= self.submitter.submit(&st.session, Job::Fatal(frame));
+                    self.stats.frame_in(-1);
+                    pause |= self
+                        .submitter
+                        .submit(&st.session, Job::Fatal(frame, e.errno));
                 }
             }
         }
+        st.seen = buf.readable_bytes();
         if pause {
             conn.stop_read();
         }
@@ -305,9 +344,23 @@ fn error_reply(e: &ProtocolError, ext: bool, reg_strings: bool) -> Vec<u8> {
     })
 }
 
-/// Sends a final error and closes the connection once it is written (or after a grace period).
-fn close_with(conn: &TcpConnectionPtr, e: &ProtocolError) {
-    conn.send(&protocol::encode(&protocol::error(e)));
+/// A protocol error reply for the workers to send (and audit) in turn.
+fn refused(frame: Vec<u8>, errno: i64, msgid: i64) -> Job {
+    Job::Refused {
+        frame,
+        errno,
+        msgid,
+    }
+}
+
+/// Sends a final error and closes the connection once it is written (or after a
+/// grace period). Counted, not audited: this runs on the IO loop, which never logs
+/// per connection at the default level.
+fn close_with(conn: &TcpConnectionPtr, e: &ProtocolError, stats: &Stats) {
+    let frame = protocol::encode(&protocol::error(e));
+    stats.frame_out(&frame);
+    stats.protocol_error(e.errno);
+    conn.send(&frame);
     conn.shutdown();
     let handle = conn.handle();
     conn.loop_handle()

@@ -52,6 +52,11 @@ impl Hub {
         self.lock(user).get(&user).cloned()
     }
 
+    /// How many users are online on this node.
+    pub fn count(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
     /// Every online user id.
     pub fn online_users(&self) -> Vec<i64> {
         self.shards

@@ -7,7 +7,14 @@
 //! handler map of [`service::ChatService`], which uses a [`store::Store`] (SQLite
 //! or MySQL) and the [`hub::Hub`] of online users, and replies through the
 //! connection's handle. Nothing blocking ever runs on an IO loop.
+//!
+//! Operations: every floor bumps the relaxed atomics of [`stats::Stats`] (and
+//! writes [`audit`] lines for session events, off the IO loops); the [`admin`]
+//! listener the server owns reads them, with the store and the bus, for
+//! `/healthz`, `/readyz`, `/metrics` and the admin routes.
 
+pub mod admin;
+pub mod audit;
 pub mod bus;
 pub mod codec;
 pub mod config;
@@ -21,6 +28,7 @@ pub mod server;
 pub mod server_thread;
 pub mod service;
 pub mod session;
+pub mod stats;
 pub mod store;
 pub mod sys;
 pub mod timefmt;

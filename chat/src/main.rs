@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use chat::config::Config;
+use chat::config::{Config, LogFormat};
 use chat::server::ChatServer;
 use clap::Parser;
 use net::EventLoop;
@@ -12,18 +12,34 @@ use signal_hook::iterator::Signals;
 
 fn main() -> ExitCode {
     let cfg = Config::parse();
-    env_logger::Builder::new()
-        .parse_filters(&cfg.log_level)
-        .parse_env("RUST_LOG")
-        .init();
+    init_logging(&cfg);
     match run(&cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("{e}");
-            eprintln!("ChatServer: {e}");
+            // Once, in Display form, through the logger (so a JSON log stays JSON).
+            log::error!("fatal: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Installs env_logger at `--log-level` (`RUST_LOG` wins), as text or JSON lines.
+fn init_logging(cfg: &Config) {
+    let mut b = env_logger::Builder::new();
+    b.parse_filters(cfg.log_filter()).parse_env("RUST_LOG");
+    if cfg.log_format == LogFormat::Json {
+        b.format(|out, rec| {
+            use std::io::Write;
+            let line = serde_json::json!({
+                "ts": out.timestamp_millis().to_string(),
+                "level": rec.level().as_str(),
+                "target": rec.target(),
+                "msg": rec.args().to_string(),
+            });
+            writeln!(out, "{line}")
+        });
+    }
+    b.init();
 }
 
 fn run(cfg: &Config) -> Result<(), Box<dyn std::error::Error>> {
@@ -37,13 +53,18 @@ fn run(cfg: &Config) -> Result<(), Box<dyn std::error::Error>> {
         store.set_all_offline()?;
     }
     let lp = EventLoop::new()?;
-    let server = ChatServer::new(&lp, cfg.addr(), store, cfg.server_options())?;
+    let addr = cfg.addr()?;
+    let server = ChatServer::new(&lp, addr, store, cfg.server_options()?)
+        .map_err(|e| format!("cannot serve on {addr}: {e}"))?;
     server.start()?;
     log::info!(
         "ChatServer listening on {} (db {})",
         server.local_addr(),
         redact(&cfg.db)
     );
+    if let Some(admin) = server.admin_addr() {
+        log::info!("admin listening on http://{admin}");
+    }
 
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
     let quit = lp.handle();

@@ -18,6 +18,7 @@ use parking_lot::{Mutex, MutexGuard};
 use crate::bus::{Bus, Orphan};
 use crate::hub::{Hub, Shard};
 use crate::session::Session;
+use crate::stats::{Chat, Stats};
 use crate::store::{Store, StoreError};
 
 /// Stored frames a drained slow reader gets per drain.
@@ -59,6 +60,8 @@ pub struct Router {
     /// False while `unchecked` is empty (nearly always): the hot paths then skip
     /// its lock.
     any_unchecked: AtomicBool,
+    /// Where chat frames went (local, remote, stored).
+    stats: Arc<Stats>,
 }
 
 /// The wire bytes of a frame's JSON text: the text plus one NUL.
@@ -71,8 +74,9 @@ fn wire(text: &str) -> Vec<u8> {
 
 impl Router {
     /// A router; `bus` is `None` on a standalone node.
-    pub fn new(store: Arc<dyn Store>, bus: Option<Arc<Bus>>) -> Router {
+    pub fn new(store: Arc<dyn Store>, bus: Option<Arc<Bus>>, stats: Arc<Stats>) -> Router {
         Router {
+            stats,
             hub: Hub::default(),
             store,
             bus,
@@ -93,6 +97,18 @@ impl Router {
 
     /// Sends one chat frame (JSON text) to `to`.
     pub fn send_one(&self, to: i64, text: &str) -> Result<Outcome, StoreError> {
+        let outcome = self.route_one(to, text)?;
+        let how = match outcome {
+            Outcome::Local => Chat::Local,
+            Outcome::Remote => Chat::Remote,
+            Outcome::Stored => Chat::Stored,
+            Outcome::NoSuchUser => return Ok(outcome),
+        };
+        self.stats.chats(how, 1);
+        Ok(outcome)
+    }
+
+    fn route_one(&self, to: i64, text: &str) -> Result<Outcome, StoreError> {
         let shard = self.hub.lock(to);
         if let Some(session) = shard.get(&to) {
             if session.deliver(wire(text)) {
@@ -142,6 +158,7 @@ impl Router {
         }
         let text = make_text();
         if session.deliver_always(wire(&text)) {
+            self.stats.chats(Chat::Local, 1);
             Fast::Sent
         } else {
             // Closed in the meantime: the text must be stored, off this thread.
@@ -151,8 +168,8 @@ impl Router {
 
     /// Fans a chat frame out to `members` (existing users): at once where they are
     /// online, here or on other nodes (one bus message per node), stored for the rest
-    /// in one transaction.
-    pub fn send_many(&self, members: &[i64], text: &str) -> Result<(), StoreError> {
+    /// in one transaction. Returns how many of them it was stored for.
+    pub fn send_many(&self, members: &[i64], text: &str) -> Result<usize, StoreError> {
         let guards = self.hub.lock_many(members);
         let (mut elsewhere, mut stored) = self.deliver_local(&guards, members, text);
         // As in `send_one`: those with an unsent flush keep being stored.
@@ -161,6 +178,7 @@ impl Router {
             elsewhere.retain(|u| !held.contains(u));
             stored.extend_from_slice(&held);
         }
+        let routed = elsewhere.len();
         let missed = match (&self.bus, elsewhere.is_empty()) {
             (_, true) => Vec::new(),
             (Some(bus), false) => bus.route(&elsewhere, text).unwrap_or_else(|e| {
@@ -170,15 +188,17 @@ impl Router {
             }),
             (None, false) => elsewhere,
         };
+        self.stats.chats(Chat::Remote, routed - missed.len());
         stored.extend_from_slice(&missed);
         if !stored.is_empty() {
             self.store.store_offline_many(&stored, text)?;
+            self.stats.chats(Chat::Stored, stored.len());
         }
         drop(guards);
         let mut check = missed;
         check.extend_from_slice(&held);
         self.recheck(&check);
-        Ok(())
+        Ok(stored.len())
     }
 
     /// Delivers a frame that another node routed here to users expected on this node;
@@ -193,6 +213,7 @@ impl Router {
                 log::warn!("storing a frame for {stored:?}: {e}; kept for a retry");
                 return Err(stored);
             }
+            self.stats.chats(Chat::Stored, stored.len());
         }
         drop(guards);
         self.recheck(&gone);
@@ -228,6 +249,8 @@ impl Router {
         // Queued while the shards are still locked, so a login that takes a
         // member's shard next sees this frame go out before its own.
         net::send_to_all(&batch, &frame);
+        self.stats
+            .chats(Chat::Local, users.len() - absent.len() - congested.len());
         (absent, congested)
     }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use net::{Buffer, EventLoop, TcpConnectionPtr, TcpServer};
 
+use crate::admin::{AdminOptions, AdminServer, Sources};
 use crate::bus::{Bus, BusConfig, BusHandler, BusThreads};
 use crate::codec;
 use crate::gateway::{self, Gateway, Limits, Sessions};
@@ -32,6 +33,8 @@ pub struct ServerOptions {
     pub limits: Limits,
     /// History on or off, and its retention.
     pub history: HistoryOptions,
+    /// The admin HTTP listener (health, metrics, admin actions); `None`: off.
+    pub admin: Option<AdminOptions>,
 }
 
 impl Default for ServerOptions {
@@ -43,6 +46,7 @@ impl Default for ServerOptions {
             bus: None,
             limits: Limits::default(),
             history: HistoryOptions::default(),
+            admin: None,
         }
     }
 }
@@ -54,6 +58,7 @@ pub struct ChatServer {
     sessions: Sessions,
     workers: WorkerPool,
     bus_threads: Option<BusThreads>,
+    admin: Option<AdminServer>,
 }
 
 impl ChatServer {
@@ -102,18 +107,35 @@ impl ChatServer {
             Arc::new(move |conn: &TcpConnectionPtr, size| g.on_high_water(conn, size)),
             opts.limits.output_high_water,
         );
+        let admin = match opts.admin {
+            Some(admin) => {
+                let src = Sources {
+                    service: service.clone(),
+                    connections: tcp.connection_count(),
+                    queue: workers.submitter().clone(),
+                };
+                Some(AdminServer::start(admin, src)?)
+            }
+            None => None,
+        };
         Ok(ChatServer {
             tcp,
             service,
             sessions,
             workers,
             bus_threads,
+            admin,
         })
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.tcp.local_addr()
+    }
+
+    /// The admin listener's address, when it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::local_addr)
     }
 
     /// The service (for inspection in tests and tools).
@@ -135,6 +157,8 @@ impl ChatServer {
     /// on the base loop thread, after its `run` returned.
     pub fn shutdown(mut self, lp: &EventLoop, grace: Duration) {
         self.tcp.stop_accepting();
+        // Scrapes and probes end with the node: a stopping node is not ready.
+        self.admin.take();
         // A connection accepted just before `stop_accepting` may still be on its way
         // to its IO loop and join `sessions` later: every tick tells the newcomers too.
         let submitter = self.workers.submitter().clone();

@@ -15,6 +15,7 @@ use crate::store;
 /// A running server: its address, and a handle to stop it.
 pub struct ServerThread {
     addr: SocketAddr,
+    admin: Option<SocketAddr>,
     base: LoopHandle,
     thread: Option<JoinHandle<()>>,
 }
@@ -37,7 +38,8 @@ impl ServerThread {
                 })();
                 match started {
                     Ok((lp, server)) => {
-                        let _ = tx.send(Ok((server.local_addr(), lp.handle())));
+                        let addrs = (server.local_addr(), server.admin_addr());
+                        let _ = tx.send(Ok((addrs, lp.handle())));
                         lp.run();
                         server.shutdown(&lp, Duration::from_secs(5));
                     }
@@ -46,11 +48,12 @@ impl ServerThread {
                     }
                 }
             })?;
-        let (addr, base) = rx
+        let ((addr, admin), base) = rx
             .recv()
             .map_err(|_| io::Error::other("server thread died during start"))??;
         Ok(ServerThread {
             addr,
+            admin,
             base,
             thread: Some(thread),
         })
@@ -59,6 +62,11 @@ impl ServerThread {
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The admin listener's address, if the options asked for one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
     }
 
     /// Stops the server as SIGTERM would and waits for it.

@@ -2,6 +2,7 @@
 //! and the workers; requests run through it one at a time, in arrival order.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use net::ConnHandle;
 use parking_lot::Mutex;
 
 use crate::protocol::Parsed;
+use crate::stats::Stats;
 
 /// Above this many queued requests the connection stops reading (backpressure).
 pub const QUEUE_HIGH: usize = 256;
@@ -20,10 +22,18 @@ pub const QUEUE_LOW: usize = 64;
 pub enum Job {
     /// A parsed request.
     Request(Parsed),
-    /// A reply the IO loop prepared (a protocol error), sent in turn with the others.
-    Reply(Vec<u8>),
-    /// A fatal protocol error: send it, then close the connection.
-    Fatal(Vec<u8>),
+    /// A protocol error the IO loop found (the reply frame and its errno and the
+    /// request's msgid), sent in turn with the others.
+    Refused {
+        /// The reply.
+        frame: Vec<u8>,
+        /// Its errno, for the audit line.
+        errno: i64,
+        /// The request's msgid (-1 if unreadable).
+        msgid: i64,
+    },
+    /// A fatal protocol error (frame, errno): send it, then close the connection.
+    Fatal(Vec<u8>, i64),
     /// The connection closed: log its user out.
     Closed,
     /// The server is stopping: log the user out and close after output drains.
@@ -35,6 +45,8 @@ pub enum Job {
         to: i64,
         /// The frame's JSON text.
         text: String,
+        /// The sender's `cid`, when it asked for a confirmation.
+        cid: Option<i64>,
     },
     /// The connection's output drained after it was congested: flush what was
     /// stored for the user meanwhile, then deliver live again.
@@ -76,6 +88,10 @@ struct Strand {
 pub struct Session {
     /// Sends to and closes the connection, from any thread.
     pub conn: ConnHandle,
+    /// The client's address, for the audit log.
+    pub peer: SocketAddr,
+    /// The server's counters: every frame sent through the session is counted.
+    stats: Arc<Stats>,
     user: Mutex<Option<Arc<User>>>,
     /// The client opted in to extended replies (`"ext":1` on any request).
     ext: AtomicBool,
@@ -93,9 +109,11 @@ pub struct Session {
 
 impl Session {
     /// A session for a new connection.
-    pub fn new(conn: ConnHandle) -> Session {
+    pub fn new(conn: ConnHandle, peer: SocketAddr, stats: Arc<Stats>) -> Session {
         Session {
             conn,
+            peer,
+            stats,
             user: Mutex::new(None),
             ext: AtomicBool::new(false),
             outbox: Mutex::new(Outbox::default()),
@@ -159,9 +177,25 @@ impl Session {
         self.ext.store(true, Ordering::Relaxed);
     }
 
+    /// The server's counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// The logged-in user's id, 0 before a login (for the audit log).
+    pub fn user_id(&self) -> i64 {
+        self.user.lock().as_ref().map_or(0, |u| u.id)
+    }
+
+    /// Counts and sends one frame.
+    fn send(&self, frame: Vec<u8>) {
+        self.stats.frame_out(&frame);
+        self.conn.send(frame);
+    }
+
     /// Sends a reply to this connection's own request (never held).
     pub fn reply(&self, frame: Vec<u8>) {
-        self.conn.send(frame);
+        self.send(frame);
     }
 
     /// Delivers a frame from someone else: held while a login is being answered.
@@ -189,6 +223,7 @@ impl Session {
         if out.holding {
             out.held.push(frame.to_vec());
         } else {
+            self.stats.frame_out(frame);
             batch.push(self.conn.clone());
         }
         true
@@ -204,7 +239,7 @@ impl Session {
         if out.holding {
             out.held.push(frame);
         } else {
-            self.conn.send(frame);
+            self.send(frame);
         }
         true
     }
@@ -235,10 +270,10 @@ impl Session {
             return Err(std::mem::take(&mut out.held));
         }
         if let Some(first) = first {
-            self.conn.send(first);
+            self.send(first);
         }
         for frame in out.held.drain(..) {
-            self.conn.send(frame);
+            self.send(frame);
         }
         Ok(())
     }

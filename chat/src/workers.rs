@@ -39,6 +39,11 @@ impl Submitter {
         }
         pause
     }
+
+    /// Sessions waiting for a worker (the depth of the pool's queue).
+    pub fn queue_len(&self) -> usize {
+        self.tx.len()
+    }
 }
 
 /// The worker threads. Dropping stops them after their current job.

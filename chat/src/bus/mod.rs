@@ -20,10 +20,12 @@
 //! written died with it. Flush notices travel in the same stream, so they keep
 //! their place among the frames.
 
+mod admin;
 mod scripts;
 mod stream;
 mod threads;
 
+pub use admin::NodeInfo;
 pub use threads::{parse_message, BusThreads};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -132,6 +134,13 @@ pub enum BusMessage {
         /// The frame's JSON text.
         frame: String,
     },
+    /// An operator kicked `user`, who is on `node`: that node disconnects them.
+    Kick {
+        /// The user.
+        user: i64,
+        /// The node that should hold the user.
+        node: String,
+    },
 }
 
 /// What a node does with bus traffic; implemented by the chat service.
@@ -229,6 +238,8 @@ pub struct Bus {
     stop: Arc<AtomicBool>,
     /// Dead nodes a background drain is working on.
     draining: parking_lot::Mutex<std::collections::HashSet<String>>,
+    /// Round trip, heartbeat age and stream lag, for health checks and metrics.
+    health: admin::Health,
 }
 
 /// A fresh node id: the pid plus the clock, unique enough for a cluster.
@@ -288,6 +299,7 @@ impl Bus {
             epoch: Instant::now(),
             stop: Arc::new(AtomicBool::new(false)),
             draining: parking_lot::Mutex::new(std::collections::HashSet::new()),
+            health: admin::Health::default(),
         });
         let reset = bus.with_con(|c| {
             bus.scripts
@@ -461,7 +473,11 @@ impl Bus {
 
     /// Tells every node that a group's membership changed.
     pub fn broadcast_invalidate(&self, group: i64) -> Result<(), BusError> {
-        let payload = json!({"t": "inv", "g": group}).to_string();
+        self.broadcast(json!({"t": "inv", "g": group}).to_string())
+    }
+
+    /// Publishes `payload` on the channel every node listens to.
+    fn broadcast(&self, payload: String) -> Result<(), BusError> {
         self.with_con(|c| {
             redis::cmd("PUBLISH")
                 .arg(&self.keys.channel_all)
@@ -487,6 +503,7 @@ impl Bus {
 
     /// Refreshes this node's liveness; `Ok(false)` when the key had been lost.
     pub fn heartbeat(&self) -> Result<bool, BusError> {
+        let t = Instant::now();
         let existed: i64 = self.with_con(|c| {
             self.scripts
                 .heartbeat
@@ -496,6 +513,7 @@ impl Bus {
                 .arg(&self.cfg.node_id)
                 .invoke(c)
         })?;
+        self.beat_ok(t.elapsed());
         Ok(existed == 1)
     }
 

@@ -232,6 +232,9 @@ impl Bus {
             read_any = true;
             let Some(reply) = reply else { continue };
             let mut batch_end = None;
+            if let Some(oldest) = reply.keys.iter().flat_map(|k| &k.ids).next() {
+                self.entry_read(&oldest.id);
+            }
             for entry in reply.keys.iter().flat_map(|k| &k.ids) {
                 match entry_message(entry) {
                     Some(BusMessage::Deliver { to, frame }) => {

@@ -292,6 +292,10 @@ pub fn parse_message(payload: &[u8]) -> Option<BusMessage> {
                 .collect::<Option<Vec<i64>>>()?,
             frame: v.get("f")?.as_str()?.to_owned(),
         }),
+        "kick" => Some(BusMessage::Kick {
+            user: v.get("u")?.as_i64()?,
+            node: v.get("n")?.as_str()?.to_owned(),
+        }),
         _ => None,
     }
 }
@@ -316,6 +320,13 @@ mod tests {
         assert_eq!(parse_message(br#"{"t":"note","to":[7]}"#), None);
         assert_eq!(parse_message(br#"{"t":"flush","to":[7]}"#), None);
         assert_eq!(parse_message(b"nope"), None);
+        assert_eq!(
+            parse_message(br#"{"t":"kick","u":7,"n":"n1"}"#),
+            Some(BusMessage::Kick {
+                user: 7,
+                node: "n1".into()
+            })
+        );
         assert_eq!(parse_message(br#"{"t":"x"}"#), None);
     }
 }

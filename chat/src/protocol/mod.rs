@@ -73,6 +73,10 @@ pub mod msgid {
     pub const GROUP_INFO_ACK: i64 = 36;
     /// Ours, server → client: the user was removed from a group by its creator.
     pub const GROUP_REMOVED_NOTICE: i64 = 37;
+    /// Ours, client → server: ask for one's friends and groups (with live presence).
+    pub const CONTACTS: i64 = 15;
+    /// Ours, server → client: the answer to [`CONTACTS`], shaped as LOGIN_ACK's lists.
+    pub const CONTACTS_ACK: i64 = 16;
 
     /// The symbolic name of a msgid, for logs; `None` for ids outside the table.
     pub fn name(id: i64) -> Option<&'static str> {
@@ -106,6 +110,8 @@ pub mod msgid {
             GROUP_INFO => "GROUP_INFO",
             GROUP_INFO_ACK => "GROUP_INFO_ACK",
             GROUP_REMOVED_NOTICE => "GROUP_REMOVED_NOTICE",
+            CONTACTS => "CONTACTS",
+            CONTACTS_ACK => "CONTACTS_ACK",
             _ => return None,
         })
     }
@@ -150,6 +156,8 @@ pub mod errno {
     pub const SERVER_FULL: i64 = 112;
     /// No login within the time limit after connecting; the connection is closed.
     pub const LOGIN_TIMEOUT: i64 = 113;
+    /// An operator disconnected the user (admin kick); the connection is closed.
+    pub const KICKED: i64 = 135;
 
     /// The addressed user does not exist.
     pub const NO_SUCH_USER: i64 = 201;
@@ -298,6 +306,8 @@ pub enum Request {
         toid: i64,
         /// The message text (any length; the frame limit bounds it).
         msg: String,
+        /// The sender's own id for this message (`cid`), if it wants an ACK on success.
+        cid: Option<i64>,
         /// The whole request object, forwarded after [`delivery_frame`].
         frame: Map<String, Value>,
     },
@@ -332,6 +342,8 @@ pub enum Request {
         groupid: i64,
         /// The message text.
         msg: String,
+        /// The sender's own id for this message (`cid`), if it wants an ACK on success.
+        cid: Option<i64>,
         /// The whole request object, forwarded after [`delivery_frame`].
         frame: Map<String, Value>,
     },
@@ -343,6 +355,11 @@ pub enum Request {
         id: i64,
         /// What is asked.
         req: Social,
+    },
+    /// CONTACTS (15): the user's friends and groups, as LOGIN_ACK lists them.
+    Contacts {
+        /// The asking user.
+        id: i64,
     },
 }
 
@@ -360,6 +377,7 @@ impl Request {
             Request::GroupChat { .. } => msgid::GROUP_CHAT,
             Request::Ping => msgid::PING,
             Request::Social { req, .. } => req.msgid(),
+            Request::Contacts { .. } => msgid::CONTACTS,
         }
     }
 
@@ -373,7 +391,8 @@ impl Request {
             | Request::CreateGroup { id, .. }
             | Request::AddGroup { id, .. }
             | Request::GroupChat { id, .. }
-            | Request::Social { id, .. } => Some(*id),
+            | Request::Social { id, .. }
+            | Request::Contacts { id } => Some(*id),
             Request::Login { .. } | Request::Reg { .. } | Request::Ping => None,
         }
     }
@@ -443,11 +462,12 @@ pub fn parse_request(v: Value) -> Result<Parsed, ProtocolError> {
                 f.id("to")?
             };
             let msg = f.string("msg", 0, usize::MAX)?;
-            f.chat_extras()?;
+            let cid = f.chat_extras()?;
             Request::OneChat {
                 id,
                 toid,
                 msg,
+                cid,
                 frame: obj,
             }
         }
@@ -470,11 +490,12 @@ pub fn parse_request(v: Value) -> Result<Parsed, ProtocolError> {
             let id = f.id("id")?;
             let groupid = f.id("groupid")?;
             let msg = f.string("msg", 0, usize::MAX)?;
-            f.chat_extras()?;
+            let cid = f.chat_extras()?;
             Request::GroupChat {
                 id,
                 groupid,
                 msg,
+                cid,
                 frame: obj,
             }
         }
@@ -483,13 +504,14 @@ pub fn parse_request(v: Value) -> Result<Parsed, ProtocolError> {
             id: f.id("id")?,
             req: social::parse(&f)?,
         },
+        msgid::CONTACTS => Request::Contacts { id: f.id("id")? },
         other => return Err(unknown_msgid(other)),
     };
     Ok(Parsed { req, ext, msgid })
 }
 
 /// The msgids a client may send.
-const REQUEST_MSGIDS: [i64; 9] = [
+const REQUEST_MSGIDS: [i64; 10] = [
     msgid::LOGIN,
     msgid::LOGINOUT,
     msgid::REG,
@@ -499,6 +521,7 @@ const REQUEST_MSGIDS: [i64; 9] = [
     msgid::ADD_GROUP,
     msgid::GROUP_CHAT,
     msgid::PING,
+    msgid::CONTACTS,
 ];
 
 /// [`errno::UNKNOWN_MSGID`] for `id`, naming a server-only msgid as such.
@@ -580,11 +603,21 @@ impl Fields<'_> {
     }
 
     /// The optional `name` and `time` of a chat frame must be strings when present: the legacy
-    /// client reads both as strings unconditionally when it receives the frame.
-    fn chat_extras(&self) -> Result<(), ProtocolError> {
+    /// client reads both as strings unconditionally when it receives the frame. Returns the
+    /// optional `cid`: a JSON integer in `0..=i64::MAX` (protocol.md §4).
+    fn chat_extras(&self) -> Result<Option<i64>, ProtocolError> {
         self.opt_string("name", 0, usize::MAX)?;
         self.opt_string("time", 0, usize::MAX)?;
-        Ok(())
+        let Some(v) = self.obj.get("cid") else {
+            return Ok(None);
+        };
+        match v.as_i64() {
+            Some(cid) if cid >= 0 && !v.is_f64() => Ok(Some(cid)),
+            _ => Err(self.bad(format!(
+                "field \"cid\" must be an integer from 0 to {}",
+                i64::MAX
+            ))),
+        }
     }
 }
 
@@ -601,9 +634,11 @@ fn describe_string(key: &str, min: usize, max: usize) -> String {
     }
 }
 
+mod fast_chat;
 mod replies;
 mod social;
 
+pub use fast_chat::{parse_fast_chat, FastChat};
 pub use replies::*;
 pub use social::*;
 

@@ -7,6 +7,7 @@
 //! Every statement binds its values as parameters; no SQL is ever built from user data.
 
 mod mysql;
+mod mysql_schema;
 mod mysql_social;
 pub mod social;
 mod sqlite;
@@ -15,7 +16,9 @@ mod sqlite_social;
 mod tests;
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 pub use self::mysql::MysqlStore;
 pub use self::social::SocialStore;
@@ -84,6 +87,40 @@ pub trait Store: Send + Sync + SocialStore {
     /// Like [`Store::take_offline`], at most the `max` oldest messages; the rest stay
     /// stored, in order, for the next call.
     fn take_offline_batch(&self, user: i64, max: usize) -> Result<Vec<String>, StoreError>;
+    /// Whether the database answers a trivial query (the readiness check).
+    fn ping(&self) -> Result<(), StoreError>;
+    /// Offline messages waiting, for all users together.
+    fn offline_backlog(&self) -> Result<u64, StoreError>;
+    /// How long callers waited for a pooled connection.
+    fn pool_wait(&self) -> &PoolWait;
+}
+
+/// Time spent waiting for a pooled connection: a count and a sum, bumped with one
+/// atomic add each per checkout.
+#[derive(Debug, Default)]
+pub struct PoolWait {
+    checkouts: AtomicU64,
+    micros: AtomicU64,
+}
+
+impl PoolWait {
+    /// Times one checkout.
+    pub fn time<T>(&self, checkout: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let out = checkout();
+        self.micros
+            .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.checkouts.fetch_add(1, Ordering::Relaxed);
+        out
+    }
+
+    /// (checkouts, total seconds waited).
+    pub fn get(&self) -> (u64, f64) {
+        (
+            self.checkouts.load(Ordering::Relaxed),
+            self.micros.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
 }
 
 /// One row of `user`.

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use rusqlite::{ffi, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{fits, AddFriend, GroupRow, JoinGroup, MemberRow, Role, Store, StoreError, UserRow};
+use super::{
+    fits, AddFriend, GroupRow, JoinGroup, MemberRow, PoolWait, Role, Store, StoreError, UserRow,
+};
 
 /// How long a writer waits for the write lock before giving up with an error.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -82,6 +84,8 @@ impl r2d2::ManageConnection for Manager {
 pub struct SqliteStore {
     /// Pooled connections to the one file; a read never waits for a write.
     pool: r2d2::Pool<Manager>,
+    /// Time spent waiting for pooled connections.
+    wait: PoolWait,
 }
 
 impl SqliteStore {
@@ -98,12 +102,15 @@ impl SqliteStore {
             .max_size(pool_size.max(1))
             .connection_timeout(POOL_TIMEOUT)
             .build(manager)?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            wait: PoolWait::default(),
+        })
     }
 
     /// A pooled connection, or `Unavailable` after [`POOL_TIMEOUT`].
     pub(super) fn conn(&self) -> Result<r2d2::PooledConnection<Manager>, StoreError> {
-        Ok(self.pool.get()?)
+        Ok(self.wait.time(|| self.pool.get())?)
     }
 }
 
@@ -164,6 +171,22 @@ fn state(online: bool) -> &'static str {
 }
 
 impl Store for SqliteStore {
+    fn ping(&self) -> Result<(), StoreError> {
+        self.conn()?.query_row("SELECT 1", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    fn offline_backlog(&self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn()?
+            .query_row("SELECT COUNT(*) FROM offlinemessage", [], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    }
+
+    fn pool_wait(&self) -> &PoolWait {
+        &self.wait
+    }
+
     fn register(&self, name: &str, password_hash: &str) -> Result<Option<i64>, StoreError> {
         if !fits(name, "") {
             return Ok(None);

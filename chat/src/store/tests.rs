@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use ::mysql::prelude::Queryable;
 
-use super::mysql::{conforms, create_table_sql, TABLES};
+use super::mysql_schema::{conforms, create_table_sql, TABLES};
 use super::*;
 use crate::password::{self, Verified};
 

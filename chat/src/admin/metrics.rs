@@ -1,0 +1,214 @@
+//! `/metrics`: every figure the lower floors expose, read at scrape time and
+//! written in the Prometheus (OpenMetrics) text format by prometheus-client.
+
+use std::fmt;
+use std::sync::atomic::Ordering;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use super::Sources;
+
+/// Reads the sources on each scrape.
+#[derive(Debug)]
+struct ChatCollector(Sources);
+
+/// A labelled family: (label values, value) under one name.
+type Family = Vec<(Vec<(&'static str, String)>, u64)>;
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Result {
+    let c = ConstCounter::new(v);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge_i(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> fmt::Result {
+    let g = ConstGauge::new(v);
+    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+fn gauge_f(e: &mut DescriptorEncoder, name: &str, help: &str, v: f64) -> fmt::Result {
+    let g = ConstGauge::new(v);
+    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+fn counters(e: &mut DescriptorEncoder, name: &str, help: &str, family: &Family) -> fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in family {
+        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn by(label: &'static str, items: &[(i64, u64)]) -> Family {
+    items
+        .iter()
+        .map(|(k, v)| {
+            let k = if *k < 0 {
+                "other".into()
+            } else {
+                k.to_string()
+            };
+            (vec![(label, k)], *v)
+        })
+        .collect()
+}
+
+fn one(label: &'static str, items: &[(&str, u64)]) -> Family {
+    items
+        .iter()
+        .map(|(k, v)| (vec![(label, (*k).to_owned())], *v))
+        .collect()
+}
+
+impl Collector for ChatCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        let src = &self.0;
+        let s = src.service.stats().snapshot();
+        let conns = src.connections.load(Ordering::Relaxed) as i64;
+        gauge_i(
+            &mut e,
+            "chat_connections",
+            "Open client connections.",
+            conns,
+        )?;
+        let users = src.service.hub().count() as i64;
+        gauge_i(
+            &mut e,
+            "chat_users_online",
+            "Users logged in on this node.",
+            users,
+        )?;
+        let logins = [
+            ("ok", s.logins_ok),
+            ("failed", s.logins_failed),
+            ("throttled", s.logins_throttled),
+        ];
+        counters(
+            &mut e,
+            "chat_logins",
+            "Logins by result.",
+            &one("result", &logins),
+        )?;
+        counters(
+            &mut e,
+            "chat_logouts",
+            "Logged-in sessions that ended.",
+            &one("how", &[("any", s.logouts)]),
+        )?;
+        counter(
+            &mut e,
+            "chat_kicks",
+            "Users disconnected by an operator.",
+            s.kicks,
+        )?;
+        counters(
+            &mut e,
+            "chat_frames_in",
+            "Request frames received, by msgid.",
+            &by("msgid", &s.frames_in),
+        )?;
+        counters(
+            &mut e,
+            "chat_frames_out",
+            "Frames sent, by msgid.",
+            &by("msgid", &s.frames_out),
+        )?;
+        counters(
+            &mut e,
+            "chat_protocol_errors",
+            "Protocol errors answered, by errno.",
+            &by("errno", &s.protocol_errors),
+        )?;
+        let chats = [
+            ("local", s.chats_local),
+            ("remote", s.chats_remote),
+            ("stored", s.chats_stored),
+        ];
+        counters(
+            &mut e,
+            "chat_chats",
+            "Chat frames delivered here, handed to another node, or stored.",
+            &one("outcome", &chats),
+        )?;
+        counter(
+            &mut e,
+            "chat_bytes_in",
+            "Bytes read from clients.",
+            s.bytes_in,
+        )?;
+        counter(
+            &mut e,
+            "chat_bytes_out",
+            "Bytes queued to clients.",
+            s.bytes_out,
+        )?;
+        let depth = src.queue.queue_len() as i64;
+        gauge_i(
+            &mut e,
+            "chat_worker_queue_depth",
+            "Sessions waiting for a worker.",
+            depth,
+        )?;
+        let store = src.service.store();
+        let (checkouts, waited) = store.pool_wait().get();
+        counter(
+            &mut e,
+            "chat_db_pool_checkouts",
+            "Database connections taken from the pool.",
+            checkouts,
+        )?;
+        let g = prometheus_client::metrics::counter::ConstCounter::new(waited);
+        g.encode(e.encode_descriptor(
+            "chat_db_pool_wait_seconds",
+            "Time spent waiting for a pooled database connection.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        // A blocking query, on the admin thread: omitted while the database fails.
+        if let Ok(n) = store.offline_backlog() {
+            gauge_i(
+                &mut e,
+                "chat_offline_backlog",
+                "Offline messages waiting in the store.",
+                n as i64,
+            )?;
+        }
+        if let Some(bus) = src.service.bus() {
+            gauge_f(
+                &mut e,
+                "chat_redis_rtt_seconds",
+                "Redis round trip of the last heartbeat.",
+                bus.redis_rtt().as_secs_f64(),
+            )?;
+            gauge_f(
+                &mut e,
+                "chat_stream_lag_seconds",
+                "Age of the oldest entry of the last batch read from this node's stream.",
+                bus.stream_lag().as_secs_f64(),
+            )?;
+            let age = bus.heartbeat_age().map_or(-1.0, |a| a.as_secs_f64());
+            gauge_f(
+                &mut e,
+                "chat_heartbeat_age_seconds",
+                "Time since the last successful heartbeat (-1: none yet).",
+                age,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The text of one scrape.
+pub(super) fn render(src: &Sources) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(ChatCollector(src.clone())));
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+        log::warn!("admin: metrics not encoded: {e}");
+    }
+    out
+}

@@ -1,0 +1,302 @@
+//! The admin listener (`--admin-addr`): health and readiness as dependencies come
+//! and go, Prometheus metrics that parse and move with traffic, and the admin routes
+//! behind the bearer token (list, kick on another node).
+//!
+//! Readiness runs against a private `redis-server` and a private `mariadbd` (never
+//! the machine's shared ones), which the test kills and starts again.
+
+mod cluster_util;
+mod hardening_util;
+mod util;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use chat::admin::AdminOptions;
+use chat::bus::BusConfig;
+use chat::server::ServerOptions;
+use chat::server_thread::ServerThread;
+use serde_json::{json, Value};
+
+use hardening_util::mariadb::MariaDb;
+use hardening_util::{require_binary, unique};
+use util::{poll, Backend, Client, User};
+
+const TOKEN: &str = "test-admin-token";
+
+/// Options with the admin listener on a free loopback port.
+fn with_admin(token: Option<&str>, bus: Option<BusConfig>) -> ServerOptions {
+    ServerOptions {
+        admin: Some(AdminOptions {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            token: token.map(str::to_owned),
+        }),
+        bus,
+        ..ServerOptions::default()
+    }
+}
+
+fn bus(url: &str, prefix: &str, node: &str) -> Option<BusConfig> {
+    Some(BusConfig {
+        url: url.to_owned(),
+        prefix: prefix.to_owned(),
+        node_id: node.to_owned(),
+        node_ttl: Duration::from_secs(2),
+    })
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns (status, body). Every
+/// read and write has a timeout.
+fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).expect("send the request");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read the response");
+    let raw = String::from_utf8(raw).expect("a UTF-8 response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a header block");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    (status, body.to_owned())
+}
+
+fn admin(srv: &ServerThread) -> SocketAddr {
+    srv.admin_addr().expect("the admin listener runs")
+}
+
+/// Scrapes `/metrics` and parses it with a Prometheus text parser: metric name plus
+/// sorted labels → value.
+fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
+    let (status, body) = http(addr, "GET", "/metrics", None);
+    assert_eq!(status, 200, "{body}");
+    let lines = body.lines().map(|l| Ok(l.to_owned()));
+    let parsed = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    parsed
+        .samples
+        .into_iter()
+        .map(|s| {
+            let mut labels: Vec<String> =
+                s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            labels.sort();
+            let v = match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                other => panic!("unexpected sample {other:?}"),
+            };
+            (format!("{}{{{}}}", s.metric, labels.join(",")), v)
+        })
+        .collect()
+}
+
+fn get(m: &HashMap<String, f64>, key: &str) -> f64 {
+    m.get(key).copied().unwrap_or(0.0)
+}
+
+/// `/metrics` parses, and its counters move with the traffic that went through.
+#[test]
+fn metrics_parse_and_move_with_traffic() {
+    let _ = chat::password::set_cost(1024, 1);
+    let b = Backend::sqlite();
+    let srv = b.start_with(with_admin(None, None));
+    let addr = admin(&srv);
+    assert_eq!(http(addr, "GET", "/healthz", None).0, 200);
+    let before = scrape(addr);
+    let mut a = User::online(srv.addr(), "ann");
+    let mut z = User::register(srv.addr(), "zed"); // offline: its chats are stored
+    let mut bob = User::online(srv.addr(), "bob");
+    for i in 0..3 {
+        a.chat(bob.id, &format!("live {i}"));
+        bob.c.expect_msgid(6);
+    }
+    a.chat(z.id, "stored");
+    a.c.barrier();
+    let mut bad = Client::connect(srv.addr());
+    bad.send(&json!({"msgid": 1, "id": "x"})); // a BAD_FIELD protocol error
+    bad.recv();
+    z.c.login(z.id, "wrong password");
+    // The worker bumps the login counters just after it sent the reply.
+    let after = poll(Duration::from_secs(5), "the failed login counted", || {
+        let m = scrape(addr);
+        let failed = "chat_logins_total{result=failed}";
+        (get(&m, failed) > get(&before, failed)).then_some(m)
+    });
+    let moved = |k: &str| get(&after, k) - get(&before, k);
+    assert_eq!(moved("chat_logins_total{result=ok}"), 2.0, "{after:?}");
+    assert_eq!(moved("chat_logins_total{result=failed}"), 1.0);
+    assert_eq!(moved("chat_chats_total{outcome=local}"), 3.0);
+    assert_eq!(moved("chat_chats_total{outcome=stored}"), 1.0);
+    assert_eq!(moved("chat_frames_in_total{msgid=6}"), 4.0);
+    assert_eq!(moved("chat_frames_out_total{msgid=6}"), 3.0);
+    assert_eq!(moved("chat_protocol_errors_total{errno=105}"), 1.0);
+    assert_eq!(get(&after, "chat_users_online{}"), 2.0);
+    assert_eq!(get(&after, "chat_connections{}"), 4.0);
+    assert_eq!(get(&after, "chat_offline_backlog{}"), 1.0);
+    assert!(moved("chat_bytes_in_total{}") > 100.0);
+    assert!(moved("chat_bytes_out_total{}") > 100.0);
+    assert!(get(&after, "chat_db_pool_checkouts_total{}") > 0.0);
+    drop(z);
+}
+
+/// Admin routes are refused without the token (403 when none is configured, 401
+/// for a missing or wrong one) and served with it; health routes need none.
+#[test]
+fn admin_routes_need_the_token() {
+    let _ = chat::password::set_cost(1024, 1);
+    let b = Backend::sqlite();
+    let off = b.start_with(with_admin(None, None));
+    let (status, _) = http(admin(&off), "GET", "/admin/users", Some(TOKEN));
+    assert_eq!(status, 403, "no token configured: admin routes disabled");
+    drop(off);
+
+    let srv = b.start_with(with_admin(Some(TOKEN), None));
+    let addr = admin(&srv);
+    let u = User::online(srv.addr(), "uma");
+    for (method, path) in [("GET", "/admin/users"), ("GET", "/admin/nodes")] {
+        assert_eq!(
+            http(addr, method, path, None).0,
+            401,
+            "{path} without a token"
+        );
+        assert_eq!(http(addr, method, path, Some("wrong")).0, 401);
+    }
+    let kick = format!("/admin/users/{}/kick", u.id);
+    assert_eq!(http(addr, "POST", &kick, Some("wrong")).0, 401);
+    assert_eq!(http(addr, "GET", "/readyz", None).0, 200);
+    let (status, body) = http(addr, "GET", "/admin/users", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["users"], json!([{"id": u.id, "name": "uma"}]));
+    drop(u);
+}
+
+/// A kick sent to node 1 for a user on node 2 goes through the bus: the user gets
+/// the error frame (errno 135), then the connection closes; the node lists and the
+/// cluster's user list show where everyone is.
+#[test]
+fn kick_closes_the_connection_on_another_node() {
+    require_binary("redis-server");
+    let Some(b) = Backend::mysql() else { return };
+    let _ = chat::password::set_cost(1024, 1);
+    let redis = cluster_util::RedisServer::start();
+    let prefix = format!("adm_{}", unique());
+    let n1 = b.start_with(with_admin(
+        Some(TOKEN),
+        bus(&redis.url(), &prefix, "adm-n1"),
+    ));
+    let n2 = b.start_with(with_admin(
+        Some(TOKEN),
+        bus(&redis.url(), &prefix, "adm-n2"),
+    ));
+    let mut u = User::online(n2.addr(), "kate");
+    let other = User::online(n1.addr(), "olga");
+
+    let (status, body) = http(admin(&n1), "GET", "/admin/users?scope=cluster", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let mut users = v["users"].as_array().unwrap().clone();
+    users.sort_by_key(|u| u["id"].as_i64());
+    assert_eq!(
+        users,
+        vec![
+            json!({"id": u.id, "node": "adm-n2"}),
+            json!({"id": other.id, "node": "adm-n1"})
+        ]
+    );
+    let (_, body) = http(admin(&n1), "GET", "/admin/nodes", Some(TOKEN));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["nodes"],
+        json!([{"id": "adm-n1", "alive": true, "users": 1},
+               {"id": "adm-n2", "alive": true, "users": 1}])
+    );
+
+    let (status, body) = http(
+        admin(&n1),
+        "POST",
+        &format!("/admin/users/{}/kick", u.id),
+        Some(TOKEN),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["node"],
+        "adm-n2"
+    );
+    u.c.expect_error(135, None);
+    u.c.expect_eof();
+    // The user is free again: a new login on node 1 succeeds.
+    let mut again = Client::connect(n1.addr());
+    poll(Duration::from_secs(10), "kate can log in again", || {
+        (again.login(u.id, &u.pw)["errno"] == 0).then_some(())
+    });
+    let (status, _) = http(admin(&n2), "POST", "/admin/users/999999/kick", Some(TOKEN));
+    assert_eq!(status, 404, "nobody to kick");
+    drop(other);
+}
+
+fn ready(addr: SocketAddr) -> (u16, String) {
+    http(addr, "GET", "/readyz", None)
+}
+
+/// `/readyz` turns 503 when the node's Redis goes away, 200 after it is back; then
+/// the same for its database.
+#[test]
+fn readyz_follows_redis_and_the_database() {
+    require_binary("redis-server");
+    let mut db = MariaDb::start();
+    let mut redis = cluster_util::RedisServer::start();
+    let prefix = format!("rdy_{}", unique());
+    let srv = ServerThread::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &db.url("chat"),
+        with_admin(None, bus(&redis.url(), &prefix, "rdy-n1")),
+    )
+    .expect("node on the private MariaDB and Redis");
+    let addr = admin(&srv);
+    let limit = Duration::from_secs(30);
+    poll(limit, "ready at start", || {
+        (ready(addr).0 == 200).then_some(())
+    });
+
+    let outage = |what: &str, up: &mut dyn FnMut(bool)| {
+        up(false);
+        let body = poll(limit, &format!("503 without {what}"), || {
+            let (s, b) = ready(addr);
+            (s == 503).then_some(b)
+        });
+        assert!(body.contains(what), "{body}");
+        assert_eq!(
+            http(addr, "GET", "/healthz", None).0,
+            200,
+            "alive all the same"
+        );
+        up(true);
+        poll(limit, &format!("ready once {what} is back"), || {
+            (ready(addr).0 == 200).then_some(())
+        });
+    };
+    outage("redis", &mut |on| {
+        if on {
+            redis.restart()
+        } else {
+            redis.kill()
+        }
+    });
+    outage("database", &mut |on| {
+        if on {
+            db.restart()
+        } else {
+            db.kill()
+        }
+    });
+}

@@ -1,0 +1,163 @@
+//! The `ChatServer` binary as an operator first meets it: a host name to listen on,
+//! the login time limit under its old environment name, JSON log lines with the
+//! audit events, the admin listener, and a fatal error reported once, readably.
+
+mod util;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+use util::Client;
+
+/// A ChatServer child whose stderr lines arrive on a channel; killed when dropped.
+struct Node {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    db: std::path::PathBuf,
+}
+
+impl Node {
+    fn start(tag: &str, args: &[&str], env: &[(&str, &str)]) -> Node {
+        let db = std::env::temp_dir().join(format!("chat_bin_{tag}_{}.db", std::process::id()));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ChatServer"));
+        cmd.args(args)
+            .arg("--db")
+            .arg(format!("sqlite:{}", db.display()))
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start ChatServer");
+        let err = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Node { child, lines, db }
+    }
+
+    /// The next log line (a JSON object), within 10 s.
+    fn next_json(&self) -> Value {
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a log line within 10 s");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+
+    /// The address in the next log line whose message starts with `prefix`.
+    fn addr_after(&self, prefix: &str) -> SocketAddr {
+        loop {
+            let v = self.next_json();
+            let msg = v["msg"].as_str().unwrap_or_default().to_owned();
+            if let Some(rest) = msg.strip_prefix(prefix) {
+                let addr = rest.trim_start_matches("http://");
+                let addr = addr.split_whitespace().next().unwrap();
+                return addr.parse().expect("an address");
+            }
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = self.db.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+#[test]
+fn host_names_old_env_name_json_logs_and_admin() {
+    let node = Node::start(
+        "first",
+        &[
+            "localhost",
+            "0",
+            "--admin-addr",
+            "localhost:0",
+            "--log-format",
+            "json",
+        ],
+        &[("CHAT_LOGIN_TIMEOUT", "1"), ("CHAT_ADMIN_TOKEN", "")],
+    );
+    let addr = node.addr_after("ChatServer listening on ");
+    assert!(addr.ip().is_loopback(), "{addr}");
+    let admin = node.addr_after("admin listening on ");
+    // The admin listener answers.
+    let mut s = TcpStream::connect(admin).expect("admin listener");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    // CHAT_LOGIN_TIMEOUT (the old name of CHAT_LOGIN_TIMEOUT_SECS) still applies.
+    let mut c = Client::connect(addr);
+    c.expect_error(113, None);
+    c.expect_eof();
+    // A failed login makes one JSON audit line with the peer address.
+    let mut c = Client::connect(addr);
+    c.login(42, "nope");
+    let peer = c.stream().local_addr().unwrap();
+    loop {
+        let v = node.next_json();
+        if v["target"] == "audit" {
+            assert_eq!(
+                v["msg"],
+                format!("login failed user=42 peer={peer} reason=bad-credentials")
+            );
+            assert_eq!(v["level"], "INFO");
+            assert!(v["ts"].is_string());
+            break;
+        }
+    }
+}
+
+#[test]
+fn a_fatal_error_is_reported_once_in_plain_words() {
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port().to_string();
+    let mut node = Node::start("fatal", &["127.0.0.1", &port], &[]);
+    let status = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = node.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(std::time::Instant::now() < deadline, "still running");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert!(!status.success());
+    // Until the reader thread saw the end of stderr.
+    let mut lines = Vec::new();
+    while let Ok(l) = node.lines.recv_timeout(Duration::from_secs(5)) {
+        lines.push(l);
+    }
+    assert_eq!(lines.len(), 1, "one line, nothing else: {lines:?}");
+    let errors: Vec<&String> = lines.iter().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {lines:?}");
+    assert!(
+        errors[0].contains(&format!(
+            "cannot serve on 127.0.0.1:{port}: Address already in use"
+        )),
+        "{lines:?}"
+    );
+    assert!(!errors[0].contains("Os {"), "Debug form: {lines:?}");
+}
