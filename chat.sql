@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS user (
 CREATE TABLE IF NOT EXISTS friend (
   userid INT NOT NULL,
   friendid INT NOT NULL,
-  PRIMARY KEY (userid, friendid)
+  PRIMARY KEY (userid, friendid),
+  KEY friendid (friendid)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
 CREATE TABLE IF NOT EXISTS allgroup (
@@ -54,4 +55,32 @@ CREATE TABLE IF NOT EXISTS offlinemessage (
   PRIMARY KEY (id),
   KEY userid (userid, id, bytes),
   KEY quota (userid, fromid, bytes)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- Every one-to-one and group message, kept with a per-conversation sequence number
+-- (docs/protocol.md §10). conv: a group's is -groupid; a pair's is (low id << 32) | high id.
+-- A HISTORY page is one range of the primary key; ts (ms since the epoch) serves retention.
+CREATE TABLE IF NOT EXISTS history (
+  conv BIGINT NOT NULL,
+  seq BIGINT NOT NULL,
+  sender INT NOT NULL,
+  ts BIGINT NOT NULL,
+  message MEDIUMTEXT NOT NULL,
+  PRIMARY KEY (conv, seq),
+  KEY ts (ts)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- The last seq handed out per conversation.
+CREATE TABLE IF NOT EXISTS historyseq (
+  conv BIGINT NOT NULL,
+  seq BIGINT NOT NULL,
+  PRIMARY KEY (conv)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- Friend requests waiting for an answer (fromid asked toid).
+CREATE TABLE IF NOT EXISTS friendrequest (
+  fromid INT NOT NULL,
+  toid INT NOT NULL,
+  PRIMARY KEY (fromid, toid),
+  KEY toid (toid)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

@@ -14,6 +14,7 @@ use crate::gateway::Limits;
 use crate::hasher::HasherConfig;
 use crate::server::ServerOptions;
 use crate::service::throttle::ThrottleConfig;
+use crate::service::HistoryOptions;
 use crate::store::{self, OfflineLimits};
 
 /// `ChatServer [IP] [PORT] [OPTIONS]` — as the original takes `ChatServer <ip> <port>`,
@@ -121,6 +122,12 @@ pub struct Config {
     /// Passes of new password hashes (argon2id).
     #[arg(long, env = "CHAT_ARGON2_PASSES", default_value_t = 2)]
     pub argon2_passes: u32,
+    /// Keep no message history (HISTORY then answers empty pages).
+    #[arg(long, env = "CHAT_NO_HISTORY")]
+    pub no_history: bool,
+    /// Delete history older than this many days (0: keep it forever).
+    #[arg(long, env = "CHAT_HISTORY_DAYS", default_value_t = 0)]
+    pub history_days: u64,
     /// Log level: error, warn, info, debug or trace (default info; `RUST_LOG`
     /// overrides it). The older env name `CHAT_LOG` is still read.
     #[arg(long, env = "CHAT_LOG_LEVEL")]
@@ -247,6 +254,12 @@ impl Config {
                     timeout: std::time::Duration::from_millis(self.redis_wait_ms.max(1)),
                 },
             }),
+            history: HistoryOptions {
+                enabled: !self.no_history,
+                retention: (self.history_days > 0).then(|| {
+                    std::time::Duration::from_secs(self.history_days.saturating_mul(86_400))
+                }),
+            },
         })
     }
 }

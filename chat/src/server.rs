@@ -15,7 +15,7 @@ use crate::codec;
 use crate::gateway::{self, Gateway, Limits, Sessions};
 use crate::hasher::HasherConfig;
 use crate::service::throttle::ThrottleConfig;
-use crate::service::ChatService;
+use crate::service::{ChatService, HistoryOptions};
 use crate::session::{Job, Session};
 use crate::store::{OfflineLimits, Store};
 use crate::workers::WorkerPool;
@@ -39,6 +39,8 @@ pub struct ServerOptions {
     pub throttle: ThrottleConfig,
     /// The password-hashing threads and their fairness.
     pub hashing: HasherConfig,
+    /// History on or off, and its retention.
+    pub history: HistoryOptions,
     /// The admin HTTP listener (health, metrics, admin actions); `None`: off.
     pub admin: Option<AdminOptions>,
 }
@@ -54,6 +56,7 @@ impl Default for ServerOptions {
             offline: OfflineLimits::default(),
             throttle: ThrottleConfig::default(),
             hashing: HasherConfig::default(),
+            history: HistoryOptions::default(),
             admin: None,
         }
     }
@@ -88,6 +91,7 @@ impl ChatServer {
             bus.clone(),
             opts.offline,
             opts.throttle.clone(),
+            &opts.history,
         ));
         let bus_threads = match &bus {
             Some(bus) => Some(bus.spawn(service.clone() as Arc<dyn BusHandler>)?),
@@ -206,6 +210,7 @@ impl ChatServer {
         self.workers.stop();
         // Whoever did not drain in time is signed out here; then the node leaves.
         self.service.sign_out_all();
+        self.service.history().finish(Duration::from_secs(5));
         self.service.set_closing();
         if let Some(threads) = self.bus_threads.take() {
             threads.stop();

@@ -48,6 +48,8 @@ pub enum Command {
     Loginout,
     /// `quit`: log out and exit.
     Quit,
+    /// History, friend requests and groups (`crate::social`).
+    Social(crate::social::SocialCommand),
 }
 
 /// Parses one chat-menu line. `Ok(None)` for a blank line; `Err` holds the hint to print.
@@ -93,7 +95,10 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
                 desc: desc.to_owned(),
             }
         }
-        _ => return Err(crate::ui::INVALID_COMMAND.to_owned()),
+        other => match crate::social::parse(other, rest) {
+            Some(cmd) => Command::Social(cmd?),
+            None => return Err(crate::ui::INVALID_COMMAND.to_owned()),
+        },
     };
     Ok(Some(cmd))
 }
@@ -133,6 +138,7 @@ fn bad_id(what: &str, got: &str, form: &str) -> String {
 pub fn request(cmd: &Command, me: &User, time: &str, cid: Option<i64>) -> Option<Value> {
     let mut frame = match cmd {
         Command::Help | Command::Loginout | Command::Quit => return None,
+        Command::Social(cmd) => cmd.request(me.id),
         Command::Friends | Command::Groups => contacts_request(me.id),
         // Both `toid` (what the original server reads) and `to` (what some copies read).
         Command::Chat { to, msg } => json!({

@@ -13,6 +13,7 @@ mod heartbeat;
 mod input;
 mod reader;
 mod session;
+mod social;
 mod transport;
 mod ui;
 

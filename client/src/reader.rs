@@ -94,8 +94,13 @@ impl Reader {
                 st.pongs += 1;
                 self.session.changed.notify_all();
             }
-            // Anything else is from a newer server; nothing to show.
-            _ => {}
+            // History, presence, friend requests, groups; anything else is from a newer
+            // server: nothing to show.
+            _ => {
+                if let Some(line) = crate::social::line(frame) {
+                    ui::emit(&line);
+                }
+            }
         }
     }
 

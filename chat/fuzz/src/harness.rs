@@ -461,7 +461,8 @@ pub fn check_parse_request(v: Value) -> Result<Parsed, ProtocolError> {
                     None
                 }
                 errno::UNKNOWN_MSGID => {
-                    assert!(!CLIENT_MSGIDS.contains(&wire_msgid.expect("a readable msgid")));
+                    let m = wire_msgid.expect("a readable msgid");
+                    assert!(!CLIENT_MSGIDS.contains(&m) && !protocol::SOCIAL_MSGIDS.contains(&m));
                     wire_msgid
                 }
                 errno::MISSING_FIELD | errno::BAD_FIELD => {
@@ -496,7 +497,10 @@ const CLIENT_MSGIDS: [i64; 10] = [
 /// request is never refused.
 fn check_field_error(v: &Value, e: &ProtocolError) {
     let msgid = v["msgid"].as_i64().expect("a readable msgid");
-    assert!(CLIENT_MSGIDS.contains(&msgid), "{e} for msgid {msgid}");
+    assert!(
+        CLIENT_MSGIDS.contains(&msgid) || protocol::SOCIAL_MSGIDS.contains(&msgid),
+        "{e} for msgid {msgid}"
+    );
     let key = e
         .errmsg
         .split('"')
@@ -518,7 +522,14 @@ fn check_field_error(v: &Value, e: &ProtocolError) {
             .is_some_and(|s| (min..=max).contains(&s.chars().count()))
     };
     let valid = match (key, msgid) {
+        // HISTORY takes `peer` or `groupid`, not both.
+        ("groupid", msgid::HISTORY) => is_id(value) && v.get("peer").is_none(),
         ("id" | "toid" | "to" | "friendid" | "groupid", _) => is_id(value),
+        ("peer" | "before" | "userid", _) => is_id(value),
+        ("limit", _) => value
+            .as_i64()
+            .is_some_and(|n| (1..=protocol::HISTORY_MAX_LIMIT).contains(&n) && !value.is_f64()),
+        ("accept", _) => value.is_boolean() || matches!(value.as_u64(), Some(0 | 1)),
         ("password", msgid::LOGIN) => is_str(value, 0, protocol::PASSWORD_MAX_CHARS),
         ("password", _) => is_str(value, 1, protocol::PASSWORD_MAX_CHARS),
         ("name", msgid::REG) => is_str(value, 1, protocol::NAME_MAX_CHARS),
@@ -680,6 +691,10 @@ fn check_request(v: &Value, p: &Parsed) {
             check_chat_frame(v, frame);
         }
         Request::Ping => assert_eq!(p.msgid, msgid::PING),
+        Request::Social { id, req } => {
+            assert_eq!(*id, id_of(v, "id"));
+            assert_eq!(req.msgid(), p.msgid);
+        }
         Request::Contacts { id } => assert_eq!(*id, id_of(v, "id")),
     }
     match p.req.acting_id() {

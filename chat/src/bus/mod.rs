@@ -146,6 +146,14 @@ pub enum BusMessage {
         /// The group.
         group: i64,
     },
+    /// A live notice (PRESENCE and the like, never stored) for those of `to` who are
+    /// on this node.
+    Notice {
+        /// Recipients, wherever they are.
+        to: Vec<i64>,
+        /// The frame's JSON text.
+        frame: String,
+    },
     /// An operator kicked `user`, who is on `node`: that node disconnects them.
     Kick {
         /// The user.
@@ -519,6 +527,20 @@ impl Bus {
             redis::cmd("PUBLISH")
                 .arg(&self.keys.channel_all)
                 .arg(payload)
+                .query::<i64>(c)
+        })?;
+        Ok(())
+    }
+
+    /// Sends a live notice to every node: `{"t":"note","to":[ids],"f":frame}`. Each node
+    /// delivers it to those of `to` it has; lost when Redis is unreachable (by design:
+    /// notices are not stored).
+    pub fn broadcast_notice(&self, to: &[i64], frame: &str) -> Result<(), BusError> {
+        let payload = json!({"t": "note", "to": to, "f": frame}).to_string();
+        self.with_con(|c| {
+            redis::cmd("PUBLISH")
+                .arg(&self.keys.channel_all)
+                .arg(&payload)
                 .query::<i64>(c)
         })?;
         Ok(())

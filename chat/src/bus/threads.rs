@@ -296,12 +296,21 @@ pub(super) fn sleep_unless(stop: &AtomicBool, total: Duration) {
     }
 }
 
-/// Decodes a broadcast payload: `{"t":"inv","g":N}`.
+/// Decodes a broadcast payload: `{"t":"inv","g":N}` or `{"t":"note","to":[N,…],"f":TEXT}`.
 pub fn parse_message(payload: &[u8]) -> Option<BusMessage> {
     let v: Value = serde_json::from_slice(payload).ok()?;
     match v.get("t")?.as_str()? {
         "inv" => Some(BusMessage::Invalidate {
             group: v.get("g")?.as_i64()?,
+        }),
+        "note" => Some(BusMessage::Notice {
+            to: v
+                .get("to")?
+                .as_array()?
+                .iter()
+                .map(Value::as_i64)
+                .collect::<Option<Vec<i64>>>()?,
+            frame: v.get("f")?.as_str()?.to_owned(),
         }),
         "kick" => Some(BusMessage::Kick {
             user: v.get("u")?.as_i64()?,
@@ -321,6 +330,14 @@ mod tests {
             parse_message(br#"{"t":"inv","g":3}"#),
             Some(BusMessage::Invalidate { group: 3 })
         );
+        assert_eq!(
+            parse_message(br#"{"t":"note","to":[7,8],"f":"{}"}"#),
+            Some(BusMessage::Notice {
+                to: vec![7, 8],
+                frame: "{}".into()
+            })
+        );
+        assert_eq!(parse_message(br#"{"t":"note","to":[7]}"#), None);
         assert_eq!(parse_message(br#"{"t":"flush","to":[7]}"#), None);
         assert_eq!(parse_message(b"nope"), None);
         assert_eq!(

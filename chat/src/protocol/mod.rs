@@ -43,6 +43,36 @@ pub mod msgid {
     pub const PING: i64 = 13;
     /// Ours, server → client: the answer to [`PING`].
     pub const PONG: i64 = 14;
+    /// Ours, client → server: a page of a conversation's history (`peer` or `groupid`).
+    pub const HISTORY: i64 = 23;
+    /// Ours, server → client: the answer to [`HISTORY`].
+    pub const HISTORY_ACK: i64 = 24;
+    /// Ours, server → client: a friend logged in or out (to opted-in clients).
+    pub const PRESENCE: i64 = 25;
+    /// Ours, client → server: ask `friendid` to become a (mutual) friend.
+    pub const FRIEND_REQUEST: i64 = 26;
+    /// Ours, server → client: someone asked the user to become a friend.
+    pub const FRIEND_REQUEST_NOTICE: i64 = 27;
+    /// Ours, client → server: accept or decline `friendid`'s request.
+    pub const FRIEND_ANSWER: i64 = 28;
+    /// Ours, server → client: the user's friend request was accepted or declined.
+    pub const FRIEND_ANSWER_NOTICE: i64 = 29;
+    /// Ours, client → server: remove a friend (both directions).
+    pub const DEL_FRIEND: i64 = 30;
+    /// Ours, client → server: list the friend requests waiting for the user's answer.
+    pub const FRIEND_REQUESTS: i64 = 31;
+    /// Ours, server → client: the answer to [`FRIEND_REQUESTS`].
+    pub const FRIEND_REQUESTS_ACK: i64 = 32;
+    /// Ours, client → server: leave a group.
+    pub const LEAVE_GROUP: i64 = 33;
+    /// Ours, client → server: the group's creator removes a member.
+    pub const REMOVE_MEMBER: i64 = 34;
+    /// Ours, client → server: a group's name, description and members.
+    pub const GROUP_INFO: i64 = 35;
+    /// Ours, server → client: the answer to [`GROUP_INFO`].
+    pub const GROUP_INFO_ACK: i64 = 36;
+    /// Ours, server → client: the user was removed from a group by its creator.
+    pub const GROUP_REMOVED_NOTICE: i64 = 37;
     /// Ours, client → server: ask for one's friends and groups (with live presence).
     pub const CONTACTS: i64 = 15;
     /// Ours, server → client: the answer to [`CONTACTS`], shaped as LOGIN_ACK's lists.
@@ -65,6 +95,21 @@ pub mod msgid {
             ACK => "ACK",
             PING => "PING",
             PONG => "PONG",
+            HISTORY => "HISTORY",
+            HISTORY_ACK => "HISTORY_ACK",
+            PRESENCE => "PRESENCE",
+            FRIEND_REQUEST => "FRIEND_REQUEST",
+            FRIEND_REQUEST_NOTICE => "FRIEND_REQUEST_NOTICE",
+            FRIEND_ANSWER => "FRIEND_ANSWER",
+            FRIEND_ANSWER_NOTICE => "FRIEND_ANSWER_NOTICE",
+            DEL_FRIEND => "DEL_FRIEND",
+            FRIEND_REQUESTS => "FRIEND_REQUESTS",
+            FRIEND_REQUESTS_ACK => "FRIEND_REQUESTS_ACK",
+            LEAVE_GROUP => "LEAVE_GROUP",
+            REMOVE_MEMBER => "REMOVE_MEMBER",
+            GROUP_INFO => "GROUP_INFO",
+            GROUP_INFO_ACK => "GROUP_INFO_ACK",
+            GROUP_REMOVED_NOTICE => "GROUP_REMOVED_NOTICE",
             CONTACTS => "CONTACTS",
             CONTACTS_ACK => "CONTACTS_ACK",
             _ => return None,
@@ -125,11 +170,25 @@ pub mod errno {
     pub const NAME_TAKEN: i64 = 203;
     /// ADD_FRIEND with one's own id.
     pub const SELF_FRIEND: i64 = 204;
-    /// GROUP_CHAT to a group the sender is not a member of.
+    /// GROUP_CHAT to a group the sender is not a member of (also HISTORY, GROUP_INFO,
+    /// LEAVE_GROUP and REMOVE_MEMBER by a non-member).
     pub const NOT_MEMBER: i64 = 205;
     /// The recipient is offline and what is stored for it is at its bound (in total,
     /// or this sender's share): the message was refused, not stored.
     pub const OFFLINE_FULL: i64 = 206;
+
+    /// FRIEND_ANSWER with no request from that user waiting.
+    pub const NO_SUCH_REQUEST: i64 = 210;
+    /// FRIEND_REQUEST to a user who already is a mutual friend.
+    pub const ALREADY_FRIENDS: i64 = 211;
+    /// DEL_FRIEND of a user who is not a friend.
+    pub const NOT_FRIENDS: i64 = 212;
+    /// REMOVE_MEMBER by a member who is not the group's creator.
+    pub const NOT_CREATOR: i64 = 213;
+    /// REMOVE_MEMBER of a user who is not in the group.
+    pub const NOT_IN_GROUP: i64 = 214;
+    /// REMOVE_MEMBER of oneself (the creator leaves with LEAVE_GROUP instead).
+    pub const REMOVE_SELF: i64 = 215;
 }
 
 /// Legacy LOGIN_ACK errmsg for [`errno::INVALID_CREDENTIALS`]; the legacy client prints it.
@@ -296,6 +355,13 @@ pub enum Request {
     },
     /// PING (13); needs no login and no fields.
     Ping,
+    /// One of the history, friends and groups requests (msgids 23–37, see [`Social`]).
+    Social {
+        /// The user the request acts as.
+        id: i64,
+        /// What is asked.
+        req: Social,
+    },
     /// CONTACTS (15): the user's friends and groups, as LOGIN_ACK lists them.
     Contacts {
         /// The asking user.
@@ -316,6 +382,7 @@ impl Request {
             Request::AddGroup { .. } => msgid::ADD_GROUP,
             Request::GroupChat { .. } => msgid::GROUP_CHAT,
             Request::Ping => msgid::PING,
+            Request::Social { req, .. } => req.msgid(),
             Request::Contacts { .. } => msgid::CONTACTS,
         }
     }
@@ -330,6 +397,7 @@ impl Request {
             | Request::CreateGroup { id, .. }
             | Request::AddGroup { id, .. }
             | Request::GroupChat { id, .. }
+            | Request::Social { id, .. }
             | Request::Contacts { id } => Some(*id),
             Request::Login { .. } | Request::Reg { .. } | Request::Ping => None,
         }
@@ -377,7 +445,7 @@ pub fn parse_request(v: Value) -> Result<Parsed, ProtocolError> {
         })?,
     };
     // The msgid is judged before `ext` and the fields, as documented above.
-    if !REQUEST_MSGIDS.contains(&msgid) {
+    if !REQUEST_MSGIDS.contains(&msgid) && !social::SOCIAL_MSGIDS.contains(&msgid) {
         return Err(unknown_msgid(msgid));
     }
     let f = Fields { obj: &obj, msgid };
@@ -438,6 +506,10 @@ pub fn parse_request(v: Value) -> Result<Parsed, ProtocolError> {
             }
         }
         msgid::PING => Request::Ping,
+        other if social::SOCIAL_MSGIDS.contains(&other) => Request::Social {
+            id: f.id("id")?,
+            req: social::parse(&f)?,
+        },
         msgid::CONTACTS => Request::Contacts { id: f.id("id")? },
         other => return Err(unknown_msgid(other)),
     };
@@ -570,9 +642,11 @@ fn describe_string(key: &str, min: usize, max: usize) -> String {
 
 mod fast_chat;
 mod replies;
+mod social;
 
 pub use fast_chat::{parse_fast_chat, FastChat};
 pub use replies::*;
+pub use social::*;
 
 #[cfg(test)]
 mod tests;

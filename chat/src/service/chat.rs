@@ -47,7 +47,7 @@ impl ChatService {
         };
         let (id, toid, cid) = (*id, *toid, *cid);
         let user = match session.user() {
-            Some(u) if u.id == id && session.is_idle() => u,
+            Some(u) if u.id == id && session.is_idle() && self.history.has_room() => u,
             _ => return Err(Job::Request(parsed)),
         };
         let ext = parsed.ext;
@@ -60,7 +60,11 @@ impl ChatService {
             else {
                 unreachable!("checked above")
             };
-            chat_text(frame, &user.name)
+            let text = chat_text(frame, &user.name);
+            // Called only when the frame goes out (or is stored): recorded before the
+            // recipient can see it, so a reply gets the later seq.
+            self.record_chat(id, toid, &text);
+            text
         });
         if ext && !matches!(sent, Fast::NotHere) {
             session.set_ext();
@@ -90,13 +94,14 @@ impl ChatService {
         chat: &FastChat,
     ) -> Option<std::result::Result<(), Job>> {
         let user = match session.user() {
-            Some(u) if u.id == chat.id && session.is_idle() => u,
+            Some(u) if u.id == chat.id && session.is_idle() && self.history.has_room() => u,
             _ => return None,
         };
-        match self
-            .router
-            .try_send_local(chat.toid, || chat.delivery_text(&user.name, timefmt::now))
-        {
+        match self.router.try_send_local(chat.toid, || {
+            let text = chat.delivery_text(&user.name, timefmt::now);
+            self.record_chat(chat.id, chat.toid, &text);
+            text
+        }) {
             Fast::Sent => Some(Ok(())),
             Fast::Store(text) => Some(Err(Job::Route {
                 to: chat.toid,
@@ -142,7 +147,17 @@ impl ChatService {
         };
         let user = sender(session, parsed.msgid)?;
         let text = chat_text(frame, &user.name);
+        // Recorded before a recipient here can see it (so its reply gets the later
+        // seq); otherwise only once the recipient is known to exist and the message
+        // was taken (delivered or stored, not refused).
+        let here = self.hub().is_online(toid);
+        if here {
+            self.record_chat(user.id, toid, &text);
+        }
         let outcome = self.router.send_one(toid, user.id, &text)?;
+        if !here && outcome != Outcome::NoSuchUser && outcome != Outcome::Refused {
+            self.record_chat(user.id, toid, &text);
+        }
         if outcome == Outcome::Refused {
             self.refused_ack(session, msgid::ONE_CHAT, toid, cid);
         } else if outcome == Outcome::NoSuchUser {
@@ -194,6 +209,8 @@ impl ChatService {
         }
         let others: Vec<i64> = members.iter().copied().filter(|&m| m != id).collect();
         let text = chat_text(frame, &user.name);
+        // Recorded before any member can see it, so replies get later seqs.
+        self.record_group_chat(id, groupid, &text);
         let (stored, refused) = self.router.send_many(&others, id, &text)?;
         if !refused.is_empty() {
             let msg = format!(
@@ -265,7 +282,10 @@ impl ChatService {
     }
 
     /// A group's member ids, from the cache or the store; `None` if no such group.
-    fn group_members(&self, group: i64) -> std::result::Result<Option<Arc<Vec<i64>>>, StoreError> {
+    pub(super) fn group_members(
+        &self,
+        group: i64,
+    ) -> std::result::Result<Option<Arc<Vec<i64>>>, StoreError> {
         if let Some(m) = self.members.get(group) {
             return Ok(Some(m));
         }

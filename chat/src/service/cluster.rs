@@ -175,6 +175,10 @@ impl BusHandler for ChatService {
                 self.members.invalidate(group);
                 Ok(())
             }
+            BusMessage::Notice { to, frame } => {
+                self.notify_here(&to, &frame);
+                Ok(())
+            }
             BusMessage::Kick { user, node } => {
                 if self.bus().is_some_and(|b| b.node_id() == node) && !self.kick_here(user) {
                     log::info!("kick of user {user}: not online here");

@@ -209,6 +209,7 @@ impl ChatService {
             self.sign_out(session, End::Closed);
             return Ok(Some("closed"));
         }
+        self.announce(id, &row.name, true);
         Ok(None)
     }
 
@@ -286,6 +287,7 @@ impl ChatService {
             if let Err(e) = self.store.set_state(user.id, false) {
                 log::warn!("user {}: state column not updated: {e}", user.id);
             }
+            self.announce(user.id, &user.name, false);
         }
     }
 

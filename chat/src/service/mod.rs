@@ -10,6 +10,10 @@ use serde_json::Value;
 mod admin;
 mod chat;
 mod cluster;
+mod history;
+mod social;
+
+pub use history::{HistoryOptions, HistoryWriter};
 mod contacts;
 mod login;
 pub mod throttle;
@@ -70,6 +74,8 @@ pub struct ChatService {
     loops: std::sync::OnceLock<Vec<net::LoopHandle>>,
     /// Set at a clean shutdown once every session is signed out.
     closing: std::sync::atomic::AtomicBool,
+    /// Appends chat messages to history off the chat path (see `service::history`).
+    history: HistoryWriter,
     /// The server's counters (shared with the router, the sessions and the admin).
     stats: Arc<Stats>,
     /// Failed logins per account (cluster-wide through the bus).
@@ -84,6 +90,7 @@ impl ChatService {
         bus: Option<Arc<Bus>>,
         limits: crate::store::OfflineLimits,
         throttle: ThrottleConfig,
+        history: &HistoryOptions,
     ) -> ChatService {
         let mut handlers: HashMap<i64, Handler> = HashMap::new();
         handlers.insert(msgid::LOGIN, ChatService::login);
@@ -95,6 +102,9 @@ impl ChatService {
         handlers.insert(msgid::ADD_GROUP, ChatService::add_group);
         handlers.insert(msgid::GROUP_CHAT, ChatService::group_chat);
         handlers.insert(msgid::PING, ChatService::ping);
+        for id in protocol::SOCIAL_MSGIDS {
+            handlers.insert(id, ChatService::social);
+        }
         handlers.insert(msgid::CONTACTS, ChatService::contacts);
         // Standalone, every change goes through this cache; in a cluster another
         // node's invalidation can be lost while Redis is down, so entries expire.
@@ -103,6 +113,7 @@ impl ChatService {
         ChatService {
             throttle: LoginThrottle::new(throttle, bus.clone()),
             router: Router::new(store.clone(), bus, stats.clone(), limits),
+            history: HistoryWriter::start(store.clone(), history),
             stats,
             store,
             handlers,
@@ -126,6 +137,11 @@ impl ChatService {
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The history writer.
+    pub fn history(&self) -> &HistoryWriter {
+        &self.history
     }
 
     /// The users online on this node.

@@ -8,8 +8,11 @@
 
 mod mysql;
 mod mysql_schema;
+mod mysql_social;
 mod offline;
+pub mod social;
 mod sqlite;
+mod sqlite_social;
 #[cfg(test)]
 mod tests;
 
@@ -20,6 +23,7 @@ use std::time::Instant;
 
 pub use self::mysql::MysqlStore;
 pub use self::offline::{sender_of, OfflineLimits, Usage};
+pub use self::social::SocialStore;
 pub use self::sqlite::SqliteStore;
 
 /// The default [`OfflineLimits`] (a `const fn`, for command-line defaults).
@@ -47,7 +51,7 @@ fn fits(name: &str, desc: &str) -> bool {
 }
 
 /// The storage operations the chat service needs. Blocking; safe to call from any thread.
-pub trait Store: Send + Sync {
+pub trait Store: Send + Sync + SocialStore {
     /// Creates a user; `Ok(None)` when the name is taken or longer than
     /// [`MAX_NAME_CHARS`].
     fn register(&self, name: &str, password_hash: &str) -> Result<Option<i64>, StoreError>;

@@ -101,7 +101,7 @@ impl MysqlStore {
     /// while the breaker is open: then only one caller at a time probes the database
     /// (for at most [`PROBE_TIMEOUT`]) and the others fail fast, so an outage does not
     /// hold every worker for seconds per request.
-    fn conn(&self) -> Result<PooledConn, StoreError> {
+    pub(super) fn conn(&self) -> Result<PooledConn, StoreError> {
         let until = self.down_until.load(Ordering::Acquire);
         let timeout = if until == 0 {
             POOL_TIMEOUT
@@ -176,7 +176,9 @@ fn is_duplicate(err: &::mysql::Error) -> bool {
 
 /// Runs a transaction body again when InnoDB picked it as a deadlock victim (it was
 /// rolled back whole, so a retry is safe).
-fn retry_deadlock<T>(mut body: impl FnMut() -> Result<T, ::mysql::Error>) -> Result<T, StoreError> {
+pub(super) fn retry_deadlock<T>(
+    mut body: impl FnMut() -> Result<T, ::mysql::Error>,
+) -> Result<T, StoreError> {
     let mut attempt = 1;
     loop {
         match body() {
@@ -191,12 +193,12 @@ fn retry_deadlock<T>(mut body: impl FnMut() -> Result<T, ::mysql::Error>) -> Res
 
 /// Transaction options: REPEATABLE READ, so a locking read also locks the gaps and no
 /// row can appear inside a range that was read `FOR UPDATE`.
-fn tx_opts() -> TxOpts {
+pub(super) fn tx_opts() -> TxOpts {
     TxOpts::default().set_isolation_level(Some(IsolationLevel::RepeatableRead))
 }
 
 /// `?, ?, …` with `n` placeholders, for an `IN (…)` list of bound ids.
-fn placeholders(n: usize) -> String {
+pub(super) fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
 }
 

@@ -30,7 +30,7 @@ pub(super) struct TableSpec {
 }
 
 /// The schema; `chat.sql` holds the same `CREATE TABLE` statements (a test checks it).
-pub(super) const TABLES: [TableSpec; 5] = [
+pub(super) const TABLES: [TableSpec; 8] = [
     TableSpec {
         name: "user",
         body: "id INT NOT NULL AUTO_INCREMENT,
@@ -51,7 +51,8 @@ pub(super) const TABLES: [TableSpec; 5] = [
         name: "friend",
         body: "userid INT NOT NULL,
   friendid INT NOT NULL,
-  PRIMARY KEY (userid, friendid)",
+  PRIMARY KEY (userid, friendid),
+  KEY friendid (friendid)",
         columns: &[("userid", "int", None), ("friendid", "int", None)],
         unique: &["userid,friendid"],
     },
@@ -102,6 +103,43 @@ pub(super) const TABLES: [TableSpec; 5] = [
         ],
         unique: &["id"],
     },
+    // History (protocol.md §10): a page is one range of the primary key; `ts` serves
+    // the retention sweep.
+    TableSpec {
+        name: "history",
+        body: "conv BIGINT NOT NULL,
+  seq BIGINT NOT NULL,
+  sender INT NOT NULL,
+  ts BIGINT NOT NULL,
+  message MEDIUMTEXT NOT NULL,
+  PRIMARY KEY (conv, seq),
+  KEY ts (ts)",
+        columns: &[
+            ("conv", "bigint", None),
+            ("seq", "bigint", None),
+            ("sender", "int", None),
+            ("ts", "bigint", None),
+            ("message", "mediumtext", None),
+        ],
+        unique: &["conv,seq"],
+    },
+    TableSpec {
+        name: "historyseq",
+        body: "conv BIGINT NOT NULL,
+  seq BIGINT NOT NULL,
+  PRIMARY KEY (conv)",
+        columns: &[("conv", "bigint", None), ("seq", "bigint", None)],
+        unique: &["conv"],
+    },
+    TableSpec {
+        name: "friendrequest",
+        body: "fromid INT NOT NULL,
+  toid INT NOT NULL,
+  PRIMARY KEY (fromid, toid),
+  KEY toid (toid)",
+        columns: &[("fromid", "int", None), ("toid", "int", None)],
+        unique: &["fromid,toid"],
+    },
 ];
 
 /// `CREATE TABLE [IF NOT EXISTS] name (body) options` for a table of [`TABLES`] (or its
@@ -123,7 +161,10 @@ pub(super) fn migrate(conn: &mut Conn) -> Result<(), StoreError> {
             "timed out waiting for another server to upgrade the schema".into(),
         ));
     }
-    let result = TABLES.iter().try_for_each(|spec| migrate_table(conn, spec));
+    let result = TABLES
+        .iter()
+        .try_for_each(|spec| migrate_table(conn, spec))
+        .and_then(|()| super::mysql_social::ensure_indexes(conn));
     conn.query_drop(format!("DO RELEASE_LOCK({LOCK})"))?;
     result
 }

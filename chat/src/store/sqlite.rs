@@ -66,7 +66,7 @@ DROP INDEX IF EXISTS offlinemessage_userid;
 
 /// Opens rusqlite connections to one file for r2d2, each with the per-connection settings.
 #[derive(Debug)]
-struct Manager {
+pub(super) struct Manager {
     /// The database file.
     path: PathBuf,
 }
@@ -120,7 +120,7 @@ impl SqliteStore {
     }
 
     /// A pooled connection, or `Unavailable` after [`POOL_TIMEOUT`].
-    fn conn(&self) -> Result<r2d2::PooledConnection<Manager>, StoreError> {
+    pub(super) fn conn(&self) -> Result<r2d2::PooledConnection<Manager>, StoreError> {
         Ok(self.wait.time(|| self.pool.get())?)
     }
 }
@@ -146,6 +146,7 @@ fn create_schema(conn: &mut Connection) -> Result<(), StoreError> {
         )?;
     }
     tx.execute_batch(INDEXES)?;
+    tx.execute_batch(super::sqlite_social::SCHEMA)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())

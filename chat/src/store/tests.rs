@@ -695,7 +695,16 @@ fn mysql_legacy_upgrade() {
         .unwrap();
     assert_eq!(
         tables,
-        ["allgroup", "friend", "groupuser", "offlinemessage", "user"]
+        [
+            "allgroup",
+            "friend",
+            "friendrequest",
+            "groupuser",
+            "history",
+            "historyseq",
+            "offlinemessage",
+            "user"
+        ]
     );
     drop(store);
 
