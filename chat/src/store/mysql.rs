@@ -175,14 +175,19 @@ fn is_duplicate(err: &::mysql::Error) -> bool {
 }
 
 /// Runs a transaction body again when InnoDB picked it as a deadlock victim (it was
-/// rolled back whole, so a retry is safe).
+/// rolled back whole, so a retry is safe), or when MariaDB failed to read the
+/// auto-increment value under a concurrent insert (1467: the body's transaction is
+/// dropped uncommitted, so it rolls back, and a retry is safe too).
 pub(super) fn retry_deadlock<T>(
     mut body: impl FnMut() -> Result<T, ::mysql::Error>,
 ) -> Result<T, StoreError> {
     let mut attempt = 1;
     loop {
         match body() {
-            Err(err) if server_code(&err) == Some(1213) && attempt < DEADLOCK_ATTEMPTS => {
+            Err(err)
+                if matches!(server_code(&err), Some(1213 | 1467))
+                    && attempt < DEADLOCK_ATTEMPTS =>
+            {
                 log::debug!("mysql store: deadlock, retrying ({attempt})");
                 attempt += 1;
             }
