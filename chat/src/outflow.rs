@@ -10,7 +10,7 @@
 //! whatever is still in user space (the output buffer and the spilled frames)
 //! goes back to the offline store, in order, ahead of newer frames.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use net::{ConnHandle, LoopHandle, TcpConnectionPtr};
@@ -32,6 +32,14 @@ pub struct Outflow {
     spilled: Mutex<Vec<Vec<u8>>>,
     /// The output size no live frame may take the buffer past.
     high_water: usize,
+    /// Last pages of stored frames queued for the loop but not yet sent. The
+    /// worker lowers the congestion flag when it queues the last page (under the
+    /// user's shard lock, so nothing can be stored behind that page afterwards);
+    /// live frames offered before the page went out wait in `behind`.
+    final_drains: AtomicUsize,
+    /// Live frames offered while a last page was on its way: sent right after it,
+    /// oldest first. Locked after `spilled`, never alone before it.
+    behind: Mutex<Vec<Vec<u8>>>,
 }
 
 impl Outflow {
@@ -41,6 +49,8 @@ impl Outflow {
             congested: AtomicBool::new(false),
             spilled: Mutex::new(Vec::new()),
             high_water,
+            final_drains: AtomicUsize::new(0),
+            behind: Mutex::new(Vec::new()),
         })
     }
 
@@ -54,9 +64,20 @@ impl Outflow {
         self.congested.store(on, Ordering::Release);
     }
 
-    /// Takes the spilled frames (at a close, once no send can be on its way).
+    /// Takes the spilled frames, then those waiting behind a last page (at a
+    /// close, once no send can be on its way).
     pub fn take_spilled(&self) -> Vec<Vec<u8>> {
-        std::mem::take(&mut *self.spilled.lock())
+        let mut spilled = std::mem::take(&mut *self.spilled.lock());
+        spilled.append(&mut self.behind.lock());
+        spilled
+    }
+
+    /// From a worker, under the user's shard lock, as it queues the last page of
+    /// stored frames: live frames may flow again, and any offered before that page
+    /// is sent wait behind it (see [`Outflow::drain`]).
+    pub fn begin_final_drain(&self) {
+        self.final_drains.fetch_add(1, Ordering::AcqRel);
+        self.set_congested(false);
     }
 
     /// On the loop: appends a live frame to `conn`'s output if the connection is
@@ -64,6 +85,11 @@ impl Outflow {
     /// frame); otherwise spills it and marks the connection congested.
     pub fn offer(&self, conn: Option<&TcpConnectionPtr>, frame: &[u8]) {
         let mut spilled = self.spilled.lock();
+        if self.final_drains.load(Ordering::Acquire) > 0 {
+            // A last page of stored (older) frames is still on its way.
+            self.behind.lock().push(frame.to_vec());
+            return;
+        }
         match conn {
             Some(c) => {
                 let out = c.output_bytes();
@@ -97,17 +123,39 @@ impl Outflow {
     /// On the loop: a page of stored frames after the spilled ones, then the flag
     /// set to `congested` — all in one step of the loop, so no live frame can slip
     /// between (one that was spilled meanwhile went out first, in order; one that
-    /// comes after sees the new flag).
-    pub fn drain(&self, conn: Option<&TcpConnectionPtr>, page: Vec<Vec<u8>>, congested: bool) {
+    /// comes after sees the new flag). For a last page (`last`: the worker already
+    /// lowered the flag with [`Outflow::begin_final_drain`]) the flag is left alone,
+    /// and the live frames that waited behind the page follow it.
+    pub fn drain(
+        &self,
+        conn: Option<&TcpConnectionPtr>,
+        page: Vec<Vec<u8>>,
+        congested: bool,
+        last: bool,
+    ) {
         let mut spilled = self.spilled.lock();
+        let behind = if last && self.final_drains.fetch_sub(1, Ordering::AcqRel) == 1 {
+            std::mem::take(&mut *self.behind.lock())
+        } else {
+            Vec::new()
+        };
         match conn {
             Some(c) => {
                 for f in spilled.drain(..).chain(page) {
                     c.send(&f);
                 }
-                self.set_congested(congested);
+                if !last {
+                    self.set_congested(congested);
+                }
+                drop(spilled);
+                for f in behind {
+                    self.offer(Some(c), &f);
+                }
             }
-            None => spilled.extend(page),
+            None => {
+                spilled.extend(page);
+                spilled.extend(behind);
+            }
         }
     }
 }

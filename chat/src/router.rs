@@ -376,13 +376,11 @@ impl Router {
                 return;
             }
         };
-        // Set before the frames are queued, under the shard lock: while more is
-        // stored, the flag stays up so new frames queue behind it in the store and
-        // this batch's write-complete asks for the next; when this was the last
-        // batch, a new crossing of the mark by these frames raises it again.
-        // The flag goes down (or stays up while more is stored) on the IO loop,
-        // right after this page: new frames queue behind it in the store until
-        // then, and this page's write-complete asks for the next.
+        // While more is stored, the flag stays up, so new frames queue behind this
+        // batch in the store and its write-complete asks for the next. For the last
+        // batch the flag goes down now, under the shard lock (so nothing is stored
+        // behind it any more), and live frames offered before the batch went out
+        // wait on the loop behind it (`Outflow::drain`).
         self.deliver_or_restore(user, session, msgs, Some(more));
     }
 

@@ -353,9 +353,16 @@ impl Session {
         } else {
             page.iter().for_each(|f| self.stats.frame_out(f));
             let flow = self.flow.clone();
+            // The last page lowers the flag now, under the caller's shard lock: a
+            // frame stored after this could otherwise stay behind in the store while
+            // newer ones go out live once the loop lowered it.
+            let last = congested == Some(false);
+            if last {
+                flow.begin_final_drain();
+            }
             self.conn.with(move |c| {
                 let on = congested.unwrap_or_else(|| flow.is_congested());
-                flow.drain(c, page, on);
+                flow.drain(c, page, on, last);
             });
         }
         Ok(())
