@@ -23,6 +23,7 @@ pub mod hub;
 pub mod member_cache;
 pub mod password;
 pub mod protocol;
+pub mod resume_token;
 pub mod router;
 pub mod server;
 pub mod server_thread;

@@ -43,6 +43,10 @@ pub mod msgid {
     pub const PING: i64 = 13;
     /// Ours, server → client: the answer to [`PING`].
     pub const PONG: i64 = 14;
+    /// Ours, client → server (ext only): log in again with a resume token.
+    pub const RESUME: i64 = 17;
+    /// Ours, server → client: the answer to [`RESUME`] (a LOGIN_ACK's shape).
+    pub const RESUME_ACK: i64 = 18;
 
     /// The symbolic name of a msgid, for logs; `None` for ids outside the table.
     pub fn name(id: i64) -> Option<&'static str> {
@@ -61,6 +65,8 @@ pub mod msgid {
             ACK => "ACK",
             PING => "PING",
             PONG => "PONG",
+            RESUME => "RESUME",
+            RESUME_ACK => "RESUME_ACK",
             _ => return None,
         })
     }
@@ -105,6 +111,13 @@ pub mod errno {
     pub const SERVER_FULL: i64 = 112;
     /// No login within the time limit after connecting; the connection is closed.
     pub const LOGIN_TIMEOUT: i64 = 113;
+    /// RESUME with a token that is forged, expired, rotated or revoked (which one
+    /// is never said).
+    pub const BAD_TOKEN: i64 = 120;
+    /// A newer session of the same user resumed; this connection is closed.
+    pub const REPLACED: i64 = 121;
+    /// RESUME without `"ext":1` (legacy clients cannot resume).
+    pub const RESUME_NEEDS_EXT: i64 = 122;
     /// An operator disconnected the user (admin kick); the connection is closed.
     pub const KICKED: i64 = 135;
 
@@ -280,6 +293,13 @@ pub enum Request {
     },
     /// PING (13); needs no login and no fields.
     Ping,
+    /// RESUME (17), ext only: log in as `id` with the token of an earlier session.
+    Resume {
+        /// The user id to log in as.
+        id: i64,
+        /// The resume token the last LOGIN_ACK or RESUME_ACK gave.
+        token: String,
+    },
 }
 
 impl Request {
@@ -295,6 +315,7 @@ impl Request {
             Request::AddGroup { .. } => msgid::ADD_GROUP,
             Request::GroupChat { .. } => msgid::GROUP_CHAT,
             Request::Ping => msgid::PING,
+            Request::Resume { .. } => msgid::RESUME,
         }
     }
 
@@ -308,7 +329,10 @@ impl Request {
             | Request::CreateGroup { id, .. }
             | Request::AddGroup { id, .. }
             | Request::GroupChat { id, .. } => Some(*id),
-            Request::Login { .. } | Request::Reg { .. } | Request::Ping => None,
+            Request::Login { .. }
+            | Request::Reg { .. }
+            | Request::Ping
+            | Request::Resume { .. } => None,
         }
     }
 }
@@ -413,13 +437,23 @@ pub fn parse_request(v: Value) -> Result<Parsed, ProtocolError> {
             }
         }
         msgid::PING => Request::Ping,
+        msgid::RESUME if !ext => {
+            return Err(
+                ProtocolError::new(errno::RESUME_NEEDS_EXT, "RESUME needs \"ext\":1")
+                    .with_msgid(msgid),
+            )
+        }
+        msgid::RESUME => Request::Resume {
+            id: f.id("id")?,
+            token: f.string("token", 1, TOKEN_MAX_CHARS)?,
+        },
         other => return Err(unknown_msgid(other)),
     };
     Ok(Parsed { req, ext, msgid })
 }
 
 /// The msgids a client may send.
-const REQUEST_MSGIDS: [i64; 9] = [
+const REQUEST_MSGIDS: [i64; 10] = [
     msgid::LOGIN,
     msgid::LOGINOUT,
     msgid::REG,
@@ -429,7 +463,11 @@ const REQUEST_MSGIDS: [i64; 9] = [
     msgid::ADD_GROUP,
     msgid::GROUP_CHAT,
     msgid::PING,
+    msgid::RESUME,
 ];
+
+/// Longest resume token accepted (ours are 64 hex characters).
+pub const TOKEN_MAX_CHARS: usize = 128;
 
 /// [`errno::UNKNOWN_MSGID`] for `id`, naming a server-only msgid as such.
 fn unknown_msgid(id: i64) -> ProtocolError {

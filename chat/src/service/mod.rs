@@ -10,8 +10,12 @@ use serde_json::Value;
 mod admin;
 mod cluster;
 mod login;
+mod resume;
 
 pub use admin::Kick;
+
+/// How long a resume token stays valid unless configured (one day).
+pub const DEFAULT_RESUME_TTL: Duration = Duration::from_secs(86_400);
 
 use crate::audit::End;
 use crate::bus::Bus;
@@ -64,6 +68,8 @@ pub struct ChatService {
     closing: std::sync::atomic::AtomicBool,
     /// The server's counters (shared with the router, the sessions and the admin).
     stats: Arc<Stats>,
+    /// How long a resume token stays valid after it was issued.
+    resume_ttl: Duration,
 }
 
 impl ChatService {
@@ -80,6 +86,7 @@ impl ChatService {
         handlers.insert(msgid::ADD_GROUP, ChatService::add_group);
         handlers.insert(msgid::GROUP_CHAT, ChatService::group_chat);
         handlers.insert(msgid::PING, ChatService::ping);
+        handlers.insert(msgid::RESUME, ChatService::resume);
         // Standalone, every change goes through this cache; in a cluster another
         // node's invalidation can be lost while Redis is down, so entries expire.
         let cache_ttl = bus.as_ref().map(|_| Duration::from_secs(30));
@@ -93,7 +100,13 @@ impl ChatService {
             unreleased: parking_lot::Mutex::new(std::collections::HashSet::new()),
             loops: std::sync::OnceLock::new(),
             closing: std::sync::atomic::AtomicBool::new(false),
+            resume_ttl: DEFAULT_RESUME_TTL,
         }
+    }
+
+    /// Sets how long resume tokens stay valid (before the server starts).
+    pub fn set_resume_ttl(&mut self, ttl: Duration) {
+        self.resume_ttl = ttl;
     }
 
     /// Tells the service the server's IO loops (once, after they started).

@@ -30,7 +30,7 @@ pub(super) struct TableSpec {
 }
 
 /// The schema; `chat.sql` holds the same `CREATE TABLE` statements (a test checks it).
-pub(super) const TABLES: [TableSpec; 5] = [
+pub(super) const TABLES: [TableSpec; 6] = [
     TableSpec {
         name: "user",
         body: "id INT NOT NULL AUTO_INCREMENT,
@@ -96,6 +96,19 @@ pub(super) const TABLES: [TableSpec; 5] = [
             ("message", "mediumtext", None),
         ],
         unique: &["id"],
+    },
+    TableSpec {
+        name: "resumetoken",
+        body: "userid INT NOT NULL,
+  hash BINARY(32) NOT NULL,
+  expires BIGINT NOT NULL,
+  PRIMARY KEY (userid)",
+        columns: &[
+            ("userid", "int", None),
+            ("hash", "binary", Some(32)),
+            ("expires", "bigint", None),
+        ],
+        unique: &["userid"],
     },
 ];
 

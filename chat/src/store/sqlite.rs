@@ -18,7 +18,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a caller waits for a free pooled connection.
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 /// `PRAGMA user_version` of the schema below; bump it with each upgrade step.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// The schema, created on first open. Same tables and columns as MySQL's `chat.sql`.
 const SCHEMA: &str = "
@@ -51,6 +51,11 @@ CREATE TABLE IF NOT EXISTS offlinemessage (
   message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS offlinemessage_userid ON offlinemessage (userid, id);
+CREATE TABLE IF NOT EXISTS resumetoken (
+  userid INTEGER PRIMARY KEY,
+  hash BLOB NOT NULL,
+  expires INTEGER NOT NULL
+);
 ";
 
 /// Opens rusqlite connections to one file for r2d2, each with the per-connection settings.
@@ -375,6 +380,48 @@ impl Store for SqliteStore {
             .prepare_cached("SELECT 1 FROM user WHERE id = ?1")?
             .exists([id])?;
         Ok(exists)
+    }
+
+    fn put_resume_token(&self, user: i64, hash: &[u8], expires: i64) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        conn.prepare_cached(
+            "INSERT INTO resumetoken (userid, hash, expires) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (userid) DO UPDATE SET hash = excluded.hash, expires = excluded.expires",
+        )?
+        .execute((user, hash, expires))?;
+        Ok(())
+    }
+
+    fn resume_token(&self, user: i64) -> Result<Option<(Vec<u8>, i64)>, StoreError> {
+        let conn = self.conn()?;
+        let row = conn
+            .prepare_cached("SELECT hash, expires FROM resumetoken WHERE userid = ?1")?
+            .query_row([user], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        Ok(row)
+    }
+
+    fn rotate_resume_token(
+        &self,
+        user: i64,
+        old: &[u8],
+        new: &[u8],
+        expires: i64,
+    ) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        let n = conn
+            .prepare_cached(
+                "UPDATE resumetoken SET hash = ?1, expires = ?2 WHERE userid = ?3 AND hash = ?4",
+            )?
+            .execute((new, expires, user, old))?;
+        Ok(n == 1)
+    }
+
+    fn revoke_resume_token(&self, user: i64) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        conn.prepare_cached("DELETE FROM resumetoken WHERE userid = ?1")?
+            .execute([user])?;
+        Ok(())
     }
 
     fn store_offline(&self, user: i64, message: &str) -> Result<(), StoreError> {
