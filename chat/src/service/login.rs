@@ -12,6 +12,7 @@ use crate::protocol::{
     self, errno, msgid, Friend, GroupInfo, Member, Parsed, ProtocolError, Request,
 };
 use crate::session::{Session, User};
+use crate::store::StoreError;
 
 /// How a session enters ([`ChatService::enter`]).
 pub(super) enum Entry {
@@ -20,15 +21,26 @@ pub(super) enum Entry {
     /// By RESUME, with the freshly rotated token: takes over from any older session.
     Resume(String),
 }
-use crate::store::StoreError;
 
 impl ChatService {
     pub(super) fn login(&self, session: &Arc<Session>, parsed: Parsed) -> Result<()> {
         let Request::Login { id, password } = parsed.req else {
             unreachable!("handler registered for LOGIN")
         };
+        let outcome = self.try_login(session, id, &password);
+        self.count_login(session, id, outcome)
+    }
+
+    /// Counts (and audits) a LOGIN's or RESUME's outcome: `Ok(None)` logged in,
+    /// `Ok(Some(reason))` refused; a store error is passed on for the reply.
+    pub(super) fn count_login(
+        &self,
+        session: &Session,
+        id: i64,
+        outcome: Result<Option<&'static str>>,
+    ) -> Result<()> {
         let stats = session.stats();
-        match self.try_login(session, id, &password) {
+        match outcome {
             Ok(None) => stats.login_ok(id, session.peer),
             Ok(Some(why)) => stats.login_failed(id, session.peer, why),
             Err(ServiceError::Store(e)) => {

@@ -21,17 +21,8 @@ impl ChatService {
         let Request::Resume { id, token } = parsed.req else {
             unreachable!("handler registered for RESUME")
         };
-        let stats = session.stats();
-        match self.try_resume(session, id, &token) {
-            Ok(None) => stats.login_ok(id, session.peer),
-            Ok(Some(why)) => stats.login_failed(id, session.peer, why),
-            Err(ServiceError::Store(e)) => {
-                stats.login_failed(id, session.peer, "unavailable");
-                return Err(ServiceError::Store(e));
-            }
-            Err(e) => return Err(e),
-        }
-        Ok(())
+        let outcome = self.try_resume(session, id, &token);
+        self.count_login(session, id, outcome)
     }
 
     fn try_resume(

@@ -178,7 +178,10 @@ fn resume_tokens(store: &dyn Store) {
     store.put_resume_token(8, &a, 100).unwrap();
     store.revoke_resume_token(7).unwrap();
     assert_eq!(store.resume_token(7).unwrap(), None);
-    assert!(!store.rotate_resume_token(7, &c, &a, 100).unwrap(), "revoked");
+    assert!(
+        !store.rotate_resume_token(7, &c, &a, 100).unwrap(),
+        "revoked"
+    );
     assert_eq!(store.resume_token(8).unwrap(), Some((a.to_vec(), 100)));
 }
 
