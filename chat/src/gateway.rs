@@ -190,6 +190,22 @@ impl Gateway {
                     break;
                 }
                 Ok(Decoded::Frame { start, end }) => {
+                    let token = self.take_token(st);
+                    let fast = token
+                        .then(|| protocol::parse_fast_chat(&buf.peek()[start..end]))
+                        .flatten()
+                        .and_then(|chat| self.service.try_fast_chat(&st.session, &chat));
+                    if let Some(done) = fast {
+                        buf.retrieve(end);
+                        self.stats.frame_in(protocol::msgid::ONE_CHAT);
+                        if let Err(job) = done {
+                            pause |= self.submitter.submit(&st.session, job);
+                            if pause {
+                                break;
+                            }
+                        }
+                        continue;
+                    }
                     let (mut ext, mut reg_strings, mut msgid) = (false, false, -1);
                     let parsed = codec::parse_frame(&buf.peek()[start..end]).and_then(|v| {
                         ext = asks_ext(&v);
@@ -202,7 +218,7 @@ impl Gateway {
                     });
                     buf.retrieve(end);
                     self.stats.frame_in(msgid);
-                    let job = if !self.take_token(st) {
+                    let job = if !token {
                         let e = ProtocolError::rate_limited(parsed.as_ref().ok().map(|p| p.msgid));
                         refused(protocol::encode(&protocol::error(&e)), e.errno, msgid)
                     } else {

@@ -168,8 +168,8 @@ impl Router {
 
     /// Fans a chat frame out to `members` (existing users): at once where they are
     /// online, here or on other nodes (one bus message per node), stored for the rest
-    /// in one transaction.
-    pub fn send_many(&self, members: &[i64], text: &str) -> Result<(), StoreError> {
+    /// in one transaction. Returns how many of them it was stored for.
+    pub fn send_many(&self, members: &[i64], text: &str) -> Result<usize, StoreError> {
         let guards = self.hub.lock_many(members);
         let (mut elsewhere, mut stored) = self.deliver_local(&guards, members, text);
         // As in `send_one`: those with an unsent flush keep being stored.
@@ -198,7 +198,7 @@ impl Router {
         let mut check = missed;
         check.extend_from_slice(&held);
         self.recheck(&check);
-        Ok(())
+        Ok(stored.len())
     }
 
     /// Delivers a frame that another node routed here to users expected on this node;

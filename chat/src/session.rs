@@ -45,6 +45,8 @@ pub enum Job {
         to: i64,
         /// The frame's JSON text.
         text: String,
+        /// The sender's `cid`, when it asked for a confirmation.
+        cid: Option<i64>,
     },
     /// The connection's output drained after it was congested: flush what was
     /// stored for the user meanwhile, then deliver live again.

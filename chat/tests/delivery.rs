@@ -347,3 +347,43 @@ fn messages_racing_a_login(b: &Backend) {
     assert_eq!(got, expected, "{stored} of them came in the LOGIN_ACK");
     bob.c.expect_quiet();
 }
+
+/// Chat frames of every shape the IO loop may forward without building a `Value`
+/// (extra fields, spaces, unsorted keys, a spoofed name) or not (escapes, floats,
+/// nested values, `ext`) arrive exactly as the `Value` path writes them: keys sorted,
+/// compact, the sender's real name, no `ext`.
+#[test]
+fn chat_frames_of_any_shape_arrive_as_the_value_path_writes_them() {
+    let b = Backend::sqlite();
+    let srv = b.start();
+    let mut from = User::online(srv.addr(), "shape sender");
+    let mut to = User::online(srv.addr(), "shape reader");
+    let (f, t) = (from.id, to.id);
+    let frames = [
+        format!(
+            r#"{{"msgid":6,"id":{f},"toid":{t},"to":{t},"msg":"plain","name":"x","time":"t"}}"#
+        ),
+        format!(r#"{{ "time" : "t", "to" : {t}, "msgid" : 6, "msg" : "spaced", "id" : {f} }}"#),
+        format!(
+            r#"{{"zz":null,"a":true,"b":-7,"msgid":6,"id":{f},"toid":{t},"msg":"日本","time":"t"}}"#
+        ),
+        format!(r#"{{"msgid":6,"id":{f},"toid":{t},"msg":"esc \"q\" \u0041","time":"t"}}"#),
+        format!(r#"{{"msgid":6,"id":{f},"toid":{t},"msg":"m","time":"t","x":1.50,"y":[1, 2]}}"#),
+        format!(r#"{{"msgid":6,"id":{f},"toid":{t},"msg":"m","time":"t","ext":1}}"#),
+        format!(r#"{{"msgid":6,"id":{f},"toid":{t},"msg":"m","time":"t","n":-0,"k":1e2}}"#),
+    ];
+    for frame in &frames {
+        let mut bytes = frame.clone().into_bytes();
+        bytes.push(0);
+        from.c.send_raw(&bytes);
+        let mut want: Value = serde_json::from_str(frame).unwrap();
+        want["name"] = json!("shape sender");
+        want.as_object_mut().unwrap().remove("ext");
+        let raw = to.c.recv_raw();
+        assert_eq!(
+            String::from_utf8_lossy(&raw),
+            format!("{want}\0"),
+            "sent {frame}"
+        );
+    }
+}

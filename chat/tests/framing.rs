@@ -307,7 +307,7 @@ fn unknown_msgid_and_non_object(b: &Backend) {
     let srv = b.start();
     let mut side = Bystanders::new(&srv.addr());
     let mut c = Client::connect(srv.addr());
-    for m in [99, 0, 2, 5, 11, 12, 14] {
+    for m in [99, 0, 2, 5, 11, 12, 14, 16] {
         c.send(&json!({"msgid": m}));
         c.expect_error(103, Some(m));
     }

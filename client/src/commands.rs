@@ -40,6 +40,10 @@ pub enum Command {
         /// The message, colons included.
         msg: String,
     },
+    /// `friends`: list the friends with their state (CONTACTS, msgid 15).
+    Friends,
+    /// `groups`: list the groups with their members (CONTACTS, msgid 15).
+    Groups,
     /// `loginout`: log out, back to the top menu.
     Loginout,
     /// `quit`: log out and exit.
@@ -59,13 +63,21 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
         "help" => Command::Help,
         "loginout" => Command::Loginout,
         "quit" => Command::Quit,
+        "friends" => Command::Friends,
+        "groups" => Command::Groups,
         "chat" => {
             let (to, msg) = id_and_text(rest, "friendid", "chat:<friendid>:<message>")?;
-            Command::Chat { to, msg }
+            Command::Chat {
+                to,
+                msg: non_empty(msg)?,
+            }
         }
         "groupchat" => {
             let (group, msg) = id_and_text(rest, "groupid", "groupchat:<groupid>:<message>")?;
-            Command::GroupChat { group, msg }
+            Command::GroupChat {
+                group,
+                msg: non_empty(msg)?,
+            }
         }
         "addfriend" => Command::AddFriend(id_only(rest, "friendid", "addfriend:<friendid>")?),
         "addgroup" => Command::AddGroup(id_only(rest, "groupid", "addgroup:<groupid>")?),
@@ -84,6 +96,14 @@ pub fn parse(line: &str) -> Result<Option<Command>, String> {
         _ => return Err(crate::ui::INVALID_COMMAND.to_owned()),
     };
     Ok(Some(cmd))
+}
+
+/// A message with something in it; an empty (or all blank) one is refused here.
+fn non_empty(msg: String) -> Result<String, String> {
+    if msg.trim().is_empty() {
+        return Err("the message is empty, nothing sent".to_owned());
+    }
+    Ok(msg)
 }
 
 /// Parses a positive id (a user or group id), allowing surrounding spaces.
@@ -108,10 +128,12 @@ fn bad_id(what: &str, got: &str, form: &str) -> String {
     format!("invalid {what} \"{}\", usage: {form}", got.trim())
 }
 
-/// The request frame for `cmd` sent by `me` at `time`; `None` for local commands.
-pub fn request(cmd: &Command, me: &User, time: &str) -> Option<Value> {
-    Some(match cmd {
+/// The request frame for `cmd` sent by `me` at `time`; `None` for local commands. A chat
+/// with a `cid` asks our server to confirm it (protocol.md §4).
+pub fn request(cmd: &Command, me: &User, time: &str, cid: Option<i64>) -> Option<Value> {
+    let mut frame = match cmd {
         Command::Help | Command::Loginout | Command::Quit => return None,
+        Command::Friends | Command::Groups => contacts_request(me.id),
         // Both `toid` (what the original server reads) and `to` (what some copies read).
         Command::Chat { to, msg } => json!({
             "ext": 1, "id": me.id, "msg": msg, "msgid": msgid::ONE_CHAT,
@@ -131,7 +153,16 @@ pub fn request(cmd: &Command, me: &User, time: &str) -> Option<Value> {
             "ext": 1, "groupid": group, "id": me.id, "msg": msg,
             "msgid": msgid::GROUP_CHAT, "name": me.name, "time": time,
         }),
-    })
+    };
+    if let (Some(cid), Command::Chat { .. } | Command::GroupChat { .. }) = (cid, cmd) {
+        frame["cid"] = Value::from(cid);
+    }
+    Some(frame)
+}
+
+/// CONTACTS (15): the user's friends and groups.
+pub fn contacts_request(id: i64) -> Value {
+    json!({"ext": 1, "id": id, "msgid": msgid::CONTACTS})
 }
 
 /// LOGIN (1).
@@ -185,12 +216,12 @@ mod tests {
             }
         );
         assert_eq!(
-            ok("chat:2:"),
-            Command::Chat {
-                to: 2,
-                msg: String::new()
-            }
+            parse("chat:2:").unwrap_err(),
+            "the message is empty, nothing sent"
         );
+        assert!(parse("groupchat:2:  ").is_err());
+        assert_eq!(ok("friends"), Command::Friends);
+        assert_eq!(ok("groups"), Command::Groups);
         assert_eq!(
             ok("creategroup:g:a:b"),
             Command::CreateGroup {
@@ -233,17 +264,23 @@ mod tests {
             id: 1,
             name: "al".into(),
         };
-        let chat = request(&ok("chat:2:a:b"), &me, "T").unwrap();
+        let chat = request(&ok("chat:2:a:b"), &me, "T", None).unwrap();
         assert_eq!(
             chat.to_string(),
             r#"{"ext":1,"id":1,"msg":"a:b","msgid":6,"name":"al","time":"T","to":2,"toid":2}"#
         );
-        let g = request(&ok("groupchat:3:m"), &me, "T").unwrap();
+        let g = request(&ok("groupchat:3:m"), &me, "T", Some(4)).unwrap();
         assert_eq!(
             g.to_string(),
-            r#"{"ext":1,"groupid":3,"id":1,"msg":"m","msgid":10,"name":"al","time":"T"}"#
+            r#"{"cid":4,"ext":1,"groupid":3,"id":1,"msg":"m","msgid":10,"name":"al","time":"T"}"#
         );
-        assert_eq!(request(&Command::Help, &me, "T"), None);
+        assert_eq!(request(&Command::Help, &me, "T", None), None);
+        assert_eq!(
+            request(&Command::Friends, &me, "T", Some(5))
+                .unwrap()
+                .to_string(),
+            r#"{"ext":1,"id":1,"msgid":15}"#
+        );
         assert_eq!(
             login_request(5, "p").to_string(),
             r#"{"ext":1,"id":5,"msgid":1,"password":"p"}"#

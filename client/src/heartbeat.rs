@@ -42,11 +42,13 @@ fn run(session: &Session) {
     loop {
         let mut st = session.state();
         loop {
-            if st.closing || st.reader_done {
+            if st.closing {
                 return;
             }
             let now = Instant::now();
             match st.next_ping {
+                // No connection: the next login connects again and resets the due time.
+                _ if st.reader_done => st = session.wait(st, Duration::from_secs(3600)),
                 Some(due) if due <= now => break,
                 Some(due) => st = session.wait(st, due - now),
                 None => st = session.wait(st, Duration::from_secs(3600)),

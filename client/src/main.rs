@@ -4,57 +4,93 @@
 //! says; [`app`] runs the menus on stdin and sends requests; [`heartbeat`] pings while
 //! logged in. They share a [`session::Session`]. Works against our server and the original
 //! one (protocol.md): every request opts in to extended replies with `"ext":1`, and nothing
-//! ever waits for one.
+//! ever waits for one. With a terminal on stdin, [`input`] edits lines with rustyline;
+//! piped, it reads them as the original client did. [`transport`] is plain TCP or TLS.
 
 mod app;
 mod commands;
 mod heartbeat;
+mod input;
 mod reader;
 mod session;
+mod transport;
 mod ui;
 
-use std::io;
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io::{self, IsTerminal};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
 
+use clap::Parser;
 use session::Session;
+use transport::Connector;
 
-/// How long one connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a blocked write may take before the server counts as gone.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
-const USAGE: &str = "usage: ChatClient <host> <port>";
+/// The terminal client of the chat server (and of the original C++ ChatServer).
+///
+/// At a terminal it edits lines (arrows, history, Ctrl-R), hides the password, prints what
+/// arrives above the line being typed and confirms each message. With stdin piped it
+/// reads the original client's menu answers and commands line by line, for scripts.
+#[derive(Parser, Debug)]
+#[command(
+    name = "ChatClient",
+    version,
+    override_usage = "ChatClient [OPTIONS] <host> <port>"
+)]
+struct Args {
+    /// The server (or its nginx): a host name or an IP address.
+    #[arg(value_name = "host")]
+    host: String,
+    /// The server's port.
+    #[arg(value_name = "port", value_parser = clap::value_parser!(u16).range(1..))]
+    port: u16,
+    /// Connect with TLS (to a TLS port such as nginx's, see deploy/); needs --ca-file.
+    #[arg(long, requires = "ca_file")]
+    tls: bool,
+    /// The CA certificate(s), PEM, that the server's certificate must chain to.
+    #[arg(long, value_name = "PEM", requires = "tls")]
+    ca_file: Option<PathBuf>,
+    /// Exit (status 1) when the server closes the connection. This is the current
+    /// behaviour in any case; the flag keeps scripts explicit once reconnecting exists.
+    #[arg(long)]
+    no_reconnect: bool,
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if matches!(args.first().map(String::as_str), Some("-h" | "--help")) {
-        println!("{USAGE}\n  host: a host name or an IP address; port: 1-65535");
-        return ExitCode::SUCCESS;
-    }
-    let (host, port) = match args.as_slice() {
-        [host, port] => match port.parse::<u16>() {
-            Ok(p) if p != 0 => (host.as_str(), p),
-            _ => {
-                ui::error(&format!("invalid port \"{port}\"\n{USAGE}"));
+    let args = Args::parse();
+    let (host, port) = (args.host.as_str(), args.port);
+    let connector = match &args.ca_file {
+        Some(ca) => match Connector::tls(host, port, ca) {
+            Ok(c) => c,
+            Err(e) => {
+                ui::error(&format!("--ca-file: {e}"));
                 return ExitCode::from(2);
             }
         },
-        _ => {
-            ui::error(USAGE);
-            return ExitCode::from(2);
-        }
+        None => Connector::plain(host, port),
     };
-    let stream = match connect(host, port) {
-        Ok(s) => s,
+    let (read, write) = match connector.connect() {
+        Ok(halves) => halves,
         Err(e) => {
             ui::error(&format!("cannot connect to {host}:{port}: {e}"));
             return ExitCode::from(1);
         }
     };
-    match start(stream) {
+    // Set up before the reader starts, so its first line goes through the editor. A
+    // terminal the editor cannot drive is read as a script is.
+    let editor = if io::stdin().is_terminal() && io::stdout().is_terminal() {
+        input::Interactive::new()
+            .map_err(|e| ui::error(&format!("no line editing on this terminal: {e}")))
+            .ok()
+    } else {
+        None
+    };
+    let session = Arc::new(Session::new(
+        write,
+        connector,
+        editor.is_some(),
+        heartbeat::interval_from_env(),
+    ));
+    match start(read, session, editor) {
         Ok(code) => code,
         Err(e) => {
             ui::error(&format!("ChatClient: {e}"));
@@ -63,26 +99,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// Resolves `host` (a name or an address) and connects to the first address that answers.
-fn connect(host: &str, port: u16) -> io::Result<TcpStream> {
-    let mut last = None;
-    for addr in (host, port).to_socket_addrs()? {
-        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
-            Ok(s) => return Ok(s),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| io::Error::other("the host name has no address")))
-}
-
-fn start(stream: TcpStream) -> io::Result<ExitCode> {
-    // Small frames go out at once: the original server wants one frame per read.
-    stream.set_nodelay(true)?;
-    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    let read_half = stream.try_clone()?;
-    let session = Arc::new(Session::new(stream, heartbeat::interval_from_env()));
+fn start(
+    read: transport::ReadHalf,
+    session: Arc<Session>,
+    editor: Option<input::Interactive>,
+) -> io::Result<ExitCode> {
     let (tx, rx) = mpsc::channel();
-    reader::spawn(read_half, session.clone(), tx)?;
     heartbeat::spawn(session.clone())?;
-    Ok(app::App::new(session, rx, io::stdin().lines()).run())
+    reader::spawn(read, session.clone(), tx.clone())?;
+    Ok(match editor {
+        Some(input) => app::App::new(session, (tx, rx), input).run(),
+        None => app::App::new(session, (tx, rx), input::Piped::stdin()).run(),
+    })
 }

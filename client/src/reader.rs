@@ -5,17 +5,17 @@
 //! it — and hands the command loop an [`Outcome`] for the LOGIN or REG it waits on.
 
 use std::io::{self, Read};
-use std::net::TcpStream;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
 use chat::codec::FrameReader;
-use chat::protocol::{msgid, Friend, GroupInfo};
+use chat::protocol::{errno, msgid, Friend, GroupInfo};
 use serde_json::Value;
 
-use crate::session::{Awaiting, Outcome, Session, User};
+use crate::session::{Awaiting, Contacts, Outcome, Session, User};
+use crate::transport::ReadHalf;
 use crate::ui;
 
 /// The largest frame accepted from the server. Far beyond any real LOGIN_ACK; only a
@@ -24,7 +24,7 @@ pub const FRAME_LIMIT: usize = 256 * 1024 * 1024;
 
 /// Starts the reader thread on `stream` (the connection's read half).
 pub fn spawn(
-    stream: TcpStream,
+    stream: ReadHalf,
     session: Arc<Session>,
     outcomes: Sender<Outcome>,
 ) -> io::Result<JoinHandle<()>> {
@@ -43,7 +43,7 @@ struct Reader {
 }
 
 impl Reader {
-    fn run(&self, mut stream: TcpStream) {
+    fn run(&self, mut stream: ReadHalf) {
         let mut frames = FrameReader::new(FRAME_LIMIT);
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -87,6 +87,7 @@ impl Reader {
                 }
             }
             msgid::ERROR | msgid::ACK => self.reply(frame),
+            msgid::CONTACTS_ACK => self.contacts(frame),
             msgid::PONG => {
                 let mut st = self.session.state();
                 st.ours = true;
@@ -105,6 +106,18 @@ impl Reader {
             Some(a) if want(a) => st.awaiting.take(),
             _ => None,
         }
+    }
+
+    /// A CONTACTS_ACK: prints the list the oldest unanswered `friends` or `groups` asked for.
+    fn contacts(&self, frame: &Value) {
+        let Some(which) = self.session.state().contacts.pop_front() else {
+            return;
+        };
+        let out = match which {
+            Contacts::Friends => ui::friend_list(&wire_list(frame, "friends", Friend::from_wire)),
+            Contacts::Groups => ui::group_list(&wire_list(frame, "groups", GroupInfo::from_wire)),
+        };
+        ui::emit(&out);
     }
 
     fn login_ack(&self, frame: &Value) {
@@ -128,27 +141,10 @@ impl Reader {
             return;
         }
         let name = frame.get("name").and_then(Value::as_str).unwrap_or("");
-        let strings = |key: &str| -> Vec<String> {
-            frame
-                .get(key)
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|s| s.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let friends: Vec<Friend> = strings("friends")
-            .iter()
-            .filter_map(|s| Friend::from_wire(s))
-            .collect();
-        let groups: Vec<GroupInfo> = strings("groups")
-            .iter()
-            .filter_map(|s| GroupInfo::from_wire(s))
-            .collect();
+        let friends = wire_list(frame, "friends", Friend::from_wire);
+        let groups = wire_list(frame, "groups", GroupInfo::from_wire);
         let mut out = ui::banner(id, name, &friends, &groups);
-        for text in strings("offlinemsg") {
+        for text in wire_list(frame, "offlinemsg", |s| Some(s.to_owned())) {
             if let Some(line) = serde_json::from_str::<Value>(&text)
                 .ok()
                 .and_then(|m| ui::chat_line(&m))
@@ -156,7 +152,7 @@ impl Reader {
                 out.push_str(&line);
             }
         }
-        out.push_str(&ui::help());
+        out.push_str(&ui::help(self.session.interactive()));
         self.session.logged_in(User {
             id,
             name: name.to_owned(),
@@ -180,6 +176,13 @@ impl Reader {
         {
             let mut st = self.session.state();
             st.ours = true;
+            let errno = frame.get("errno").and_then(Value::as_i64);
+            if errno == Some(errno::LOGIN_TIMEOUT) && st.user.is_none() {
+                // The server closes an idle connection at the menu: not worth a line,
+                // the next login or register connects again.
+                st.login_timed_out = true;
+                return;
+            }
         }
         if let Some(line) = ui::reply_line(frame) {
             ui::emit(&line);
@@ -200,4 +203,14 @@ impl Reader {
             let _ = self.outcomes.send(o);
         }
     }
+}
+
+/// The LOGIN_ACK or CONTACTS_ACK list `key` (strings holding JSON), parsed by `parse`;
+/// malformed elements are skipped.
+fn wire_list<T>(frame: &Value, key: &str, parse: fn(&str) -> Option<T>) -> Vec<T> {
+    frame
+        .get(key)
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|s| parse(s.as_str()?)).collect())
+        .unwrap_or_default()
 }

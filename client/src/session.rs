@@ -1,19 +1,24 @@
 //! Session: the client's state shared by the command loop, the reader thread and the
 //! heartbeat — the connection's write half, who is logged in, and what the server has said.
 //!
+//! A connection the server closed at the menu because nobody logged in in time (error
+//! 113) is not an error: the session notes it and connects again at the next request.
+//!
 //! One `Mutex<State>` plus one `Condvar` ([`Session::changed`]): every change that someone
 //! may wait for (a frame arrived, a login happened, the heartbeat is due, we are closing)
 //! notifies it. The socket's write half has its own mutex so that one frame is one
 //! `write_all`, never interleaved with another thread's frame.
 
-use std::io::{self, Write};
-use std::net::{Shutdown, TcpStream};
+use std::collections::VecDeque;
+use std::io;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use chat::protocol;
 use serde_json::{json, Value};
+
+use crate::transport::{Connector, ReadHalf, WriteHalf};
 
 /// The smallest gap between two frames while the server may be a legacy one: the original
 /// server assumes one `read` is one frame and aborts on two, so a scripted client must not
@@ -59,6 +64,15 @@ pub enum Outcome {
     Registered,
 }
 
+/// Which list a CONTACTS request (msgid 15) was sent for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contacts {
+    /// `friends`: the friend list.
+    Friends,
+    /// `groups`: the groups with their members.
+    Groups,
+}
+
 /// The mutable part of the session, behind [`Session::state`].
 #[derive(Debug)]
 pub struct State {
@@ -85,12 +99,25 @@ pub struct State {
     pub closing: bool,
     /// The reader thread has stopped (the connection is gone).
     pub reader_done: bool,
+    /// The server closed the connection because nobody logged in in time (error 113):
+    /// connect again at the next request instead of exiting.
+    pub dropped: bool,
+    /// The server said error 113 on this connection: its close is the login timeout.
+    pub login_timed_out: bool,
+    /// The CONTACTS requests sent and not answered yet, oldest first.
+    pub contacts: VecDeque<Contacts>,
+    /// The last `cid` put on a chat (interactive mode asks for confirmations).
+    pub last_cid: i64,
 }
 
 /// The state shared by the client's threads. Safe to use from any thread.
 pub struct Session {
     /// The connection's write half; locked for the duration of one frame.
-    writer: Mutex<TcpStream>,
+    writer: Mutex<WriteHalf>,
+    /// How to connect again after the login timeout closed the connection.
+    connector: Connector,
+    /// Stdin is a terminal: confirmations and the extra commands are shown.
+    interactive: bool,
     /// See [`State`].
     state: Mutex<State>,
     /// Notified whenever `state` changes in a way someone may wait for.
@@ -100,10 +127,18 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session writing to `writer`, with the given heartbeat interval.
-    pub fn new(writer: TcpStream, heartbeat: Option<Duration>) -> Session {
+    /// A session writing to `writer` (connected by `connector`), with the given
+    /// heartbeat interval.
+    pub fn new(
+        writer: WriteHalf,
+        connector: Connector,
+        interactive: bool,
+        heartbeat: Option<Duration>,
+    ) -> Session {
         Session {
             writer: Mutex::new(writer),
+            connector,
+            interactive,
             state: Mutex::new(State {
                 user: None,
                 awaiting: None,
@@ -116,6 +151,10 @@ impl Session {
                 next_ping: None,
                 closing: false,
                 reader_done: false,
+                dropped: false,
+                login_timed_out: false,
+                contacts: VecDeque::new(),
+                last_cid: 0,
             }),
             changed: Condvar::new(),
             heartbeat,
@@ -145,6 +184,34 @@ impl Session {
         self.heartbeat
     }
 
+    /// Whether stdin is a terminal (a person, not a script).
+    pub fn interactive(&self) -> bool {
+        self.interactive
+    }
+
+    /// If the server dropped the idle connection at the menu, connects again and returns
+    /// the new read half for a new reader thread.
+    pub fn reconnect_if_dropped(&self) -> io::Result<Option<ReadHalf>> {
+        if !self.state().dropped {
+            return Ok(None);
+        }
+        let (read, write) = self.connector.connect()?;
+        *self.writer.lock().unwrap_or_else(PoisonError::into_inner) = write;
+        let mut st = self.state();
+        st.dropped = false;
+        st.login_timed_out = false;
+        st.reader_done = false;
+        st.ours = false;
+        st.last_rx = Instant::now();
+        st.last_tx = None;
+        st.last_request = None;
+        st.pings_sent = 0;
+        st.pongs = 0;
+        st.contacts.clear();
+        self.changed.notify_all();
+        Ok(Some(read))
+    }
+
     /// Sends one frame as compact JSON plus `0x00`, in one write. While the server may be a
     /// legacy one, keeps [`LEGACY_SEND_GAP`] between frames.
     pub fn send(&self, frame: &Value) -> io::Result<()> {
@@ -169,7 +236,7 @@ impl Session {
         if let Some(pause) = pause {
             thread::sleep(pause);
         }
-        writer.write_all(&bytes)?;
+        writer.write_frame(&bytes)?;
         let mut st = self.state();
         let now = Instant::now();
         st.last_tx = Some(now);
@@ -262,11 +329,10 @@ impl Session {
             st.next_ping = None;
             self.changed.notify_all();
         }
-        let _ = self
-            .writer
+        self.writer
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .shutdown(Shutdown::Write);
+            .shutdown();
         let deadline = Instant::now() + grace;
         let mut st = self.state();
         while !st.reader_done {
@@ -279,18 +345,24 @@ impl Session {
     }
 
     /// Reports `why` (the connection is gone) and exits with status 1, unless we are
-    /// closing anyway, in which case it only records that the reader has stopped.
+    /// closing anyway, in which case it only records that the reader has stopped, or the
+    /// server only closed an idle connection at the menu (login timeout), in which case
+    /// the next request connects again.
     pub fn connection_lost(&self, why: &str) {
-        let closing = {
+        let quiet = {
             let mut st = self.state();
             st.reader_done = true;
+            if st.login_timed_out && st.user.is_none() && !st.closing {
+                st.dropped = true;
+            }
             self.changed.notify_all();
-            st.closing
+            st.closing || st.dropped
         };
-        if closing {
+        if quiet {
             return;
         }
         crate::ui::error(why);
+        crate::input::restore_terminal();
         std::process::exit(1);
     }
 }

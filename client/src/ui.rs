@@ -2,9 +2,11 @@
 //!
 //! The formatting functions are pure (they return the text) so they can be tested; [`emit`]
 //! and [`error`] write it out and flush at once, because prompts end without a newline and
-//! two threads print.
+//! two threads print. In interactive mode [`emit`] goes through the line editor's printer,
+//! which prints above the line being typed and redraws it.
 
 use std::io::Write;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use chat::protocol::{msgid, Friend, GroupInfo};
 use serde_json::Value;
@@ -42,8 +44,30 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("quit", "注销并退出，格式quit"),
 ];
 
+/// The commands only interactive mode lists in `help` (the scripted client keeps the
+/// original's list byte for byte).
+pub const EXTRA_COMMANDS: &[(&str, &str)] = &[
+    ("friends", "好友列表及在线状态，格式friends"),
+    ("groups", "群组及成员列表，格式groups"),
+];
+
+/// Prints a line above the line being edited (interactive mode).
+pub type Printer = Box<dyn FnMut(String) + Send>;
+
+/// Where [`emit`] writes once interactive mode set it up.
+static PRINTER: OnceLock<Mutex<Printer>> = OnceLock::new();
+
+/// Sends every later [`emit`] through `printer`.
+pub fn set_printer(printer: Printer) {
+    let _ = PRINTER.set(Mutex::new(printer));
+}
+
 /// Writes `text` to stdout and flushes. A closed stdout is ignored: the chat goes on.
 pub fn emit(text: &str) {
+    if let Some(p) = PRINTER.get() {
+        (p.lock().unwrap_or_else(PoisonError::into_inner))(text.to_owned());
+        return;
+    }
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
@@ -56,10 +80,12 @@ pub fn error(line: &str) {
     let _ = err.flush();
 }
 
-/// The command list: `show command list >>>` and one `name : description` line each.
-pub fn help() -> String {
+/// The command list: `show command list >>>` and one `name : description` line each;
+/// `extended` (interactive mode) adds [`EXTRA_COMMANDS`].
+pub fn help(extended: bool) -> String {
     let mut s = String::from("show command list >>>\n");
-    for (name, desc) in COMMANDS {
+    let extra = if extended { EXTRA_COMMANDS } else { &[] };
+    for (name, desc) in COMMANDS.iter().chain(extra) {
         s.push_str(&format!("{name} : {desc}\n"));
     }
     s
@@ -70,11 +96,24 @@ pub fn banner(id: i64, name: &str, friends: &[Friend], groups: &[GroupInfo]) -> 
     let mut s = String::new();
     s.push_str("======================login user======================\n");
     s.push_str(&format!("current login user => id:{id} name:{name}\n"));
-    s.push_str("----------------------friend list---------------------\n");
+    s.push_str(&friend_list(friends));
+    s.push_str(&group_list(groups));
+    s.push_str("======================================================\n");
+    s
+}
+
+/// The banner's friend list: a rule, then `<id> <name> <online|offline>` per friend.
+pub fn friend_list(friends: &[Friend]) -> String {
+    let mut s = String::from("----------------------friend list---------------------\n");
     for f in friends {
         s.push_str(&format!("{} {} {}\n", f.id, f.name, state(f.online)));
     }
-    s.push_str("----------------------group list----------------------\n");
+    s
+}
+
+/// The banner's group list: a rule, then each group and its members with state and role.
+pub fn group_list(groups: &[GroupInfo]) -> String {
+    let mut s = String::from("----------------------group list----------------------\n");
     for g in groups {
         s.push_str(&format!("{} {} {}\n", g.id, g.name, g.desc));
         for m in &g.members {
@@ -87,7 +126,6 @@ pub fn banner(id: i64, name: &str, friends: &[Friend], groups: &[GroupInfo]) -> 
             ));
         }
     }
-    s.push_str("======================================================\n");
     s
 }
 
@@ -142,6 +180,9 @@ pub fn reply_line(frame: &Value) -> Option<String> {
     let errmsg = frame.get("errmsg").and_then(Value::as_str).unwrap_or("");
     let req = frame.get("reqmsgid").and_then(Value::as_i64);
     if errno == 0 && frame.get("msgid").and_then(Value::as_i64) == Some(msgid::ACK) {
+        if frame.get("cid").is_some() {
+            return Some(confirm_line(frame));
+        }
         match req {
             Some(msgid::LOGINOUT) => return None,
             Some(msgid::CREATE_GROUP) => {
@@ -161,6 +202,21 @@ pub fn reply_line(frame: &Value) -> Option<String> {
     Some(format!("{errmsg}\n"))
 }
 
+/// The line confirming one of our chats (an ACK errno 0 with our `cid`): where it went.
+fn confirm_line(ack: &Value) -> String {
+    let int = |k: &str| ack.get(k).and_then(Value::as_i64).unwrap_or(0);
+    let (live, stored) = (int("delivered"), int("stored"));
+    if let Some(to) = ack.get("toid").and_then(Value::as_i64) {
+        return if stored > 0 {
+            format!("(message to {to} stored: delivered when {to} logs in)\n")
+        } else {
+            format!("(message to {to} delivered)\n")
+        };
+    }
+    let group = int("groupid");
+    format!("(message to group {group}: delivered to {live}, stored for {stored} offline)\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,10 +227,13 @@ mod tests {
     fn menu_and_help_shapes() {
         assert!(TOP_MENU.starts_with(&format!("{}\n1. login\n", "=".repeat(24))));
         assert!(TOP_MENU.ends_with(&format!("3. quit\n{}\n", "=".repeat(24))));
-        let h = help();
+        let h = help(false);
         assert!(h.starts_with("show command list >>>\n"));
         assert!(h.contains("\nchat : 一对一聊天，格式chat:friendid:message\n"));
         assert_eq!(h.lines().count(), COMMANDS.len() + 1);
+        let ext = help(true);
+        assert!(ext.starts_with(&h));
+        assert!(ext.ends_with("groups : 群组及成员列表，格式groups\n"));
     }
 
     #[test]
@@ -249,6 +308,19 @@ mod tests {
         assert_eq!(
             reply_line(&ack(9, 202, "no such group 9")).unwrap(),
             "no such group 9\n"
+        );
+        let sent = json!({"cid":1,"delivered":1,"errmsg":"delivered","errno":0,"msgid":12,"reqmsgid":6,"stored":0,"toid":2});
+        assert_eq!(reply_line(&sent).unwrap(), "(message to 2 delivered)\n");
+        let kept =
+            json!({"cid":2,"delivered":0,"errno":0,"msgid":12,"reqmsgid":6,"stored":1,"toid":2});
+        assert_eq!(
+            reply_line(&kept).unwrap(),
+            "(message to 2 stored: delivered when 2 logs in)\n"
+        );
+        let group = json!({"cid":3,"delivered":2,"errno":0,"groupid":5,"msgid":12,"reqmsgid":10,"stored":1});
+        assert_eq!(
+            reply_line(&group).unwrap(),
+            "(message to group 5: delivered to 2, stored for 1 offline)\n"
         );
         let err = json!({"errmsg":"not logged in","errno":107,"msgid":11,"reqmsgid":6});
         assert_eq!(reply_line(&err).unwrap(), "not logged in\n");

@@ -2,15 +2,7 @@
 
 mod util;
 
-use util::{login, run_script, timed_line, Client, TestServer, MENU};
-
-/// A client logged in as `id`, its banner and command list printed.
-fn logged_in(server: &TestServer, id: i64) -> Client {
-    let mut c = Client::spawn(server);
-    c.send(&login(id));
-    c.wait_for("show command list >>>");
-    c
-}
+use util::{logged_in, login, run_script, timed_line, TestServer, MENU};
 
 /// The part of `out` after the first command list (everything after the login).
 fn after_help(out: &str) -> &str {

@@ -21,16 +21,38 @@ fn wrong_arguments_print_usage_and_exit_2() {
         let mut c = Client::spawn_args(args, &[]);
         let status = c.wait_exit();
         assert_eq!(status.code(), Some(2), "{args:?}");
+        let err = c.stderr();
+        // A missing or extra argument shows the usage; a bad port names the value.
         assert!(
-            c.stderr().contains("usage: ChatClient <host> <port>"),
-            "{args:?}: {}",
-            c.stderr()
+            err.contains("Usage: ChatClient [OPTIONS] <host> <port>")
+                || err.contains(&format!("invalid value '{}' for '<port>'", args[1])),
+            "{args:?}: {err}"
         );
         assert_eq!(c.stdout(), "");
     }
+    // --ca-file goes with --tls, and the other way round.
+    for args in [&["--tls", "h", "1"][..], &["--ca-file", "x", "h", "1"][..]] {
+        let mut c = Client::spawn_args(args, &[]);
+        assert_eq!(c.wait_exit().code(), Some(2), "{args:?}");
+    }
     let mut c = Client::spawn_args(&["--help"], &[]);
     assert!(c.wait_exit().success());
-    assert!(c.stdout().starts_with("usage: ChatClient <host> <port>"));
+    let help = c.stdout();
+    for want in [
+        "Usage: ChatClient [OPTIONS] <host> <port>",
+        "--tls",
+        "--ca-file <PEM>",
+        "--no-reconnect",
+        "--version",
+    ] {
+        assert!(help.contains(want), "{want:?} not in:\n{help}");
+    }
+    let mut c = Client::spawn_args(&["--version"], &[]);
+    assert!(c.wait_exit().success());
+    assert_eq!(
+        c.stdout(),
+        format!("ChatClient {}\n", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]

@@ -440,8 +440,8 @@ pub fn check_parse_request(v: Value) -> Result<Parsed, ProtocolError> {
     result
 }
 
-/// The msgids a client may send (protocol.md §2 plus PING and RESUME).
-const CLIENT_MSGIDS: [i64; 10] = [
+/// The msgids a client may send (protocol.md §2 plus PING, CONTACTS and RESUME).
+const CLIENT_MSGIDS: [i64; 11] = [
     msgid::LOGIN,
     msgid::LOGINOUT,
     msgid::REG,
@@ -451,6 +451,7 @@ const CLIENT_MSGIDS: [i64; 10] = [
     msgid::ADD_GROUP,
     msgid::GROUP_CHAT,
     msgid::PING,
+    msgid::CONTACTS,
     msgid::RESUME,
 ];
 
@@ -489,6 +490,9 @@ fn check_field_error(v: &Value, e: &ProtocolError) {
         ("groupdesc", _) => is_str(value, 0, protocol::GROUPDESC_MAX_CHARS),
         ("name" | "msg" | "time", _) => value.is_string(),
         ("ext", _) => value.is_boolean() || matches!(value.as_u64(), Some(0 | 1)),
+        ("cid", msgid::ONE_CHAT | msgid::GROUP_CHAT) => {
+            value.as_i64().is_some_and(|c| c >= 0) && !value.is_f64()
+        }
         _ => panic!("{e}: a field no request has"),
     };
     assert!(!valid, "{e}, but {key} is valid: {value}");
@@ -593,8 +597,10 @@ fn check_request(v: &Value, p: &Parsed) {
             id,
             toid,
             msg,
+            cid,
             frame,
         } => {
+            assert_eq!(*cid, v.get("cid").and_then(Value::as_i64));
             assert_eq!(*id, id_of(v, "id"));
             let to_key = if v.get("toid").is_some() {
                 "toid"
@@ -633,14 +639,17 @@ fn check_request(v: &Value, p: &Parsed) {
             id,
             groupid,
             msg,
+            cid,
             frame,
         } => {
+            assert_eq!(*cid, v.get("cid").and_then(Value::as_i64));
             assert_eq!(*id, id_of(v, "id"));
             assert_eq!(*groupid, id_of(v, "groupid"));
             assert_eq!(msg, str_of(v, "msg", 0, usize::MAX));
             check_chat_frame(v, frame);
         }
         Request::Ping => assert_eq!(p.msgid, msgid::PING),
+        Request::Contacts { id } => assert_eq!(*id, id_of(v, "id")),
     }
     match p.req.acting_id() {
         Some(id) => assert_eq!(id, id_of(v, "id")),
@@ -671,6 +680,7 @@ fn check_chat_frame(v: &Value, frame: &serde_json::Map<String, Value>) {
         .unwrap_or_else(|| "2024-01-01 00:00:00".into());
     assert_eq!(back["time"], time);
     assert!(back.get("ext").is_none());
+    assert!(back.get("cid").is_none());
 }
 
 /// The `decoder` target: the streaming decoder, fed in reads chosen by the input, must

@@ -43,6 +43,10 @@ pub mod msgid {
     pub const PING: i64 = 13;
     /// Ours, server → client: the answer to [`PING`].
     pub const PONG: i64 = 14;
+    /// Ours, client → server: ask for one's friends and groups (with live presence).
+    pub const CONTACTS: i64 = 15;
+    /// Ours, server → client: the answer to [`CONTACTS`], shaped as LOGIN_ACK's lists.
+    pub const CONTACTS_ACK: i64 = 16;
     /// Ours, client → server (ext only): log in again with a resume token.
     pub const RESUME: i64 = 17;
     /// Ours, server → client: the answer to [`RESUME`] (a LOGIN_ACK's shape).
@@ -65,6 +69,8 @@ pub mod msgid {
             ACK => "ACK",
             PING => "PING",
             PONG => "PONG",
+            CONTACTS => "CONTACTS",
+            CONTACTS_ACK => "CONTACTS_ACK",
             RESUME => "RESUME",
             RESUME_ACK => "RESUME_ACK",
             _ => return None,
@@ -254,6 +260,8 @@ pub enum Request {
         toid: i64,
         /// The message text (any length; the frame limit bounds it).
         msg: String,
+        /// The sender's own id for this message (`cid`), if it wants an ACK on success.
+        cid: Option<i64>,
         /// The whole request object, forwarded after [`delivery_frame`].
         frame: Map<String, Value>,
     },
@@ -288,11 +296,18 @@ pub enum Request {
         groupid: i64,
         /// The message text.
         msg: String,
+        /// The sender's own id for this message (`cid`), if it wants an ACK on success.
+        cid: Option<i64>,
         /// The whole request object, forwarded after [`delivery_frame`].
         frame: Map<String, Value>,
     },
     /// PING (13); needs no login and no fields.
     Ping,
+    /// CONTACTS (15): the user's friends and groups, as LOGIN_ACK lists them.
+    Contacts {
+        /// The asking user.
+        id: i64,
+    },
     /// RESUME (17), ext only: log in as `id` with the token of an earlier session.
     Resume {
         /// The user id to log in as.
@@ -315,6 +330,7 @@ impl Request {
             Request::AddGroup { .. } => msgid::ADD_GROUP,
             Request::GroupChat { .. } => msgid::GROUP_CHAT,
             Request::Ping => msgid::PING,
+            Request::Contacts { .. } => msgid::CONTACTS,
             Request::Resume { .. } => msgid::RESUME,
         }
     }
@@ -328,7 +344,8 @@ impl Request {
             | Request::AddFriend { id, .. }
             | Request::CreateGroup { id, .. }
             | Request::AddGroup { id, .. }
-            | Request::GroupChat { id, .. } => Some(*id),
+            | Request::GroupChat { id, .. }
+            | Request::Contacts { id } => Some(*id),
             Request::Login { .. }
             | Request::Reg { .. }
             | Request::Ping
@@ -401,11 +418,12 @@ pub fn parse_request(v: Value) -> Result<Parsed, ProtocolError> {
                 f.id("to")?
             };
             let msg = f.string("msg", 0, usize::MAX)?;
-            f.chat_extras()?;
+            let cid = f.chat_extras()?;
             Request::OneChat {
                 id,
                 toid,
                 msg,
+                cid,
                 frame: obj,
             }
         }
@@ -428,15 +446,17 @@ pub fn parse_request(v: Value) -> Result<Parsed, ProtocolError> {
             let id = f.id("id")?;
             let groupid = f.id("groupid")?;
             let msg = f.string("msg", 0, usize::MAX)?;
-            f.chat_extras()?;
+            let cid = f.chat_extras()?;
             Request::GroupChat {
                 id,
                 groupid,
                 msg,
+                cid,
                 frame: obj,
             }
         }
         msgid::PING => Request::Ping,
+        msgid::CONTACTS => Request::Contacts { id: f.id("id")? },
         msgid::RESUME if !ext => {
             return Err(
                 ProtocolError::new(errno::RESUME_NEEDS_EXT, "RESUME needs \"ext\":1")
@@ -453,7 +473,7 @@ pub fn parse_request(v: Value) -> Result<Parsed, ProtocolError> {
 }
 
 /// The msgids a client may send.
-const REQUEST_MSGIDS: [i64; 10] = [
+const REQUEST_MSGIDS: [i64; 11] = [
     msgid::LOGIN,
     msgid::LOGINOUT,
     msgid::REG,
@@ -463,6 +483,7 @@ const REQUEST_MSGIDS: [i64; 10] = [
     msgid::ADD_GROUP,
     msgid::GROUP_CHAT,
     msgid::PING,
+    msgid::CONTACTS,
     msgid::RESUME,
 ];
 
@@ -548,11 +569,21 @@ impl Fields<'_> {
     }
 
     /// The optional `name` and `time` of a chat frame must be strings when present: the legacy
-    /// client reads both as strings unconditionally when it receives the frame.
-    fn chat_extras(&self) -> Result<(), ProtocolError> {
+    /// client reads both as strings unconditionally when it receives the frame. Returns the
+    /// optional `cid`: a JSON integer in `0..=i64::MAX` (protocol.md §4).
+    fn chat_extras(&self) -> Result<Option<i64>, ProtocolError> {
         self.opt_string("name", 0, usize::MAX)?;
         self.opt_string("time", 0, usize::MAX)?;
-        Ok(())
+        let Some(v) = self.obj.get("cid") else {
+            return Ok(None);
+        };
+        match v.as_i64() {
+            Some(cid) if cid >= 0 && !v.is_f64() => Ok(Some(cid)),
+            _ => Err(self.bad(format!(
+                "field \"cid\" must be an integer from 0 to {}",
+                i64::MAX
+            ))),
+        }
     }
 }
 
@@ -569,8 +600,10 @@ fn describe_string(key: &str, min: usize, max: usize) -> String {
     }
 }
 
+mod fast_chat;
 mod replies;
 
+pub use fast_chat::{parse_fast_chat, FastChat};
 pub use replies::*;
 
 #[cfg(test)]

@@ -8,8 +8,8 @@ use super::{errno, msgid, ProtocolError};
 ///
 /// `name` is overwritten with the sender's real name (a client cannot impersonate), `time` is
 /// set to `fallback_time` only when the sender omitted it (the legacy client prints it and
-/// would fail on a missing one), and the sender's `ext` opt-in is dropped (it means nothing to
-/// the recipient). All other fields are kept as sent.
+/// would fail on a missing one), and the sender's `ext` opt-in and `cid` are dropped (they mean
+/// nothing to the recipient). All other fields are kept as sent.
 pub fn delivery_frame(
     mut frame: Map<String, Value>,
     sender_name: &str,
@@ -20,6 +20,7 @@ pub fn delivery_frame(
         frame.insert("time".to_owned(), Value::from(fallback_time));
     }
     frame.remove("ext");
+    frame.remove("cid");
     Value::Object(frame)
 }
 
@@ -271,6 +272,14 @@ pub fn ack(reqmsgid: i64, errno: i64, errmsg: &str, extra: &[(&str, Value)]) -> 
         v[*k] = x.clone();
     }
     v
+}
+
+/// The answer to CONTACTS: `{"errno":0,"friends":[…],"groups":[…],"msgid":16}`, the two
+/// lists always present and shaped as in [`login_ok`].
+pub fn contacts(friends: &[Friend], groups: &[GroupInfo]) -> Value {
+    let friends: Vec<String> = friends.iter().map(Friend::to_wire).collect();
+    let groups: Vec<String> = groups.iter().map(GroupInfo::to_wire).collect();
+    json!({"errno": errno::OK, "friends": friends, "groups": groups, "msgid": msgid::CONTACTS_ACK})
 }
 
 /// The answer to PING: `{"msgid":14}`.

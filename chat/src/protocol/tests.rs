@@ -200,6 +200,7 @@ fn parses_every_request() {
         groupid,
         msg,
         frame,
+        ..
     } = req(s)
     else {
         panic!("not a group chat")
@@ -218,6 +219,7 @@ fn one_chat_to_and_toid() {
         toid,
         msg,
         frame,
+        ..
     } = p.req
     else {
         panic!()
@@ -291,7 +293,7 @@ fn frame_level_errors() {
         (errno::UNKNOWN_MSGID, "unknown msgid 99".into(), Some(99))
     );
     assert_eq!(err(r#"{"msgid":-1}"#).0, errno::UNKNOWN_MSGID);
-    for server_only in [2, 5, 11, 12, 14] {
+    for server_only in [2, 5, 11, 12, 14, 16] {
         let (no, msg, m) = err(&format!(r#"{{"msgid":{server_only}}}"#));
         assert_eq!((no, m), (errno::UNKNOWN_MSGID, Some(server_only)));
         assert!(

@@ -229,7 +229,7 @@ impl ChatService {
     }
 
     /// Friends and groups with live presence, for the LOGIN_ACK.
-    fn login_view(
+    pub(super) fn login_view(
         &self,
         id: i64,
     ) -> std::result::Result<(Vec<Friend>, Vec<GroupInfo>), StoreError> {

@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 mod admin;
+mod chat;
 mod cluster;
+mod contacts;
 mod login;
 mod resume;
 
@@ -23,11 +25,10 @@ use crate::hub::Hub;
 use crate::member_cache::MemberCache;
 use crate::password;
 use crate::protocol::{self, errno, msgid, Parsed, ProtocolError, Request};
-use crate::router::{Fast, Outcome, Router};
+use crate::router::Router;
 use crate::session::{Job, Session};
 use crate::stats::Stats;
 use crate::store::{AddFriend, JoinGroup, Store, StoreError};
-use crate::timefmt;
 
 /// A failure that ends a request with an error reply.
 #[derive(Debug)]
@@ -86,6 +87,7 @@ impl ChatService {
         handlers.insert(msgid::ADD_GROUP, ChatService::add_group);
         handlers.insert(msgid::GROUP_CHAT, ChatService::group_chat);
         handlers.insert(msgid::PING, ChatService::ping);
+        handlers.insert(msgid::CONTACTS, ChatService::contacts);
         handlers.insert(msgid::RESUME, ChatService::resume);
         // Standalone, every change goes through this cache; in a cluster another
         // node's invalidation can be lost while Redis is down, so entries expire.
@@ -173,11 +175,7 @@ impl ChatService {
                 self.sign_out(session, End::Shutdown);
                 session.conn.shutdown();
             }
-            Job::Route { to, text } => {
-                if let Err(e) = self.router.send_one(to, &text) {
-                    log::error!("lost a frame for {to}: {e}");
-                }
-            }
+            Job::Route { to, text, cid } => self.route_again(session, to, &text, cid),
         }
     }
 
@@ -263,65 +261,6 @@ impl ChatService {
         Ok(())
     }
 
-    /// Handles a ONE_CHAT on the IO loop when that needs no blocking work: the
-    /// session has nothing queued (so order is kept), the sender is who it claims,
-    /// and the recipient is online on this node. Otherwise hands the request back
-    /// for the workers.
-    pub fn try_fast(&self, session: &Arc<Session>, parsed: Parsed) -> std::result::Result<(), Job> {
-        let Request::OneChat { id, toid, .. } = &parsed.req else {
-            return Err(Job::Request(parsed));
-        };
-        let (id, toid) = (*id, *toid);
-        let user = match session.user() {
-            Some(u) if u.id == id && session.is_idle() => u,
-            _ => return Err(Job::Request(parsed)),
-        };
-        let ext = parsed.ext;
-        let mut parsed = Some(parsed);
-        let sent = self.router.try_send_local(toid, || {
-            let Some(Parsed {
-                req: Request::OneChat { frame, .. },
-                ..
-            }) = parsed.take()
-            else {
-                unreachable!("checked above")
-            };
-            chat_text(frame, &user.name)
-        });
-        if ext && !matches!(sent, Fast::NotHere) {
-            session.set_ext();
-        }
-        match (sent, parsed) {
-            (Fast::Sent, _) => Ok(()),
-            (Fast::Store(text), _) => Err(Job::Route { to: toid, text }),
-            (Fast::NotHere, Some(parsed)) => Err(Job::Request(parsed)),
-            (Fast::NotHere, None) => unreachable!("the text is built only when sent"),
-        }
-    }
-
-    fn one_chat(&self, session: &Arc<Session>, parsed: Parsed) -> Result<()> {
-        let Request::OneChat { toid, frame, .. } = parsed.req else {
-            unreachable!("handler registered for ONE_CHAT")
-        };
-        let Some(user) = session.user() else {
-            // Signed out by the node between dispatch and here (a lost claim).
-            return Err(ServiceError::Protocol(ProtocolError::not_logged_in(
-                parsed.msgid,
-            )));
-        };
-        let text = chat_text(frame, &user.name);
-        if self.router.send_one(toid, &text)? == Outcome::NoSuchUser {
-            self.ack(
-                session,
-                msgid::ONE_CHAT,
-                errno::NO_SUCH_USER,
-                &format!("no such user {toid}"),
-                &[("toid", Value::from(toid))],
-            );
-        }
-        Ok(())
-    }
-
     fn add_friend(&self, session: &Arc<Session>, parsed: Parsed) -> Result<()> {
         let Request::AddFriend { id, friendid } = parsed.req else {
             unreachable!("handler registered for ADD_FRIEND")
@@ -401,70 +340,6 @@ impl ChatService {
         Ok(())
     }
 
-    fn group_chat(&self, session: &Arc<Session>, parsed: Parsed) -> Result<()> {
-        let Request::GroupChat {
-            id, groupid, frame, ..
-        } = parsed.req
-        else {
-            unreachable!("handler registered for GROUP_CHAT")
-        };
-        let Some(user) = session.user() else {
-            // Signed out by the node between dispatch and here (a lost claim).
-            return Err(ServiceError::Protocol(ProtocolError::not_logged_in(
-                parsed.msgid,
-            )));
-        };
-        let Some(members) = self.group_members(groupid)? else {
-            self.ack(
-                session,
-                msgid::GROUP_CHAT,
-                errno::NO_SUCH_GROUP,
-                &format!("no such group {groupid}"),
-                &[("groupid", Value::from(groupid))],
-            );
-            return Ok(());
-        };
-        if !members.contains(&id) {
-            self.ack(
-                session,
-                msgid::GROUP_CHAT,
-                errno::NOT_MEMBER,
-                &format!("you are not in group {groupid}"),
-                &[("groupid", Value::from(groupid))],
-            );
-            return Ok(());
-        }
-        let others: Vec<i64> = members.iter().copied().filter(|&m| m != id).collect();
-        let text = chat_text(frame, &user.name);
-        self.router.send_many(&others, &text)?;
-        Ok(())
-    }
-
-    /// A group's member ids, from the cache or the store; `None` if no such group.
-    fn group_members(&self, group: i64) -> std::result::Result<Option<Arc<Vec<i64>>>, StoreError> {
-        if let Some(m) = self.members.get(group) {
-            return Ok(Some(m));
-        }
-        let epoch = self.members.begin();
-        let Some(mut members) = self.store.group_members(group)? else {
-            return Ok(None);
-        };
-        members.sort_unstable();
-        let members = Arc::new(members);
-        self.members.insert(group, members.clone(), epoch);
-        Ok(Some(members))
-    }
-
-    /// Drops a group from the member cache, here and on every other node.
-    fn invalidate_group(&self, group: i64) {
-        self.members.invalidate(group);
-        if let Some(bus) = self.bus() {
-            if let Err(e) = bus.broadcast_invalidate(group) {
-                log::warn!("group {group}: other nodes keep a stale member list: {e}");
-            }
-        }
-    }
-
     fn ping(&self, session: &Arc<Session>, _parsed: Parsed) -> Result<()> {
         session.reply(protocol::encode(&protocol::pong()));
         Ok(())
@@ -488,15 +363,4 @@ fn close_after(session: &Session, frame: Vec<u8>, sign_out: impl FnOnce()) {
 fn frame_text(frame: &[u8]) -> &str {
     let json = frame.strip_suffix(&[0]).unwrap_or(frame);
     std::str::from_utf8(json).unwrap_or_default()
-}
-
-/// The JSON text of a chat frame as recipients get it (see `protocol::delivery_frame`).
-fn chat_text(frame: serde_json::Map<String, Value>, sender_name: &str) -> String {
-    let fallback = if frame.contains_key("time") {
-        String::new()
-    } else {
-        timefmt::now()
-    };
-    let out = protocol::delivery_frame(frame, sender_name, &fallback);
-    serde_json::to_string(&out).expect("a Value always serialises")
 }

@@ -140,8 +140,9 @@ pub fn recoverable(rng: &mut Rng) -> Bad {
         }
         4 => {
             let m: i64 = match rng.range(0, 3) {
-                0 => *rng.pick(&[0, 2, 5, 11, 12, 14, 15, -1]),
-                1 => rng.range(15, 1_000_000_000) as i64,
+                // Server-only ids, and ids past the extensions in use or planned (15-49).
+                0 => *rng.pick(&[0, 2, 5, 11, 12, 14, 16, -1]),
+                1 => rng.range(50, 1_000_000_000) as i64,
                 _ => -(rng.range(1, 1_000_000) as i64),
             };
             bad("unknown msgid", format!("{{\"msgid\":{m}}}"), Some(103))

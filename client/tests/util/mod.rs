@@ -51,22 +51,21 @@ impl TestServer {
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
-        let opts = ServerOptions {
-            io_threads: 1,
-            workers: 2,
-            ..ServerOptions::default()
-        };
-        let server = ServerThread::start(
-            "127.0.0.1:0".parse().unwrap(),
-            &format!("sqlite:{}", db.display()),
-            opts,
-        )
-        .expect("server starts");
+        let server = launch(&db, |_| {});
         TestServer {
             addr: server.addr(),
             server: Some(server),
             db,
         }
+    }
+
+    /// Stops the server and starts a new one (on a new port) over the same database, with
+    /// options changed by `tune` (e.g. a login timeout too short for test setup).
+    pub fn restart_with(&mut self, tune: impl FnOnce(&mut ServerOptions)) {
+        self.stop();
+        let server = launch(&self.db, tune);
+        self.addr = server.addr();
+        self.server = Some(server);
     }
 
     /// The listening address.
@@ -104,6 +103,22 @@ impl TestServer {
         raw.id = id;
         raw
     }
+}
+
+/// A server thread on 127.0.0.1:0 over the SQLite file `db`.
+fn launch(db: &std::path::Path, tune: impl FnOnce(&mut ServerOptions)) -> ServerThread {
+    let mut opts = ServerOptions {
+        io_threads: 1,
+        workers: 2,
+        ..ServerOptions::default()
+    };
+    tune(&mut opts);
+    ServerThread::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &format!("sqlite:{}", db.display()),
+        opts,
+    )
+    .expect("server starts")
 }
 
 impl Drop for TestServer {
@@ -373,6 +388,14 @@ pub fn run_script(server: &TestServer, script: &str) -> Run {
         stdout: c.stdout(),
         stderr: c.stderr(),
     }
+}
+
+/// A piped client logged in as `id`, its banner and command list printed.
+pub fn logged_in(server: &TestServer, id: i64) -> Client {
+    let mut c = Client::spawn(server);
+    c.send(&login(id));
+    c.wait_for("show command list >>>");
+    c
 }
 
 /// The login script for `id` with [`PW`].

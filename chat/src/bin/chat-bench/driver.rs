@@ -43,10 +43,13 @@ pub struct Shared {
     pub progress: AtomicU64,
     /// A tag that makes this run's user and group names unique.
     pub run_tag: String,
+    /// A target is the original server: one request in flight per connection, and a
+    /// pause after each request it never answers.
+    pub legacy: bool,
 }
 
 impl Shared {
-    pub fn new(args: Args, targets: Vec<SocketAddr>) -> Shared {
+    pub fn new(args: Args, targets: Vec<SocketAddr>, legacy: bool) -> Shared {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -61,6 +64,7 @@ impl Shared {
             groups_ready: AtomicUsize::new(0),
             progress: AtomicU64::new(0),
             run_tag: format!("{:x}", (nanos as u64) & 0xff_ffff_ffff),
+            legacy,
         }
     }
 
@@ -123,6 +127,8 @@ struct User {
     /// Index (in this loop) of the user this one chats with.
     partner: usize,
     seq: u64,
+    /// Chat messages sent and not yet delivered (a legacy target gets at most one).
+    in_flight: u32,
     /// Login scenario: when the pending LOGIN was sent.
     login_sent_us: u64,
 }
@@ -213,6 +219,7 @@ pub fn run_loop(index: usize, shared: Arc<Shared>, handle_tx: mpsc::Sender<LoopH
             state: UserState::Idle,
             partner: if n > 1 { (local + 1) % n } else { local },
             seq: 0,
+            in_flight: 0,
             login_sent_us: 0,
         })
         .collect();
@@ -311,6 +318,22 @@ impl Driver {
         self.start_more_setup();
     }
 
+    /// Runs `then` once a request the original never answers has surely been read on
+    /// its own: after --legacy-gap-ms toward a legacy target, at once toward ours (which
+    /// handles a connection's requests in order, pipelined or not).
+    fn after_unanswered(&mut self, then: impl FnOnce(&mut Driver) + 'static) {
+        if !self.shared.legacy {
+            return then(self);
+        }
+        let mut then = Some(then);
+        let gap = Duration::from_millis(self.shared.args.legacy_gap_ms);
+        self.lp.run_after(gap, move |_| {
+            if let Some(f) = then.take() {
+                with_driver(f);
+            }
+        });
+    }
+
     fn login(&mut self, i: usize) {
         let u = &mut self.users[i];
         u.login_sent_us = self.shared.now_us();
@@ -392,6 +415,7 @@ impl Driver {
         let seq = {
             let u = &mut self.users[i];
             u.seq += 1;
+            u.in_flight += 1;
             u.seq
         };
         let (text, us) = self.message_text(i, seq);
@@ -435,6 +459,9 @@ impl Driver {
         let Some((sender, _)) = self.record_delivery(msg) else {
             return;
         };
+        if let Some(u) = self.users.get_mut(sender) {
+            u.in_flight = u.in_flight.saturating_sub(1);
+        }
         if self.shared.sending() && self.shared.args.rate == 0.0 && sender < self.users.len() {
             self.send_chat(sender);
         }
@@ -486,7 +513,8 @@ impl Driver {
         }
     }
 
-    /// Group setup: each creator creates its group, then logs in again to learn its id.
+    /// Group setup: each creator creates its group, then logs out and in again to learn
+    /// its id (the legacy protocol answers neither CREATE_GROUP nor LOGINOUT).
     pub fn setup_groups(&mut self) {
         for g in 0..self.groups.len() {
             let creator = self.groups[g].members[0];
@@ -498,10 +526,15 @@ impl Driver {
                     &json!({"msgid": msgid::CREATE_GROUP, "id": u.id, "groupname": name,
                             "groupdesc": "chat-bench"}),
                 );
-                send(conn, &json!({"msgid": msgid::LOGINOUT, "id": u.id}));
                 u.state = UserState::Relogin;
             }
-            self.login(creator);
+            self.after_unanswered(move |d| {
+                let u = &d.users[creator];
+                if let Some(conn) = &u.conn {
+                    send(conn, &json!({"msgid": msgid::LOGINOUT, "id": u.id}));
+                }
+                d.after_unanswered(move |d| d.login(creator));
+            });
         }
     }
 
@@ -544,7 +577,7 @@ impl Driver {
                 self.stats.sent += 1;
             }
         }
-        self.login(i);
+        self.after_unanswered(move |d| d.login(i));
     }
 
     /// Starts the scenario's traffic (closed loop) or its send timer (open loop).
@@ -607,16 +640,23 @@ impl Driver {
         if senders == 0 {
             return;
         }
+        // Toward a legacy target a sender with a message in flight is passed over, so
+        // the rate is then at most the one asked for.
+        let legacy = self.shared.legacy;
         while self.owed >= 1.0 {
             self.owed -= 1.0;
             let s = self.next_sender % senders;
             self.next_sender += 1;
             if group {
-                if self.groups[s].id != 0 {
+                let g = &self.groups[s];
+                if g.id != 0 && (!legacy || g.pending.is_empty()) {
                     self.send_group(s);
                 }
-            } else if self.users[s].state == UserState::Ready {
-                self.send_chat(s);
+            } else {
+                let u = &self.users[s];
+                if u.state == UserState::Ready && (!legacy || u.in_flight == 0) {
+                    self.send_chat(s);
+                }
             }
         }
     }

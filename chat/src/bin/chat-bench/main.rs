@@ -8,6 +8,8 @@
 //! is measured end to end, sender to recipient.
 
 mod driver;
+mod probe;
+mod server_proc;
 mod stats;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -20,6 +22,7 @@ use clap::{Parser, ValueEnum};
 use serde_json::json;
 
 use driver::{Phase, Shared};
+use server_proc::{cpu_time, rss_kib, CpuTime};
 use stats::Stats;
 
 /// What to measure.
@@ -79,26 +82,31 @@ pub struct Args {
     /// Bytes of text per message (padded).
     #[arg(long, default_value_t = 32)]
     pub msg_size: usize,
-    /// The server's pid, to report its RSS per connection (idle scenario).
+    /// The server's pid: report its CPU time per delivered message (or login) and its
+    /// RSS per connection (idle scenario).
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Treat every target as the original C++ server without probing it (otherwise a
+    /// target that does not answer PING is taken for one). Toward a legacy target each
+    /// connection has at most one request in flight, and requests it never answers
+    /// (CREATE_GROUP, LOGINOUT, ADD_GROUP) are followed by a pause of --legacy-gap-ms.
+    #[arg(long)]
+    pub legacy: bool,
+    /// Pause after a request a legacy server never answers, before the next one. The
+    /// original runs its database calls on its IO threads, so under load it may not read
+    /// a connection for tens of milliseconds: two requests then reach it in one read,
+    /// and it drops the second.
+    #[arg(long, default_value_t = 100)]
+    pub legacy_gap_ms: u64,
+    /// Give up when setup makes no progress for this many seconds.
+    #[arg(long, default_value_t = 30.0)]
+    pub setup_timeout: f64,
     /// Write the JSON report here too.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
     /// Password of the users the bench registers.
     #[arg(long, default_value = "bench-pw")]
     pub password: String,
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 fn main() {
@@ -124,8 +132,16 @@ fn main() {
                 })
         })
         .collect();
+    let legacy = probe::probe_all(&targets, args.legacy);
+    if legacy && args.window > 1 {
+        eprintln!(
+            "chat-bench: legacy target: window {} lowered to 1",
+            args.window
+        );
+        args.window = 1;
+    }
     let rss_before = args.server_pid.and_then(rss_kib);
-    let shared = Arc::new(Shared::new(args.clone(), targets));
+    let shared = Arc::new(Shared::new(args.clone(), targets, legacy));
     let mut handles = Vec::new();
     let mut loops = Vec::new();
     for t in 0..args.threads {
@@ -142,7 +158,7 @@ fn main() {
 
     // Setup: register and log in everyone.
     let started = Instant::now();
-    wait_progress(&shared, "setup", |s| {
+    wait_progress(&shared, "setup", args.setup_timeout, |s| {
         let done = s.ready.load(Ordering::Relaxed) + s.failed.load(Ordering::Relaxed);
         (
             done >= args.users,
@@ -155,12 +171,16 @@ fn main() {
         "\nsetup: {} users ready in {setup_secs:.1}s ({failed} failed)",
         shared.ready.load(Ordering::Relaxed)
     );
+    if shared.ready.load(Ordering::Relaxed) == 0 {
+        eprintln!("chat-bench: no user could log in");
+        std::process::exit(1);
+    }
     if args.scenario == Scenario::Group {
         shared.set_phase(Phase::GroupSetup);
         for h in &loops {
             h.run_in_loop(|_| driver::with_driver(|d| d.setup_groups()));
         }
-        wait_progress(&shared, "groups", |s| {
+        wait_progress(&shared, "groups", args.setup_timeout, |s| {
             let done = s.groups_ready.load(Ordering::Relaxed);
             (
                 done >= args.groups,
@@ -168,7 +188,7 @@ fn main() {
             )
         });
         // Joins have no reply in the legacy protocol: give them a moment.
-        thread::sleep(Duration::from_millis(500));
+        thread::sleep(Duration::from_millis(500.max(2 * args.legacy_gap_ms)));
         eprintln!();
     }
     let rss_after_setup = args.server_pid.and_then(rss_kib);
@@ -179,6 +199,7 @@ fn main() {
     }
     thread::sleep(Duration::from_secs_f64(args.warmup));
     shared.set_phase(Phase::Measure);
+    let cpu_start = args.server_pid.and_then(cpu_time);
     let measure_start = Instant::now();
     let mut last_print = Instant::now();
     while measure_start.elapsed().as_secs_f64() < args.duration {
@@ -193,6 +214,11 @@ fn main() {
         }
     }
     let measured = measure_start.elapsed().as_secs_f64();
+    let cpu = args
+        .server_pid
+        .and_then(cpu_time)
+        .zip(cpu_start)
+        .map(|(end, start)| end.since(&start));
     shared.set_phase(Phase::Drain);
     thread::sleep(Duration::from_secs(2));
     let rss_end = args.server_pid.and_then(rss_kib);
@@ -222,11 +248,21 @@ fn main() {
         measured,
         (setup_secs, ready, failed),
         (rss_before, rss_after_setup, rss_end),
+        cpu,
     );
 }
 
-fn wait_progress(shared: &Shared, what: &str, f: impl Fn(&Shared) -> (bool, String)) {
+/// Waits until `f` says done, printing its progress line; exits the process when the
+/// line has not changed for `stall_secs` (a target that stopped answering).
+fn wait_progress(
+    shared: &Shared,
+    what: &str,
+    stall_secs: f64,
+    f: impl Fn(&Shared) -> (bool, String),
+) {
     let mut last = Instant::now() - Duration::from_secs(1);
+    let mut last_line = String::new();
+    let mut changed = Instant::now();
     loop {
         let (done, line) = f(shared);
         if last.elapsed() >= Duration::from_millis(500) || done {
@@ -236,18 +272,30 @@ fn wait_progress(shared: &Shared, what: &str, f: impl Fn(&Shared) -> (bool, Stri
         if done {
             return;
         }
+        if line != last_line {
+            last_line = line;
+            changed = Instant::now();
+        } else if changed.elapsed().as_secs_f64() >= stall_secs {
+            eprintln!(
+                "\nchat-bench: {what} stalled at {last_line}: no progress for {stall_secs} s \
+                 (is every target up and answering?)"
+            );
+            std::process::exit(1);
+        }
         thread::sleep(Duration::from_millis(20));
     }
 }
 
 /// Prints the table and the JSON. `setup` is (seconds, users ready, users failed);
-/// `rss` the server's RSS in KiB before setup, after it, and at the end.
+/// `rss` the server's RSS in KiB before setup, after it, and at the end; `cpu` the
+/// server's CPU time over the measured period.
 fn report(
     args: &Args,
     s: &Stats,
     secs: f64,
     setup: (f64, usize, usize),
     rss: (Option<u64>, Option<u64>, Option<u64>),
+    cpu: Option<CpuTime>,
 ) {
     let (setup_secs, ready, failed) = setup;
     let (rss_before, rss_after_setup, rss_end) = rss;
@@ -292,6 +340,20 @@ fn report(
             json!((after.saturating_sub(before) * 1024) as f64 / ready.max(1) as f64);
         report["connections_held"] = json!(ready);
     }
+    if let Some(cpu) = cpu {
+        // Per delivered message; per completed login in the login scenario.
+        let units = if args.scenario == Scenario::Login {
+            s.logins
+        } else {
+            s.delivered
+        };
+        let per = |us: u64| us as f64 / units.max(1) as f64;
+        report["server_cpu_user_us"] = json!(cpu.user_us);
+        report["server_cpu_sys_us"] = json!(cpu.sys_us);
+        report["server_cpu_us_per_unit"] = json!(per(cpu.total_us()));
+        report["server_cpu_sys_us_per_unit"] = json!(per(cpu.sys_us));
+        report["server_cpu_cores"] = json!(cpu.total_us() as f64 / (secs * 1e6));
+    }
     println!("scenario            {:?}", args.scenario);
     println!("users / threads     {} / {}", args.users, args.threads);
     println!("measured            {secs:.1} s (setup {setup_secs:.1} s, {failed} failed)");
@@ -324,6 +386,23 @@ fn report(
             s.quantile(0.99),
             s.quantile(0.999),
             report["latency"]["max_us"]
+        );
+    }
+    if args.scenario == Scenario::Idle {
+        if let Some(cores) = report["server_cpu_cores"].as_f64() {
+            println!("server CPU          {cores:.3} cores while idle");
+        }
+    } else if let Some(per) = report["server_cpu_us_per_unit"].as_f64() {
+        let f = |k: &str| report[k].as_f64().unwrap_or(0.0);
+        let unit = if args.scenario == Scenario::Login {
+            "login"
+        } else {
+            "delivered message"
+        };
+        println!(
+            "server CPU          {per:.2} µs per {unit} ({:.2} µs sys, {:.2} cores)",
+            f("server_cpu_sys_us_per_unit"),
+            f("server_cpu_cores")
         );
     }
     if let Some(per) = report.get("server_rss_bytes_per_connection") {

@@ -1,0 +1,270 @@
+//! The chat handlers: ONE_CHAT (on the IO loop's fast path when possible) and GROUP_CHAT,
+//! and the confirmation an opted-in sender asks for with a `cid` (protocol.md §4).
+//!
+//! The rule: a confirmation says what happened to the frame — delivered (written here or
+//! handed to the recipient's node) or stored for the next login — and is sent only after
+//! it happened, as the reply to that request, in request order.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::{ChatService, Result, ServiceError};
+use crate::protocol::{self, errno, msgid, FastChat, Parsed, ProtocolError, Request};
+use crate::router::{Fast, Outcome};
+use crate::session::{Job, Session, User};
+use crate::store::StoreError;
+use crate::timefmt;
+
+/// Where a chat went, for the sender's confirmation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Delivered {
+    /// Recipients reached live (here or through their node).
+    pub live: usize,
+    /// Recipients it was stored for.
+    pub stored: usize,
+}
+
+impl Delivered {
+    /// The outcome of a one-to-one frame that reached its recipient (or the store).
+    pub(crate) fn one(outcome: Outcome) -> Delivered {
+        let stored = usize::from(outcome == Outcome::Stored);
+        Delivered {
+            live: 1 - stored,
+            stored,
+        }
+    }
+}
+
+impl ChatService {
+    /// Handles a ONE_CHAT on the IO loop when that needs no blocking work: the
+    /// session has nothing queued (so order is kept), the sender is who it claims,
+    /// and the recipient is online on this node. Otherwise hands the request back
+    /// for the workers.
+    pub fn try_fast(&self, session: &Arc<Session>, parsed: Parsed) -> std::result::Result<(), Job> {
+        let Request::OneChat { id, toid, cid, .. } = &parsed.req else {
+            return Err(Job::Request(parsed));
+        };
+        let (id, toid, cid) = (*id, *toid, *cid);
+        let user = match session.user() {
+            Some(u) if u.id == id && session.is_idle() => u,
+            _ => return Err(Job::Request(parsed)),
+        };
+        let ext = parsed.ext;
+        let mut parsed = Some(parsed);
+        let sent = self.router.try_send_local(toid, || {
+            let Some(Parsed {
+                req: Request::OneChat { frame, .. },
+                ..
+            }) = parsed.take()
+            else {
+                unreachable!("checked above")
+            };
+            chat_text(frame, &user.name)
+        });
+        if ext && !matches!(sent, Fast::NotHere) {
+            session.set_ext();
+        }
+        match (sent, parsed) {
+            (Fast::Sent, _) => {
+                let d = Delivered::one(Outcome::Local);
+                self.confirm(session, msgid::ONE_CHAT, cid, d, ("toid", toid));
+                Ok(())
+            }
+            (Fast::Store(text), _) => Err(Job::Route {
+                to: toid,
+                text,
+                cid,
+            }),
+            (Fast::NotHere, Some(parsed)) => Err(Job::Request(parsed)),
+            (Fast::NotHere, None) => unreachable!("the text is built only when sent"),
+        }
+    }
+
+    /// [`Self::try_fast`] for a chat frame read without a `Value`: `None` when this path
+    /// cannot take it (then the caller parses it in full), else what `try_fast` gives.
+    pub fn try_fast_chat(
+        &self,
+        session: &Arc<Session>,
+        chat: &FastChat,
+    ) -> Option<std::result::Result<(), Job>> {
+        let user = match session.user() {
+            Some(u) if u.id == chat.id && session.is_idle() => u,
+            _ => return None,
+        };
+        match self
+            .router
+            .try_send_local(chat.toid, || chat.delivery_text(&user.name, timefmt::now))
+        {
+            Fast::Sent => Some(Ok(())),
+            Fast::Store(text) => Some(Err(Job::Route {
+                to: chat.toid,
+                text,
+                cid: None,
+            })),
+            Fast::NotHere => None,
+        }
+    }
+
+    /// Routes a frame the fast path could not deliver after all, and confirms it.
+    pub(super) fn route_again(&self, session: &Session, to: i64, text: &str, cid: Option<i64>) {
+        match self.router.send_one(to, text) {
+            Ok(outcome) => {
+                let d = Delivered::one(outcome);
+                self.confirm(session, msgid::ONE_CHAT, cid, d, ("toid", to));
+            }
+            Err(e) => {
+                log::error!("lost a frame for {to}: {e}");
+                // The sender asked to know: tell it the frame did not get through.
+                if cid.is_some() {
+                    let e = ProtocolError::unavailable(msgid::ONE_CHAT);
+                    self.send_error(session, &e);
+                }
+            }
+        }
+    }
+
+    pub(super) fn one_chat(&self, session: &Arc<Session>, parsed: Parsed) -> Result<()> {
+        let Request::OneChat {
+            toid, cid, frame, ..
+        } = parsed.req
+        else {
+            unreachable!("handler registered for ONE_CHAT")
+        };
+        let user = sender(session, parsed.msgid)?;
+        let text = chat_text(frame, &user.name);
+        let outcome = self.router.send_one(toid, &text)?;
+        if outcome == Outcome::NoSuchUser {
+            let mut extra = vec![("toid", Value::from(toid))];
+            extra.extend(cid.map(|c| ("cid", Value::from(c))));
+            self.ack(
+                session,
+                msgid::ONE_CHAT,
+                errno::NO_SUCH_USER,
+                &format!("no such user {toid}"),
+                &extra,
+            );
+        } else {
+            let d = Delivered::one(outcome);
+            self.confirm(session, msgid::ONE_CHAT, cid, d, ("toid", toid));
+        }
+        Ok(())
+    }
+
+    pub(super) fn group_chat(&self, session: &Arc<Session>, parsed: Parsed) -> Result<()> {
+        let Request::GroupChat {
+            id,
+            groupid,
+            cid,
+            frame,
+            ..
+        } = parsed.req
+        else {
+            unreachable!("handler registered for GROUP_CHAT")
+        };
+        let user = sender(session, parsed.msgid)?;
+        let mut extra = vec![("groupid", Value::from(groupid))];
+        extra.extend(cid.map(|c| ("cid", Value::from(c))));
+        let Some(members) = self.group_members(groupid)? else {
+            let msg = format!("no such group {groupid}");
+            self.ack(
+                session,
+                msgid::GROUP_CHAT,
+                errno::NO_SUCH_GROUP,
+                &msg,
+                &extra,
+            );
+            return Ok(());
+        };
+        if !members.contains(&id) {
+            let msg = format!("you are not in group {groupid}");
+            self.ack(session, msgid::GROUP_CHAT, errno::NOT_MEMBER, &msg, &extra);
+            return Ok(());
+        }
+        let others: Vec<i64> = members.iter().copied().filter(|&m| m != id).collect();
+        let text = chat_text(frame, &user.name);
+        let stored = self.router.send_many(&others, &text)?;
+        let delivered = Delivered {
+            live: others.len() - stored,
+            stored,
+        };
+        self.confirm(
+            session,
+            msgid::GROUP_CHAT,
+            cid,
+            delivered,
+            ("groupid", groupid),
+        );
+        Ok(())
+    }
+
+    /// The ACK errno 0 for a chat sent with a `cid` by an opted-in client:
+    /// `"delivered"` and `"stored"` count its recipients each way; `target` is the
+    /// `toid` or `groupid` that failure ACKs carry too.
+    fn confirm(
+        &self,
+        session: &Session,
+        reqmsgid: i64,
+        cid: Option<i64>,
+        d: Delivered,
+        target: (&str, i64),
+    ) {
+        let Some(cid) = cid else { return };
+        let errmsg = match (d.live, d.stored) {
+            (_, 0) => "delivered",
+            (0, _) => "stored for later",
+            _ => "delivered, and stored for those offline",
+        };
+        let extra = [
+            ("cid", Value::from(cid)),
+            ("delivered", Value::from(d.live)),
+            ("stored", Value::from(d.stored)),
+            (target.0, Value::from(target.1)),
+        ];
+        self.ack(session, reqmsgid, errno::OK, errmsg, &extra);
+    }
+
+    /// A group's member ids, from the cache or the store; `None` if no such group.
+    fn group_members(&self, group: i64) -> std::result::Result<Option<Arc<Vec<i64>>>, StoreError> {
+        if let Some(m) = self.members.get(group) {
+            return Ok(Some(m));
+        }
+        let epoch = self.members.begin();
+        let Some(mut members) = self.store.group_members(group)? else {
+            return Ok(None);
+        };
+        members.sort_unstable();
+        let members = Arc::new(members);
+        self.members.insert(group, members.clone(), epoch);
+        Ok(Some(members))
+    }
+
+    /// Drops a group from the member cache, here and on every other node.
+    pub(super) fn invalidate_group(&self, group: i64) {
+        self.members.invalidate(group);
+        if let Some(bus) = self.bus() {
+            if let Err(e) = bus.broadcast_invalidate(group) {
+                log::warn!("group {group}: other nodes keep a stale member list: {e}");
+            }
+        }
+    }
+}
+
+/// The chat's sender: the session's user, who may have been signed out by the node
+/// between dispatch and here (a lost claim).
+fn sender(session: &Session, msgid: i64) -> Result<Arc<User>> {
+    session
+        .user()
+        .ok_or_else(|| ServiceError::Protocol(ProtocolError::not_logged_in(msgid)))
+}
+
+/// The JSON text of a chat frame as recipients get it (see `protocol::delivery_frame`).
+fn chat_text(frame: serde_json::Map<String, Value>, sender_name: &str) -> String {
+    let fallback = if frame.contains_key("time") {
+        String::new()
+    } else {
+        timefmt::now()
+    };
+    let out = protocol::delivery_frame(frame, sender_name, &fallback);
+    serde_json::to_string(&out).expect("a Value always serialises")
+}
