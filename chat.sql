@@ -84,3 +84,12 @@ CREATE TABLE IF NOT EXISTS friendrequest (
   PRIMARY KEY (fromid, toid),
   KEY toid (toid)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- Resume tokens (ours): a hash of each user's current token and its expiry (Unix
+-- seconds); RESUME (msgid 17) logs in with the token instead of the password.
+CREATE TABLE IF NOT EXISTS resumetoken (
+  userid INT NOT NULL,
+  hash BINARY(32) NOT NULL,
+  expires BIGINT NOT NULL,
+  PRIMARY KEY (userid)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

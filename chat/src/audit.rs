@@ -27,6 +27,8 @@ pub enum End {
     ProtocolError,
     /// An operator kicked the user.
     Kicked,
+    /// A newer session of the user resumed and took over.
+    Replaced,
 }
 
 impl End {
@@ -37,6 +39,7 @@ impl End {
             End::Shutdown => "shutdown",
             End::ProtocolError => "protocol-error",
             End::Kicked => "kicked",
+            End::Replaced => "replaced",
         }
     }
 }

@@ -81,6 +81,9 @@ pub struct Config {
     /// The old name of `CHAT_LOGIN_TIMEOUT_SECS`.
     #[arg(long = "login-timeout", env = "CHAT_LOGIN_TIMEOUT", hide = true)]
     pub login_timeout_old: Option<u64>,
+    /// Seconds a resume token stays valid after it was issued (RESUME, msgid 17).
+    #[arg(long, env = "CHAT_RESUME_TTL_SECS", default_value_t = 86_400)]
+    pub resume_ttl_secs: u64,
     /// Requests per second one connection may send; more get error 109 (0: no limit).
     #[arg(long, env = "CHAT_RATE", default_value_t = 1000)]
     pub rate: u32,
@@ -223,6 +226,7 @@ impl Config {
                 self.workers
             },
             frame_limit: self.frame_limit,
+            resume_ttl: std::time::Duration::from_secs(self.resume_ttl_secs.max(1)),
             limits: Limits {
                 max_connections: self.max_connections,
                 login_timeout: std::time::Duration::from_secs(login_timeout),

@@ -26,6 +26,7 @@ pub mod member_cache;
 pub mod outflow;
 pub mod password;
 pub mod protocol;
+pub mod resume_token;
 pub mod router;
 pub mod server;
 pub mod server_thread;

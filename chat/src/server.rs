@@ -31,6 +31,8 @@ pub struct ServerOptions {
     pub frame_limit: usize,
     /// Redis bus settings: set, the server runs as a cluster node.
     pub bus: Option<BusConfig>,
+    /// How long a resume token stays valid (see `docs/protocol.md`, RESUME).
+    pub resume_ttl: Duration,
     /// Connection limits.
     pub limits: Limits,
     /// Bounds of each recipient's offline store.
@@ -52,6 +54,7 @@ impl Default for ServerOptions {
             workers: 4,
             frame_limit: codec::DEFAULT_FRAME_LIMIT,
             bus: None,
+            resume_ttl: crate::service::DEFAULT_RESUME_TTL,
             limits: Limits::default(),
             offline: OfflineLimits::default(),
             throttle: ThrottleConfig::default(),
@@ -86,13 +89,15 @@ impl ChatServer {
             Some(cfg) => Some(Bus::connect(cfg.clone()).map_err(io::Error::other)?),
             None => None,
         };
-        let service = Arc::new(ChatService::new(
+        let mut service = ChatService::new(
             store,
             bus.clone(),
             opts.offline,
             opts.throttle.clone(),
             &opts.history,
-        ));
+        );
+        service.set_resume_ttl(opts.resume_ttl);
+        let service = Arc::new(service);
         let bus_threads = match &bus {
             Some(bus) => Some(bus.spawn(service.clone() as Arc<dyn BusHandler>)?),
             None => None,

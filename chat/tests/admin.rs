@@ -181,6 +181,23 @@ fn admin_routes_need_the_token() {
     drop(u);
 }
 
+/// A kick revokes the user's resume token: the kicked client cannot simply resume.
+#[test]
+fn kick_revokes_the_resume_token() {
+    let _ = chat::password::set_cost(1024, 1);
+    let b = Backend::sqlite();
+    let srv = b.start_with(with_admin(Some(TOKEN), None));
+    let mut u = User::register(srv.addr(), "rita");
+    u.c.send(&json!({"ext": 1, "id": u.id, "msgid": 1, "password": u.pw}));
+    let token = u.c.expect_msgid(2)["token"].as_str().unwrap().to_owned();
+    let kick = format!("/admin/users/{}/kick", u.id);
+    assert_eq!(http(admin(&srv), "POST", &kick, Some(TOKEN)).0, 200);
+    u.c.expect_error(135, None);
+    let mut c = Client::connect(srv.addr());
+    c.send(&json!({"ext": 1, "id": u.id, "msgid": 17, "token": token}));
+    assert_eq!(c.expect_msgid(18)["errno"], 120);
+}
+
 /// A kick sent to node 1 for a user on node 2 goes through the bus: the user gets
 /// the error frame (errno 135), then the connection closes; the node lists and the
 /// cluster's user list show where everyone is.

@@ -469,6 +469,10 @@ pub fn check_parse_request(v: Value) -> Result<Parsed, ProtocolError> {
                     check_field_error(&v, e);
                     wire_msgid
                 }
+                errno::RESUME_NEEDS_EXT => {
+                    assert_eq!(wire_msgid, Some(msgid::RESUME));
+                    wire_msgid
+                }
                 other => panic!("parse_request gave errno {other}: {e}"),
             };
             check_error(e, expected_msgid);
@@ -478,8 +482,8 @@ pub fn check_parse_request(v: Value) -> Result<Parsed, ProtocolError> {
     result
 }
 
-/// The msgids a client may send (protocol.md §2 plus PING).
-const CLIENT_MSGIDS: [i64; 10] = [
+/// The msgids a client may send (protocol.md §2 plus PING, CONTACTS and RESUME).
+const CLIENT_MSGIDS: [i64; 11] = [
     msgid::LOGIN,
     msgid::LOGINOUT,
     msgid::REG,
@@ -490,6 +494,7 @@ const CLIENT_MSGIDS: [i64; 10] = [
     msgid::GROUP_CHAT,
     msgid::PING,
     msgid::CONTACTS,
+    msgid::RESUME,
 ];
 
 /// A `MISSING_FIELD` or `BAD_FIELD` error must name (in double quotes, as its first quoted
@@ -628,6 +633,11 @@ fn check_request(v: &Value, p: &Parsed) {
             );
         }
         Request::Logout { id } => assert_eq!(*id, id_of(v, "id")),
+        Request::Resume { id, token } => {
+            assert!(ext, "RESUME without ext accepted");
+            assert_eq!(*id, id_of(v, "id"));
+            assert_eq!(token, str_of(v, "token", 1, protocol::TOKEN_MAX_CHARS));
+        }
         Request::Reg { name, password } => {
             assert_eq!(name, str_of(v, "name", 1, protocol::NAME_MAX_CHARS));
             assert_eq!(
@@ -699,7 +709,10 @@ fn check_request(v: &Value, p: &Parsed) {
     }
     match p.req.acting_id() {
         Some(id) => assert_eq!(id, id_of(v, "id")),
-        None => assert!(matches!(p.msgid, msgid::LOGIN | msgid::REG | msgid::PING)),
+        None => assert!(matches!(
+            p.msgid,
+            msgid::LOGIN | msgid::REG | msgid::PING | msgid::RESUME
+        )),
     }
 }
 

@@ -140,4 +140,10 @@ impl Bus {
     pub fn publish_kick(&self, node: &str, user: i64) -> Result<(), BusError> {
         self.broadcast(json!({"t": "kick", "u": user, "n": node}).to_string())
     }
+
+    /// Tells `node` that a newer session of `user` took over (RESUME): it closes
+    /// its session with the "replaced" notice, and keeps its hands off presence.
+    pub fn publish_replaced(&self, node: &str, user: i64) -> Result<(), BusError> {
+        self.broadcast(json!({"t": "kick", "u": user, "n": node, "r": 1}).to_string())
+    }
 }

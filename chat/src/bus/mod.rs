@@ -106,6 +106,9 @@ pub enum Claim {
     Claimed,
     /// Another live node has the user.
     Taken(String),
+    /// The user is now online on this node, taken over from this live node (or a
+    /// node killed less than a TTL ago), which must close its session ([`Bus::take_over`]).
+    Replaced(String),
     /// The user was on this dead node, whose stream still holds frames: drain it
     /// ([`Bus::drain_node`]), then claim again.
     Orphaned(String),
@@ -154,12 +157,15 @@ pub enum BusMessage {
         /// The frame's JSON text.
         frame: String,
     },
-    /// An operator kicked `user`, who is on `node`: that node disconnects them.
+    /// An operator kicked `user`, who is on `node`, or a newer session of the user
+    /// took over (`replaced`): that node disconnects them.
     Kick {
         /// The user.
         user: i64,
         /// The node that should hold the user.
         node: String,
+        /// A RESUME elsewhere replaced the session (not an operator's kick).
+        replaced: bool,
     },
 }
 
@@ -430,6 +436,17 @@ impl Bus {
 
     /// Claims `uid` for this node unless another live node has it.
     pub fn claim(&self, uid: i64) -> Result<Claim, BusError> {
+        self.claim_as(uid, false)
+    }
+
+    /// Claims `uid` for this node even from another live node (RESUME: the newer
+    /// session wins; the caller tells that node to close its session). A dead
+    /// node's undrained stream still comes first ([`Claim::Orphaned`]).
+    pub fn take_over(&self, uid: i64) -> Result<Claim, BusError> {
+        self.claim_as(uid, true)
+    }
+
+    fn claim_as(&self, uid: i64, take_over: bool) -> Result<Claim, BusError> {
         let owner: String = self.with_replicated(|c| {
             self.scripts
                 .claim
@@ -439,10 +456,14 @@ impl Bus {
                 .arg(&self.cfg.node_id)
                 .arg(&self.keys.node_prefix)
                 .arg(&self.keys.queue_prefix)
+                .arg(if take_over { "1" } else { "0" })
+                .arg(format!("{}nodeusers:", self.keys.prefix_colon))
                 .invoke(c)
         })?;
         Ok(if owner.is_empty() {
             Claim::Claimed
+        } else if let Some(from) = owner.strip_prefix('=') {
+            Claim::Replaced(from.to_owned())
         } else if let Some(dead) = owner.strip_prefix('!') {
             Claim::Orphaned(dead.to_owned())
         } else {

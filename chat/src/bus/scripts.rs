@@ -31,24 +31,31 @@ end
     };
 }
 
-/// Claims a user for this node unless another live node has it.
-/// KEYS: online, nodeusers:me. ARGV: uid, me, node-key prefix, queue prefix.
-/// Returns "" on success, the node that has the user, or "!" and a dead node whose
-/// stream still exists (it may hold undelivered frames): the caller drains it, then
-/// claims again (so they are stored before this login takes its offline messages).
+/// Claims a user for this node unless another live node has it — or, with the
+/// take-over flag (RESUME), from that node too.
+/// KEYS: online, nodeusers:me. ARGV: uid, me, node-key prefix, queue prefix,
+/// take-over flag ("1" or "0"), node-users prefix.
+/// Returns "" on success, the node that has the user, "=" and the live node it was
+/// taken from (take-over), or "!" and a dead node whose stream still exists (it may
+/// hold undelivered frames): the caller drains it, then claims again (so they are
+/// stored before this login takes its offline messages).
 pub const CLAIM: &str = r"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local from = ''
 if cur and cur ~= ARGV[2] then
   if redis.call('EXISTS', ARGV[3] .. cur) == 1 then
-    return cur
-  end
-  if redis.call('EXISTS', ARGV[4] .. cur) == 1 then
+    if ARGV[5] ~= '1' then
+      return cur
+    end
+    redis.call('SREM', ARGV[6] .. cur, ARGV[1])
+    from = '=' .. cur
+  elseif redis.call('EXISTS', ARGV[4] .. cur) == 1 then
     return '!' .. cur
   end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[1])
-return ''
+return from
 ";
 
 /// Releases a user if this node holds it. KEYS: online, nodeusers:me. ARGV: uid, me.

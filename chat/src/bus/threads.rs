@@ -315,6 +315,7 @@ pub fn parse_message(payload: &[u8]) -> Option<BusMessage> {
         "kick" => Some(BusMessage::Kick {
             user: v.get("u")?.as_i64()?,
             node: v.get("n")?.as_str()?.to_owned(),
+            replaced: v.get("r").and_then(Value::as_i64) == Some(1),
         }),
         _ => None,
     }
@@ -344,7 +345,16 @@ mod tests {
             parse_message(br#"{"t":"kick","u":7,"n":"n1"}"#),
             Some(BusMessage::Kick {
                 user: 7,
-                node: "n1".into()
+                node: "n1".into(),
+                replaced: false,
+            })
+        );
+        assert_eq!(
+            parse_message(br#"{"t":"kick","u":7,"n":"n1","r":1}"#),
+            Some(BusMessage::Kick {
+                user: 7,
+                node: "n1".into(),
+                replaced: true,
             })
         );
         assert_eq!(parse_message(br#"{"t":"x"}"#), None);

@@ -77,6 +77,10 @@ pub mod msgid {
     pub const CONTACTS: i64 = 15;
     /// Ours, server → client: the answer to [`CONTACTS`], shaped as LOGIN_ACK's lists.
     pub const CONTACTS_ACK: i64 = 16;
+    /// Ours, client → server (ext only): log in again with a resume token.
+    pub const RESUME: i64 = 17;
+    /// Ours, server → client: the answer to [`RESUME`] (a LOGIN_ACK's shape).
+    pub const RESUME_ACK: i64 = 18;
 
     /// The symbolic name of a msgid, for logs; `None` for ids outside the table.
     pub fn name(id: i64) -> Option<&'static str> {
@@ -112,6 +116,8 @@ pub mod msgid {
             GROUP_REMOVED_NOTICE => "GROUP_REMOVED_NOTICE",
             CONTACTS => "CONTACTS",
             CONTACTS_ACK => "CONTACTS_ACK",
+            RESUME => "RESUME",
+            RESUME_ACK => "RESUME_ACK",
             _ => return None,
         })
     }
@@ -159,6 +165,13 @@ pub mod errno {
     /// LOGIN of an account locked after too many failed attempts (a LOGIN_ACK with
     /// `retryafter`, to opted-in clients; legacy clients get errno 1).
     pub const LOGIN_THROTTLED: i64 = 114;
+    /// RESUME with a token that is forged, expired, rotated or revoked (which one
+    /// is never said).
+    pub const BAD_TOKEN: i64 = 120;
+    /// A newer session of the same user resumed; this connection is closed.
+    pub const REPLACED: i64 = 121;
+    /// RESUME without `"ext":1` (legacy clients cannot resume).
+    pub const RESUME_NEEDS_EXT: i64 = 122;
     /// An operator disconnected the user (admin kick); the connection is closed.
     pub const KICKED: i64 = 135;
 
@@ -367,6 +380,13 @@ pub enum Request {
         /// The asking user.
         id: i64,
     },
+    /// RESUME (17), ext only: log in as `id` with the token of an earlier session.
+    Resume {
+        /// The user id to log in as.
+        id: i64,
+        /// The resume token the last LOGIN_ACK or RESUME_ACK gave.
+        token: String,
+    },
 }
 
 impl Request {
@@ -384,6 +404,7 @@ impl Request {
             Request::Ping => msgid::PING,
             Request::Social { req, .. } => req.msgid(),
             Request::Contacts { .. } => msgid::CONTACTS,
+            Request::Resume { .. } => msgid::RESUME,
         }
     }
 
@@ -399,7 +420,10 @@ impl Request {
             | Request::GroupChat { id, .. }
             | Request::Social { id, .. }
             | Request::Contacts { id } => Some(*id),
-            Request::Login { .. } | Request::Reg { .. } | Request::Ping => None,
+            Request::Login { .. }
+            | Request::Reg { .. }
+            | Request::Ping
+            | Request::Resume { .. } => None,
         }
     }
 }
@@ -511,13 +535,23 @@ pub fn parse_request(v: Value) -> Result<Parsed, ProtocolError> {
             req: social::parse(&f)?,
         },
         msgid::CONTACTS => Request::Contacts { id: f.id("id")? },
+        msgid::RESUME if !ext => {
+            return Err(
+                ProtocolError::new(errno::RESUME_NEEDS_EXT, "RESUME needs \"ext\":1")
+                    .with_msgid(msgid),
+            )
+        }
+        msgid::RESUME => Request::Resume {
+            id: f.id("id")?,
+            token: f.string("token", 1, TOKEN_MAX_CHARS)?,
+        },
         other => return Err(unknown_msgid(other)),
     };
     Ok(Parsed { req, ext, msgid })
 }
 
 /// The msgids a client may send.
-const REQUEST_MSGIDS: [i64; 10] = [
+const REQUEST_MSGIDS: [i64; 11] = [
     msgid::LOGIN,
     msgid::LOGINOUT,
     msgid::REG,
@@ -528,7 +562,11 @@ const REQUEST_MSGIDS: [i64; 10] = [
     msgid::GROUP_CHAT,
     msgid::PING,
     msgid::CONTACTS,
+    msgid::RESUME,
 ];
+
+/// Longest resume token accepted (ours are 64 hex characters).
+pub const TOKEN_MAX_CHARS: usize = 128;
 
 /// [`errno::UNKNOWN_MSGID`] for `id`, naming a server-only msgid as such.
 fn unknown_msgid(id: i64) -> ProtocolError {

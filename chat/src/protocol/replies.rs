@@ -218,6 +218,18 @@ pub fn login_ok(
     v
 }
 
+/// Adds a resume token and its lifetime in seconds to an ext LOGIN_ACK or a
+/// RESUME_ACK: `"token":"…","tokenttl":N`.
+pub fn add_token(ack: &mut Value, token: &str, ttl_secs: u64) {
+    ack["token"] = Value::from(token);
+    ack["tokenttl"] = Value::from(ttl_secs);
+}
+
+/// A refused RESUME: `{"errmsg":..,"errno":..,"msgid":18}`.
+pub fn resume_err(errno: i64, errmsg: &str) -> Value {
+    json!({"errmsg": errmsg, "errno": errno, "msgid": msgid::RESUME_ACK})
+}
+
 /// A failed LOGIN_ACK: `{"errmsg":..,"errno":..,"msgid":2}`. Legacy pairs are
 /// ([`errno::INVALID_CREDENTIALS`], [`MSG_INVALID_CREDENTIALS`]) and
 /// ([`errno::ALREADY_ONLINE`], [`MSG_ALREADY_ONLINE`]).

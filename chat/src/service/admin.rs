@@ -39,18 +39,39 @@ impl ChatService {
     /// Disconnects `user` if online on this node: an ERROR frame with errno 135,
     /// then the sign-out and the close. False if the user is not here.
     pub fn kick_here(&self, user: i64) -> bool {
+        self.end_here(
+            user,
+            errno::KICKED,
+            "disconnected by an operator",
+            End::Kicked,
+        )
+    }
+
+    /// Closes `user`'s session here because a newer one resumed: an ERROR frame
+    /// with errno 121, then the sign-out (which leaves the new claim alone) and the
+    /// close. False if the user is not here.
+    pub(super) fn replace_here(&self, user: i64) -> bool {
+        let msg = "replaced by a newer session of this user";
+        self.end_here(user, errno::REPLACED, msg, End::Replaced)
+    }
+
+    /// Ends `user`'s session here with an ERROR frame (`code`, `msg`).
+    fn end_here(&self, user: i64, code: i64, msg: &str, how: End) -> bool {
         let Some(session) = self.hub().get(user) else {
             return false;
         };
-        let e = ProtocolError::new(errno::KICKED, "disconnected by an operator");
-        let frame = protocol::encode(&protocol::error(&e));
+        let frame = protocol::encode(&protocol::error(&ProtocolError::new(code, msg)));
         let session: Arc<_> = session;
-        close_after(&session, frame, || self.sign_out(&session, End::Kicked));
+        close_after(&session, frame, || self.sign_out(&session, how));
         true
     }
 
     /// Disconnects `user` here, or (in a cluster) tells the node that has them.
+    /// Their resume token is revoked first, so the client cannot simply resume.
     pub fn kick(&self, user: i64) -> Result<Kick, BusError> {
+        if let Err(e) = self.store().revoke_resume_token(user) {
+            log::error!("kick of user {user}: resume token not revoked: {e}");
+        }
         if self.kick_here(user) {
             return Ok(Kick::Here);
         }

@@ -74,8 +74,8 @@ impl ChatService {
                 return true;
             };
             match bus.claim(id) {
-                Ok(Claim::Claimed) => {
-                    // What was stored for the user while Redis did not know it was
+                Ok(Claim::Claimed | Claim::Replaced(_)) => {
+                    // (`claim` never replaces.) What was stored for the user while Redis did not know it was
                     // here goes out now, under the lock, before any new frame.
                     self.router.flush_session(id, &session);
                     return true;
@@ -179,8 +179,20 @@ impl BusHandler for ChatService {
                 self.notify_here(&to, &frame);
                 Ok(())
             }
-            BusMessage::Kick { user, node } => {
-                if self.bus().is_some_and(|b| b.node_id() == node) && !self.kick_here(user) {
+            BusMessage::Kick {
+                user,
+                node,
+                replaced,
+            } => {
+                if self.bus().is_none_or(|b| b.node_id() != node) {
+                    return Ok(());
+                }
+                let done = if replaced {
+                    self.replace_here(user)
+                } else {
+                    self.kick_here(user)
+                };
+                if !done {
                     log::info!("kick of user {user}: not online here");
                 }
                 Ok(())

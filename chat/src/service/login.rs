@@ -20,6 +20,14 @@ use crate::protocol::{
 use crate::session::{PasswordCheck, Session, User};
 use crate::store::StoreError;
 
+/// How a session enters ([`ChatService::enter`]).
+pub(super) enum Entry {
+    /// By LOGIN: refused while the user is online elsewhere.
+    Login,
+    /// By RESUME, with the freshly rotated token: takes over from any older session.
+    Resume(String),
+}
+
 impl ChatService {
     /// LOGIN, first half: refuse a locked account, count the attempt, read the user,
     /// and hand the password check to the hasher (the strand waits for it).
@@ -66,8 +74,20 @@ impl ChatService {
         verified: Verified,
     ) -> Result<()> {
         let id = check.id;
+        let outcome = self.try_login(session, check, verified);
+        self.count_login(session, id, outcome)
+    }
+
+    /// Counts (and audits) a LOGIN's or RESUME's outcome: `Ok(None)` logged in,
+    /// `Ok(Some(reason))` refused; a store error is passed on for the reply.
+    pub(super) fn count_login(
+        &self,
+        session: &Session,
+        id: i64,
+        outcome: Result<Option<&'static str>>,
+    ) -> Result<()> {
         let stats = session.stats();
-        match self.try_login(session, check, verified) {
+        match outcome {
             Ok(None) => stats.login_ok(id, session.peer),
             Ok(Some(why)) => stats.login_failed(id, session.peer, why),
             Err(ServiceError::Store(e)) => {
@@ -104,25 +124,63 @@ impl ChatService {
         };
         self.throttle.succeeded(id);
 
-        // Claim the user and take its offline messages under the user's shard lock.
+        self.enter(session, id, &row.name, Entry::Login)
+    }
+
+    /// Claims `id` for the session (hub, cluster presence) and takes its offline
+    /// messages, under the user's shard lock, then sends the ACK: LOGIN_ACK, or
+    /// RESUME_ACK when resuming. An ext session gets a resume token in it.
+    /// `Ok(Some(reason))` when refused with a reply sent.
+    pub(super) fn enter(
+        &self,
+        session: &Arc<Session>,
+        id: i64,
+        name: &str,
+        entry: Entry,
+    ) -> Result<Option<&'static str>> {
+        let resume = matches!(entry, Entry::Resume(_));
+        let ack_msgid = if resume { msgid::RESUME } else { msgid::LOGIN };
+        let already = || {
+            protocol::encode(&protocol::login_err(
+                errno::ALREADY_ONLINE,
+                protocol::MSG_ALREADY_ONLINE,
+            ))
+        };
         let mut drains = 0;
+        let mut replaced = 0;
         let offline = loop {
             let mut shard = self.hub().lock(id);
-            let already = || {
-                protocol::encode(&protocol::login_err(
-                    errno::ALREADY_ONLINE,
-                    protocol::MSG_ALREADY_ONLINE,
-                ))
-            };
-            if shard.contains_key(&id) {
+            if let Some(old) = shard.get(&id).cloned() {
                 drop(shard);
-                session.reply(already());
-                return Ok(Some("already-online"));
+                if !resume {
+                    session.reply(already());
+                    return Ok(Some("already-online"));
+                }
+                // A live older session here: it gets the notice and is signed out
+                // (outside the lock, which the sign-out takes); then claim.
+                replaced += 1;
+                if replaced > 3 || !self.replace_here(id) {
+                    log::debug!("user {id}: session {} not replaced yet", old.id());
+                    self.send_unavailable(session, ack_msgid);
+                    return Ok(Some("unavailable"));
+                }
+                continue;
             }
             if let Some(bus) = self.bus() {
-                match bus.claim(id) {
+                let claim = if resume {
+                    bus.take_over(id)
+                } else {
+                    bus.claim(id)
+                };
+                match claim {
                     Ok(Claim::Claimed) => {
                         self.unreleased.lock().remove(&id);
+                    }
+                    Ok(Claim::Replaced(node)) => {
+                        self.unreleased.lock().remove(&id);
+                        if let Err(e) = bus.publish_replaced(&node, id) {
+                            log::warn!("user {id}: node {node} not told of the take-over: {e}");
+                        }
                     }
                     Ok(Claim::Orphaned(node)) => {
                         // The user was on a dead node whose undelivered frames are
@@ -134,7 +192,7 @@ impl ChatService {
                             // Another drain is at it (a worker never waits for
                             // one: after a crash all of the node's users come
                             // back at once), or Redis failed: try again shortly.
-                            self.send_unavailable(session, msgid::LOGIN);
+                            self.send_unavailable(session, ack_msgid);
                             return Ok(Some("unavailable"));
                         }
                         continue;
@@ -148,7 +206,7 @@ impl ChatService {
                     Err(e) => {
                         drop(shard);
                         log::warn!("login {id}: {e}");
-                        self.send_unavailable(session, msgid::LOGIN);
+                        self.send_unavailable(session, ack_msgid);
                         return Ok(Some("unavailable"));
                     }
                 }
@@ -181,19 +239,30 @@ impl ChatService {
         };
         session.set_user(Some(User {
             id,
-            name: row.name.clone(),
+            name: name.to_owned(),
         }));
         if let Err(e) = self.store.set_state(id, true) {
             log::warn!("user {id}: state column not updated: {e}");
         }
-        let ack = match self.login_view(id) {
-            Ok((friends, groups)) => protocol::login_ok(id, &row.name, &friends, &groups, &offline),
+        let mut ack = match self.login_view(id) {
+            Ok((friends, groups)) => protocol::login_ok(id, name, &friends, &groups, &offline),
             Err(e) => {
                 // The messages were taken: deliver them rather than lose them.
                 log::warn!("user {id}: friends/groups not loaded: {e}");
-                protocol::login_ok(id, &row.name, &[], &[], &offline)
+                protocol::login_ok(id, name, &[], &[], &offline)
             }
         };
+        let token = match entry {
+            Entry::Resume(token) => Some(token),
+            Entry::Login if session.ext() => self.grant_token(id),
+            Entry::Login => None,
+        };
+        if let Some(token) = token {
+            protocol::add_token(&mut ack, &token, self.resume_ttl.as_secs());
+        }
+        if resume {
+            ack["msgid"] = msgid::RESUME_ACK.into();
+        }
         if let Err(held) = session.release(Some(protocol::encode(&ack))) {
             // The connection closed while the login ran: the ACK (with the offline
             // messages in it) and what was held cannot be delivered; store them
@@ -209,7 +278,7 @@ impl ChatService {
             self.sign_out(session, End::Closed);
             return Ok(Some("closed"));
         }
-        self.announce(id, &row.name, true);
+        self.announce(id, name, true);
         Ok(None)
     }
 
@@ -257,8 +326,13 @@ impl ChatService {
     }
 
     pub(super) fn logout(&self, session: &Arc<Session>, _parsed: Parsed) -> Result<()> {
+        let user = session.user();
         self.sign_out(session, End::Logout);
         session.forget_last_user();
+        if let Some(user) = user {
+            // A logout ends the session for good: its token no longer resumes it.
+            self.store.revoke_resume_token(user.id)?;
+        }
         self.ack(session, msgid::LOGINOUT, errno::OK, "logged out", &[]);
         Ok(())
     }

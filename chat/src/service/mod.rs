@@ -16,9 +16,13 @@ mod social;
 pub use history::{HistoryOptions, HistoryWriter};
 mod contacts;
 mod login;
+mod resume;
 pub mod throttle;
 
 pub use admin::Kick;
+
+/// How long a resume token stays valid unless configured (one day).
+pub const DEFAULT_RESUME_TTL: Duration = Duration::from_secs(86_400);
 
 use crate::audit::End;
 use crate::bus::Bus;
@@ -80,6 +84,8 @@ pub struct ChatService {
     stats: Arc<Stats>,
     /// Failed logins per account (cluster-wide through the bus).
     throttle: LoginThrottle,
+    /// How long a resume token stays valid after it was issued.
+    resume_ttl: Duration,
 }
 
 impl ChatService {
@@ -106,6 +112,7 @@ impl ChatService {
             handlers.insert(id, ChatService::social);
         }
         handlers.insert(msgid::CONTACTS, ChatService::contacts);
+        handlers.insert(msgid::RESUME, ChatService::resume);
         // Standalone, every change goes through this cache; in a cluster another
         // node's invalidation can be lost while Redis is down, so entries expire.
         let cache_ttl = bus.as_ref().map(|_| Duration::from_secs(30));
@@ -121,7 +128,13 @@ impl ChatService {
             unreleased: parking_lot::Mutex::new(std::collections::HashSet::new()),
             loops: std::sync::OnceLock::new(),
             closing: std::sync::atomic::AtomicBool::new(false),
+            resume_ttl: DEFAULT_RESUME_TTL,
         }
+    }
+
+    /// Sets how long resume tokens stay valid (before the server starts).
+    pub fn set_resume_ttl(&mut self, ttl: Duration) {
+        self.resume_ttl = ttl;
     }
 
     /// Tells the service the server's IO loops (once, after they started).

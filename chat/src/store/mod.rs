@@ -1,7 +1,7 @@
 //! Persistent storage: one blocking [`Store`] trait, a MySQL and an embedded SQLite backend.
 //!
 //! The tables are the legacy ones (`user`, `friend`, `allgroup`, `groupuser`,
-//! `offlinemessage`, see `chat.sql`), widened and keyed so that a password hash and a long
+//! `offlinemessage`, see `chat.sql`, plus `resumetoken`), widened and keyed so that a password hash and a long
 //! message fit, duplicate rows cannot exist and offline messages keep their order. Every
 //! call blocks on the database: call the store from worker threads, never from an IO loop.
 //! Every statement binds its values as parameters; no SQL is ever built from user data.
@@ -99,6 +99,23 @@ pub trait Store: Send + Sync + SocialStore {
             .store_offline_many(&[user], from, message, limits)?
             .is_empty())
     }
+    /// Sets `user`'s resume token: the hash of the token and its expiry (Unix
+    /// seconds), replacing any earlier one (a user holds one token: one session).
+    fn put_resume_token(&self, user: i64, hash: &[u8], expires: i64) -> Result<(), StoreError>;
+    /// `user`'s resume token hash and expiry, if any.
+    fn resume_token(&self, user: i64) -> Result<Option<(Vec<u8>, i64)>, StoreError>;
+    /// Replaces `user`'s token hash `old` by `new` (expiring at `expires`) if `old`
+    /// is still the stored one; false if it is not (rotated or revoked meanwhile), so
+    /// one token resumes one session only.
+    fn rotate_resume_token(
+        &self,
+        user: i64,
+        old: &[u8],
+        new: &[u8],
+        expires: i64,
+    ) -> Result<bool, StoreError>;
+    /// Deletes `user`'s resume token (logout, kick).
+    fn revoke_resume_token(&self, user: i64) -> Result<(), StoreError>;
     /// Appends the same message for each of `users` in one transaction (group fan-out to
     /// offline members), for those it fits; returns the others (refused).
     fn store_offline_many(

@@ -415,6 +415,45 @@ impl Store for MysqlStore {
         Ok(found.is_some())
     }
 
+    fn put_resume_token(&self, user: i64, hash: &[u8], expires: i64) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        conn.exec_drop(
+            "INSERT INTO resumetoken (userid, hash, expires) VALUES (?, ?, ?) \
+             ON DUPLICATE KEY UPDATE hash = VALUES(hash), expires = VALUES(expires)",
+            (user, hash, expires),
+        )?;
+        Ok(())
+    }
+
+    fn resume_token(&self, user: i64) -> Result<Option<(Vec<u8>, i64)>, StoreError> {
+        let mut conn = self.conn()?;
+        Ok(conn.exec_first(
+            "SELECT hash, expires FROM resumetoken WHERE userid = ?",
+            (user,),
+        )?)
+    }
+
+    fn rotate_resume_token(
+        &self,
+        user: i64,
+        old: &[u8],
+        new: &[u8],
+        expires: i64,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn()?;
+        conn.exec_drop(
+            "UPDATE resumetoken SET hash = ?, expires = ? WHERE userid = ? AND hash = ?",
+            (new, expires, user, old),
+        )?;
+        Ok(conn.affected_rows() == 1)
+    }
+
+    fn revoke_resume_token(&self, user: i64) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        conn.exec_drop("DELETE FROM resumetoken WHERE userid = ?", (user,))?;
+        Ok(())
+    }
+
     fn store_offline(
         &self,
         user: i64,

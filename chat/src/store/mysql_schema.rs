@@ -30,7 +30,7 @@ pub(super) struct TableSpec {
 }
 
 /// The schema; `chat.sql` holds the same `CREATE TABLE` statements (a test checks it).
-pub(super) const TABLES: [TableSpec; 8] = [
+pub(super) const TABLES: [TableSpec; 9] = [
     TableSpec {
         name: "user",
         body: "id INT NOT NULL AUTO_INCREMENT,
@@ -139,6 +139,19 @@ pub(super) const TABLES: [TableSpec; 8] = [
   KEY toid (toid)",
         columns: &[("fromid", "int", None), ("toid", "int", None)],
         unique: &["fromid,toid"],
+    },
+    TableSpec {
+        name: "resumetoken",
+        body: "userid INT NOT NULL,
+  hash BINARY(32) NOT NULL,
+  expires BIGINT NOT NULL,
+  PRIMARY KEY (userid)",
+        columns: &[
+            ("userid", "int", None),
+            ("hash", "binary", Some(32)),
+            ("expires", "bigint", None),
+        ],
+        unique: &["userid"],
     },
 ];
 

@@ -54,6 +54,11 @@ CREATE TABLE IF NOT EXISTS offlinemessage (
   fromid INTEGER NOT NULL DEFAULT 0,
   bytes INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS resumetoken (
+  userid INTEGER PRIMARY KEY,
+  hash BLOB NOT NULL,
+  expires INTEGER NOT NULL
+);
 ";
 
 /// Indexes, created after any upgrade of the tables: pages of a recipient's messages
@@ -439,6 +444,48 @@ impl Store for SqliteStore {
         }
         tx.commit()?;
         Ok(refused)
+    }
+
+    fn put_resume_token(&self, user: i64, hash: &[u8], expires: i64) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        conn.prepare_cached(
+            "INSERT INTO resumetoken (userid, hash, expires) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (userid) DO UPDATE SET hash = excluded.hash, expires = excluded.expires",
+        )?
+        .execute((user, hash, expires))?;
+        Ok(())
+    }
+
+    fn resume_token(&self, user: i64) -> Result<Option<(Vec<u8>, i64)>, StoreError> {
+        let conn = self.conn()?;
+        let row = conn
+            .prepare_cached("SELECT hash, expires FROM resumetoken WHERE userid = ?1")?
+            .query_row([user], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        Ok(row)
+    }
+
+    fn rotate_resume_token(
+        &self,
+        user: i64,
+        old: &[u8],
+        new: &[u8],
+        expires: i64,
+    ) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        let n = conn
+            .prepare_cached(
+                "UPDATE resumetoken SET hash = ?1, expires = ?2 WHERE userid = ?3 AND hash = ?4",
+            )?
+            .execute((new, expires, user, old))?;
+        Ok(n == 1)
+    }
+
+    fn revoke_resume_token(&self, user: i64) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        conn.prepare_cached("DELETE FROM resumetoken WHERE userid = ?1")?
+            .execute([user])?;
+        Ok(())
     }
 
     fn restore_offline(&self, user: i64, messages: &[String]) -> Result<(), StoreError> {

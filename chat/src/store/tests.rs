@@ -157,7 +157,29 @@ backend_tests!(
     offline_order,
     offline_special_and_large,
     take_offline_concurrent,
+    resume_tokens,
 );
+
+/// One token per user: put replaces, rotate is a compare-and-swap, revoke deletes.
+fn resume_tokens(store: &dyn Store) {
+    let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+    assert_eq!(store.resume_token(7).unwrap(), None);
+    store.put_resume_token(7, &a, 100).unwrap();
+    store.put_resume_token(7, &b, 200).unwrap();
+    assert_eq!(store.resume_token(7).unwrap(), Some((b.to_vec(), 200)));
+    assert!(!store.rotate_resume_token(7, &a, &c, 300).unwrap(), "stale");
+    assert!(store.rotate_resume_token(7, &b, &c, 300).unwrap());
+    assert!(!store.rotate_resume_token(7, &b, &a, 400).unwrap(), "used");
+    assert_eq!(store.resume_token(7).unwrap(), Some((c.to_vec(), 300)));
+    store.put_resume_token(8, &a, 100).unwrap();
+    store.revoke_resume_token(7).unwrap();
+    assert_eq!(store.resume_token(7).unwrap(), None);
+    assert!(
+        !store.rotate_resume_token(7, &c, &a, 100).unwrap(),
+        "revoked"
+    );
+    assert_eq!(store.resume_token(8).unwrap(), Some((a.to_vec(), 100)));
+}
 
 /// Names and texts that broke the legacy string-built SQL, or need utf8mb4.
 const TRICKY: [&str; 6] = [
@@ -703,6 +725,7 @@ fn mysql_legacy_upgrade() {
             "history",
             "historyseq",
             "offlinemessage",
+            "resumetoken",
             "user"
         ]
     );

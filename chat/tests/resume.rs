@@ -1,0 +1,203 @@
+//! Resume tokens (issue 13): an ext LOGIN_ACK carries a token; RESUME (msgid 17)
+//! logs in with it, without the password, and rotates it; forged, stale, expired
+//! and revoked tokens are refused alike (errno 120); a resume takes over from an
+//! older session on this node or another (which gets errno 121 and is closed), and
+//! from a node killed with `kill -9` at once, not after its TTL.
+
+mod cluster_util;
+mod hardening_util;
+mod util;
+
+use std::time::{Duration, Instant};
+
+use chat::bus::BusConfig;
+use chat::server::ServerOptions;
+use serde_json::{json, Value};
+
+use hardening_util::{require_binary, unique};
+use util::{parsed, Backend, Client, User};
+
+/// Cheap password hashes: the hashing cost is not what these tests are about.
+fn fast_hashes() {
+    let _ = chat::password::set_cost(1024, 1);
+}
+
+/// An ext LOGIN that must succeed; returns the LOGIN_ACK and its token.
+fn ext_login(c: &mut Client, id: i64, pw: &str) -> (Value, String) {
+    c.send(&json!({"ext": 1, "id": id, "msgid": 1, "password": pw}));
+    let ack = c.expect_msgid(2);
+    assert_eq!(ack["errno"], 0, "login of {id}: {ack}");
+    let token = ack["token"].as_str().expect("a token in the ext LOGIN_ACK");
+    (ack.clone(), token.to_owned())
+}
+
+/// Sends RESUME and returns the RESUME_ACK, whatever its errno.
+fn resume(c: &mut Client, id: i64, token: &str) -> Value {
+    c.send(&json!({"ext": 1, "id": id, "msgid": 17, "token": token}));
+    c.expect_msgid(18)
+}
+
+/// A RESUME that must succeed; returns the RESUME_ACK and the new token.
+fn resume_ok(c: &mut Client, id: i64, token: &str) -> (Value, String) {
+    let ack = resume(c, id, token);
+    assert_eq!(ack["errno"], 0, "resume of {id}: {ack}");
+    assert_eq!(ack["id"], id);
+    let fresh = ack["token"].as_str().expect("a token in the RESUME_ACK");
+    (ack.clone(), fresh.to_owned())
+}
+
+/// A RESUME that must be refused with the one undistinguished errno.
+fn resume_refused(c: &mut Client, id: i64, token: &str) {
+    let ack = resume(c, id, token);
+    assert_eq!(ack["errno"], 120, "resume of {id} should be refused: {ack}");
+    assert!(ack.get("token").is_none(), "{ack}");
+}
+
+/// A resume needs no password, carries friends and a fresh token, and takes over
+/// from the user's live session on the same node, which gets the notice (121) and
+/// is closed; chats then reach the new session.
+#[test]
+fn resume_needs_no_password_and_replaces_the_session_here() {
+    fast_hashes();
+    let b = Backend::sqlite();
+    let srv = b.start();
+    let mut v = User::online(srv.addr(), "vera");
+    let mut u = User::register(srv.addr(), "ulla");
+    let (ack, t1) = ext_login(&mut u.c, u.id, &u.pw);
+    assert_eq!(ack["tokenttl"], 86_400);
+    assert_eq!(t1.len(), 64, "256 bits in hex: {t1}");
+    u.c.send(&json!({"ext": 1, "friendid": v.id, "id": u.id, "msgid": 7}));
+    u.c.expect_ack(7, 0);
+
+    let mut c2 = Client::connect(srv.addr());
+    let (ack, t2) = resume_ok(&mut c2, u.id, &t1);
+    assert_ne!(t1, t2, "the token is rotated");
+    assert_eq!(ack["name"], "ulla");
+    assert_eq!(parsed(&ack, "friends")[0]["id"], v.id);
+    u.c.expect_error(121, None);
+    u.c.expect_eof();
+
+    v.chat(u.id, "to the new session");
+    let got = c2.expect_msgid(6);
+    assert_eq!(got["msg"], "to the new session");
+}
+
+/// A forged token, another user's token and a rotated (stale) one are refused
+/// alike; the current one still works. RESUME without ext is refused as such.
+#[test]
+fn forged_foreign_and_stale_tokens_are_refused() {
+    fast_hashes();
+    let b = Backend::sqlite();
+    let srv = b.start();
+    let mut u = User::register(srv.addr(), "uwe");
+    let mut w = User::register(srv.addr(), "walt");
+    let (_, t1) = ext_login(&mut u.c, u.id, &u.pw);
+    let (_, tw) = ext_login(&mut w.c, w.id, &w.pw);
+
+    let mut c = Client::connect(srv.addr());
+    resume_refused(&mut c, u.id, &"ab".repeat(32));
+    resume_refused(&mut c, u.id, &tw);
+    let (_, t2) = resume_ok(&mut c, u.id, &t1);
+    let mut stale = Client::connect(srv.addr());
+    resume_refused(&mut stale, u.id, &t1);
+    resume_ok(&mut stale, u.id, &t2);
+
+    let mut legacy = Client::connect(srv.addr());
+    legacy.send(&json!({"id": w.id, "msgid": 17, "token": tw}));
+    legacy.expect_error(122, Some(17));
+}
+
+/// LOGINOUT revokes the token; so does expiry (`resume_ttl`).
+#[test]
+fn tokens_are_revoked_at_logout_and_expire() {
+    fast_hashes();
+    let b = Backend::sqlite();
+    let srv = b.start_with(ServerOptions {
+        resume_ttl: Duration::from_secs(1),
+        ..ServerOptions::default()
+    });
+    let mut u = User::register(srv.addr(), "lou");
+    let (ack, t) = ext_login(&mut u.c, u.id, &u.pw);
+    assert_eq!(ack["tokenttl"], 1);
+    u.c.send(&json!({"ext": 1, "id": u.id, "msgid": 3}));
+    u.c.expect_ack(3, 0);
+    resume_refused(&mut Client::connect(srv.addr()), u.id, &t);
+
+    let (_, t) = ext_login(&mut u.c, u.id, &u.pw);
+    drop(u.c);
+    // Past the expiry (whole seconds): the token is refused though never used.
+    std::thread::sleep(Duration::from_millis(2100));
+    resume_refused(&mut Client::connect(srv.addr()), u.id, &t);
+}
+
+/// The options of in-process cluster node `id`.
+fn node(url: &str, prefix: &str, id: &str) -> ServerOptions {
+    ServerOptions {
+        bus: Some(BusConfig {
+            url: url.to_owned(),
+            prefix: prefix.to_owned(),
+            node_id: id.to_owned(),
+            node_ttl: Duration::from_secs(2),
+            wait: Default::default(),
+        }),
+        ..ServerOptions::default()
+    }
+}
+
+/// A resume on node 2 takes the user over from their live session on node 1:
+/// that one gets the notice and is closed, its sign-out leaves the new claim
+/// alone, and chats from node 1 reach the user on node 2.
+#[test]
+fn resume_on_another_node_replaces_the_session_there() {
+    require_binary("redis-server");
+    let b = Backend::mysql();
+    fast_hashes();
+    let redis = cluster_util::RedisServer::start();
+    let prefix = format!("res_{}", unique());
+    let n1 = b.start_with(node(&redis.url(), &prefix, "res-n1"));
+    let n2 = b.start_with(node(&redis.url(), &prefix, "res-n2"));
+    let mut v = User::online(n1.addr(), "vito");
+    let mut u = User::register(n1.addr(), "ugo");
+    let (_, t) = ext_login(&mut u.c, u.id, &u.pw);
+
+    let mut c2 = Client::connect(n2.addr());
+    resume_ok(&mut c2, u.id, &t);
+    u.c.expect_error(121, None);
+    u.c.expect_eof();
+    v.chat(u.id, "across");
+    assert_eq!(c2.expect_msgid(6)["msg"], "across");
+    // Node 1's sign-out of the old session did not drop the new presence.
+    let mut again = Client::connect(n1.addr());
+    assert_eq!(again.login(u.id, &u.pw)["errno"], 2);
+}
+
+/// `kill -9` of the node holding a user: a RESUME on the surviving node logs the
+/// user in at once (a password LOGIN is refused until the dead node's 10 s TTL
+/// runs out), and chats reach the user there.
+#[test]
+fn resume_after_kill_9_is_immediate() {
+    use cluster_util::client::{one_chat, Client as CClient};
+    let _serial = cluster_util::serial();
+    let c = cluster_util::Cluster::start(cluster_util::ClusterOpts::default());
+    let ids = cluster_util::register(&c, &["kim", "ken"]);
+    let (kim, ken) = (ids[0], ids[1]);
+    let (mut k1, _) = cluster_util::login(c.port(1), ken, "ken");
+    let mut on2 = CClient::connect(c.port(2));
+    on2.send(&json!({"ext": 1, "id": kim, "msgid": 1, "password": "kim"}));
+    let ack = on2.expect("LOGIN_ACK", |v| v["msgid"] == 2);
+    assert_eq!(ack["errno"], 0, "{ack}");
+    let token = ack["token"].as_str().expect("a token").to_owned();
+
+    c.kill9(2);
+    let t = Instant::now();
+    let mut back = CClient::connect(c.port(1));
+    back.send(&json!({"ext": 1, "id": kim, "msgid": 17, "token": token}));
+    let ack = back.expect("RESUME_ACK", |v| v["msgid"] == 18);
+    let took = t.elapsed();
+    assert_eq!(ack["errno"], 0, "{ack}\n{}", c.logs());
+    assert!(took < Duration::from_secs(5), "resume took {took:?}");
+    println!("resume after kill -9 took {took:?}");
+    k1.send(&one_chat(ken, "ken", kim, "you are back"));
+    let got = back.expect("the chat", |v| v["msgid"] == 6);
+    assert_eq!(got["msg"], "you are back");
+}
