@@ -321,19 +321,7 @@ fn limit_frame_size() {
 #[test]
 fn limit_pipelining_without_reading() {
     let _serial = heavy();
-    let mut srv = ServerProc::start(&[
-        "--rate",
-        "0",
-        "--output-high-water",
-        "65536",
-        // Backpressure, not the offline bounds, is under test: room for it all.
-        "--offline-max-messages",
-        "1000000",
-        "--offline-max-bytes",
-        "1073741824",
-        "--offline-sender-percent",
-        "100",
-    ]);
+    let mut srv = backpressure_server("65536");
     let mut a = User::online(srv.addr, "piper");
     clamp_socket_buffers(a.c.stream(), 64 * 1024);
     a.c.barrier();
@@ -422,19 +410,7 @@ fn limit_pipelining_without_reading() {
 #[test]
 fn slow_reader() {
     let _serial = heavy();
-    let mut srv = ServerProc::start(&[
-        "--rate",
-        "0",
-        "--output-high-water",
-        "262144",
-        // Backpressure, not the offline bounds, is under test: room for it all.
-        "--offline-max-messages",
-        "1000000",
-        "--offline-max-bytes",
-        "1073741824",
-        "--offline-sender-percent",
-        "100",
-    ]);
+    let mut srv = backpressure_server("262144");
     let addr = srv.addr;
     let mut sender = User::online(addr, "sender");
     let mut reader = User::online(addr, "reader");
@@ -618,4 +594,22 @@ fn malformed_flood() {
     // And it still serves newcomers.
     let mut late = User::online(addr, "late");
     late.c.barrier();
+}
+
+/// A server for the backpressure tests: no rate limit, output high-water mark `hw`,
+/// and room in the offline store for everything (backpressure, not the offline
+/// bounds, is under test there).
+fn backpressure_server(hw: &str) -> ServerProc {
+    ServerProc::start(&[
+        "--rate",
+        "0",
+        "--output-high-water",
+        hw,
+        "--offline-max-messages",
+        "1000000",
+        "--offline-max-bytes",
+        "1073741824",
+        "--offline-sender-percent",
+        "100",
+    ])
 }
