@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use cluster_util::client::{check_chat, group_chat, one_chat, Client, Recv};
 use cluster_util::sentinel::SentinelRedis;
-use cluster_util::traffic::{assert_complete, settle_pair, Peer, Target, Writer};
+use cluster_util::traffic::{assert_none_lost, settle_pair, Peer, Target, Writer};
 use cluster_util::{login, login_when_free, poll, register, serial, Cluster, ClusterOpts};
 
 /// The sentinels call the primary down after this much silence.
@@ -121,7 +121,10 @@ fn sigkill_of_the_redis_primary_fails_over_and_loses_nothing() {
         (wa.count() >= more[0] && wb.count() >= more[1]).then_some(())
     });
     let (ledger, _) = settle_pair(&c, [(wa, pa, "rita", 1), (wb, pb, "ruth", 2)]);
-    assert_complete("failover", &ledger.tally(Some(kill)));
+    // None lost. Order is not promised across a failover (protocol.md §9: a frame
+    // whose route failed in the switch is stored and can come after a later one);
+    // what came out of order is printed.
+    assert_none_lost("failover", &ledger.tally(Some(kill)));
 }
 
 #[test]

@@ -544,3 +544,17 @@ pub fn assert_complete(label: &str, t: &Tally) {
     assert!(t.unexpected.is_empty(), "unexpected: {:?}", t.unexpected);
     assert!(t.reordered.is_empty(), "reordered: {:?}", t.reordered);
 }
+
+/// Prints `t` (and its duplicates and reorderings) under `label`; asserts that
+/// nothing is missing or unexpected (order is not checked).
+pub fn assert_none_lost(label: &str, t: &Tally) {
+    println!("{label}: {t}");
+    for d in &t.duplicated {
+        println!("{label}: DUPLICATED {d:?}");
+    }
+    for r in &t.reordered {
+        println!("{label}: REORDERED {r:?}");
+    }
+    assert!(t.missing.is_empty(), "missing: {:?}", t.missing);
+    assert!(t.unexpected.is_empty(), "unexpected: {:?}", t.unexpected);
+}
