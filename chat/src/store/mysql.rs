@@ -179,16 +179,21 @@ fn is_duplicate(err: &::mysql::Error) -> bool {
 /// auto-increment value under a concurrent insert (1467: the body's transaction is
 /// dropped uncommitted, so it rolls back, and a retry is safe too).
 pub(super) fn retry_deadlock<T>(
+    body: impl FnMut() -> Result<T, ::mysql::Error>,
+) -> Result<T, StoreError> {
+    retry_races(DEADLOCK_ATTEMPTS, body)
+}
+
+/// [`retry_deadlock`] with its own number of attempts.
+fn retry_races<T>(
+    attempts: u32,
     mut body: impl FnMut() -> Result<T, ::mysql::Error>,
 ) -> Result<T, StoreError> {
     let mut attempt = 1;
     loop {
         match body() {
-            Err(err)
-                if matches!(server_code(&err), Some(1213 | 1467))
-                    && attempt < DEADLOCK_ATTEMPTS =>
-            {
-                log::debug!("mysql store: deadlock, retrying ({attempt})");
+            Err(err) if matches!(server_code(&err), Some(1213 | 1467)) && attempt < attempts => {
+                log::debug!("mysql store: deadlock or auto-increment race, retrying ({attempt})");
                 attempt += 1;
             }
             result => return Ok(result?),
@@ -469,9 +474,8 @@ impl Store for MysqlStore {
         let (share_n, share_b) = limits.sender_share();
         let bytes = message.len() as u64;
         let mut conn = self.conn()?;
-        let mut attempt = 1;
-        loop {
-            let result = conn.exec_drop(
+        retry_races(RACE_ATTEMPTS, || {
+            conn.exec_drop(
                 "INSERT INTO offlinemessage (userid, message, fromid, bytes) \
                  SELECT ?, ?, ?, ? FROM (SELECT COUNT(*) AS n, COALESCE(SUM(bytes), 0) AS b, \
                  COALESCE(SUM(fromid = ?), 0) AS sn, COALESCE(SUM(IF(fromid = ?, bytes, 0)), 0) AS sb \
@@ -492,18 +496,9 @@ impl Store for MysqlStore {
                     bytes.into(),
                     share_b.into(),
                 ]),
-            );
-            match result {
-                Ok(()) => return Ok(conn.affected_rows() == 1),
-                Err(err)
-                    if matches!(server_code(&err), Some(1213 | 1467))
-                        && attempt < RACE_ATTEMPTS =>
-                {
-                    attempt += 1;
-                }
-                Err(err) => return Err(err.into()),
-            }
-        }
+            )?;
+            Ok(conn.affected_rows() == 1)
+        })
     }
 
     fn store_offline_many(
