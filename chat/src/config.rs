@@ -23,7 +23,10 @@ use crate::store::{self, OfflineLimits};
 #[command(
     name = "ChatServer",
     version,
-    about = "A cluster chat server (legacy ChatServer protocol)."
+    about = "A cluster chat server (legacy ChatServer protocol).",
+    // The last of a repeated option wins, so a wrapper or a test can override
+    // what an env file or a script already passed.
+    args_override_self = true
 )]
 pub struct Config {
     /// Address or host name to listen on (`localhost`, `0.0.0.0`, `::1`).

@@ -209,7 +209,7 @@ impl Gateway {
                         buf.retrieve(end);
                         self.stats.frame_in(protocol::msgid::ONE_CHAT);
                         if let Err(job) = done {
-                            pause |= self.submitter.submit(&st.session, job);
+                            pause |= self.submitter.submit_frame(&st.session, job, end - start);
                             if pause {
                                 break;
                             }
@@ -239,7 +239,7 @@ impl Gateway {
                             Err(e) => refused(error_reply(&e, ext), e.errno, msgid),
                         }
                     };
-                    pause |= self.submitter.submit(&st.session, job);
+                    pause |= self.submitter.submit_frame(&st.session, job, end - start);
                     if pause {
                         // Leave the rest undecoded in the input buffer: the loop
                         // hands it over again when reading resumes, so a flood

@@ -19,6 +19,13 @@ use crate::store::UserRow;
 pub const QUEUE_HIGH: usize = 256;
 /// Below this many queued requests a paused connection reads again.
 pub const QUEUE_LOW: usize = 64;
+/// Above this many bytes of queued request frames the connection stops reading
+/// too: 256 chats of 60 KB would otherwise hold 15 MiB per connection, and a few
+/// such senders cost the server more memory than every session's output.
+pub const QUEUE_HIGH_BYTES: usize = 1 << 20;
+/// Below this many queued bytes (and [`QUEUE_LOW`] jobs) a paused connection
+/// reads again.
+pub const QUEUE_LOW_BYTES: usize = 256 << 10;
 
 /// One unit of work for the connection's strand.
 #[derive(Debug)]
@@ -114,7 +121,11 @@ pub struct Outbox {
 /// The strand: queued jobs and whether a worker owns the session right now.
 #[derive(Default)]
 struct Strand {
-    jobs: VecDeque<Job>,
+    /// The jobs, each with the bytes of the frame it came from (0 when it came
+    /// from elsewhere), counted in `bytes`.
+    jobs: VecDeque<(Job, usize)>,
+    /// The frame bytes of the queued jobs.
+    bytes: usize,
     /// True while the session is in the worker queue or being run: at most one
     /// worker runs a session's jobs at a time, which keeps them in order.
     scheduled: bool,
@@ -404,12 +415,15 @@ impl Session {
 
     /// Queues a job. Returns `(schedule, pause)`: whether the caller must hand the
     /// session to a worker, and whether it must stop reading the connection.
-    pub fn push(&self, job: Job) -> (bool, bool) {
+    /// `bytes` is the size of the request frame the job came from (0 for jobs
+    /// that did not come from the client).
+    pub fn push(&self, job: Job, bytes: usize) -> (bool, bool) {
         let mut s = self.strand.lock();
-        s.jobs.push_back(job);
+        s.jobs.push_back((job, bytes));
+        s.bytes += bytes;
         let schedule = !s.scheduled;
         s.scheduled = true;
-        let pause = !s.paused && s.jobs.len() > QUEUE_HIGH;
+        let pause = !s.paused && (s.jobs.len() > QUEUE_HIGH || s.bytes > QUEUE_HIGH_BYTES);
         if pause {
             s.paused = true;
         }
@@ -420,11 +434,14 @@ impl Session {
     /// `(job, resume)`; with no job left the session is no longer scheduled.
     pub fn pop(&self) -> (Option<Job>, bool) {
         let mut s = self.strand.lock();
-        let job = s.jobs.pop_front();
+        let job = s.jobs.pop_front().map(|(job, bytes)| {
+            s.bytes -= bytes;
+            job
+        });
         if job.is_none() {
             s.scheduled = false;
         }
-        let resume = s.paused && s.jobs.len() < QUEUE_LOW;
+        let resume = s.paused && s.jobs.len() < QUEUE_LOW && s.bytes < QUEUE_LOW_BYTES;
         if resume {
             s.paused = false;
         }

@@ -38,7 +38,13 @@ impl Submitter {
     /// owns it. Returns true when the strand is now over its high mark, so the
     /// caller (the IO loop) must stop reading the connection.
     pub fn submit(&self, session: &Arc<Session>, job: Job) -> bool {
-        let (schedule, pause) = session.push(job);
+        self.submit_frame(session, job, 0)
+    }
+
+    /// [`Submitter::submit`] for a job made from a request frame of `bytes` bytes:
+    /// the strand's high mark counts bytes as well as jobs.
+    pub fn submit_frame(&self, session: &Arc<Session>, job: Job, bytes: usize) -> bool {
+        let (schedule, pause) = session.push(job, bytes);
         if schedule {
             let _ = self.tx.send(Work::Run(session.clone()));
         }

@@ -340,23 +340,7 @@ fn limit_pipelining_without_reading() {
         .collect();
     let writer = spawn_writer(a.c.stream(), frames, written.clone());
     // The writer must stall: no progress for a second while far from done.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (mut last, mut since) = (0, Instant::now());
-    let stalled_at = loop {
-        thread::sleep(Duration::from_millis(100));
-        let now = written.load(Ordering::Relaxed);
-        assert!(
-            now < total,
-            "the server read all {} MiB without the client reading a reply",
-            total >> 20
-        );
-        if now != last {
-            (last, since) = (now, Instant::now());
-        } else if since.elapsed() >= Duration::from_secs(1) {
-            break now;
-        }
-        assert!(Instant::now() < deadline, "the writer never stalled");
-    };
+    let stalled_at = wait_for_stall(&written, total, Duration::from_secs(1));
     let peak_unread = monitor.stop();
     let monitor = RssMonitor::start(srv.pid());
 
@@ -398,6 +382,66 @@ fn limit_pipelining_without_reading() {
             total as f64 / 1048576.0
         );
     }
+}
+
+/// A connection pipelines 60 KB chats behind a LOGIN whose password check takes
+/// seconds: its requests queue on the strand meanwhile, and the server stops
+/// reading it after about a MiB of queued frames (the strand's byte bound), not
+/// after 256 of them (15 MiB): what a sender can make the server hold is bounded
+/// in bytes. Measured as the server's RSS while the writer is stalled (kernel
+/// socket buffers are not in it).
+#[test]
+fn queued_request_bytes_are_bounded() {
+    let _serial = heavy();
+    // ~1 s per hash (1 MiB x 1500 passes): long enough for the flood to queue.
+    let mut srv = backpressure_extra(&["--argon2-passes", "1500"]);
+    let victim = User::register(srv.addr, "qb-victim");
+    let mut c = Client::connect(srv.addr);
+    let id = c.register("qb-flooder", "pw");
+    c.barrier();
+    let base = srv.rss_kib();
+    let monitor = RssMonitor::start(srv.pid());
+    let pad = "q".repeat(60_000);
+    let mut frames = vec![frame_bytes(
+        &json!({"msgid": 1, "id": id, "password": "pw"}),
+    )];
+    frames.extend((0..400).map(|i| {
+        frame_bytes(&one_chat(
+            id,
+            "qb-flooder",
+            victim.id,
+            &format!("{i:05} {pad}"),
+        ))
+    }));
+    let total: usize = frames.iter().map(Vec::len).sum();
+    let written = Arc::new(AtomicUsize::new(0));
+    let writer = spawn_writer(c.stream(), frames, written.clone());
+    // Wait for the stall (no progress for 300 ms) while the hash runs.
+    let stalled_at = wait_for_stall(&written, total, Duration::from_millis(300));
+    let peak = monitor.stop();
+    eprintln!(
+        "queued bytes: writer stalled after {:.1} MiB; server RSS +{:.1} MiB",
+        stalled_at as f64 / 1048576.0,
+        mib(peak.saturating_sub(base))
+    );
+    // 1 MiB queued, the frame being decoded, the input buffer and the hash's
+    // 1 MiB; 256 queued frames would be 15 MiB of them.
+    assert!(
+        peak.saturating_sub(base) < 8 * 1024,
+        "server RSS grew by {:.1} MiB while one connection's requests waited",
+        mib(peak.saturating_sub(base))
+    );
+    // Everything is handled once the check is done: the writer finishes and
+    // every chat is stored for the victim, in order.
+    writer.join().expect("writer").expect("writer failed");
+    assert_eq!(c.expect_msgid(2)["errno"], 0, "the flooder's LOGIN_ACK");
+    c.barrier_within(Duration::from_secs(60));
+    assert_eq!(
+        srv.stored_for(victim.id),
+        400,
+        "chats stored for the victim"
+    );
+    srv.assert_alive();
 }
 
 // ---------------------------------------------------------------------------------
@@ -596,20 +640,48 @@ fn malformed_flood() {
     late.c.barrier();
 }
 
+/// Waits until a writer thread's progress (`written` of `total` bytes) stopped for
+/// `quiet`, and returns where; fails if it wrote everything or never stalled
+/// within 30 s.
+fn wait_for_stall(written: &AtomicUsize, total: usize, quiet: Duration) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut last, mut since) = (0, Instant::now());
+    loop {
+        thread::sleep(quiet / 10);
+        let now = written.load(Ordering::Relaxed);
+        assert!(
+            now < total,
+            "the server read all {} MiB without the client reading a reply",
+            total >> 20
+        );
+        if now != last {
+            (last, since) = (now, Instant::now());
+        } else if since.elapsed() >= quiet {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "the writer never stalled");
+    }
+}
+
 /// A server for the backpressure tests: no rate limit, output high-water mark `hw`,
 /// and room in the offline store for everything (backpressure, not the offline
 /// bounds, is under test there).
 fn backpressure_server(hw: &str) -> ServerProc {
-    ServerProc::start(&[
+    backpressure_extra(&["--output-high-water", hw])
+}
+
+/// [`backpressure_server`]'s options (default high-water mark) plus `extra`.
+fn backpressure_extra(extra: &[&str]) -> ServerProc {
+    let mut args = vec![
         "--rate",
         "0",
-        "--output-high-water",
-        hw,
         "--offline-max-messages",
         "1000000",
         "--offline-max-bytes",
         "1073741824",
         "--offline-sender-percent",
         "100",
-    ])
+    ];
+    args.extend_from_slice(extra);
+    ServerProc::start(&args)
 }

@@ -23,27 +23,27 @@ const READ_TIMEOUT: Duration = Duration::from_secs(120);
 const QUIET: Duration = Duration::from_secs(5);
 
 /// A blocking connection that reads NUL-terminated frames.
-struct Conn {
-    s: TcpStream,
+pub(crate) struct Conn {
+    pub(crate) s: TcpStream,
     buf: Vec<u8>,
 }
 
 impl Conn {
-    fn connect(addr: SocketAddr) -> io::Result<Conn> {
+    pub(crate) fn connect(addr: SocketAddr) -> io::Result<Conn> {
         let s = TcpStream::connect(addr)?;
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(READ_TIMEOUT))?;
         Ok(Conn { s, buf: Vec::new() })
     }
 
-    fn send(&mut self, v: &Value) -> io::Result<()> {
+    pub(crate) fn send(&mut self, v: &Value) -> io::Result<()> {
         let mut b = serde_json::to_vec(v).expect("JSON");
         b.push(0);
         self.s.write_all(&b)
     }
 
     /// The next frame's bytes (without the NUL); `None` at EOF or timeout.
-    fn frame(&mut self) -> Option<Vec<u8>> {
+    pub(crate) fn frame(&mut self) -> Option<Vec<u8>> {
         let mut chunk = [0u8; 64 * 1024];
         loop {
             if let Some(p) = self.buf.iter().position(|&b| b == 0) {
@@ -57,12 +57,12 @@ impl Conn {
         }
     }
 
-    fn value(&mut self) -> Option<Value> {
+    pub(crate) fn value(&mut self) -> Option<Value> {
         self.frame().and_then(|f| serde_json::from_slice(&f).ok())
     }
 
     /// Registers `name`; the new id.
-    fn register(&mut self, name: &str, pw: &str) -> i64 {
+    pub(crate) fn register(&mut self, name: &str, pw: &str) -> i64 {
         self.send(&json!({"msgid": 4, "name": name, "password": pw}))
             .expect("send REG");
         let v = self.value().expect("REG_ACK");
@@ -70,11 +70,85 @@ impl Conn {
     }
 
     /// Logs in; the LOGIN_ACK's bytes.
-    fn login(&mut self, id: i64, pw: &str) -> Vec<u8> {
+    pub(crate) fn login(&mut self, id: i64, pw: &str) -> Vec<u8> {
         self.send(&json!({"msgid": 1, "id": id, "password": pw}))
             .expect("send LOGIN");
         self.frame().expect("LOGIN_ACK")
     }
+}
+
+/// A sender thread: registers `name`, logs in (ext), sends `count` chats of
+/// `pad_len` padding to `to`, each `"S:I:pad"` (S = `index`, I counting from 0),
+/// then a PING; returns how many were refused with errno 206 (counted from the
+/// ACKs until the PONG).
+pub(crate) fn spawn_sender(
+    addr: SocketAddr,
+    name: String,
+    pw: String,
+    to: i64,
+    index: usize,
+    count: usize,
+    pad_len: usize,
+) -> thread::JoinHandle<u64> {
+    thread::spawn(move || {
+        let mut c = Conn::connect(addr).expect("connect");
+        let id = c.register(&name, &pw);
+        let ack: Value = serde_json::from_slice(&c.login(id, &pw)).expect("LOGIN_ACK");
+        assert_eq!(ack["errno"], 0, "sender login: {ack}");
+        let mut reader = Conn {
+            s: c.s.try_clone().expect("clone"),
+            buf: std::mem::take(&mut c.buf),
+        };
+        // Counts refusals until the final PONG.
+        let counter = thread::spawn(move || {
+            let mut refused = 0u64;
+            while let Some(v) = reader.value() {
+                match v["msgid"].as_i64() {
+                    Some(12) if v["errno"] == 206 => refused += 1,
+                    Some(14) => break,
+                    _ => {}
+                }
+            }
+            refused
+        });
+        let pad = "x".repeat(pad_len);
+        for i in 0..count {
+            let msg = format!("{index}:{i:05}:{pad}");
+            c.send(&json!({"msgid": 6, "id": id, "name": name, "toid": to,
+                "to": to, "msg": msg, "time": "2026-01-01 00:00:00", "ext": 1}))
+                .expect("send chat");
+        }
+        c.send(&json!({"msgid": 13})).expect("send PING");
+        counter.join().expect("counter")
+    })
+}
+
+/// The `msg` texts of a LOGIN_ACK's offline messages, in order.
+pub(crate) fn offline_texts(ack: &Value) -> Vec<String> {
+    ack["offlinemsg"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| serde_json::from_str::<Value>(m.as_str()?).ok())
+        .filter_map(|m| m["msg"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Prints the senders' line of a report.
+pub(crate) fn print_sent(sent_in: Duration, refused: &[u64]) {
+    println!(
+        "  sent in            {:.1} s; refused {:?} (errno 206)",
+        sent_in.as_secs_f64(),
+        refused
+    );
+}
+
+/// Splits a bench message `"S:I:pad"` into (S, I).
+pub(crate) fn sender_and_index(m: &str) -> Option<(usize, usize)> {
+    let mut parts = m.splitn(3, ':');
+    let s = parts.next()?.parse().ok()?;
+    let i = parts.next()?.parse().ok()?;
+    Some((s, i))
 }
 
 /// Samples a process's RSS until told to stop; keeps the peak (KiB).
@@ -111,41 +185,8 @@ pub fn run(args: &Args, addr: SocketAddr) {
     let started = Instant::now();
     let threads: Vec<_> = (0..senders)
         .map(|s| {
-            let pw = pw.clone();
             let name = format!("bomb-sender-{tag}-{s}");
-            thread::spawn(move || {
-                let mut c = Conn::connect(addr).expect("connect");
-                let id = c.register(&name, &pw);
-                let ack: Value = serde_json::from_slice(&c.login(id, &pw)).expect("LOGIN_ACK");
-                assert_eq!(ack["errno"], 0, "sender login: {ack}");
-                let mut reader = Conn {
-                    s: c.s.try_clone().expect("clone"),
-                    buf: std::mem::take(&mut c.buf),
-                };
-                // Counts refusals until the final PONG.
-                let counter = thread::spawn(move || {
-                    let mut refused = 0u64;
-                    while let Some(v) = reader.value() {
-                        match v["msgid"].as_i64() {
-                            Some(12) if v["errno"] == 206 => refused += 1,
-                            Some(14) => break,
-                            _ => {}
-                        }
-                    }
-                    refused
-                });
-                let pad = "x".repeat(pad_len);
-                for i in 0..per_sender {
-                    let msg = format!("{s}:{i:05}:{pad}");
-                    c.send(
-                        &json!({"msgid": 6, "id": id, "name": name, "toid": victim_id,
-                        "to": victim_id, "msg": msg, "time": "2026-01-01 00:00:00", "ext": 1}),
-                    )
-                    .expect("send chat");
-                }
-                c.send(&json!({"msgid": 13})).expect("send PING");
-                counter.join().expect("counter")
-            })
+            spawn_sender(addr, name, pw.clone(), victim_id, s, per_sender, pad_len)
         })
         .collect();
     let refused: Vec<u64> = threads
@@ -159,13 +200,7 @@ pub fn run(args: &Args, addr: SocketAddr) {
     let first_reply = login_at.elapsed();
     let ack: Value = serde_json::from_slice(&first).expect("LOGIN_ACK");
     assert_eq!(ack["errno"], 0, "victim login: {ack}");
-    let mut msgs: Vec<String> = ack["offlinemsg"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| serde_json::from_str::<Value>(m.as_str()?).ok())
-        .filter_map(|m| m["msg"].as_str().map(str::to_owned))
-        .collect();
+    let mut msgs = offline_texts(&ack);
     let in_ack = msgs.len();
     victim.s.set_read_timeout(Some(QUIET)).expect("timeout");
     while let Some(v) = victim.value() {
@@ -184,15 +219,7 @@ pub fn run(args: &Args, addr: SocketAddr) {
     let mut next = vec![0usize; senders];
     let mut in_order = true;
     for m in &msgs {
-        let mut parts = m.splitn(3, ':');
-        let s: usize = parts
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(usize::MAX);
-        let i: usize = parts
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(usize::MAX);
+        let (s, i) = sender_and_index(m).unwrap_or((usize::MAX, usize::MAX));
         if s >= senders || i != next[s] {
             in_order = false;
             break;
@@ -206,11 +233,7 @@ pub fn run(args: &Args, addr: SocketAddr) {
         "bomb: {senders} senders x {per_sender} x {} B to one offline user",
         args.msg_size
     );
-    println!(
-        "  sent in            {:.1} s; refused {:?} (errno 206)",
-        sent_in.as_secs_f64(),
-        refused
-    );
+    print_sent(sent_in, &refused);
     println!(
         "  first reply        {} bytes, {:.0} ms after LOGIN ({in_ack} messages in it)",
         first.len(),

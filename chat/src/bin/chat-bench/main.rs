@@ -12,6 +12,7 @@ mod driver;
 mod login_flood;
 mod probe;
 mod server_proc;
+mod slow_reader;
 mod stats;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -41,6 +42,10 @@ pub enum Scenario {
     /// Offline-store bomb: --senders × --messages chats of --msg-size bytes to one
     /// offline user, who then logs in (see bomb.rs).
     Bomb,
+    /// --senders × --messages chats of --msg-size bytes to one online legacy user
+    /// who never reads, then closes and logs in again: what its close lost,
+    /// against what the kernel held (see slow_reader.rs).
+    SlowReader,
     /// N connections send wrong passwords for one account; --tries legitimate logins
     /// to other accounts are timed meanwhile (see login_flood.rs).
     LoginFlood,
@@ -115,10 +120,10 @@ pub struct Args {
     /// Password of the users the bench registers.
     #[arg(long, default_value = "bench-pw")]
     pub password: String,
-    /// Bomb scenario: senders.
+    /// Bomb and slow-reader scenarios: senders.
     #[arg(long, default_value_t = 4)]
     pub senders: usize,
-    /// Bomb scenario: messages per sender.
+    /// Bomb and slow-reader scenarios: messages per sender.
     #[arg(long, default_value_t = 1000)]
     pub messages: usize,
     /// login-flood: legitimate logins timed during the flood.
@@ -151,6 +156,9 @@ fn main() {
         .collect();
     if args.scenario == Scenario::Bomb {
         return bomb::run(&args, targets[0]);
+    }
+    if args.scenario == Scenario::SlowReader {
+        return slow_reader::run(&args, targets[0]);
     }
     if args.scenario == Scenario::LoginFlood {
         login_flood::run(&args, targets[0]);
