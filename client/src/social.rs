@@ -7,9 +7,8 @@ use serde_json::{json, Value};
 use crate::commands::parse_id;
 use crate::ui;
 
-/// The commands of this module with their descriptions (for `help` once the client's
-/// interactive mode lists more than the legacy commands; README.md lists them now).
-#[allow(dead_code)]
+/// The commands of this module with their descriptions, listed by `help` in
+/// interactive mode after the legacy ones.
 pub const COMMANDS: &[(&str, &str)] = &[
     ("history", "聊天记录，格式history:friendid[:n]"),
     ("ghistory", "群聊记录，格式ghistory:groupid[:n]"),

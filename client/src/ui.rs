@@ -81,11 +81,16 @@ pub fn error(line: &str) {
 }
 
 /// The command list: `show command list >>>` and one `name : description` line each;
-/// `extended` (interactive mode) adds [`EXTRA_COMMANDS`].
+/// `extended` (interactive mode) adds [`EXTRA_COMMANDS`] and the history, friend
+/// and group commands (`social::COMMANDS`).
 pub fn help(extended: bool) -> String {
     let mut s = String::from("show command list >>>\n");
-    let extra = if extended { EXTRA_COMMANDS } else { &[] };
-    for (name, desc) in COMMANDS.iter().chain(extra) {
+    let (extra, social): (&[_], &[_]) = if extended {
+        (EXTRA_COMMANDS, crate::social::COMMANDS)
+    } else {
+        (&[], &[])
+    };
+    for (name, desc) in COMMANDS.iter().chain(extra).chain(social) {
         s.push_str(&format!("{name} : {desc}\n"));
     }
     s
@@ -233,7 +238,13 @@ mod tests {
         assert_eq!(h.lines().count(), COMMANDS.len() + 1);
         let ext = help(true);
         assert!(ext.starts_with(&h));
-        assert!(ext.ends_with("groups : 群组及成员列表，格式groups\n"));
+        assert!(ext.contains("\ngroups : 群组及成员列表，格式groups\n"));
+        assert!(ext.contains("\nhistory : 聊天记录，格式history:friendid[:n]\n"));
+        assert!(ext.ends_with("leavegroup : 退出群组，格式leavegroup:groupid\n"));
+        assert_eq!(
+            ext.lines().count(),
+            h.lines().count() + EXTRA_COMMANDS.len() + crate::social::COMMANDS.len()
+        );
     }
 
     #[test]
