@@ -65,7 +65,8 @@ quick_tests() {
     case $1 in
     protocol) echo "--lib :: protocol::" ;;
     codec) echo "--lib :: codec::" ;;
-    router | gateway | service) echo "--test identity ::" ;;
+    router) echo "--test identity --test hub ::" ;;
+    gateway | service) echo "--test identity ::" ;;
     store) echo "--lib :: store::" ;;
     bus) echo "--lib :: bus::" ;;
     esac
@@ -73,7 +74,8 @@ quick_tests() {
 full_tests() {
     case $1 in
     protocol | codec) echo "--test fuzz_props --test framing --test messages ::" ;;
-    router | gateway | service) echo "--test delivery --test messages --test framing ::" ;;
+    router) echo "--test hub --test identity --test delivery --test messages --test framing ::" ;;
+    gateway | service) echo "--test delivery --test messages --test framing ::" ;;
     store) echo "--test delivery --test identity --test messages ::" ;;
     bus) echo "--test cluster --test outages ::" ;;
     esac
