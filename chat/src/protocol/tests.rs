@@ -524,3 +524,16 @@ fn protocol_error_display_for_logs() {
     let e = ProtocolError::new(errno::UNKNOWN_MSGID, "x");
     assert_eq!(e.to_string(), format!("errno {}: x", errno::UNKNOWN_MSGID));
 }
+
+/// The role spellings are the wire's and the database's (`groupuser.grouprole`): a
+/// changed one would break legacy clients' member lists and legacy rows alike.
+#[test]
+fn role_spellings() {
+    for (role, s) in [(Role::Creator, "creator"), (Role::Normal, "normal")] {
+        assert_eq!(role.as_str(), s);
+        assert_eq!(Role::parse(s), Some(role));
+        assert_eq!(Role::from_column(s), role);
+    }
+    assert_eq!(Role::parse("Creator"), None);
+    assert_eq!(Role::from_column("owner"), Role::Normal);
+}

@@ -146,6 +146,7 @@ macro_rules! backend_tests {
     };
 }
 
+mod mysql_order;
 mod offline;
 
 backend_tests!(
