@@ -35,11 +35,9 @@ pub struct Outflow {
     /// Last pages of stored frames queued for the loop but not yet sent. The
     /// worker lowers the congestion flag when it queues the last page (under the
     /// user's shard lock, so nothing can be stored behind that page afterwards);
-    /// live frames offered before the page went out wait in `behind`.
+    /// live frames the loop is offered before that page went out are spilled, to
+    /// go out ahead of it (see [`Outflow::offer`]).
     final_drains: AtomicUsize,
-    /// Live frames offered while a last page was on its way: sent right after it,
-    /// oldest first. Locked after `spilled`, never alone before it.
-    behind: Mutex<Vec<Vec<u8>>>,
 }
 
 impl Outflow {
@@ -50,7 +48,6 @@ impl Outflow {
             spilled: Mutex::new(Vec::new()),
             high_water,
             final_drains: AtomicUsize::new(0),
-            behind: Mutex::new(Vec::new()),
         })
     }
 
@@ -64,17 +61,14 @@ impl Outflow {
         self.congested.store(on, Ordering::Release);
     }
 
-    /// Takes the spilled frames, then those waiting behind a last page (at a
-    /// close, once no send can be on its way).
+    /// Takes the spilled frames (at a close, once no send can be on its way).
     pub fn take_spilled(&self) -> Vec<Vec<u8>> {
-        let mut spilled = std::mem::take(&mut *self.spilled.lock());
-        spilled.append(&mut self.behind.lock());
-        spilled
+        std::mem::take(&mut *self.spilled.lock())
     }
 
     /// From a worker, under the user's shard lock, as it queues the last page of
-    /// stored frames: live frames may flow again, and any offered before that page
-    /// is sent wait behind it (see [`Outflow::drain`]).
+    /// stored frames: live frames may flow again, and any the loop is offered
+    /// before that page is sent go out ahead of it (see [`Outflow::offer`]).
     pub fn begin_final_drain(&self) {
         self.final_drains.fetch_add(1, Ordering::AcqRel);
         self.set_congested(false);
@@ -82,12 +76,21 @@ impl Outflow {
 
     /// On the loop: appends a live frame to `conn`'s output if the connection is
     /// not congested and the frame fits under the mark (an empty output takes any
-    /// frame); otherwise spills it and marks the connection congested.
+    /// frame); otherwise spills it and marks the connection congested. While a
+    /// last page of stored frames is on its way, spills it without the mark.
     pub fn offer(&self, conn: Option<&TcpConnectionPtr>, frame: &[u8]) {
         let mut spilled = self.spilled.lock();
         if self.final_drains.load(Ordering::Acquire) > 0 {
-            // A last page of stored (older) frames is still on its way.
-            self.behind.lock().push(frame.to_vec());
+            // A last page is queued on this loop, not sent yet. This frame was
+            // queued before it: a delivery and the page's queueing both take the
+            // session's outbox lock, so a frame delivered after the worker queued
+            // the page is offered after it. So this frame is older than the page
+            // (it went live before the flag was raised, and the page holds frames
+            // stored after that) and younger than the frames spilled so far: it
+            // joins them, and the page's drain sends it ahead of the page. (Kept
+            // until after the page instead, it came after frames stored later
+            // than it: tests/outflow_order.rs.)
+            spilled.push(frame.to_vec());
             return;
         }
         match conn {
@@ -124,8 +127,7 @@ impl Outflow {
     /// set to `congested` — all in one step of the loop, so no live frame can slip
     /// between (one that was spilled meanwhile went out first, in order; one that
     /// comes after sees the new flag). For a last page (`last`: the worker already
-    /// lowered the flag with [`Outflow::begin_final_drain`]) the flag is left alone,
-    /// and the live frames that waited behind the page follow it.
+    /// lowered the flag with [`Outflow::begin_final_drain`]) the flag is left alone.
     pub fn drain(
         &self,
         conn: Option<&TcpConnectionPtr>,
@@ -134,11 +136,9 @@ impl Outflow {
         last: bool,
     ) {
         let mut spilled = self.spilled.lock();
-        let behind = if last && self.final_drains.fetch_sub(1, Ordering::AcqRel) == 1 {
-            std::mem::take(&mut *self.behind.lock())
-        } else {
-            Vec::new()
-        };
+        if last {
+            self.final_drains.fetch_sub(1, Ordering::AcqRel);
+        }
         match conn {
             Some(c) => {
                 for f in spilled.drain(..).chain(page) {
@@ -147,15 +147,8 @@ impl Outflow {
                 if !last {
                     self.set_congested(congested);
                 }
-                drop(spilled);
-                for f in behind {
-                    self.offer(Some(c), &f);
-                }
             }
-            None => {
-                spilled.extend(page);
-                spilled.extend(behind);
-            }
+            None => spilled.extend(page),
         }
     }
 }

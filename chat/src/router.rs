@@ -379,8 +379,8 @@ impl Router {
         // While more is stored, the flag stays up, so new frames queue behind this
         // batch in the store and its write-complete asks for the next. For the last
         // batch the flag goes down now, under the shard lock (so nothing is stored
-        // behind it any more), and live frames offered before the batch went out
-        // wait on the loop behind it (`Outflow::drain`).
+        // behind it any more); live frames the loop still had queued from before
+        // then are older than the batch and go out ahead of it (`Outflow::offer`).
         self.deliver_or_restore(user, session, msgs, Some(more));
     }
 
