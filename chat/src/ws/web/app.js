@@ -7,6 +7,7 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   const KEY = 'chat.session'; // sessionStorage: {id, name, token}
+  const PEERS = 'chat.peers'; // sessionStorage: [{id, name}] of non-friends one wrote with
   const HISTORY_PAGE = 30;
   const PING_MS = 25000;
 
@@ -129,6 +130,7 @@
       case 27: onFriendRequest(v); break;
       case 29: onFriendAnswer(v); break;
       case 32: onRequests(v); break;
+      case 36: onGroupInfo(v); break;
       case 37: onRemoved(v); break;
       default: break; // frames of later versions are ignored
     }
@@ -255,9 +257,25 @@
     if (S.active) renderHeader();
   }
 
+  // Non-friends one chatted with stay listed across a reload of the tab.
+  function savePeers() {
+    const peers = [...S.friends.values()].filter((f) => f.stranger).map((f) => ({ id: f.id, name: f.name }));
+    sessionStorage.setItem(PEERS, JSON.stringify(peers));
+  }
+
   function applyContacts(friends, groups) {
+    const strangers = [...S.friends.values()].filter((f) => f.stranger);
+    let saved = [];
+    try {
+      saved = JSON.parse(sessionStorage.getItem(PEERS) || '[]');
+    } catch (e) { /* ignored */ }
     S.friends.clear();
     for (const f of parseAll(friends)) S.friends.set(f.id, { id: f.id, name: f.name, state: f.state });
+    for (const f of strangers.concat(saved)) {
+      if (!S.friends.has(f.id) && f.id !== S.me) {
+        S.friends.set(f.id, { id: f.id, name: f.name, state: 'unknown', stranger: true });
+      }
+    }
     S.groups.clear();
     for (const g of parseAll(groups)) {
       S.groups.set(g.id, {
@@ -292,6 +310,15 @@
     S.requests.clear();
     for (const r of v.requests || []) S.requests.set(r.id, r.name);
     renderRequests();
+  }
+
+  function onGroupInfo(v) {
+    if (v.errno !== 0) return;
+    S.groups.set(v.groupid, {
+      id: v.groupid, name: v.groupname, desc: v.groupdesc || '', users: v.users || [],
+    });
+    renderLists();
+    if (S.active) renderHeader();
   }
 
   function onRemoved(v) {
@@ -335,6 +362,7 @@
     if (m.msgid === 10 && !S.groups.has(m.groupid)) refresh();
     if (m.msgid === 6 && m.id !== S.me && !S.friends.has(m.id)) {
       S.friends.set(m.id, { id: m.id, name: m.name, state: 'unknown', stranger: true });
+      savePeers();
     }
     const visible = S.active === c.key && !document.hidden;
     if (!how.older && m.id !== S.me && !visible) c.unread += 1;
@@ -395,6 +423,12 @@
   }
 
   function addQuiet(c, m, older) {
+    const f = m.msgid === 6 && m.id !== S.me ? S.friends.get(m.id) : null;
+    if (f && f.stranger && m.name && f.name !== m.name) {
+      f.name = m.name;
+      savePeers();
+      renderLists();
+    }
     const s = sig(m);
     if (c.sigs.has(s)) return;
     c.sigs.add(s);
@@ -424,6 +458,8 @@
     const box = $('messages-box');
     box.scrollTop = box.scrollHeight;
     if (!c.asked) requestHistory(c);
+    // Who is in the group now, and who of them is online.
+    if (c.kind === 'g') send({ msgid: 35, id: S.me, groupid: c.id });
     if (!(opts && opts.keepFocus)) $('text').focus();
   }
 
@@ -646,6 +682,7 @@
 
   function forgetSession() {
     sessionStorage.removeItem(KEY);
+    sessionStorage.removeItem(PEERS);
     S.token = '';
   }
 
@@ -724,6 +761,18 @@
     e.preventDefault();
     const id = idValue($('join-id'));
     if (id && send({ msgid: 9, id: S.me, groupid: id })) $('join-id').value = '';
+  });
+
+  $('message-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const id = idValue($('peer-id'));
+    if (!id || id === S.me) return;
+    $('peer-id').value = '';
+    if (!S.friends.has(id)) {
+      S.friends.set(id, { id, name: 'user ' + id, state: 'unknown', stranger: true });
+      savePeers();
+    }
+    openConv('u:' + id);
   });
 
   $('leave-btn').addEventListener('click', () => {
