@@ -103,6 +103,28 @@ fn wait_unread(b: &Browser, key: &str, n: i64) {
     );
 }
 
+/// Opens group `gid` on `b` until its header counts `n` members (each opening
+/// asks the server who is in it).
+fn wait_members(b: &Browser, gid: i64, n: usize) {
+    let deadline = std::time::Instant::now() + browser_util::WAIT;
+    let want = format!("{n} members");
+    loop {
+        open(b, &format!("g:{gid}"));
+        let sub = b.js(
+            "return document.getElementById('conv-sub').textContent;",
+            vec![],
+        );
+        if sub.as_str().is_some_and(|s| s.contains(&want)) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "group {gid} never had {want}: {sub}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Which node (1 or 2) user `id` is on, per the cluster's presence.
 fn node_of(c: &Cluster, id: i64) -> usize {
     cluster_util::poll(Duration::from_secs(20), "a presence", || {
@@ -199,9 +221,7 @@ fn browsers_and_a_terminal_chat_across_nodes_scroll_back_and_survive_a_killed_no
     t.line("carl");
     t.wait_for("carl");
     t.line(&format!("addgroup:{gid}"));
-    open(&a, &format!("g:{gid}"));
-    // The members' online state shows in the header once carl is in.
-    a.wait_text("#conv-sub", "3 members");
+    wait_members(&a, gid, 3);
     open(&b, &format!("g:{gid}"));
     say(&a, "hello group");
     b.wait_message("hello group");
@@ -209,6 +229,7 @@ fn browsers_and_a_terminal_chat_across_nodes_scroll_back_and_survive_a_killed_no
     t.line(&format!("groupchat:{gid}:hello from the terminal"));
     a.wait_message("hello from the terminal");
     b.wait_message("hello from the terminal");
+    a.wait_text("#conv-sub", "3 members, 3 online");
     shot(&a, "group");
     // The terminal user writes to ann directly: a new conversation, unread.
     t.line(&format!("chat:{ann}:psst ann"));
@@ -275,6 +296,11 @@ fn browsers_and_a_terminal_chat_across_nodes_scroll_back_and_survive_a_killed_no
     cluster_util::poll(Duration::from_secs(20), "the dead node drained", || {
         (c.presence(bob) != Some(c.node_id(bob_node))).then_some(())
     });
+    let state = b.js(
+        "return document.getElementById('conn-state').textContent;",
+        vec![],
+    );
+    assert_ne!(state, json!("online"), "the page came back while offline");
     b.set_offline(false);
     b.wait_text("#banner", "Reconnected");
     b.wait_text("#conn-state", "online");

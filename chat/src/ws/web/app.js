@@ -218,18 +218,22 @@
 
   function onAck(v) {
     if (v.cid !== undefined && S.pendingCid.has(v.cid)) {
-      const el = S.pendingCid.get(v.cid);
+      const entry = S.pendingCid.get(v.cid);
       S.pendingCid.delete(v.cid);
-      const st = el.querySelector('.state');
+      entry.pending = false;
       if (v.errno === 0) {
         const parts = [];
         if (v.delivered) parts.push('delivered');
         if (v.stored) parts.push('stored for later');
-        st.textContent = parts.join(', ') || 'sent';
-        el.classList.remove('pending');
+        entry.state = parts.join(', ') || 'sent';
       } else {
-        st.textContent = 'not sent: ' + v.errmsg + ' (errno ' + v.errno + ')';
-        el.classList.add('failed');
+        entry.state = 'not sent: ' + v.errmsg + ' (errno ' + v.errno + ')';
+        entry.failed = true;
+      }
+      if (entry.el) {
+        entry.el.classList.remove('pending');
+        entry.el.classList.toggle('failed', !!entry.failed);
+        entry.el.querySelector('.state').textContent = entry.state;
       }
       return;
     }
@@ -360,6 +364,12 @@
     if (how.older) c.msgs.unshift(entry);
     else c.msgs.push(entry);
     if (m.msgid === 10 && !S.groups.has(m.groupid)) refresh();
+    const g = m.msgid === 10 ? S.groups.get(m.groupid) : null;
+    if (g && !g.asking && !g.users.some((u) => u.id === m.id)) {
+      // A member who joined since: learn who is in the group now.
+      g.asking = true;
+      send({ msgid: 35, id: S.me, groupid: g.id });
+    }
     if (m.msgid === 6 && m.id !== S.me && !S.friends.has(m.id)) {
       S.friends.set(m.id, { id: m.id, name: m.name, state: 'unknown', stranger: true });
       savePeers();
@@ -402,10 +412,22 @@
       // offline) are recognised and kept once.
       c.pagedOnce = true;
       const known = c.msgs;
+      const flags = new Map(known.map((e) => [sig(e.m), e]));
       c.msgs = [];
       c.sigs = new Set();
       c.oldest = null;
       for (const m of msgs.slice().reverse()) addQuiet(c, m, false);
+      // What was shown before keeps its marks (missed, delivery state).
+      for (const e of c.msgs) {
+        const k = flags.get(sig(e.m));
+        if (k) {
+          e.missed = k.missed;
+          e.state = k.state;
+          e.pending = k.pending;
+          e.failed = k.failed;
+          if (k.pending) for (const [cid, p] of S.pendingCid) if (p === k) S.pendingCid.set(cid, e);
+        }
+      }
       for (const e of known) if (!c.sigs.has(sig(e.m))) { c.sigs.add(sig(e.m)); c.msgs.push(e); }
     } else {
       for (const m of msgs) addQuiet(c, m, true);
@@ -492,7 +514,9 @@
   function msgEl(e) {
     const m = e.m;
     const li = document.createElement('li');
-    li.className = 'msg' + (m.id === S.me ? ' mine' : '') + (e.missed ? ' missed' : '') + (e.pending ? ' pending' : '');
+    li.className = 'msg' + (m.id === S.me ? ' mine' : '') + (e.missed ? ' missed' : '') +
+      (e.pending ? ' pending' : '') + (e.failed ? ' failed' : '');
+    e.el = li;
     if (typeof m.seq === 'number') li.dataset.seq = m.seq;
     const head = document.createElement('div');
     head.className = 'meta';
@@ -538,11 +562,17 @@
     const frame = Object.assign({ cid: S.cid }, m);
     if (!send(frame)) return;
     $('text').value = '';
-    const el = onChat(m, { live: true });
-    if (el) {
-      el.classList.add('pending');
-      el.querySelector('.state').textContent = 'sending…';
-      S.pendingCid.set(S.cid, el);
+    const c2 = conv(keyOf(m));
+    onChat(m, { live: true });
+    const entry = c2.msgs[c2.msgs.length - 1];
+    if (entry && entry.m === m) {
+      entry.pending = true;
+      entry.state = 'sending…';
+      if (entry.el) {
+        entry.el.classList.add('pending');
+        entry.el.querySelector('.state').textContent = entry.state;
+      }
+      S.pendingCid.set(S.cid, entry);
     }
   }
 
