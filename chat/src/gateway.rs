@@ -256,7 +256,9 @@ impl Gateway {
             return;
         }
         self.stats.bytes_in(buf.readable_bytes());
-        ws.push(buf.peek());
+        if !st.closing {
+            ws.push(buf.peek());
+        }
         buf.retrieve_all();
         let mut pause = false;
         let mut close = false;
@@ -268,7 +270,7 @@ impl Gateway {
                 }
                 continue;
             }
-            let job = match ws.next() {
+            let job = match ws.read_event() {
                 WsEvent::Text | WsEvent::Control => None,
                 WsEvent::Idle => break,
                 WsEvent::Binary => {

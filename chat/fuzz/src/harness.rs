@@ -799,7 +799,7 @@ pub fn check_ws_reader(limit: usize, stream: &[u8], mut chunk: impl FnMut(usize)
         reader.push(&stream[at..at + n]);
         at += n;
         loop {
-            let event = reader.next();
+            let event = reader.read_event();
             let frames = reader.frames.retrieve_all_as_vec();
             if event == WsEvent::Text {
                 assert!(!ended, "a message after the end");
@@ -819,7 +819,7 @@ pub fn check_ws_reader(limit: usize, stream: &[u8], mut chunk: impl FnMut(usize)
                 WsEvent::Idle => break,
                 WsEvent::Closed | WsEvent::Oversize | WsEvent::Broken(_) => {
                     ended = true;
-                    assert_eq!(reader.next(), WsEvent::Idle, "nothing after the end");
+                    assert_eq!(reader.read_event(), WsEvent::Idle, "nothing after the end");
                     break;
                 }
             }

@@ -55,7 +55,7 @@ impl Write for Pipe {
     }
 }
 
-/// What one step of [`WsReader::next`] found.
+/// What one step of [`WsReader::read_event`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum WsEvent {
     /// A text message: its bytes and a NUL were appended to [`WsReader::frames`].
@@ -124,7 +124,7 @@ impl WsReader {
     }
 
     /// Reads the next message, if its bytes are all there.
-    pub fn next(&mut self) -> WsEvent {
+    pub fn read_event(&mut self) -> WsEvent {
         if self.done {
             return WsEvent::Idle;
         }

@@ -174,7 +174,7 @@ fn a_text_message_becomes_the_frame_sent() {
             std::rc::Rc::new(std::cell::Cell::new(false)),
         );
         r.push(&wire);
-        let event = r.next();
+        let event = r.read_event();
         if wire[1] & 0x80 == 0 {
             assert!(
                 matches!(event, chat::ws::WsEvent::Broken(_)),
