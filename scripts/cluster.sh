@@ -137,10 +137,10 @@ start() {
     sed -e "s|@PREFIX@|$dir|g" -e "s|@LISTEN@|127.0.0.1:$lb_port|g" \
         "$root/deploy/nginx-stream.conf.in" | awk -v ups="$upstreams" '{ if ($0 == "@UPSTREAMS@") printf "%s", ups; else print }' \
         >"$dir/nginx.conf"
-    mkdir -p "$dir/tmp"
+    mkdir -p "$dir/tmp" "$dir/http.d"
     sed -e "s|@PREFIX@|$dir|g" -e "s|@WEB_LISTEN@|127.0.0.1:$web_port|g" \
         "$root/deploy/nginx-web.conf.in" | awk -v ups="$ws_upstreams" '{ if ($0 == "@WS_UPSTREAMS@") printf "%s", ups; else print }' \
-        >"$dir/web.conf"
+        >"$dir/http.d/web.conf"
     nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log"
     wait_port "$lb_port" 10 || { log "nginx did not start; see $dir/nginx-error.log"; stop; exit 1; }
     wait_port "$web_port" 10 || { log "nginx's web port did not open; see $dir/nginx-error.log"; stop; exit 1; }
