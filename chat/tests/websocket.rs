@@ -277,3 +277,69 @@ fn the_login_time_limit_and_a_clean_close_apply_to_websockets() {
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0]["errno"], 113);
 }
+
+/// A browser that does not read while 8,000 messages of 1 KiB come (output
+/// high-water mark 64 KiB): the overflow is stored, not buffered without bound or
+/// dropped, and what it then reads live, up to a PING's answer, is the messages
+/// from the first on, each once, in order, through the WebSocket framing.
+#[test]
+fn a_slow_websocket_reader_has_its_overflow_stored() {
+    let db = Backend::sqlite();
+    fast_hashes();
+    let server = db.start_with(ServerOptions {
+        ws_addr: Some("127.0.0.1:0".parse().unwrap()),
+        limits: chat::gateway::Limits {
+            output_high_water: 64 * 1024,
+            rate: 0,
+            ..Default::default()
+        },
+        ..ServerOptions::default()
+    });
+    let addr = server.ws_addr().unwrap();
+    let stream = TcpStream::connect(addr).unwrap();
+    util::clamp_socket_buffers(&stream, 16 * 1024);
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let (mut ws, _) = tungstenite::client::client(format!("ws://{addr}/ws"), stream).unwrap();
+    let reader = ws_register(&mut ws, "reader");
+    ws_login(&mut ws, reader);
+    let mut sender = Client::connect(server.addr());
+    let sid = sender.register("sender", "pw");
+    sender.login_ok(sid, "pw");
+    const N: usize = 8000;
+    let pad = "s".repeat(1000);
+    for k in 0..N / 100 {
+        let mut bytes = Vec::new();
+        for i in k * 100..(k + 1) * 100 {
+            let chat = util::one_chat(sid, "sender", reader, &format!("{i:05} {pad}"));
+            bytes.extend(util::frame_bytes(&chat));
+        }
+        bytes.extend_from_slice(b"{\"msgid\":13}\0");
+        sender.send_raw(&bytes);
+    }
+    for _ in 0..N / 100 {
+        sender.expect_msgid(14);
+    }
+    assert!(
+        util::stored_rows(&db.url(), reader) > 0,
+        "the overflow was stored (the output is bounded)"
+    );
+    let mut seqs = Vec::new();
+    send(&mut ws, &json!({"msgid": 13}));
+    loop {
+        let v = recv(&mut ws);
+        match v["msgid"].as_i64() {
+            Some(14) => break,
+            Some(6) => {
+                let msg = v["msg"].as_str().expect("a chat text");
+                seqs.push(msg[..5].parse::<usize>().expect("a sequence number"));
+            }
+            _ => {}
+        }
+    }
+    assert!(!seqs.is_empty(), "some came live");
+    assert_eq!(
+        seqs,
+        (0..seqs.len()).collect::<Vec<_>>(),
+        "from the first, once, in order"
+    );
+}
