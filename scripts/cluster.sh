@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A local ChatServer cluster in one command: N nodes on MySQL (MariaDB) and Redis
-# behind a private nginx TCP load balancer.
+# behind a private nginx: a TCP load balancer for the terminal clients and an
+# HTTP/WebSocket proxy for the web client (each node also listens with --ws-addr).
 #
 #   scripts/cluster.sh start [N]   start N nodes (default 2) and nginx
 #   scripts/cluster.sh stop        stop them (SIGTERM: a clean shutdown)
@@ -21,6 +22,9 @@
 #   CHAT_REDIS_PREFIX  key/channel prefix            (default chat)
 #   BASE_PORT     first node port, then +1, +2, ...  (default 6001)
 #   LB_PORT       nginx listen port on 127.0.0.1     (default 8000)
+#   WS_BASE_PORT  first node's --ws-addr port, then +1, ... (default 6101)
+#   WEB_PORT      nginx's web client / WebSocket port on 127.0.0.1 (default 8080):
+#                 open http://127.0.0.1:WEB_PORT/ in a browser
 #   CHAT_BIN      the ChatServer binary              (default bin/ChatServer, built by autobuild.sh)
 #   ADMIN_BASE_PORT  if set, node i serves /healthz, /readyz, /metrics (and the
 #                 admin routes, given CHAT_ADMIN_TOKEN) on 127.0.0.1:ADMIN_BASE_PORT+i-1
@@ -36,6 +40,8 @@ redis=${CHAT_REDIS:-redis://127.0.0.1:6379}
 prefix=${CHAT_REDIS_PREFIX:-chat}
 base_port=${BASE_PORT:-6001}
 lb_port=${LB_PORT:-8000}
+ws_base=${WS_BASE_PORT:-6101}
+web_port=${WEB_PORT:-8080}
 bin=${CHAT_BIN:-$root/bin/ChatServer}
 admin_base=${ADMIN_BASE_PORT:-}
 
@@ -74,14 +80,14 @@ wait_node() {
 # otherwise nginx would send clients to whatever else listens there.
 check_ports() {
     local n=$1 taken=0 p
-    local ports=("$lb_port")
+    local ports=("$lb_port" "$web_port")
     for i in $(seq 1 "$n"); do
-        ports+=("$((base_port + i - 1))")
+        ports+=("$((base_port + i - 1))" "$((ws_base + i - 1))")
         [ -z "$admin_base" ] || ports+=("$((admin_base + i - 1))")
     done
     for p in "${ports[@]}"; do
         if port_open "$p"; then
-            log "port $p is taken by another process; free it or choose BASE_PORT / LB_PORT / ADMIN_BASE_PORT"
+            log "port $p is taken by another process; free it or choose BASE_PORT / LB_PORT / WS_BASE_PORT / WEB_PORT / ADMIN_BASE_PORT"
             taken=1
         fi
     done
@@ -110,17 +116,19 @@ start() {
         "$root/autobuild.sh" >/dev/null
     fi
     mkdir -p "$dir"
-    local upstreams=""
+    local upstreams="" ws_upstreams=""
     for i in $(seq 1 "$n"); do
         local port=$((base_port + i - 1))
         local admin=()
         [ -z "$admin_base" ] || admin=(--admin-addr "127.0.0.1:$((admin_base + i - 1))")
         # shellcheck disable=SC2086
+        local ws_port=$((ws_base + i - 1))
         nohup "$bin" 127.0.0.1 "$port" --db "$db" --redis "$redis" \
-            --redis-prefix "$prefix" --node-id "node$i-$port" "${admin[@]}" ${NODE_ARGS:-} \
-            >"$dir/node$i.log" 2>&1 &
+            --redis-prefix "$prefix" --node-id "node$i-$port" --ws-addr "127.0.0.1:$ws_port" \
+            "${admin[@]}" ${NODE_ARGS:-} >"$dir/node$i.log" 2>&1 &
         echo $! >"$dir/node$i.pid"
         upstreams+="        server 127.0.0.1:$port max_fails=1 fail_timeout=2s;"$'\n'
+        ws_upstreams+="        server 127.0.0.1:$ws_port max_fails=1 fail_timeout=2s;"$'\n'
     done
     for i in $(seq 1 "$n"); do
         local port=$((base_port + i - 1))
@@ -129,9 +137,14 @@ start() {
     sed -e "s|@PREFIX@|$dir|g" -e "s|@LISTEN@|127.0.0.1:$lb_port|g" \
         "$root/deploy/nginx-stream.conf.in" | awk -v ups="$upstreams" '{ if ($0 == "@UPSTREAMS@") printf "%s", ups; else print }' \
         >"$dir/nginx.conf"
+    mkdir -p "$dir/tmp" "$dir/http.d"
+    sed -e "s|@PREFIX@|$dir|g" -e "s|@WEB_LISTEN@|127.0.0.1:$web_port|g" \
+        "$root/deploy/nginx-web.conf.in" | awk -v ups="$ws_upstreams" '{ if ($0 == "@WS_UPSTREAMS@") printf "%s", ups; else print }' \
+        >"$dir/http.d/web.conf"
     nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/nginx-error.log"
     wait_port "$lb_port" 10 || { log "nginx did not start; see $dir/nginx-error.log"; stop; exit 1; }
-    log "$n node(s) on ports $base_port..$((base_port + n - 1)); nginx on 127.0.0.1:$lb_port; logs in $dir"
+    wait_port "$web_port" 10 || { log "nginx's web port did not open; see $dir/nginx-error.log"; stop; exit 1; }
+    log "$n node(s) on ports $base_port..$((base_port + n - 1)) (WebSocket $ws_base..$((ws_base + n - 1))); nginx on 127.0.0.1:$lb_port (TCP) and http://127.0.0.1:$web_port/ (web client); logs in $dir"
 }
 
 stop() {
@@ -162,7 +175,7 @@ status() {
         if kill -0 "$(cat "$f")" 2>/dev/null; then echo "$(basename "$f" .pid): running (pid $(cat "$f"))"; else echo "$(basename "$f" .pid): dead"; fi
     done
     if [ -f "$dir/nginx.pid" ] && kill -0 "$(cat "$dir/nginx.pid")" 2>/dev/null; then
-        echo "nginx: running on 127.0.0.1:$lb_port"
+        echo "nginx: running on 127.0.0.1:$lb_port (TCP) and http://127.0.0.1:$web_port/ (web)"
     else
         echo "nginx: not running"
     fi

@@ -72,3 +72,10 @@ if ! command -v nginx >/dev/null 2>&1 || [ ! -f /usr/lib/nginx/modules/ngx_strea
 fi
 [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || { log "nginx stream module missing"; exit 1; }
 log "nginx $(nginx -v 2>&1 | sed 's/.*\///') with the stream module present"
+
+# --- Chromium and chromedriver (the browser tests drive headless Chromium through
+# WebDriver; chat/tests/browser*.rs start their own chromedriver on a free port) ---
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    apt_install chromium chromium-driver
+fi
+log "$(chromium --version 2>/dev/null | head -1) and chromedriver present"

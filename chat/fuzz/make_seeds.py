@@ -3,6 +3,8 @@
 
 Input formats (see src/harness.rs, Config::from_input):
 - parse_request: the bytes of one frame.
+- websocket: byte 0's top two bits pick the part (0/1: client frames into the reader,
+  2: the HTTP request head, 3: the framer's give-back), otherwise as decoder.
 - decoder, frame_reader: byte 0 picks the frame limit (low 2 bits: 0 = 64 KiB, 1 = byte>>2,
   2 = 64 + 16*(byte>>2), 3 = 4096), byte 1 the read sizes (0 = one read, 1 = one byte per
   read, n = random reads of 1..=n bytes), then the stream.
@@ -73,7 +75,68 @@ def limit_byte(kind, high=0):
     return bytes([(high << 2) | kind])
 
 
+def ws_frame(opcode, payload, fin=True, mask=b"\x37\xfa\x21\x3d"):
+    """A client WebSocket frame (RFC 6455 5.2), masked unless mask is None."""
+    b0 = (0x80 if fin else 0) | opcode
+    n = len(payload)
+    m = 0x80 if mask is not None else 0
+    if n < 126:
+        head = bytes([b0, m | n])
+    elif n < 65536:
+        head = bytes([b0, m | 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([b0, m | 127]) + n.to_bytes(8, "big")
+    if mask is None:
+        return head + payload
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+           b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+
+
+def websocket_seeds():
+    text = lambda p: ws_frame(0x1, p)
+    reader = {
+        "login": text(LOGIN),
+        "two_frames_one_message": text(FRAMES["ping"] + FRAMES["login"]),
+        "ping_pong_close": ws_frame(0x9, b"hi") + ws_frame(0xA, b"") + ws_frame(0x8, b"\x03\xe8bye"),
+        "fragmented": ws_frame(0x1, b'{"msgid"', fin=False) + ws_frame(0x9, b"") + ws_frame(0x0, b":13}"),
+        "binary": ws_frame(0x2, FRAMES["ping"]),
+        "unmasked": ws_frame(0x1, FRAMES["ping"], mask=None),
+        "bad_utf8": text(b'{"msg":"\xff"}'),
+        "bad_opcode": ws_frame(0x3, b"x"),
+        "long_126": text(b'{"msg":"' + b"a" * 300 + b'"}'),
+        "long_127": text(b'{"msg":"' + b"b" * 70000 + b'"}'),
+        "continuation_first": ws_frame(0x0, b"x"),
+        "after_close": ws_frame(0x8, b"") + text(FRAMES["ping"]),
+    }
+    for name, stream in reader.items():
+        write("websocket", "reader-" + name, b"\x00\x00" + stream)
+        write("websocket", "reader-bytewise-" + name, b"\x00\x01" + stream)
+    write("websocket", "reader-small-limit", limit_byte(2, 1) + b"\x05" + text(b'{"msg":"' + b"c" * 2000 + b'"}'))
+    http = {
+        "upgrade": UPGRADE,
+        "upgrade_and_frame": UPGRADE + text(FRAMES["ping"]),
+        "get_root": b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        "get_query": b"GET /app.js?v=2#x HTTP/1.1\r\n\r\n",
+        "head": b"HEAD /style.css HTTP/1.1\r\n\r\n",
+        "post": b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        "version_8": UPGRADE.replace(b"Version: 13", b"Version: 8"),
+        "no_key": UPGRADE.replace(b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", b""),
+        "tls_hello": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        "partial": UPGRADE[:40],
+    }
+    for name, stream in http.items():
+        write("websocket", "http-" + name, b"\x80\x00" + stream)
+    frames = b"\0".join(FRAMES[k] for k in ("one_chat", "group_chat", "login_ack_ok", "pong")) + b"\0"
+    for cut in (0, 1, 100, 200, 255):
+        write("websocket", f"framer-cut{cut}", b"\xc0" + bytes([cut]) + frames)
+
+
 def main():
+    websocket_seeds()
     for name, frame in FRAMES.items():
         write("parse_request", name, frame)
 

@@ -149,6 +149,10 @@ pub struct Config {
     /// Off by default.
     #[arg(long, env = "CHAT_ADMIN_ADDR")]
     pub admin_addr: Option<String>,
+    /// `HOST:PORT` of the WebSocket listener, which also serves the web client
+    /// (`GET /`; browsers chat through `/ws`). Off by default.
+    #[arg(long, env = "CHAT_WS_ADDR")]
+    pub ws_addr: Option<String>,
 }
 
 /// The format of log lines.
@@ -216,8 +220,10 @@ impl Config {
             .or(self.login_timeout_old)
             .unwrap_or(60);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let ws_addr = self.ws_addr.as_deref().map(resolve_pair).transpose()?;
         Ok(ServerOptions {
             admin,
+            ws_addr,
             io_threads: if self.io_threads == 0 {
                 cores
             } else {

@@ -16,6 +16,7 @@ use crate::service::ChatService;
 use crate::session::{Job, Session};
 use crate::stats::Stats;
 use crate::workers::Submitter;
+use crate::ws::{WsEvent, WsReader};
 
 /// How long a refused or failed connection may take to read its error before it is closed.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -65,6 +66,8 @@ struct ConnState {
     /// Bytes left in the input buffer after the last `on_message`: what is beyond
     /// them is new (counted in the stats).
     seen: usize,
+    /// A WebSocket connection's protocol layer (`--ws-addr`); `None` on TCP.
+    ws: Option<Box<WsReader>>,
 }
 
 /// Every connection's session, for shutdown.
@@ -78,6 +81,8 @@ pub struct Gateway {
     limits: Limits,
     frame_limit: usize,
     connections: Arc<AtomicUsize>,
+    /// The WebSocket listener's connections, counted against the same limit.
+    ws_connections: Option<Arc<AtomicUsize>>,
     stats: Arc<Stats>,
 }
 
@@ -99,7 +104,24 @@ impl Gateway {
             limits,
             frame_limit,
             connections,
+            ws_connections: None,
         }
+    }
+
+    /// Counts the WebSocket listener's connections too, against `max_connections`.
+    pub fn with_ws_connections(mut self, count: Arc<AtomicUsize>) -> Gateway {
+        self.ws_connections = Some(count);
+        self
+    }
+
+    /// The largest inbound frame (a WebSocket message's limit too).
+    pub fn frame_limit(&self) -> usize {
+        self.frame_limit
+    }
+
+    /// The connection limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Connection up or down.
@@ -131,6 +153,19 @@ impl Gateway {
     }
 
     fn on_connected(&self, conn: &TcpConnectionPtr) {
+        self.admit(conn, None);
+    }
+
+    /// A WebSocket connection finished its upgrade: from here on it is a chat
+    /// connection like a TCP one, opted in to extended replies.
+    pub fn on_ws_upgraded(&self, conn: &TcpConnectionPtr, reader: WsReader) {
+        if let Some(session) = self.admit(conn, Some(Box::new(reader))) {
+            session.set_ext();
+        }
+    }
+
+    /// Sets the connection's state up; `None` if it was refused (server full).
+    fn admit(&self, conn: &TcpConnectionPtr, ws: Option<Box<WsReader>>) -> Option<Arc<Session>> {
         let _ = conn.set_tcp_no_delay(true);
         conn.set_high_water_mark(self.limits.output_high_water);
         let session = Arc::new(Session::new(
@@ -139,7 +174,12 @@ impl Gateway {
             self.stats.clone(),
             self.limits.output_high_water,
         ));
-        let full = self.connections.load(Ordering::Relaxed) > self.limits.max_connections;
+        let open = self.connections.load(Ordering::Relaxed)
+            + self
+                .ws_connections
+                .as_ref()
+                .map_or(0, |c| c.load(Ordering::Relaxed));
+        let full = open > self.limits.max_connections;
         conn.set_context(ConnState {
             session: session.clone(),
             decoder: Decoder::new(self.frame_limit),
@@ -148,14 +188,16 @@ impl Gateway {
             refilled: Instant::now(),
             login_timer: None,
             seen: 0,
+            ws,
         });
         if full {
             let e = ProtocolError::new(errno::SERVER_FULL, "server is full, try again later");
             close_with(conn, &e, &self.stats);
-            return;
+            return None;
         }
         self.sessions.lock().insert(conn.id(), session.clone());
         if !self.limits.login_timeout.is_zero() {
+            let session = session.clone();
             let handle = conn.handle();
             let timer = conn
                 .loop_handle()
@@ -173,6 +215,7 @@ impl Gateway {
                 });
             conn.with_context(|st: &mut ConnState| st.login_timer = Some(timer));
         }
+        Some(session)
     }
 
     /// Bytes arrived: cut frames, parse them, queue them in order.
@@ -188,6 +231,100 @@ impl Gateway {
         if st.session.queue_paused() {
             return;
         }
+        if self.decode(st, buf) {
+            conn.stop_read();
+        }
+        st.seen = buf.readable_bytes();
+    }
+
+    /// A WebSocket connection's bytes arrived (or reading resumed): read its
+    /// messages and decode each text message's frame as `on_message` decodes TCP
+    /// input, one message at a time so that a pause leaves the rest unread.
+    pub fn on_ws_message(&self, conn: &TcpConnectionPtr, buf: &mut Buffer) {
+        let mut ctx = conn.context();
+        let Some(st) = ctx.as_mut().and_then(|b| b.downcast_mut::<ConnState>()) else {
+            buf.retrieve_all();
+            return;
+        };
+        let Some(mut ws) = st.ws.take() else {
+            buf.retrieve_all();
+            return;
+        };
+        if st.session.queue_paused() {
+            // The loop hands these bytes over again when reading resumes.
+            st.ws = Some(ws);
+            return;
+        }
+        self.stats.bytes_in(buf.readable_bytes());
+        if !st.closing {
+            ws.push(buf.peek());
+        }
+        buf.retrieve_all();
+        let mut pause = false;
+        let mut close = false;
+        while !st.closing && !pause {
+            if !ws.frames.is_empty() {
+                pause = self.decode(st, &mut ws.frames);
+                if !ws.frames.is_empty() {
+                    break; // paused, or closing (every message ends in a NUL)
+                }
+                continue;
+            }
+            let job = match ws.read_event() {
+                WsEvent::Text | WsEvent::Control => None,
+                WsEvent::Idle => break,
+                WsEvent::Binary => {
+                    self.stats.frame_in(-1);
+                    let e = ProtocolError::new(
+                        errno::BAD_JSON,
+                        "binary WebSocket messages are not read: send JSON as text",
+                    );
+                    Some(refused(protocol::encode(&protocol::error(&e)), e.errno, -1))
+                }
+                WsEvent::Oversize => {
+                    self.stats.frame_in(-1);
+                    st.closing = true;
+                    let e = ProtocolError::frame_too_large(self.frame_limit);
+                    Some(Job::Fatal(protocol::encode(&protocol::error(&e)), e.errno))
+                }
+                WsEvent::Closed | WsEvent::Broken(_) => {
+                    st.closing = true;
+                    close = true;
+                    None
+                }
+            };
+            if let Some(job) = job {
+                pause |= self.submitter.submit(&st.session, job);
+            }
+        }
+        let control = ws.take_output();
+        if !control.is_empty() {
+            conn.send_wire(&control);
+        }
+        if st.closing {
+            ws.frames.retrieve_all();
+        }
+        st.ws = Some(ws);
+        drop(ctx);
+        if pause {
+            conn.stop_read();
+        }
+        if close {
+            // The client closed (its close answered) or broke the protocol: the
+            // server ends the TCP connection (RFC 6455 §7.1.1) once the answer is
+            // written; frames still queued for it are kept at the close, as on TCP.
+            conn.shutdown();
+            let handle = conn.handle();
+            conn.loop_handle().queue_after_writes(move |lp| {
+                if let Some(c) = handle.get(lp) {
+                    c.force_close();
+                }
+            });
+        }
+    }
+
+    /// Cuts, parses and queues the frames in `buf`; true if reading must pause.
+    fn decode(&self, st: &mut ConnState, buf: &mut Buffer) -> bool {
         let mut pause = false;
         loop {
             if st.closing {
@@ -268,10 +405,7 @@ impl Gateway {
                 }
             }
         }
-        st.seen = buf.readable_bytes();
-        if pause {
-            conn.stop_read();
-        }
+        pause
     }
 
     /// The connection's output passed the high-water mark: a slow reader.
@@ -330,6 +464,13 @@ pub fn update_reading(conn: &TcpConnectionPtr) {
         conn.stop_read();
     } else {
         conn.start_read();
+        // A WebSocket's reader keeps messages it took from the input: go on with them.
+        if conn
+            .with_context(|st: &mut ConnState| st.ws.is_some())
+            .unwrap_or(false)
+        {
+            conn.redeliver();
+        }
     }
 }
 

@@ -37,3 +37,4 @@ pub mod store;
 pub mod sys;
 pub mod timefmt;
 pub mod workers;
+pub mod ws;

@@ -62,6 +62,9 @@ fn run(cfg: &Config) -> Result<(), Box<dyn std::error::Error>> {
         server.local_addr(),
         redact(&cfg.db)
     );
+    if let Some(ws) = server.ws_addr() {
+        log::info!("web client and WebSocket listening on http://{ws}");
+    }
     if let Some(admin) = server.admin_addr() {
         log::info!("admin listening on http://{admin}");
     }

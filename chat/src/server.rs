@@ -19,6 +19,7 @@ use crate::service::{ChatService, HistoryOptions};
 use crate::session::{Job, Session};
 use crate::store::{OfflineLimits, Store};
 use crate::workers::WorkerPool;
+use crate::ws::WsServer;
 
 /// Server settings that are not about storage.
 #[derive(Debug, Clone)]
@@ -45,6 +46,8 @@ pub struct ServerOptions {
     pub history: HistoryOptions,
     /// The admin HTTP listener (health, metrics, admin actions); `None`: off.
     pub admin: Option<AdminOptions>,
+    /// The WebSocket and web client listener (`--ws-addr`); `None`: off.
+    pub ws_addr: Option<SocketAddr>,
 }
 
 impl Default for ServerOptions {
@@ -61,6 +64,7 @@ impl Default for ServerOptions {
             hashing: HasherConfig::default(),
             history: HistoryOptions::default(),
             admin: None,
+            ws_addr: None,
         }
     }
 }
@@ -73,6 +77,7 @@ pub struct ChatServer {
     workers: WorkerPool,
     bus_threads: Option<BusThreads>,
     admin: Option<AdminServer>,
+    ws: Option<WsServer>,
 }
 
 impl ChatServer {
@@ -109,14 +114,25 @@ impl ChatServer {
             service.clone(),
             gateway::resume_session,
         )?;
-        let gw = Arc::new(Gateway::new(
+        let ws = match opts.ws_addr {
+            Some(addr) => Some(WsServer::bind(lp, addr, opts.io_threads)?),
+            None => None,
+        };
+        let mut gw = Gateway::new(
             service.clone(),
             workers.submitter().clone(),
             sessions.clone(),
             opts.limits.clone(),
             opts.frame_limit,
             tcp.connection_count(),
-        ));
+        );
+        if let Some(ws) = &ws {
+            gw = gw.with_ws_connections(ws.connection_count());
+        }
+        let gw = Arc::new(gw);
+        if let Some(ws) = &ws {
+            ws.attach(gw.clone());
+        }
         let g = gw.clone();
         tcp.set_connection_callback(Arc::new(move |conn: &TcpConnectionPtr| {
             g.on_connection(conn)
@@ -152,6 +168,7 @@ impl ChatServer {
             workers,
             bus_threads,
             admin,
+            ws,
         })
     }
 
@@ -165,6 +182,11 @@ impl ChatServer {
         self.admin.as_ref().map(AdminServer::local_addr)
     }
 
+    /// The WebSocket listener's address, when it runs.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws.as_ref().map(WsServer::local_addr)
+    }
+
     /// The service (for inspection in tests and tools).
     pub fn service(&self) -> &Arc<ChatService> {
         &self.service
@@ -173,7 +195,12 @@ impl ChatServer {
     /// Starts the IO threads and listening. Must be called on the base loop thread.
     pub fn start(&self) -> io::Result<()> {
         self.tcp.start()?;
-        self.service.set_io_loops(self.tcp.io_loops());
+        let mut loops = self.tcp.io_loops();
+        if let Some(ws) = &self.ws {
+            ws.start()?;
+            loops.extend(ws.io_loops());
+        }
+        self.service.set_io_loops(loops);
         Ok(())
     }
 
@@ -184,6 +211,9 @@ impl ChatServer {
     /// on the base loop thread, after its `run` returned.
     pub fn shutdown(mut self, lp: &EventLoop, grace: Duration) {
         self.tcp.stop_accepting();
+        if let Some(ws) = &self.ws {
+            ws.stop_accepting();
+        }
         // Scrapes and probes end with the node: a stopping node is not ready.
         self.admin.take();
         // A connection accepted just before `stop_accepting` may still be on its way

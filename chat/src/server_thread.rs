@@ -16,6 +16,7 @@ use crate::store;
 pub struct ServerThread {
     addr: SocketAddr,
     admin: Option<SocketAddr>,
+    ws: Option<SocketAddr>,
     base: LoopHandle,
     thread: Option<JoinHandle<()>>,
 }
@@ -38,7 +39,7 @@ impl ServerThread {
                 })();
                 match started {
                     Ok((lp, server)) => {
-                        let addrs = (server.local_addr(), server.admin_addr());
+                        let addrs = (server.local_addr(), server.admin_addr(), server.ws_addr());
                         let _ = tx.send(Ok((addrs, lp.handle())));
                         lp.run();
                         server.shutdown(&lp, Duration::from_secs(5));
@@ -48,12 +49,13 @@ impl ServerThread {
                     }
                 }
             })?;
-        let ((addr, admin), base) = rx
+        let ((addr, admin, ws), base) = rx
             .recv()
             .map_err(|_| io::Error::other("server thread died during start"))??;
         Ok(ServerThread {
             addr,
             admin,
+            ws,
             base,
             thread: Some(thread),
         })
@@ -67,6 +69,11 @@ impl ServerThread {
     /// The admin listener's address, if the options asked for one.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin
+    }
+
+    /// The WebSocket listener's address, if the options asked for one.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws
     }
 
     /// Stops the server as SIGTERM would and waits for it.

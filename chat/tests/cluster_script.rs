@@ -52,6 +52,8 @@ fn start_fails_with_a_clear_line_when_a_port_is_taken() {
     let env = [
         ("BASE_PORT", taken.to_string()),
         ("LB_PORT", free_port().to_string()),
+        ("WS_BASE_PORT", free_port().to_string()),
+        ("WEB_PORT", free_port().to_string()),
     ];
     let (out, dir) = cluster_sh("taken", &["start", "1"], &env, Duration::from_secs(30));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -75,6 +77,8 @@ fn help_describes_the_commands() {
         "status",
         "BASE_PORT",
         "ADMIN_BASE_PORT",
+        "WS_BASE_PORT",
+        "WEB_PORT",
     ] {
         assert!(text.contains(word), "--help lacks {word}: {text}");
     }
@@ -86,6 +90,8 @@ fn start_fails_with_a_clear_line_when_a_node_dies_at_start() {
     let env = [
         ("BASE_PORT", port.to_string()),
         ("LB_PORT", free_port().to_string()),
+        ("WS_BASE_PORT", free_port().to_string()),
+        ("WEB_PORT", free_port().to_string()),
         ("NODE_ARGS", "--no-such-option".to_owned()),
     ];
     let (out, dir) = cluster_sh("dies", &["start", "1"], &env, Duration::from_secs(60));

@@ -6,6 +6,7 @@
 //! the case; `FUZZ_PROPS_SEED=<n>` changes the base seed and `FUZZ_PROPS_SCALE=<k>` runs
 //! `k` times as many cases.
 
+mod fuzz_ws;
 #[path = "../fuzz/src/harness.rs"]
 mod harness;
 

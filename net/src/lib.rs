@@ -43,6 +43,7 @@ mod conn_handle;
 mod connector;
 mod event_loop;
 mod event_loop_thread;
+mod framer;
 mod tcp_client;
 mod tcp_connection;
 mod tcp_server;
@@ -57,6 +58,7 @@ pub use callbacks::{
 pub use conn_handle::{send_to_all, ConnHandle};
 pub use event_loop::{EventLoop, LoopHandle};
 pub use event_loop_thread::{EventLoopThread, EventLoopThreadPool};
+pub use framer::OutputFramer;
 pub use tcp_client::TcpClient;
 pub use tcp_connection::{State, TcpConnection, DEFAULT_HIGH_WATER_MARK};
 pub use tcp_server::{ReusePort, TcpServer};

@@ -19,6 +19,7 @@ use crate::callbacks::{
 use crate::channel::Channel;
 use crate::conn_handle::ConnHandle;
 use crate::event_loop::{EventLoop, LoopHandle};
+use crate::framer::OutputFramer;
 
 /// How many `read` calls one readiness event may make before the connection yields
 /// to the others on its loop; the rest is read in a deferred continuation.
@@ -80,6 +81,8 @@ pub struct TcpConnection {
     /// Output that `force_close` kept from being written, for
     /// [`TcpConnection::take_unsent_output`].
     discarded: RefCell<Vec<u8>>,
+    /// The wire framing of what is sent (a WebSocket), if any: see [`OutputFramer`].
+    framer: RefCell<Option<Box<dyn OutputFramer>>>,
 }
 
 impl TcpConnection {
@@ -117,6 +120,7 @@ impl TcpConnection {
             context: RefCell::new(None),
             flush_queued: Cell::new(false),
             discarded: RefCell::new(Vec::new()),
+            framer: RefCell::new(None),
         }
     }
 
@@ -179,12 +183,28 @@ impl TcpConnection {
     /// when the connection closed, or when `force_close` discarded it), oldest
     /// first; a user that must not lose what it sent looks here in its close
     /// callback. Must be called on the loop thread.
+    /// With a framer, the bytes are given back as they were sent, whole frames only
+    /// ([`OutputFramer::decode_unsent`]).
     pub fn take_unsent_output(&self) -> Vec<u8> {
         let mut out = std::mem::take(&mut *self.discarded.borrow_mut());
         let mut buf = self.output.borrow_mut();
         out.extend_from_slice(buf.peek());
         buf.retrieve_all();
-        out
+        match self.framer.borrow_mut().as_mut() {
+            Some(f) => f.decode_unsent(&out),
+            None => out,
+        }
+    }
+
+    /// Puts `framer` between [`TcpConnection::send`] and the wire from now on (set
+    /// it before the first framed send). Must be called on the loop thread.
+    pub fn set_framer(&self, framer: Box<dyn OutputFramer>) {
+        *self.framer.borrow_mut() = Some(framer);
+    }
+
+    /// Whether a framer is set.
+    pub fn has_framer(&self) -> bool {
+        self.framer.borrow().is_some()
     }
 
     /// Sets the output size at which the high-water-mark callback fires.
@@ -219,14 +239,48 @@ impl TcpConnection {
     /// While its loop handles events and tasks, the bytes are appended and written at
     /// the end of that iteration together with whatever else the connection was sent
     /// meanwhile, so many small frames cost one `write`.
+    ///
+    /// With a framer set, `data` is framed first ([`OutputFramer::encode`]).
     pub fn send(self: &Rc<Self>, data: &[u8]) {
-        if self.state.get() != State::Connected {
+        if !self.can_send() {
+            return;
+        }
+        let mut framer = self.framer.borrow_mut();
+        if let Some(f) = framer.as_mut() {
+            let mut wire = Vec::with_capacity(data.len() + 16);
+            f.encode(data, self.output_bytes(), &mut wire);
+            drop(framer);
+            self.write_out(&wire);
+        } else {
+            drop(framer);
+            self.write_out(data);
+        }
+    }
+
+    /// Sends `data` as it is, past the framer (which is told, [`OutputFramer::raw`]):
+    /// the framing protocol's own bytes, such as a handshake reply or a pong.
+    pub fn send_wire(self: &Rc<Self>, data: &[u8]) {
+        if !self.can_send() {
+            return;
+        }
+        if let Some(f) = self.framer.borrow_mut().as_mut() {
+            f.raw(data.len(), self.output_bytes());
+        }
+        self.write_out(data);
+    }
+
+    fn can_send(&self) -> bool {
+        let up = self.state.get() == State::Connected;
+        if !up {
             log::debug!(
                 "{}: send on a connection that is not up, dropped",
                 self.name
             );
-            return;
         }
+        up
+    }
+
+    fn write_out(self: &Rc<Self>, data: &[u8]) {
         let mut written = 0;
         let mut fault = false;
         // Written now only when nothing is buffered and the loop is not corked; a
@@ -292,9 +346,13 @@ impl TcpConnection {
     }
 
     /// Closes our writing half once everything queued has been written; reading
-    /// goes on until the peer closes.
-    pub fn shutdown(&self) {
+    /// goes on until the peer closes. A framer's closing bytes go out last.
+    pub fn shutdown(self: &Rc<Self>) {
         if self.state.get() == State::Connected {
+            let closing = self.framer.borrow_mut().as_mut().and_then(|f| f.closing());
+            if let Some(bytes) = closing {
+                self.send_wire(&bytes);
+            }
             self.state.set(State::Disconnecting);
             if self.output.borrow().is_empty() {
                 self.shutdown_write();
@@ -353,6 +411,23 @@ impl TcpConnection {
         }
         if pending {
             self.handle_read(lp, false);
+        }
+    }
+
+    /// Hands the input buffer, even an empty one, to the message callback after
+    /// the current event if the connection is reading by then: for a layer that keeps
+    /// bytes it took from the input (a WebSocket's decoder) and must go on with them
+    /// when reading resumes. Must be called on the loop thread.
+    pub fn redeliver(self: &Rc<Self>) {
+        if let Some(lp) = EventLoop::current() {
+            let conn = self.clone();
+            lp.defer(move |_| {
+                if conn.reading.get() && conn.state.get() != State::Disconnected {
+                    let cb = conn.callbacks.borrow().message.clone();
+                    let mut input = conn.input.borrow_mut();
+                    cb(&conn, &mut input);
+                }
+            });
         }
     }
 

@@ -1,5 +1,5 @@
 //! Replays fuzz inputs through a target's checks without libFuzzer, on stable Rust:
-//! `cargo run --example replay -- <decoder|parse_request|frame_reader> <file or dir>...`.
+//! `cargo run --example replay -- <decoder|parse_request|frame_reader|websocket> <file or dir>...`.
 //! Exits non-zero (with the panic message) on the first input that fails.
 
 use std::path::{Path, PathBuf};
@@ -12,8 +12,9 @@ fn main() {
         "decoder" => chat_fuzz::fuzz_decoder,
         "parse_request" => chat_fuzz::fuzz_parse_request,
         "frame_reader" => chat_fuzz::fuzz_frame_reader,
+        "websocket" => chat_fuzz::fuzz_websocket,
         _ => {
-            eprintln!("usage: replay <decoder|parse_request|frame_reader> <file or dir>...");
+            eprintln!("usage: replay <decoder|parse_request|frame_reader|websocket> <file or dir>...");
             process::exit(2);
         }
     };

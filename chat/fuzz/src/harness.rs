@@ -766,3 +766,118 @@ pub fn fuzz_frame_reader(data: &[u8]) {
     let expected = expected_reader_outcomes(&reference_split(cfg.limit, cfg.stream));
     assert_eq!(got, expected);
 }
+
+// ---- The WebSocket path (`--ws-addr`) -------------------------------------------------
+
+/// The `websocket` target. Byte 0's top two bits pick the part, the rest of the input is
+/// read as by [`Config::from_input`]: 0 and 1 feed the stream as client WebSocket frames
+/// into [`chat::ws::WsReader`] in reads chosen by byte 1 ([`check_ws_reader`]); 2 reads
+/// the stream as the HTTP request a listener connection starts with ([`check_http`]); 3
+/// sends the stream's NUL-separated frames through [`chat::ws::WsFramer`] and gives back
+/// an unwritten tail ([`check_ws_framer`]).
+pub fn fuzz_websocket(data: &[u8]) {
+    let cfg = Config::from_input(data);
+    match data.first().map_or(0, |b| b >> 6) {
+        0 | 1 => check_ws_reader(cfg.limit, cfg.stream, cfg.chunker()),
+        2 => check_http(cfg.stream),
+        _ => check_ws_framer(cfg.stream, cfg.chunking),
+    }
+}
+
+/// The reader never panics; every text message becomes exactly one NUL-terminated
+/// piece of valid UTF-8 without a NUL inside and not longer than the protocol layer's
+/// bound; its own output is only pongs and a close; after a terminal event (close,
+/// oversize, protocol error) it reads nothing more.
+pub fn check_ws_reader(limit: usize, stream: &[u8], mut chunk: impl FnMut(usize) -> usize) {
+    use chat::ws::{WsEvent, WsReader};
+    let mut reader = WsReader::new(limit, std::rc::Rc::new(std::cell::Cell::new(false)));
+    let bound = limit.saturating_add(1024);
+    let mut at = 0;
+    let mut ended = false;
+    while at < stream.len() {
+        let n = chunk(stream.len() - at).clamp(1, stream.len() - at);
+        reader.push(&stream[at..at + n]);
+        at += n;
+        loop {
+            let event = reader.read_event();
+            let frames = reader.frames.retrieve_all_as_vec();
+            if event == WsEvent::Text {
+                assert!(!ended, "a message after the end");
+                assert_eq!(frames.last(), Some(&0), "a text message ends in one NUL");
+                let text = &frames[..frames.len() - 1];
+                assert!(!text.contains(&0), "one message, one frame");
+                assert!(std::str::from_utf8(text).is_ok(), "text is UTF-8");
+                assert!(text.len() <= bound, "{} > {bound}", text.len());
+            } else {
+                assert!(frames.is_empty(), "{event:?} appended frames");
+            }
+            if let Some(b) = reader.take_output().first() {
+                assert!(matches!(b, 0x8a | 0x88), "output starts with 0x{b:02x}");
+            }
+            match event {
+                WsEvent::Text | WsEvent::Binary | WsEvent::Control => {}
+                WsEvent::Idle => break,
+                WsEvent::Closed | WsEvent::Oversize | WsEvent::Broken(_) => {
+                    ended = true;
+                    assert_eq!(reader.read_event(), WsEvent::Idle, "nothing after the end");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The request head is read without panicking; an upgrade names a key and where the
+/// head ends, and its reply is a complete 101; a refusal is a complete 4xx response
+/// whose Content-Length is its body's.
+pub fn check_http(stream: &[u8]) {
+    use chat::ws::http::{self, Request};
+    match http::parse(stream) {
+        Request::Partial => assert!(stream.len() <= http::MAX_REQUEST),
+        Request::Upgrade { key, consumed } => {
+            assert!(consumed <= stream.len() && !key.is_empty());
+            let reply = http::upgrade_response(&key);
+            assert!(reply.starts_with(b"HTTP/1.1 101 ") && reply.ends_with(b"\r\n\r\n"));
+        }
+        Request::Get { path, .. } => {
+            assert!(!path.contains('?') && !path.contains('#'), "{path}");
+            let _ = chat::ws::web::asset(&path);
+        }
+        Request::Refuse(reply) => {
+            let text = String::from_utf8(reply).expect("our replies are text");
+            assert!(text.starts_with("HTTP/1.1 4"), "{text}");
+            let (head, body) = text.split_once("\r\n\r\n").expect("a whole response");
+            assert!(head.contains(&format!("Content-Length: {}\r\n", body.len())));
+        }
+    }
+}
+
+/// Each frame goes out as one text message; of a tail of the wire cut at a point
+/// chosen by `cut` (of 255), exactly the frames that start in it come back, in order.
+pub fn check_ws_framer(stream: &[u8], cut: u8) {
+    use chat::ws::WsFramer;
+    use net::OutputFramer;
+    let mut framer = WsFramer::new(std::rc::Rc::new(std::cell::Cell::new(false)));
+    let mut wire = Vec::new();
+    let mut starts = Vec::new();
+    for piece in stream.split(|&b| b == 0).filter(|p| !p.is_empty()) {
+        starts.push((wire.len(), piece));
+        let mut data = piece.to_vec();
+        data.push(0);
+        let before = wire.len();
+        framer.encode(&data, wire.len(), &mut wire);
+        assert_eq!(wire[before] & 0x8f, 0x81, "a final text frame");
+        assert!(wire[before + 1] & 0x80 == 0, "server frames are not masked");
+        assert!(wire.ends_with(piece));
+    }
+    let at = wire.len() * usize::from(cut) / 255;
+    let back = framer.decode_unsent(&wire[at..]);
+    let mut want = Vec::new();
+    for (start, piece) in starts {
+        if start >= at {
+            want.extend_from_slice(piece);
+            want.push(0);
+        }
+    }
+    assert_eq!(back, want);
+}

@@ -3,4 +3,4 @@
 
 pub mod harness;
 
-pub use harness::{fuzz_decoder, fuzz_frame_reader, fuzz_parse_request};
+pub use harness::{fuzz_decoder, fuzz_frame_reader, fuzz_parse_request, fuzz_websocket};

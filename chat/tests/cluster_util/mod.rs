@@ -280,6 +280,10 @@ pub struct Cluster {
     pub base_port: u16,
     /// nginx's listen port.
     pub lb_port: u16,
+    /// Node i's WebSocket / web client port (`--ws-addr`): `ws_base_port + i - 1`.
+    pub ws_base_port: u16,
+    /// nginx's HTTP / WebSocket port in front of them (the web client's address).
+    pub web_port: u16,
     /// Number of nodes.
     pub nodes: usize,
     /// The Redis the nodes use.
@@ -307,6 +311,8 @@ impl Cluster {
             dir: std::env::temp_dir().join(format!("chat_cluster_{u}")),
             base_port: 0,
             lb_port: 0,
+            ws_base_port: 0,
+            web_port: 0,
             nodes: opts.nodes,
             redis: opts.redis,
             prefix: format!("cltest_{u}"),
@@ -324,9 +330,12 @@ impl Cluster {
             std::env::var("CLUSTER_TEST_NODE_ARGS").unwrap_or_default()
         );
         for attempt in 1..=3 {
-            // The nodes, then nginx.
-            c.base_port = free_port_run(opts.nodes + 1);
-            c.lb_port = c.base_port + opts.nodes as u16;
+            // The nodes, nginx's TCP port, the nodes' WebSocket ports, nginx's web port.
+            let n = opts.nodes as u16;
+            c.base_port = free_port_run(2 * opts.nodes + 2);
+            c.lb_port = c.base_port + n;
+            c.ws_base_port = c.lb_port + 1;
+            c.web_port = c.ws_base_port + n;
             let _ = std::fs::remove_dir_all(&c.dir);
             c.env = vec![
                 ("CLUSTER_DIR".into(), c.dir.display().to_string()),
@@ -335,6 +344,8 @@ impl Cluster {
                 ("CHAT_REDIS_PREFIX".into(), c.prefix.clone()),
                 ("BASE_PORT".into(), c.base_port.to_string()),
                 ("LB_PORT".into(), c.lb_port.to_string()),
+                ("WS_BASE_PORT".into(), c.ws_base_port.to_string()),
+                ("WEB_PORT".into(), c.web_port.to_string()),
                 ("CHAT_BIN".into(), env!("CARGO_BIN_EXE_ChatServer").into()),
                 ("NODE_ARGS".into(), node_args.clone()),
             ];

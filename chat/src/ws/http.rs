@@ -1,0 +1,200 @@
+//! The HTTP request a WebSocket listener connection starts with: an upgrade to
+//! WebSocket (`GET /ws`, RFC 6455 §4.2), or a plain GET of the web client's files.
+//! httparse reads the request; tungstenite derives the accept key.
+
+use tungstenite::handshake::derive_accept_key;
+
+/// The largest request head accepted (bytes).
+pub const MAX_REQUEST: usize = 16 * 1024;
+
+/// What the bytes received so far hold.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Not a whole request head yet.
+    Partial,
+    /// A valid upgrade: reply [`upgrade_response`], then speak WebSocket on the
+    /// bytes after `consumed`.
+    Upgrade {
+        /// The client's `Sec-WebSocket-Key`.
+        key: String,
+        /// The request head's length.
+        consumed: usize,
+    },
+    /// A GET (or HEAD) of `path`, query string removed.
+    Get {
+        /// The path, e.g. `/` or `/app.js`.
+        path: String,
+        /// HEAD: headers only.
+        head: bool,
+    },
+    /// A request to refuse: the complete response to send before closing.
+    Refuse(Vec<u8>),
+}
+
+fn header<'h>(req: &'h httparse::Request<'_, '_>, name: &str) -> Option<&'h str> {
+    req.headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
+        .map(str::trim)
+}
+
+fn has_token(value: Option<&str>, token: &str) -> bool {
+    value.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+/// Reads the request head at the front of `data`.
+pub fn parse(data: &[u8]) -> Request {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let consumed = match req.parse(data) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if data.len() <= MAX_REQUEST => return Request::Partial,
+        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+            return Request::Refuse(plain(431, "Request Header Fields Too Large", ""));
+        }
+        Err(e) => return Request::Refuse(plain(400, "Bad Request", &format!("{e}\n"))),
+    };
+    let method = req.method.unwrap_or("");
+    let path = req.path.unwrap_or("/");
+    let path = path.split(['?', '#']).next().unwrap_or("/").to_owned();
+    let upgrade = header(&req, "upgrade");
+    if upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+        if method != "GET" || !has_token(header(&req, "connection"), "upgrade") {
+            return Request::Refuse(plain(400, "Bad Request", "not a WebSocket upgrade\n"));
+        }
+        if header(&req, "sec-websocket-version") != Some("13") {
+            return Request::Refuse(response(
+                426,
+                "Upgrade Required",
+                "text/plain; charset=utf-8",
+                &["Sec-WebSocket-Version: 13"],
+                b"WebSocket version 13 only\n",
+                false,
+            ));
+        }
+        return match header(&req, "sec-websocket-key") {
+            Some(key) if !key.is_empty() => Request::Upgrade {
+                key: key.to_owned(),
+                consumed,
+            },
+            _ => Request::Refuse(plain(400, "Bad Request", "Sec-WebSocket-Key missing\n")),
+        };
+    }
+    match method {
+        "GET" | "HEAD" => Request::Get {
+            path,
+            head: method == "HEAD",
+        },
+        _ => Request::Refuse(response(
+            405,
+            "Method Not Allowed",
+            "text/plain; charset=utf-8",
+            &["Allow: GET, HEAD"],
+            b"GET or HEAD only\n",
+            false,
+        )),
+    }
+}
+
+/// The 101 reply accepting an upgrade with `key`.
+pub fn upgrade_response(key: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    )
+    .into_bytes()
+}
+
+/// A complete response that closes the connection (`Connection: close`).
+pub fn response(
+    status: u16,
+    reason: &str,
+    content_type: &str,
+    extra: &[&str],
+    body: &[u8],
+    head: bool,
+) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: close\r\nCache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n",
+        body.len()
+    );
+    for h in extra {
+        out.push_str(h);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
+    if !head {
+        out.extend_from_slice(body);
+    }
+    out
+}
+
+/// A plain-text response.
+pub fn plain(status: u16, reason: &str, body: &str) -> Vec<u8> {
+    response(
+        status,
+        reason,
+        "text/plain; charset=utf-8",
+        &[],
+        body.as_bytes(),
+        false,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+        Connection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+    #[test]
+    fn an_upgrade_is_accepted_with_the_rfc_key() {
+        let Request::Upgrade { key, consumed } = parse(UPGRADE.as_bytes()) else {
+            panic!("not an upgrade");
+        };
+        assert_eq!(consumed, UPGRADE.len());
+        let reply = String::from_utf8(upgrade_response(&key)).unwrap();
+        // RFC 6455 §1.3's example.
+        assert!(reply.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        assert_eq!(parse(&UPGRADE.as_bytes()[..20]), Request::Partial);
+    }
+
+    #[test]
+    fn bad_requests_are_refused() {
+        let no_key = UPGRADE.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "");
+        let v8 = UPGRADE.replace("Version: 13", "Version: 8");
+        let post = "POST / HTTP/1.1\r\n\r\n";
+        for (req, status) in [
+            (no_key.as_str(), "400"),
+            (v8.as_str(), "426"),
+            (post, "405"),
+            ("\x16\x03\x01garbage\r\n\r\n", "400"),
+        ] {
+            let Request::Refuse(reply) = parse(req.as_bytes()) else {
+                panic!("{req:?} accepted");
+            };
+            assert!(reply.starts_with(format!("HTTP/1.1 {status}").as_bytes()));
+        }
+        let huge = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_REQUEST));
+        assert!(
+            matches!(parse(huge.as_bytes()), Request::Refuse(r) if r.starts_with(b"HTTP/1.1 431"))
+        );
+    }
+
+    #[test]
+    fn a_get_names_its_path() {
+        assert_eq!(
+            parse(b"GET /app.js?v=1 HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Request::Get {
+                path: "/app.js".into(),
+                head: false
+            }
+        );
+    }
+}
