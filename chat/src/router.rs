@@ -410,6 +410,26 @@ impl Router {
         }
     }
 
+    /// [`Router::restore`] under the user's shard lock (so a login or resume taking
+    /// its first page sees all of them or none), for frames an acking connection
+    /// (`closed`, a connection id) did not get acknowledged; a session of the user
+    /// that entered meanwhile gets them now — here at once, on another node through
+    /// a flush notice.
+    pub fn restore_and_flush(&self, user: i64, closed: u64, texts: &[String]) {
+        let shard = self.hub.lock(user);
+        self.restore(user, texts);
+        match shard.get(&user) {
+            Some(session) if session.id() != closed => {
+                self.flush_session(user, session);
+            }
+            Some(_) => {}
+            None => {
+                drop(shard);
+                self.recheck(&[user]);
+            }
+        }
+    }
+
     /// Takes a page of the user's stored messages and delivers it to `session`,
     /// congested or not; if more is left, the session stays congested so that the
     /// rest follows page by page as its output drains ([`Router::drained`]). The

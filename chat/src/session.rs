@@ -77,6 +77,8 @@ pub struct PasswordCheck {
     pub row: Option<UserRow>,
     /// The password the client sent.
     pub password: String,
+    /// Acknowledged delivery asked for (see [`crate::protocol::Parsed::acks`]).
+    pub acks: Option<u64>,
 }
 
 impl std::fmt::Debug for PasswordCheck {
@@ -246,6 +248,11 @@ impl Session {
         self.drain_pending.store(false, Ordering::Release);
     }
 
+    /// The frames on their way out (acknowledged delivery lives there).
+    pub fn flow(&self) -> &Arc<Outflow> {
+        &self.flow
+    }
+
     /// Whether the connection's output is above its high-water mark.
     pub fn is_congested(&self) -> bool {
         self.flow.is_congested()
@@ -393,11 +400,14 @@ impl Session {
         if out.closed {
             return Err(std::mem::take(&mut out.held));
         }
-        let frames: Vec<Vec<u8>> = first.into_iter().chain(out.held.drain(..)).collect();
-        frames.iter().for_each(|f| self.stats.frame_out(f));
-        if !frames.is_empty() {
+        let frames: Vec<Vec<u8>> = out.held.drain(..).collect();
+        first
+            .iter()
+            .chain(&frames)
+            .for_each(|f| self.stats.frame_out(f));
+        if first.is_some() || !frames.is_empty() {
             let flow = self.flow.clone();
-            self.conn.with(move |c| flow.force(c, frames));
+            self.conn.with(move |c| flow.force(c, first, frames));
         }
         Ok(())
     }
