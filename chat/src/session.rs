@@ -151,6 +151,9 @@ pub struct Session {
     /// A password check the running job handed over: the worker moves it to the
     /// hasher once the job returned, and leaves the strand waiting for it.
     suspended: Mutex<Option<PasswordCheck>>,
+    /// Set once the close put the unacknowledged frames back (acking sessions): a
+    /// RESUME that replaced this session waits for it before its first page.
+    put_back: (Mutex<bool>, parking_lot::Condvar),
 }
 
 impl Session {
@@ -175,7 +178,27 @@ impl Session {
             logged_in_once: AtomicBool::new(false),
             drain_pending: AtomicBool::new(false),
             suspended: Mutex::new(None),
+            put_back: (Mutex::new(false), parking_lot::Condvar::new()),
         }
+    }
+
+    /// The close put this session's unacknowledged frames back into the store.
+    pub fn mark_put_back(&self) {
+        *self.put_back.0.lock() = true;
+        self.put_back.1.notify_all();
+    }
+
+    /// Waits (a worker, at most `limit`) until [`Session::mark_put_back`]; false
+    /// if it did not come in time.
+    pub fn wait_put_back(&self, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        let mut done = self.put_back.0.lock();
+        while !*done {
+            if self.put_back.1.wait_until(&mut done, deadline).timed_out() {
+                break;
+            }
+        }
+        *done
     }
 
     /// Hands a password check over (from the job running on this session's strand):

@@ -80,7 +80,13 @@ fn slow_reader_drops_and_resumes(b: &Backend) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1500);
-    let srv = b.start();
+    // No rate limit, and room in the store for every message from one sender.
+    let mut opts = chat::server::ServerOptions::default();
+    opts.limits.rate = 0;
+    opts.offline.max_messages = 1_000_000;
+    opts.offline.max_bytes = 1 << 30;
+    opts.offline.sender_percent = 100;
+    let srv = b.start_with(opts);
     let mut r = User::register(srv.addr(), "reader");
     clamp_socket_buffers(r.c.stream(), 16 * 1024);
     r.c.send(&json!({"acks": 1, "ext": 1, "id": r.id, "msgid": 1, "password": r.pw}));
@@ -172,4 +178,49 @@ fn no_dseq_without_acks() {
     );
     legacy.c.send(&json!({"msgid": 19, "seq": 3}));
     legacy.c.barrier();
+}
+
+/// A RESUME that takes over a live acking session on the same node: the old one
+/// gets error 121; what it was written and did not acknowledge is in the new
+/// session's RESUME_ACK (it waited for the old one's close to put it back), with
+/// the same `dseq`s, so the client drops what it saw; a frame it never saw (one
+/// read by nobody) is shown.
+#[test]
+fn a_takeover_gets_the_old_sessions_unacknowledged_frames() {
+    fast_hashes();
+    let b = Backend::sqlite();
+    let srv = b.start();
+    let mut s = User::online(srv.addr(), "snd");
+    let mut r = User::register(srv.addr(), "rcv");
+    r.c.send(&json!({"acks": 1, "ext": 1, "id": r.id, "msgid": 1, "password": r.pw}));
+    let ack = r.c.expect_msgid(2);
+    let token = ack["token"].as_str().expect("token").to_owned();
+    for i in 0..5 {
+        s.chat(r.id, &format!("t{i}"));
+    }
+    s.c.barrier();
+    let mut shown = Shown::default();
+    read_until(&mut r.c, &mut shown, 4, usize::MAX); // t4 written, never read
+
+    let mut c = Client::connect(srv.addr());
+    c.send(&json!({"ext": 1, "id": r.id, "lastseq": shown.last, "msgid": 17, "token": token}));
+    // The old connection still holds t4, unread; then the notice.
+    let notice = loop {
+        let v: Value = serde_json::from_str(&recv_text(&mut r.c)).unwrap();
+        if v["msgid"] == 11 {
+            break v;
+        }
+    };
+    assert_eq!(notice["errno"], 121, "{notice}");
+    let ack = c.expect_frame("RESUME_ACK", |v| v["msgid"] == 18);
+    assert_eq!(ack["errno"], 0, "{ack}");
+    let again = ack["offlinemsg"]
+        .as_array()
+        .expect("the unacknowledged frames");
+    assert_eq!(again.len(), 5, "{ack}");
+    for m in again {
+        shown.take(m.as_str().unwrap());
+    }
+    assert_eq!(shown.msgs, ["t0", "t1", "t2", "t3", "t4"]);
+    assert_eq!(shown.dropped, 4);
 }

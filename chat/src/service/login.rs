@@ -25,6 +25,10 @@ use crate::store::StoreError;
 /// sign-out, racing with it, can hold the hub entry for a moment.
 const REPLACE_TRIES: u32 = 50;
 
+/// How long a RESUME waits for the acking session it replaced to put its
+/// unacknowledged frames back (its close is forced after 2 s).
+const PUT_BACK_WAIT: Duration = Duration::from_millis(2500);
+
 /// How a session enters ([`ChatService::enter`]).
 pub(super) enum Entry {
     /// By LOGIN: refused while the user is online elsewhere.
@@ -185,17 +189,22 @@ impl ChatService {
                     session.reply(already());
                     return Ok(Some("already-online"));
                 }
-                // A live older session here: what it wrote and was not acknowledged
-                // goes back to the store first (under the lock, so this login's page
-                // takes it); then it gets the notice and is signed out (outside the
-                // lock, which the sign-out takes); then claim.
-                self.take_over_unacked(id, &old);
+                // A live older session here: it gets the notice and is signed out
+                // (outside the lock, which the sign-out takes); then claim.
                 drop(shard);
                 replaced += 1;
-                if replaced > REPLACE_TRIES || !self.replace_here(id) {
+                if replaced > REPLACE_TRIES {
                     log::debug!("user {id}: session {} not replaced yet", old.id());
                     self.send_unavailable(session, ack_msgid);
                     return Ok(Some("unavailable"));
+                }
+                // False when it left by itself meanwhile (its own close): fine.
+                self.replace_here(id);
+                // What an acking one wrote and did not get acknowledged goes back to
+                // the store at its close, ahead of newer frames: wait for that before
+                // taking this session's first page (its close is forced within 2 s).
+                if old.flow().acks() && !old.wait_put_back(PUT_BACK_WAIT) {
+                    log::warn!("user {id}: session {} not closed in time", old.id());
                 }
                 if replaced > 1 {
                     // Its own sign-out (a close the client just made) is under way
@@ -421,22 +430,6 @@ impl ChatService {
         }
     }
 
-    /// A resume takes over from `old`, a live session of `id` here (the caller
-    /// holds the user's shard lock): it is closed for deliveries, and what it wrote
-    /// unacknowledged or kept unwritten goes back to the store now, ahead of
-    /// newer frames, for the new session's first page.
-    fn take_over_unacked(&self, id: i64, old: &Session) {
-        if !old.flow().acks() {
-            return;
-        }
-        old.mark_closed();
-        let mut texts = old.flow().take_unacked();
-        texts.extend(crate::outflow::undelivered(&[], &old.take_spilled()));
-        if !texts.is_empty() {
-            self.router.restore(id, &texts);
-        }
-    }
-
     /// At a close: the chat frames the connection never wrote go back to the
     /// store of the user they were for, in order, ahead of newer ones. For a
     /// connection that acks, that is every frame it did not acknowledge (the
@@ -444,18 +437,15 @@ impl ChatService {
     /// seqs, and a session of the user that entered meanwhile gets a flush.
     pub(super) fn put_back(&self, session: &Session, unsent: &[u8], spilled: &[Vec<u8>]) {
         if session.flow().acks() {
-            let mut texts = session.flow().take_unacked();
-            texts.extend(crate::outflow::undelivered(&[], spilled));
+            let spilled = crate::outflow::undelivered(&[], spilled);
             match session.last_user() {
-                Some(user) if !texts.is_empty() => {
-                    self.router.restore_and_flush(user, session.id(), &texts)
-                }
-                Some(_) => {}
+                Some(user) => self.router.restore_and_flush(user, session, spilled),
                 None => log::warn!(
                     "{} unacknowledged frame(s) of a connection that logged out dropped",
-                    texts.len()
+                    session.flow().take_unacked().len() + spilled.len()
                 ),
             }
+            session.mark_put_back();
             return;
         }
         let texts = crate::outflow::undelivered(unsent, spilled);

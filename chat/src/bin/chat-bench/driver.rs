@@ -587,7 +587,7 @@ impl Driver {
             .filter(|&i| self.users[i].state == UserState::Ready)
             .collect();
         match args.scenario {
-            Scenario::Idle | Scenario::Bomb | Scenario::LoginFlood => {}
+            Scenario::Idle | Scenario::Bomb | Scenario::LoginFlood | Scenario::Failover => {}
             Scenario::Login => {
                 for i in ready {
                     self.cycle_login(i);
