@@ -14,6 +14,7 @@
 //! listener the server owns reads them, with the store and the bus, for
 //! `/healthz`, `/readyz`, `/metrics` and the admin routes.
 
+pub mod acks;
 pub mod admin;
 pub mod audit;
 pub mod bus;

@@ -17,6 +17,7 @@ use net::{ConnHandle, LoopHandle, TcpConnectionPtr};
 use parking_lot::{Mutex, MutexGuard};
 use serde_json::Value;
 
+use crate::acks::AckWindow;
 use crate::protocol::msgid;
 
 /// One connection's outflow state; the IO loop's send tasks hold it too.
@@ -38,6 +39,9 @@ pub struct Outflow {
     /// live frames the loop is offered before that page went out are spilled, to
     /// go out ahead of it (see [`Outflow::offer`]).
     final_drains: AtomicUsize,
+    /// The acknowledgement window of a connection that acks what it reads
+    /// (`None`: it does not, and frames go out as they are). Locked after the others.
+    window: Mutex<Option<AckWindow>>,
 }
 
 impl Outflow {
@@ -48,7 +52,73 @@ impl Outflow {
             spilled: Mutex::new(Vec::new()),
             high_water,
             final_drains: AtomicUsize::new(0),
+            window: Mutex::new(None),
         })
+    }
+
+    /// Starts acknowledged delivery (at the login, before anything is written):
+    /// chat frames from now on carry a seq, the first new one `base`.
+    pub fn start_acks(&self, base: u64) {
+        *self.window.lock() = Some(AckWindow::new(base));
+    }
+
+    /// Whether the connection acknowledges what it reads.
+    pub fn acks(&self) -> bool {
+        self.window.lock().is_some()
+    }
+
+    /// Stamps chat frames (JSON texts) as written (the offline messages of a
+    /// LOGIN_ACK); texts pass unchanged without a window.
+    pub fn stamp_texts(&self, texts: Vec<String>) -> Vec<String> {
+        let mut w = self.window.lock();
+        let Some(w) = w.as_mut() else { return texts };
+        texts
+            .into_iter()
+            .map(|t| String::from_utf8_lossy(&w.stamp(t.as_bytes())).into_owned())
+            .collect()
+    }
+
+    /// A cumulative acknowledgement; true if a full window has room again (the
+    /// caller then starts a drain of what was stored meanwhile).
+    pub fn ack(&self, seq: u64) -> bool {
+        self.window.lock().as_mut().is_some_and(|w| w.ack(seq))
+    }
+
+    /// True, and noted for the next [`Outflow::ack`], if the window is full.
+    pub fn window_blocks(&self) -> bool {
+        let mut w = self.window.lock();
+        match w.as_mut() {
+            Some(w) if w.is_full() => {
+                w.block();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The unacknowledged frames' texts (with their seqs), oldest first, taken.
+    pub fn take_unacked(&self) -> Vec<String> {
+        self.window
+            .lock()
+            .as_mut()
+            .map_or_else(Vec::new, AckWindow::take)
+    }
+
+    /// Writes one chat frame (wire bytes) to `c`, stamped if the connection acks.
+    fn write(&self, c: &TcpConnectionPtr, frame: &[u8]) {
+        let mut w = self.window.lock();
+        match w.as_mut() {
+            Some(w) => {
+                let text = frame.strip_suffix(&[0]).unwrap_or(frame);
+                let mut stamped = w.stamp(text);
+                stamped.push(0);
+                c.send(&stamped);
+            }
+            None => {
+                drop(w);
+                c.send(frame);
+            }
+        }
     }
 
     /// Whether live frames go to the store rather than to the connection.
@@ -97,29 +167,48 @@ impl Outflow {
             Some(c) => {
                 let out = c.output_bytes();
                 let fits = out == 0 || out + frame.len() <= self.high_water;
-                if !self.is_congested() && fits {
+                // A full ack window holds frames back like the mark, but the
+                // connection keeps being read: the ACK that makes room comes in.
+                let waits = self.window_blocks();
+                if !self.is_congested() && fits && !waits {
                     drop(spilled);
-                    c.send(frame);
+                    self.write(c, frame);
                 } else {
                     if !self.congested.swap(true, Ordering::AcqRel) {
                         log::debug!("{}: output at its mark; storing new frames", c.name());
                     }
                     spilled.push(frame.to_vec());
-                    // Its own requests would only add replies: read when it drained.
-                    c.stop_read();
+                    if !waits {
+                        // Its own requests would only add replies: read when it drained.
+                        c.stop_read();
+                    }
                 }
             }
             None => spilled.push(frame.to_vec()),
         }
     }
 
-    /// On the loop: appends frames that must go out whatever the mark (stored
-    /// frames being delivered, a LOGIN_ACK), or spills them if the connection
-    /// closed.
-    pub fn force(&self, conn: Option<&TcpConnectionPtr>, frames: Vec<Vec<u8>>) {
+    /// On the loop: appends frames that must go out whatever the mark: `first`
+    /// (a LOGIN_ACK, not a chat frame), then `frames` (held chat frames), or
+    /// spills them if the connection closed. An acking connection's spilled
+    /// LOGIN_ACK is left out: its offline messages are in the window already.
+    pub fn force(
+        &self,
+        conn: Option<&TcpConnectionPtr>,
+        first: Option<Vec<u8>>,
+        frames: Vec<Vec<u8>>,
+    ) {
         match conn {
-            Some(c) => frames.iter().for_each(|f| c.send(f)),
-            None => self.spilled.lock().extend(frames),
+            Some(c) => {
+                if let Some(f) = first {
+                    c.send(&f);
+                }
+                frames.iter().for_each(|f| self.write(c, f));
+            }
+            None => {
+                let first = first.filter(|_| !self.acks());
+                self.spilled.lock().extend(first.into_iter().chain(frames));
+            }
         }
     }
 
@@ -142,7 +231,7 @@ impl Outflow {
         match conn {
             Some(c) => {
                 for f in spilled.drain(..).chain(page) {
-                    c.send(&f);
+                    self.write(c, &f);
                 }
                 if !last {
                     self.set_congested(congested);

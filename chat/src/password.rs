@@ -55,10 +55,20 @@ pub fn hash(password: &str) -> String {
     })
 }
 
+/// Password hashes computed (and verified) by this process: a resume must add none
+/// (`chat_password_hashes` in /metrics; the failover bench reads it).
+static HASHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many password hashes this process computed or verified so far.
+pub fn hashes() -> u64 {
+    HASHES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// At most one hash per core at a time. Hashing is CPU-bound, so more in parallel
 /// would only add latency, and each hash holds its memory cost (19 MiB by default)
 /// while it runs: this bounds that to cores × cost however many workers there are.
 fn with_permit<T>(f: impl FnOnce() -> T) -> T {
+    HASHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     static RUNNING: Mutex<usize> = Mutex::new(0);
     static FREED: Condvar = Condvar::new();
     let max = std::thread::available_parallelism().map_or(1, |n| n.get());

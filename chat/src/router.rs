@@ -410,6 +410,36 @@ impl Router {
         }
     }
 
+    /// At the close of an acking connection (`closed`): takes the frames it did not
+    /// get acknowledged and stores them, then `spilled` (never written), ahead of
+    /// everything stored for `user` since — all under the user's shard lock, so a
+    /// login or resume taking its first page sees all of them or none. A session
+    /// of the user that entered meanwhile gets them now: here at once, on another
+    /// node through a flush notice.
+    pub fn restore_and_flush(&self, user: i64, closed: &Session, spilled: Vec<String>) {
+        let shard = self.hub.lock(user);
+        let mut texts = closed.flow().take_unacked();
+        texts.extend(spilled);
+        if texts.is_empty() {
+            return;
+        }
+        log::debug!(
+            "user {user}: {} unacknowledged frame(s) stored again",
+            texts.len()
+        );
+        self.restore(user, &texts);
+        match shard.get(&user) {
+            Some(session) if session.id() != closed.id() => {
+                self.flush_session(user, session);
+            }
+            Some(_) => {}
+            None => {
+                drop(shard);
+                self.recheck(&[user]);
+            }
+        }
+    }
+
     /// Takes a page of the user's stored messages and delivers it to `session`,
     /// congested or not; if more is left, the session stays congested so that the
     /// rest follows page by page as its output drains ([`Router::drained`]). The

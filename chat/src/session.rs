@@ -84,6 +84,8 @@ pub struct PasswordCheck {
     pub row: Option<UserRow>,
     /// The password the client sent.
     pub password: String,
+    /// Acknowledged delivery asked for (see [`crate::protocol::Parsed::acks`]).
+    pub acks: Option<u64>,
 }
 
 impl std::fmt::Debug for PasswordCheck {
@@ -160,6 +162,9 @@ pub struct Session {
     /// A password check the running job handed over: the worker moves it to the
     /// hasher once the job returned, and leaves the strand waiting for it.
     suspended: Mutex<Option<PasswordCheck>>,
+    /// Set once the close put the unacknowledged frames back (acking sessions): a
+    /// RESUME that replaced this session waits for it before its first page.
+    put_back: (Mutex<bool>, parking_lot::Condvar),
 }
 
 impl Session {
@@ -184,7 +189,27 @@ impl Session {
             logged_in_once: AtomicBool::new(false),
             drain_pending: AtomicBool::new(false),
             suspended: Mutex::new(None),
+            put_back: (Mutex::new(false), parking_lot::Condvar::new()),
         }
+    }
+
+    /// The close put this session's unacknowledged frames back into the store.
+    pub fn mark_put_back(&self) {
+        *self.put_back.0.lock() = true;
+        self.put_back.1.notify_all();
+    }
+
+    /// Waits (a worker, at most `limit`) until [`Session::mark_put_back`]; false
+    /// if it did not come in time.
+    pub fn wait_put_back(&self, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        let mut done = self.put_back.0.lock();
+        while !*done {
+            if self.put_back.1.wait_until(&mut done, deadline).timed_out() {
+                break;
+            }
+        }
+        *done
     }
 
     /// Hands a password check over (from the job running on this session's strand):
@@ -255,6 +280,11 @@ impl Session {
     /// The queued `Drained` job is running: a later drain may queue another.
     pub fn end_drain(&self) {
         self.drain_pending.store(false, Ordering::Release);
+    }
+
+    /// The frames on their way out (acknowledged delivery lives there).
+    pub fn flow(&self) -> &Arc<Outflow> {
+        &self.flow
     }
 
     /// Whether the connection's output is above its high-water mark.
@@ -404,11 +434,14 @@ impl Session {
         if out.closed {
             return Err(std::mem::take(&mut out.held));
         }
-        let frames: Vec<Vec<u8>> = first.into_iter().chain(out.held.drain(..)).collect();
-        frames.iter().for_each(|f| self.stats.frame_out(f));
-        if !frames.is_empty() {
+        let frames: Vec<Vec<u8>> = out.held.drain(..).collect();
+        first
+            .iter()
+            .chain(&frames)
+            .for_each(|f| self.stats.frame_out(f));
+        if first.is_some() || !frames.is_empty() {
             let flow = self.flow.clone();
-            self.conn.with(move |c| flow.force(c, frames));
+            self.conn.with(move |c| flow.force(c, first, frames));
         }
         Ok(())
     }

@@ -131,7 +131,11 @@ impl<I: Input> App<I> {
             }
         };
         let password = self.ask_with(ui::PASSWORD, true)?;
-        let frame = commands::login_request(id, &password);
+        let mut frame = commands::login_request(id, &password);
+        if self.session.state().resume.enabled {
+            // Acknowledged delivery: what a dropped connection lost comes again.
+            frame["acks"] = 1.into();
+        }
         Some(self.request(Awaiting::Login, &frame) == Some(Outcome::LoggedIn))
     }
 
@@ -284,6 +288,14 @@ impl<I: Input> App<I> {
     }
 
     fn lost(&self, e: &io::Error) {
+        let resuming = {
+            let st = self.session.state();
+            st.resume.enabled && !st.resume.replaced && st.resume.token.is_some()
+        };
+        if resuming && self.session.user().is_some() {
+            ui::emit("(not connected, reconnecting: that was not sent)\n");
+            return;
+        }
         self.session
             .connection_lost(&format!("server closed the connection ({e})"));
     }

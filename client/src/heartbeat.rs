@@ -55,8 +55,12 @@ fn run(session: &Session) {
             }
         }
         st.next_ping = session.heartbeat().map(|i| Instant::now() + i);
+        let ack = st.resume.ack_due(true);
         drop(st);
         // A failed write means the connection is gone; the reader reports that.
+        if let Some(ack) = ack {
+            let _ = session.send(&ack);
+        }
         let _ = session.ping();
     }
 }

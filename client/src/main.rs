@@ -12,6 +12,7 @@ mod commands;
 mod heartbeat;
 mod input;
 mod reader;
+mod resume;
 mod session;
 mod social;
 mod transport;
@@ -50,8 +51,8 @@ struct Args {
     /// The CA certificate(s), PEM, that the server's certificate must chain to.
     #[arg(long, value_name = "PEM", requires = "tls")]
     ca_file: Option<PathBuf>,
-    /// Exit (status 1) when the server closes the connection. This is the current
-    /// behaviour in any case; the flag keeps scripts explicit once reconnecting exists.
+    /// Exit (status 1) when the server closes the connection. By default an
+    /// interactive session connects again by itself and resumes (piped: never).
     #[arg(long)]
     no_reconnect: bool,
 }
@@ -91,6 +92,7 @@ fn main() -> ExitCode {
         editor.is_some(),
         heartbeat::interval_from_env(),
     ));
+    session.state().resume.enabled = editor.is_some() && !args.no_reconnect;
     match start(read, session, editor) {
         Ok(code) => code,
         Err(e) => {

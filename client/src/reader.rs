@@ -44,17 +44,27 @@ struct Reader {
 
 impl Reader {
     fn run(&self, mut stream: ReadHalf) {
+        loop {
+            let why = self.read_connection(&mut stream);
+            // A resumable session comes back on a new connection; anything else
+            // ends as before.
+            match crate::resume::reconnect(&self.session) {
+                Some(next) => stream = next,
+                None => return self.session.connection_lost(&why),
+            }
+        }
+    }
+
+    /// Reads one connection until it ends; returns why it ended.
+    fn read_connection(&self, stream: &mut ReadHalf) -> String {
         let mut frames = FrameReader::new(FRAME_LIMIT);
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let n = match stream.read(&mut buf) {
-                Ok(0) => return self.session.connection_lost("server closed the connection"),
+                Ok(0) => return "server closed the connection".to_owned(),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    let why = format!("server closed the connection ({e})");
-                    return self.session.connection_lost(&why);
-                }
+                Err(e) => return format!("server closed the connection ({e})"),
             };
             frames.push(&buf[..n]);
             loop {
@@ -62,15 +72,20 @@ impl Reader {
                     Ok(Some(frame)) => self.handle(&frame),
                     Ok(None) => break,
                     Err(e) if e.is_fatal() => {
-                        let why = format!("server sent unreadable data ({e}), disconnecting");
-                        return self.session.connection_lost(&why);
+                        return format!("server sent unreadable data ({e}), disconnecting");
                     }
                     Err(e) => ui::error(&format!("ignored a bad frame from the server: {e}")),
                 }
             }
-            let mut st = self.session.state();
-            st.last_rx = Instant::now();
-            self.session.changed.notify_all();
+            let ack = {
+                let mut st = self.session.state();
+                st.last_rx = Instant::now();
+                self.session.changed.notify_all();
+                st.resume.ack_due(false)
+            };
+            if let Some(ack) = ack {
+                let _ = self.session.send(&ack);
+            }
         }
     }
 
@@ -80,8 +95,12 @@ impl Reader {
         };
         match id {
             msgid::LOGIN_ACK => self.login_ack(frame),
+            msgid::RESUME_ACK => self.resume_ack(frame),
             msgid::REG_ACK => self.reg_ack(frame),
             msgid::ONE_CHAT | msgid::GROUP_CHAT => {
+                if !self.session.state().resume.take(frame) {
+                    return; // shown already, before the connection dropped
+                }
                 if let Some(line) = ui::chat_line(frame) {
                     ui::emit(&line);
                 }
@@ -149,21 +168,69 @@ impl Reader {
         let friends = wire_list(frame, "friends", Friend::from_wire);
         let groups = wire_list(frame, "groups", GroupInfo::from_wire);
         let mut out = ui::banner(id, name, &friends, &groups);
-        for text in wire_list(frame, "offlinemsg", |s| Some(s.to_owned())) {
-            if let Some(line) = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|m| ui::chat_line(&m))
-            {
-                out.push_str(&line);
-            }
-        }
+        self.offline_lines(frame, &mut out);
         out.push_str(&ui::help(self.session.interactive()));
+        self.session.state().resume.token = frame
+            .get("token")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         self.session.logged_in(User {
             id,
             name: name.to_owned(),
         });
         ui::emit(&out);
         let _ = self.outcomes.send(Outcome::LoggedIn);
+    }
+
+    /// The offline messages of a LOGIN_ACK or RESUME_ACK, each once, appended to
+    /// `out`; returns how many.
+    fn offline_lines(&self, frame: &Value, out: &mut String) -> usize {
+        let mut n = 0;
+        for text in wire_list(frame, "offlinemsg", |s| Some(s.to_owned())) {
+            let Ok(m) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
+            if !self.session.state().resume.take(&m) {
+                continue;
+            }
+            if let Some(line) = ui::chat_line(&m) {
+                out.push_str(&line);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The answer to the RESUME the reconnect sent: one notice line, then the
+    /// messages missed meanwhile; a refused one ends the client as a lost
+    /// connection did before.
+    fn resume_ack(&self, frame: &Value) {
+        if !std::mem::take(&mut self.session.state().resume.resuming) {
+            return;
+        }
+        if frame.get("errno").and_then(Value::as_i64) != Some(0) {
+            let why = frame
+                .get("errmsg")
+                .and_then(Value::as_str)
+                .unwrap_or("the session cannot be resumed");
+            self.session.state().resume.enabled = false;
+            self.session
+                .connection_lost(&format!("reconnected, but {why}"));
+            return;
+        }
+        self.session.state().resume.token = frame
+            .get("token")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let mut lines = String::new();
+        let n = self.offline_lines(frame, &mut lines);
+        let mut out = format!("(connection lost and restored: {n} message(s) missed meanwhile)\n");
+        out.push_str(&lines);
+        ui::emit(&out);
+        // The heartbeat tells whether the new server is ours, as after a login.
+        let mut st = self.session.state();
+        st.next_ping = Some(Instant::now());
+        self.session.changed.notify_all();
     }
 
     fn reg_ack(&self, frame: &Value) {
@@ -182,6 +249,10 @@ impl Reader {
             let mut st = self.session.state();
             st.ours = true;
             let errno = frame.get("errno").and_then(Value::as_i64);
+            if errno == Some(errno::REPLACED) {
+                // A newer session of ours took over: this one must not come back.
+                st.resume.replaced = true;
+            }
             if errno == Some(errno::LOGIN_TIMEOUT) && st.user.is_none() {
                 // The server closes an idle connection at the menu: not worth a line,
                 // the next login or register connects again.

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use chat::protocol;
 use serde_json::{json, Value};
 
+use crate::resume::Resume;
 use crate::transport::{Connector, ReadHalf, WriteHalf};
 
 /// The smallest gap between two frames while the server may be a legacy one: the original
@@ -108,6 +109,8 @@ pub struct State {
     pub contacts: VecDeque<Contacts>,
     /// The last `cid` put on a chat (interactive mode asks for confirmations).
     pub last_cid: i64,
+    /// The token, the `dseq`s seen and the acks of a session that can be resumed.
+    pub resume: Resume,
 }
 
 /// The state shared by the client's threads. Safe to use from any thread.
@@ -155,6 +158,7 @@ impl Session {
                 login_timed_out: false,
                 contacts: VecDeque::new(),
                 last_cid: 0,
+                resume: Resume::default(),
             }),
             changed: Condvar::new(),
             heartbeat,
@@ -195,6 +199,13 @@ impl Session {
         if !self.state().dropped {
             return Ok(None);
         }
+        self.replace_connection().map(Some)
+    }
+
+    /// Connects again (to the same address) and makes the new connection the
+    /// session's: its write half replaces the old, and the per-connection state
+    /// starts afresh. Returns the read half, for the reader.
+    pub fn replace_connection(&self) -> io::Result<ReadHalf> {
         let (read, write) = self.connector.connect()?;
         *self.writer.lock().unwrap_or_else(PoisonError::into_inner) = write;
         let mut st = self.state();
@@ -209,7 +220,7 @@ impl Session {
         st.pongs = 0;
         st.contacts.clear();
         self.changed.notify_all();
-        Ok(Some(read))
+        Ok(read)
     }
 
     /// Sends one frame as compact JSON plus `0x00`, in one write. While the server may be a

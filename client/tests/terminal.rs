@@ -32,6 +32,11 @@ struct Tty {
 
 impl Tty {
     fn spawn(server: &TestServer) -> Tty {
+        Tty::spawn_args(&["127.0.0.1", &server.port()])
+    }
+
+    /// ChatClient with these arguments.
+    fn spawn_args(args: &[&str]) -> Tty {
         let pair = native_pty_system()
             .openpty(PtySize {
                 rows: ROWS,
@@ -41,7 +46,7 @@ impl Tty {
             })
             .expect("a pty");
         let mut cmd = CommandBuilder::new(env!("CARGO_BIN_EXE_ChatClient"));
-        cmd.args(["127.0.0.1", &server.port()]);
+        cmd.args(args);
         cmd.env("TERM", "xterm-256color");
         cmd.cwd(std::env::temp_dir());
         let child = pair.slave.spawn_command(cmd).expect("spawn ChatClient");
@@ -258,7 +263,7 @@ fn editing_history_hidden_password_and_lines_above_the_input() {
 fn a_lost_connection_leaves_the_terminal_as_it_was() {
     let mut server = TestServer::start();
     let alice = server.register("alice");
-    let mut tty = Tty::spawn(&server);
+    let mut tty = Tty::spawn_args(&["--no-reconnect", "127.0.0.1", &server.port()]);
     tty.login(alice, "alice");
     tty.send("half a line");
     tty.wait_line("alice> half a line");
@@ -268,4 +273,49 @@ fn a_lost_connection_leaves_the_terminal_as_it_was() {
     tty.wait_text("server closed the connection");
     // The shell the person returns to echoes again.
     assert!(tty.cooked());
+}
+
+/// A dropped connection (cut between client and server) comes back by itself: the
+/// client connects again, resumes without the password, prints one notice line and
+/// the messages sent meanwhile, each once — the one it had shown before the drop,
+/// which the server sends again (it was not acknowledged), is not shown twice.
+#[test]
+fn a_dropped_connection_resumes_and_shows_each_message_once() {
+    let server = TestServer::start();
+    let alice = server.register("alice");
+    let bob = server.register("bob");
+    let mut b = server.login(bob);
+    let proxy = util::proxy::Proxy::start(server.addr());
+    let tty = Tty::spawn_args(&["127.0.0.1", &proxy.port()]);
+    tty.login(alice, "alice");
+    let chat = |b: &mut util::Raw, msg: &str| {
+        b.send(json!({"id": bob, "msg": msg, "msgid": msgid::ONE_CHAT, "toid": alice}));
+    };
+    chat(&mut b, "before the drop");
+    tty.wait_text("said: before the drop");
+
+    proxy.cut();
+    chat(&mut b, "meanwhile one");
+    chat(&mut b, "meanwhile two");
+    tty.wait_text("(connection lost and restored:");
+    tty.wait_text("said: meanwhile two");
+    chat(&mut b, "after it");
+    tty.wait_text("said: after it");
+    let screen = tty.contents();
+    for (text, times) in [
+        ("(connection lost and restored:", 1),
+        ("said: before the drop", 1),
+        ("said: meanwhile one", 1),
+        ("said: meanwhile two", 1),
+    ] {
+        assert_eq!(screen.matches(text).count(), times, "{text:?} on\n{screen}");
+    }
+    assert!(
+        screen.find("meanwhile one") < screen.find("meanwhile two"),
+        "{screen}"
+    );
+    // The resumed session works both ways.
+    tty.send(&format!("chat:{bob}:back again\r"));
+    let v = b.recv_msgid(msgid::ONE_CHAT);
+    assert_eq!(v["msg"], "back again");
 }

@@ -483,7 +483,7 @@ pub fn check_parse_request(v: Value) -> Result<Parsed, ProtocolError> {
 }
 
 /// The msgids a client may send (protocol.md §2 plus PING, CONTACTS and RESUME).
-const CLIENT_MSGIDS: [i64; 11] = [
+const CLIENT_MSGIDS: [i64; 12] = [
     msgid::LOGIN,
     msgid::LOGINOUT,
     msgid::REG,
@@ -495,6 +495,7 @@ const CLIENT_MSGIDS: [i64; 11] = [
     msgid::PING,
     msgid::CONTACTS,
     msgid::RESUME,
+    msgid::SEQ_ACK,
 ];
 
 /// A `MISSING_FIELD` or `BAD_FIELD` error must name (in double quotes, as its first quoted
@@ -541,7 +542,8 @@ fn check_field_error(v: &Value, e: &ProtocolError) {
         ("groupname", _) => is_str(value, 1, protocol::GROUPNAME_MAX_CHARS),
         ("groupdesc", _) => is_str(value, 0, protocol::GROUPDESC_MAX_CHARS),
         ("name" | "msg" | "time", _) => value.is_string(),
-        ("ext", _) => value.is_boolean() || matches!(value.as_u64(), Some(0 | 1)),
+        ("ext" | "acks", _) => value.is_boolean() || matches!(value.as_u64(), Some(0 | 1)),
+        ("seq" | "lastseq", _) => value.as_u64().is_some_and(|n| n <= 1 << 53) && !value.is_f64(),
         ("cid", msgid::ONE_CHAT | msgid::GROUP_CHAT) => {
             value.as_i64().is_some_and(|c| c >= 0) && !value.is_f64()
         }
@@ -706,12 +708,13 @@ fn check_request(v: &Value, p: &Parsed) {
             assert_eq!(req.msgid(), p.msgid);
         }
         Request::Contacts { id } => assert_eq!(*id, id_of(v, "id")),
+        Request::SeqAck { seq } => assert_eq!(Some(*seq), v["seq"].as_u64()),
     }
     match p.req.acting_id() {
         Some(id) => assert_eq!(id, id_of(v, "id")),
         None => assert!(matches!(
             p.msgid,
-            msgid::LOGIN | msgid::REG | msgid::PING | msgid::RESUME
+            msgid::LOGIN | msgid::REG | msgid::PING | msgid::RESUME | msgid::SEQ_ACK
         )),
     }
 }

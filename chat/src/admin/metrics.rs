@@ -101,6 +101,12 @@ impl Collector for ChatCollector {
         )?;
         counter(
             &mut e,
+            "chat_password_hashes",
+            "Password hashes computed or verified (logins, registrations; never a resume).",
+            crate::password::hashes(),
+        )?;
+        counter(
+            &mut e,
             "chat_kicks",
             "Users disconnected by an operator.",
             s.kicks,

@@ -27,7 +27,11 @@ pub fn parse_fast_chat(bytes: &[u8]) -> Option<FastChat<'_>> {
     let fields: BTreeMap<&str, &RawValue> = serde_json::from_slice(bytes).ok()?;
     // `ext` switches the connection's replies and `cid` asks for a confirmation
     // (and is never forwarded): both are the Value path's business.
-    if fields.get("msgid")?.get() != "6" || fields.contains_key("ext") || fields.contains_key("cid")
+    // `dseq` is removed there too (the server's own, protocol.md §12).
+    if fields.get("msgid")?.get() != "6"
+        || fields.contains_key("ext")
+        || fields.contains_key("cid")
+        || fields.contains_key("dseq")
     {
         return None;
     }
@@ -169,6 +173,7 @@ mod tests {
             r#"{"msgid":6,"id":1,"toid":2,"msg":"a","x":-0}"#,
             r#"{"msgid":6,"id":1,"toid":2,"msg":"a","x":12345678901234567890}"#,
             r#"{"msgid":6,"id":1,"toid":2,"msg":"a","ext":1}"#,
+            r#"{"msgid":6,"id":1,"toid":2,"msg":"a","dseq":1}"#,
             r#"{"msgid":6,"id":0,"toid":2,"msg":"a"}"#,
             r#"{"msgid":6,"id":1,"toid":"2","msg":"a"}"#,
             r#"{"msgid":6,"id":1,"toid":2,"msg":5}"#,

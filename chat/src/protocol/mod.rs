@@ -81,6 +81,9 @@ pub mod msgid {
     pub const RESUME: i64 = 17;
     /// Ours, server → client: the answer to [`RESUME`] (a LOGIN_ACK's shape).
     pub const RESUME_ACK: i64 = 18;
+    /// Ours, client → server (acking sessions): every chat frame up to `seq` was
+    /// received. No reply.
+    pub const SEQ_ACK: i64 = 19;
 
     /// The symbolic name of a msgid, for logs; `None` for ids outside the table.
     pub fn name(id: i64) -> Option<&'static str> {
@@ -118,6 +121,7 @@ pub mod msgid {
             CONTACTS_ACK => "CONTACTS_ACK",
             RESUME => "RESUME",
             RESUME_ACK => "RESUME_ACK",
+            SEQ_ACK => "SEQ_ACK",
             _ => return None,
         })
     }
@@ -387,6 +391,12 @@ pub enum Request {
         /// The resume token the last LOGIN_ACK or RESUME_ACK gave.
         token: String,
     },
+    /// SEQ_ACK (19): the client received every chat frame up to `seq` (handled on
+    /// the IO loop; ignored on a connection that does not ack).
+    SeqAck {
+        /// The seq of the last chat frame received.
+        seq: u64,
+    },
 }
 
 impl Request {
@@ -405,6 +415,7 @@ impl Request {
             Request::Social { req, .. } => req.msgid(),
             Request::Contacts { .. } => msgid::CONTACTS,
             Request::Resume { .. } => msgid::RESUME,
+            Request::SeqAck { .. } => msgid::SEQ_ACK,
         }
     }
 
@@ -423,7 +434,8 @@ impl Request {
             Request::Login { .. }
             | Request::Reg { .. }
             | Request::Ping
-            | Request::Resume { .. } => None,
+            | Request::Resume { .. }
+            | Request::SeqAck { .. } => None,
         }
     }
 }
@@ -437,6 +449,9 @@ pub struct Parsed {
     pub ext: bool,
     /// The request's msgid (same as `req.msgid()`).
     pub msgid: i64,
+    /// Acknowledged delivery asked for (protocol.md §12): `Some(last seq seen)` on
+    /// an ext LOGIN with `"acks":1` (0) or a RESUME with `"lastseq"`.
+    pub acks: Option<u64>,
 }
 
 /// Validates one decoded JSON document as a client request.
@@ -474,6 +489,11 @@ pub fn parse_request(v: Value) -> Result<Parsed, ProtocolError> {
     }
     let f = Fields { obj: &obj, msgid };
     let ext = f.ext()?;
+    let acks = match msgid {
+        msgid::LOGIN if ext && f.flag("acks")? => Some(0),
+        msgid::RESUME => f.opt_seq("lastseq")?,
+        _ => None,
+    };
     let req = match msgid {
         msgid::LOGIN => Request::Login {
             id: f.id("id")?,
@@ -545,13 +565,21 @@ pub fn parse_request(v: Value) -> Result<Parsed, ProtocolError> {
             id: f.id("id")?,
             token: f.string("token", 1, TOKEN_MAX_CHARS)?,
         },
+        msgid::SEQ_ACK => Request::SeqAck {
+            seq: f.opt_seq("seq")?.ok_or_else(|| f.missing("seq"))?,
+        },
         other => return Err(unknown_msgid(other)),
     };
-    Ok(Parsed { req, ext, msgid })
+    Ok(Parsed {
+        req,
+        ext,
+        msgid,
+        acks,
+    })
 }
 
 /// The msgids a client may send.
-const REQUEST_MSGIDS: [i64; 11] = [
+const REQUEST_MSGIDS: [i64; 12] = [
     msgid::LOGIN,
     msgid::LOGINOUT,
     msgid::REG,
@@ -563,6 +591,7 @@ const REQUEST_MSGIDS: [i64; 11] = [
     msgid::PING,
     msgid::CONTACTS,
     msgid::RESUME,
+    msgid::SEQ_ACK,
 ];
 
 /// Longest resume token accepted (ours are 64 hex characters).
@@ -635,14 +664,31 @@ impl Fields<'_> {
         }
     }
 
+    /// An optional sequence number: a JSON integer in `0..=2^53` (what a browser
+    /// reads exactly).
+    fn opt_seq(&self, key: &str) -> Result<Option<u64>, ProtocolError> {
+        let Some(v) = self.obj.get(key) else {
+            return Ok(None);
+        };
+        match v.as_u64() {
+            Some(n) if n <= 1 << 53 && !v.is_f64() => Ok(Some(n)),
+            _ => Err(self.bad(format!("field \"{key}\" must be an integer from 0 to 2^53"))),
+        }
+    }
+
     /// `ext`: absent, `0`, `1`, `false` or `true`.
     fn ext(&self) -> Result<bool, ProtocolError> {
-        match self.obj.get("ext") {
+        self.flag("ext")
+    }
+
+    /// A flag: absent, `0`, `1`, `false` or `true`.
+    fn flag(&self, key: &str) -> Result<bool, ProtocolError> {
+        match self.obj.get(key) {
             None => Ok(false),
             Some(Value::Bool(b)) => Ok(*b),
             Some(v) if v.as_u64() == Some(0) => Ok(false),
             Some(v) if v.as_u64() == Some(1) => Ok(true),
-            Some(_) => Err(self.bad("field \"ext\" must be 0, 1, false or true".to_owned())),
+            Some(_) => Err(self.bad(format!("field \"{key}\" must be 0, 1, false or true"))),
         }
     }
 

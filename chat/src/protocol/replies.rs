@@ -21,6 +21,8 @@ pub fn delivery_frame(
     }
     frame.remove("ext");
     frame.remove("cid");
+    // The `dseq` of acknowledged delivery is the server's (protocol.md §12).
+    frame.remove("dseq");
     Value::Object(frame)
 }
 

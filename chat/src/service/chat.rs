@@ -42,6 +42,14 @@ impl ChatService {
     /// and the recipient is online on this node. Otherwise hands the request back
     /// for the workers.
     pub fn try_fast(&self, session: &Arc<Session>, parsed: Parsed) -> std::result::Result<(), Job> {
+        if let Request::SeqAck { seq } = parsed.req {
+            // Cheap and order-free: handled here. A full window that has room again
+            // starts the drain of what was stored meanwhile.
+            if session.flow().ack(seq) && session.is_congested() && session.start_drain() {
+                return Err(Job::Drained);
+            }
+            return Ok(());
+        }
         let Request::OneChat { id, toid, cid, .. } = &parsed.req else {
             return Err(Job::Request(parsed));
         };

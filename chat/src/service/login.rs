@@ -20,6 +20,15 @@ use crate::protocol::{
 use crate::session::{PasswordCheck, Session, User};
 use crate::store::StoreError;
 
+/// How often a RESUME tries to replace the user's older session here before it
+/// answers "unavailable" (2 ms apart after the first): the older one's own
+/// sign-out, racing with it, can hold the hub entry for a moment.
+const REPLACE_TRIES: u32 = 50;
+
+/// How long a RESUME waits for the acking session it replaced to put its
+/// unacknowledged frames back (its close is forced after 2 s).
+const PUT_BACK_WAIT: Duration = Duration::from_millis(2500);
+
 /// How a session enters ([`ChatService::enter`]).
 pub(super) enum Entry {
     /// By LOGIN: refused while the user is online elsewhere.
@@ -28,10 +37,20 @@ pub(super) enum Entry {
     Resume(String),
 }
 
+/// How a session enters: by which request, and whether it acks what it reads
+/// (`Some(last seq the client saw)`, protocol.md §12).
+pub(super) struct Entering {
+    /// LOGIN or RESUME.
+    pub entry: Entry,
+    /// Acknowledged delivery asked for.
+    pub acks: Option<u64>,
+}
+
 impl ChatService {
     /// LOGIN, first half: refuse a locked account, count the attempt, read the user,
     /// and hand the password check to the hasher (the strand waits for it).
     pub(super) fn login(&self, session: &Arc<Session>, parsed: Parsed) -> Result<()> {
+        let acks = parsed.acks;
         let Request::Login { id, password } = parsed.req else {
             unreachable!("handler registered for LOGIN")
         };
@@ -61,7 +80,12 @@ impl ChatService {
                 return Err(e.into());
             }
         };
-        session.suspend(PasswordCheck { id, row, password });
+        session.suspend(PasswordCheck {
+            id,
+            row,
+            password,
+            acks,
+        });
         Ok(())
     }
 
@@ -107,7 +131,12 @@ impl ChatService {
         check: PasswordCheck,
         verified: Verified,
     ) -> Result<Option<&'static str>> {
-        let PasswordCheck { id, row, password } = check;
+        let PasswordCheck {
+            id,
+            row,
+            password,
+            acks,
+        } = check;
         let row = match (row, verified) {
             (Some(row), Verified::Ok) => row,
             (Some(row), Verified::OkLegacyPlaintext) => {
@@ -124,7 +153,11 @@ impl ChatService {
         };
         self.throttle.succeeded(id);
 
-        self.enter(session, id, &row.name, Entry::Login)
+        let entering = Entering {
+            entry: Entry::Login,
+            acks,
+        };
+        self.enter(session, id, &row.name, entering)
     }
 
     /// Claims `id` for the session (hub, cluster presence) and takes its offline
@@ -136,7 +169,7 @@ impl ChatService {
         session: &Arc<Session>,
         id: i64,
         name: &str,
-        entry: Entry,
+        Entering { entry, acks }: Entering,
     ) -> Result<Option<&'static str>> {
         let resume = matches!(entry, Entry::Resume(_));
         let ack_msgid = if resume { msgid::RESUME } else { msgid::LOGIN };
@@ -151,18 +184,32 @@ impl ChatService {
         let offline = loop {
             let mut shard = self.hub().lock(id);
             if let Some(old) = shard.get(&id).cloned() {
-                drop(shard);
                 if !resume {
+                    drop(shard);
                     session.reply(already());
                     return Ok(Some("already-online"));
                 }
                 // A live older session here: it gets the notice and is signed out
                 // (outside the lock, which the sign-out takes); then claim.
+                drop(shard);
                 replaced += 1;
-                if replaced > 3 || !self.replace_here(id) {
+                if replaced > REPLACE_TRIES {
                     log::debug!("user {id}: session {} not replaced yet", old.id());
                     self.send_unavailable(session, ack_msgid);
                     return Ok(Some("unavailable"));
+                }
+                // False when it left by itself meanwhile (its own close): fine.
+                self.replace_here(id);
+                // What an acking one wrote and did not get acknowledged goes back to
+                // the store at its close, ahead of newer frames: wait for that before
+                // taking this session's first page (its close is forced within 2 s).
+                if old.flow().acks() && !old.wait_put_back(PUT_BACK_WAIT) {
+                    log::warn!("user {id}: session {} not closed in time", old.id());
+                }
+                if replaced > 1 {
+                    // Its own sign-out (a close the client just made) is under way
+                    // on another worker: give it a moment rather than refuse.
+                    std::thread::sleep(Duration::from_millis(2));
                 }
                 continue;
             }
@@ -222,6 +269,13 @@ impl ChatService {
             {
                 Ok((msgs, more)) => {
                     session.set_congested(more);
+                    if let Some(last) = acks {
+                        // Before anything is written: the offline messages are the
+                        // first frames stamped.
+                        let base = crate::acks::first_seq(last, msgs.iter().map(String::as_str));
+                        session.flow().start_acks(base);
+                        break session.flow().stamp_texts(msgs);
+                    }
                     break msgs;
                 }
                 Err(e) => {
@@ -377,8 +431,23 @@ impl ChatService {
     }
 
     /// At a close: the chat frames the connection never wrote go back to the
-    /// store of the user they were for, in order, ahead of newer ones.
+    /// store of the user they were for, in order, ahead of newer ones. For a
+    /// connection that acks, that is every frame it did not acknowledge (the
+    /// unwritten output is among them), then the spilled ones; they carry their
+    /// seqs, and a session of the user that entered meanwhile gets a flush.
     pub(super) fn put_back(&self, session: &Session, unsent: &[u8], spilled: &[Vec<u8>]) {
+        if session.flow().acks() {
+            let spilled = crate::outflow::undelivered(&[], spilled);
+            match session.last_user() {
+                Some(user) => self.router.restore_and_flush(user, session, spilled),
+                None => log::warn!(
+                    "{} unacknowledged frame(s) of a connection that logged out dropped",
+                    session.flow().take_unacked().len() + spilled.len()
+                ),
+            }
+            session.mark_put_back();
+            return;
+        }
         let texts = crate::outflow::undelivered(unsent, spilled);
         if texts.is_empty() {
             return;

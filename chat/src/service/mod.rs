@@ -196,6 +196,8 @@ impl ChatService {
             Job::Drained => {
                 session.end_drain();
                 match session.user() {
+                    // A full ack window: the ACK that makes room drains.
+                    Some(_) if session.flow().window_blocks() => {}
                     Some(user) => self.router.drained(user.id, session),
                     None => session.set_congested(false),
                 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::login::Entry;
+use super::login::{Entering, Entry};
 use super::{ChatService, Result, ServiceError};
 use crate::protocol::{self, errno, Parsed, ProtocolError, Request};
 use crate::resume_token;
@@ -18,17 +18,18 @@ const MSG_BAD_TOKEN: &str = "the session cannot be resumed: log in with the pass
 
 impl ChatService {
     pub(super) fn resume(&self, session: &Arc<Session>, parsed: Parsed) -> Result<()> {
+        let acks = parsed.acks;
         let Request::Resume { id, token } = parsed.req else {
             unreachable!("handler registered for RESUME")
         };
-        let outcome = self.try_resume(session, id, &token);
+        let outcome = self.try_resume(session, (id, acks), &token);
         self.count_login(session, id, outcome)
     }
 
     fn try_resume(
         &self,
         session: &Arc<Session>,
-        id: i64,
+        (id, acks): (i64, Option<u64>),
         token: &str,
     ) -> Result<Option<&'static str>> {
         if let Some(current) = session.user() {
@@ -64,7 +65,11 @@ impl ChatService {
             // Another RESUME with the same token won the swap.
             return refuse();
         }
-        let entered = self.enter(session, id, &row.name, Entry::Resume(fresh.token));
+        let entering = Entering {
+            entry: Entry::Resume(fresh.token),
+            acks,
+        };
+        let entered = self.enter(session, id, &row.name, entering);
         if !matches!(entered, Ok(None) | Ok(Some("closed"))) {
             // Not resumed (busy, unavailable): the old token stays good for a retry.
             if let Err(e) = self

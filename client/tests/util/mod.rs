@@ -16,6 +16,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chat::codec::FrameReader;
+
+pub mod proxy;
 use chat::protocol::{encode, msgid};
 use chat::server::ServerOptions;
 use chat::server_thread::ServerThread;

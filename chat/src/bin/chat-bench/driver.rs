@@ -587,7 +587,11 @@ impl Driver {
             .filter(|&i| self.users[i].state == UserState::Ready)
             .collect();
         match args.scenario {
-            Scenario::Idle | Scenario::Bomb | Scenario::LoginFlood | Scenario::SlowReader => {}
+            Scenario::Idle
+            | Scenario::Bomb
+            | Scenario::LoginFlood
+            | Scenario::SlowReader
+            | Scenario::Failover => {}
             Scenario::Login => {
                 for i in ready {
                     self.cycle_login(i);

@@ -9,6 +9,7 @@
 
 mod bomb;
 mod driver;
+mod failover;
 mod login_flood;
 mod probe;
 mod server_proc;
@@ -49,6 +50,9 @@ pub enum Scenario {
     /// N connections send wrong passwords for one account; --tries legitimate logins
     /// to other accounts are timed meanwhile (see login_flood.rs).
     LoginFlood,
+    /// Users in pairs across nodes, resume-capable; one node killed with SIGKILL:
+    /// time until its users chat again, lost, duplicates (see failover.rs).
+    Failover,
 }
 
 /// Command line.
@@ -129,6 +133,19 @@ pub struct Args {
     /// login-flood: legitimate logins timed during the flood.
     #[arg(long, default_value_t = 10)]
     pub tries: usize,
+    /// failover: the pid of the node to kill with SIGKILL after the warm-up.
+    #[arg(long)]
+    pub kill_pid: Option<u32>,
+    /// failover: which of --targets that node is (0-based).
+    #[arg(long, default_value_t = 0)]
+    pub kill_target: usize,
+    /// failover: the pids of the surviving nodes, whose CPU time is reported.
+    #[arg(long, value_delimiter = ',')]
+    pub survivor_pids: Vec<u32>,
+    /// failover: admin addresses (host:port) of the nodes, whose
+    /// `chat_password_hashes_total` is read before and after the kill.
+    #[arg(long, value_delimiter = ',')]
+    pub metrics: Vec<String>,
 }
 
 fn main() {
@@ -163,6 +180,9 @@ fn main() {
     if args.scenario == Scenario::LoginFlood {
         login_flood::run(&args, targets[0]);
         return;
+    }
+    if args.scenario == Scenario::Failover {
+        return failover::run(&args, targets);
     }
     let legacy = probe::probe_all(&targets, args.legacy);
     if legacy && args.window > 1 {

@@ -1,0 +1,202 @@
+//! Acknowledged delivery: the sequence numbers an acking connection's chat frames
+//! carry, and the frames it has not acknowledged yet (protocol.md §12).
+//!
+//! The rule: every chat frame written to an acking connection gets `"dseq":N` as
+//! its last field, in write order, and stays in the window until the client's
+//! cumulative SEQ_ACK covers it; at the close whatever is still in the window goes
+//! back to the offline store *with* its seq, so a resumed client that already saw
+//! it drops it instead of showing it twice. A frame that already carries a seq
+//! (one put back earlier) keeps it.
+
+use std::collections::VecDeque;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Frames a client may leave unacknowledged; beyond this (or [`WINDOW_BYTES`]) new
+/// frames are stored instead, until an ACK makes room.
+pub const WINDOW_FRAMES: usize = 4096;
+/// Bytes of unacknowledged frames, at most (see [`WINDOW_FRAMES`]).
+pub const WINDOW_BYTES: usize = 4 * 1024 * 1024;
+
+/// The suffix the seq is written with: `,"dseq":N}` closes the frame.
+const SEQ_KEY: &[u8] = b",\"dseq\":";
+
+/// One connection's acknowledgement window.
+#[derive(Debug)]
+pub struct AckWindow {
+    /// The seq the next unstamped frame gets.
+    next: u64,
+    /// Written, unacknowledged frames (seq, JSON text with the seq), oldest first.
+    unacked: VecDeque<(u64, Vec<u8>)>,
+    /// Their total size, for [`WINDOW_BYTES`].
+    bytes: usize,
+    /// A frame was held back (or a drain skipped) because the window was full: the
+    /// ACK that makes room must start the drain of what was stored meanwhile.
+    blocked: bool,
+}
+
+impl AckWindow {
+    /// A window whose first new frame gets `base`.
+    pub fn new(base: u64) -> AckWindow {
+        AckWindow {
+            next: base.max(1),
+            unacked: VecDeque::new(),
+            bytes: 0,
+            blocked: false,
+        }
+    }
+
+    /// Records a chat frame (JSON text, without its NUL) as written and returns
+    /// it with its seq: its own if it has one, else the next.
+    pub fn stamp(&mut self, text: &[u8]) -> Vec<u8> {
+        let (seq, stamped) = match seq_of(text) {
+            Some(seq) => (seq, text.to_vec()),
+            None => (self.next, with_seq(text, self.next)),
+        };
+        self.next = self.next.max(seq + 1);
+        self.bytes += stamped.len();
+        self.unacked.push_back((seq, stamped.clone()));
+        stamped
+    }
+
+    /// Whether the window is at its bound (live frames must wait in the store).
+    pub fn is_full(&self) -> bool {
+        self.unacked.len() >= WINDOW_FRAMES || self.bytes >= WINDOW_BYTES
+    }
+
+    /// Notes that a frame or a drain waited for room.
+    pub fn block(&mut self) {
+        self.blocked = true;
+    }
+
+    /// The client has everything up to the frame with `seq`: drops it and all
+    /// written before it (or, if no frame has that seq, those with a seq at or
+    /// below it from the front). True if a blocked window has room again.
+    pub fn ack(&mut self, seq: u64) -> bool {
+        let upto = self.unacked.iter().position(|(s, _)| *s == seq);
+        let n = upto.map_or_else(
+            || self.unacked.iter().take_while(|(s, _)| *s <= seq).count(),
+            |i| i + 1,
+        );
+        for (_, f) in self.unacked.drain(..n) {
+            self.bytes -= f.len();
+        }
+        let room = self.blocked && !self.is_full();
+        if room {
+            self.blocked = false;
+        }
+        room
+    }
+
+    /// Takes every unacknowledged frame's text (with its seq), oldest first.
+    pub fn take(&mut self) -> Vec<String> {
+        self.bytes = 0;
+        self.unacked
+            .drain(..)
+            .map(|(_, f)| String::from_utf8_lossy(&f).into_owned())
+            .collect()
+    }
+
+    /// How many frames are unacknowledged.
+    pub fn len(&self) -> usize {
+        self.unacked.len()
+    }
+
+    /// True when every written frame was acknowledged.
+    pub fn is_empty(&self) -> bool {
+        self.unacked.is_empty()
+    }
+}
+
+/// The first seq of a new session: above the client's `last` seen, above every
+/// seq among the stored frames it is about to get (`stored`), and at least the
+/// wall clock in microseconds, so that no earlier session of the user (whose
+/// frames can still be put back late, by a node that closes it after the resume)
+/// used the numbers it hands out — unless it wrote more than one frame per
+/// microsecond of its life.
+pub fn first_seq<'a>(last: u64, stored: impl Iterator<Item = &'a str>) -> u64 {
+    let stored = stored
+        .filter_map(|t| seq_of(t.as_bytes()))
+        .max()
+        .unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    last.max(stored).saturating_add(1).max(now)
+}
+
+/// The seq a frame's text ends with (`,"dseq":N}`), if any. Only the server writes
+/// it there: a sender's own `dseq` is removed from what it sends, and a delivered
+/// chat frame's last field is otherwise `time` or later.
+pub fn seq_of(text: &[u8]) -> Option<u64> {
+    let body = text.strip_suffix(b"}")?;
+    let digits = body.len() - body.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    let (head, num) = body.split_at(digits);
+    if num.is_empty() || num.len() > 19 || !head.ends_with(SEQ_KEY) {
+        return None;
+    }
+    std::str::from_utf8(num).ok()?.parse().ok()
+}
+
+/// `text` (a JSON object with at least one field) with `"dseq":seq` as its last field.
+pub fn with_seq(text: &[u8], seq: u64) -> Vec<u8> {
+    let body = text.strip_suffix(b"}").unwrap_or(text);
+    let mut out = Vec::with_capacity(text.len() + 28);
+    out.extend_from_slice(body);
+    out.extend_from_slice(SEQ_KEY);
+    out.extend_from_slice(seq.to_string().as_bytes());
+    out.push(b'}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_in_order_and_keeps_an_earlier_seq() {
+        let mut w = AckWindow::new(10);
+        assert_eq!(w.stamp(br#"{"msgid":6}"#), br#"{"msgid":6,"dseq":10}"#);
+        assert_eq!(
+            w.stamp(br#"{"msgid":6,"dseq":40}"#),
+            br#"{"msgid":6,"dseq":40}"#
+        );
+        assert_eq!(w.stamp(br#"{"msgid":5}"#), br#"{"msgid":5,"dseq":41}"#);
+        assert_eq!(seq_of(br#"{"msgid":6,"dseq":41}"#), Some(41));
+        assert_eq!(seq_of(br#"{"msgid":6,"xseq":41}"#), None);
+        assert_eq!(seq_of(br#"{"msg":"a,\"seq\":4","time":"t"}"#), None);
+        assert!(!w.ack(40));
+        assert_eq!(w.take(), [r#"{"msgid":5,"dseq":41}"#]);
+    }
+
+    #[test]
+    fn ack_of_an_unknown_seq_drops_those_below_it() {
+        let mut w = AckWindow::new(1);
+        for _ in 0..3 {
+            w.stamp(b"{\"a\":1}");
+        }
+        w.ack(2);
+        assert_eq!(w.len(), 1);
+        w.ack(100);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn a_full_window_blocks_until_an_ack() {
+        let mut w = AckWindow::new(1);
+        for _ in 0..WINDOW_FRAMES {
+            w.stamp(b"{\"a\":1}");
+        }
+        assert!(w.is_full());
+        w.block();
+        assert!(w.ack(1));
+        assert!(!w.ack(2), "unblocked once");
+    }
+
+    #[test]
+    fn first_seq_is_above_what_was_seen_and_stored() {
+        let big = u64::MAX / 2;
+        let stored = [format!(r#"{{"a":1,"dseq":{big}}}"#)];
+        assert_eq!(first_seq(5, stored.iter().map(String::as_str)), big + 1);
+        assert!(first_seq(0, std::iter::empty()) > 1_700_000_000_000_000);
+    }
+}

@@ -1,0 +1,226 @@
+//! Acknowledged delivery (issue 13, protocol.md §12): an ext client that logs in
+//! with `"acks":1` gets a `dseq` on every chat frame and acknowledges them with
+//! SEQ_ACK (19); a slow reader that drops its connection in the middle of a stream
+//! and resumes with its last seq loses nothing and — dropping frames whose `dseq` it
+//! has already seen — shows nothing twice, in order; a legacy recipient's bytes do
+//! not change. `ACKS_N` sets the number of messages (BENCHMARKS.md runs 9,000).
+
+mod util;
+
+use std::collections::HashSet;
+use std::thread;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use util::{clamp_socket_buffers, Backend, Client, User};
+
+/// Cheap password hashes: the hashing cost is not what these tests are about.
+fn fast_hashes() {
+    let _ = chat::password::set_cost(1024, 1);
+}
+
+/// What the recipient shows: every chat frame's `msg` the first time its `dseq`
+/// comes, and how many it dropped as already seen.
+#[derive(Default)]
+struct Shown {
+    msgs: Vec<String>,
+    seen: HashSet<u64>,
+    last: u64,
+    dropped: usize,
+}
+
+impl Shown {
+    /// Takes one chat frame (JSON text): shown unless its `dseq` was seen.
+    fn take(&mut self, text: &str) {
+        let v: Value = serde_json::from_str(text).expect("a JSON chat frame");
+        let dseq = v["dseq"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no dseq: {text}"));
+        assert!(
+            text.ends_with(&format!(",\"dseq\":{dseq}}}")),
+            "dseq is the last field: {text}"
+        );
+        if !self.seen.insert(dseq) {
+            self.dropped += 1;
+            return;
+        }
+        self.last = self.last.max(dseq);
+        self.msgs.push(v["msg"].as_str().expect("msg").to_owned());
+    }
+}
+
+/// The next frame's JSON text (without its NUL).
+fn recv_text(c: &mut Client) -> String {
+    let raw = c.recv_raw();
+    String::from_utf8(raw[..raw.len() - 1].to_vec()).expect("utf-8")
+}
+
+/// Reads chat frames into `shown` until `want` distinct messages were shown,
+/// acknowledging every 50 frames; ignores other frames.
+fn read_until(c: &mut Client, shown: &mut Shown, want: usize, ack_every: usize) {
+    let mut since_ack = 0;
+    while shown.msgs.len() < want {
+        let text = recv_text(c);
+        if !text.contains("\"msgid\":6") {
+            continue;
+        }
+        shown.take(&text);
+        since_ack += 1;
+        if since_ack >= ack_every {
+            c.send(&json!({"msgid": 19, "seq": shown.last, "ext": 1}));
+            since_ack = 0;
+        }
+    }
+}
+
+fn slow_reader_drops_and_resumes(b: &Backend) {
+    fast_hashes();
+    let n: usize = std::env::var("ACKS_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1500);
+    // No rate limit, and room in the store for every message from one sender.
+    let mut opts = chat::server::ServerOptions::default();
+    opts.limits.rate = 0;
+    opts.offline.max_messages = 1_000_000;
+    opts.offline.max_bytes = 1 << 30;
+    opts.offline.sender_percent = 100;
+    let srv = b.start_with(opts);
+    let mut r = User::register(srv.addr(), "reader");
+    clamp_socket_buffers(r.c.stream(), 16 * 1024);
+    r.c.send(&json!({"acks": 1, "ext": 1, "id": r.id, "msgid": 1, "password": r.pw}));
+    let ack = r.c.expect_msgid(2);
+    assert_eq!(ack["errno"], 0, "{ack}");
+    let token = ack["token"].as_str().expect("token").to_owned();
+
+    let (addr, rid) = (srv.addr(), r.id);
+    let sender = thread::spawn(move || {
+        let mut s = User::online(addr, "sender");
+        let body = "x".repeat(900);
+        for i in 0..n {
+            s.chat(rid, &format!("m{i:05} {body}"));
+        }
+        s.c.barrier_within(Duration::from_secs(120));
+    });
+
+    // Read a third, acknowledging as it goes, then read 37 more without an ACK:
+    // those are seen by the client but unacknowledged at the server.
+    let mut shown = Shown::default();
+    read_until(&mut r.c, &mut shown, n / 3, 50);
+    r.c.send(&json!({"msgid": 19, "seq": shown.last, "ext": 1}));
+    read_until(&mut r.c, &mut shown, n / 3 + 37, usize::MAX);
+    r.c.shutdown();
+    drop(r.c);
+
+    let mut c = Client::connect(srv.addr());
+    c.send(&json!({"ext": 1, "id": rid, "lastseq": shown.last, "msgid": 17, "token": token}));
+    let ack = loop {
+        let text = recv_text(&mut c);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        if v["msgid"] == 18 {
+            break v;
+        }
+        eprintln!("before the RESUME_ACK: {text}");
+    };
+    assert_eq!(ack["errno"], 0, "{ack}");
+    // (No `offlinemsg` when nothing was stored.)
+    for m in ack["offlinemsg"].as_array().into_iter().flatten() {
+        shown.take(m.as_str().expect("a string"));
+    }
+    read_until(&mut c, &mut shown, n, 50);
+    sender.join().expect("sender");
+
+    let expected: Vec<String> = (0..n)
+        .map(|i| format!("m{i:05} {}", "x".repeat(900)))
+        .collect();
+    let lost = expected.iter().filter(|m| !shown.msgs.contains(m)).count();
+    assert_eq!(lost, 0, "{lost} of {n} lost");
+    assert_eq!(shown.msgs.len(), n, "a duplicate was shown");
+    assert!(shown.msgs == expected, "shown out of order");
+    assert!(
+        shown.dropped >= 37,
+        "the 37 seen-but-unacknowledged frames come again and are dropped ({} were)",
+        shown.dropped
+    );
+    eprintln!(
+        "acks: {n} sent, 0 lost, 0 shown twice, {} re-delivered and dropped",
+        shown.dropped
+    );
+}
+
+#[test]
+fn slow_reader_drops_and_resumes_sqlite() {
+    slow_reader_drops_and_resumes(&Backend::sqlite());
+}
+
+#[test]
+fn slow_reader_drops_and_resumes_mysql() {
+    slow_reader_drops_and_resumes(&Backend::mysql());
+}
+
+/// A legacy recipient (and an ext one that did not ask for acks) gets the frame
+/// without `dseq`; a sender's own `dseq` is not forwarded; SEQ_ACK on such a
+/// connection is ignored without a reply.
+#[test]
+fn no_dseq_without_acks() {
+    fast_hashes();
+    let b = Backend::sqlite();
+    let srv = b.start();
+    let mut legacy = User::online(srv.addr(), "leg");
+    let mut s = User::online(srv.addr(), "snd");
+    let mut frame = util::one_chat(s.id, &s.name, legacy.id, "hi");
+    frame["dseq"] = json!(7);
+    s.c.send(&frame);
+    util::expect_bytes(
+        &mut legacy.c,
+        &util::delivered_one_chat(s.id, &s.name, legacy.id, "hi"),
+    );
+    legacy.c.send(&json!({"msgid": 19, "seq": 3}));
+    legacy.c.barrier();
+}
+
+/// A RESUME that takes over a live acking session on the same node: the old one
+/// gets error 121; what it was written and did not acknowledge is in the new
+/// session's RESUME_ACK (it waited for the old one's close to put it back), with
+/// the same `dseq`s, so the client drops what it saw; a frame it never saw (one
+/// read by nobody) is shown.
+#[test]
+fn a_takeover_gets_the_old_sessions_unacknowledged_frames() {
+    fast_hashes();
+    let b = Backend::sqlite();
+    let srv = b.start();
+    let mut s = User::online(srv.addr(), "snd");
+    let mut r = User::register(srv.addr(), "rcv");
+    r.c.send(&json!({"acks": 1, "ext": 1, "id": r.id, "msgid": 1, "password": r.pw}));
+    let ack = r.c.expect_msgid(2);
+    let token = ack["token"].as_str().expect("token").to_owned();
+    for i in 0..5 {
+        s.chat(r.id, &format!("t{i}"));
+    }
+    s.c.barrier();
+    let mut shown = Shown::default();
+    read_until(&mut r.c, &mut shown, 4, usize::MAX); // t4 written, never read
+
+    let mut c = Client::connect(srv.addr());
+    c.send(&json!({"ext": 1, "id": r.id, "lastseq": shown.last, "msgid": 17, "token": token}));
+    // The old connection still holds t4, unread; then the notice.
+    let notice = loop {
+        let v: Value = serde_json::from_str(&recv_text(&mut r.c)).unwrap();
+        if v["msgid"] == 11 {
+            break v;
+        }
+    };
+    assert_eq!(notice["errno"], 121, "{notice}");
+    let ack = c.expect_frame("RESUME_ACK", |v| v["msgid"] == 18);
+    assert_eq!(ack["errno"], 0, "{ack}");
+    let again = ack["offlinemsg"]
+        .as_array()
+        .expect("the unacknowledged frames");
+    assert_eq!(again.len(), 5, "{ack}");
+    for m in again {
+        shown.take(m.as_str().unwrap());
+    }
+    assert_eq!(shown.msgs, ["t0", "t1", "t2", "t3", "t4"]);
+    assert_eq!(shown.dropped, 4);
+}
