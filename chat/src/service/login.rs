@@ -17,7 +17,7 @@ use crate::password::{self, Verified};
 use crate::protocol::{
     self, errno, msgid, Friend, GroupInfo, Member, Parsed, ProtocolError, Request,
 };
-use crate::session::{PasswordCheck, Session, User};
+use crate::session::{PasswordCheck, Session, Suspended, User};
 use crate::store::StoreError;
 
 /// How a session enters ([`ChatService::enter`]).
@@ -61,7 +61,7 @@ impl ChatService {
                 return Err(e.into());
             }
         };
-        session.suspend(PasswordCheck { id, row, password });
+        session.suspend(Suspended::Password(PasswordCheck { id, row, password }));
         Ok(())
     }
 
