@@ -21,7 +21,7 @@ mkdir -p "$out"
 "$root/autobuild.sh" >/dev/null
 server="$root/bin/ChatServer"
 bench="$root/bin/chat-bench"
-common=(--argon2-memory-kib 64 --argon2-passes 1 --rate 0 --log-level warn ${SERVER_ARGS:-})
+common=(--argon2-memory-kib 64 --argon2-passes 1 --rate 0 --log-level warn,ChatServer=info ${SERVER_ARGS:-})
 pids=()
 
 start_server() { # start_server NAME PORT [ARGS...]

@@ -28,6 +28,7 @@ pub mod outflow;
 pub mod password;
 pub mod protocol;
 pub mod resume_token;
+pub mod route_batch;
 pub mod router;
 pub mod server;
 pub mod server_thread;

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::bus::{Bus, Orphan};
+use crate::bus::{Bus, BusError, Orphan};
 use crate::hub::{Hub, Shard};
 use crate::outflow::FanOut;
 use crate::session::Session;
@@ -42,6 +42,15 @@ pub enum Fast {
     NotHere,
     /// The recipient's connection closed just now: this text must be stored for it.
     Store(String),
+}
+
+/// How far [`Router::send_one_batched`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The frame went where the outcome says.
+    Done(Outcome),
+    /// The frame must go through the bus: route it, then [`Router::finish_one`].
+    Bus,
 }
 
 /// Where a one-to-one frame went.
@@ -155,40 +164,107 @@ impl Router {
 
     /// Sends one chat frame (JSON text) from `from` to `to`.
     pub fn send_one(&self, to: i64, from: i64, text: &str) -> Result<Outcome, StoreError> {
-        let outcome = self.route_one(to, from, text)?;
+        match self.route_one(to, from, text, false)? {
+            Step::Done(outcome) => Ok(self.count(outcome)),
+            Step::Bus => unreachable!("only a batched send stops at the bus"),
+        }
+    }
+
+    /// [`Router::send_one`], except that a frame for a user on no session here, in
+    /// cluster mode, stops at [`Step::Bus`]: the caller has it routed (in a batch,
+    /// [`crate::route_batch`]) and finishes with [`Router::finish_one`].
+    pub fn send_one_batched(&self, to: i64, from: i64, text: &str) -> Result<Step, StoreError> {
+        Ok(match self.route_one(to, from, text, true)? {
+            Step::Done(outcome) => Step::Done(self.count(outcome)),
+            Step::Bus => Step::Bus,
+        })
+    }
+
+    /// The second half of a batched send: `routed` is what the bus answered (the
+    /// users with no node, or its failure). Stores the frame if nobody took it —
+    /// unless the recipient logged in here meanwhile: then it is delivered.
+    pub fn finish_one(
+        &self,
+        to: i64,
+        from: i64,
+        text: &str,
+        routed: Result<Vec<i64>, BusError>,
+    ) -> Result<Outcome, StoreError> {
+        if routed.as_ref().is_ok_and(|missed| missed.is_empty()) {
+            return Ok(self.count(Outcome::Remote));
+        }
+        let shard = self.hub.lock(to);
+        let outcome = match shard.get(&to) {
+            Some(session) => self.to_session(session, to, from, text)?,
+            None => self.after_bus(shard, to, from, text, Some(routed))?,
+        };
+        Ok(self.count(outcome))
+    }
+
+    /// Counts where a frame went.
+    fn count(&self, outcome: Outcome) -> Outcome {
         let how = match outcome {
             Outcome::Local => Chat::Local,
             Outcome::Remote => Chat::Remote,
             Outcome::Stored => Chat::Stored,
-            Outcome::NoSuchUser | Outcome::Refused => return Ok(outcome),
+            Outcome::NoSuchUser | Outcome::Refused => return outcome,
         };
         self.stats.chats(how, 1);
-        Ok(outcome)
+        outcome
     }
 
-    fn route_one(&self, to: i64, from: i64, text: &str) -> Result<Outcome, StoreError> {
+    /// Delivers to the recipient's session here, or stores for a slow reader (kept
+    /// for the flush when its output drains).
+    fn to_session(
+        &self,
+        session: &Session,
+        to: i64,
+        from: i64,
+        text: &str,
+    ) -> Result<Outcome, StoreError> {
+        if session.deliver(wire(text)) {
+            return Ok(Outcome::Local);
+        }
+        self.store_one(to, from, text)
+    }
+
+    fn route_one(&self, to: i64, from: i64, text: &str, batched: bool) -> Result<Step, StoreError> {
         let shard = self.hub.lock(to);
         if let Some(session) = shard.get(&to) {
-            if session.deliver(wire(text)) {
-                return Ok(Outcome::Local);
-            }
-            // A slow reader: kept for the flush when its output drains.
-            return self.store_one(to, from, text);
+            return self.to_session(session, to, from, text).map(Step::Done);
         }
         // A user whose earlier frames were stored while Redis failed keeps having
         // them stored until the flush notice for those went out (under this shard
         // lock, in `retry_rechecks`), so none overtakes them live.
         let unchecked = !self.held_back(&[to]).is_empty();
-        if let Some(bus) = self.bus.as_ref().filter(|_| !unchecked) {
-            match bus.route(&[to], text) {
-                Ok(missed) if missed.is_empty() => return Ok(Outcome::Remote),
-                Ok(_) => {}
-                Err(e) => {
-                    log::debug!("route to {to} through the bus: {e}; storing");
-                    // Marked under the shard lock: no later frame goes live before
-                    // this one's flush notice (see `retry_rechecks`).
-                    self.mark_unchecked(&[to]);
-                }
+        let routed = match self.bus.as_ref().filter(|_| !unchecked) {
+            Some(_) if batched => return Ok(Step::Bus),
+            Some(bus) => Some(bus.route(&[to], text)),
+            None => None,
+        };
+        self.after_bus(shard, to, from, text, routed)
+            .map(Step::Done)
+    }
+
+    /// What follows the bus (`routed`: `None` when it was not asked), under the
+    /// recipient's shard lock (`shard`): done if the bus took the frame, else it is
+    /// stored (if the user exists) and, once stored, the user is looked up again.
+    fn after_bus(
+        &self,
+        shard: MutexGuard<'_, Shard>,
+        to: i64,
+        from: i64,
+        text: &str,
+        routed: Option<Result<Vec<i64>, BusError>>,
+    ) -> Result<Outcome, StoreError> {
+        match routed {
+            Some(Ok(missed)) if missed.is_empty() => return Ok(Outcome::Remote),
+            Some(Ok(_)) | None => {}
+            Some(Err(e)) => {
+                log::debug!("route to {to} through the bus: {e}; storing");
+                // Marked under the shard lock: no later frame goes live before
+                // this one's flush notice (see `retry_rechecks`).
+                self.mark_unchecked(&[to]);
             }
         }
         if !self.store.user_exists(to)? {

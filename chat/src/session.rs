@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use crate::outflow::{FanOut, Outflow};
 use crate::password::Verified;
 use crate::protocol::Parsed;
+use crate::route_batch::{RouteTicket, Routed};
 use crate::stats::Stats;
 use crate::store::UserRow;
 
@@ -72,6 +73,19 @@ pub enum Job {
     /// A LOGIN's password check came back from the hasher: finish the login. It
     /// runs before every job queued behind that LOGIN.
     Checked(PasswordCheck, Verified),
+    /// A one-to-one frame came back from the route batcher: finish its request. It
+    /// runs before every job queued behind that request.
+    Routed(Box<Routed>),
+}
+
+/// What the job that just returned handed over; the strand waits for it to come
+/// back as a job.
+#[derive(Debug)]
+pub enum Suspended {
+    /// A password check, for the hasher ([`Job::Checked`]).
+    Password(PasswordCheck),
+    /// A frame for another node, for the route batcher ([`Job::Routed`]).
+    Route(RouteTicket),
 }
 
 /// A LOGIN's password check, run off the strand by the hasher: the session's later
@@ -159,9 +173,10 @@ pub struct Session {
     /// A `Drained` job is queued: every completed write of a flushed batch would
     /// otherwise queue one more.
     drain_pending: AtomicBool,
-    /// A password check the running job handed over: the worker moves it to the
-    /// hasher once the job returned, and leaves the strand waiting for it.
-    suspended: Mutex<Option<PasswordCheck>>,
+    /// What the running job handed over (a password check, a frame for the route
+    /// batcher): the worker passes it on once the job returned, and leaves the
+    /// strand waiting for it.
+    suspended: Mutex<Option<Suspended>>,
     /// Set once the close put the unacknowledged frames back (acking sessions): a
     /// RESUME that replaced this session waits for it before its first page.
     put_back: (Mutex<bool>, parking_lot::Condvar),
@@ -212,14 +227,14 @@ impl Session {
         *done
     }
 
-    /// Hands a password check over (from the job running on this session's strand):
-    /// the strand waits for its [`Job::Checked`].
-    pub fn suspend(&self, check: PasswordCheck) {
-        *self.suspended.lock() = Some(check);
+    /// Hands work over (from the job running on this session's strand): the strand
+    /// waits for it to come back ([`Job::Checked`], [`Job::Routed`]).
+    pub fn suspend(&self, work: Suspended) {
+        *self.suspended.lock() = Some(work);
     }
 
-    /// The check the job that just returned handed over, if any (for the worker).
-    pub fn take_suspended(&self) -> Option<PasswordCheck> {
+    /// What the job that just returned handed over, if any (for the worker).
+    pub fn take_suspended(&self) -> Option<Suspended> {
         self.suspended.lock().take()
     }
 

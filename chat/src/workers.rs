@@ -8,10 +8,12 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use crossbeam_channel::{Receiver, Sender};
+use parking_lot::RwLock;
 
-use crate::hasher::{Hasher, HasherConfig};
+use crate::hasher::{Hasher, HasherConfig, Resume};
+use crate::route_batch::{self, RouteBatcher};
 use crate::service::ChatService;
-use crate::session::{Job, Session};
+use crate::session::{Job, Session, Suspended};
 
 /// How a worker yields a busy session: after this many jobs it goes to the back
 /// of the queue so other sessions get their turn.
@@ -62,6 +64,35 @@ pub struct WorkerPool {
     submitter: Submitter,
     threads: Vec<JoinHandle<()>>,
     hasher: Arc<Hasher>,
+    /// In cluster mode; `None` once stopped.
+    batcher: Arc<RwLock<Option<RouteBatcher>>>,
+}
+
+/// Where a worker passes what a job handed over ([`Suspended`]).
+#[derive(Clone)]
+struct Handoff {
+    hasher: Arc<Hasher>,
+    batcher: Arc<RwLock<Option<RouteBatcher>>>,
+}
+
+impl Handoff {
+    /// Passes `work` on; the strand then waits for it. Returns the job to run at
+    /// once instead when there is no batcher (any more): the frame routed here.
+    fn pass(&self, service: &ChatService, session: &Arc<Session>, work: Suspended) -> Option<Job> {
+        let ticket = match work {
+            Suspended::Password(check) => {
+                self.hasher.submit(session.clone(), check);
+                return None;
+            }
+            Suspended::Route(ticket) => ticket,
+        };
+        let refused = match self.batcher.read().as_ref() {
+            Some(b) => b.submit(session.clone(), ticket).err()?,
+            None => ticket,
+        };
+        let routed = route_batch::route_now(service.bus(), refused);
+        Some(Job::Routed(Box::new(routed)))
+    }
 }
 
 impl WorkerPool {
@@ -82,21 +113,37 @@ impl WorkerPool {
             }),
         )?;
         let hasher = Arc::new(hasher);
+        let batcher = match service.bus() {
+            Some(bus) => {
+                let back = tx.clone();
+                let resume: Resume = Arc::new(move |session, job| {
+                    let _ = back.send(Work::Resume(session, job));
+                });
+                Some(RouteBatcher::start(bus.clone(), resume)?)
+            }
+            None => None,
+        };
+        let batcher = Arc::new(RwLock::new(batcher));
+        let handoff = Handoff {
+            hasher: hasher.clone(),
+            batcher: batcher.clone(),
+        };
         let threads = (0..n.max(1))
             .map(|i| {
                 let rx = rx.clone();
                 let tx = tx.clone();
                 let service = service.clone();
-                let hasher = hasher.clone();
+                let handoff = handoff.clone();
                 thread::Builder::new()
                     .name(format!("chat-worker{i}"))
-                    .spawn(move || worker(&service, &hasher, &rx, &tx, on_resume))
+                    .spawn(move || worker(&service, &handoff, &rx, &tx, on_resume))
             })
             .collect::<io::Result<Vec<_>>>()?;
         Ok(WorkerPool {
             submitter: Submitter { tx },
             threads,
             hasher,
+            batcher,
         })
     }
 
@@ -105,10 +152,16 @@ impl WorkerPool {
         &self.submitter
     }
 
-    /// Stops the hasher (checks still queued are dropped: the server is going), then
-    /// the workers (after the jobs queued before this call), and joins them.
+    /// Stops the hasher (checks still queued are dropped: the server is going) and
+    /// the route batcher (what it holds is routed and handed back first; later
+    /// frames are routed by the workers themselves), then the workers (after the
+    /// jobs queued before this call), and joins them.
     pub fn stop(&mut self) {
         self.hasher.stop();
+        let batcher = self.batcher.write().take();
+        if let Some(mut batcher) = batcher {
+            batcher.stop();
+        }
         for _ in &self.threads {
             let _ = self.submitter.tx.send(Work::Stop);
         }
@@ -127,7 +180,7 @@ impl Drop for WorkerPool {
 /// A worker: takes sessions that have work and runs their jobs, a turn at a time.
 fn worker(
     service: &ChatService,
-    hasher: &Hasher,
+    handoff: &Handoff,
     rx: &Receiver<Work>,
     tx: &Sender<Work>,
     on_resume: fn(&Session),
@@ -160,11 +213,16 @@ fn worker(
                     session.id()
                 );
             }
-            if let Some(check) = session.take_suspended() {
-                // The strand stays scheduled: the hasher hands the session back
-                // (Work::Resume) and only then do its later jobs run.
-                hasher.submit(session.clone(), check);
-                break;
+            if let Some(work) = session.take_suspended() {
+                // The strand stays scheduled: the hasher or the batcher hands the
+                // session back (Work::Resume) and only then do its later jobs run.
+                match handoff.pass(service, &session, work) {
+                    Some(job) => {
+                        first = Some(job);
+                        continue;
+                    }
+                    None => break,
+                }
             }
             done += 1;
             if done >= JOBS_PER_TURN && session.has_jobs() {

@@ -262,6 +262,51 @@ fn kick_closes_the_connection_on_another_node() {
     drop(other);
 }
 
+/// Cross-node one-to-one chats from many senders at once go through Redis in
+/// batches: fewer route calls (round trips) than frames, each pair's frames in order.
+/// (Checked: with batches capped at one frame, `route_batch::MAX_FRAMES = 1`, the
+/// call count equals the frame count and this fails.)
+#[test]
+fn cross_node_chats_share_route_round_trips() {
+    require_binary("redis-server");
+    let b = Backend::mysql();
+    let _ = chat::password::set_cost(1024, 1);
+    let redis = cluster_util::RedisServer::start();
+    let prefix = format!("adm_{}", unique());
+    let n1 = b.start_with(with_admin(None, bus(&redis.url(), &prefix, "batch-n1")));
+    let n2 = b.start_with(with_admin(None, bus(&redis.url(), &prefix, "batch-n2")));
+    const PAIRS: usize = 20;
+    const EACH: usize = 25;
+    let mut senders: Vec<User> = (0..PAIRS)
+        .map(|i| User::online(n1.addr(), &format!("bs{i}")))
+        .collect();
+    let mut readers: Vec<User> = (0..PAIRS)
+        .map(|i| User::online(n2.addr(), &format!("br{i}")))
+        .collect();
+    let before = scrape(admin(&n1));
+    // Every sender's frames are written at once: they queue on the node together.
+    for (s, r) in senders.iter_mut().zip(&readers) {
+        for k in 0..EACH {
+            s.chat(r.id, &format!("m{k}"));
+        }
+    }
+    for (s, r) in senders.iter().zip(readers.iter_mut()) {
+        for k in 0..EACH {
+            let v = r.c.expect_msgid(6);
+            assert_eq!(v["msg"], format!("m{k}"), "{} → {}: {v}", s.id, r.id);
+        }
+    }
+    let after = scrape(admin(&n1));
+    let moved = |k: &str| get(&after, k) - get(&before, k);
+    let frames = moved("chat_bus_routed_frames_total{}");
+    let calls = moved("chat_bus_route_calls_total{}");
+    assert_eq!(frames, (PAIRS * EACH) as f64, "{after:?}");
+    assert!(
+        calls <= frames / 2.0,
+        "{calls} route calls for {frames} frames: not batched"
+    );
+}
+
 fn ready(addr: SocketAddr) -> (u16, String) {
     http(addr, "GET", "/readyz", None)
 }

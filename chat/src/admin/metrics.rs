@@ -196,6 +196,19 @@ impl Collector for ChatCollector {
                 "Age of the oldest entry of the last batch read from this node's stream.",
                 bus.stream_lag().as_secs_f64(),
             )?;
+            let (calls, frames) = bus.route_counts();
+            counter(
+                &mut e,
+                "chat_bus_route_calls",
+                "Route calls to Redis (one round trip each, carrying a batch of frames).",
+                calls,
+            )?;
+            counter(
+                &mut e,
+                "chat_bus_routed_frames",
+                "Frames the route calls carried.",
+                frames,
+            )?;
             let age = bus.heartbeat_age().map_or(-1.0, |a| a.as_secs_f64());
             gauge_f(
                 &mut e,

@@ -21,6 +21,10 @@ pub(super) struct Health {
     /// Milliseconds between a stream entry's creation and its reading, for the
     /// last batch read.
     lag_ms: AtomicU64,
+    /// Route calls made (each one round trip, however many frames it carried).
+    route_calls: AtomicU64,
+    /// Frames those calls carried.
+    routed_frames: AtomicU64,
 }
 
 /// One node of the cluster, as Redis knows it.
@@ -82,6 +86,23 @@ impl Bus {
     /// The lag of the last stream batch read.
     pub fn stream_lag(&self) -> Duration {
         Duration::from_millis(self.health.lag_ms.load(Ordering::Relaxed))
+    }
+
+    /// Counts a route call that carried `frames` frames.
+    pub(super) fn routed(&self, frames: usize) {
+        self.health.route_calls.fetch_add(1, Ordering::Relaxed);
+        self.health
+            .routed_frames
+            .fetch_add(frames as u64, Ordering::Relaxed);
+    }
+
+    /// Route calls made so far (each one round trip) and the frames they carried:
+    /// how well the route batcher shares round trips.
+    pub fn route_counts(&self) -> (u64, u64) {
+        (
+            self.health.route_calls.load(Ordering::Relaxed),
+            self.health.routed_frames.load(Ordering::Relaxed),
+        )
     }
 
     /// Pings Redis; the round trip.

@@ -491,17 +491,41 @@ impl Bus {
         if uids.is_empty() {
             return Ok(Vec::new());
         }
+        let mut missed = self.route_many(&[(uids, frame)])?;
+        Ok(missed.pop().unwrap_or_default())
+    }
+
+    /// [`Bus::route`] for many frames (recipients, text) in one round trip (and,
+    /// with [`BusConfig::wait`], one `WAIT`), appended in the order given: the
+    /// users with no node, per frame.
+    pub fn route_many(&self, frames: &[(&[i64], &str)]) -> Result<Vec<Vec<i64>>, BusError> {
+        if frames.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.routed(frames.len());
         let missed: Vec<String> = self.with_replicated(|c| {
             let mut inv = self.scripts.route.key(&self.keys.online);
-            inv.arg(&self.keys.node_prefix)
-                .arg(&self.keys.queue_prefix)
-                .arg(frame);
-            for u in uids {
-                inv.arg(*u);
+            inv.arg(&self.keys.node_prefix).arg(&self.keys.queue_prefix);
+            for (uids, frame) in frames {
+                inv.arg(uids.len());
+                for u in *uids {
+                    inv.arg(*u);
+                }
+                inv.arg(*frame);
             }
             inv.invoke(c)
         })?;
-        Ok(missed.iter().filter_map(|s| s.parse().ok()).collect())
+        if missed.len() != frames.len() {
+            return Err(BusError(format!(
+                "route: {} answer(s) for {} frame(s)",
+                missed.len(),
+                frames.len()
+            )));
+        }
+        Ok(missed
+            .iter()
+            .map(|m| m.split(',').filter_map(|s| s.parse().ok()).collect())
+            .collect())
     }
 
     /// The live node of each user, `None` when offline everywhere.

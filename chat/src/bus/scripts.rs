@@ -67,31 +67,59 @@ redis.call('SREM', KEYS[2], ARGV[1])
 return 1
 ";
 
-/// Appends a frame to the streams of the given users' nodes, one entry per node.
-/// A dead node whose stream was not drained yet still gets it, behind the frames
-/// already there, so the drain stores them in order.
-/// KEYS: online. ARGV: node-key prefix, queue prefix, frame text, uid...
-/// Returns the uids with no node (offline, or on a dead node already drained): the
-/// caller stores those.
+/// Appends frames to the streams of their recipients' nodes, one entry per frame
+/// and node, in the order given: many frames (a batch the router formed from what
+/// was queued) cost one round trip. A dead node whose stream was not drained yet
+/// still gets them, behind the frames already there, so the drain stores them in
+/// order. Presence is looked up once per user and node per call (nothing can
+/// change it while a script runs).
+/// KEYS: online. ARGV: node-key prefix, queue prefix, then for each frame: its
+/// recipient count n, n uids, the frame text.
+/// Returns, per frame, the uids with no node (offline, or on a dead node already
+/// drained) joined by commas ('' for none): the caller stores it for those.
 pub const ROUTE: &str = r"
-local bynode = {}
-local missed = {}
-for i = 4, #ARGV do
-  local uid = ARGV[i]
-  local node = redis.call('HGET', KEYS[1], uid)
-  if node and (redis.call('EXISTS', ARGV[1] .. node) == 1
-               or redis.call('EXISTS', ARGV[2] .. node) == 1) then
-    local t = bynode[node]
-    if not t then t = {}; bynode[node] = t end
-    t[#t + 1] = uid
-  else
-    missed[#missed + 1] = uid
+local where = {}
+local alive = {}
+local function node_of(uid)
+  local node = where[uid]
+  if node ~= nil then return node end
+  node = redis.call('HGET', KEYS[1], uid)
+  if node then
+    local up = alive[node]
+    if up == nil then
+      up = redis.call('EXISTS', ARGV[1] .. node) == 1
+           or redis.call('EXISTS', ARGV[2] .. node) == 1
+      alive[node] = up
+    end
+    if not up then node = false end
   end
+  where[uid] = node
+  return node
 end
-for node, uids in pairs(bynode) do
-  redis.call('XADD', ARGV[2] .. node, '*', 'to', table.concat(uids, ','), 'f', ARGV[3])
+local out = {}
+local i = 3
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  local frame = ARGV[i + n + 1]
+  local bynode = {}
+  local missed = {}
+  for j = i + 1, i + n do
+    local node = node_of(ARGV[j])
+    if node then
+      local t = bynode[node]
+      if not t then t = {}; bynode[node] = t end
+      t[#t + 1] = ARGV[j]
+    else
+      missed[#missed + 1] = ARGV[j]
+    end
+  end
+  for node, uids in pairs(bynode) do
+    redis.call('XADD', ARGV[2] .. node, '*', 'to', table.concat(uids, ','), 'f', frame)
+  end
+  out[#out + 1] = table.concat(missed, ',')
+  i = i + n + 2
 end
-return missed
+return out
 ";
 
 /// Asks a live node to deliver what is stored for some users: a notice in its

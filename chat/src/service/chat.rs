@@ -11,8 +11,9 @@ use serde_json::Value;
 
 use super::{ChatService, Result, ServiceError};
 use crate::protocol::{self, errno, msgid, FastChat, Parsed, ProtocolError, Request};
-use crate::router::{Fast, Outcome};
-use crate::session::{Job, Session, User};
+use crate::route_batch::{RouteTicket, Routed};
+use crate::router::{Fast, Outcome, Step};
+use crate::session::{Job, Session, Suspended, User};
 use crate::store::StoreError;
 use crate::timefmt;
 
@@ -126,10 +127,35 @@ impl ChatService {
         &self,
         session: &Session,
         (to, from): (i64, i64),
-        text: &str,
+        text: String,
         cid: Option<i64>,
     ) {
-        match self.router.send_one(to, from, text) {
+        let result = match self.router.send_one_batched(to, from, &text) {
+            Ok(Step::Bus) => {
+                return session.suspend(Suspended::Route(RouteTicket {
+                    to,
+                    from,
+                    text,
+                    cid,
+                    recorded: true,
+                    again: true,
+                }))
+            }
+            Ok(Step::Done(outcome)) => Ok(outcome),
+            Err(e) => Err(e),
+        };
+        self.routed_again(session, to, cid, result);
+    }
+
+    /// Confirms a frame of [`Self::route_again`] once it went somewhere.
+    fn routed_again(
+        &self,
+        session: &Session,
+        to: i64,
+        cid: Option<i64>,
+        result: std::result::Result<Outcome, StoreError>,
+    ) {
+        match result {
             Ok(Outcome::Refused) => self.refused_ack(session, msgid::ONE_CHAT, to, cid),
             Ok(outcome) => {
                 let d = Delivered::one(outcome);
@@ -162,9 +188,51 @@ impl ChatService {
         if here {
             self.record_chat(user.id, toid, &text);
         }
-        let outcome = self.router.send_one(toid, user.id, &text)?;
-        if !here && outcome != Outcome::NoSuchUser && outcome != Outcome::Refused {
-            self.record_chat(user.id, toid, &text);
+        match self.router.send_one_batched(toid, user.id, &text)? {
+            Step::Done(outcome) => {
+                self.one_chat_done(session, (user.id, toid), cid, &text, here, outcome);
+            }
+            // The strand waits; the frame comes back as `Job::Routed`.
+            Step::Bus => session.suspend(Suspended::Route(RouteTicket {
+                to: toid,
+                from: user.id,
+                text,
+                cid,
+                recorded: here,
+                again: false,
+            })),
+        }
+        Ok(())
+    }
+
+    /// A frame came back from the route batcher: finish its request.
+    pub(super) fn routed(&self, session: &Arc<Session>, routed: Routed) {
+        let Routed { ticket: t, result } = routed;
+        let result = self.router.finish_one(t.to, t.from, &t.text, result);
+        if t.again {
+            return self.routed_again(session, t.to, t.cid, result);
+        }
+        match result {
+            Ok(outcome) => {
+                self.one_chat_done(session, (t.from, t.to), t.cid, &t.text, t.recorded, outcome);
+            }
+            Err(e) => self.answer(session, msgid::ONE_CHAT, Err(e.into())),
+        }
+    }
+
+    /// Records (unless `recorded`) and acknowledges a ONE_CHAT whose frame went
+    /// where `outcome` says.
+    fn one_chat_done(
+        &self,
+        session: &Session,
+        (from, toid): (i64, i64),
+        cid: Option<i64>,
+        text: &str,
+        recorded: bool,
+        outcome: Outcome,
+    ) {
+        if !recorded && outcome != Outcome::NoSuchUser && outcome != Outcome::Refused {
+            self.record_chat(from, toid, text);
         }
         if outcome == Outcome::Refused {
             self.refused_ack(session, msgid::ONE_CHAT, toid, cid);
@@ -182,7 +250,6 @@ impl ChatService {
             let d = Delivered::one(outcome);
             self.confirm(session, msgid::ONE_CHAT, cid, d, ("toid", toid));
         }
-        Ok(())
     }
 
     pub(super) fn group_chat(&self, session: &Arc<Session>, parsed: Parsed) -> Result<()> {

@@ -17,7 +17,7 @@ use crate::password::{self, Verified};
 use crate::protocol::{
     self, errno, msgid, Friend, GroupInfo, Member, Parsed, ProtocolError, Request,
 };
-use crate::session::{PasswordCheck, Session, User};
+use crate::session::{PasswordCheck, Session, Suspended, User};
 use crate::store::StoreError;
 
 /// How often a RESUME tries to replace the user's older session here before it
@@ -80,12 +80,12 @@ impl ChatService {
                 return Err(e.into());
             }
         };
-        session.suspend(PasswordCheck {
+        session.suspend(Suspended::Password(PasswordCheck {
             id,
             row,
             password,
             acks,
-        });
+        }));
         Ok(())
     }
 

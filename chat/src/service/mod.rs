@@ -216,7 +216,8 @@ impl ChatService {
                 from,
                 text,
                 cid,
-            } => self.route_again(session, (to, from), &text, cid),
+            } => self.route_again(session, (to, from), text, cid),
+            Job::Routed(routed) => self.routed(session, *routed),
             Job::Checked(check, verified) => {
                 let result = self.login_checked(session, check, verified);
                 self.answer(session, msgid::LOGIN, result);
