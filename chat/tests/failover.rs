@@ -26,8 +26,11 @@ fn login_works(port: u16, id: i64, name: &str, kill: Instant) -> Duration {
         let ack = Client::connect(port).login(id, name);
         match ack["errno"].as_i64() {
             Some(0) => return kill.elapsed(),
-            // 110: Redis unreachable (the failover is under way).
-            Some(110) => {}
+            // 110: Redis unreachable (the failover is under way). 2: the user's
+            // previous check on the other node closed its connection (no LOGINOUT)
+            // and that node has not signed it out yet — under load this takes a
+            // moment; a claim that stays is caught by the RECOVERY deadline.
+            Some(110 | 2) => {}
             _ => panic!("login of {id} on :{port}: {ack}"),
         }
         assert!(
