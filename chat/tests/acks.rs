@@ -257,14 +257,8 @@ fn an_acking_login_closed_while_it_runs_stores_its_messages_once() {
     bob.chat(alice, "during");
     bob.c.barrier_within(Duration::from_secs(60));
     let mut d = Client::connect(srv.addr());
-    let ack = util::poll(Duration::from_secs(60), "alice freed", || {
-        let v = d.login_within(alice, pw, Duration::from_secs(60));
-        (v["errno"] == 0).then_some(v)
-    });
-    let msgs: Vec<String> = util::parsed(&ack, "offlinemsg")
-        .iter()
-        .map(|m| m["msg"].as_str().unwrap().to_owned())
-        .collect();
+    let ack = util::login_when_free(&mut d, alice, pw, Duration::from_secs(60));
+    let msgs = util::offline_msgs(&ack);
     assert_eq!(
         msgs,
         ["before 0", "before 1", "before 2", "during"],
