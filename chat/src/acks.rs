@@ -137,6 +137,17 @@ pub fn seq_of(text: &[u8]) -> Option<u64> {
     std::str::from_utf8(num).ok()?.parse().ok()
 }
 
+/// `text` without the `dseq` a server wrote last into it: what a connection that
+/// does not ack gets (a legacy client never sees the field).
+pub fn strip_seq(text: &[u8]) -> Option<Vec<u8>> {
+    seq_of(text)?;
+    let body = text.strip_suffix(b"}")?;
+    let cut = body.len() - body.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    let mut out = body[..cut - SEQ_KEY.len()].to_vec();
+    out.push(b'}');
+    Some(out)
+}
+
 /// `text` (a JSON object with at least one field) with `"dseq":seq` as its last field.
 pub fn with_seq(text: &[u8], seq: u64) -> Vec<u8> {
     let body = text.strip_suffix(b"}").unwrap_or(text);
@@ -166,6 +177,8 @@ mod tests {
         assert_eq!(seq_of(br#"{"msg":"a,\"seq\":4","time":"t"}"#), None);
         assert!(!w.ack(40));
         assert_eq!(w.take(), [r#"{"msgid":5,"dseq":41}"#]);
+        assert_eq!(strip_seq(br#"{"a":1,"dseq":7}"#).unwrap(), br#"{"a":1}"#);
+        assert_eq!(strip_seq(br#"{"a":1}"#), None);
     }
 
     #[test]

@@ -116,7 +116,15 @@ impl Outflow {
             }
             None => {
                 drop(w);
-                c.send(frame);
+                // A frame put back by an acking session, now for one that is not.
+                let text = frame.strip_suffix(&[0]).unwrap_or(frame);
+                match crate::acks::strip_seq(text) {
+                    Some(mut plain) => {
+                        plain.push(0);
+                        c.send(&plain);
+                    }
+                    None => c.send(frame),
+                }
             }
         }
     }

@@ -224,3 +224,46 @@ fn a_takeover_gets_the_old_sessions_unacknowledged_frames() {
     assert_eq!(shown.msgs, ["t0", "t1", "t2", "t3", "t4"]);
     assert_eq!(shown.dropped, 4);
 }
+
+/// An acking LOGIN whose connection closes while it runs (a deliberately slow
+/// hash, one worker): its offline messages, stamped into its window, go back to
+/// the store once — not once from the window and once more from the undone login.
+#[test]
+fn an_acking_login_closed_while_it_runs_stores_its_messages_once() {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let b = Backend::sqlite();
+    let store = chat::store::open(&b.url()).expect("open the store");
+    let pw = "pw-slow";
+    let params = argon2::Params::new(32 * 1024, 4, 1, None).unwrap();
+    let salt = SaltString::encode_b64(b"acking-closed-login").unwrap();
+    let slow = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password(pw.as_bytes(), &salt)
+        .unwrap()
+        .to_string();
+    let alice = store.register("alice", &slow).unwrap().expect("alice");
+    let srv = b.start_with(chat::server::ServerOptions {
+        workers: 1,
+        ..Default::default()
+    });
+    let mut bob = User::online(srv.addr(), "bob");
+    for i in 0..3 {
+        bob.chat(alice, &format!("before {i}"));
+    }
+    bob.c.barrier();
+    let mut c = Client::connect(srv.addr());
+    c.send(&json!({"acks": 1, "ext": 1, "id": alice, "msgid": 1, "password": pw}));
+    c.shutdown();
+    drop(c);
+    bob.chat(alice, "during");
+    bob.c.barrier_within(Duration::from_secs(60));
+    let mut d = Client::connect(srv.addr());
+    let ack = util::login_when_free(&mut d, alice, pw, Duration::from_secs(60));
+    let msgs = util::offline_msgs(&ack);
+    assert_eq!(
+        msgs,
+        ["before 0", "before 1", "before 2", "during"],
+        "{ack}"
+    );
+    // A legacy LOGIN: frames the acking session put back lose their dseq.
+    assert!(!ack.to_string().contains("dseq"), "{ack}");
+}

@@ -199,14 +199,8 @@ fn closed_while_login_runs(b: &Backend) {
     bob.chat(alice, "during");
     bob.c.barrier_within(SLOW);
     let mut d = Client::connect(srv.addr());
-    let ack = util::poll(SLOW, "alice freed after the closed login", || {
-        let v = d.login_within(alice, pw, SLOW);
-        (v["errno"] == 0).then_some(v)
-    });
-    let msgs: Vec<String> = util::parsed(&ack, "offlinemsg")
-        .iter()
-        .map(|m| m["msg"].as_str().unwrap().to_owned())
-        .collect();
+    let ack = util::login_when_free(&mut d, alice, pw, SLOW);
+    let msgs = util::offline_msgs(&ack);
     assert_eq!(
         msgs,
         ["before 0", "before 1", "before 2", "during"],

@@ -184,14 +184,13 @@ impl ChatService {
         let offline = loop {
             let mut shard = self.hub().lock(id);
             if let Some(old) = shard.get(&id).cloned() {
+                drop(shard);
                 if !resume {
-                    drop(shard);
                     session.reply(already());
                     return Ok(Some("already-online"));
                 }
                 // A live older session here: it gets the notice and is signed out
                 // (outside the lock, which the sign-out takes); then claim.
-                drop(shard);
                 replaced += 1;
                 if replaced > REPLACE_TRIES {
                     log::debug!("user {id}: session {} not replaced yet", old.id());
@@ -276,7 +275,14 @@ impl ChatService {
                         session.flow().start_acks(base);
                         break session.flow().stamp_texts(msgs);
                     }
-                    break msgs;
+                    // Frames an acking session put back carry its dseq: not here.
+                    break msgs
+                        .into_iter()
+                        .map(|m| match crate::acks::strip_seq(m.as_bytes()) {
+                            Some(plain) => String::from_utf8_lossy(&plain).into_owned(),
+                            None => m,
+                        })
+                        .collect();
                 }
                 Err(e) => {
                     shard.remove(&id);
@@ -322,6 +328,9 @@ impl ChatService {
             // messages in it) and what was held cannot be delivered; store them
             // again and undo the login.
             log::debug!("user {id}: connection closed during login");
+            // An acking session's offline messages are in its window: its close
+            // puts them back (ahead of these), so they are not stored twice.
+            let offline: &[String] = if session.flow().acks() { &[] } else { &offline };
             self.restore(
                 id,
                 offline

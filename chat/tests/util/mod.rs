@@ -377,6 +377,23 @@ pub fn parsed(ack: &Value, key: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Logs `id` in on `c`, again and again within `limit`, until the account is free
+/// (a login that is being undone holds it); returns the LOGIN_ACK.
+pub fn login_when_free(c: &mut Client, id: i64, pw: &str, limit: Duration) -> Value {
+    poll(limit, "the account free again", || {
+        let v = c.login_within(id, pw, limit);
+        (v["errno"] == 0).then_some(v)
+    })
+}
+
+/// The `msg` of each offline message of a LOGIN_ACK, in order.
+pub fn offline_msgs(ack: &Value) -> Vec<String> {
+    parsed(ack, "offlinemsg")
+        .iter()
+        .map(|m| m["msg"].as_str().expect("a msg").to_owned())
+        .collect()
+}
+
 /// A logged-in user of a test: its connection, id, name and password.
 pub struct User {
     /// The user's connection.
