@@ -337,6 +337,9 @@ fn messages_racing_a_login(b: &Backend) {
         let mut i = 0;
         let mut after = 0;
         while after < 20 {
+            // Read before the send: a message counted here went out after the test
+            // had the LOGIN_ACK, so it cannot have been stored before the login.
+            let late = stop.load(Ordering::SeqCst);
             sender.send(&one_chat(a_id, "alice", bob_id, &format!("r{i}")));
             i += 1;
             if i == 50 {
@@ -348,7 +351,7 @@ fn messages_racing_a_login(b: &Backend) {
                 // Spread the rest over the login, which takes a password hash.
                 std::thread::sleep(std::time::Duration::from_micros(500));
             }
-            if stop.load(Ordering::SeqCst) {
+            if late {
                 after += 1;
             }
         }
