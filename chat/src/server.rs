@@ -155,6 +155,7 @@ impl ChatServer {
                 let src = Sources {
                     service: service.clone(),
                     connections: tcp.connection_count(),
+                    ws_connections: ws.as_ref().map(WsServer::connection_count),
                     queue: workers.submitter().clone(),
                 };
                 Some(AdminServer::start(admin, src)?)

@@ -104,6 +104,37 @@ fn get(m: &HashMap<String, f64>, key: &str) -> f64 {
     m.get(key).copied().unwrap_or(0.0)
 }
 
+/// With `--ws-addr`, `/metrics` counts the WebSocket listener's connections apart
+/// (`chat_connections` is the TCP listener's); without it the gauge is absent.
+#[test]
+fn metrics_count_websocket_connections() {
+    let _ = chat::password::set_cost(1024, 1);
+    let b = Backend::sqlite();
+    let plain = b.start_with(with_admin(None, None));
+    assert!(!scrape(admin(&plain)).contains_key("chat_websocket_connections{}"));
+    let srv = b.start_with(ServerOptions {
+        ws_addr: Some("127.0.0.1:0".parse().unwrap()),
+        ..with_admin(None, None)
+    });
+    let addr = admin(&srv);
+    let ws = srv.ws_addr().expect("the WebSocket listener's address");
+    assert_eq!(get(&scrape(addr), "chat_websocket_connections{}"), 0.0);
+    // Connections that have not sent their HTTP request yet count too.
+    let held: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(ws).expect("connect"))
+        .collect();
+    poll(
+        Duration::from_secs(5),
+        "3 WebSocket-listener connections",
+        || (get(&scrape(addr), "chat_websocket_connections{}") == 3.0).then_some(()),
+    );
+    assert_eq!(get(&scrape(addr), "chat_connections{}"), 0.0);
+    drop(held);
+    poll(Duration::from_secs(5), "their close counted", || {
+        (get(&scrape(addr), "chat_websocket_connections{}") == 0.0).then_some(())
+    });
+}
+
 /// `/metrics` parses, and its counters move with the traffic that went through.
 #[test]
 fn metrics_parse_and_move_with_traffic() {

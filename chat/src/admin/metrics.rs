@@ -75,6 +75,14 @@ impl Collector for ChatCollector {
             "Open client connections.",
             conns,
         )?;
+        if let Some(ws) = &src.ws_connections {
+            gauge_i(
+                &mut e,
+                "chat_websocket_connections",
+                "Open connections of the WebSocket listener (page loads included).",
+                ws.load(Ordering::Relaxed) as i64,
+            )?;
+        }
         let users = src.service.hub().count() as i64;
         gauge_i(
             &mut e,

@@ -53,6 +53,9 @@ pub struct Sources {
     pub service: Arc<ChatService>,
     /// Open connections (the TcpServer's count).
     pub connections: Arc<AtomicUsize>,
+    /// Open connections of the WebSocket listener (`--ws-addr`), HTTP ones
+    /// included; `None` without one.
+    pub ws_connections: Option<Arc<AtomicUsize>>,
     /// The worker queue (its depth).
     pub queue: Submitter,
 }
