@@ -121,8 +121,20 @@ pub fn first_seq<'a>(last: u64, stored: impl Iterator<Item = &'a str>) -> u64 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64);
-    last.max(stored).saturating_add(1).max(now)
+    let first = last.max(stored).saturating_add(1).max(now);
+    // Every dseq must stay a JSON integer a browser reads exactly and the client
+    // can acknowledge (SEQ_ACK takes 0..=2^53): a `lastseq` (or a stored dseq)
+    // that leaves no room below 2^53 is not one this server handed out, so the
+    // session starts again from the clock.
+    if first > MAX_FIRST_SEQ {
+        now
+    } else {
+        first
+    }
 }
+
+/// The highest first seq of a session: 2^32 frames below 2^53.
+const MAX_FIRST_SEQ: u64 = (1 << 53) - (1 << 32);
 
 /// The seq a frame's text ends with (`,"dseq":N}`), if any. Only the server writes
 /// it there: a sender's own `dseq` is removed from what it sends, and a delivered
@@ -207,9 +219,14 @@ mod tests {
 
     #[test]
     fn first_seq_is_above_what_was_seen_and_stored() {
-        let big = u64::MAX / 2;
+        let big = 1u64 << 52;
         let stored = [format!(r#"{{"a":1,"dseq":{big}}}"#)];
         assert_eq!(first_seq(5, stored.iter().map(String::as_str)), big + 1);
         assert!(first_seq(0, std::iter::empty()) > 1_700_000_000_000_000);
+        // A lastseq that leaves no room below 2^53 (SEQ_ACK's limit) restarts from
+        // the clock: the frames it numbers can still be acknowledged.
+        let clock = first_seq(0, std::iter::empty());
+        let capped = first_seq(1 << 53, std::iter::empty());
+        assert!(capped >= clock && capped < 1 << 52, "{capped}");
     }
 }

@@ -102,6 +102,7 @@ impl ChatServer {
             &opts.history,
         );
         service.set_resume_ttl(opts.resume_ttl);
+        service.set_workers(opts.workers);
         let service = Arc::new(service);
         let bus_threads = match &bus {
             Some(bus) => Some(bus.spawn(service.clone() as Arc<dyn BusHandler>)?),

@@ -267,3 +267,74 @@ fn an_acking_login_closed_while_it_runs_stores_its_messages_once() {
     // A legacy LOGIN: frames the acking session put back lose their dseq.
     assert!(!ack.to_string().contains("dseq"), "{ack}");
 }
+
+/// A wave of RESUMEs taking over silent acking sessions (a network blip: the old
+/// connections stay open, unread) must not stall the node: a RESUME that waits
+/// for its old session's put-back holds a worker, and the put-back needs one, so
+/// only half the workers may wait at once. Here 8 take-overs on 2 workers: each
+/// answered within one put-back wait (a silent old connection is closed after
+/// 2 s), not one after another (they waited 2.5 s each, two at a time, and the
+/// last one ~10 s, before); a bystander's PING within a second; and every session
+/// gets its unacknowledged frames once, in order.
+#[test]
+fn a_wave_of_takeovers_does_not_stall_the_node() {
+    fast_hashes();
+    let b = Backend::sqlite();
+    let srv = b.start_with(chat::server::ServerOptions {
+        workers: 2,
+        ..chat::server::ServerOptions::default()
+    });
+    const N: usize = 8;
+    let mut s = User::online(srv.addr(), "wave-snd");
+    let mut olds = Vec::new();
+    for i in 0..N {
+        let mut r = User::register(srv.addr(), &format!("wave{i}"));
+        r.c.send(&json!({"acks": 1, "ext": 1, "id": r.id, "msgid": 1, "password": r.pw}));
+        let token = r.c.expect_msgid(2)["token"].as_str().unwrap().to_owned();
+        s.chat(r.id, &format!("w{i}a"));
+        s.chat(r.id, &format!("w{i}b"));
+        olds.push((r, token)); // written to it, never read: unacknowledged
+    }
+    s.c.barrier();
+    let mut bystander = User::online(srv.addr(), "wave-by");
+    let addr = srv.addr();
+    let waves: Vec<_> = olds
+        .iter()
+        .map(|(r, token)| {
+            let (id, token) = (r.id, token.clone());
+            thread::spawn(move || {
+                let t = std::time::Instant::now();
+                let mut c = Client::connect(addr);
+                c.send(&json!({"ext": 1, "id": id, "lastseq": 0, "msgid": 17, "token": token}));
+                let ack = c.expect_frame("RESUME_ACK", |v| v["msgid"] == 18);
+                let took = t.elapsed();
+                assert_eq!(ack["errno"], 0, "{ack}");
+                let mut shown = Shown::default();
+                for m in ack["offlinemsg"].as_array().into_iter().flatten() {
+                    shown.take(m.as_str().unwrap());
+                }
+                // What was put back after the RESUME_ACK comes as a flush.
+                while shown.msgs.len() < 2 {
+                    shown.take(&recv_text(&mut c));
+                }
+                (took, shown.msgs)
+            })
+        })
+        .collect();
+    let t = std::time::Instant::now();
+    bystander.c.barrier();
+    let ping = t.elapsed();
+    for (i, w) in waves.into_iter().enumerate() {
+        let (took, msgs) = w.join().expect("a resume");
+        assert!(
+            took < Duration::from_secs(3),
+            "RESUME {i} answered after {took:?}"
+        );
+        assert_eq!(msgs, [format!("w{i}a"), format!("w{i}b")], "session {i}");
+    }
+    assert!(
+        ping < Duration::from_secs(1),
+        "a bystander's PING took {ping:?}"
+    );
+    drop(olds);
+}

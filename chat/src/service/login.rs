@@ -6,6 +6,7 @@
 //! (a hash either way), and a locked account costs no hash at all.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +48,26 @@ pub(super) struct Entering {
 }
 
 impl ChatService {
+    /// Waits until the replaced acking session `old` of `id` put its
+    /// unacknowledged frames back — if few enough RESUMEs wait already. The wait
+    /// holds a worker (up to [`PUT_BACK_WAIT`] when the old connection is silent)
+    /// while the put-back itself needs one: a wave of resumes that all waited
+    /// would starve the pool, and the node, for seconds. Beyond half the workers,
+    /// a RESUME goes on without waiting, and the frames put back late reach it by
+    /// a flush (after newer ones: protocol.md §12, "Order").
+    fn wait_put_back(&self, id: i64, old: &Session) {
+        let waiting = &self.put_back_waiting;
+        if waiting.fetch_add(1, Ordering::AcqRel) >= self.put_back_limit {
+            waiting.fetch_sub(1, Ordering::AcqRel);
+            log::debug!("user {id}: not waiting for session {}'s put-back", old.id());
+            return;
+        }
+        if !old.wait_put_back(PUT_BACK_WAIT) {
+            log::warn!("user {id}: session {} not closed in time", old.id());
+        }
+        waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+
     /// LOGIN, first half: refuse a locked account, count the attempt, read the user,
     /// and hand the password check to the hasher (the strand waits for it).
     pub(super) fn login(&self, session: &Arc<Session>, parsed: Parsed) -> Result<()> {
@@ -202,8 +223,8 @@ impl ChatService {
                 // What an acking one wrote and did not get acknowledged goes back to
                 // the store at its close, ahead of newer frames: wait for that before
                 // taking this session's first page (its close is forced within 2 s).
-                if old.flow().acks() && !old.wait_put_back(PUT_BACK_WAIT) {
-                    log::warn!("user {id}: session {} not closed in time", old.id());
+                if old.flow().acks() {
+                    self.wait_put_back(id, &old);
                 }
                 if replaced > 1 {
                     // Its own sign-out (a close the client just made) is under way

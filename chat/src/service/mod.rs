@@ -86,6 +86,11 @@ pub struct ChatService {
     throttle: LoginThrottle,
     /// How long a resume token stays valid after it was issued.
     resume_ttl: Duration,
+    /// RESUMEs that may wait at once for a replaced session's put-back (half
+    /// the workers: the put-back needs a free one; see `login::wait_put_back`).
+    put_back_limit: usize,
+    /// RESUMEs waiting for a put-back right now.
+    put_back_waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl ChatService {
@@ -129,7 +134,15 @@ impl ChatService {
             loops: std::sync::OnceLock::new(),
             closing: std::sync::atomic::AtomicBool::new(false),
             resume_ttl: DEFAULT_RESUME_TTL,
+            put_back_limit: 0,
+            put_back_waiting: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// Sets the number of worker threads (before the server starts): half of
+    /// them may wait for a replaced session's put-back at once.
+    pub fn set_workers(&mut self, workers: usize) {
+        self.put_back_limit = workers / 2;
     }
 
     /// Sets how long resume tokens stay valid (before the server starts).
