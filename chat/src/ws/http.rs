@@ -48,8 +48,12 @@ pub fn parse(data: &[u8]) -> Request {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
     let consumed = match req.parse(data) {
-        Ok(httparse::Status::Complete(n)) => n,
+        // The limit holds however the head arrived: whole in one read too.
+        Ok(httparse::Status::Complete(n)) if n <= MAX_REQUEST => n,
         Ok(httparse::Status::Partial) if data.len() <= MAX_REQUEST => return Request::Partial,
+        Ok(httparse::Status::Complete(_)) => {
+            return Request::Refuse(plain(431, "Request Header Fields Too Large", ""));
+        }
         Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
             return Request::Refuse(plain(431, "Request Header Fields Too Large", ""));
         }
@@ -184,6 +188,12 @@ mod tests {
         let huge = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_REQUEST));
         assert!(
             matches!(parse(huge.as_bytes()), Request::Refuse(r) if r.starts_with(b"HTTP/1.1 431"))
+        );
+        // Over the limit but complete in one read (an attacker's 17 KiB head was
+        // served before): refused the same way.
+        let whole = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_REQUEST));
+        assert!(
+            matches!(parse(whole.as_bytes()), Request::Refuse(r) if r.starts_with(b"HTTP/1.1 431"))
         );
     }
 
