@@ -8,15 +8,12 @@
 //! the server's memory either way, and both go back to the store at a close), so
 //! the test drives `Outflow` directly on a net connection.
 
-mod util;
+mod loop_server;
 
-use std::net::TcpStream;
-use std::sync::{mpsc, Arc};
-use std::thread;
-use std::time::Duration;
+use std::sync::mpsc;
 
 use chat::outflow::Outflow;
-use net::{EventLoop, TcpServer};
+use loop_server::{Server, TIMEOUT};
 
 /// The mark under test.
 const MARK: usize = 64 * 1024;
@@ -28,28 +25,9 @@ const BURST: usize = 1000;
 
 #[test]
 fn live_frames_never_take_the_output_past_the_mark() {
-    let (conn_tx, conn_rx) = mpsc::channel();
-    let (addr_tx, addr_rx) = mpsc::channel();
-    thread::spawn(move || {
-        let lp = EventLoop::new().expect("loop");
-        let server =
-            TcpServer::new(&lp, "127.0.0.1:0".parse().unwrap(), "outflow").expect("server");
-        server.set_connection_callback(Arc::new(move |c| {
-            if c.connected() {
-                let _ = conn_tx.send(c.handle());
-            }
-        }));
-        server.start().expect("listen");
-        addr_tx.send((server.local_addr(), lp.handle())).unwrap();
-        lp.run();
-    });
-    let (addr, loop_handle) = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let server = Server::start();
     // The peer reads nothing, with a small receive buffer: the kernel fills up fast.
-    let peer = TcpStream::connect(addr).expect("connect");
-    util::clamp_socket_buffers(&peer, 4096);
-    let conn = conn_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("accepted");
+    let (peer, conn, _) = server.connect(4096);
 
     let flow = Outflow::new(MARK);
     let (done_tx, done_rx) = mpsc::channel();
@@ -65,7 +43,7 @@ fn live_frames_never_take_the_output_past_the_mark() {
         let _ = done_tx.send((max, c.output_bytes()));
     });
     let (max, last) = done_rx
-        .recv_timeout(Duration::from_secs(10))
+        .recv_timeout(TIMEOUT)
         .expect("the burst ran on the loop");
     let spilled = flow.take_spilled();
     eprintln!(
@@ -85,6 +63,5 @@ fn live_frames_never_take_the_output_past_the_mark() {
     // store at a close), not dropped.
     assert!(!spilled.is_empty(), "no frame was kept aside");
     assert!(spilled.iter().all(|f| f.len() == FRAME));
-    loop_handle.quit();
     drop(peer);
 }

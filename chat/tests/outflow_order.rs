@@ -8,88 +8,29 @@
 //! make, so the interleaving that a loaded machine produces now and then (about 1
 //! run in 10 of `hardening::limit_pipelining_without_reading`) happens every time.
 
+mod loop_server;
+
 use std::io::Read;
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::{mpsc, Arc};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use chat::session::Session;
 use chat::stats::Stats;
-use net::{ConnHandle, EventLoop, LoopHandle, TcpServer};
-
-/// How long any single wait may take before the test fails.
-const TIMEOUT: Duration = Duration::from_secs(10);
+use loop_server::{Server, TIMEOUT};
 /// The sessions' output high-water mark.
 const HIGH_WATER: usize = 64 * 1024;
 
-/// A one-IO-loop server whose connection callback hands each new connection's
-/// handle to the test; stopped (loop quit, thread joined) when dropped.
-struct Server {
-    /// The base loop, quit at the drop.
-    base: LoopHandle,
-    /// The thread running the base loop (and owning the IO loop's pool).
-    thread: Option<JoinHandle<()>>,
-    /// Each accepted connection's handle and peer address.
-    conns: mpsc::Receiver<(ConnHandle, SocketAddr)>,
-    /// Where it listens.
-    addr: SocketAddr,
-}
-
-impl Server {
-    fn start() -> Server {
-        let (tx, conns) = mpsc::channel();
-        let (up_tx, up) = mpsc::channel();
-        let thread = thread::spawn(move || {
-            let lp = EventLoop::new().expect("loop");
-            let server = TcpServer::new(&lp, "127.0.0.1:0".parse().unwrap(), "order").unwrap();
-            server.set_thread_num(1);
-            let tx = parking_lot::Mutex::new(tx);
-            server.set_connection_callback(Arc::new(move |conn| {
-                if conn.connected() {
-                    let _ = tx.lock().send((conn.handle(), conn.peer_addr()));
-                }
-            }));
-            server.start().expect("start");
-            up_tx.send((server.local_addr(), lp.handle())).unwrap();
-            lp.run();
-        });
-        let (addr, base) = up.recv_timeout(TIMEOUT).expect("server up");
-        Server {
-            base,
-            thread: Some(thread),
-            conns,
-            addr,
-        }
-    }
-
-    /// Connects a client and returns it with a session on the server's side.
-    fn session(&self) -> (TcpStream, Arc<Session>) {
-        // A small receive buffer (set before connecting, so the window stays
-        // small): what the client leaves unread piles up in the server's output.
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("socket");
-        sock.set_recv_buffer_size(64 << 10).expect("SO_RCVBUF");
-        sock.connect_timeout(&self.addr.into(), TIMEOUT)
-            .expect("connect");
-        let client = TcpStream::from(sock);
-        client.set_read_timeout(Some(TIMEOUT)).unwrap();
-        let (conn, peer) = self.conns.recv_timeout(TIMEOUT).expect("accepted");
-        let stats = Arc::new(Stats::default());
-        (
-            client,
-            Arc::new(Session::new(conn, peer, stats, HIGH_WATER)),
-        )
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.base.quit();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// Connects a client to `server` and returns it with a session on the server's
+/// side (a 64 KiB client receive buffer).
+fn session(server: &Server) -> (TcpStream, Arc<Session>) {
+    let (client, conn, peer) = server.connect(64 << 10);
+    let stats = Arc::new(Stats::default());
+    (
+        client,
+        Arc::new(Session::new(conn, peer, stats, HIGH_WATER)),
+    )
 }
 
 /// Holds the connection's IO loop in a task until opened (or dropped, or after
@@ -195,7 +136,7 @@ fn store_then_drain_last(session: &Session, n: u32) {
 #[test]
 fn a_frame_queued_before_a_last_page_goes_out_before_it() {
     let server = Server::start();
-    let (mut client, session) = server.session();
+    let (mut client, session) = session(&server);
     // Output the client does not read yet: far more than the kernel holds (the
     // server's send buffer grows to tcp_wmem's maximum, 4 MiB by default; the
     // client's receive buffer is small), so the connection's own output stays above
@@ -221,7 +162,7 @@ fn a_frame_queued_before_a_last_page_goes_out_before_it() {
 #[test]
 fn a_live_frame_between_two_last_pages_keeps_its_place() {
     let server = Server::start();
-    let (mut client, session) = server.session();
+    let (mut client, session) = session(&server);
     let gate1 = Gate::close(&session);
     // A drain with more stored: its page goes out with the flag raised behind it.
     session.deliver_page(vec![chat(1)], Some(true)).unwrap();
