@@ -91,6 +91,9 @@ pub struct ChatService {
     put_back_limit: usize,
     /// RESUMEs waiting for a put-back right now.
     put_back_waiting: std::sync::atomic::AtomicUsize,
+    /// Records of stream frames numbered for acking sessions here that are no
+    /// longer needed (see `acks`); the stream reader deletes them.
+    records: Arc<crate::acks::Records>,
 }
 
 impl ChatService {
@@ -136,6 +139,7 @@ impl ChatService {
             resume_ttl: DEFAULT_RESUME_TTL,
             put_back_limit: 0,
             put_back_waiting: std::sync::atomic::AtomicUsize::new(0),
+            records: Arc::default(),
         }
     }
 
