@@ -66,8 +66,11 @@ struct ConnState {
     /// Bytes left in the input buffer after the last `on_message`: what is beyond
     /// them is new (counted in the stats).
     seen: usize,
-    /// A WebSocket connection's protocol layer (`--ws-addr`); `None` on TCP.
+    /// A WebSocket connection's protocol layer (`--ws-addr`); `None` on TCP (and
+    /// while `on_ws_message` has it out).
     ws: Option<Box<WsReader>>,
+    /// A WebSocket connection: extended throughout (protocol.md §13).
+    websocket: bool,
 }
 
 /// Every connection's session, for shutdown.
@@ -188,6 +191,7 @@ impl Gateway {
             refilled: Instant::now(),
             login_timer: None,
             seen: 0,
+            websocket: ws.is_some(),
             ws,
         });
         if full {
@@ -353,14 +357,16 @@ impl Gateway {
                         }
                         continue;
                     }
-                    let (mut ext, mut msgid) = (false, -1);
+                    // A WebSocket connection is extended throughout (§13).
+                    let ws = st.websocket;
+                    let (mut ext, mut msgid) = (ws, -1);
                     let parsed = codec::parse_frame(&buf.peek()[start..end]).and_then(|v| {
-                        ext = asks_ext(&v);
+                        ext |= asks_ext(&v);
                         msgid = v
                             .get("msgid")
                             .and_then(serde_json::Value::as_i64)
                             .unwrap_or(-1);
-                        protocol::parse_request(v)
+                        protocol::parse_request_on(v, ws)
                     });
                     buf.retrieve(end);
                     self.stats.frame_in(msgid);

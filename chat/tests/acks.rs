@@ -180,6 +180,30 @@ fn no_dseq_without_acks() {
     legacy.c.barrier();
 }
 
+/// SEQ_ACK needs a login like any request other than LOGIN, REG and PING: before
+/// one it gets error 107 (and after a LOGINOUT); one sent right behind a LOGIN
+/// waits for it and is taken silently.
+#[test]
+fn seq_ack_before_login_is_refused() {
+    fast_hashes();
+    let b = Backend::sqlite();
+    let srv = b.start();
+    let u = User::register(srv.addr(), "early");
+    let mut c = Client::connect(srv.addr());
+    c.send(&json!({"msgid": 19, "seq": 1}));
+    c.expect_error(107, Some(19));
+    let mut two =
+        util::frame_bytes(&json!({"acks": 1, "ext": 1, "id": u.id, "msgid": 1, "password": u.pw}));
+    two.extend(util::frame_bytes(&json!({"msgid": 19, "seq": 1})));
+    c.send_raw(&two);
+    assert_eq!(c.expect_msgid(2)["errno"], 0);
+    c.barrier();
+    c.send(&json!({"ext": 1, "id": u.id, "msgid": 3}));
+    c.expect_msgid(12);
+    c.send(&json!({"msgid": 19, "seq": 2}));
+    c.expect_error(107, Some(19));
+}
+
 /// A RESUME that takes over a live acking session on the same node: the old one
 /// gets error 121; what it was written and did not acknowledge is in the new
 /// session's RESUME_ACK (it waited for the old one's close to put it back), with

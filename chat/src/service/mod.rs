@@ -121,6 +121,7 @@ impl ChatService {
         }
         handlers.insert(msgid::CONTACTS, ChatService::contacts);
         handlers.insert(msgid::RESUME, ChatService::resume);
+        handlers.insert(msgid::SEQ_ACK, ChatService::seq_ack);
         // Standalone, every change goes through this cache; in a cluster another
         // node's invalidation can be lost while Redis is down, so entries expire.
         let cache_ttl = bus.as_ref().map(|_| Duration::from_secs(30));
