@@ -47,8 +47,11 @@ const BREAKER: Duration = Duration::from_millis(500);
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long writes stop waiting for replicas after a WAIT fell short.
 const WAIT_PAUSE: Duration = Duration::from_secs(1);
-/// How often the keeper sweeps dead nodes, in heartbeats.
-const SWEEP_EVERY: u32 = 4;
+/// How often the keeper sweeps dead nodes, in heartbeats: every one, so a killed
+/// node's stream (what was routed to it after its death, and its dseq records)
+/// reaches its users who resumed elsewhere within a heartbeat of its key expiring
+/// (the sweep is one cheap script call).
+const SWEEP_EVERY: u32 = 1;
 /// How long the stream reader blocks in one XREAD when the stream is empty.
 const READ_BLOCK: Duration = Duration::from_millis(250);
 /// Most entries the reader takes from its stream per XREAD.
