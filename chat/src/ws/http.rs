@@ -137,6 +137,18 @@ pub fn response(
     out
 }
 
+/// The reply to a connection refused because too many are in their HTTP phase.
+pub fn busy() -> Vec<u8> {
+    response(
+        503,
+        "Service Unavailable",
+        "text/plain; charset=utf-8",
+        &["Retry-After: 10"],
+        b"too many pending requests, try again later\n",
+        false,
+    )
+}
+
 /// A plain-text response.
 pub fn plain(status: u16, reason: &str, body: &str) -> Vec<u8> {
     response(
