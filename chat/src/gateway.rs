@@ -273,6 +273,7 @@ impl Gateway {
         buf.retrieve_all();
         let mut pause = false;
         let mut close = false;
+        let mut broken = false;
         while !st.closing && !pause {
             if !ws.frames.is_empty() {
                 pause = self.decode(st, &mut ws.frames);
@@ -298,9 +299,15 @@ impl Gateway {
                     let e = ProtocolError::frame_too_large(self.frame_limit);
                     Some(Job::Fatal(protocol::encode(&protocol::error(&e)), e.errno))
                 }
-                WsEvent::Closed | WsEvent::Broken(_) => {
+                WsEvent::Closed => {
                     st.closing = true;
                     close = true;
+                    None
+                }
+                WsEvent::Broken(_) => {
+                    st.closing = true;
+                    close = true;
+                    broken = true;
                     None
                 }
             };
@@ -308,7 +315,11 @@ impl Gateway {
                 pause |= self.submitter.submit(&st.session, job);
             }
         }
-        let control = ws.take_output();
+        let mut control = ws.take_output();
+        if broken {
+            // After what the protocol layer wrote: a close with 1002, not 1000.
+            control.extend(ws.protocol_error_close().unwrap_or_default());
+        }
         if !control.is_empty() {
             conn.send_wire(&control);
         }

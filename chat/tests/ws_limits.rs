@@ -143,3 +143,66 @@ fn half_open_http_requests_do_not_lock_clients_out() {
     // The TCP client holds the account: a reply means the session was admitted.
     assert!(reply.contains("\"msgid\":2"), "{reply}");
 }
+
+/// The whole reply to `request` on a new connection to `addr` (the server closes).
+fn exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(request).unwrap();
+    until_closed(&mut s, util::TIMEOUT).expect("the server closes")
+}
+
+/// RFC 6455 conformance found by the same attacker: a `Sec-WebSocket-Key` that is
+/// not the base64 of 16 bytes and an HTTP/1.0 upgrade get 400 (§4.2.1; both were
+/// upgraded), and a protocol violation after the upgrade (an unmasked client
+/// frame) is answered with a close frame of status 1002, not 1000 (§7.4.1).
+#[test]
+fn upgrades_breaking_rfc_6455_get_400_and_violations_close_with_1002() {
+    let db = Backend::sqlite();
+    let srv = start(&db, Limits::default());
+    let ws = srv.ws_addr().unwrap();
+    let upgrade = |version: &str, key: &str| {
+        format!(
+            "GET /ws HTTP/{version}\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+        )
+    };
+    let good = "dGhlIHNhbXBsZSBub25jZQ==";
+    for (version, key) in [
+        ("1.0", good),
+        ("1.1", "garbage"),
+        ("1.1", "dGhlIHNhbXBsZQ=="), // 11 bytes
+        ("1.1", "not*base64*at*all*!!!!=="),
+    ] {
+        let reply = exchange(ws, upgrade(version, key).as_bytes());
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(
+            reply.starts_with("HTTP/1.1 400 "),
+            "HTTP/{version} with key {key:?}: {reply}"
+        );
+    }
+
+    let mut request = upgrade("1.1", good).into_bytes();
+    tungstenite::protocol::frame::Frame::message(
+        b"{\"msgid\":13}".to_vec(),
+        tungstenite::protocol::frame::coding::OpCode::Data(
+            tungstenite::protocol::frame::coding::Data::Text,
+        ),
+        true,
+    )
+    .format(&mut request)
+    .unwrap(); // unmasked: a client must mask (RFC 6455 §5.1)
+    let reply = exchange(ws, &request);
+    let head_end = reply
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head")
+        + 4;
+    assert!(reply.starts_with(b"HTTP/1.1 101 "));
+    let rest = &reply[head_end..];
+    assert!(
+        rest.len() >= 4 && rest[0] == 0x88,
+        "a close frame after the upgrade: {rest:?}"
+    );
+    let code = u16::from_be_bytes([rest[2], rest[3]]);
+    assert_eq!(code, 1002, "the close status of a protocol violation");
+}
