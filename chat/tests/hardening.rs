@@ -450,7 +450,8 @@ fn queued_request_bytes_are_bounded() {
 
 /// 20,000 messages of 1 KiB to a recipient that does not read (high water 256 KiB):
 /// another pair keeps chatting with low latency, RSS stays bounded, and once the
-/// reader reads, live + stored == sent, exactly once, in order.
+/// reader reads, every message arrives live, exactly once, in order, and nothing
+/// is left for its next login.
 #[test]
 fn slow_reader() {
     let _serial = heavy();
@@ -493,7 +494,10 @@ fn slow_reader() {
     let lat = pair.stop();
     sender.c.expect_quiet();
     // The backlog went to the store: only what fits below the high-water mark (plus the
-    // frame that crossed it) and in the kernel's buffers was queued for the reader.
+    // frame that crossed it) and in the kernel's buffers was queued for the reader —
+    // and one drained page (1 MiB): if the kernel took the first frames at once, a
+    // write-complete drains what was stored so far as a page, whatever the mark
+    // (failed once in a release run: 4,452 queued for at most 4,218 without it).
     let frame = frame_bytes(&one_chat(
         sender.id,
         &sender.name,
@@ -501,7 +505,7 @@ fn slow_reader() {
         &format!("00000 {pad}"),
     ))
     .len();
-    let queued_max = 262_144 + frame + util::kernel_in_flight_max(reader.c.stream());
+    let queued_max = 262_144 + frame + util::kernel_in_flight_max(reader.c.stream()) + (1 << 20);
     let live_max = queued_max.div_ceil(frame);
     let stored_unread = srv.stored_for(reader.id);
     assert!(
@@ -516,10 +520,9 @@ fn slow_reader() {
     assert_eq!(r.pending(), 0, "bytes after the last message");
     let drain = t1.elapsed();
     let peak_drain = monitor.stop();
+    let left = srv.stored_for(reader.id);
     let ack = reader.relogin();
     let stored = stored_seqs(&ack);
-    let mut all = live.clone();
-    all.extend(&stored);
     srv.assert_alive();
     eprintln!(
         "slow reader: {N} x 1 KiB handled in {:.1} s, read back in {:.1} s; {} live + {} \
@@ -535,12 +538,19 @@ fn slow_reader() {
         mib(peak_drain),
         mib(peak_drain.saturating_sub(base)),
     );
-    assert_exactly_in_order(&all, N, "slow reader's messages");
+    // Everything live as soon as the reader reads (§6: "as soon as the obstacle
+    // clears"), nothing left for the next login.
+    assert_exactly_in_order(&live, N, "slow reader's messages, live");
+    assert_eq!(
+        (left, stored.len()),
+        (0, 0),
+        "left in the store for the next login"
+    );
     // While the reader reads nothing, the backlog is in the database, not in memory.
-    // When it drains, the server takes the whole backlog (~19 MiB here) in one go and
-    // queues it for the socket (see the note in the hardening report): bounded by the
-    // backlog, so the bound is looser there.
-    for (what, peak, bound) in [("unread", peak_flood, 64), ("draining", peak_drain, 96)] {
+    // When it drains, the backlog (~19 MiB here) comes out of the store one page
+    // (1 MiB, router.rs DRAIN_BYTES) at a time as the socket takes it, so draining
+    // costs no more than the flood did (+9 to +13 MiB measured, debug and release).
+    for (what, peak, bound) in [("unread", peak_flood, 64), ("draining", peak_drain, 32)] {
         assert!(
             peak.saturating_sub(base) < bound * 1024,
             "server RSS grew by {:.1} MiB ({what})",

@@ -297,7 +297,9 @@ fn a_slow_websocket_reader_has_its_overflow_stored() {
     });
     let addr = server.ws_addr().unwrap();
     let stream = TcpStream::connect(addr).unwrap();
-    util::clamp_socket_buffers(&stream, 16 * 1024);
+    // 32 KiB, not less: below that, loopback (MSS 64 KiB) sends only on the
+    // persist timer, a few KB/s (see tests/backlog_drain.rs).
+    util::clamp_socket_buffers(&stream, 32 * 1024);
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     let (mut ws, _) = tungstenite::client::client(format!("ws://{addr}/ws"), stream).unwrap();
     let reader = ws_register(&mut ws, "reader");
