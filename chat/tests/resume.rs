@@ -371,3 +371,48 @@ fn dseq_records_go_when_acknowledged_or_the_session_ends() {
     assert_eq!(u.c.expect_msgid(2)["errno"], 0);
     records(0, "the logged-out session's records gone");
 }
+
+/// A clean stop of a node: an acking session's unacknowledged frames from another
+/// node come back at the next login, each once — through the dseq records, which
+/// the node's own last drain stores (without them none came back: seen failing
+/// with 0 of 3; the session's close at the stop does not put its window back).
+/// A client that logs in afresh (a new process, no `dseq`s seen) gets each once.
+#[test]
+fn a_clean_stop_stores_unacknowledged_frames_once() {
+    let TwoNodes {
+        n1,
+        n2,
+        redis: _redis,
+        _db,
+        ..
+    } = TwoNodes::start("stop");
+    let mut v = User::online(n1.addr(), "val");
+    let mut u = User::register(n2.addr(), "uwe");
+    let login = json!({"acks": 1, "ext": 1, "id": u.id, "msgid": 1, "password": u.pw});
+    u.c.send(&login);
+    assert_eq!(u.c.expect_msgid(2)["errno"], 0);
+    for m in ["a", "b", "c"] {
+        v.chat(u.id, m);
+        let raw = u.c.recv_raw();
+        assert!(String::from_utf8_lossy(&raw).contains("\"dseq\":"));
+    }
+    n2.stop();
+    u.c.expect_eof_after_any();
+    let mut again = Client::connect(n1.addr());
+    let ack = cluster_util::poll(Duration::from_secs(10), "uwe free again", || {
+        again.send(&json!({"ext": 1, "id": u.id, "msgid": 1, "password": u.pw}));
+        let ack = again.expect_msgid(2);
+        (ack["errno"] != 2 && ack["errno"] != 110).then_some(ack)
+    });
+    assert_eq!(ack["errno"], 0, "{ack}");
+    let msgs: Vec<String> = ack["offlinemsg"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            let f: Value = serde_json::from_str(s.as_str().unwrap()).unwrap();
+            f["msg"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(msgs, ["a", "b", "c"], "each once");
+}
