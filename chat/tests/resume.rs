@@ -405,14 +405,6 @@ fn a_clean_stop_stores_unacknowledged_frames_once() {
         (ack["errno"] != 2 && ack["errno"] != 110).then_some(ack)
     });
     assert_eq!(ack["errno"], 0, "{ack}");
-    let msgs: Vec<String> = ack["offlinemsg"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|s| {
-            let f: Value = serde_json::from_str(s.as_str().unwrap()).unwrap();
-            f["msg"].as_str().unwrap().to_owned()
-        })
-        .collect();
+    let msgs = util::offline_msgs(&ack);
     assert_eq!(msgs, ["a", "b", "c"], "each once");
 }
