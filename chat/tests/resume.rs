@@ -373,10 +373,11 @@ fn dseq_records_go_when_acknowledged_or_the_session_ends() {
 }
 
 /// A clean stop of a node: an acking session's unacknowledged frames from another
-/// node come back at the next login, each once — through the dseq records, which
-/// the node's own last drain stores (without them none came back: seen failing
-/// with 0 of 3; the session's close at the stop does not put its window back).
-/// A client that logs in afresh (a new process, no `dseq`s seen) gets each once.
+/// node come back at the next login, each once. The session's close during the
+/// stop puts its window back (with the `dseq`s) and releases their records, which
+/// the reader deletes before it stops, so the node's own last drain does not store
+/// them again. A client that logs in afresh (a new process, no `dseq`s seen)
+/// gets each once.
 #[test]
 fn a_clean_stop_stores_unacknowledged_frames_once() {
     let TwoNodes {
@@ -396,11 +397,16 @@ fn a_clean_stop_stores_unacknowledged_frames_once() {
         let raw = u.c.recv_raw();
         assert!(String::from_utf8_lossy(&raw).contains("\"dseq\":"));
     }
+    // The client closes as soon as the node closes it, as a real one does: the
+    // close then puts its window back during the stop.
+    let (id, pw) = (u.id, u.pw.clone());
+    let closer = std::thread::spawn(move || u.c.expect_eof_after_any());
     n2.stop();
-    u.c.expect_eof_after_any();
+    closer.join().expect("the client saw the close");
+    let u = (id, pw);
     let mut again = Client::connect(n1.addr());
     let ack = cluster_util::poll(Duration::from_secs(10), "uwe free again", || {
-        again.send(&json!({"ext": 1, "id": u.id, "msgid": 1, "password": u.pw}));
+        again.send(&json!({"ext": 1, "id": u.0, "msgid": 1, "password": u.1}));
         let ack = again.expect_msgid(2);
         (ack["errno"] != 2 && ack["errno"] != 110).then_some(ack)
     });
