@@ -38,6 +38,14 @@ pub struct Limits {
     /// reader: new chat frames for it are stored (and flushed when it drains),
     /// and its own requests are not read until it drains.
     pub output_high_water: usize,
+    /// WebSocket listener connections that may be in their HTTP phase at once
+    /// (request head not complete yet, or a page being answered); one more is
+    /// answered 503 and closed. HTTP-phase connections never take chat slots
+    /// (`max_connections`): half-open requests cannot lock chat clients out.
+    pub http_max: usize,
+    /// How long a WebSocket listener connection may stay in its HTTP phase, from
+    /// its accept (request head and the page's reply together): then it is closed.
+    pub http_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -48,6 +56,8 @@ impl Default for Limits {
             rate: 1000,
             burst: 2000,
             output_high_water: 4 * 1024 * 1024,
+            http_max: 64,
+            http_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -111,7 +121,8 @@ impl Gateway {
         }
     }
 
-    /// Counts the WebSocket listener's connections too, against `max_connections`.
+    /// Counts the WebSocket listener's upgraded connections too, against
+    /// `max_connections` (not those in their HTTP phase: see [`crate::ws`]).
     pub fn with_ws_connections(mut self, count: Arc<AtomicUsize>) -> Gateway {
         self.ws_connections = Some(count);
         self
@@ -266,6 +277,7 @@ impl Gateway {
         buf.retrieve_all();
         let mut pause = false;
         let mut close = false;
+        let mut broken = false;
         while !st.closing && !pause {
             if !ws.frames.is_empty() {
                 pause = self.decode(st, &mut ws.frames);
@@ -291,9 +303,15 @@ impl Gateway {
                     let e = ProtocolError::frame_too_large(self.frame_limit);
                     Some(Job::Fatal(protocol::encode(&protocol::error(&e)), e.errno))
                 }
-                WsEvent::Closed | WsEvent::Broken(_) => {
+                WsEvent::Closed => {
                     st.closing = true;
                     close = true;
+                    None
+                }
+                WsEvent::Broken(_) => {
+                    st.closing = true;
+                    close = true;
+                    broken = true;
                     None
                 }
             };
@@ -301,7 +319,11 @@ impl Gateway {
                 pause |= self.submitter.submit(&st.session, job);
             }
         }
-        let control = ws.take_output();
+        let mut control = ws.take_output();
+        if broken {
+            // After what the protocol layer wrote: a close with 1002, not 1000.
+            control.extend(ws.protocol_error_close().unwrap_or_default());
+        }
         if !control.is_empty() {
             conn.send_wire(&control);
         }
