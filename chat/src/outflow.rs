@@ -59,7 +59,12 @@ impl Outflow {
     /// Starts acknowledged delivery (at the login, before anything is written):
     /// chat frames from now on carry a seq, the first new one `base`.
     pub fn start_acks(&self, base: u64) {
-        *self.window.lock() = Some(AckWindow::new(base));
+        let old = self.window.lock().replace(AckWindow::new(base));
+        // A login after a LOGINOUT on this connection: the earlier session's
+        // frames are not put back (§12), but their Redis records must go.
+        if let Some(mut old) = old {
+            old.take();
+        }
     }
 
     /// Whether the connection acknowledges what it reads.

@@ -144,18 +144,42 @@ fn node(url: &str, prefix: &str, id: &str) -> ServerOptions {
     }
 }
 
+/// Two in-process nodes `<tag>-n1`, `<tag>-n2` on MariaDB and a private Redis.
+struct TwoNodes {
+    n1: chat::server_thread::ServerThread,
+    n2: chat::server_thread::ServerThread,
+    redis: cluster_util::RedisServer,
+    prefix: String,
+    /// Dropped last: the database outlives the nodes.
+    _db: Backend,
+}
+
+impl TwoNodes {
+    fn start(tag: &str) -> TwoNodes {
+        require_binary("redis-server");
+        let db = Backend::mysql();
+        fast_hashes();
+        let redis = cluster_util::RedisServer::start();
+        let prefix = format!("{tag}_{}", unique());
+        let n1 = db.start_with(node(&redis.url(), &prefix, &format!("{tag}-n1")));
+        let n2 = db.start_with(node(&redis.url(), &prefix, &format!("{tag}-n2")));
+        TwoNodes {
+            n1,
+            n2,
+            redis,
+            prefix,
+            _db: db,
+        }
+    }
+}
+
 /// A resume on node 2 takes the user over from their live session on node 1:
 /// that one gets the notice and is closed, its sign-out leaves the new claim
 /// alone, and chats from node 1 reach the user on node 2.
 #[test]
 fn resume_on_another_node_replaces_the_session_there() {
-    require_binary("redis-server");
-    let b = Backend::mysql();
-    fast_hashes();
-    let redis = cluster_util::RedisServer::start();
-    let prefix = format!("res_{}", unique());
-    let n1 = b.start_with(node(&redis.url(), &prefix, "res-n1"));
-    let n2 = b.start_with(node(&redis.url(), &prefix, "res-n2"));
+    let t = TwoNodes::start("res");
+    let (n1, n2) = (&t.n1, &t.n2);
     let mut v = User::online(n1.addr(), "vito");
     let mut u = User::register(n1.addr(), "ugo");
     let (_, t) = ext_login(&mut u.c, u.id, &u.pw);
@@ -306,4 +330,87 @@ impl Shown {
         self.last = self.last.max(d);
         self.msgs.push(v["msg"].as_str().expect("msg").to_owned());
     }
+}
+
+/// The dseq records a node keeps in Redis for frames from other nodes (§12) go
+/// once acknowledged — and when the connection logs out and logs in again, which
+/// starts a new window: the old session's frames are not put back, so a later
+/// drain of the node must not bring them back either.
+#[test]
+fn dseq_records_go_when_acknowledged_or_the_session_ends() {
+    let t = TwoNodes::start("rec");
+    let (n1, n2, redis, prefix) = (&t.n1, &t.n2, &t.redis, &t.prefix);
+    let mut v = User::online(n1.addr(), "vic");
+    let mut u = User::register(n2.addr(), "una");
+    let login = json!({"acks": 1, "ext": 1, "id": u.id, "msgid": 1, "password": u.pw});
+    u.c.send(&login);
+    assert_eq!(u.c.expect_msgid(2)["errno"], 0);
+    let mut con = cluster_util::redis_con(&redis.url()).expect("redis");
+    let key = format!("{prefix}:qa:rec-n2");
+    let mut records = |want: usize, what: &str| {
+        cluster_util::poll(Duration::from_secs(5), what, || {
+            let n: usize = redis::cmd("HLEN").arg(&key).query(&mut con).ok()?;
+            (n == want).then_some(())
+        })
+    };
+    let mut dseqs = Vec::new();
+    for m in ["a", "b", "c"] {
+        v.chat(u.id, m);
+        // (dseq comes last, not in key order: read the raw frame.)
+        let raw = u.c.recv_raw();
+        let f: Value = serde_json::from_slice(&raw[..raw.len() - 1]).expect("JSON");
+        assert_eq!(f["msg"], m);
+        dseqs.push(f["dseq"].as_u64().expect("a dseq"));
+    }
+    records(3, "three records");
+    u.c.send(&json!({"msgid": 19, "seq": dseqs[0]}));
+    records(2, "the acknowledged one's record gone");
+    u.c.send(&json!({"ext": 1, "id": u.id, "msgid": 3}));
+    u.c.expect_msgid(12);
+    u.c.send(&login);
+    assert_eq!(u.c.expect_msgid(2)["errno"], 0);
+    records(0, "the logged-out session's records gone");
+}
+
+/// A clean stop of a node: an acking session's unacknowledged frames from another
+/// node come back at the next login, each once. The session's close during the
+/// stop puts its window back (with the `dseq`s) and releases their records, which
+/// the reader deletes before it stops, so the node's own last drain does not store
+/// them again. A client that logs in afresh (a new process, no `dseq`s seen)
+/// gets each once.
+#[test]
+fn a_clean_stop_stores_unacknowledged_frames_once() {
+    let TwoNodes {
+        n1,
+        n2,
+        redis: _redis,
+        _db,
+        ..
+    } = TwoNodes::start("stop");
+    let mut v = User::online(n1.addr(), "val");
+    let mut u = User::register(n2.addr(), "uwe");
+    let login = json!({"acks": 1, "ext": 1, "id": u.id, "msgid": 1, "password": u.pw});
+    u.c.send(&login);
+    assert_eq!(u.c.expect_msgid(2)["errno"], 0);
+    for m in ["a", "b", "c"] {
+        v.chat(u.id, m);
+        let raw = u.c.recv_raw();
+        assert!(String::from_utf8_lossy(&raw).contains("\"dseq\":"));
+    }
+    // The client closes as soon as the node closes it, as a real one does: the
+    // close then puts its window back during the stop.
+    let (id, pw) = (u.id, u.pw.clone());
+    let closer = std::thread::spawn(move || u.c.expect_eof_after_any());
+    n2.stop();
+    closer.join().expect("the client saw the close");
+    let u = (id, pw);
+    let mut again = Client::connect(n1.addr());
+    let ack = cluster_util::poll(Duration::from_secs(10), "uwe free again", || {
+        again.send(&json!({"ext": 1, "id": u.0, "msgid": 1, "password": u.1}));
+        let ack = again.expect_msgid(2);
+        (ack["errno"] != 2 && ack["errno"] != 110).then_some(ack)
+    });
+    assert_eq!(ack["errno"], 0, "{ack}");
+    let msgs = util::offline_msgs(&ack);
+    assert_eq!(msgs, ["a", "b", "c"], "each once");
 }
