@@ -2,7 +2,8 @@
 //!
 //! Its rule: the chat path never waits for the database. Recording a message is a push
 //! onto a channel (an IO loop may do it); the writer gathers what arrives for up to
-//! [`GATHER`] (or [`MAX_BATCH`] messages) and appends it in one transaction. A batch
+//! [`GATHER`] (or [`MAX_BATCH`] messages, or [`GATHER_BYTES`] of text) and appends it
+//! in one transaction. A batch
 //! that spans many messages per conversation is what makes history cheap: the store
 //! writes a conversation's share of a batch as one row (SQLite) and dirties its pages
 //! once per batch, not once per message. A HISTORY request cuts the gathering short:
@@ -13,14 +14,17 @@
 //! What a crash can lose: a clean shutdown writes everything queued
 //! ([`HistoryWriter::finish`]); a killed process loses what it had not committed, the
 //! messages of at most the last [`GATHER`] plus any backlog of a database slower than
-//! the chat (bounded by [`QUEUE_CAP`]). The messages themselves were delivered.
+//! the chat (bounded by [`QUEUE_CAP`] and [`QUEUE_BYTES`]). The messages themselves
+//! were delivered.
 //!
 //! A batch that fails (database down) is kept and retried, with the messages behind it
-//! queued, in order. The queue is bounded (`QUEUE_CAP`): past it, senders wait on
+//! queued, in order. The queue is bounded (`QUEUE_CAP` messages, `QUEUE_BYTES` of
+//! text): past it, senders wait on
 //! workers (never on an IO loop: the fast path hands over to the workers first), for at
 //! most `FULL_WAIT`; a message that still finds no room is delivered but not kept, so
 //! chat survives a long database outage.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -37,6 +41,17 @@ const MAX_BATCH: usize = 20_000;
 /// them (a HISTORY request's flush writes at once). At N = 1,000 conversations and
 /// 10,000 msgs/s that is ten messages per conversation per transaction.
 pub const GATHER: Duration = Duration::from_secs(1);
+/// Text queued that ends the gathering at once (the sender that crosses it wakes the
+/// writer): what the writer holds in memory does not grow with the chat's byte rate.
+/// 4 MiB is hundreds of messages per conversation at the usual sizes, so batches stay
+/// large where it matters, and a flood of 60 KB messages costs a few MiB, not a second
+/// of them.
+const GATHER_BYTES: usize = 4 << 20;
+/// Text queued at most: past it, a sender waits as on a full queue ([`QUEUE_CAP`] alone
+/// would allow 100,000 frames of up to 64 KiB each during a database outage).
+const QUEUE_BYTES: usize = 32 << 20;
+/// How often a sender waiting for [`QUEUE_BYTES`] to drain looks again.
+const BYTES_POLL: Duration = Duration::from_millis(5);
 /// How often a gathering writer looks whether a whole batch is queued already.
 const GATHER_POLL: Duration = Duration::from_millis(50);
 /// Messages queued for the writer at most: a chat sender whose message would pass this
@@ -50,6 +65,9 @@ const FULL_WAIT: Duration = Duration::from_secs(1);
 /// The IO loops' fast path hands chats to the workers once this many are queued, so
 /// that it never waits on a full queue (the margin covers the loops' own pushes).
 const FAST_PATH_LIMIT: usize = QUEUE_CAP - 10_000;
+/// The fast path's margin below [`QUEUE_BYTES`], as [`FAST_PATH_LIMIT`]'s below
+/// [`QUEUE_CAP`]: the loops never reach the bytes bound, so they never wait on it.
+const FAST_PATH_BYTES_MARGIN: usize = 8 << 20;
 /// Pause after a failed batch before it is tried again.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 /// How often expired history is swept (when a retention is set).
@@ -88,6 +106,8 @@ struct Channels {
     records: Sender<HistoryRecord>,
     /// Flush requests: answered once everything recorded before them is written.
     flushes: Sender<Sender<()>>,
+    /// Bytes of text queued and not yet taken by the writer.
+    bytes: Arc<AtomicUsize>,
 }
 
 impl HistoryWriter {
@@ -99,12 +119,22 @@ impl HistoryWriter {
         let (records, records_rx) = crossbeam_channel::bounded(QUEUE_CAP);
         let (flushes, flushes_rx) = crossbeam_channel::unbounded();
         let retention = opts.retention;
+        let bytes = Arc::new(AtomicUsize::new(0));
+        let queue = Queue {
+            records: records_rx,
+            flushes: flushes_rx,
+            bytes: bytes.clone(),
+        };
         thread::Builder::new()
             .name("history".into())
-            .spawn(move || run(&*store, &records_rx, &flushes_rx, retention))
+            .spawn(move || run(&*store, &queue, retention))
             .expect("spawn the history writer");
         HistoryWriter {
-            tx: Some(Channels { records, flushes }),
+            tx: Some(Channels {
+                records,
+                flushes,
+                bytes,
+            }),
         }
     }
 
@@ -115,9 +145,10 @@ impl HistoryWriter {
 
     /// Whether the IO loops' fast path may record now (see [`FAST_PATH_LIMIT`]).
     pub fn has_room(&self) -> bool {
-        self.tx
-            .as_ref()
-            .is_none_or(|tx| tx.records.len() < FAST_PATH_LIMIT)
+        self.tx.as_ref().is_none_or(|tx| {
+            tx.records.len() < FAST_PATH_LIMIT
+                && tx.bytes.load(Ordering::Relaxed) < QUEUE_BYTES - FAST_PATH_BYTES_MARGIN
+        })
     }
 
     /// Queues one message of conversation `conv`. Waits while the queue is full (at
@@ -130,8 +161,24 @@ impl HistoryWriter {
                 ts_ms: now_ms(),
                 text: text.to_owned(),
             };
-            if tx.records.send_timeout(rec, FULL_WAIT).is_err() {
+            let deadline = Instant::now() + FULL_WAIT;
+            while tx.bytes.load(Ordering::Relaxed) >= QUEUE_BYTES {
+                if Instant::now() >= deadline {
+                    log::error!("history: the writer is stuck; a message of {sender} is not kept");
+                    return;
+                }
+                thread::sleep(BYTES_POLL);
+            }
+            let n = text.len();
+            let before = tx.bytes.fetch_add(n, Ordering::Relaxed);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tx.records.send_timeout(rec, left).is_err() {
+                tx.bytes.fetch_sub(n, Ordering::Relaxed);
                 log::error!("history: the writer is stuck; a message of {sender} is not kept");
+            } else if before < GATHER_BYTES && before + n >= GATHER_BYTES {
+                // Wake a gathering writer: a flush request nobody waits for.
+                let (wake, _) = crossbeam_channel::bounded(1);
+                let _ = tx.flushes.send(wake);
             }
         }
     }
@@ -162,14 +209,33 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// The writer's ends of the queues.
+struct Queue {
+    records: Receiver<HistoryRecord>,
+    flushes: Receiver<Sender<()>>,
+    /// Shared with [`Channels::bytes`]: the writer subtracts what it takes.
+    bytes: Arc<AtomicUsize>,
+}
+
+impl Queue {
+    /// Takes queued records into `batch` until it holds `MAX_BATCH`.
+    fn take_into(&self, batch: &mut Vec<HistoryRecord>) {
+        let start = batch.len();
+        batch.extend(self.records.try_iter().take(MAX_BATCH - start));
+        self.taken(&batch[start..]);
+    }
+
+    /// Counts `recs` as no longer queued.
+    fn taken(&self, recs: &[HistoryRecord]) {
+        let n: usize = recs.iter().map(|r| r.text.len()).sum();
+        self.bytes.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
 /// The writer loop: wait for a message or a flush, gather, write (retrying), answer
 /// the flushes, sweep expired rows.
-fn run(
-    store: &dyn Store,
-    records: &Receiver<HistoryRecord>,
-    flushes: &Receiver<Sender<()>>,
-    retention: Option<Duration>,
-) {
+fn run(store: &dyn Store, queue: &Queue, retention: Option<Duration>) {
+    let (records, flushes) = (&queue.records, &queue.flushes);
     let mut next_prune = Instant::now();
     let mut batch: Vec<HistoryRecord> = Vec::new();
     let mut waiting: Vec<Sender<()>> = Vec::new();
@@ -183,8 +249,9 @@ fn run(
         let open = crossbeam_channel::select! {
             recv(records) -> r => match r {
                 Ok(r) => {
+                    queue.taken(std::slice::from_ref(&r));
                     batch.push(r);
-                    gather(records, flushes, &mut waiting)
+                    gather(queue, &mut waiting)
                 }
                 Err(_) => false,
             },
@@ -197,7 +264,7 @@ fn run(
         // Everything recorded before a flush request is queued by now: take it all,
         // at most a batch per transaction.
         loop {
-            batch.extend(records.try_iter().take(MAX_BATCH - batch.len()));
+            queue.take_into(&mut batch);
             let full = batch.len() == MAX_BATCH;
             while let Err(e) = store.append_history(&batch) {
                 log::warn!("history: {} message(s) not written yet: {e}", batch.len());
@@ -217,21 +284,23 @@ fn run(
     }
 }
 
-/// Waits, without taking messages, until [`GATHER`] passed, a batch is queued or a
-/// flush came (into `waiting`). False once every sender is gone (shutdown: write what
-/// is queued, then stop).
-fn gather(
-    records: &Receiver<HistoryRecord>,
-    flushes: &Receiver<Sender<()>>,
-    waiting: &mut Vec<Sender<()>>,
-) -> bool {
+/// Waits, without taking messages, until [`GATHER`] passed, a batch (in messages or
+/// [`GATHER_BYTES`]) is queued or a flush came (into `waiting`). False once every
+/// sender is gone (shutdown: write what is queued, then stop).
+fn gather(queue: &Queue, waiting: &mut Vec<Sender<()>>) -> bool {
     let deadline = Instant::now() + GATHER;
     loop {
         let now = Instant::now();
-        if now >= deadline || records.len() >= MAX_BATCH {
+        if now >= deadline
+            || queue.records.len() >= MAX_BATCH
+            || queue.bytes.load(Ordering::Relaxed) >= GATHER_BYTES
+        {
             return true;
         }
-        match flushes.recv_timeout((deadline - now).min(GATHER_POLL)) {
+        match queue
+            .flushes
+            .recv_timeout((deadline - now).min(GATHER_POLL))
+        {
             Ok(done) => {
                 waiting.push(done);
                 return true;
@@ -259,5 +328,49 @@ fn prune(store: &dyn Store, keep: Duration) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A flood of large messages is written once [`GATHER_BYTES`] are queued, not held
+    /// for the whole [`GATHER`] (the writer's memory would grow with the byte rate:
+    /// `hardening.rs` `limit_pipelining_without_reading` saw +24 MiB while unread).
+    #[test]
+    fn a_gather_ends_once_its_bytes_are_queued() {
+        let path =
+            std::env::temp_dir().join(format!("chat_history_gather_{}.db", std::process::id()));
+        let store =
+            crate::store::open_with(&format!("sqlite:{}", path.display()), 2).expect("open sqlite");
+        let writer = HistoryWriter::start(store.clone(), &HistoryOptions::default());
+        let text = "x".repeat(60 * 1024);
+        let t0 = Instant::now();
+        // The writer takes the first message at once; the rest gather past the bound.
+        for _ in 0..GATHER_BYTES / text.len() + 3 {
+            writer.record(7, 1, &text);
+        }
+        let seen = loop {
+            if !store.history_page(7, None, 1).expect("page").is_empty() {
+                break t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < 3 * GATHER,
+                "nothing written in {:?}",
+                3 * GATHER
+            );
+            thread::sleep(Duration::from_millis(5));
+        };
+        drop(writer);
+        drop(store);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        assert!(
+            seen < GATHER / 2,
+            "{} MiB queued were written only after {seen:?} (the gathering lasts {GATHER:?})",
+            GATHER_BYTES >> 20
+        );
     }
 }
