@@ -315,8 +315,10 @@ fn gather(queue: &Queue, waiting: &mut Vec<Sender<()>>) -> bool {
 fn prune(store: &dyn Store, keep: Duration) {
     let cutoff = now_ms() - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
     loop {
+        // A statement removes at most PRUNE_CHUNK rows, and a row holds one message or
+        // (SQLite) a chunk of several: fewer messages than that means it was the last.
         match store.prune_history(cutoff, PRUNE_CHUNK) {
-            Ok(n) if n as i64 == PRUNE_CHUNK => continue,
+            Ok(n) if n >= PRUNE_CHUNK as u64 => continue,
             Ok(n) => {
                 if n > 0 {
                     log::info!("history: expired messages removed");
@@ -335,15 +337,67 @@ fn prune(store: &dyn Store, keep: Duration) {
 mod tests {
     use super::*;
 
+    /// A store on a fresh SQLite file, removed with its WAL on drop.
+    struct TempStore {
+        store: Arc<dyn Store>,
+        path: String,
+    }
+
+    impl TempStore {
+        fn new(name: &str) -> TempStore {
+            let path = std::env::temp_dir()
+                .join(format!("chat_history_{name}_{}.db", std::process::id()))
+                .display()
+                .to_string();
+            let store = crate::store::open_with(&format!("sqlite:{path}"), 2).expect("open sqlite");
+            TempStore { store, path }
+        }
+    }
+
+    impl Drop for TempStore {
+        fn drop(&mut self) {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", self.path));
+            }
+        }
+    }
+
+    /// One sweep removes every expired message, also when a row holds several (an
+    /// attacker saw 20,000 of 30,000 expired chunks of 3 left for the next minute: the
+    /// sweep read 30,000 messages from 10,000 rows as "not a full statement" and stopped).
+    #[test]
+    fn a_sweep_removes_all_expired_chunks() {
+        let db = TempStore::new("prune");
+        let convs = PRUNE_CHUNK + 500;
+        let batch: Vec<HistoryRecord> = (0..convs)
+            .flat_map(|c| {
+                (0..3).map(move |i| HistoryRecord {
+                    conv: c + 1,
+                    sender: 1,
+                    ts_ms: 5,
+                    text: format!("m{i}"),
+                })
+            })
+            .collect();
+        db.store.append_history(&batch).expect("append");
+        prune(&*db.store, Duration::from_secs(1));
+        for conv in [1, convs / 2, convs] {
+            let left = db.store.history_page(conv, None, 10).expect("page");
+            assert!(
+                left.is_empty(),
+                "conversation {conv} kept {} expired",
+                left.len()
+            );
+        }
+    }
+
     /// A flood of large messages is written once [`GATHER_BYTES`] are queued, not held
     /// for the whole [`GATHER`] (the writer's memory would grow with the byte rate:
     /// `hardening.rs` `limit_pipelining_without_reading` saw +24 MiB while unread).
     #[test]
     fn a_gather_ends_once_its_bytes_are_queued() {
-        let path =
-            std::env::temp_dir().join(format!("chat_history_gather_{}.db", std::process::id()));
-        let store =
-            crate::store::open_with(&format!("sqlite:{}", path.display()), 2).expect("open sqlite");
+        let db = TempStore::new("gather");
+        let store = db.store.clone();
         let writer = HistoryWriter::start(store.clone(), &HistoryOptions::default());
         let text = "x".repeat(60 * 1024);
         let t0 = Instant::now();
@@ -363,10 +417,6 @@ mod tests {
             thread::sleep(Duration::from_millis(5));
         };
         drop(writer);
-        drop(store);
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
         assert!(
             seen < GATHER / 2,
             "{} MiB queued were written only after {seen:?} (the gathering lasts {GATHER:?})",
