@@ -15,7 +15,7 @@
 //! that read it drops the copy, and one that did not (it sat in a kernel buffer)
 //! gets it. The record goes once the client acknowledged the frame ([`Records`]).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -57,8 +57,12 @@ pub struct AckWindow {
     /// Written, unacknowledged frames (seq, JSON text with the seq, whether its seq
     /// is recorded in Redis), oldest first.
     unacked: VecDeque<(u64, Vec<u8>, bool)>,
-    /// Seqs given to stream frames ([`AckWindow::reserve`]) not written here yet.
-    reserved: HashSet<u64>,
+    /// Seqs given to stream frames ([`AckWindow::reserve`]) not written here yet,
+    /// with the frames' sizes: they count against the window's bounds, so a
+    /// reader that does not ack has at most one window of records in Redis.
+    reserved: HashMap<u64, usize>,
+    /// Their total size.
+    reserved_bytes: usize,
     /// The user, and where to release recorded seqs; set by the first reservation.
     records: Option<(i64, Arc<Records>)>,
     /// Their total size, for [`WINDOW_BYTES`].
@@ -74,7 +78,8 @@ impl AckWindow {
         AckWindow {
             next: base.max(1),
             unacked: VecDeque::new(),
-            reserved: HashSet::new(),
+            reserved: HashMap::new(),
+            reserved_bytes: 0,
             records: None,
             bytes: 0,
             blocked: false,
@@ -90,7 +95,10 @@ impl AckWindow {
         };
         self.next = self.next.max(seq + 1);
         self.bytes += stamped.len();
-        let recorded = self.reserved.remove(&seq);
+        let recorded = self.reserved.remove(&seq).is_some_and(|len| {
+            self.reserved_bytes -= len;
+            true
+        });
         self.unacked.push_back((seq, stamped.clone(), recorded));
         stamped
     }
@@ -99,13 +107,21 @@ impl AckWindow {
     /// over (the caller records the number in Redis first); the frame then carries
     /// it when written. Frames written here meanwhile get higher numbers, so this
     /// one can come after them: the only frames out of `dseq` order besides those
-    /// put back late.
-    pub fn reserve(&mut self, user: i64, records: &Arc<Records>) -> u64 {
+    /// put back late. `None` (nothing recorded: the frame is delivered or stored
+    /// like a local one) if the window, with the frames reserved and not written
+    /// yet, has no room for a frame of `len` bytes: records are bounded by the
+    /// window.
+    pub fn reserve(&mut self, user: i64, records: &Arc<Records>, len: usize) -> Option<u64> {
+        let frames = self.unacked.len() + self.reserved.len();
+        if frames >= WINDOW_FRAMES || self.bytes + self.reserved_bytes + len > WINDOW_BYTES {
+            return None;
+        }
         let seq = self.next;
         self.next += 1;
-        self.reserved.insert(seq);
+        self.reserved.insert(seq, len);
+        self.reserved_bytes += len;
         self.records.get_or_insert_with(|| (user, records.clone()));
-        seq
+        Some(seq)
     }
 
     /// Releases the records of `seqs` (acknowledged, or stored again).
@@ -159,12 +175,13 @@ impl AckWindow {
     /// not written here, which are stored or on their way to the store, go).
     pub fn take(&mut self) -> Vec<String> {
         self.bytes = 0;
+        self.reserved_bytes = 0;
         let recorded: Vec<u64> = self
             .unacked
             .iter()
             .filter(|(_, _, rec)| *rec)
             .map(|(s, _, _)| *s)
-            .chain(self.reserved.drain())
+            .chain(self.reserved.drain().map(|(s, _)| s))
             .collect();
         self.release(recorded.into_iter());
         self.unacked
@@ -298,8 +315,8 @@ mod tests {
     fn reserved_seqs_are_released_when_acked_or_taken() {
         let records = Arc::new(Records::default());
         let mut w = AckWindow::new(10);
-        let a = w.reserve(7, &records);
-        let b = w.reserve(7, &records);
+        let a = w.reserve(7, &records, 7).unwrap();
+        let b = w.reserve(7, &records, 7).unwrap();
         assert_eq!((a, b), (10, 11));
         assert_eq!(w.stamp(br#"{"m":1}"#), br#"{"m":1,"dseq":12}"#);
         w.stamp(&with_seq(br#"{"m":2}"#, a));
@@ -309,6 +326,22 @@ mod tests {
         // `b` was never written here (stored instead): released with the window.
         assert!(w.take().is_empty());
         assert_eq!(records.take(), [(7, b)]);
+    }
+
+    /// A reader that never acks gets at most one window of reserved (recorded)
+    /// frames: written or not, they count against the bound.
+    #[test]
+    fn reservations_are_bounded_by_the_window() {
+        let records = Arc::new(Records::default());
+        let mut w = AckWindow::new(1);
+        for _ in 0..WINDOW_FRAMES - 1 {
+            w.stamp(b"{\"a\":1}");
+        }
+        assert!(w.reserve(7, &records, 10).is_some());
+        assert_eq!(w.reserve(7, &records, 10), None, "frames");
+        w.ack(1);
+        assert_eq!(w.reserve(7, &records, WINDOW_BYTES), None, "bytes");
+        assert!(w.reserve(7, &records, 10).is_some());
     }
 
     #[test]

@@ -67,6 +67,15 @@ impl Outflow {
         }
     }
 
+    /// Ends acknowledged delivery (a LOGINOUT): the session's unacknowledged frames
+    /// are not put back (§12) and their Redis records go; what the connection gets
+    /// next (another user's session, which may not ack) carries no `dseq` and is
+    /// not held back by this window. Returns how many frames it dropped.
+    pub fn stop_acks(&self) -> usize {
+        let old = self.window.lock().take();
+        old.map_or(0, |mut w| w.take().len())
+    }
+
     /// Whether the connection acknowledges what it reads.
     pub fn acks(&self) -> bool {
         self.window.lock().is_some()
@@ -84,12 +93,21 @@ impl Outflow {
     }
 
     /// Numbers a frame from another node's stream for this acking connection
-    /// ([`AckWindow::reserve`]); `None` if the connection does not ack.
-    pub fn reserve(&self, user: i64, records: &Arc<crate::acks::Records>) -> Option<u64> {
+    /// ([`AckWindow::reserve`]); `None` if the connection does not ack, its
+    /// window has no room for `len` bytes, or live frames go to the store now.
+    pub fn reserve(
+        &self,
+        user: i64,
+        records: &Arc<crate::acks::Records>,
+        len: usize,
+    ) -> Option<u64> {
+        if self.is_congested() {
+            return None;
+        }
         self.window
             .lock()
             .as_mut()
-            .map(|w| w.reserve(user, records))
+            .and_then(|w| w.reserve(user, records, len))
     }
 
     /// A cumulative acknowledgement; true if a full window has room again (the

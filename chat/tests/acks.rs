@@ -218,6 +218,44 @@ fn no_dseq_without_acks() {
     legacy.c.barrier();
 }
 
+/// The ack window is the session's: after an acking session's LOGINOUT, a login
+/// without acks on the same connection gets its frames without `dseq` and is not
+/// held back by the old window when it reads without acknowledging (more than a
+/// window's worth arrive live). (Checked: without `Outflow::stop_acks` at the
+/// LOGINOUT, the first frame carried a dseq.)
+#[test]
+fn a_login_after_loginout_does_not_inherit_the_window() {
+    fast_hashes();
+    let b = Backend::sqlite();
+    let mut opts = chat::server::ServerOptions::default();
+    opts.limits.rate = 0;
+    let srv = b.start_with(opts);
+    let mut a = User::register(srv.addr(), "ann");
+    let bob = User::register(srv.addr(), "bob");
+    a.c.send(&json!({"acks": 1, "ext": 1, "id": a.id, "msgid": 1, "password": a.pw}));
+    assert_eq!(a.c.expect_msgid(2)["errno"], 0);
+    a.c.send(&json!({"ext": 1, "id": a.id, "msgid": 3}));
+    a.c.expect_msgid(12);
+    a.c.send(&json!({"ext": 1, "id": bob.id, "msgid": 1, "password": bob.pw}));
+    assert_eq!(a.c.expect_msgid(2)["errno"], 0);
+    let mut s = User::online(srv.addr(), "sid");
+    let n = chat::acks::WINDOW_FRAMES + 50;
+    let reader = std::thread::spawn(move || {
+        for i in 0..n {
+            let text = recv_text(&mut a.c);
+            assert!(!text.contains("\"dseq\""), "frame {i}: {text}");
+            let v: Value = serde_json::from_str(&text).expect("JSON");
+            assert_eq!(v["msg"], format!("m{i:05}"), "{text}");
+        }
+    });
+    for i in 0..n {
+        s.chat(bob.id, &format!("m{i:05}"));
+    }
+    s.c.barrier_within(Duration::from_secs(60));
+    reader.join().expect("every frame, live, without dseq");
+    assert_eq!(b.stored_for(bob.id), 0, "nothing held back");
+}
+
 /// SEQ_ACK needs a login like any request other than LOGIN, REG and PING: before
 /// one it gets error 107 (and after a LOGINOUT); one sent right behind a LOGIN
 /// waits for it and is taken silently.

@@ -182,11 +182,12 @@ pub trait BusHandler: Send + Sync {
     /// store failed) comes back as `Err` with those recipients: the reader holds it
     /// for them and retries.
     fn on_message(&self, msg: BusMessage) -> Result<(), Orphan>;
-    /// Before a frame read from the stream for `to` is handed over: numbers it for
-    /// each recipient whose session here acknowledges what it reads, returning
-    /// (user, dseq). The reader records these in Redis before the frame goes out,
-    /// so a drain of this node stores it with the same `dseq` (protocol.md §12).
-    fn number(&self, _to: &[i64]) -> Vec<(i64, u64)> {
+    /// Before a frame (of `len` bytes) read from the stream for `to` is handed
+    /// over: numbers it for each recipient whose session here acknowledges what it
+    /// reads and has room for it in its ack window, returning (user, dseq). The
+    /// reader records these in Redis before the frame goes out, so a drain of this
+    /// node stores it with the same `dseq` (protocol.md §12).
+    fn number(&self, _to: &[i64], _len: usize) -> Vec<(i64, u64)> {
         Vec::new()
     }
     /// The (user, dseq) records no longer needed since the last call (the frames

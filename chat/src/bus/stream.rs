@@ -261,7 +261,7 @@ impl Bus {
                 let msg = entry_message(entry);
                 let seqs = match &msg {
                     Some(BusMessage::Deliver { to, frame }) => handler
-                        .number(to)
+                        .number(to, frame.len())
                         .into_iter()
                         .map(|(u, n)| {
                             let stamped = with_seq(frame, n);

@@ -155,14 +155,14 @@ impl BusHandler for ChatService {
         }
     }
 
-    fn number(&self, to: &[i64]) -> Vec<(i64, u64)> {
+    fn number(&self, to: &[i64], len: usize) -> Vec<(i64, u64)> {
         let mut seqs = Vec::new();
         for &u in to {
             let shard = self.hub().lock(u);
             let seq = shard
                 .get(&u)
                 .filter(|s| !s.is_closed())
-                .and_then(|s| s.flow().reserve(u, &self.records));
+                .and_then(|s| s.flow().reserve(u, &self.records, len));
             seqs.extend(seq.map(|n| (u, n)));
         }
         seqs

@@ -413,6 +413,12 @@ impl ChatService {
         let user = session.user();
         self.sign_out(session, End::Logout);
         session.forget_last_user();
+        // The ack window is the session's, not the connection's: a later login
+        // here starts afresh (or without acks), and the dropped frames' records go.
+        let dropped = session.flow().stop_acks();
+        if dropped > 0 {
+            log::debug!("{dropped} unacknowledged frame(s) dropped at a LOGINOUT");
+        }
         if let Some(user) = user {
             // A logout ends the session for good: its token no longer resumes it.
             self.store.revoke_resume_token(user.id)?;
