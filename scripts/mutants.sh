@@ -9,9 +9,14 @@
 #   modules: protocol codec router gateway service store bus
 #
 # Feasible on two cores because:
-#   - it runs in a scratch copy of this tree made with rsync -a (mtimes kept), so
-#     the warm target/ is reused and a mutant costs an incremental build; the
+#   - it runs in a scratch copy of this tree made with rsync -a (mtimes kept)
+#     that keeps its own target/ from run to run (never this tree's, whose
+#     build settings differ), so a mutant costs an incremental build; the
 #     mutants are applied there in place, never in this tree;
+#   - the mutants' builds carry no debug info (CARGO_PROFILE_DEV_DEBUG=0) and
+#     link with mold when it is installed (apt-get install mold): a test binary
+#     of this workspace is linked once per mutant and per target, and linking
+#     its debug info was most of a mutant's build (docs/mutants.md, "Cost");
 #   - two passes per module: (1) quick: each mutant against the module's own unit
 #     tests only (cargo test --lib, one small binary, filtered by module path);
 #     (2) full: only the survivors of pass 1 (cargo mutants --iterate), against
@@ -23,7 +28,9 @@
 #
 # Environment: MUTANTS_RE (only the mutants whose name
 # matches this regex, e.g. 'Role::|is_fatal' to re-check triaged survivors),
-# MUTANTS_TIMEOUT
+# MUTANTS_TESTS (replaces the pass's test selection, in the form of the
+# tables below, e.g. '--test admin :: group_chat' for the mutants of a counter
+# only admin.rs reads), MUTANTS_TIMEOUT
 # (seconds a mutant's tests may run, default 300: a mutant that makes a test hang
 # counts as caught once it times out), MUTANTS_PASS (quick, full or both; default
 # both), MUTANTS_SCRATCH (the scratch copy, default /tmp/chat-mutants-tree).
@@ -34,6 +41,7 @@ cd "$(dirname "$0")/.."
 timeout=${MUTANTS_TIMEOUT:-300}
 only=${MUTANTS_RE:-}
 pass=${MUTANTS_PASS:-both}
+tests=${MUTANTS_TESTS:-}
 scratch=${MUTANTS_SCRATCH:-/tmp/chat-mutants-tree}
 out=$PWD/mutants-out
 
@@ -74,7 +82,8 @@ quick_tests() {
 full_tests() {
     case $1 in
     protocol | codec) echo "--test fuzz_props --test framing --test messages ::" ;;
-    router) echo "--test hub --test identity --test delivery --test messages --test framing ::" ;;
+    router) echo "--test hub --test identity --test delivery --test messages --test framing \
+        --test offline_bounds --test confirm --test outflow_bound --test outflow_order --test acks ::" ;;
     gateway | service) echo "--test delivery --test messages --test framing ::" ;;
     store) echo "--test delivery --test identity --test messages ::" ;;
     bus) echo "--test cluster --test outages ::" ;;
@@ -84,7 +93,13 @@ full_tests() {
 run() { # run MODULE quick|full
     local module=$1 which=$2 args=() sel filter w
     for f in $(files_of "$module"); do args+=(--file "$f"); done
-    if [ "$which" = quick ]; then sel=$(quick_tests "$module"); else sel=$(full_tests "$module"); fi
+    if [ -n "$tests" ]; then
+        sel=$tests
+    elif [ "$which" = quick ]; then
+        sel=$(quick_tests "$module")
+    else
+        sel=$(full_tests "$module")
+    fi
     filter=${sel#*::}
     for w in ${sel%%::*}; do args+=(--cargo-arg="$w"); done
     if [ "$which" = full ]; then args+=(--iterate); fi
@@ -102,9 +117,21 @@ run() { # run MODULE quick|full
     }
 }
 
+# Cheaper builds (docs/mutants.md, "Cost"). They change every crate's
+# fingerprint, which is why the scratch tree keeps a target/ of its own.
+export CARGO_PROFILE_DEV_DEBUG=${CARGO_PROFILE_DEV_DEBUG:-0}
+if command -v mold >/dev/null 2>&1; then
+    export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-fuse-ld=mold"
+fi
+
 bash scripts/ensure-services.sh >/dev/null
 mkdir -p "$scratch"
-rsync -a --delete --exclude /mutants-out --exclude /.git --exclude /target/release ./ "$scratch/"
+# rsync -a keeps the mtimes, which can be older than the scratch's last build of
+# those files: touch what it copied, or cargo would take a stale build as fresh.
+rsync -a --delete --out-format='%n' --exclude /mutants-out --exclude /.git --exclude /target \
+    ./ "$scratch/" | while read -r f; do
+    if [ -f "$scratch/$f" ]; then touch "$scratch/$f"; fi
+done
 modules=("$@")
 # By value: the modules that route, gate and serve first.
 [ ${#modules[@]} -gt 0 ] || modules=(router gateway service bus store protocol codec)

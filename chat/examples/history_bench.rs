@@ -1,7 +1,7 @@
 //! history_bench: HISTORY latency through the server with millions of stored messages.
 //!
 //! Bulk-loads `--rows` messages (default 10 million) into a private database or file —
-//! multi-row inserts in large transactions, straight into the `history` table — spread
+//! multi-row inserts in large transactions (SQLite: the store's own batched append) — spread
 //! over `--convs` one-to-one conversations, one of which (between the two users the
 //! bench logs in as) gets `--hot` messages. Then starts a real server on it and times
 //! `--requests` HISTORY requests over TCP (a random `before` in the hot conversation,
@@ -104,27 +104,29 @@ fn rows(a: &Args) -> impl Iterator<Item = (i64, i64, i64, i64, String)> + '_ {
     hot.chain(cold)
 }
 
-fn load_sqlite(path: &str, a: &Args) -> rusqlite::Result<()> {
-    let mut conn = rusqlite::Connection::open(path)?;
-    conn.pragma_update(None, "synchronous", "OFF")?;
-    // A 1 GiB page cache: the `ts` index gets its rows at scattered places, and
-    // with SQLite's default 2 MiB cache every insert then reads and writes pages
-    // (9.5k rows/s; with the cache the load is bounded by the CPU).
-    conn.pragma_update(None, "cache_size", -1_048_576)?;
-    let tx = conn.transaction()?;
-    {
-        let mut st = tx.prepare(
-            "INSERT INTO history (conv, seq, sender, ts, message) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        for (n, r) in rows(a).enumerate() {
-            st.execute(r)?;
-            if n % 1_000_000 == 0 {
-                eprintln!("  {n} rows");
-            }
+/// SQLite keeps history in chunks (a conversation's share of a writer batch per
+/// row): load through the store's own append, 20,000 messages per transaction, as
+/// the history writer would at 20,000 msgs/s (each conversation's rows come in seq
+/// order, so each gets the seqs of `rows`).
+fn load_sqlite(store: &dyn chat::store::Store, a: &Args) -> Result<(), chat::store::StoreError> {
+    use chat::store::social::HistoryRecord;
+    let mut batch = Vec::with_capacity(20_000);
+    for (n, (conv, _seq, sender, ts_ms, text)) in rows(a).enumerate() {
+        batch.push(HistoryRecord {
+            conv,
+            sender,
+            ts_ms,
+            text,
+        });
+        if batch.len() == 20_000 {
+            store.append_history(&batch)?;
+            batch.clear();
+        }
+        if n % 1_000_000 == 0 {
+            eprintln!("  {n} rows");
         }
     }
-    tx.commit()?;
-    Ok(())
+    store.append_history(&batch)
 }
 
 fn load_mysql(url: &str, a: &Args) -> Result<(), mysql::Error> {
@@ -199,8 +201,8 @@ fn main() {
         }
         let t = Instant::now();
         eprintln!("bulk-loading {} rows into {}", a.rows, a.db);
-        if let Some(path) = a.db.strip_prefix("sqlite:") {
-            load_sqlite(path, &a).expect("sqlite load");
+        if a.db.starts_with("sqlite:") {
+            load_sqlite(&*store, &a).expect("sqlite load");
         } else {
             load_mysql(&a.db, &a).expect("mysql load");
         }

@@ -7,9 +7,19 @@
 //! back to the offline store *with* its seq, so a resumed client that already saw
 //! it drops it instead of showing it twice. A frame that already carries a seq
 //! (one put back earlier) keeps it.
+//!
+//! A frame from another node's sender comes through this node's Redis stream; the
+//! stream reader numbers it for its acking recipients *before* it is handed over
+//! ([`AckWindow::reserve`]) and records that number in Redis (`bus::records`), so
+//! that if this node is killed the drain stores it with the same `dseq`: a client
+//! that read it drops the copy, and one that did not (it sat in a kernel buffer)
+//! gets it. The record goes once the client acknowledged the frame ([`Records`]).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
 
 /// Frames a client may leave unacknowledged; beyond this (or [`WINDOW_BYTES`]) new
 /// frames are stored instead, until an ACK makes room.
@@ -20,13 +30,37 @@ pub const WINDOW_BYTES: usize = 4 * 1024 * 1024;
 /// The suffix the seq is written with: `,"dseq":N}` closes the frame.
 const SEQ_KEY: &[u8] = b",\"dseq\":";
 
+/// The (user, dseq) pairs of stream frames whose Redis record (see the module
+/// doc) is no longer needed: acknowledged, or back in the offline store with their
+/// seq. Filled by the windows, emptied by the stream reader, which deletes them.
+#[derive(Debug, Default)]
+pub struct Records {
+    released: Mutex<Vec<(i64, u64)>>,
+}
+
+impl Records {
+    /// Takes the pairs released since the last call.
+    pub fn take(&self) -> Vec<(i64, u64)> {
+        std::mem::take(&mut *self.released.lock())
+    }
+
+    fn release(&self, pairs: impl Iterator<Item = (i64, u64)>) {
+        self.released.lock().extend(pairs);
+    }
+}
+
 /// One connection's acknowledgement window.
 #[derive(Debug)]
 pub struct AckWindow {
     /// The seq the next unstamped frame gets.
     next: u64,
-    /// Written, unacknowledged frames (seq, JSON text with the seq), oldest first.
-    unacked: VecDeque<(u64, Vec<u8>)>,
+    /// Written, unacknowledged frames (seq, JSON text with the seq, whether its seq
+    /// is recorded in Redis), oldest first.
+    unacked: VecDeque<(u64, Vec<u8>, bool)>,
+    /// Seqs given to stream frames ([`AckWindow::reserve`]) not written here yet.
+    reserved: HashSet<u64>,
+    /// The user, and where to release recorded seqs; set by the first reservation.
+    records: Option<(i64, Arc<Records>)>,
     /// Their total size, for [`WINDOW_BYTES`].
     bytes: usize,
     /// A frame was held back (or a drain skipped) because the window was full: the
@@ -40,6 +74,8 @@ impl AckWindow {
         AckWindow {
             next: base.max(1),
             unacked: VecDeque::new(),
+            reserved: HashSet::new(),
+            records: None,
             bytes: 0,
             blocked: false,
         }
@@ -54,8 +90,29 @@ impl AckWindow {
         };
         self.next = self.next.max(seq + 1);
         self.bytes += stamped.len();
-        self.unacked.push_back((seq, stamped.clone()));
+        let recorded = self.reserved.remove(&seq);
+        self.unacked.push_back((seq, stamped.clone(), recorded));
         stamped
+    }
+
+    /// Numbers a frame of another node's sender for `user` before it is handed
+    /// over (the caller records the number in Redis first); the frame then carries
+    /// it when written. Frames written here meanwhile get higher numbers, so this
+    /// one can come after them: the only frames out of `dseq` order besides those
+    /// put back late.
+    pub fn reserve(&mut self, user: i64, records: &Arc<Records>) -> u64 {
+        let seq = self.next;
+        self.next += 1;
+        self.reserved.insert(seq);
+        self.records.get_or_insert_with(|| (user, records.clone()));
+        seq
+    }
+
+    /// Releases the records of `seqs` (acknowledged, or stored again).
+    fn release(&self, seqs: impl Iterator<Item = u64>) {
+        if let Some((user, records)) = &self.records {
+            records.release(seqs.map(|s| (*user, s)));
+        }
     }
 
     /// Whether the window is at its bound (live frames must wait in the store).
@@ -72,14 +129,24 @@ impl AckWindow {
     /// written before it (or, if no frame has that seq, those with a seq at or
     /// below it from the front). True if a blocked window has room again.
     pub fn ack(&mut self, seq: u64) -> bool {
-        let upto = self.unacked.iter().position(|(s, _)| *s == seq);
+        let upto = self.unacked.iter().position(|(s, _, _)| *s == seq);
         let n = upto.map_or_else(
-            || self.unacked.iter().take_while(|(s, _)| *s <= seq).count(),
+            || {
+                self.unacked
+                    .iter()
+                    .take_while(|(s, _, _)| *s <= seq)
+                    .count()
+            },
             |i| i + 1,
         );
-        for (_, f) in self.unacked.drain(..n) {
+        let mut recorded = Vec::new();
+        for (s, f, rec) in self.unacked.drain(..n) {
             self.bytes -= f.len();
+            if rec {
+                recorded.push(s);
+            }
         }
+        self.release(recorded.into_iter());
         let room = self.blocked && !self.is_full();
         if room {
             self.blocked = false;
@@ -87,12 +154,22 @@ impl AckWindow {
         room
     }
 
-    /// Takes every unacknowledged frame's text (with its seq), oldest first.
+    /// Takes every unacknowledged frame's text (with its seq), oldest first (the
+    /// caller stores them again: their records, and those of frames reserved but
+    /// not written here, which are stored or on their way to the store, go).
     pub fn take(&mut self) -> Vec<String> {
         self.bytes = 0;
+        let recorded: Vec<u64> = self
+            .unacked
+            .iter()
+            .filter(|(_, _, rec)| *rec)
+            .map(|(s, _, _)| *s)
+            .chain(self.reserved.drain())
+            .collect();
+        self.release(recorded.into_iter());
         self.unacked
             .drain(..)
-            .map(|(_, f)| String::from_utf8_lossy(&f).into_owned())
+            .map(|(_, f, _)| String::from_utf8_lossy(&f).into_owned())
             .collect()
     }
 
@@ -215,6 +292,23 @@ mod tests {
         w.block();
         assert!(w.ack(1));
         assert!(!w.ack(2), "unblocked once");
+    }
+
+    #[test]
+    fn reserved_seqs_are_released_when_acked_or_taken() {
+        let records = Arc::new(Records::default());
+        let mut w = AckWindow::new(10);
+        let a = w.reserve(7, &records);
+        let b = w.reserve(7, &records);
+        assert_eq!((a, b), (10, 11));
+        assert_eq!(w.stamp(br#"{"m":1}"#), br#"{"m":1,"dseq":12}"#);
+        w.stamp(&with_seq(br#"{"m":2}"#, a));
+        assert!(records.take().is_empty());
+        w.ack(a);
+        assert_eq!(records.take(), [(7, a)]);
+        // `b` was never written here (stored instead): released with the window.
+        assert!(w.take().is_empty());
+        assert_eq!(records.take(), [(7, b)]);
     }
 
     #[test]

@@ -97,6 +97,15 @@ pub struct Config {
     /// new messages are stored and delivered when it catches up.
     #[arg(long, env = "CHAT_OUTPUT_HIGH_WATER", default_value_t = 4 * 1024 * 1024)]
     pub output_high_water: usize,
+    /// WebSocket listener connections that may be in their HTTP phase at once (a
+    /// request head not complete, or a page being sent); more get 503. They never
+    /// count against --max-connections.
+    #[arg(long, env = "CHAT_WS_HTTP_MAX", default_value_t = 64)]
+    pub ws_http_max: usize,
+    /// Seconds a WebSocket listener connection may spend in its HTTP phase (from
+    /// its accept to the upgrade, or to the end of a page's reply), at least 1.
+    #[arg(long, env = "CHAT_WS_HTTP_TIMEOUT_SECS", default_value_t = 10)]
+    pub ws_http_timeout_secs: u64,
     /// Most messages stored for one offline recipient; more are refused (errno 206).
     #[arg(long, env = "CHAT_OFFLINE_MAX_MESSAGES", default_value_t = store::offline_defaults().max_messages)]
     pub offline_max_messages: u64,
@@ -242,6 +251,8 @@ impl Config {
                 rate: self.rate,
                 burst: self.burst,
                 output_high_water: self.output_high_water.max(1024),
+                http_max: self.ws_http_max.max(1),
+                http_timeout: Duration::from_secs(self.ws_http_timeout_secs.max(1)),
             },
             offline: OfflineLimits {
                 max_messages: self.offline_max_messages,

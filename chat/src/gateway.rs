@@ -38,6 +38,14 @@ pub struct Limits {
     /// reader: new chat frames for it are stored (and flushed when it drains),
     /// and its own requests are not read until it drains.
     pub output_high_water: usize,
+    /// WebSocket listener connections that may be in their HTTP phase at once
+    /// (request head not complete yet, or a page being answered); one more is
+    /// answered 503 and closed. HTTP-phase connections never take chat slots
+    /// (`max_connections`): half-open requests cannot lock chat clients out.
+    pub http_max: usize,
+    /// How long a WebSocket listener connection may stay in its HTTP phase, from
+    /// its accept (request head and the page's reply together): then it is closed.
+    pub http_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -48,6 +56,8 @@ impl Default for Limits {
             rate: 1000,
             burst: 2000,
             output_high_water: 4 * 1024 * 1024,
+            http_max: 64,
+            http_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -66,8 +76,11 @@ struct ConnState {
     /// Bytes left in the input buffer after the last `on_message`: what is beyond
     /// them is new (counted in the stats).
     seen: usize,
-    /// A WebSocket connection's protocol layer (`--ws-addr`); `None` on TCP.
+    /// A WebSocket connection's protocol layer (`--ws-addr`); `None` on TCP (and
+    /// while `on_ws_message` has it out).
     ws: Option<Box<WsReader>>,
+    /// A WebSocket connection: extended throughout (protocol.md §13).
+    websocket: bool,
 }
 
 /// Every connection's session, for shutdown.
@@ -108,7 +121,8 @@ impl Gateway {
         }
     }
 
-    /// Counts the WebSocket listener's connections too, against `max_connections`.
+    /// Counts the WebSocket listener's upgraded connections too, against
+    /// `max_connections` (not those in their HTTP phase: see [`crate::ws`]).
     pub fn with_ws_connections(mut self, count: Arc<AtomicUsize>) -> Gateway {
         self.ws_connections = Some(count);
         self
@@ -188,6 +202,7 @@ impl Gateway {
             refilled: Instant::now(),
             login_timer: None,
             seen: 0,
+            websocket: ws.is_some(),
             ws,
         });
         if full {
@@ -262,6 +277,7 @@ impl Gateway {
         buf.retrieve_all();
         let mut pause = false;
         let mut close = false;
+        let mut broken = false;
         while !st.closing && !pause {
             if !ws.frames.is_empty() {
                 pause = self.decode(st, &mut ws.frames);
@@ -287,9 +303,15 @@ impl Gateway {
                     let e = ProtocolError::frame_too_large(self.frame_limit);
                     Some(Job::Fatal(protocol::encode(&protocol::error(&e)), e.errno))
                 }
-                WsEvent::Closed | WsEvent::Broken(_) => {
+                WsEvent::Closed => {
                     st.closing = true;
                     close = true;
+                    None
+                }
+                WsEvent::Broken(_) => {
+                    st.closing = true;
+                    close = true;
+                    broken = true;
                     None
                 }
             };
@@ -297,7 +319,11 @@ impl Gateway {
                 pause |= self.submitter.submit(&st.session, job);
             }
         }
-        let control = ws.take_output();
+        let mut control = ws.take_output();
+        if broken {
+            // After what the protocol layer wrote: a close with 1002, not 1000.
+            control.extend(ws.protocol_error_close().unwrap_or_default());
+        }
         if !control.is_empty() {
             conn.send_wire(&control);
         }
@@ -353,14 +379,16 @@ impl Gateway {
                         }
                         continue;
                     }
-                    let (mut ext, mut msgid) = (false, -1);
+                    // A WebSocket connection is extended throughout (§13).
+                    let ws = st.websocket;
+                    let (mut ext, mut msgid) = (ws, -1);
                     let parsed = codec::parse_frame(&buf.peek()[start..end]).and_then(|v| {
-                        ext = asks_ext(&v);
+                        ext |= asks_ext(&v);
                         msgid = v
                             .get("msgid")
                             .and_then(serde_json::Value::as_i64)
                             .unwrap_or(-1);
-                        protocol::parse_request(v)
+                        protocol::parse_request_on(v, ws)
                     });
                     buf.retrieve(end);
                     self.stats.frame_in(msgid);

@@ -78,6 +78,15 @@ impl Outflow {
             .collect()
     }
 
+    /// Numbers a frame from another node's stream for this acking connection
+    /// ([`AckWindow::reserve`]); `None` if the connection does not ack.
+    pub fn reserve(&self, user: i64, records: &Arc<crate::acks::Records>) -> Option<u64> {
+        self.window
+            .lock()
+            .as_mut()
+            .map(|w| w.reserve(user, records))
+    }
+
     /// A cumulative acknowledgement; true if a full window has room again (the
     /// caller then starts a drain of what was stored meanwhile).
     pub fn ack(&self, seq: u64) -> bool {

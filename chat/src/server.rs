@@ -128,7 +128,7 @@ impl ChatServer {
             tcp.connection_count(),
         );
         if let Some(ws) = &ws {
-            gw = gw.with_ws_connections(ws.connection_count());
+            gw = gw.with_ws_connections(ws.chat_connection_count());
         }
         let gw = Arc::new(gw);
         if let Some(ws) = &ws {

@@ -159,6 +159,44 @@ fn slow_reader_drops_and_resumes_mysql() {
     slow_reader_drops_and_resumes(&Backend::mysql());
 }
 
+/// A reader that stops acknowledging is written one full window of frames and is
+/// then held back (what follows is stored) until it acknowledges; its SEQ_ACK
+/// brings the rest, in order. (Checked: with `Outflow::ack` always false, the
+/// full window never drains and the rest never comes.)
+#[test]
+fn a_full_window_drains_at_the_ack() {
+    fast_hashes();
+    let b = Backend::sqlite();
+    let mut opts = chat::server::ServerOptions::default();
+    opts.limits.rate = 0;
+    opts.offline.max_messages = 1_000_000;
+    opts.offline.sender_percent = 100;
+    let srv = b.start_with(opts);
+    let mut r = User::register(srv.addr(), "reader");
+    r.c.send(&json!({"acks": 1, "ext": 1, "id": r.id, "msgid": 1, "password": r.pw}));
+    assert_eq!(r.c.expect_msgid(2)["errno"], 0);
+    let mut s = User::online(srv.addr(), "sender");
+    let window = chat::acks::WINDOW_FRAMES;
+    let n = window + 200;
+    for i in 0..n {
+        s.chat(r.id, &format!("m{i:05}"));
+    }
+    s.c.barrier_within(Duration::from_secs(60));
+    let mut shown = Shown::default();
+    read_until(&mut r.c, &mut shown, window, usize::MAX);
+    // Every frame was handled (the sender's barrier): those past the window wait
+    // in the store, not in the reader's socket.
+    assert!(
+        b.stored_for(r.id) > 0,
+        "nothing held back by the full window"
+    );
+    r.c.send(&json!({"msgid": 19, "seq": shown.last, "ext": 1}));
+    read_until(&mut r.c, &mut shown, n, 50);
+    let expected: Vec<String> = (0..n).map(|i| format!("m{i:05}")).collect();
+    assert!(shown.msgs == expected, "shown out of order");
+    assert_eq!(shown.dropped, 0);
+}
+
 /// A legacy recipient (and an ext one that did not ask for acks) gets the frame
 /// without `dseq`; a sender's own `dseq` is not forwarded; SEQ_ACK on such a
 /// connection is ignored without a reply.
@@ -178,6 +216,30 @@ fn no_dseq_without_acks() {
     );
     legacy.c.send(&json!({"msgid": 19, "seq": 3}));
     legacy.c.barrier();
+}
+
+/// SEQ_ACK needs a login like any request other than LOGIN, REG and PING: before
+/// one it gets error 107 (and after a LOGINOUT); one sent right behind a LOGIN
+/// waits for it and is taken silently.
+#[test]
+fn seq_ack_before_login_is_refused() {
+    fast_hashes();
+    let b = Backend::sqlite();
+    let srv = b.start();
+    let u = User::register(srv.addr(), "early");
+    let mut c = Client::connect(srv.addr());
+    c.send(&json!({"msgid": 19, "seq": 1}));
+    c.expect_error(107, Some(19));
+    let mut two =
+        util::frame_bytes(&json!({"acks": 1, "ext": 1, "id": u.id, "msgid": 1, "password": u.pw}));
+    two.extend(util::frame_bytes(&json!({"msgid": 19, "seq": 1})));
+    c.send_raw(&two);
+    assert_eq!(c.expect_msgid(2)["errno"], 0);
+    c.barrier();
+    c.send(&json!({"ext": 1, "id": u.id, "msgid": 3}));
+    c.expect_msgid(12);
+    c.send(&json!({"msgid": 19, "seq": 2}));
+    c.expect_error(107, Some(19));
 }
 
 /// A RESUME that takes over a live acking session on the same node: the old one

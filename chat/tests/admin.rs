@@ -180,6 +180,58 @@ fn metrics_parse_and_move_with_traffic() {
     drop(z);
 }
 
+/// A group chat counts each member it reached: live here, stored, and (with no
+/// bus) nothing routed to another node; one whose members are all online stores
+/// nothing and is confirmed. (Checked: with `send_many`'s counts `routed - missed`
+/// turned into `+` or `/`, or `stored - refused` into `/` (0 / 0 panics the job:
+/// the worker survives, the confirmation is lost), this fails.)
+#[test]
+fn group_chat_counts_each_member() {
+    let _ = chat::password::set_cost(1024, 1);
+    let b = Backend::sqlite();
+    let srv = b.start_with(with_admin(None, None));
+    let addr = admin(&srv);
+    let mut ann = User::online(srv.addr(), "ann");
+    let mut bob = User::online(srv.addr(), "bob");
+    let mut cy = User::online(srv.addr(), "cy");
+    let gid = ann.create_group("g");
+    bob.join_group(gid);
+    cy.join_group(gid);
+    let counts = |m: &HashMap<String, f64>| {
+        ["local", "stored", "remote"].map(|o| get(m, &format!("chat_chats_total{{outcome={o}}}")))
+    };
+    let moved = |before: [f64; 3], what: &str, want: [f64; 3]| {
+        poll(Duration::from_secs(5), what, || {
+            let now = counts(&scrape(addr));
+            let d = [0, 1, 2].map(|i| now[i] - before[i]);
+            (d == want).then_some(())
+        })
+    };
+    let before = counts(&scrape(addr));
+    // With a cid, ann (opted in by the create) gets the counts confirmed.
+    let mut g = util::group_chat(ann.id, "ann", gid, "all here");
+    g["cid"] = json!(1);
+    ann.c.send(&g);
+    let ack = ann.c.expect_ack(10, 0);
+    assert_eq!(
+        (&ack["delivered"], &ack["stored"]),
+        (&json!(2), &json!(0)),
+        "{ack}"
+    );
+    for u in [&mut bob, &mut cy] {
+        assert_eq!(u.c.expect_msgid(10)["msg"], "all here");
+    }
+    moved(before, "2 local, 0 stored, 0 remote", [2.0, 0.0, 0.0]);
+    cy.c.logout(cy.id);
+    cy.c.barrier();
+    let before = counts(&scrape(addr));
+    ann.group_chat(gid, "cy is away");
+    assert_eq!(bob.c.expect_msgid(10)["msg"], "cy is away");
+    ann.c.barrier();
+    moved(before, "1 local, 1 stored, 0 remote", [1.0, 1.0, 0.0]);
+    assert_eq!(b.stored_for(cy.id), 1);
+}
+
 /// Admin routes are refused without the token (403 when none is configured, 401
 /// for a missing or wrong one) and served with it; health routes need none.
 #[test]

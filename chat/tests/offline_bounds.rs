@@ -16,6 +16,7 @@ use util::{one_chat, parsed, Backend, Client, User};
 
 both_backends!(
     full_offline_store_refuses_the_new,
+    full_member_is_refused_a_group_chat,
     login_ack_is_one_page_and_the_rest_follows,
     reader_that_leaves_loses_nothing_held,
 );
@@ -75,6 +76,49 @@ fn full_offline_store_refuses_the_new(b: &Backend) {
     alice.c.barrier();
     let ack = bob.login();
     assert_eq!(offline_msgs(&ack), ["again"]);
+}
+
+/// A group member whose offline store is full is refused a group chat: the sender
+/// hears which member (errno 206 with `refused`), its confirmation counts that
+/// member neither live nor stored, and what was stored before is intact.
+/// (Checked: with `send_many`'s stored count `stored - refused` turned into `+`,
+/// this fails.)
+fn full_member_is_refused_a_group_chat(b: &Backend) {
+    let srv = b.start_with(ServerOptions {
+        offline: OfflineLimits {
+            max_messages: 2,
+            max_bytes: 1 << 20,
+            sender_percent: 100,
+        },
+        ..ServerOptions::default()
+    });
+    let mut alice = User::online(srv.addr(), "alice");
+    let mut carol = User::online(srv.addr(), "carol");
+    let mut bob = User::online(srv.addr(), "bob");
+    let gid = alice.create_group("g");
+    carol.join_group(gid);
+    bob.join_group(gid);
+    bob.c.logout(bob.id);
+    bob.c.barrier();
+    for i in 0..2 {
+        alice.c.send(&ext_chat(&alice, bob.id, &format!("a{i}")));
+    }
+    alice.c.barrier();
+    let mut g = util::group_chat(alice.id, "alice", gid, "to all");
+    g["ext"] = json!(1);
+    g["cid"] = json!(7);
+    alice.c.send(&g);
+    let refused = alice.c.expect_ack(10, 206);
+    assert_eq!(refused["refused"], json!([bob.id]), "{refused}");
+    let ack = alice.c.expect_ack(10, 0);
+    assert_eq!(
+        (&ack["cid"], &ack["delivered"], &ack["stored"]),
+        (&json!(7), &json!(1), &json!(0)),
+        "{ack}"
+    );
+    assert_eq!(carol.c.expect_msgid(10)["msg"], "to all");
+    let ack = bob.login();
+    assert_eq!(offline_msgs(&ack), ["a0", "a1"]);
 }
 
 /// A long backlog: the LOGIN_ACK carries only its oldest page (well under

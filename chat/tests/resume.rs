@@ -201,3 +201,109 @@ fn resume_after_kill_9_is_immediate() {
     let got = back.expect("the chat", |v| v["msgid"] == 6);
     assert_eq!(got["msg"], "you are back");
 }
+
+/// `kill -9` of the node of an acking recipient who read part of what another
+/// node's sender sent and acknowledged less: the frames that node wrote (and
+/// trimmed from its stream) but the client never got, and those it read but did not
+/// acknowledge, come back after the RESUME elsewhere — with the `dseq`s the dead
+/// node gave them, so the client shows each message exactly once.
+#[test]
+fn kill_9_of_an_acking_reader_loses_and_repeats_nothing() {
+    use cluster_util::client::{one_chat, Client as CClient, Recv};
+    let _serial = cluster_util::serial();
+    let c = cluster_util::Cluster::start(cluster_util::ClusterOpts {
+        node_ttl_ms: Some(2000),
+        ..Default::default()
+    });
+    let ids = cluster_util::register(&c, &["sid", "rut"]);
+    let (sid, rut) = (ids[0], ids[1]);
+    let (mut s1, _) = cluster_util::login(c.port(1), sid, "sid");
+    let mut r2 = CClient::connect(c.port(2));
+    r2.send(&json!({"acks": 1, "ext": 1, "id": rut, "msgid": 1, "password": "rut"}));
+    let ack = r2.expect("LOGIN_ACK", |v| v["msgid"] == 2);
+    assert_eq!(ack["errno"], 0, "{ack}");
+    let token = ack["token"].as_str().expect("a token").to_owned();
+
+    const N: usize = 40;
+    for i in 0..N {
+        s1.send(&one_chat(sid, "sid", rut, &format!("m{i}")));
+    }
+    s1.barrier();
+    // Node 2 wrote all of them (the client has the bytes)...
+    let frames: Vec<Value> = (0..N)
+        .map(|_| r2.expect("a chat", |v| v["msgid"] == 6))
+        .collect();
+    // ...and trimmed them from its stream, so only its records can bring back
+    // what the client lost.
+    let queue = format!("{}:q:{}", c.prefix, c.node_id(2));
+    cluster_util::poll(Duration::from_secs(5), "node 2 trims its stream", || {
+        let len: usize = redis::cmd("XLEN").arg(&queue).query(&mut c.redis()).ok()?;
+        (len == 0).then_some(())
+    });
+    // The client shows the first 15, acknowledges the first 5; the other 25 were
+    // in its kernel buffer when the node died (it never reads them).
+    let mut shown = Shown::default();
+    for v in &frames[..15] {
+        shown.take(v);
+    }
+    r2.send(&json!({"msgid": 19, "seq": frames[4]["dseq"]}));
+    r2.barrier();
+
+    c.kill9(2);
+    let mut back = CClient::connect(c.port(1));
+    back.send(&json!({"ext": 1, "id": rut, "lastseq": shown.last, "msgid": 17, "token": token}));
+    let ack = back.expect("RESUME_ACK", |v| v["msgid"] == 18);
+    assert_eq!(ack["errno"], 0, "{ack}\n{}", c.logs());
+    for m in ack["offlinemsg"].as_array().into_iter().flatten() {
+        let v: Value = serde_json::from_str(m.as_str().expect("a string")).expect("JSON");
+        shown.take(&v);
+    }
+    // The dead node's key lives on for its TTL (the RESUME took over at once);
+    // then a keeper drains it and the frames come by a flush.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while shown.msgs.len() < N || shown.dropped < 10 {
+        match back.recv_by(deadline) {
+            Recv::Frame(v) if v["msgid"] == 6 => shown.take(&v),
+            Recv::Frame(v) => panic!("unexpected {v}"),
+            Recv::Timeout | Recv::Eof => break,
+        }
+    }
+    back.barrier();
+    let want: Vec<String> = (0..N).map(|i| format!("m{i}")).collect();
+    let mut sorted = shown.msgs.clone();
+    sorted.sort_by_key(|m| m[1..].parse::<usize>().expect("m<i>"));
+    assert_eq!(
+        sorted, want,
+        "each message shown exactly once: {:?}",
+        shown.msgs
+    );
+    assert_eq!(shown.msgs, want, "in order");
+    // Those acknowledged may come again too if the node died before it deleted
+    // their records.
+    assert!(
+        shown.dropped >= 10,
+        "the 10 read, unacknowledged ones came again"
+    );
+}
+
+/// What a client following protocol.md §12 shows: a chat frame's `msg` the first
+/// time its `dseq` comes.
+#[derive(Default)]
+struct Shown {
+    msgs: Vec<String>,
+    seen: std::collections::HashSet<u64>,
+    last: u64,
+    dropped: usize,
+}
+
+impl Shown {
+    fn take(&mut self, v: &Value) {
+        let d = v["dseq"].as_u64().unwrap_or_else(|| panic!("no dseq: {v}"));
+        if !self.seen.insert(d) {
+            self.dropped += 1;
+            return;
+        }
+        self.last = self.last.max(d);
+        self.msgs.push(v["msg"].as_str().expect("msg").to_owned());
+    }
+}

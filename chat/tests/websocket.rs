@@ -343,3 +343,72 @@ fn a_slow_websocket_reader_has_its_overflow_stored() {
         "from the first, once, in order"
     );
 }
+
+/// A WebSocket is extended from the start, for every request (§13): with no
+/// `"ext"` field anywhere, a SEQ_ACK before login gets error 107 like any other
+/// request, a LOGIN with `"acks":1` acks (frames carry a `dseq`), and a RESUME
+/// with `lastseq` is served (not 122) and gets what was not acknowledged again,
+/// with its `dseq`.
+#[test]
+fn a_websocket_acks_and_resumes_without_the_ext_field() {
+    let db = Backend::sqlite();
+    let server = start(&db, 64 * 1024);
+    let mut ws = ws_connect(server.ws_addr().unwrap());
+    let ann = ws_register(&mut ws, "ann");
+    send(&mut ws, &json!({"msgid": 19, "seq": 1}));
+    let e = expect_msgid(&mut ws, 11);
+    assert_eq!(
+        (e["errno"].as_i64(), e["reqmsgid"].as_i64()),
+        (Some(107), Some(19))
+    );
+    send(
+        &mut ws,
+        &json!({"acks": 1, "id": ann, "msgid": 1, "password": "pw"}),
+    );
+    let ack = expect_msgid(&mut ws, 2);
+    assert_eq!(ack["errno"], 0, "{ack}");
+    let token = ack["token"].as_str().expect("a token").to_owned();
+
+    let mut tcp = Client::connect(server.addr());
+    let bob = tcp.register("bob", "pw");
+    tcp.login_ok(bob, "pw");
+    for m in ["one", "two", "three"] {
+        tcp.send(&util::one_chat(bob, "bob", ann, m));
+    }
+    let got: Vec<Value> = (0..3).map(|_| expect_msgid(&mut ws, 6)).collect();
+    let seqs: Vec<u64> = got
+        .iter()
+        .map(|v| v["dseq"].as_u64().unwrap_or_else(|| panic!("no dseq: {v}")))
+        .collect();
+    send(&mut ws, &json!({"msgid": 19, "seq": seqs[0]}));
+    send(&mut ws, &json!({"msgid": 13}));
+    expect_msgid(&mut ws, 14);
+    drop(ws);
+
+    let mut back = ws_connect(server.ws_addr().unwrap());
+    let ack = util::poll(TIMEOUT, "the old session closed", || {
+        send(
+            &mut back,
+            &json!({"id": ann, "lastseq": seqs[2], "msgid": 17, "token": token}),
+        );
+        let ack = expect_msgid(&mut back, 18);
+        (ack["errno"] != 110).then_some(ack)
+    });
+    assert_eq!(ack["errno"], 0, "{ack}");
+    let again: Vec<(String, u64)> = ack["offlinemsg"]
+        .as_array()
+        .expect("the unacknowledged frames")
+        .iter()
+        .map(|s| {
+            let v: Value = serde_json::from_str(s.as_str().unwrap()).unwrap();
+            (
+                v["msg"].as_str().unwrap().to_owned(),
+                v["dseq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        again,
+        [("two".to_owned(), seqs[1]), ("three".to_owned(), seqs[2])]
+    );
+}

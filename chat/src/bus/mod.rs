@@ -22,6 +22,7 @@
 
 mod admin;
 mod connector;
+mod records;
 mod scripts;
 mod stream;
 mod threads;
@@ -46,8 +47,11 @@ const BREAKER: Duration = Duration::from_millis(500);
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long writes stop waiting for replicas after a WAIT fell short.
 const WAIT_PAUSE: Duration = Duration::from_secs(1);
-/// How often the keeper sweeps dead nodes, in heartbeats.
-const SWEEP_EVERY: u32 = 4;
+/// How often the keeper sweeps dead nodes, in heartbeats: every one, so a killed
+/// node's stream (what was routed to it after its death, and its dseq records)
+/// reaches its users who resumed elsewhere within a heartbeat of its key expiring
+/// (the sweep is one cheap script call).
+const SWEEP_EVERY: u32 = 1;
 /// How long the stream reader blocks in one XREAD when the stream is empty.
 const READ_BLOCK: Duration = Duration::from_millis(250);
 /// Most entries the reader takes from its stream per XREAD.
@@ -178,6 +182,18 @@ pub trait BusHandler: Send + Sync {
     /// store failed) comes back as `Err` with those recipients: the reader holds it
     /// for them and retries.
     fn on_message(&self, msg: BusMessage) -> Result<(), Orphan>;
+    /// Before a frame read from the stream for `to` is handed over: numbers it for
+    /// each recipient whose session here acknowledges what it reads, returning
+    /// (user, dseq). The reader records these in Redis before the frame goes out,
+    /// so a drain of this node stores it with the same `dseq` (protocol.md §12).
+    fn number(&self, _to: &[i64]) -> Vec<(i64, u64)> {
+        Vec::new()
+    }
+    /// The (user, dseq) records no longer needed since the last call (the frames
+    /// were acknowledged, or stored again with their `dseq`): the reader deletes them.
+    fn released(&self) -> Vec<(i64, u64)> {
+        Vec::new()
+    }
     /// Calls `done` once everything handed to the IO loops so far has been written
     /// to the sockets (or buffered for slow ones). Runs on the stream reader, which
     /// trims its stream only then.
@@ -209,6 +225,9 @@ struct Keys {
     node_prefix: String,
     queue_prefix: String,
     queue_me: String,
+    /// `P:qa:` (see `records`), and this node's.
+    records_prefix: String,
+    records_me: String,
     channel_all: String,
     prefix_colon: String,
 }
@@ -277,6 +296,8 @@ impl Bus {
             node_prefix: format!("{p}:node:"),
             queue_prefix: format!("{p}:q:"),
             queue_me: format!("{p}:q:{me}"),
+            records_prefix: format!("{p}:qa:"),
+            records_me: format!("{p}:qa:{me}"),
             channel_all: format!("{p}:ch:all"),
             prefix_colon: format!("{p}:"),
         };
@@ -307,7 +328,12 @@ impl Bus {
             draining: parking_lot::Mutex::new(std::collections::HashSet::new()),
             health: admin::Health::default(),
         });
-        if let Err(e) = bus.forget_own().and_then(|_| bus.heartbeat()) {
+        // Records an earlier process under this id left (it was not drained) name
+        // sessions that are gone: forgotten, not stored again.
+        let fresh = bus.forget_own().and_then(|_| {
+            bus.with_con(|c| redis::cmd("DEL").arg(&bus.keys.records_me).query::<()>(c))
+        });
+        if let Err(e) = fresh.and_then(|_| bus.heartbeat()) {
             log::warn!("bus: Redis not reachable yet ({e}); will keep trying");
         }
         Ok(bus)

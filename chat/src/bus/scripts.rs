@@ -209,8 +209,9 @@ return {0, redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', ARGV[2])}
 ";
 
 /// After a drain step stored some entries of a dead node's stream: deletes them and,
-/// when the stream is empty, the stream itself and the node's presence entries.
-/// KEYS: q:node, node:node, online, nodeusers:node, nodes, drain:node.
+/// when the stream is empty, the stream itself, the node's dseq records and its
+/// presence entries.
+/// KEYS: q:node, node:node, online, nodeusers:node, nodes, drain:node, qa:node.
 /// ARGV: node, me, entry id...
 /// Returns 1 when the node is forgotten, 0 when entries remain, -1 when the node is
 /// alive again (it was only late with its heartbeat: it reads its stream itself;
@@ -230,7 +231,7 @@ end
 if redis.call('XLEN', KEYS[1]) > 0 then
   return 0
 end
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[7])
 forget(KEYS[3], KEYS[4], ARGV[1])
 redis.call('SREM', KEYS[5], ARGV[1])
 return 1

@@ -10,6 +10,7 @@ use crossbeam_channel::{Receiver, Sender};
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use redis::{Connection, RedisResult};
 
+use super::records::{self, DrainRecords};
 use super::{
     Bus, BusError, BusHandler, BusMessage, Drain, Orphan, DELIVERY_WAIT, DRAIN_COUNT, DRAIN_LOCK,
     IO_TIMEOUT, READ_BLOCK, READ_COUNT,
@@ -72,6 +73,13 @@ impl Bus {
         let p = &self.keys.prefix_colon;
         let queue = format!("{}{node}", self.keys.queue_prefix);
         let node_key = format!("{}{node}", self.keys.node_prefix);
+        let records_key = format!("{}{node}", self.keys.records_prefix);
+        // The dseqs the node gave frames it wrote and did not have acknowledged:
+        // each such frame is stored with its dseq (see `records`). A drain that
+        // dies midway leaves them to the next, which stores those of the entries
+        // moved so far again, with the same dseqs (a client drops the copies).
+        let mut recorded = self.with_con(|c| DrainRecords::load(c, &records_key))?;
+        let mut first_step = true;
         let mut moved = 0usize;
         loop {
             let (state, range): (i64, StreamRangeReply) = self.with_con(|c| {
@@ -91,9 +99,16 @@ impl Bus {
                 _ => {}
             }
             let mut frames = Vec::with_capacity(range.ids.len());
+            if first_step {
+                // Frames trimmed from the stream once written: older than its rest.
+                frames = recorded.before(range.ids.first().map(|e| e.id.as_str()));
+                first_step = false;
+            }
             for entry in &range.ids {
                 match entry_message(entry) {
-                    Some(BusMessage::Deliver { to, frame }) => frames.push((to, frame)),
+                    Some(BusMessage::Deliver { to, frame }) => {
+                        recorded.split(&entry.id, to, frame, &mut frames);
+                    }
                     // A flush notice to a dead node: its users log in elsewhere and
                     // get their stored messages there.
                     Some(_) => {}
@@ -113,6 +128,7 @@ impl Bus {
                     .key(format!("{p}nodeusers:{node}"))
                     .key(&self.keys.nodes)
                     .key(lock)
+                    .key(&records_key)
                     .arg(node)
                     .arg(token);
                 for entry in &range.ids {
@@ -139,8 +155,11 @@ impl Bus {
         let mut last = String::from("0-0");
         let (done_tx, done_rx) = crossbeam_channel::unbounded::<String>();
         let mut held = Held::default();
+        // dseq records to delete (see `records`), kept across reconnects.
+        let mut released = Vec::new();
         self.reconnecting("reader", || {
-            self.read_loop(handler, &mut last, &mut held, &done_tx, &done_rx)
+            let state = (&mut last, &mut held, &mut released);
+            self.read_loop(handler, state, &done_tx, &done_rx)
         });
     }
 
@@ -171,8 +190,7 @@ impl Bus {
     fn read_loop(
         &self,
         handler: &dyn BusHandler,
-        last: &mut String,
-        held: &mut Held,
+        (last, held, released): (&mut String, &mut Held, &mut Vec<(i64, u64)>),
         done_tx: &Sender<String>,
         done_rx: &Receiver<String>,
     ) -> Result<(), (redis::RedisError, bool)> {
@@ -192,7 +210,11 @@ impl Bus {
             }
             held.retry(handler);
             let mut pipe = redis::pipe();
-            let trimming = delivered.is_some();
+            released.extend(handler.released());
+            if let Some(cmd) = records::hdel(&self.keys.records_me, released) {
+                pipe.add_command(cmd).ignore();
+            }
+            let trimming = delivered.is_some() || !released.is_empty();
             if let Some(id) = delivered.take() {
                 // Everything up to `id` is in the sockets (or stored): forget it,
                 // except from the oldest frame still held back on.
@@ -224,16 +246,46 @@ impl Bus {
                 .arg(last.as_str());
             let (reply,): (Option<StreamReadReply>,) =
                 pipe.query(&mut con).map_err(|e| (e, read_any))?;
+            released.clear();
             read_any = true;
             let Some(reply) = reply else { continue };
             let mut batch_end = None;
             if let Some(oldest) = reply.keys.iter().flat_map(|k| &k.ids).next() {
                 self.entry_read(&oldest.id);
             }
+            // Numbered for acking sessions and recorded before anything goes out
+            // (see `records`); a failed record re-reads the batch.
+            let mut numbered = Vec::new();
+            let mut recs = Vec::new();
             for entry in reply.keys.iter().flat_map(|k| &k.ids) {
-                match entry_message(entry) {
-                    Some(BusMessage::Deliver { to, frame }) => {
-                        held.deliver(handler, &entry.id, to, frame);
+                let msg = entry_message(entry);
+                let seqs = match &msg {
+                    Some(BusMessage::Deliver { to, frame }) => handler
+                        .number(to)
+                        .into_iter()
+                        .map(|(u, n)| {
+                            let stamped = with_seq(frame, n);
+                            recs.push((records::field(u, n), records::value(&entry.id, &stamped)));
+                            (u, stamped)
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                numbered.push((entry, msg, seqs));
+            }
+            if let Some(cmd) = records::hset(&self.keys.records_me, &recs) {
+                cmd.query::<()>(&mut con).map_err(|e| (e, read_any))?;
+            }
+            for (entry, msg, seqs) in numbered {
+                match msg {
+                    Some(BusMessage::Deliver { mut to, frame }) => {
+                        for (u, stamped) in seqs {
+                            to.retain(|&r| r != u);
+                            held.deliver(handler, &entry.id, vec![u], stamped);
+                        }
+                        if !to.is_empty() {
+                            held.deliver(handler, &entry.id, to, frame);
+                        }
                     }
                     Some(m) => {
                         // Flush notices: nothing of theirs can fail here.
@@ -326,7 +378,7 @@ impl Held {
 }
 
 /// A stream entry id `ms-seq` as a comparable pair ((0, 0) if unreadable).
-fn id_key(id: &str) -> (u64, u64) {
+pub(super) fn id_key(id: &str) -> (u64, u64) {
     id.split_once('-')
         .and_then(|(ms, seq)| Some((ms.parse().ok()?, seq.parse().ok()?)))
         .unwrap_or((0, 0))
@@ -359,6 +411,11 @@ fn entry_message(entry: &StreamId) -> Option<BusMessage> {
     let to = id_list(&entry.get::<String>("to")?);
     let frame: String = entry.get("f")?;
     (!to.is_empty()).then_some(BusMessage::Deliver { to, frame })
+}
+
+/// `frame` (JSON text) with `"dseq":n` as its last field.
+fn with_seq(frame: &str, n: u64) -> String {
+    String::from_utf8_lossy(&crate::acks::with_seq(frame.as_bytes(), n)).into_owned()
 }
 
 #[cfg(test)]

@@ -466,6 +466,13 @@ pub struct Parsed {
 /// A [`ProtocolError`] naming the problem and the field; its `msgid` is set once the
 /// request's msgid has been read.
 pub fn parse_request(v: Value) -> Result<Parsed, ProtocolError> {
+    parse_request_on(v, false)
+}
+
+/// [`parse_request`] on a connection that is extended from the start (`ext_conn`:
+/// WebSocket, protocol.md §13): every request counts as carrying `"ext":1`, so a
+/// RESUME needs no field and a LOGIN's `"acks":1` holds without it.
+pub fn parse_request_on(v: Value, ext_conn: bool) -> Result<Parsed, ProtocolError> {
     let Value::Object(obj) = v else {
         return Err(ProtocolError::new(
             errno::NOT_OBJECT,
@@ -488,7 +495,7 @@ pub fn parse_request(v: Value) -> Result<Parsed, ProtocolError> {
         return Err(unknown_msgid(msgid));
     }
     let f = Fields { obj: &obj, msgid };
-    let ext = f.ext()?;
+    let ext = f.ext()? || ext_conn;
     let acks = match msgid {
         msgid::LOGIN if ext && f.flag("acks")? => Some(0),
         msgid::RESUME => f.opt_seq("lastseq")?,

@@ -38,18 +38,47 @@ impl Delivered {
 }
 
 impl ChatService {
+    /// A SEQ_ACK; a full window that has room again starts the drain of what was
+    /// stored meanwhile (the job returned).
+    fn take_ack(session: &Session, seq: u64) -> Option<Job> {
+        let drain = session.flow().ack(seq) && session.is_congested() && session.start_drain();
+        drain.then_some(Job::Drained)
+    }
+
+    /// A SEQ_ACK that came with no login done (on the IO loop's fast path it is
+    /// handled at once): error 107 if there is still none, like any request other
+    /// than LOGIN, REG and PING.
+    pub(super) fn seq_ack(&self, session: &Arc<Session>, parsed: Parsed) -> Result<()> {
+        let Request::SeqAck { seq } = parsed.req else {
+            unreachable!("registered for SEQ_ACK")
+        };
+        if session.user().is_none() {
+            return Err(ServiceError::Protocol(ProtocolError::not_logged_in(
+                msgid::SEQ_ACK,
+            )));
+        }
+        if let Some(job) = Self::take_ack(session, seq) {
+            self.run_job(session, job);
+        }
+        Ok(())
+    }
+
     /// Handles a ONE_CHAT on the IO loop when that needs no blocking work: the
     /// session has nothing queued (so order is kept), the sender is who it claims,
     /// and the recipient is online on this node. Otherwise hands the request back
     /// for the workers.
     pub fn try_fast(&self, session: &Arc<Session>, parsed: Parsed) -> std::result::Result<(), Job> {
         if let Request::SeqAck { seq } = parsed.req {
-            // Cheap and order-free: handled here. A full window that has room again
-            // starts the drain of what was stored meanwhile.
-            if session.flow().ack(seq) && session.is_congested() && session.start_drain() {
-                return Err(Job::Drained);
+            if session.user().is_none() {
+                // Before login (or with one on its way): in order, as a request,
+                // which gets error 107 unless a login came first (`seq_ack`).
+                return Err(Job::Request(parsed));
             }
-            return Ok(());
+            // Cheap and order-free: handled here.
+            return match Self::take_ack(session, seq) {
+                Some(job) => Err(job),
+                None => Ok(()),
+            };
         }
         let Request::OneChat { id, toid, cid, .. } = &parsed.req else {
             return Err(Job::Request(parsed));

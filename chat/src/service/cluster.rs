@@ -155,6 +155,23 @@ impl BusHandler for ChatService {
         }
     }
 
+    fn number(&self, to: &[i64]) -> Vec<(i64, u64)> {
+        let mut seqs = Vec::new();
+        for &u in to {
+            let shard = self.hub().lock(u);
+            let seq = shard
+                .get(&u)
+                .filter(|s| !s.is_closed())
+                .and_then(|s| s.flow().reserve(u, &self.records));
+            seqs.extend(seq.map(|n| (u, n)));
+        }
+        seqs
+    }
+
+    fn released(&self) -> Vec<(i64, u64)> {
+        self.records.take()
+    }
+
     fn on_dead_node(&self, node: &str) {
         if let Some(bus) = self.bus() {
             self.drain_dead(bus, node, false);

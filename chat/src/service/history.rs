@@ -1,16 +1,25 @@
 //! The history writer: one thread that appends chat messages to history in batches.
 //!
 //! Its rule: the chat path never waits for the database. Recording a message is a push
-//! onto a channel (an IO loop may do it); the writer takes whatever piled up while it
-//! wrote the previous batch and appends it in one transaction, so under load the cost
-//! per message is a fraction of a round trip. A batch that fails (database down) is
-//! kept and retried, with the messages behind it queued, in order. The queue is bounded
-//! (`QUEUE_CAP`): past it, senders wait on workers (never on an IO loop: the fast path
-//! hands over to the workers first), for at most `FULL_WAIT`; a message that still
-//! finds no room is delivered but not kept, so chat survives a long database outage. A HISTORY request first
-//! waits (bounded) until the writer wrote everything recorded before it, so a client
-//! reads its own messages on the node it talks to; across nodes a page shows a message
-//! once its node's writer committed it (milliseconds).
+//! onto a channel (an IO loop may do it); the writer gathers what arrives for up to
+//! [`GATHER`] (or [`MAX_BATCH`] messages) and appends it in one transaction. A batch
+//! that spans many messages per conversation is what makes history cheap: the store
+//! writes a conversation's share of a batch as one row (SQLite) and dirties its pages
+//! once per batch, not once per message. A HISTORY request cuts the gathering short:
+//! it first waits (bounded) until the writer wrote everything recorded before it, so a
+//! client reads its own messages on the node it talks to; across nodes a page shows a
+//! message once its node's writer committed it (within [`GATHER`] and a write).
+//!
+//! What a crash can lose: a clean shutdown writes everything queued
+//! ([`HistoryWriter::finish`]); a killed process loses what it had not committed, the
+//! messages of at most the last [`GATHER`] plus any backlog of a database slower than
+//! the chat (bounded by [`QUEUE_CAP`]). The messages themselves were delivered.
+//!
+//! A batch that fails (database down) is kept and retried, with the messages behind it
+//! queued, in order. The queue is bounded (`QUEUE_CAP`): past it, senders wait on
+//! workers (never on an IO loop: the fast path hands over to the workers first), for at
+//! most `FULL_WAIT`; a message that still finds no room is delivered but not kept, so
+//! chat survives a long database outage.
 
 use std::sync::Arc;
 use std::thread;
@@ -21,8 +30,15 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crate::store::social::HistoryRecord;
 use crate::store::Store;
 
-/// Messages per transaction at most.
-const MAX_BATCH: usize = 2000;
+/// Messages per transaction at most (MySQL's statements stay far below its 65,535
+/// placeholders: a batch's counter upsert has two per conversation).
+const MAX_BATCH: usize = 20_000;
+/// How long the writer gathers messages after the first of a batch before it writes
+/// them (a HISTORY request's flush writes at once). At N = 1,000 conversations and
+/// 10,000 msgs/s that is ten messages per conversation per transaction.
+pub const GATHER: Duration = Duration::from_secs(1);
+/// How often a gathering writer looks whether a whole batch is queued already.
+const GATHER_POLL: Duration = Duration::from_millis(50);
 /// Messages queued for the writer at most: a chat sender whose message would pass this
 /// waits (on a worker) until the writer catches up, so a database slower than the chat
 /// traffic slows the senders down instead of growing memory without bound.
@@ -59,18 +75,19 @@ impl Default for HistoryOptions {
     }
 }
 
-/// What the writer thread is asked to do.
-enum Command {
-    /// Append one message.
-    Record(HistoryRecord),
-    /// Answer once everything sent before this was written.
-    Flush(Sender<()>),
-}
-
 /// The handle of the writer thread. Safe to call from any thread, IO loops included.
 pub struct HistoryWriter {
     /// `None` when history is off. The thread ends once this is dropped.
-    tx: Option<Sender<Command>>,
+    tx: Option<Channels>,
+}
+
+/// The writer's two queues. Records do not wake the writer while it gathers (a wake
+/// per message cost more than the write); a flush request does.
+struct Channels {
+    /// Messages to append, in the order recorded.
+    records: Sender<HistoryRecord>,
+    /// Flush requests: answered once everything recorded before them is written.
+    flushes: Sender<Sender<()>>,
 }
 
 impl HistoryWriter {
@@ -79,13 +96,16 @@ impl HistoryWriter {
         if !opts.enabled {
             return HistoryWriter { tx: None };
         }
-        let (tx, rx) = crossbeam_channel::bounded(QUEUE_CAP);
+        let (records, records_rx) = crossbeam_channel::bounded(QUEUE_CAP);
+        let (flushes, flushes_rx) = crossbeam_channel::unbounded();
         let retention = opts.retention;
         thread::Builder::new()
             .name("history".into())
-            .spawn(move || run(&*store, &rx, retention))
+            .spawn(move || run(&*store, &records_rx, &flushes_rx, retention))
             .expect("spawn the history writer");
-        HistoryWriter { tx: Some(tx) }
+        HistoryWriter {
+            tx: Some(Channels { records, flushes }),
+        }
     }
 
     /// Whether history is kept.
@@ -95,20 +115,22 @@ impl HistoryWriter {
 
     /// Whether the IO loops' fast path may record now (see [`FAST_PATH_LIMIT`]).
     pub fn has_room(&self) -> bool {
-        self.tx.as_ref().is_none_or(|tx| tx.len() < FAST_PATH_LIMIT)
+        self.tx
+            .as_ref()
+            .is_none_or(|tx| tx.records.len() < FAST_PATH_LIMIT)
     }
 
     /// Queues one message of conversation `conv`. Waits while the queue is full (at
     /// most [`FULL_WAIT`]): on an IO loop, call it only after [`HistoryWriter::has_room`].
     pub fn record(&self, conv: i64, sender: i64, text: &str) {
         if let Some(tx) = &self.tx {
-            let rec = Command::Record(HistoryRecord {
+            let rec = HistoryRecord {
                 conv,
                 sender,
                 ts_ms: now_ms(),
                 text: text.to_owned(),
-            });
-            if tx.send_timeout(rec, FULL_WAIT).is_err() {
+            };
+            if tx.records.send_timeout(rec, FULL_WAIT).is_err() {
                 log::error!("history: the writer is stuck; a message of {sender} is not kept");
             }
         }
@@ -119,7 +141,7 @@ impl HistoryWriter {
     pub fn flush(&self, limit: Duration) -> bool {
         let Some(tx) = &self.tx else { return true };
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-        if tx.send(Command::Flush(done_tx)).is_err() {
+        if tx.flushes.send(done_tx).is_err() {
             return false;
         }
         done_rx.recv_timeout(limit).is_ok()
@@ -140,8 +162,14 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// The writer loop: batch, write (retrying), answer flushes, sweep expired rows.
-fn run(store: &dyn Store, rx: &Receiver<Command>, retention: Option<Duration>) {
+/// The writer loop: wait for a message or a flush, gather, write (retrying), answer
+/// the flushes, sweep expired rows.
+fn run(
+    store: &dyn Store,
+    records: &Receiver<HistoryRecord>,
+    flushes: &Receiver<Sender<()>>,
+    retention: Option<Duration>,
+) {
     let mut next_prune = Instant::now();
     let mut batch: Vec<HistoryRecord> = Vec::new();
     let mut waiting: Vec<Sender<()>> = Vec::new();
@@ -152,28 +180,64 @@ fn run(store: &dyn Store, rx: &Receiver<Command>, retention: Option<Duration>) {
                 next_prune = Instant::now() + PRUNE_EVERY;
             }
         }
-        let first = match rx.recv_timeout(PRUNE_EVERY) {
-            Ok(c) => c,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return,
+        let open = crossbeam_channel::select! {
+            recv(records) -> r => match r {
+                Ok(r) => {
+                    batch.push(r);
+                    gather(records, flushes, &mut waiting)
+                }
+                Err(_) => false,
+            },
+            recv(flushes) -> f => {
+                waiting.extend(f);
+                true
+            },
+            default(PRUNE_EVERY) => continue,
         };
-        let mut next = Some(first);
-        while let Some(c) = next.take() {
-            match c {
-                Command::Record(r) => batch.push(r),
-                Command::Flush(done) => waiting.push(done),
+        // Everything recorded before a flush request is queued by now: take it all,
+        // at most a batch per transaction.
+        loop {
+            batch.extend(records.try_iter().take(MAX_BATCH - batch.len()));
+            let full = batch.len() == MAX_BATCH;
+            while let Err(e) = store.append_history(&batch) {
+                log::warn!("history: {} message(s) not written yet: {e}", batch.len());
+                thread::sleep(RETRY_AFTER);
             }
-            if batch.len() < MAX_BATCH {
-                next = rx.try_recv().ok();
+            batch.clear();
+            if !full {
+                break;
             }
         }
-        while let Err(e) = store.append_history(&batch) {
-            log::warn!("history: {} message(s) not written yet: {e}", batch.len());
-            thread::sleep(RETRY_AFTER);
-        }
-        batch.clear();
         for done in waiting.drain(..) {
             let _ = done.send(());
+        }
+        if !open {
+            return;
+        }
+    }
+}
+
+/// Waits, without taking messages, until [`GATHER`] passed, a batch is queued or a
+/// flush came (into `waiting`). False once every sender is gone (shutdown: write what
+/// is queued, then stop).
+fn gather(
+    records: &Receiver<HistoryRecord>,
+    flushes: &Receiver<Sender<()>>,
+    waiting: &mut Vec<Sender<()>>,
+) -> bool {
+    let deadline = Instant::now() + GATHER;
+    loop {
+        let now = Instant::now();
+        if now >= deadline || records.len() >= MAX_BATCH {
+            return true;
+        }
+        match flushes.recv_timeout((deadline - now).min(GATHER_POLL)) {
+            Ok(done) => {
+                waiting.push(done);
+                return true;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return false,
         }
     }
 }

@@ -91,6 +91,9 @@ pub struct ChatService {
     put_back_limit: usize,
     /// RESUMEs waiting for a put-back right now.
     put_back_waiting: std::sync::atomic::AtomicUsize,
+    /// Records of stream frames numbered for acking sessions here that are no
+    /// longer needed (see `acks`); the stream reader deletes them.
+    records: Arc<crate::acks::Records>,
 }
 
 impl ChatService {
@@ -118,6 +121,7 @@ impl ChatService {
         }
         handlers.insert(msgid::CONTACTS, ChatService::contacts);
         handlers.insert(msgid::RESUME, ChatService::resume);
+        handlers.insert(msgid::SEQ_ACK, ChatService::seq_ack);
         // Standalone, every change goes through this cache; in a cluster another
         // node's invalidation can be lost while Redis is down, so entries expire.
         let cache_ttl = bus.as_ref().map(|_| Duration::from_secs(30));
@@ -136,6 +140,7 @@ impl ChatService {
             resume_ttl: DEFAULT_RESUME_TTL,
             put_back_limit: 0,
             put_back_waiting: std::sync::atomic::AtomicUsize::new(0),
+            records: Arc::default(),
         }
     }
 

@@ -12,6 +12,7 @@ mod mysql_social;
 mod offline;
 pub mod social;
 mod sqlite;
+mod sqlite_history;
 mod sqlite_social;
 #[cfg(test)]
 mod tests;

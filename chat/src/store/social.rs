@@ -91,7 +91,10 @@ pub trait SocialStore {
         before: Option<i64>,
         limit: i64,
     ) -> Result<Vec<HistoryItem>, StoreError>;
-    /// Deletes at most `max` messages stored before `cutoff_ms`; returns how many.
+    /// Deletes messages stored before `cutoff_ms`, at most `max` rows: a row is a
+    /// message (MySQL) or a chunk of up to 32 of one conversation's messages, written
+    /// within 2 s of each other and removed once its newest one expired (SQLite).
+    /// Returns how many messages went.
     fn prune_history(&self, cutoff_ms: i64, max: i64) -> Result<u64, StoreError>;
     /// The users who list `user` as a friend (who see its presence), ascending.
     fn friend_of(&self, user: i64) -> Result<Vec<i64>, StoreError>;

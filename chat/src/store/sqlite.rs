@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use rusqlite::{ffi, Connection, OptionalExtension, TransactionBehavior};
 
 use super::offline::{ids_ahead, page_end};
@@ -20,7 +21,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a caller waits for a free pooled connection.
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 /// `PRAGMA user_version` of the schema below; bump it with each upgrade step.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// The schema, created on first open. Same tables and columns as MySQL's `chat.sql`.
 const SCHEMA: &str = "
@@ -102,26 +103,49 @@ pub struct SqliteStore {
     pool: r2d2::Pool<Manager>,
     /// Time spent waiting for pooled connections.
     wait: PoolWait,
+    /// The history writer's own connection (opened on first use), with a page cache
+    /// that keeps the conversations' index tails between batches; a pooled one would
+    /// start cold half the time.
+    writer: Mutex<Option<Connection>>,
+    /// Opens the writer's connection.
+    manager: Manager,
 }
 
 impl SqliteStore {
     /// Opens (creating if missing) the database file at `path` with at most `pool_size`
     /// connections, and creates the schema. `path` must be a real file, not `:memory:`.
     pub fn open(path: impl AsRef<Path>, pool_size: u32) -> Result<SqliteStore, StoreError> {
-        let manager = Manager {
+        let manager = || Manager {
             path: path.as_ref().to_path_buf(),
         };
-        let mut conn = r2d2::ManageConnection::connect(&manager).map_err(unavailable)?;
+        let mut conn = r2d2::ManageConnection::connect(&manager()).map_err(unavailable)?;
         create_schema(&mut conn)?;
         drop(conn);
         let pool = r2d2::Pool::builder()
             .max_size(pool_size.max(1))
             .connection_timeout(POOL_TIMEOUT)
-            .build(manager)?;
+            .build(manager())?;
         Ok(SqliteStore {
             pool,
             wait: PoolWait::default(),
+            writer: Mutex::new(None),
+            manager: manager(),
         })
+    }
+
+    /// Runs `f` on the history writer's connection (one caller at a time).
+    pub(super) fn with_writer<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut writer = self.writer.lock();
+        if writer.is_none() {
+            let conn = r2d2::ManageConnection::connect(&self.manager).map_err(unavailable)?;
+            let kib = super::sqlite_history::WRITER_CACHE_KIB;
+            conn.pragma_update(None, "cache_size", -kib)?;
+            *writer = Some(conn);
+        }
+        f(writer.as_mut().expect("opened above"))
     }
 
     /// A pooled connection, or `Unavailable` after [`POOL_TIMEOUT`].
@@ -152,6 +176,8 @@ fn create_schema(conn: &mut Connection) -> Result<(), StoreError> {
     }
     tx.execute_batch(INDEXES)?;
     tx.execute_batch(super::sqlite_social::SCHEMA)?;
+    tx.execute_batch(super::sqlite_history::SCHEMA)?;
+    super::sqlite_history::upgrade(&tx)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())

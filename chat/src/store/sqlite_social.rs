@@ -1,31 +1,15 @@
-//! [`SocialStore`] on SQLite: history appended in one IMMEDIATE transaction per batch.
-
-use std::collections::HashMap;
+//! [`SocialStore`] on SQLite: history in chunks (`sqlite_history`), friends and groups.
 
 use rusqlite::{OptionalExtension, TransactionBehavior};
 
-use super::social::{
-    assign_seqs, counts, FriendRequest, HistoryRecord, LeaveGroup, RemoveMember, SocialStore,
-};
+use super::social::{FriendRequest, HistoryRecord, LeaveGroup, RemoveMember, SocialStore};
 use super::sqlite::SqliteStore;
+use super::sqlite_history;
 use super::{GroupRow, MemberRow, Role, StoreError};
 use crate::protocol::HistoryItem;
 
 /// The tables of this extension (created with the rest of the schema).
 pub(super) const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS history (
-  conv INTEGER NOT NULL,
-  seq INTEGER NOT NULL,
-  sender INTEGER NOT NULL,
-  ts INTEGER NOT NULL,
-  message TEXT NOT NULL,
-  PRIMARY KEY (conv, seq)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS history_ts ON history (ts);
-CREATE TABLE IF NOT EXISTS historyseq (
-  conv INTEGER PRIMARY KEY,
-  seq INTEGER NOT NULL
-);
 CREATE TABLE IF NOT EXISTS friendrequest (
   fromid INTEGER NOT NULL,
   toid INTEGER NOT NULL,
@@ -37,34 +21,7 @@ CREATE INDEX IF NOT EXISTS friend_friendid ON friend (friendid);
 
 impl SocialStore for SqliteStore {
     fn append_history(&self, batch: &[HistoryRecord]) -> Result<(), StoreError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let counts = counts(batch);
-        let mut conn = self.conn()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut last = HashMap::with_capacity(counts.len());
-        {
-            let mut bump = tx.prepare_cached(
-                "INSERT INTO historyseq (conv, seq) VALUES (?1, ?2) \
-                 ON CONFLICT (conv) DO UPDATE SET seq = seq + excluded.seq RETURNING seq",
-            )?;
-            for &(conv, n) in &counts {
-                let seq: i64 = bump.query_row((conv, n), |row| row.get(0))?;
-                last.insert(conv, seq);
-            }
-        }
-        let seqs = assign_seqs(batch, &counts, &last);
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO history (conv, seq, sender, ts, message) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for (r, seq) in batch.iter().zip(seqs) {
-                insert.execute((r.conv, seq, r.sender, r.ts_ms, &r.text))?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
+        self.with_writer(|conn| sqlite_history::append(conn, batch))
     }
 
     fn history_page(
@@ -73,29 +30,11 @@ impl SocialStore for SqliteStore {
         before: Option<i64>,
         limit: i64,
     ) -> Result<Vec<HistoryItem>, StoreError> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT seq, message FROM history WHERE conv = ?1 AND seq < ?2 \
-             ORDER BY seq DESC LIMIT ?3",
-        )?;
-        let rows = stmt.query_map((conv, before.unwrap_or(i64::MAX), limit), |row| {
-            Ok(HistoryItem {
-                seq: row.get(0)?,
-                text: row.get(1)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        sqlite_history::page(&*self.conn()?, conv, before, limit)
     }
 
     fn prune_history(&self, cutoff_ms: i64, max: i64) -> Result<u64, StoreError> {
-        let conn = self.conn()?;
-        let n = conn
-            .prepare_cached(
-                "DELETE FROM history WHERE (conv, seq) IN \
-                 (SELECT conv, seq FROM history WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
-            )?
-            .execute((cutoff_ms, max))?;
-        Ok(n as u64)
+        sqlite_history::prune(&*self.conn()?, cutoff_ms, max)
     }
 
     fn friend_of(&self, user: i64) -> Result<Vec<i64>, StoreError> {

@@ -148,6 +148,7 @@ macro_rules! backend_tests {
 
 mod mysql_order;
 mod offline;
+mod sqlite_history;
 
 backend_tests!(
     register_and_lookup,

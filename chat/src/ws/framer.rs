@@ -68,6 +68,21 @@ pub fn text_message(payload: &[u8], out: &mut Vec<u8>) -> usize {
     out.len() - before
 }
 
+/// A close frame with `code`, unless one went out already (`close_sent`, shared
+/// by a connection's reader and framer: there is only one).
+pub fn close_frame(close_sent: &Cell<bool>, code: CloseCode) -> Option<Vec<u8>> {
+    if close_sent.replace(true) {
+        return None;
+    }
+    let mut out = Vec::new();
+    let frame = Frame::close(Some(CloseFrame {
+        code,
+        reason: "".into(),
+    }));
+    let _ = frame.format(&mut out);
+    Some(out)
+}
+
 impl OutputFramer for WsFramer {
     /// Each NUL-terminated frame in `data` (one, from every send path of the
     /// server) becomes one text message, without its NUL.
@@ -116,16 +131,7 @@ impl OutputFramer for WsFramer {
 
     /// A normal close (1000): the ERROR frame before it, if any, says why.
     fn closing(&mut self) -> Option<Vec<u8>> {
-        if self.close_sent.replace(true) {
-            return None;
-        }
-        let mut out = Vec::new();
-        let frame = Frame::close(Some(CloseFrame {
-            code: CloseCode::Normal,
-            reason: "".into(),
-        }));
-        let _ = frame.format(&mut out);
-        Some(out)
+        close_frame(&self.close_sent, CloseCode::Normal)
     }
 }
 

@@ -43,6 +43,17 @@ fn has_token(value: Option<&str>, token: &str) -> bool {
     value.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
+/// Whether `key` is a `Sec-WebSocket-Key` as RFC 6455 §4.1 makes it: the base64
+/// of 16 bytes, which is 22 characters of the base64 alphabet and `==`.
+fn is_nonce(key: &str) -> bool {
+    let b = key.as_bytes();
+    b.len() == 24
+        && b.ends_with(b"==")
+        && b[..22]
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
+}
+
 /// Reads the request head at the front of `data`.
 pub fn parse(data: &[u8]) -> Request {
     let mut headers = [httparse::EMPTY_HEADER; 32];
@@ -64,7 +75,11 @@ pub fn parse(data: &[u8]) -> Request {
     let path = path.split(['?', '#']).next().unwrap_or("/").to_owned();
     let upgrade = header(&req, "upgrade");
     if upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
-        if method != "GET" || !has_token(header(&req, "connection"), "upgrade") {
+        // RFC 6455 §4.2.1: an HTTP/1.1 (or later) GET.
+        if method != "GET"
+            || req.version != Some(1)
+            || !has_token(header(&req, "connection"), "upgrade")
+        {
             return Request::Refuse(plain(400, "Bad Request", "not a WebSocket upgrade\n"));
         }
         if header(&req, "sec-websocket-version") != Some("13") {
@@ -78,11 +93,16 @@ pub fn parse(data: &[u8]) -> Request {
             ));
         }
         return match header(&req, "sec-websocket-key") {
-            Some(key) if !key.is_empty() => Request::Upgrade {
+            Some(key) if is_nonce(key) => Request::Upgrade {
                 key: key.to_owned(),
                 consumed,
             },
-            _ => Request::Refuse(plain(400, "Bad Request", "Sec-WebSocket-Key missing\n")),
+            Some(_) => Request::Refuse(plain(
+                400,
+                "Bad Request",
+                "Sec-WebSocket-Key is not the base64 of 16 bytes\n",
+            )),
+            None => Request::Refuse(plain(400, "Bad Request", "Sec-WebSocket-Key missing\n")),
         };
     }
     match method {
@@ -137,6 +157,18 @@ pub fn response(
     out
 }
 
+/// The reply to a connection refused because too many are in their HTTP phase.
+pub fn busy() -> Vec<u8> {
+    response(
+        503,
+        "Service Unavailable",
+        "text/plain; charset=utf-8",
+        &["Retry-After: 10"],
+        b"too many pending requests, try again later\n",
+        false,
+    )
+}
+
 /// A plain-text response.
 pub fn plain(status: u16, reason: &str, body: &str) -> Vec<u8> {
     response(
@@ -174,8 +206,14 @@ mod tests {
         let no_key = UPGRADE.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "");
         let v8 = UPGRADE.replace("Version: 13", "Version: 8");
         let post = "POST / HTTP/1.1\r\n\r\n";
+        let http10 = UPGRADE.replace("HTTP/1.1", "HTTP/1.0");
+        let short_key = UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZQ==");
+        let garbage_key = UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "not*base64*at*all*!!!!==");
         for (req, status) in [
             (no_key.as_str(), "400"),
+            (http10.as_str(), "400"),
+            (short_key.as_str(), "400"),
+            (garbage_key.as_str(), "400"),
             (v8.as_str(), "426"),
             (post, "405"),
             ("\x16\x03\x01garbage\r\n\r\n", "400"),

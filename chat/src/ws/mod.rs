@@ -6,6 +6,11 @@
 //! (the connection's [`net::OutputFramer`]) frames everything the server sends, on
 //! every send path, so the rest of the server does not know the difference.
 //! Everything here runs on net's IO loops and never blocks.
+//!
+//! The HTTP phase is bounded on its own ([`crate::gateway::Limits::http_max`] connections at
+//! once, [`crate::gateway::Limits::http_timeout`] each, from the accept): only upgraded
+//! connections take chat slots (`--max-connections`), so half-open requests
+//! cannot lock chat clients out.
 
 mod framer;
 pub mod http;
@@ -16,9 +21,8 @@ use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use net::{Buffer, EventLoop, LoopHandle, TcpConnectionPtr, TcpServer, TimerId};
 
@@ -27,18 +31,27 @@ pub use reader::{WsEvent, WsReader};
 
 use crate::gateway::Gateway;
 
-/// How long a connection may take to send its HTTP request when the login
-/// time limit is off (otherwise that limit applies to the request too).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A connection's state before its upgrade: the request's time limit.
+/// A connection's state before its upgrade: the HTTP phase's time limit.
 struct HttpPhase {
     timer: TimerId,
+    /// Counted in [`Counts::http`]; false for one refused because too many
+    /// were in their HTTP phase (its input is discarded).
+    counted: bool,
+}
+
+/// The listener's connections by phase (its `TcpServer` counts them all).
+#[derive(Debug, Default)]
+struct Counts {
+    /// In their HTTP phase (refused ones excepted).
+    http: AtomicUsize,
+    /// Upgraded: chat connections, counted against `--max-connections`.
+    chat: Arc<AtomicUsize>,
 }
 
 /// The WebSocket / web client listener, beside the TCP one.
 pub struct WsServer {
     tcp: TcpServer,
+    counts: Arc<Counts>,
 }
 
 impl WsServer {
@@ -47,7 +60,10 @@ impl WsServer {
     pub fn bind(lp: &EventLoop, addr: SocketAddr, io_threads: usize) -> io::Result<WsServer> {
         let tcp = TcpServer::new(lp, addr, "ChatServer-ws")?;
         tcp.set_thread_num(io_threads);
-        Ok(WsServer { tcp })
+        Ok(WsServer {
+            tcp,
+            counts: Arc::default(),
+        })
     }
 
     /// Routes the connections to `gateway` after their upgrade. Must be called on
@@ -55,12 +71,14 @@ impl WsServer {
     pub fn attach(&self, gateway: Arc<Gateway>) {
         let tcp = &self.tcp;
         let g = gateway.clone();
+        let counts = self.counts.clone();
         tcp.set_connection_callback(Arc::new(move |conn: &TcpConnectionPtr| {
-            on_connection(&g, conn)
+            on_connection(&g, &counts, conn)
         }));
         let g = gateway.clone();
+        let counts = self.counts.clone();
         tcp.set_message_callback(Arc::new(
-            move |conn: &TcpConnectionPtr, buf: &mut Buffer| on_message(&g, conn, buf),
+            move |conn: &TcpConnectionPtr, buf: &mut Buffer| on_message(&g, &counts, conn, buf),
         ));
         let g = gateway.clone();
         tcp.set_write_complete_callback(Arc::new(move |conn: &TcpConnectionPtr| {
@@ -84,6 +102,11 @@ impl WsServer {
         self.tcp.connection_count()
     }
 
+    /// The upgraded (chat) connections: what counts against `--max-connections`.
+    pub fn chat_connection_count(&self) -> Arc<AtomicUsize> {
+        self.counts.chat.clone()
+    }
+
     /// Starts its IO threads and listening. Must be called on the base loop thread.
     pub fn start(&self) -> io::Result<()> {
         self.tcp.start()
@@ -100,42 +123,61 @@ impl WsServer {
     }
 }
 
-fn on_connection(gw: &Gateway, conn: &TcpConnectionPtr) {
+fn on_connection(gw: &Gateway, counts: &Counts, conn: &TcpConnectionPtr) {
     if conn.connected() {
-        let limit = gw.limits().login_timeout;
-        let limit = if limit.is_zero() {
-            REQUEST_TIMEOUT
-        } else {
-            limit
-        };
+        let limits = gw.limits();
         let handle = conn.handle();
-        let timer = conn.loop_handle().run_after(limit, move |lp| {
-            if let Some(c) = handle.get(lp) {
-                if c.with_context(|_: &mut HttpPhase| ()).is_some() {
-                    c.force_close();
+        let timer = conn
+            .loop_handle()
+            .run_after(limits.http_timeout, move |lp| {
+                if let Some(c) = handle.get(lp) {
+                    if c.with_context(|_: &mut HttpPhase| ()).is_some() {
+                        c.force_close();
+                    }
                 }
-            }
-        });
-        conn.set_context(HttpPhase { timer });
+            });
+        let counted = counts.http.fetch_add(1, Ordering::AcqRel) < limits.http_max;
+        conn.set_context(HttpPhase { timer, counted });
+        if !counted {
+            counts.http.fetch_sub(1, Ordering::AcqRel);
+            log::debug!("{}: too many HTTP-phase connections, 503", conn.name());
+            finish(conn, &http::busy());
+        }
         return;
     }
-    match conn.with_context(|h: &mut HttpPhase| h.timer) {
-        Some(timer) => conn.loop_handle().cancel(timer),
-        None => gw.on_connection(conn),
+    match conn.with_context(|h: &mut HttpPhase| (h.timer, h.counted)) {
+        Some((timer, counted)) => {
+            conn.loop_handle().cancel(timer);
+            if counted {
+                counts.http.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        None => {
+            counts.chat.fetch_sub(1, Ordering::AcqRel);
+            gw.on_connection(conn);
+        }
     }
 }
 
-fn on_message(gw: &Gateway, conn: &TcpConnectionPtr, buf: &mut Buffer) {
-    let timer = conn.with_context(|h: &mut HttpPhase| h.timer);
-    let Some(timer) = timer else {
+fn on_message(gw: &Gateway, counts: &Counts, conn: &TcpConnectionPtr, buf: &mut Buffer) {
+    let phase = conn.with_context(|h: &mut HttpPhase| (h.timer, h.counted));
+    let Some((timer, counted)) = phase else {
         gw.on_ws_message(conn, buf);
         return;
     };
+    if !counted {
+        buf.retrieve_all(); // refused: its 503 is on its way
+        return;
+    }
     match http::parse(buf.peek()) {
         http::Request::Partial => {}
         http::Request::Upgrade { key, consumed } => {
             buf.retrieve(consumed);
             conn.loop_handle().cancel(timer);
+            // From the HTTP phase's count to the chat connections' (the gateway's
+            // admission counts it from here on).
+            counts.http.fetch_sub(1, Ordering::AcqRel);
+            counts.chat.fetch_add(1, Ordering::AcqRel);
             conn.send(&http::upgrade_response(&key));
             let close_sent = Rc::new(Cell::new(false));
             conn.set_framer(Box::new(WsFramer::new(close_sent.clone())));
@@ -150,6 +192,8 @@ fn on_message(gw: &Gateway, conn: &TcpConnectionPtr, buf: &mut Buffer) {
                 Some(a) => http::response(200, "OK", a.content_type, &[web::CSP], a.body, head),
                 None => http::plain(404, "Not Found", "not found\n"),
             };
+            // Still in the HTTP phase (counted, timed) until its reply is written
+            // and the client closed.
             finish(conn, &reply);
         }
         http::Request::Refuse(reply) => {

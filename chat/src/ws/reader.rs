@@ -9,6 +9,7 @@ use std::rc::Rc;
 
 use net::Buffer;
 use tungstenite::error::{CapacityError, Error};
+use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::Message;
 
@@ -153,6 +154,12 @@ impl WsReader {
         // Pongs and the answer to a close go out now.
         let _ = self.ctx.flush(&mut self.pipe);
         event
+    }
+
+    /// The close frame that answers a protocol violation (1002, RFC 6455 §7.4.1),
+    /// unless a close frame went out already.
+    pub fn protocol_error_close(&self) -> Option<Vec<u8>> {
+        super::framer::close_frame(&self.close_sent, CloseCode::Protocol)
     }
 
     /// What the protocol layer wrote (control frames), to send as it is.

@@ -454,6 +454,24 @@ impl User {
         let v = group_chat(self.id, &self.name, group, msg);
         self.c.send(&v);
     }
+
+    /// Creates a group named `name` (asking for its ACK); returns its id.
+    pub fn create_group(&mut self, name: &str) -> i64 {
+        let v = json!({"ext": 1, "groupdesc": "", "groupname": name, "id": self.id, "msgid": 8});
+        self.c.send(&v);
+        self.c.expect_ack(8, 0)["groupid"].as_i64().unwrap()
+    }
+
+    /// Joins `group` and waits until it was handled (taking its ACK if the
+    /// connection opted in).
+    pub fn join_group(&mut self, group: i64) {
+        let v = json!({"groupid": group, "id": self.id, "msgid": 9});
+        self.c.send(&v);
+        if self.c.ext {
+            self.c.expect_ack(9, 0);
+        }
+        self.c.barrier();
+    }
 }
 
 /// The frame a recipient gets for `one_chat(from, name, to, msg)`, exactly.

@@ -57,6 +57,8 @@ struct User {
     retry: Option<(u32, Instant)>,
     /// A RESUME is out.
     resuming: bool,
+    /// RESUMEs sent (a refused or unanswered one is retried).
+    resumes_sent: u32,
     resumed_at: Option<Instant>,
     /// Chatting again: a chat sent after the resume was confirmed.
     recovered_at: Option<Instant>,
@@ -257,15 +259,14 @@ fn report(
     let dups: u64 = users.iter().map(|u| u.dup_shown).sum();
     let suppressed: u64 = users.iter().map(|u| u.suppressed).sum();
     let dead: Vec<&User> = users.iter().filter(|u| u.on_dead).collect();
-    let mut times: Vec<f64> = dead
-        .iter()
-        .map(|u| {
-            u.recovered_at
-                .map_or(f64::INFINITY, |t| (t - t0).as_secs_f64())
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    let q = |f: f64| times[((times.len() as f64 * f).ceil() as usize).clamp(1, times.len()) - 1];
+    let times = since_kill(&dead, t0, |u| u.recovered_at);
+    let q = |f: f64| quantile(&times, f);
+    // The two halves of "chatting again": the RESUME_ACK, then the first chat's
+    // confirmation; and how many RESUMEs that took (a 110 or a refused connect retries).
+    let resumed = since_kill(&dead, t0, |u| u.resumed_at);
+    let tries: Vec<u32> = dead.iter().map(|u| u.resumes_sent).collect();
+    let retried = tries.iter().filter(|&&n| n > 1).count();
+    let max_tries = tries.iter().copied().max().unwrap_or(0);
     let recovered = times.iter().filter(|t| t.is_finite()).count();
     let cpu_us: Vec<Value> = cpu
         .iter()
@@ -285,6 +286,10 @@ fn report(
         "recovery_p50_s": q(0.5),
         "recovery_p99_s": q(0.99),
         "recovery_max_s": q(1.0),
+        "resumed_p50_s": quantile(&resumed, 0.5),
+        "resumed_p99_s": quantile(&resumed, 0.99),
+        "users_resumed_after_retries": retried,
+        "max_resumes_sent": max_tries,
         "confirmed": confirmed,
         "lost": lost,
         "duplicates_shown": dups,
@@ -304,6 +309,11 @@ fn report(
         q(0.99),
         q(1.0),
         dead.len()
+    );
+    println!(
+        "resumed (RESUME_ACK) p50 {:.2} s  p99 {:.2} s; {retried} user(s) sent more than one RESUME (max {max_tries})",
+        quantile(&resumed, 0.5),
+        quantile(&resumed, 0.99),
     );
     println!("confirmed           {confirmed}");
     println!("lost                {lost} (confirmed, never received)");
@@ -384,6 +394,7 @@ fn worker(shared: &Shared, names: Vec<(usize, String)>) -> Vec<User> {
             suppressed: 0,
             retry: None,
             resuming: false,
+            resumes_sent: 0,
             resumed_at: None,
             recovered_at: None,
             on_dead: target == shared.dead,
@@ -479,6 +490,24 @@ impl User {
     }
 }
 
+/// Seconds from the kill (`t0`) to `at` of each user, sorted (infinite: never).
+fn since_kill(users: &[&User], t0: Instant, at: impl Fn(&User) -> Option<Instant>) -> Vec<f64> {
+    let mut v: Vec<f64> = users
+        .iter()
+        .map(|u| at(u).map_or(f64::INFINITY, |t| (t - t0).as_secs_f64()))
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// The `f` quantile of sorted `v` (nearest rank).
+fn quantile(v: &[f64], f: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() as f64 * f).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
 /// 50 ms doubling to 1 s, jittered to 50–100 % by the user id and attempt.
 fn backoff(attempt: u32, id: i64) -> Duration {
     let base = Duration::from_millis(50 << attempt.min(4));
@@ -516,6 +545,7 @@ fn traffic(shared: &Shared, users: &mut [User]) {
                             u.conn = Some(c);
                             u.target = t;
                             u.resuming = true;
+                            u.resumes_sent += 1;
                         }
                         Err(_) => u.drop_conn(now),
                     }

@@ -10,6 +10,12 @@
   const PEERS = 'chat.peers'; // sessionStorage: [{id, name}] of non-friends one wrote with
   const HISTORY_PAGE = 30;
   const PING_MS = 25000;
+  // Acknowledged delivery (docs/protocol.md §12): the dseqs seen, at most this
+  // many (far more than the server keeps unacknowledged, 4,096), and a SEQ_ACK
+  // after this many new frames or when the input has been quiet this long.
+  const SEEN_MAX = 16384;
+  const ACK_EVERY = 32;
+  const ACK_QUIET_MS = 1000;
 
   const S = {
     ws: null,
@@ -31,6 +37,11 @@
     onOpen: null,
     resumed: false,
     missedSince: 0,
+    seen: new Set(), // dseqs of the chat frames shown (the most recent SEEN_MAX)
+    seenOrder: [], // the same, oldest first, to forget the oldest
+    lastSeq: 0, // the highest dseq seen: what SEQ_ACK and RESUME carry
+    toAck: 0, // frames shown since the last SEQ_ACK
+    ackTimer: 0,
   };
 
   // ---------- connection ----------
@@ -104,8 +115,39 @@
     setConn('offline', 'connection lost — retrying in ' + Math.ceil(delay / 1000) + ' s');
     S.retryTimer = setTimeout(() => {
       setConn('offline', 'reconnecting…');
-      connect(() => send({ msgid: 17, id: S.me, token: S.token }));
+      connect(() => sendResume());
     }, delay);
+  }
+
+  // RESUME with the last dseq seen: what was not acknowledged comes again.
+  function sendResume() {
+    send({ msgid: 17, id: S.me, token: S.token, lastseq: S.lastSeq });
+  }
+
+  // A chat frame's dseq: true if it is to be shown (new, or none), false if it was
+  // seen before (re-delivered after a reconnect). Schedules the SEQ_ACK.
+  function takeSeq(m) {
+    const d = m.dseq;
+    if (typeof d !== 'number') return true;
+    if (S.seen.has(d)) return false;
+    S.seen.add(d);
+    S.seenOrder.push(d);
+    if (S.seenOrder.length > SEEN_MAX) S.seen.delete(S.seenOrder.shift());
+    if (d > S.lastSeq) S.lastSeq = d;
+    S.toAck += 1;
+    if (S.toAck >= ACK_EVERY) sendAck();
+    else {
+      clearTimeout(S.ackTimer);
+      S.ackTimer = setTimeout(sendAck, ACK_QUIET_MS);
+    }
+    return true;
+  }
+
+  function sendAck() {
+    clearTimeout(S.ackTimer);
+    if (S.toAck === 0 || !S.loggedIn || !S.ws || S.ws.readyState !== WebSocket.OPEN) return;
+    S.toAck = 0;
+    send({ msgid: 19, seq: S.lastSeq });
   }
 
   function startPing() {
@@ -120,7 +162,7 @@
       case 2: onLoginAck(v, false); break;
       case 18: onLoginAck(v, true); break;
       case 5: onRegAck(v); break;
-      case 6: case 10: onChat(v, { live: true }); break;
+      case 6: case 10: if (takeSeq(v)) onChat(v, { live: true }); break;
       case 11: onError(v); break;
       case 12: onAck(v); break;
       case 14: break; // PONG
@@ -186,7 +228,8 @@
     S.attempt = 0;
     sessionStorage.setItem(KEY, JSON.stringify({ id: S.me, name: S.name, token: S.token }));
     applyContacts(v.friends, v.groups);
-    const missed = parseAll(v.offlinemsg);
+    // Those seen before the connection dropped (not acknowledged yet) are dropped.
+    const missed = parseAll(v.offlinemsg).filter(takeSeq);
     for (const m of missed) onChat(m, { missed: true });
     showChat();
     setConn('ok', 'online');
@@ -702,6 +745,11 @@
     S.requests.clear();
     S.convs.clear();
     S.pendingCid.clear();
+    S.seen.clear();
+    S.seenOrder = [];
+    S.lastSeq = 0;
+    S.toAck = 0;
+    clearTimeout(S.ackTimer);
     S.active = '';
     $('messages').textContent = '';
     $('conv-title').textContent = 'Pick a conversation';
@@ -735,7 +783,7 @@
     if (!id) return;
     const password = $('login-pw').value;
     setAuthMsg('Logging in…');
-    connect(() => send({ msgid: 1, id, password }));
+    connect(() => send({ msgid: 1, id, password, acks: 1 }));
   });
 
   $('register-form').addEventListener('submit', (e) => {
@@ -859,7 +907,7 @@
         S.token = s.token;
         S.wantOnline = true;
         setAuthMsg('Resuming your session…');
-        connect(() => send({ msgid: 17, id: S.me, token: S.token }));
+        connect(() => sendResume());
       }
     } catch (e) {
       forgetSession();

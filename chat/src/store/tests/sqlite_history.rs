@@ -1,0 +1,77 @@
+//! SQLite history in chunks: pages across chunk edges, and the upgrade of a version-2
+//! file (a row per message).
+
+use super::{unique_suffix, FileGuard, SqliteDb};
+use crate::store::open_with;
+use crate::store::social::HistoryRecord;
+
+fn rec(conv: i64, i: i64) -> HistoryRecord {
+    HistoryRecord {
+        conv,
+        sender: 1,
+        ts_ms: 1_000 + i,
+        text: format!(r#"{{"msg":"m{i}"}}"#),
+    }
+}
+
+/// Batches cut into chunks of different sizes read back as one sequence, from any
+/// `before`, newest first, with `limit` respected.
+#[test]
+fn pages_cross_chunk_edges() {
+    let db = SqliteDb::new();
+    let store = &db.store;
+    // 1 + 40 (two chunks) + 3 messages of conversation 9, with conversation 8 between.
+    for n in [1, 40, 3] {
+        let batch: Vec<_> = (0..n).flat_map(|i| [rec(9, i), rec(8, i)]).collect();
+        store.append_history(&batch).unwrap();
+    }
+    let all = store.history_page(9, None, 100).unwrap();
+    assert_eq!(
+        all.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (1..=44).rev().collect::<Vec<_>>()
+    );
+    assert_eq!(all[0].text, r#"{"msg":"m2"}"#);
+    assert_eq!(all[43].text, r#"{"msg":"m0"}"#);
+    for before in [45, 44, 42, 34, 33, 2, 1] {
+        let page = store.history_page(9, Some(before), 5).unwrap();
+        let want: Vec<i64> = (1..before).rev().take(5).collect();
+        assert_eq!(
+            page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            want,
+            "before {before}"
+        );
+    }
+    assert_eq!(store.history_page(8, None, 100).unwrap().len(), 44);
+}
+
+/// A file written by schema version 2 keeps its messages and seqs, and new messages
+/// go on from the old counter.
+#[test]
+fn version_2_history_is_kept() {
+    let path = std::env::temp_dir().join(format!("chat_store_test_{}.db", unique_suffix()));
+    let _file = FileGuard(path.clone());
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE history (conv INTEGER NOT NULL, seq INTEGER NOT NULL, \
+               sender INTEGER NOT NULL, ts INTEGER NOT NULL, message TEXT NOT NULL, \
+               PRIMARY KEY (conv, seq)) WITHOUT ROWID;
+             CREATE INDEX history_ts ON history (ts);
+             CREATE TABLE historyseq (conv INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
+             INSERT INTO history VALUES (5, 1, 1, 10, 'one'), (5, 2, 2, 11, 'two'), (6, 1, 1, 12, 'x');
+             INSERT INTO historyseq VALUES (5, 2), (6, 1);
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    }
+    let store = open_with(&format!("sqlite:{}", path.display()), 2).unwrap();
+    store.append_history(&[rec(5, 3)]).unwrap();
+    let page = store.history_page(5, None, 10).unwrap();
+    let got: Vec<_> = page.iter().map(|m| (m.seq, m.text.as_str())).collect();
+    assert_eq!(got, [(3, r#"{"msg":"m3"}"#), (2, "two"), (1, "one")]);
+    assert_eq!(store.history_page(6, None, 10).unwrap().len(), 1);
+    drop(store);
+    // A second open finds nothing left to move.
+    let store = open_with(&format!("sqlite:{}", path.display()), 2).unwrap();
+    assert_eq!(store.history_page(5, None, 10).unwrap().len(), 3);
+}

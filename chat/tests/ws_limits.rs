@@ -1,0 +1,208 @@
+//! The WebSocket listener under attack: connections still in their HTTP phase
+//! (a request head never finished) have their own small cap and a short time
+//! limit, and never take the chat slots of `--max-connections` — 30 half-open
+//! requests used to lock every new client, TCP and WebSocket, out for the whole
+//! login time limit (60 s).
+
+mod util;
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use chat::admin::AdminOptions;
+use chat::gateway::Limits;
+use chat::server::ServerOptions;
+use chat::server_thread::ServerThread;
+
+use util::{poll, Backend, Client};
+
+/// The HTTP-phase time limit of these servers.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn start(db: &Backend, limits: Limits) -> ServerThread {
+    let _ = chat::password::set_cost(1024, 1);
+    db.start_with(ServerOptions {
+        ws_addr: Some("127.0.0.1:0".parse().unwrap()),
+        admin: Some(AdminOptions {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            token: None,
+        }),
+        limits,
+        ..ServerOptions::default()
+    })
+}
+
+/// The WebSocket listener's open connections, from `/metrics`.
+fn ws_connections(srv: &ServerThread) -> usize {
+    let mut s = TcpStream::connect(srv.admin_addr().unwrap()).unwrap();
+    s.set_read_timeout(Some(util::TIMEOUT)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix("chat_websocket_connections "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .expect("the gauge") as usize
+}
+
+/// A connection to `addr` that sent half a request head.
+fn half_open(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    s
+}
+
+/// Everything `s` receives until the server closes it, or `None` if it did not
+/// within `limit`.
+fn until_closed(s: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Some(out),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None
+            }
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+}
+
+/// 30 half-open requests on the WebSocket listener of a server taking 8
+/// connections: TCP clients still log in; beyond the HTTP-phase cap (4) the
+/// half-open ones get 503 at once, the others are closed after the HTTP-phase
+/// limit (2 s, not the 60 s login limit); then a browser upgrades again.
+#[test]
+fn half_open_http_requests_do_not_lock_clients_out() {
+    let db = Backend::sqlite();
+    let srv = start(
+        &db,
+        Limits {
+            max_connections: 8,
+            http_max: 4,
+            http_timeout: HTTP_TIMEOUT,
+            ..Limits::default()
+        },
+    );
+    let ws = srv.ws_addr().unwrap();
+    let t0 = Instant::now();
+    let mut held: Vec<TcpStream> = (0..30).map(|_| half_open(ws)).collect();
+    poll(Duration::from_secs(10), "30 connections accepted", || {
+        (ws_connections(&srv) >= 30).then_some(())
+    });
+
+    // A TCP client is admitted and logs in (it was refused with error 112).
+    let mut c = Client::connect(srv.addr());
+    let id = c.register("tcp_user", "pw");
+    c.login_ok(id, "pw");
+
+    // Beyond the cap each got 503 and its close at once; the rest are closed by
+    // the HTTP-phase limit.
+    let mut busy = 0;
+    for s in &mut held {
+        let got = until_closed(s, HTTP_TIMEOUT * 4)
+            .unwrap_or_else(|| panic!("a half-open request still open after {:?}", t0.elapsed()));
+        if got.starts_with(b"HTTP/1.1 503 ") {
+            busy += 1;
+        } else {
+            assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+        }
+    }
+    assert_eq!(
+        busy,
+        30 - 4,
+        "the half-open requests beyond the cap got 503"
+    );
+    assert!(
+        t0.elapsed() < HTTP_TIMEOUT * 4,
+        "closed only after {:?}",
+        t0.elapsed()
+    );
+
+    // Their slots are free again: a browser upgrades and logs in.
+    let stream = TcpStream::connect(ws).unwrap();
+    stream.set_read_timeout(Some(util::TIMEOUT)).unwrap();
+    let (mut sock, resp) =
+        tungstenite::client::client(format!("ws://{ws}/ws"), stream).expect("an upgrade");
+    assert_eq!(resp.status(), 101);
+    sock.send(tungstenite::Message::text(format!(
+        r#"{{"ext":1,"id":{id},"msgid":1,"password":"pw"}}"#
+    )))
+    .unwrap();
+    let reply = sock.read().expect("a reply").into_text().unwrap();
+    // The TCP client holds the account: a reply means the session was admitted.
+    assert!(reply.contains("\"msgid\":2"), "{reply}");
+}
+
+/// The whole reply to `request` on a new connection to `addr` (the server closes).
+fn exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(request).unwrap();
+    until_closed(&mut s, util::TIMEOUT).expect("the server closes")
+}
+
+/// RFC 6455 conformance found by the same attacker: a `Sec-WebSocket-Key` that is
+/// not the base64 of 16 bytes and an HTTP/1.0 upgrade get 400 (§4.2.1; both were
+/// upgraded), and a protocol violation after the upgrade (an unmasked client
+/// frame) is answered with a close frame of status 1002, not 1000 (§7.4.1).
+#[test]
+fn upgrades_breaking_rfc_6455_get_400_and_violations_close_with_1002() {
+    let db = Backend::sqlite();
+    let srv = start(&db, Limits::default());
+    let ws = srv.ws_addr().unwrap();
+    let upgrade = |version: &str, key: &str| {
+        format!(
+            "GET /ws HTTP/{version}\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+        )
+    };
+    let good = "dGhlIHNhbXBsZSBub25jZQ==";
+    for (version, key) in [
+        ("1.0", good),
+        ("1.1", "garbage"),
+        ("1.1", "dGhlIHNhbXBsZQ=="), // 11 bytes
+        ("1.1", "not*base64*at*all*!!!!=="),
+    ] {
+        let reply = exchange(ws, upgrade(version, key).as_bytes());
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(
+            reply.starts_with("HTTP/1.1 400 "),
+            "HTTP/{version} with key {key:?}: {reply}"
+        );
+    }
+
+    let mut request = upgrade("1.1", good).into_bytes();
+    tungstenite::protocol::frame::Frame::message(
+        b"{\"msgid\":13}".to_vec(),
+        tungstenite::protocol::frame::coding::OpCode::Data(
+            tungstenite::protocol::frame::coding::Data::Text,
+        ),
+        true,
+    )
+    .format(&mut request)
+    .unwrap(); // unmasked: a client must mask (RFC 6455 §5.1)
+    let reply = exchange(ws, &request);
+    let head_end = reply
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head")
+        + 4;
+    assert!(reply.starts_with(b"HTTP/1.1 101 "));
+    let rest = &reply[head_end..];
+    assert!(
+        rest.len() >= 4 && rest[0] == 0x88,
+        "a close frame after the upgrade: {rest:?}"
+    );
+    let code = u16::from_be_bytes([rest[2], rest[3]]);
+    assert_eq!(code, 1002, "the close status of a protocol violation");
+}
