@@ -1,7 +1,9 @@
 //! chat-bench against servers it must not break or wait on forever: a stand-in for the
 //! original C++ server (it parses each read as exactly one JSON document, as the
-//! original does, and answers only REG and LOGIN), a port nobody listens on, and a
-//! server that accepts but never answers.
+//! original does, and answers only REG and LOGIN), the same stand-in busy after each
+//! request and dropping what follows the first NUL of a read (what the original does
+//! when two requests arrive in one read), a port nobody listens on,
+//! and a server that accepts but never answers.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -23,6 +25,20 @@ struct LegacyState {
     online: HashMap<i64, TcpStream>,
     /// Set when one read held anything but one JSON document (the original aborts).
     broken: Option<String>,
+    /// Requests dropped because they followed another in one read (lossy mode).
+    dropped: usize,
+}
+
+/// How the stand-in treats its connections.
+#[derive(Clone, Copy, Default)]
+struct Behaviour {
+    /// Pause after each request, as the original's IO thread does while it waits on
+    /// its database: what the client sends meanwhile arrives in one read.
+    busy_after_request: Duration,
+    /// Handle a read as the original does (json::parse stops at the first NUL): the
+    /// first request is served and the rest of the read is dropped. Otherwise such a
+    /// read marks the stand-in broken.
+    lossy: bool,
 }
 
 /// A server that behaves like the original where chat-bench can trip over it.
@@ -34,6 +50,10 @@ struct LegacyServer {
 
 impl LegacyServer {
     fn start() -> LegacyServer {
+        LegacyServer::with(Behaviour::default())
+    }
+
+    fn with(behaviour: Behaviour) -> LegacyServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         listener.set_nonblocking(true).unwrap();
@@ -45,7 +65,7 @@ impl LegacyServer {
                 match listener.accept() {
                     Ok((s, _)) => {
                         let st = st.clone();
-                        thread::spawn(move || serve(s, st));
+                        thread::spawn(move || serve(s, st, behaviour));
                     }
                     Err(_) => thread::sleep(Duration::from_millis(5)),
                 }
@@ -56,6 +76,10 @@ impl LegacyServer {
 
     fn broken(&self) -> Option<String> {
         self.state.lock().unwrap().broken.clone()
+    }
+
+    fn dropped(&self) -> usize {
+        self.state.lock().unwrap().dropped
     }
 }
 
@@ -71,7 +95,7 @@ fn send(s: &mut TcpStream, v: &Value) {
 }
 
 /// One connection: every read must be one document, as `json::parse(retrieveAll())`.
-fn serve(mut s: TcpStream, state: Arc<Mutex<LegacyState>>) {
+fn serve(mut s: TcpStream, state: Arc<Mutex<LegacyState>>, behaviour: Behaviour) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -80,69 +104,84 @@ fn serve(mut s: TcpStream, state: Arc<Mutex<LegacyState>>) {
             Ok(n) => n,
         };
         let text = String::from_utf8_lossy(&buf[..n]);
-        let Ok(v) = serde_json::from_str::<Value>(text.trim_end_matches('\0')) else {
+        let mut doc = text.trim_end_matches('\0');
+        if behaviour.lossy {
+            let first = doc.split('\0').next().unwrap_or("");
+            if first.len() < doc.len() {
+                state.lock().unwrap().dropped += 1;
+            }
+            doc = first;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(doc) else {
             state.lock().unwrap().broken = Some(text.into_owned());
             return;
         };
-        let mut st = state.lock().unwrap();
-        let id = v["id"].as_i64().unwrap_or(0);
-        match v["msgid"].as_i64().unwrap_or(0) {
-            msgid::REG => {
-                st.users.push(v["name"].as_str().unwrap_or("").to_owned());
-                let id = st.users.len() as i64;
-                send(
-                    &mut s,
-                    &json!({"errno": 0, "id": id, "msgid": msgid::REG_ACK}),
-                );
+        handle(&mut s, &v, &mut state.lock().unwrap());
+        thread::sleep(behaviour.busy_after_request);
+    }
+}
+
+/// Serves one request as the original would.
+fn handle(s: &mut TcpStream, v: &Value, st: &mut LegacyState) {
+    let id = v["id"].as_i64().unwrap_or(0);
+    match v["msgid"].as_i64().unwrap_or(0) {
+        msgid::REG => {
+            st.users.push(v["name"].as_str().unwrap_or("").to_owned());
+            let id = st.users.len() as i64;
+            send(s, &json!({"errno": 0, "id": id, "msgid": msgid::REG_ACK}));
+        }
+        msgid::LOGIN if st.online.contains_key(&id) => send(
+            s,
+            &json!({"errmsg": "this account is using, input another!", "errno": 2,
+                "msgid": msgid::LOGIN_ACK}),
+        ),
+        msgid::LOGIN => {
+            let groups: Vec<String> = (st.groups.iter().enumerate())
+                .filter(|(_, (_, m))| m.contains(&id))
+                .map(|(g, (name, _))| {
+                    json!({"id": g as i64 + 1, "groupname": name, "groupdesc": "",
+                       "users": []})
+                    .to_string()
+                })
+                .collect();
+            st.online.insert(id, s.try_clone().unwrap());
+            let mut ack = json!({"errno": 0, "id": id, "msgid": msgid::LOGIN_ACK, "name": ""});
+            if !groups.is_empty() {
+                ack["groups"] = json!(groups);
             }
-            msgid::LOGIN => {
-                let groups: Vec<String> = (st.groups.iter().enumerate())
-                    .filter(|(_, (_, m))| m.contains(&id))
-                    .map(|(g, (name, _))| {
-                        json!({"id": g as i64 + 1, "groupname": name, "groupdesc": "",
-                               "users": []})
-                        .to_string()
-                    })
-                    .collect();
-                st.online.insert(id, s.try_clone().unwrap());
-                let mut ack = json!({"errno": 0, "id": id, "msgid": msgid::LOGIN_ACK, "name": ""});
-                if !groups.is_empty() {
-                    ack["groups"] = json!(groups);
-                }
-                send(&mut s, &ack);
+            send(s, &ack);
+        }
+        msgid::LOGINOUT => {
+            st.online.remove(&id);
+        }
+        msgid::CREATE_GROUP => {
+            let name = v["groupname"].as_str().unwrap_or("").to_owned();
+            st.groups.push((name, vec![id]));
+        }
+        msgid::ADD_GROUP => {
+            let g = v["groupid"].as_i64().unwrap_or(0) as usize;
+            if let Some((_, members)) = st.groups.get_mut(g.wrapping_sub(1)) {
+                members.push(id);
             }
-            msgid::LOGINOUT => {
-                st.online.remove(&id);
+        }
+        msgid::ONE_CHAT => {
+            let to = v["to"].as_i64().unwrap_or(0);
+            if let Some(peer) = st.online.get_mut(&to) {
+                send(peer, v);
             }
-            msgid::CREATE_GROUP => {
-                let name = v["groupname"].as_str().unwrap_or("").to_owned();
-                st.groups.push((name, vec![id]));
-            }
-            msgid::ADD_GROUP => {
-                let g = v["groupid"].as_i64().unwrap_or(0) as usize;
-                if let Some((_, members)) = st.groups.get_mut(g.wrapping_sub(1)) {
-                    members.push(id);
-                }
-            }
-            msgid::ONE_CHAT => {
-                let to = v["to"].as_i64().unwrap_or(0);
-                if let Some(peer) = st.online.get_mut(&to) {
-                    send(peer, &v);
-                }
-            }
-            msgid::GROUP_CHAT => {
-                let g = v["groupid"].as_i64().unwrap_or(0) as usize;
-                let members = st.groups.get(g.wrapping_sub(1)).map(|(_, m)| m.clone());
-                for m in members.unwrap_or_default() {
-                    if m != id {
-                        if let Some(peer) = st.online.get_mut(&m) {
-                            send(peer, &v);
-                        }
+        }
+        msgid::GROUP_CHAT => {
+            let g = v["groupid"].as_i64().unwrap_or(0) as usize;
+            let members = st.groups.get(g.wrapping_sub(1)).map(|(_, m)| m.clone());
+            for m in members.unwrap_or_default() {
+                if m != id {
+                    if let Some(peer) = st.online.get_mut(&m) {
+                        send(peer, v);
                     }
                 }
             }
-            _ => {} // PING and anything else: no answer, as the original.
         }
+        _ => {} // PING and anything else: no answer, as the original.
     }
 }
 
@@ -216,6 +255,58 @@ fn one_to_one_keeps_one_message_in_flight_toward_a_legacy_server() {
     assert_eq!(r["window"], 1, "{r}");
     let r = run_against_legacy("one-to-one", &["-n", "10", "--rate", "20000"]);
     assert!(r["delivered"].as_u64().unwrap() > 0, "{r}");
+}
+
+/// The original drops a request that reaches it in the same read as the one before
+/// (it parses up to the first NUL), and its IO thread may be busy with the database
+/// for longer than chat-bench's pause after a request it never answers: here it is
+/// busy 300 ms after each request, so a LOGINOUT and the LOGIN that follows it by
+/// 100 ms reach it in one read and the LOGIN is dropped. chat-bench sends that LOGIN
+/// again instead of waiting for it forever.
+#[test]
+fn a_login_the_original_dropped_is_sent_again() {
+    let busy = Behaviour {
+        busy_after_request: Duration::from_millis(300),
+        lossy: true,
+    };
+    let retry = [
+        "--legacy",
+        "--legacy-retry-ms",
+        "400",
+        "--setup-timeout",
+        "5",
+    ];
+
+    let server = LegacyServer::with(busy);
+    let target = format!("127.0.0.1:{}", server.port);
+    let mut args = vec!["group", "--targets", &target, "-d", "1", "--warmup", "0.5"];
+    args.extend_from_slice(&["--groups", "2", "--group-size", "5"]);
+    args.extend_from_slice(&retry);
+    let out = bench(&args, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = report(&out);
+    assert!(
+        server.dropped() >= 2,
+        "the stand-in dropped {}",
+        server.dropped()
+    );
+    assert!(r["legacy_retries"].as_u64().unwrap() >= 2, "{r}");
+    assert!(r["delivered"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+
+    let server = LegacyServer::with(busy);
+    let target = format!("127.0.0.1:{}", server.port);
+    let mut args = vec!["login", "--targets", &target, "-d", "2", "--warmup", "0.5"];
+    args.extend_from_slice(&["-n", "5"]);
+    args.extend_from_slice(&retry);
+    let r = report(&bench(&args, Duration::from_secs(60)));
+    assert!(server.dropped() > 0, "the stand-in dropped nothing");
+    assert!(r["logins"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! The loop side of chat-bench: each loop thread drives its share of simulated
 //! users (one TcpClient each) through setup and the scenario.
 
+mod legacy_login;
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -129,8 +131,13 @@ struct User {
     seq: u64,
     /// Chat messages sent and not yet delivered (a legacy target gets at most one).
     in_flight: u32,
-    /// Login scenario: when the pending LOGIN was sent.
+    /// Login scenario: when the pending LOGIN was (first) sent.
     login_sent_us: u64,
+    /// Counts LOGINs scheduled for this user; a pending send or retry timer that sees
+    /// another number has been overtaken and does nothing.
+    login_try: u64,
+    /// LOGINs sent again while the one before might still be answered (legacy).
+    dup_logins: u32,
 }
 
 struct Group {
@@ -221,6 +228,8 @@ pub fn run_loop(index: usize, shared: Arc<Shared>, handle_tx: mpsc::Sender<LoopH
             seq: 0,
             in_flight: 0,
             login_sent_us: 0,
+            login_try: 0,
+            dup_logins: 0,
         })
         .collect();
     let max_in_setup = (args.concurrency / threads).max(1);
@@ -334,20 +343,13 @@ impl Driver {
         });
     }
 
-    fn login(&mut self, i: usize) {
-        let u = &mut self.users[i];
-        u.login_sent_us = self.shared.now_us();
-        if let Some(conn) = &u.conn {
-            send(
-                conn,
-                &json!({"msgid": msgid::LOGIN, "id": u.id, "password": self.shared.args.password}),
-            );
-        }
-    }
-
     fn on_frame(&mut self, i: usize, v: Value) {
         let id = v.get("msgid").and_then(Value::as_i64).unwrap_or(0);
-        let ok = v.get("errno").and_then(Value::as_i64) == Some(0);
+        let errno = v.get("errno").and_then(Value::as_i64);
+        let ok = errno == Some(0);
+        if self.legacy_login_reply(i, id, &v) {
+            return;
+        }
         match (id, self.users[i].state) {
             (msgid::REG_ACK, UserState::Registering) => {
                 if ok {
@@ -528,13 +530,7 @@ impl Driver {
                 );
                 u.state = UserState::Relogin;
             }
-            self.after_unanswered(move |d| {
-                let u = &d.users[creator];
-                if let Some(conn) = &u.conn {
-                    send(conn, &json!({"msgid": msgid::LOGINOUT, "id": u.id}));
-                }
-                d.after_unanswered(move |d| d.login(creator));
-            });
+            self.after_unanswered(move |d| d.logout_then_login(creator, true));
         }
     }
 
@@ -570,14 +566,13 @@ impl Driver {
 
     fn cycle_login(&mut self, i: usize) {
         let u = &mut self.users[i];
-        if let Some(conn) = &u.conn {
-            send(conn, &json!({"msgid": msgid::LOGINOUT, "id": u.id}));
+        if u.conn.is_some() {
             u.state = UserState::Cycling;
             if self.shared.measured(self.shared.now_us()) {
                 self.stats.sent += 1;
             }
         }
-        self.after_unanswered(move |d| d.login(i));
+        self.logout_then_login(i, true);
     }
 
     /// Starts the scenario's traffic (closed loop) or its send timer (open loop).

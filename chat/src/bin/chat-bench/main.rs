@@ -106,7 +106,8 @@ pub struct Args {
     /// Treat every target as the original C++ server without probing it (otherwise a
     /// target that does not answer PING is taken for one). Toward a legacy target each
     /// connection has at most one request in flight, and requests it never answers
-    /// (CREATE_GROUP, LOGINOUT, ADD_GROUP) are followed by a pause of --legacy-gap-ms.
+    /// (CREATE_GROUP, LOGINOUT, ADD_GROUP) are followed by a pause of --legacy-gap-ms;
+    /// a LOGIN after a LOGINOUT that the target dropped goes again (--legacy-retry-ms).
     #[arg(long)]
     pub legacy: bool,
     /// Pause after a request a legacy server never answers, before the next one. The
@@ -115,6 +116,12 @@ pub struct Args {
     /// and it drops the second.
     #[arg(long, default_value_t = 100)]
     pub legacy_gap_ms: u64,
+    /// Toward a legacy target, a LOGIN that follows a LOGINOUT and has no answer after
+    /// this long is sent again: the original drops a request that reaches it in the
+    /// same read as the one before (it parses up to the first NUL), which happens when
+    /// its IO thread waited on its database for longer than --legacy-gap-ms.
+    #[arg(long, default_value_t = 1000)]
+    pub legacy_retry_ms: u64,
     /// Give up when setup makes no progress for this many seconds.
     #[arg(long, default_value_t = 30.0)]
     pub setup_timeout: f64,
@@ -367,6 +374,7 @@ fn report(
         "expected": s.expected,
         "lost": lost,
         "errors": s.errors,
+        "legacy_retries": s.legacy_retries,
         "sent_per_sec": s.sent as f64 / secs,
         "delivered_per_sec": s.delivered as f64 / secs,
         "latency": s.latency_json(),

@@ -45,6 +45,8 @@ pub struct Stats {
     pub errors: u64,
     /// Completed logins (login scenario).
     pub logins: u64,
+    /// LOGINs sent again to a legacy target (during the whole run, setup included).
+    pub legacy_retries: u64,
     hist: Vec<u64>,
     max_us: u64,
     count: u64,
@@ -58,6 +60,7 @@ impl Default for Stats {
             expected: 0,
             errors: 0,
             logins: 0,
+            legacy_retries: 0,
             hist: vec![0; BUCKETS],
             max_us: 0,
             count: 0,
@@ -80,6 +83,7 @@ impl Stats {
         self.expected += o.expected;
         self.errors += o.errors;
         self.logins += o.logins;
+        self.legacy_retries += o.legacy_retries;
         for (a, b) in self.hist.iter_mut().zip(&o.hist) {
             *a += b;
         }
