@@ -184,12 +184,11 @@ fn a_full_window_drains_at_the_ack() {
     s.c.barrier_within(Duration::from_secs(60));
     let mut shown = Shown::default();
     read_until(&mut r.c, &mut shown, window, usize::MAX);
-    // Every frame was handled (the sender's barrier): those past the window wait
-    // in the store, not in the reader's socket.
-    assert!(
-        b.stored_for(r.id) > 0,
-        "nothing held back by the full window"
-    );
+    // Every frame was handled (the sender's barrier): those past the window wait in
+    // the server (stored, or spilled in memory when the loop's fast path offered
+    // several before the first one raised the flag: a store count > 0 was flaky),
+    // not in the reader's socket, where a frame written by now would be readable.
+    r.c.expect_quiet();
     r.c.send(&json!({"msgid": 19, "seq": shown.last, "ext": 1}));
     read_until(&mut r.c, &mut shown, n, 50);
     let expected: Vec<String> = (0..n).map(|i| format!("m{i:05}")).collect();
