@@ -453,6 +453,10 @@ impl Gateway {
         let Some(session) = conn.with_context(|st: &mut ConnState| st.session.clone()) else {
             return;
         };
+        // Requests held back while the output was over its mark run again.
+        if session.output_drained() {
+            self.submitter.wake(&session);
+        }
         if session.is_congested() && session.start_drain() {
             self.submitter.submit(&session, Job::Drained);
         }
