@@ -43,6 +43,9 @@ pub struct Limits {
     /// answered 503 and closed. HTTP-phase connections never take chat slots
     /// (`max_connections`): half-open requests cannot lock chat clients out.
     pub http_max: usize,
+    /// Of those, how many one peer address may have at once; one more from it is
+    /// answered 503 and closed, so that one address cannot hold `http_max` alone.
+    pub http_per_ip: usize,
     /// How long a WebSocket listener connection may stay in its HTTP phase, from
     /// its accept (request head and the page's reply together): then it is closed.
     pub http_timeout: Duration,
@@ -57,6 +60,7 @@ impl Default for Limits {
             burst: 2000,
             output_high_water: 4 * 1024 * 1024,
             http_max: 64,
+            http_per_ip: 8,
             http_timeout: Duration::from_secs(10),
         }
     }
