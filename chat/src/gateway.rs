@@ -293,12 +293,25 @@ impl Gateway {
             let job = match ws.read_event() {
                 WsEvent::Text | WsEvent::Control => None,
                 WsEvent::Idle => break,
+                WsEvent::Ping => {
+                    // Pings count against the rate limit like requests; one over
+                    // it is not answered (and counted as errno 109).
+                    if !self.take_token(st) {
+                        ws.drop_answer();
+                        self.stats.protocol_error(errno::RATE_LIMITED);
+                    }
+                    None
+                }
                 WsEvent::Binary => {
                     self.stats.frame_in(-1);
-                    let e = ProtocolError::new(
-                        errno::BAD_JSON,
-                        "binary WebSocket messages are not read: send JSON as text",
-                    );
+                    let e = if self.take_token(st) {
+                        ProtocolError::new(
+                            errno::BAD_JSON,
+                            "binary WebSocket messages are not read: send JSON as text",
+                        )
+                    } else {
+                        ProtocolError::rate_limited(None)
+                    };
                     Some(refused(protocol::encode(&protocol::error(&e)), e.errno, -1))
                 }
                 WsEvent::Oversize => {
