@@ -102,6 +102,10 @@ pub struct Config {
     /// count against --max-connections.
     #[arg(long, env = "CHAT_WS_HTTP_MAX", default_value_t = 64)]
     pub ws_http_max: usize,
+    /// WebSocket listener connections one peer address may have in their HTTP
+    /// phase at once (at least 1): one address cannot hold --ws-http-max alone.
+    #[arg(long, env = "CHAT_WS_HTTP_PER_IP", default_value_t = 8)]
+    pub ws_http_per_ip: usize,
     /// Seconds a WebSocket listener connection may spend in its HTTP phase (from
     /// its accept to the upgrade, or to the end of a page's reply), at least 1.
     #[arg(long, env = "CHAT_WS_HTTP_TIMEOUT_SECS", default_value_t = 10)]
@@ -252,6 +256,7 @@ impl Config {
                 burst: self.burst,
                 output_high_water: self.output_high_water.max(1024),
                 http_max: self.ws_http_max.max(1),
+                http_per_ip: self.ws_http_per_ip.max(1),
                 http_timeout: Duration::from_secs(self.ws_http_timeout_secs.max(1)),
             },
             offline: OfflineLimits {

@@ -43,6 +43,9 @@ pub struct Limits {
     /// answered 503 and closed. HTTP-phase connections never take chat slots
     /// (`max_connections`): half-open requests cannot lock chat clients out.
     pub http_max: usize,
+    /// Of those, how many one peer address may have at once; one more from it is
+    /// answered 503 and closed, so that one address cannot hold `http_max` alone.
+    pub http_per_ip: usize,
     /// How long a WebSocket listener connection may stay in its HTTP phase, from
     /// its accept (request head and the page's reply together): then it is closed.
     pub http_timeout: Duration,
@@ -57,6 +60,7 @@ impl Default for Limits {
             burst: 2000,
             output_high_water: 4 * 1024 * 1024,
             http_max: 64,
+            http_per_ip: 8,
             http_timeout: Duration::from_secs(10),
         }
     }
@@ -289,12 +293,25 @@ impl Gateway {
             let job = match ws.read_event() {
                 WsEvent::Text | WsEvent::Control => None,
                 WsEvent::Idle => break,
+                WsEvent::Ping => {
+                    // Pings count against the rate limit like requests; one over
+                    // it is not answered (and counted as errno 109).
+                    if !self.take_token(st) {
+                        ws.drop_answer();
+                        self.stats.protocol_error(errno::RATE_LIMITED);
+                    }
+                    None
+                }
                 WsEvent::Binary => {
                     self.stats.frame_in(-1);
-                    let e = ProtocolError::new(
-                        errno::BAD_JSON,
-                        "binary WebSocket messages are not read: send JSON as text",
-                    );
+                    let e = if self.take_token(st) {
+                        ProtocolError::new(
+                            errno::BAD_JSON,
+                            "binary WebSocket messages are not read: send JSON as text",
+                        )
+                    } else {
+                        ProtocolError::rate_limited(None)
+                    };
                     Some(refused(protocol::encode(&protocol::error(&e)), e.errno, -1))
                 }
                 WsEvent::Oversize => {
@@ -453,6 +470,10 @@ impl Gateway {
         let Some(session) = conn.with_context(|st: &mut ConnState| st.session.clone()) else {
             return;
         };
+        // Requests held back while the output was over its mark run again.
+        if session.output_drained() {
+            self.submitter.wake(&session);
+        }
         if session.is_congested() && session.start_drain() {
             self.submitter.submit(&session, Job::Drained);
         }

@@ -147,6 +147,32 @@ struct Strand {
     scheduled: bool,
     /// True while the IO loop has stopped reading because too much is queued.
     paused: bool,
+    /// The output gate (issue #12): reply bytes handed to the IO loop and not yet
+    /// appended to the connection's output.
+    replies_in_flight: usize,
+    /// The connection's output bytes the IO loop last saw after appending a reply
+    /// (0 once the output drained completely). It only goes stale upwards.
+    output_seen: usize,
+    /// True while the strand waits for the output to drain: its next client
+    /// request is not run while the output (with replies on their way) is over
+    /// the high-water mark, so that replies cannot pile up in server memory.
+    parked: bool,
+    /// The connection closed: the gate is open for good (nothing is written).
+    ungated: bool,
+}
+
+impl Strand {
+    /// Whether the next job must wait for the output to drain: a client request
+    /// (whose reply would add to the output) while the output and the replies on
+    /// their way to it are over the mark.
+    fn gated(&self, high_water: usize) -> bool {
+        !self.ungated
+            && self.output_seen + self.replies_in_flight > high_water
+            && matches!(
+                self.jobs.front(),
+                Some((Job::Request(_) | Job::Refused { .. }, _))
+            )
+    }
 }
 
 /// Per-connection state. Created by the IO loop when the connection comes up.
@@ -161,7 +187,10 @@ pub struct Session {
     /// The client opted in to extended replies (`"ext":1` on any request).
     ext: AtomicBool,
     outbox: Mutex<Outbox>,
-    strand: Mutex<Strand>,
+    /// Shared with the IO loop's reply tasks, which account the output gate.
+    strand: Arc<Mutex<Strand>>,
+    /// The connection's output high-water mark (the output gate's bound).
+    high_water: usize,
     /// The frames on their way out: the hard high-water mark, congestion, and
     /// what the IO loop kept instead of writing.
     flow: Arc<Outflow>,
@@ -198,7 +227,8 @@ impl Session {
             user: Mutex::new(None),
             ext: AtomicBool::new(false),
             outbox: Mutex::new(Outbox::default()),
-            strand: Mutex::new(Strand::default()),
+            strand: Arc::new(Mutex::new(Strand::default())),
+            high_water,
             flow: Outflow::new(high_water),
             last_user: AtomicI64::new(0),
             logged_in_once: AtomicBool::new(false),
@@ -327,15 +357,44 @@ impl Session {
         self.user.lock().as_ref().map_or(0, |u| u.id)
     }
 
-    /// Counts and sends one frame.
-    fn send(&self, frame: Vec<u8>) {
+    /// Sends a reply to this connection's own request (never held). Its bytes
+    /// count against the output gate until the IO loop appended them; the loop
+    /// then notes the output's size (see [`Session::pop`]).
+    pub fn reply(&self, frame: Vec<u8>) {
         self.stats.frame_out(&frame);
-        self.conn.send(frame);
+        let len = frame.len();
+        self.strand.lock().replies_in_flight += len;
+        let strand = self.strand.clone();
+        self.conn.with(move |c| {
+            let out = c.map_or(0, |c| {
+                c.send(&frame);
+                c.output_bytes()
+            });
+            let mut s = strand.lock();
+            s.replies_in_flight -= len;
+            s.output_seen = out;
+        });
     }
 
-    /// Sends a reply to this connection's own request (never held).
-    pub fn reply(&self, frame: Vec<u8>) {
-        self.send(frame);
+    /// On the IO loop, when the connection's output drained completely: the gate
+    /// opens. True if the strand was parked and now holds the caller's duty to
+    /// hand the session to a worker ([`crate::workers::Submitter::wake`]).
+    pub fn output_drained(&self) -> bool {
+        let mut s = self.strand.lock();
+        s.output_seen = 0;
+        self.unpark(&mut s)
+    }
+
+    /// Ends a wait for the output if the gate is open now; true if the strand
+    /// must be scheduled.
+    fn unpark(&self, s: &mut Strand) -> bool {
+        if !s.parked || s.gated(self.high_water) {
+            return false;
+        }
+        s.parked = false;
+        let schedule = !s.scheduled && !s.jobs.is_empty();
+        s.scheduled |= schedule;
+        schedule
     }
 
     /// Delivers a frame from someone else: held while a login is being answered.
@@ -428,6 +487,11 @@ impl Session {
     /// queued): from now on every delivery is refused and stored instead.
     pub fn mark_closed(&self) {
         self.outbox.lock().closed = true;
+        // Nothing is written any more: queued requests run (their replies go
+        // nowhere) so that the `Closed` job behind them is reached.
+        let mut s = self.strand.lock();
+        s.ungated = true;
+        s.parked = false;
     }
 
     /// Whether the connection closed.
@@ -469,8 +533,9 @@ impl Session {
         let mut s = self.strand.lock();
         s.jobs.push_back((job, bytes));
         s.bytes += bytes;
-        let schedule = !s.scheduled;
-        s.scheduled = true;
+        // A strand parked on its output is scheduled again when the output drains.
+        let schedule = !s.scheduled && !s.parked;
+        s.scheduled |= schedule;
         let pause = !s.paused && (s.jobs.len() > QUEUE_HIGH || s.bytes > QUEUE_HIGH_BYTES);
         if pause {
             s.paused = true;
@@ -479,13 +544,22 @@ impl Session {
     }
 
     /// Takes the next job for the worker that owns the session. Returns
-    /// `(job, resume)`; with no job left the session is no longer scheduled.
+    /// `(job, resume)`; with no job left the session is no longer scheduled. Nor
+    /// is it while its output is over the high-water mark and the next job is a
+    /// client request: the strand parks (`None`) until the output drains
+    /// ([`Session::output_drained`]), so what one connection makes the server
+    /// hold in replies stays under the mark plus one reply.
     pub fn pop(&self) -> (Option<Job>, bool) {
         let mut s = self.strand.lock();
-        let job = s.jobs.pop_front().map(|(job, bytes)| {
-            s.bytes -= bytes;
-            job
-        });
+        let job = if s.gated(self.high_water) {
+            s.parked = true;
+            None
+        } else {
+            s.jobs.pop_front().map(|(job, bytes)| {
+                s.bytes -= bytes;
+                job
+            })
+        };
         if job.is_none() {
             s.scheduled = false;
         }

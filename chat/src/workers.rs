@@ -53,6 +53,12 @@ impl Submitter {
         pause
     }
 
+    /// Hands a session whose strand was parked on its output back to a worker
+    /// (after [`Session::output_drained`] said so).
+    pub fn wake(&self, session: &Arc<Session>) {
+        let _ = self.tx.send(Work::Run(session.clone()));
+    }
+
     /// Sessions waiting for a worker (the depth of the pool's queue).
     pub fn queue_len(&self) -> usize {
         self.tx.len()

@@ -4,7 +4,7 @@
 mod util;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -15,7 +15,7 @@ use chat::hasher::HasherConfig;
 use chat::server::ServerOptions;
 use chat::service::throttle::ThrottleConfig;
 use serde_json::json;
-use util::{expect_bytes, Backend, Client, User};
+use util::{connect_from, expect_bytes, Backend, Client, User};
 
 /// The legacy reply to a wrong id or password — and to a locked account.
 const INVALID: &str = r#"{"errmsg":"id or password is invalid!","errno":1,"msgid":2}"#;
@@ -141,17 +141,6 @@ fn the_lock_is_cluster_wide_through_redis() {
     let v = c2.expect_msgid(2);
     assert_eq!(v["errno"], 114, "{v}");
     assert!(v["retryafter"].as_u64().is_some_and(|s| s > 0), "{v}");
-}
-
-/// A connection from `source` (a loopback address other than 127.0.0.1 makes
-/// another peer address) to `addr`.
-fn connect_from(source: [u8; 4], addr: SocketAddr) -> TcpStream {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&SocketAddr::from((source, 0)).into()).unwrap();
-    sock.connect_timeout(&addr.into(), util::TIMEOUT).unwrap();
-    let s: TcpStream = sock.into();
-    s.set_read_timeout(Some(util::TIMEOUT)).unwrap();
-    s
 }
 
 /// Reads `n` NUL-terminated replies, counting each in `done`.

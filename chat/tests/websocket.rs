@@ -414,3 +414,67 @@ fn a_websocket_acks_and_resumes_without_the_ext_field() {
         [("two".to_owned(), seqs[1]), ("three".to_owned(), seqs[2])]
     );
 }
+
+/// Issue #12: binary messages and pings were not charged to the rate limit
+/// (5,000 of each got 5,000 ERROR 100 and 5,000 pongs). Now each takes a token
+/// like a text request: beyond the burst a binary message gets ERROR 109 and a
+/// ping is not answered.
+#[test]
+fn binary_messages_and_pings_count_against_the_rate_limit() {
+    const N: usize = 200;
+    const BURST: u32 = 20;
+    let db = Backend::sqlite();
+    fast_hashes();
+    let server = db.start_with(ServerOptions {
+        ws_addr: Some("127.0.0.1:0".parse().unwrap()),
+        limits: chat::gateway::Limits {
+            rate: 10,
+            burst: BURST,
+            ..Default::default()
+        },
+        ..ServerOptions::default()
+    });
+    let mut ws = ws_connect(server.ws_addr().unwrap());
+    let t0 = std::time::Instant::now();
+    for _ in 0..N {
+        ws.write(Message::binary(vec![b'x'])).unwrap();
+    }
+    for _ in 0..N {
+        ws.write(Message::Ping(vec![b'p'].into())).unwrap();
+    }
+    ws.flush().unwrap();
+    let (mut bad, mut limited, mut pongs) = (0, 0, 0);
+    let mut count = |ws: &mut Ws, until_binary_done: bool| loop {
+        if until_binary_done && bad + limited == N {
+            return;
+        }
+        match ws.read().expect("a message before the timeout") {
+            Message::Pong(_) => pongs += 1,
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                match (v["msgid"].as_i64(), v["errno"].as_i64()) {
+                    (Some(11), Some(100)) => bad += 1,
+                    (Some(11), Some(109)) => limited += 1,
+                    (Some(14), _) if !until_binary_done => return,
+                    _ => panic!("unexpected {v}"),
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    count(&mut ws, true);
+    // Tokens back for the barrier: a chat PING, answered after every pong.
+    std::thread::sleep(Duration::from_millis(300));
+    send(&mut ws, &json!({"msgid": 13}));
+    count(&mut ws, false);
+    let answered = bad + pongs;
+    // The burst plus what the rate refilled meanwhile.
+    let allowed = BURST as usize + (t0.elapsed().as_secs_f64() * 10.0).ceil() as usize;
+    eprintln!("{N} binary + {N} pings: {bad} ERROR 100, {limited} ERROR 109, {pongs} pongs (allowed {allowed})");
+    assert_eq!(bad + limited, N, "every binary message is answered");
+    assert!(
+        answered <= allowed,
+        "{answered} answered beyond the rate limit ({allowed})"
+    );
+    assert!(limited >= N - allowed, "{limited} ERROR 109");
+}

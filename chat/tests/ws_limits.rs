@@ -15,7 +15,7 @@ use chat::gateway::Limits;
 use chat::server::ServerOptions;
 use chat::server_thread::ServerThread;
 
-use util::{poll, Backend, Client};
+use util::{connect_from, poll, Backend, Client};
 
 /// The HTTP-phase time limit of these servers.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -205,4 +205,66 @@ fn upgrades_breaking_rfc_6455_get_400_and_violations_close_with_1002() {
     );
     let code = u16::from_be_bytes([rest[2], rest[3]]);
     assert_eq!(code, 1002, "the close status of a protocol violation");
+}
+
+/// An upgrade request from `source`; the status line of the server's answer.
+fn upgrade_from(source: [u8; 4], addr: SocketAddr) -> String {
+    let mut s = connect_from(source, addr);
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).trim_end().to_owned()
+}
+
+/// Issue #12: one address kept every HTTP-phase slot with half-open requests
+/// (reopening each as it was closed), and every upgrade got 503. Now one address
+/// holds at most `http_per_ip` of them: another address upgrades meanwhile.
+#[test]
+fn one_address_cannot_hold_the_http_phase() {
+    let db = Backend::sqlite();
+    let srv = start(
+        &db,
+        Limits {
+            http_max: 4,
+            http_per_ip: 2,
+            http_timeout: Duration::from_secs(30),
+            ..Limits::default()
+        },
+    );
+    let ws = srv.ws_addr().unwrap();
+    let mut held: Vec<TcpStream> = (0..10).map(|_| half_open(ws)).collect();
+    poll(Duration::from_secs(10), "10 connections accepted", || {
+        (ws_connections(&srv) >= 10).then_some(())
+    });
+    // Beyond its share, 127.0.0.1's requests got 503 at once.
+    let mut busy = 0;
+    for s in &mut held {
+        if let Some(got) = until_closed(s, Duration::from_millis(500)) {
+            assert!(
+                got.starts_with(b"HTTP/1.1 503 "),
+                "{:?}",
+                String::from_utf8_lossy(&got)
+            );
+            busy += 1;
+        }
+    }
+    assert_eq!(busy, 10 - 2, "127.0.0.1 holds only its share");
+    // Its own upgrade waits for its half-open requests; another address's does not.
+    assert!(upgrade_from([127, 0, 0, 1], ws).starts_with("HTTP/1.1 503 "));
+    let status = upgrade_from([127, 0, 0, 2], ws);
+    assert!(
+        status.starts_with("HTTP/1.1 101 "),
+        "127.0.0.2 got {status:?}"
+    );
+    drop(held);
 }

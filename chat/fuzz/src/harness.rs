@@ -818,7 +818,7 @@ pub fn check_ws_reader(limit: usize, stream: &[u8], mut chunk: impl FnMut(usize)
                 assert!(matches!(b, 0x8a | 0x88), "output starts with 0x{b:02x}");
             }
             match event {
-                WsEvent::Text | WsEvent::Binary | WsEvent::Control => {}
+                WsEvent::Text | WsEvent::Binary | WsEvent::Ping | WsEvent::Control => {}
                 WsEvent::Idle => break,
                 WsEvent::Closed | WsEvent::Oversize | WsEvent::Broken(_) => {
                     ended = true;

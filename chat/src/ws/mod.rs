@@ -8,7 +8,8 @@
 //! Everything here runs on net's IO loops and never blocks.
 //!
 //! The HTTP phase is bounded on its own ([`crate::gateway::Limits::http_max`] connections at
-//! once, [`crate::gateway::Limits::http_timeout`] each, from the accept): only upgraded
+//! once, [`crate::gateway::Limits::http_per_ip`] of them from one peer address,
+//! [`crate::gateway::Limits::http_timeout`] each, from the accept): only upgraded
 //! connections take chat slots (`--max-connections`), so half-open requests
 //! cannot lock chat clients out.
 
@@ -18,13 +19,15 @@ mod reader;
 pub mod web;
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use net::{Buffer, EventLoop, LoopHandle, TcpConnectionPtr, TcpServer, TimerId};
+use parking_lot::Mutex;
 
 pub use framer::{text_message, WsFramer};
 pub use reader::{WsEvent, WsReader};
@@ -34,8 +37,9 @@ use crate::gateway::Gateway;
 /// A connection's state before its upgrade: the HTTP phase's time limit.
 struct HttpPhase {
     timer: TimerId,
-    /// Counted in [`Counts::http`]; false for one refused because too many
-    /// were in their HTTP phase (its input is discarded).
+    /// Counted in [`Counts::http`] (and its address's count); false for one
+    /// refused because too many were in their HTTP phase, in all or from its
+    /// address (its input is discarded).
     counted: bool,
 }
 
@@ -44,8 +48,40 @@ struct HttpPhase {
 struct Counts {
     /// In their HTTP phase (refused ones excepted).
     http: AtomicUsize,
+    /// The same, by peer address (addresses with none are removed).
+    http_by_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Upgraded: chat connections, counted against `--max-connections`.
     chat: Arc<AtomicUsize>,
+}
+
+impl Counts {
+    /// Counts a new connection from `ip` into the HTTP phase; false (counting
+    /// nothing) if the phase is full, in all or for `ip`. Safe from any thread.
+    fn enter_http(&self, ip: IpAddr, limits: &crate::gateway::Limits) -> bool {
+        let mut by_ip = self.http_by_ip.lock();
+        if by_ip.get(&ip).copied().unwrap_or(0) >= limits.http_per_ip {
+            return false;
+        }
+        if self.http.fetch_add(1, Ordering::AcqRel) >= limits.http_max {
+            self.http.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        *by_ip.entry(ip).or_insert(0) += 1;
+        true
+    }
+
+    /// A connection from `ip` counted by [`Counts::enter_http`] left the HTTP
+    /// phase (upgraded or closed).
+    fn leave_http(&self, ip: IpAddr) {
+        self.http.fetch_sub(1, Ordering::AcqRel);
+        let mut by_ip = self.http_by_ip.lock();
+        if let Some(n) = by_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                by_ip.remove(&ip);
+            }
+        }
+    }
 }
 
 /// The WebSocket / web client listener, beside the TCP one.
@@ -136,10 +172,9 @@ fn on_connection(gw: &Gateway, counts: &Counts, conn: &TcpConnectionPtr) {
                     }
                 }
             });
-        let counted = counts.http.fetch_add(1, Ordering::AcqRel) < limits.http_max;
+        let counted = counts.enter_http(conn.peer_addr().ip(), limits);
         conn.set_context(HttpPhase { timer, counted });
         if !counted {
-            counts.http.fetch_sub(1, Ordering::AcqRel);
             log::debug!("{}: too many HTTP-phase connections, 503", conn.name());
             finish(conn, &http::busy());
         }
@@ -149,7 +184,7 @@ fn on_connection(gw: &Gateway, counts: &Counts, conn: &TcpConnectionPtr) {
         Some((timer, counted)) => {
             conn.loop_handle().cancel(timer);
             if counted {
-                counts.http.fetch_sub(1, Ordering::AcqRel);
+                counts.leave_http(conn.peer_addr().ip());
             }
         }
         None => {
@@ -176,7 +211,7 @@ fn on_message(gw: &Gateway, counts: &Counts, conn: &TcpConnectionPtr, buf: &mut 
             conn.loop_handle().cancel(timer);
             // From the HTTP phase's count to the chat connections' (the gateway's
             // admission counts it from here on).
-            counts.http.fetch_sub(1, Ordering::AcqRel);
+            counts.leave_http(conn.peer_addr().ip());
             counts.chat.fetch_add(1, Ordering::AcqRel);
             conn.send(&http::upgrade_response(&key));
             let close_sent = Rc::new(Cell::new(false));

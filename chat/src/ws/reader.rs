@@ -63,7 +63,9 @@ pub enum WsEvent {
     Text,
     /// A binary message (refused: the protocol is JSON text).
     Binary,
-    /// A ping or pong (a ping's answer is in the output).
+    /// A ping (its pong is in the output; [`WsReader::drop_answer`] takes it back).
+    Ping,
+    /// A pong.
     Control,
     /// Nothing more until more bytes arrive.
     Idle,
@@ -86,6 +88,8 @@ pub struct WsReader {
     close_sent: Rc<Cell<bool>>,
     /// The protocol layer ended (closed or broken): nothing more is read.
     done: bool,
+    /// Where in the output the last event's answer starts.
+    answered_from: usize,
 }
 
 impl std::fmt::Debug for WsReader {
@@ -114,6 +118,7 @@ impl WsReader {
             frames: Buffer::with_capacity(0),
             close_sent,
             done: false,
+            answered_from: 0,
         }
     }
 
@@ -129,6 +134,8 @@ impl WsReader {
         if self.done {
             return WsEvent::Idle;
         }
+        // Every event flushes: what is written from here on answers this one.
+        self.answered_from = self.pipe.output.len();
         let event = match self.ctx.read(&mut self.pipe) {
             Ok(Message::Text(text)) => {
                 self.frames.append(text.as_bytes());
@@ -136,7 +143,8 @@ impl WsReader {
                 WsEvent::Text
             }
             Ok(Message::Binary(_)) => WsEvent::Binary,
-            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => WsEvent::Control,
+            Ok(Message::Ping(_)) => WsEvent::Ping,
+            Ok(Message::Pong(_) | Message::Frame(_)) => WsEvent::Control,
             Ok(Message::Close(_)) | Err(Error::ConnectionClosed | Error::AlreadyClosed) => {
                 self.close_sent.set(true);
                 WsEvent::Closed
@@ -147,13 +155,20 @@ impl WsReader {
         };
         if !matches!(
             event,
-            WsEvent::Text | WsEvent::Binary | WsEvent::Control | WsEvent::Idle
+            WsEvent::Text | WsEvent::Binary | WsEvent::Ping | WsEvent::Control | WsEvent::Idle
         ) {
             self.done = true;
         }
         // Pongs and the answer to a close go out now.
         let _ = self.ctx.flush(&mut self.pipe);
         event
+    }
+
+    /// Takes back what the protocol layer wrote for the last event (a ping's
+    /// pong, when the ping is over the rate limit).
+    pub fn drop_answer(&mut self) {
+        let from = self.answered_from.min(self.pipe.output.len());
+        self.pipe.output.truncate(from);
     }
 
     /// The close frame that answers a protocol violation (1002, RFC 6455 §7.4.1),

@@ -2,7 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::io;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 
 /// Caps a socket's kernel buffers (`SO_RCVBUF`, `SO_SNDBUF`), so that what a test
 /// sends or leaves unread piles up in the server rather than in the kernel.
@@ -49,4 +49,15 @@ pub fn kernel_in_flight_max(s: &TcpStream) -> usize {
     };
     assert_eq!(rc, 0, "getsockopt: {}", io::Error::last_os_error());
     wmem_max + usize::try_from(v).unwrap()
+}
+
+/// A connection from `source` (a loopback address other than 127.0.0.1 makes
+/// another peer address) to `addr`.
+pub fn connect_from(source: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::from((source, 0)).into()).unwrap();
+    sock.connect_timeout(&addr.into(), super::TIMEOUT).unwrap();
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(super::TIMEOUT)).unwrap();
+    s
 }
