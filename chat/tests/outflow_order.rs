@@ -229,3 +229,24 @@ fn a_release_after_the_close_keeps_the_login_ack_and_the_held_frames() {
         assert_eq!(got, want, "acking: {acking}");
     }
 }
+
+/// A group frame fanned out while a login holds the session is kept whole and
+/// written after the LOGIN_ACK. (Checked: with `FanOut::frame` returning no bytes,
+/// the held copy is empty and the frame never comes.)
+#[test]
+fn a_group_frame_held_by_a_login_follows_the_login_ack() {
+    let server = Server::start();
+    let (mut client, session) = session(&server);
+    session.hold();
+    let mut fan = chat::outflow::FanOut::new(chat(1).into());
+    assert!(session.deliver_into(&mut fan), "held");
+    assert_eq!(fan.len(), 0, "held, not sent");
+    fan.send();
+    // A stand-in LOGIN_ACK, numbered 0 as `read_until` reads numbers.
+    let login_ack = b"{\"msg\":\"00000\",\"msgid\":2}\0".to_vec();
+    session
+        .release(Some(login_ack))
+        .expect("the outbox is open");
+    let mut rest = Vec::new();
+    assert_eq!(read_until(&mut client, &mut rest, 1), [0, 1]);
+}
