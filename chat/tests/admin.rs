@@ -246,6 +246,8 @@ fn admin_routes_need_the_token() {
     let srv = b.start_with(with_admin(Some(TOKEN), None));
     let addr = admin(&srv);
     let u = User::online(srv.addr(), "uma");
+    // Two users, so that a list of user 1 alone (the first id) is not the answer.
+    let v = User::online(srv.addr(), "vic");
     for (method, path) in [("GET", "/admin/users"), ("GET", "/admin/nodes")] {
         assert_eq!(
             http(addr, method, path, None).0,
@@ -259,9 +261,12 @@ fn admin_routes_need_the_token() {
     assert_eq!(http(addr, "GET", "/readyz", None).0, 200);
     let (status, body) = http(addr, "GET", "/admin/users", Some(TOKEN));
     assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["users"], json!([{"id": u.id, "name": "uma"}]));
-    drop(u);
+    let list: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        list["users"],
+        json!([{"id": u.id, "name": "uma"}, {"id": v.id, "name": "vic"}])
+    );
+    drop((u, v));
 }
 
 /// A kick revokes the user's resume token: the kicked client cannot simply resume.

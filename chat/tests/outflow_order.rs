@@ -176,3 +176,77 @@ fn a_live_frame_between_two_last_pages_keeps_its_place() {
     gate2.open();
     assert_arrive_in_order(&mut client, &session, &[1, 2, 3, 4]);
 }
+
+/// True once `session`'s connection is gone from its loop (asked on the loop, so
+/// everything queued there before has run).
+fn gone(session: &Session) -> bool {
+    let (tx, rx) = mpsc::channel();
+    session.conn.with(move |c| {
+        let _ = tx.send(c.is_none());
+    });
+    rx.recv_timeout(TIMEOUT).expect("the loop answers")
+}
+
+/// A login released after its connection closed (the close came between the
+/// login's check and the loop's write): the LOGIN_ACK and the frames held behind
+/// it are kept, in that order, for the close to store; an acking connection's
+/// LOGIN_ACK is left out (its offline messages are in its window already).
+/// (Checked: with `Outflow::force`'s `!self.acks()` turned into `self.acks()`, a
+/// legacy login's offline messages were dropped and an acking one's kept twice.)
+#[test]
+fn a_release_after_the_close_keeps_the_login_ack_and_the_held_frames() {
+    let server = Server::start();
+    for acking in [false, true] {
+        let (_client, session) = session(&server);
+        if acking {
+            session.flow().start_acks(1);
+        }
+        session.hold();
+        assert!(session.deliver(chat(1)), "held");
+        session.conn.force_close();
+        let deadline = Instant::now() + TIMEOUT;
+        while !gone(&session) {
+            assert!(Instant::now() < deadline, "the connection never closed");
+            thread::sleep(Duration::from_millis(1));
+        }
+        let login_ack = b"{\"errno\":0,\"msgid\":2,\"offlinemsg\":[]}\0".to_vec();
+        // Nothing marked the outbox closed (no gateway here): the release goes on
+        // to the loop, which finds the connection gone.
+        session
+            .release(Some(login_ack.clone()))
+            .expect("the outbox is open");
+        assert!(gone(&session), "the release ran on the loop");
+        let text = |f: &Vec<u8>| String::from_utf8_lossy(f).into_owned();
+        let want: Vec<String> = if acking {
+            vec![chat(1)]
+        } else {
+            vec![login_ack, chat(1)]
+        }
+        .iter()
+        .map(text)
+        .collect();
+        let got: Vec<String> = session.take_spilled().iter().map(text).collect();
+        assert_eq!(got, want, "acking: {acking}");
+    }
+}
+
+/// A group frame fanned out while a login holds the session is kept whole and
+/// written after the LOGIN_ACK. (Checked: with `FanOut::frame` returning no bytes,
+/// the held copy is empty and the frame never comes.)
+#[test]
+fn a_group_frame_held_by_a_login_follows_the_login_ack() {
+    let server = Server::start();
+    let (mut client, session) = session(&server);
+    session.hold();
+    let mut fan = chat::outflow::FanOut::new(chat(1).into());
+    assert!(session.deliver_into(&mut fan), "held");
+    assert_eq!(fan.len(), 0, "held, not sent");
+    fan.send();
+    // A stand-in LOGIN_ACK, numbered 0 as `read_until` reads numbers.
+    let login_ack = b"{\"msg\":\"00000\",\"msgid\":2}\0".to_vec();
+    session
+        .release(Some(login_ack))
+        .expect("the outbox is open");
+    let mut rest = Vec::new();
+    assert_eq!(read_until(&mut client, &mut rest, 1), [0, 1]);
+}
