@@ -2,7 +2,8 @@
 //!
 //! Its rule: the chat path never waits for the database. Recording a message is a push
 //! onto a channel (an IO loop may do it); the writer gathers what arrives for up to
-//! [`GATHER`] (or [`MAX_BATCH`] messages) and appends it in one transaction. A batch
+//! [`GATHER`] (or [`MAX_BATCH`] messages, or [`GATHER_BYTES`] of text) and appends it
+//! in one transaction. A batch
 //! that spans many messages per conversation is what makes history cheap: the store
 //! writes a conversation's share of a batch as one row (SQLite) and dirties its pages
 //! once per batch, not once per message. A HISTORY request cuts the gathering short:
@@ -21,6 +22,7 @@
 //! most `FULL_WAIT`; a message that still finds no room is delivered but not kept, so
 //! chat survives a long database outage.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -37,6 +39,9 @@ const MAX_BATCH: usize = 20_000;
 /// them (a HISTORY request's flush writes at once). At N = 1,000 conversations and
 /// 10,000 msgs/s that is ten messages per conversation per transaction.
 pub const GATHER: Duration = Duration::from_secs(1);
+/// Bytes of text gathered at most: past them the writer writes at once (a run of
+/// long messages would otherwise hold a second of them in memory).
+const GATHER_BYTES: usize = 4 << 20;
 /// How often a gathering writer looks whether a whole batch is queued already.
 const GATHER_POLL: Duration = Duration::from_millis(50);
 /// Messages queued for the writer at most: a chat sender whose message would pass this
@@ -82,12 +87,23 @@ pub struct HistoryWriter {
 }
 
 /// The writer's two queues. Records do not wake the writer while it gathers (a wake
-/// per message cost more than the write); a flush request does.
+/// per message cost more than the write); a flush request does, and so does the
+/// record that takes the queued text past [`GATHER_BYTES`].
 struct Channels {
     /// Messages to append, in the order recorded.
     records: Sender<HistoryRecord>,
-    /// Flush requests: answered once everything recorded before them is written.
-    flushes: Sender<Sender<()>>,
+    /// What cuts the gathering short.
+    wakes: Sender<Wake>,
+    /// Bytes of text recorded and not yet written.
+    queued: Arc<AtomicUsize>,
+}
+
+/// Why the writer should write now.
+enum Wake {
+    /// A flush request: answered once everything recorded before it is written.
+    Flush(Sender<()>),
+    /// [`GATHER_BYTES`] are queued.
+    Full,
 }
 
 impl HistoryWriter {
@@ -97,14 +113,25 @@ impl HistoryWriter {
             return HistoryWriter { tx: None };
         }
         let (records, records_rx) = crossbeam_channel::bounded(QUEUE_CAP);
-        let (flushes, flushes_rx) = crossbeam_channel::unbounded();
+        let (wakes, wakes_rx) = crossbeam_channel::unbounded();
+        let queued = Arc::new(AtomicUsize::new(0));
         let retention = opts.retention;
+        let writer = Writer {
+            store,
+            records: records_rx,
+            wakes: wakes_rx,
+            queued: queued.clone(),
+        };
         thread::Builder::new()
             .name("history".into())
-            .spawn(move || run(&*store, &records_rx, &flushes_rx, retention))
+            .spawn(move || writer.run(retention))
             .expect("spawn the history writer");
         HistoryWriter {
-            tx: Some(Channels { records, flushes }),
+            tx: Some(Channels {
+                records,
+                wakes,
+                queued,
+            }),
         }
     }
 
@@ -130,8 +157,16 @@ impl HistoryWriter {
                 ts_ms: now_ms(),
                 text: text.to_owned(),
             };
+            // Counted before it is queued: the writer subtracts it once written.
+            let len = rec.text.len();
+            let before = tx.queued.fetch_add(len, Ordering::Relaxed);
             if tx.records.send_timeout(rec, FULL_WAIT).is_err() {
+                tx.queued.fetch_sub(len, Ordering::Relaxed);
                 log::error!("history: the writer is stuck; a message of {sender} is not kept");
+                return;
+            }
+            if before < GATHER_BYTES && before + len >= GATHER_BYTES {
+                let _ = tx.wakes.send(Wake::Full);
             }
         }
     }
@@ -141,7 +176,7 @@ impl HistoryWriter {
     pub fn flush(&self, limit: Duration) -> bool {
         let Some(tx) = &self.tx else { return true };
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-        if tx.flushes.send(done_tx).is_err() {
+        if tx.wakes.send(Wake::Flush(done_tx)).is_err() {
             return false;
         }
         done_rx.recv_timeout(limit).is_ok()
@@ -162,82 +197,93 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// The writer loop: wait for a message or a flush, gather, write (retrying), answer
-/// the flushes, sweep expired rows.
-fn run(
-    store: &dyn Store,
-    records: &Receiver<HistoryRecord>,
-    flushes: &Receiver<Sender<()>>,
-    retention: Option<Duration>,
-) {
-    let mut next_prune = Instant::now();
-    let mut batch: Vec<HistoryRecord> = Vec::new();
-    let mut waiting: Vec<Sender<()>> = Vec::new();
-    loop {
-        if let Some(keep) = retention {
-            if Instant::now() >= next_prune {
-                prune(store, keep);
-                next_prune = Instant::now() + PRUNE_EVERY;
-            }
-        }
-        let open = crossbeam_channel::select! {
-            recv(records) -> r => match r {
-                Ok(r) => {
-                    batch.push(r);
-                    gather(records, flushes, &mut waiting)
-                }
-                Err(_) => false,
-            },
-            recv(flushes) -> f => {
-                waiting.extend(f);
-                true
-            },
-            default(PRUNE_EVERY) => continue,
-        };
-        // Everything recorded before a flush request is queued by now: take it all,
-        // at most a batch per transaction.
-        loop {
-            batch.extend(records.try_iter().take(MAX_BATCH - batch.len()));
-            let full = batch.len() == MAX_BATCH;
-            while let Err(e) = store.append_history(&batch) {
-                log::warn!("history: {} message(s) not written yet: {e}", batch.len());
-                thread::sleep(RETRY_AFTER);
-            }
-            batch.clear();
-            if !full {
-                break;
-            }
-        }
-        for done in waiting.drain(..) {
-            let _ = done.send(());
-        }
-        if !open {
-            return;
-        }
-    }
+/// The writer thread's ends of the channels.
+struct Writer {
+    store: Arc<dyn Store>,
+    records: Receiver<HistoryRecord>,
+    wakes: Receiver<Wake>,
+    /// Bytes of text recorded and not yet written (the writer subtracts what it wrote).
+    queued: Arc<AtomicUsize>,
 }
 
-/// Waits, without taking messages, until [`GATHER`] passed, a batch is queued or a
-/// flush came (into `waiting`). False once every sender is gone (shutdown: write what
-/// is queued, then stop).
-fn gather(
-    records: &Receiver<HistoryRecord>,
-    flushes: &Receiver<Sender<()>>,
-    waiting: &mut Vec<Sender<()>>,
-) -> bool {
-    let deadline = Instant::now() + GATHER;
-    loop {
-        let now = Instant::now();
-        if now >= deadline || records.len() >= MAX_BATCH {
-            return true;
+impl Writer {
+    /// The writer loop: wait for a message or a flush, gather, write (retrying),
+    /// answer the flushes, sweep expired rows.
+    fn run(self, retention: Option<Duration>) {
+        let store = &*self.store;
+        let mut next_prune = Instant::now();
+        let mut batch: Vec<HistoryRecord> = Vec::new();
+        let mut waiting: Vec<Sender<()>> = Vec::new();
+        loop {
+            if let Some(keep) = retention {
+                if Instant::now() >= next_prune {
+                    prune(store, keep);
+                    next_prune = Instant::now() + PRUNE_EVERY;
+                }
+            }
+            let open = crossbeam_channel::select! {
+                recv(self.records) -> r => match r {
+                    Ok(r) => {
+                        batch.push(r);
+                        self.gather(&mut waiting)
+                    }
+                    Err(_) => false,
+                },
+                recv(self.wakes) -> w => {
+                    if let Ok(Wake::Flush(done)) = w {
+                        waiting.push(done);
+                    }
+                    true
+                },
+                default(PRUNE_EVERY) => continue,
+            };
+            // Everything recorded before a flush request is queued by now: take it
+            // all, at most a batch per transaction.
+            loop {
+                batch.extend(self.records.try_iter().take(MAX_BATCH - batch.len()));
+                let full = batch.len() == MAX_BATCH;
+                while let Err(e) = store.append_history(&batch) {
+                    log::warn!("history: {} message(s) not written yet: {e}", batch.len());
+                    thread::sleep(RETRY_AFTER);
+                }
+                let bytes = batch.iter().map(|r| r.text.len()).sum();
+                self.queued.fetch_sub(bytes, Ordering::Relaxed);
+                batch.clear();
+                if !full {
+                    break;
+                }
+            }
+            for done in waiting.drain(..) {
+                let _ = done.send(());
+            }
+            if !open {
+                return;
+            }
         }
-        match flushes.recv_timeout((deadline - now).min(GATHER_POLL)) {
-            Ok(done) => {
-                waiting.push(done);
+    }
+
+    /// Waits, without taking messages, until [`GATHER`] passed, a batch or
+    /// [`GATHER_BYTES`] are queued, or a flush came (into `waiting`). False once
+    /// every sender is gone (shutdown: write what is queued, then stop).
+    fn gather(&self, waiting: &mut Vec<Sender<()>>) -> bool {
+        let deadline = Instant::now() + GATHER;
+        loop {
+            let now = Instant::now();
+            if now >= deadline
+                || self.records.len() >= MAX_BATCH
+                || self.queued.load(Ordering::Relaxed) >= GATHER_BYTES
+            {
                 return true;
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return false,
+            match self.wakes.recv_timeout((deadline - now).min(GATHER_POLL)) {
+                Ok(Wake::Flush(done)) => {
+                    waiting.push(done);
+                    return true;
+                }
+                Ok(Wake::Full) => return true,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return false,
+            }
         }
     }
 }
