@@ -4,7 +4,7 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::marker::PhantomData;
 use std::rc::{Rc, Weak};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
@@ -44,9 +44,14 @@ pub(crate) struct Shared {
     /// The thread that owns the loop.
     thread: ThreadId,
     quit: AtomicBool,
-    /// True while the loop runs pending tasks: a task queued then must wake the
-    /// loop, or it would wait for the next unrelated event.
+    /// True while the loop runs pending tasks: a task the loop thread queues then
+    /// must not run at once, ahead of those still to run.
     calling_pending: AtomicBool,
+    /// True from just before the loop's last look at `pending` until its poll
+    /// returns. Only then does a queued task need the waker: a running loop looks at
+    /// `pending` again before it polls, so a task queued meanwhile costs no `write`
+    /// to the waker and no extra `epoll_wait` (one of each per cross-thread send).
+    polling: AtomicBool,
     /// False once the loop is dropped: tasks queued after that are discarded.
     alive: AtomicBool,
     /// Timer ids are handed out here so that other threads get one at once.
@@ -119,6 +124,7 @@ impl EventLoop {
                     thread: thread::current().id(),
                     quit: AtomicBool::new(false),
                     calling_pending: AtomicBool::new(false),
+                    polling: AtomicBool::new(false),
                     alive: AtomicBool::new(true),
                     next_timer: AtomicU64::new(1),
                 }),
@@ -157,23 +163,27 @@ impl EventLoop {
         assert!(!self.inner.looping.get(), "EventLoop::run is not reentrant");
         self.inner.looping.set(true);
         log::trace!("EventLoop {:?} start looping", self.inner.shared.thread);
-        // Tasks queued on this thread before `run` did not wake the loop (nor did
-        // tasks queued behind them from other threads): the first poll must not block.
-        if !self.inner.shared.pending.lock().is_empty() {
-            self.handle().wakeup();
-        }
         while !self.inner.shared.quit.load(Ordering::Acquire) {
-            let timeout = if self.inner.deferred.borrow().is_empty() {
+            let mut timeout = if self.inner.deferred.borrow().is_empty() {
                 self.inner.timers.borrow_mut().next_timeout(Instant::now())
             } else {
                 Some(Duration::ZERO)
             };
+            // Pairs with the fence in `queue_in_loop`: either this look finds the
+            // task, or its sender finds `polling` set and wakes the poll.
+            let shared = &self.inner.shared;
+            shared.polling.store(true, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if !shared.pending.lock().is_empty() {
+                timeout = Some(Duration::ZERO);
+            }
             let mut events = self.inner.events.borrow_mut();
             if let Err(e) = self.inner.poll.borrow_mut().poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("poll failed: {e}");
                 }
             }
+            shared.polling.store(false, Ordering::Release);
             self.inner.corked.set(true);
             for event in events.iter() {
                 if event.token() == WAKER_TOKEN {
@@ -389,7 +399,8 @@ impl LoopHandle {
     }
 
     /// Queues `task` for the loop thread, to run after the current events. Wakes the
-    /// loop when called from another thread or while the loop runs pending tasks.
+    /// loop only if it is blocked in (or about to enter) its poll; a running loop finds
+    /// the task before it polls again.
     pub fn queue_in_loop(&self, task: impl FnOnce(&EventLoop) + Send + 'static) {
         if !self.is_alive() {
             return;
@@ -401,10 +412,10 @@ impl LoopHandle {
             was_empty
         };
         // A non-empty queue means whoever queued first owes (or already gave) the
-        // wake-up, and the loop drains everything it finds in one swap.
-        let must_wake =
-            !self.is_in_loop_thread() || self.shared.calling_pending.load(Ordering::Acquire);
-        if was_empty && must_wake {
+        // wake-up, and the loop drains everything it finds in one swap. A loop that
+        // is not polling looks at the queue before it polls again (see `polling`).
+        fence(Ordering::SeqCst);
+        if was_empty && self.shared.polling.load(Ordering::SeqCst) {
             self.wakeup();
         }
     }
@@ -615,6 +626,41 @@ mod tests {
         worker.join().unwrap();
         let got: Vec<_> = rx.try_iter().collect();
         assert_eq!(got, vec![("task", true), ("nested", true), ("timer", true)]);
+    }
+
+    /// A task from another thread is never left waiting for an unrelated event
+    /// (here there are none: no sockets, no timers): whether the loop is busy, about
+    /// to poll or blocked in its poll when the task comes, it runs. Each round waits
+    /// for its task with a deadline, so a lost wake-up fails the test.
+    #[test]
+    fn cross_thread_tasks_never_miss_a_wake_up() {
+        let lp = EventLoop::new().unwrap();
+        let handle = lp.handle();
+        let worker = thread::spawn(move || {
+            let (tx, rx) = mpsc::channel();
+            let mut lost = None;
+            for i in 0..20_000u32 {
+                let tx = tx.clone();
+                // Some tasks keep the loop busy for a moment, so the next one often
+                // comes while it runs or just before it polls.
+                handle.queue_in_loop(move |_| {
+                    if i % 3 == 0 {
+                        std::hint::black_box((0..i % 500).sum::<u32>());
+                    }
+                    let _ = tx.send(i);
+                });
+                if rx.recv_timeout(Duration::from_secs(5)) != Ok(i) {
+                    lost = Some(i);
+                    break;
+                }
+            }
+            // `quit` always wakes the loop, so a failure ends the test too.
+            handle.quit();
+            lost
+        });
+        lp.run();
+        let lost = worker.join().unwrap();
+        assert_eq!(lost, None, "a task did not run within 5 s: a lost wake-up");
     }
 
     #[test]

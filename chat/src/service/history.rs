@@ -41,17 +41,18 @@ const MAX_BATCH: usize = 20_000;
 /// them (a HISTORY request's flush writes at once). At N = 1,000 conversations and
 /// 10,000 msgs/s that is ten messages per conversation per transaction.
 pub const GATHER: Duration = Duration::from_secs(1);
-/// Text queued that ends the gathering at once (the sender that crosses it wakes the
-/// writer): what the writer holds in memory does not grow with the chat's byte rate.
-/// 4 MiB is hundreds of messages per conversation at the usual sizes, so batches stay
-/// large where it matters, and a flood of 60 KB messages costs a few MiB, not a second
-/// of them.
+/// Bytes of text gathered at most: past them the writer writes at once (a run of
+/// long messages would otherwise hold a second of them in memory).
 const GATHER_BYTES: usize = 4 << 20;
-/// Text queued at most: past it, a sender waits as on a full queue ([`QUEUE_CAP`] alone
-/// would allow 100,000 frames of up to 64 KiB each during a database outage).
+/// Text recorded and not yet written at most: past it, a sender waits as on a full
+/// queue ([`QUEUE_CAP`] alone would allow 100,000 frames of up to 64 KiB each, 6 GiB,
+/// while the database is down or slower than the chat).
 const QUEUE_BYTES: usize = 32 << 20;
 /// How often a sender waiting for [`QUEUE_BYTES`] to drain looks again.
 const BYTES_POLL: Duration = Duration::from_millis(5);
+/// The fast path's margin below [`QUEUE_BYTES`], as [`FAST_PATH_LIMIT`]'s below
+/// [`QUEUE_CAP`]: the loops never reach the bytes bound, so they never wait on it.
+const FAST_PATH_BYTES_MARGIN: usize = 8 << 20;
 /// How often a gathering writer looks whether a whole batch is queued already.
 const GATHER_POLL: Duration = Duration::from_millis(50);
 /// Messages queued for the writer at most: a chat sender whose message would pass this
@@ -65,9 +66,6 @@ const FULL_WAIT: Duration = Duration::from_secs(1);
 /// The IO loops' fast path hands chats to the workers once this many are queued, so
 /// that it never waits on a full queue (the margin covers the loops' own pushes).
 const FAST_PATH_LIMIT: usize = QUEUE_CAP - 10_000;
-/// The fast path's margin below [`QUEUE_BYTES`], as [`FAST_PATH_LIMIT`]'s below
-/// [`QUEUE_CAP`]: the loops never reach the bytes bound, so they never wait on it.
-const FAST_PATH_BYTES_MARGIN: usize = 8 << 20;
 /// Pause after a failed batch before it is tried again.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 /// How often expired history is swept (when a retention is set).
@@ -100,14 +98,23 @@ pub struct HistoryWriter {
 }
 
 /// The writer's two queues. Records do not wake the writer while it gathers (a wake
-/// per message cost more than the write); a flush request does.
+/// per message cost more than the write); a flush request does, and so does the
+/// record that takes the queued text past [`GATHER_BYTES`].
 struct Channels {
     /// Messages to append, in the order recorded.
     records: Sender<HistoryRecord>,
-    /// Flush requests: answered once everything recorded before them is written.
-    flushes: Sender<Sender<()>>,
-    /// Bytes of text queued and not yet taken by the writer.
-    bytes: Arc<AtomicUsize>,
+    /// What cuts the gathering short.
+    wakes: Sender<Wake>,
+    /// Bytes of text recorded and not yet written.
+    queued: Arc<AtomicUsize>,
+}
+
+/// Why the writer should write now.
+enum Wake {
+    /// A flush request: answered once everything recorded before it is written.
+    Flush(Sender<()>),
+    /// [`GATHER_BYTES`] are queued.
+    Full,
 }
 
 impl HistoryWriter {
@@ -117,23 +124,24 @@ impl HistoryWriter {
             return HistoryWriter { tx: None };
         }
         let (records, records_rx) = crossbeam_channel::bounded(QUEUE_CAP);
-        let (flushes, flushes_rx) = crossbeam_channel::unbounded();
+        let (wakes, wakes_rx) = crossbeam_channel::unbounded();
+        let queued = Arc::new(AtomicUsize::new(0));
         let retention = opts.retention;
-        let bytes = Arc::new(AtomicUsize::new(0));
-        let queue = Queue {
+        let writer = Writer {
+            store,
             records: records_rx,
-            flushes: flushes_rx,
-            bytes: bytes.clone(),
+            wakes: wakes_rx,
+            queued: queued.clone(),
         };
         thread::Builder::new()
             .name("history".into())
-            .spawn(move || run(&*store, &queue, retention))
+            .spawn(move || writer.run(retention))
             .expect("spawn the history writer");
         HistoryWriter {
             tx: Some(Channels {
                 records,
-                flushes,
-                bytes,
+                wakes,
+                queued,
             }),
         }
     }
@@ -147,7 +155,7 @@ impl HistoryWriter {
     pub fn has_room(&self) -> bool {
         self.tx.as_ref().is_none_or(|tx| {
             tx.records.len() < FAST_PATH_LIMIT
-                && tx.bytes.load(Ordering::Relaxed) < QUEUE_BYTES - FAST_PATH_BYTES_MARGIN
+                && tx.queued.load(Ordering::Relaxed) < QUEUE_BYTES - FAST_PATH_BYTES_MARGIN
         })
     }
 
@@ -162,23 +170,24 @@ impl HistoryWriter {
                 text: text.to_owned(),
             };
             let deadline = Instant::now() + FULL_WAIT;
-            while tx.bytes.load(Ordering::Relaxed) >= QUEUE_BYTES {
+            while tx.queued.load(Ordering::Relaxed) >= QUEUE_BYTES {
                 if Instant::now() >= deadline {
                     log::error!("history: the writer is stuck; a message of {sender} is not kept");
                     return;
                 }
                 thread::sleep(BYTES_POLL);
             }
-            let n = text.len();
-            let before = tx.bytes.fetch_add(n, Ordering::Relaxed);
+            // Counted before it is queued: the writer subtracts it once written.
+            let len = rec.text.len();
+            let before = tx.queued.fetch_add(len, Ordering::Relaxed);
             let left = deadline.saturating_duration_since(Instant::now());
             if tx.records.send_timeout(rec, left).is_err() {
-                tx.bytes.fetch_sub(n, Ordering::Relaxed);
+                tx.queued.fetch_sub(len, Ordering::Relaxed);
                 log::error!("history: the writer is stuck; a message of {sender} is not kept");
-            } else if before < GATHER_BYTES && before + n >= GATHER_BYTES {
-                // Wake a gathering writer: a flush request nobody waits for.
-                let (wake, _) = crossbeam_channel::bounded(1);
-                let _ = tx.flushes.send(wake);
+                return;
+            }
+            if before < GATHER_BYTES && before + len >= GATHER_BYTES {
+                let _ = tx.wakes.send(Wake::Full);
             }
         }
     }
@@ -188,7 +197,7 @@ impl HistoryWriter {
     pub fn flush(&self, limit: Duration) -> bool {
         let Some(tx) = &self.tx else { return true };
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-        if tx.flushes.send(done_tx).is_err() {
+        if tx.wakes.send(Wake::Flush(done_tx)).is_err() {
             return false;
         }
         done_rx.recv_timeout(limit).is_ok()
@@ -209,104 +218,93 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// The writer's ends of the queues.
-struct Queue {
+/// The writer thread's ends of the channels.
+struct Writer {
+    store: Arc<dyn Store>,
     records: Receiver<HistoryRecord>,
-    flushes: Receiver<Sender<()>>,
-    /// Shared with [`Channels::bytes`]: the writer subtracts what it takes.
-    bytes: Arc<AtomicUsize>,
+    wakes: Receiver<Wake>,
+    /// Bytes of text recorded and not yet written (the writer subtracts what it wrote).
+    queued: Arc<AtomicUsize>,
 }
 
-impl Queue {
-    /// Takes queued records into `batch` until it holds `MAX_BATCH`.
-    fn take_into(&self, batch: &mut Vec<HistoryRecord>) {
-        let start = batch.len();
-        batch.extend(self.records.try_iter().take(MAX_BATCH - start));
-        self.taken(&batch[start..]);
-    }
-
-    /// Counts `recs` as no longer queued.
-    fn taken(&self, recs: &[HistoryRecord]) {
-        let n: usize = recs.iter().map(|r| r.text.len()).sum();
-        self.bytes.fetch_sub(n, Ordering::Relaxed);
-    }
-}
-
-/// The writer loop: wait for a message or a flush, gather, write (retrying), answer
-/// the flushes, sweep expired rows.
-fn run(store: &dyn Store, queue: &Queue, retention: Option<Duration>) {
-    let (records, flushes) = (&queue.records, &queue.flushes);
-    let mut next_prune = Instant::now();
-    let mut batch: Vec<HistoryRecord> = Vec::new();
-    let mut waiting: Vec<Sender<()>> = Vec::new();
-    loop {
-        if let Some(keep) = retention {
-            if Instant::now() >= next_prune {
-                prune(store, keep);
-                next_prune = Instant::now() + PRUNE_EVERY;
-            }
-        }
-        let open = crossbeam_channel::select! {
-            recv(records) -> r => match r {
-                Ok(r) => {
-                    queue.taken(std::slice::from_ref(&r));
-                    batch.push(r);
-                    gather(queue, &mut waiting)
-                }
-                Err(_) => false,
-            },
-            recv(flushes) -> f => {
-                waiting.extend(f);
-                true
-            },
-            default(PRUNE_EVERY) => continue,
-        };
-        // Everything recorded before a flush request is queued by now: take it all,
-        // at most a batch per transaction.
+impl Writer {
+    /// The writer loop: wait for a message or a flush, gather, write (retrying),
+    /// answer the flushes, sweep expired rows.
+    fn run(self, retention: Option<Duration>) {
+        let store = &*self.store;
+        let mut next_prune = Instant::now();
+        let mut batch: Vec<HistoryRecord> = Vec::new();
+        let mut waiting: Vec<Sender<()>> = Vec::new();
         loop {
-            queue.take_into(&mut batch);
-            let full = batch.len() == MAX_BATCH;
-            while let Err(e) = store.append_history(&batch) {
-                log::warn!("history: {} message(s) not written yet: {e}", batch.len());
-                thread::sleep(RETRY_AFTER);
+            if let Some(keep) = retention {
+                if Instant::now() >= next_prune {
+                    prune(store, keep);
+                    next_prune = Instant::now() + PRUNE_EVERY;
+                }
             }
-            batch.clear();
-            if !full {
-                break;
+            let open = crossbeam_channel::select! {
+                recv(self.records) -> r => match r {
+                    Ok(r) => {
+                        batch.push(r);
+                        self.gather(&mut waiting)
+                    }
+                    Err(_) => false,
+                },
+                recv(self.wakes) -> w => {
+                    if let Ok(Wake::Flush(done)) = w {
+                        waiting.push(done);
+                    }
+                    true
+                },
+                default(PRUNE_EVERY) => continue,
+            };
+            // Everything recorded before a flush request is queued by now: take it
+            // all, at most a batch per transaction.
+            loop {
+                batch.extend(self.records.try_iter().take(MAX_BATCH - batch.len()));
+                let full = batch.len() == MAX_BATCH;
+                while let Err(e) = store.append_history(&batch) {
+                    log::warn!("history: {} message(s) not written yet: {e}", batch.len());
+                    thread::sleep(RETRY_AFTER);
+                }
+                let bytes = batch.iter().map(|r| r.text.len()).sum();
+                self.queued.fetch_sub(bytes, Ordering::Relaxed);
+                batch.clear();
+                if !full {
+                    break;
+                }
             }
-        }
-        for done in waiting.drain(..) {
-            let _ = done.send(());
-        }
-        if !open {
-            return;
+            for done in waiting.drain(..) {
+                let _ = done.send(());
+            }
+            if !open {
+                return;
+            }
         }
     }
-}
 
-/// Waits, without taking messages, until [`GATHER`] passed, a batch (in messages or
-/// [`GATHER_BYTES`]) is queued or a flush came (into `waiting`). False once every
-/// sender is gone (shutdown: write what is queued, then stop).
-fn gather(queue: &Queue, waiting: &mut Vec<Sender<()>>) -> bool {
-    let deadline = Instant::now() + GATHER;
-    loop {
-        let now = Instant::now();
-        if now >= deadline
-            || queue.records.len() >= MAX_BATCH
-            || queue.bytes.load(Ordering::Relaxed) >= GATHER_BYTES
-        {
-            return true;
-        }
-        match queue
-            .flushes
-            .recv_timeout((deadline - now).min(GATHER_POLL))
-        {
-            Ok(done) => {
-                waiting.push(done);
+    /// Waits, without taking messages, until [`GATHER`] passed, a batch or
+    /// [`GATHER_BYTES`] are queued, or a flush came (into `waiting`). False once
+    /// every sender is gone (shutdown: write what is queued, then stop).
+    fn gather(&self, waiting: &mut Vec<Sender<()>>) -> bool {
+        let deadline = Instant::now() + GATHER;
+        loop {
+            let now = Instant::now();
+            if now >= deadline
+                || self.records.len() >= MAX_BATCH
+                || self.queued.load(Ordering::Relaxed) >= GATHER_BYTES
+            {
                 return true;
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return false,
+            match self.wakes.recv_timeout((deadline - now).min(GATHER_POLL)) {
+                Ok(Wake::Flush(done)) => {
+                    waiting.push(done);
+                    return true;
+                }
+                Ok(Wake::Full) => return true,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return false,
+            }
         }
     }
 }
@@ -315,9 +313,9 @@ fn gather(queue: &Queue, waiting: &mut Vec<Sender<()>>) -> bool {
 fn prune(store: &dyn Store, keep: Duration) {
     let cutoff = now_ms() - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
     loop {
-        // A statement removes at most PRUNE_CHUNK rows, and a row holds one message or
-        // (SQLite) a chunk of several: fewer messages than that means it was the last.
         match store.prune_history(cutoff, PRUNE_CHUNK) {
+            // A statement removes at most PRUNE_CHUNK rows, and a row holds one message
+            // or (SQLite) a chunk of several: fewer messages than that means the last.
             Ok(n) if n >= PRUNE_CHUNK as u64 => continue,
             Ok(n) => {
                 if n > 0 {

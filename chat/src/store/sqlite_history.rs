@@ -33,7 +33,7 @@ pub(super) const CHUNK_BYTES: usize = 3500;
 pub(super) const CHUNK_SPAN_MS: i64 = 2000;
 /// The writer connection's page cache (KiB): the index tails of the conversations a
 /// batch touches stay in memory between batches.
-pub(super) const WRITER_CACHE_KIB: i64 = 32 * 1024;
+pub(super) const WRITER_CACHE_KIB: i64 = 16 * 1024;
 
 /// The history tables (created with the rest of the schema).
 pub(super) const SCHEMA: &str = "
