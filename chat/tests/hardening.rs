@@ -314,6 +314,31 @@ fn limit_frame_size() {
     assert_eq!(bob.c.expect_msgid(6)["msg"], "still fine");
 }
 
+/// A client pipelines PINGs and reads none of the PONGs: replies, not chat frames,
+/// fill its output, and at the high-water mark the server stops reading it (the
+/// writer stalls) instead of buffering a reply for every request. (Checked: with
+/// `Gateway::on_high_water` doing nothing, the writer never stalls; chat frames
+/// alone are held at the mark by `Outflow::offer`, so the other backpressure tests
+/// pass without it.)
+#[test]
+fn pings_without_reading_stall_the_writer() {
+    let _serial = heavy();
+    let mut srv = backpressure_server("65536");
+    let mut a = User::online(srv.addr, "pinger");
+    clamp_socket_buffers(a.c.stream(), 64 * 1024);
+    a.c.barrier();
+    let n = 2_000_000;
+    let frames: Vec<Vec<u8>> = vec![PING.repeat(1000); n / 1000];
+    let total = n * PING.len();
+    let written = Arc::new(AtomicUsize::new(0));
+    let writer = spawn_writer(a.c.stream(), frames, written.clone());
+    let stalled_at = wait_for_stall(&written, total, Duration::from_secs(1));
+    assert!(stalled_at < total, "all {total} bytes written");
+    srv.assert_alive();
+    a.c.shutdown();
+    let _ = writer.join();
+}
+
 /// A client pipelines 10,000 requests (8 KiB chats to itself, 80 MiB) and reads no
 /// reply: the server stops reading it (the writer stalls) instead of buffering, its
 /// RSS stays far below the volume, and once the client reads, every message arrives
