@@ -418,8 +418,11 @@ fn limit_pipelining_without_reading() {
 #[test]
 fn queued_request_bytes_are_bounded() {
     let _serial = heavy();
-    // ~1 s per hash (1 MiB x 1500 passes): long enough for the flood to queue.
-    let mut srv = backpressure_extra(&["--argon2-passes", "1500"]);
+    // The hash must outlast the writer's stall (300 ms without progress) by far:
+    // 1 MiB x 1500 passes took ~0.4 s on a quiet machine, and the writer then
+    // finished before it stalled ("read all 22 MiB", seen failing 1 run in 3);
+    // 6000 passes take ~1.6 s.
+    let mut srv = backpressure_extra(&["--argon2-passes", "6000"]);
     let victim = User::register(srv.addr, "qb-victim");
     let mut c = Client::connect(srv.addr);
     let id = c.register("qb-flooder", "pw");
