@@ -322,9 +322,11 @@ fn limit_frame_size() {
 /// pass without it.)
 ///
 /// Ignored for now: about 1 run in 4 the server reads all 24 MiB in ~1.6 s (seen on
-/// its own branch and on main, solo and in the full suite), which looks like a real
-/// gap in the read-side backpressure under a PING flood, not a test artifact. Run it
-/// with `--ignored`; to be found and fixed before it goes back into the suite.
+/// its own branch and on main, solo and in the full suite). Not analysed; two
+/// suspects: `update_reading` reads again once the output buffer is empty although
+/// the kernel's send buffer still holds up to its autotuned size of PONGs, and the
+/// receive buffer shrunk *after* connect (see `backlog_drain.rs`: the kernel then
+/// advertises more window than the buffer holds). Run it with `--ignored`.
 #[test]
 #[ignore = "flaky: 1 run in 4 the server reads the whole PING flood (open defect, see doc)"]
 fn pings_without_reading_stall_the_writer() {
