@@ -335,37 +335,14 @@ fn prune(store: &dyn Store, keep: Duration) {
 mod tests {
     use super::*;
 
-    /// A store on a fresh SQLite file, removed with its WAL on drop.
-    struct TempStore {
-        store: Arc<dyn Store>,
-        path: String,
-    }
-
-    impl TempStore {
-        fn new(name: &str) -> TempStore {
-            let path = std::env::temp_dir()
-                .join(format!("chat_history_{name}_{}.db", std::process::id()))
-                .display()
-                .to_string();
-            let store = crate::store::open_with(&format!("sqlite:{path}"), 2).expect("open sqlite");
-            TempStore { store, path }
-        }
-    }
-
-    impl Drop for TempStore {
-        fn drop(&mut self) {
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", self.path));
-            }
-        }
-    }
+    use crate::store::tests::SqliteDb;
 
     /// One sweep removes every expired message, also when a row holds several (an
     /// attacker saw 20,000 of 30,000 expired chunks of 3 left for the next minute: the
     /// sweep read 30,000 messages from 10,000 rows as "not a full statement" and stopped).
     #[test]
     fn a_sweep_removes_all_expired_chunks() {
-        let db = TempStore::new("prune");
+        let db = SqliteDb::new();
         let convs = PRUNE_CHUNK + 500;
         let batch: Vec<HistoryRecord> = (0..convs)
             .flat_map(|c| {
@@ -394,7 +371,7 @@ mod tests {
     /// `hardening.rs` `limit_pipelining_without_reading` saw +24 MiB while unread).
     #[test]
     fn a_gather_ends_once_its_bytes_are_queued() {
-        let db = TempStore::new("gather");
+        let db = SqliteDb::new();
         let store = db.store.clone();
         let writer = HistoryWriter::start(store.clone(), &HistoryOptions::default());
         let text = "x".repeat(60 * 1024);

@@ -15,7 +15,7 @@ mod sqlite;
 mod sqlite_history;
 mod sqlite_social;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};

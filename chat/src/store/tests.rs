@@ -36,13 +36,14 @@ impl Drop for FileGuard {
 }
 
 /// A store on a fresh SQLite file, deleted on drop (fields drop in order: store first).
-struct SqliteDb {
-    store: Arc<dyn Store>,
+/// Also used by other modules' unit tests (the history writer's).
+pub(crate) struct SqliteDb {
+    pub(crate) store: Arc<dyn Store>,
     _file: FileGuard,
 }
 
 impl SqliteDb {
-    fn new() -> SqliteDb {
+    pub(crate) fn new() -> SqliteDb {
         let path = std::env::temp_dir().join(format!("chat_store_test_{}.db", unique_suffix()));
         let file = FileGuard(path.clone());
         let store = open_with(&format!("sqlite:{}", path.display()), 8).expect("open sqlite");
