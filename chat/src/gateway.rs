@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use net::{Buffer, TcpConnectionPtr};
 use parking_lot::Mutex;
 
-use crate::codec::{self, Decoded, Decoder};
+use crate::codec::{self, CodecError, Decoded, Decoder};
 use crate::protocol::{self, errno, ProtocolError};
 use crate::service::ChatService;
 use crate::session::{Job, Session};
@@ -72,6 +72,9 @@ struct ConnState {
     decoder: Decoder,
     /// Set after a fatal frame or a refusal: further input is discarded.
     closing: bool,
+    /// Closing because a frame was over the limit: a WebSocket's close frame then
+    /// says 1009 (message too big, RFC 6455 §7.4.1) after the ERROR 106.
+    oversize: bool,
     /// Token bucket for the request rate.
     tokens: f64,
     refilled: Instant,
@@ -202,6 +205,7 @@ impl Gateway {
             session: session.clone(),
             decoder: Decoder::new(self.frame_limit),
             closing: full,
+            oversize: false,
             tokens: f64::from(self.limits.burst.max(1)),
             refilled: Instant::now(),
             login_timer: None,
@@ -285,6 +289,9 @@ impl Gateway {
         while !st.closing && !pause {
             if !ws.frames.is_empty() {
                 pause = self.decode(st, &mut ws.frames);
+                if st.oversize {
+                    ws.close_as_too_big();
+                }
                 if !ws.frames.is_empty() {
                     break; // paused, or closing (every message ends in a NUL)
                 }
@@ -440,6 +447,7 @@ impl Gateway {
                     }
                 }
                 Err(e) => {
+                    st.oversize = matches!(e, CodecError::Oversize { .. });
                     let e = e.to_protocol_error();
                     let frame = protocol::encode(&protocol::error(&e));
                     st.closing = true;

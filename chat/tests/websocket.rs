@@ -70,19 +70,29 @@ fn expect_msgid(ws: &mut Ws, msgid: i64) -> Value {
 
 /// Reads until the server's close; returns the ERROR frames seen before it.
 fn expect_close(ws: &mut Ws) -> Vec<Value> {
+    expect_close_code(ws).0
+}
+
+/// Reads until the server's close; returns the ERROR frames seen before it and
+/// the status of the server's close frame, if one came.
+fn expect_close_code(ws: &mut Ws) -> (Vec<Value>, Option<u16>) {
     let mut errors = Vec::new();
+    let mut code = None;
     loop {
         match ws.read() {
             Ok(Message::Text(t)) => errors.push(serde_json::from_str(t.as_str()).unwrap()),
-            Ok(Message::Close(_)) => continue,
+            Ok(Message::Close(frame)) => {
+                code = frame.map(|f| u16::from(f.code));
+                continue;
+            }
             Ok(_) => continue,
             Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                return errors
+                return (errors, code)
             }
-            Err(tungstenite::Error::Protocol(_)) => return errors, // FIN after our close
+            Err(tungstenite::Error::Protocol(_)) => return (errors, code), // FIN after our close
             Err(tungstenite::Error::Io(e)) => {
                 assert_ne!(e.kind(), std::io::ErrorKind::WouldBlock, "no close in time");
-                return errors;
+                return (errors, code);
             }
             Err(e) => panic!("unexpected {e}"),
         }
@@ -138,7 +148,7 @@ fn serves_the_web_client_and_refuses_other_requests() {
     assert!(http(ws, "GET /style.css HTTP/1.1\r\n\r\n").contains("text/css"));
     assert!(http(ws, "GET /nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
     assert!(http(ws, "POST / HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
-    let old = "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+    let old = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: x\r\n\r\n";
     assert!(http(ws, old).starts_with("HTTP/1.1 426"));
     assert!(http(ws, "\x16\x03\x01\x02\r\n\r\n").starts_with("HTTP/1.1 400"));
@@ -225,17 +235,20 @@ fn bad_messages_get_errors_and_broken_streams_are_closed() {
     send(&mut ws, &json!({"msgid": 13}));
     expect_msgid(&mut ws, 14);
 
-    // A message over the frame limit: errno 106, then a close.
+    // A message over the frame limit: errno 106, then a close saying 1009
+    // (message too big, RFC 6455 §7.4.1).
     let big = json!({"msgid": 13, "pad": "x".repeat(1100)});
     send(&mut ws, &big);
-    let errors = expect_close(&mut ws);
+    let (errors, code) = expect_close_code(&mut ws);
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0]["errno"], 106);
+    assert_eq!(code, Some(1009), "the close status of a message too big");
     // One over the protocol layer's bound is refused before it is buffered whole.
     let mut ws = ws_connect(addr);
     ws.send(Message::text("x".repeat(4096))).unwrap();
-    let errors = expect_close(&mut ws);
+    let (errors, code) = expect_close_code(&mut ws);
     assert_eq!(errors.first().map(|e| e["errno"].clone()), Some(json!(106)));
+    assert_eq!(code, Some(1009), "the close status of a message too big");
 
     // An unmasked client frame breaks RFC 6455: the connection is closed.
     let mut raw = TcpStream::connect(addr).unwrap();

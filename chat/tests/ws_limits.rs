@@ -152,7 +152,8 @@ fn exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
 }
 
 /// RFC 6455 conformance found by the same attacker: a `Sec-WebSocket-Key` that is
-/// not the base64 of 16 bytes and an HTTP/1.0 upgrade get 400 (§4.2.1; both were
+/// not the base64 of 16 bytes, an HTTP/1.0 upgrade, an upgrade without a Host
+/// header or with two, and one with two keys get 400 (§4.1, §4.2.1; all were
 /// upgraded), and a protocol violation after the upgrade (an unmasked client
 /// frame) is answered with a close frame of status 1002, not 1000 (§7.4.1).
 #[test]
@@ -167,6 +168,18 @@ fn upgrades_breaking_rfc_6455_get_400_and_violations_close_with_1002() {
         )
     };
     let good = "dGhlIHNhbXBsZSBub25jZQ==";
+    // No Host (§4.1: required), two Host headers, two keys: each was upgraded.
+    let no_host = upgrade("1.1", good).replace("Host: x\r\n", "");
+    let two_hosts = upgrade("1.1", good).replace("Host: x\r\n", "Host: x\r\nHost: y\r\n");
+    let two_keys = upgrade("1.1", good).replace(
+        "\r\n\r\n",
+        "\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n\r\n",
+    );
+    for request in [no_host, two_hosts, two_keys] {
+        let reply = exchange(ws, request.as_bytes());
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with("HTTP/1.1 400 "), "{request:?}: {reply}");
+    }
     for (version, key) in [
         ("1.0", good),
         ("1.1", "garbage"),

@@ -793,7 +793,7 @@ pub fn fuzz_websocket(data: &[u8]) {
 /// oversize, protocol error) it reads nothing more.
 pub fn check_ws_reader(limit: usize, stream: &[u8], mut chunk: impl FnMut(usize) -> usize) {
     use chat::ws::{WsEvent, WsReader};
-    let mut reader = WsReader::new(limit, std::rc::Rc::new(std::cell::Cell::new(false)));
+    let mut reader = WsReader::new(limit, chat::ws::CloseState::new());
     let bound = limit.saturating_add(1024);
     let mut at = 0;
     let mut ended = false;
@@ -860,7 +860,7 @@ pub fn check_http(stream: &[u8]) {
 pub fn check_ws_framer(stream: &[u8], cut: u8) {
     use chat::ws::WsFramer;
     use net::OutputFramer;
-    let mut framer = WsFramer::new(std::rc::Rc::new(std::cell::Cell::new(false)));
+    let mut framer = WsFramer::new(chat::ws::CloseState::new());
     let mut wire = Vec::new();
     let mut starts = Vec::new();
     for piece in stream.split(|&b| b == 0).filter(|p| !p.is_empty()) {

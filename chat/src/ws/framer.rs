@@ -28,17 +28,65 @@ pub struct WsFramer {
     sent: VecDeque<Sent>,
     /// Their total length on the wire.
     total: usize,
-    /// A close frame went out (ours or the answer to the client's): no second one.
-    close_sent: Rc<Cell<bool>>,
+    /// Shared with the connection's reader: whether a close frame went out, and
+    /// the status of the one the server sends when it closes.
+    close: Rc<CloseState>,
+}
+
+/// The close handshake's state, shared by a connection's reader and framer: only
+/// one close frame goes out, and the reader can set the status the server's
+/// close carries (1000 unless the reader saw a reason for another).
+#[derive(Debug)]
+pub struct CloseState {
+    /// A close frame went out (ours or the answer to the client's).
+    sent: Cell<bool>,
+    /// The status of the close frame the server sends when it ends the connection.
+    code: Cell<CloseCode>,
+}
+
+impl CloseState {
+    /// Nothing sent yet; a server close says 1000 (normal).
+    pub fn new() -> Rc<CloseState> {
+        Rc::new(CloseState {
+            sent: Cell::new(false),
+            code: Cell::new(CloseCode::Normal),
+        })
+    }
+
+    /// Notes that a close frame went out (the client's was answered).
+    pub fn mark_sent(&self) {
+        self.sent.set(true);
+    }
+
+    /// The status the server's close will carry, e.g. 1009 for a message too big
+    /// (RFC 6455 §7.4.1).
+    pub fn set_code(&self, code: CloseCode) {
+        self.code.set(code);
+    }
+
+    /// A close frame with `code`, unless one went out already.
+    pub fn frame(&self, code: CloseCode) -> Option<Vec<u8>> {
+        if self.sent.replace(true) {
+            return None;
+        }
+        let mut out = Vec::new();
+        let frame = Frame::close(Some(CloseFrame {
+            code,
+            reason: "".into(),
+        }));
+        // Writing into a Vec cannot fail.
+        let _ = frame.format(&mut out);
+        Some(out)
+    }
 }
 
 impl WsFramer {
-    /// A framer sharing `close_sent` with the connection's reader.
-    pub fn new(close_sent: Rc<Cell<bool>>) -> WsFramer {
+    /// A framer sharing `close` with the connection's reader.
+    pub fn new(close: Rc<CloseState>) -> WsFramer {
         WsFramer {
             sent: VecDeque::new(),
             total: 0,
-            close_sent,
+            close,
         }
     }
 
@@ -66,21 +114,6 @@ pub fn text_message(payload: &[u8], out: &mut Vec<u8>) -> usize {
     // Writing into a Vec cannot fail.
     let _ = frame.format(out);
     out.len() - before
-}
-
-/// A close frame with `code`, unless one went out already (`close_sent`, shared
-/// by a connection's reader and framer: there is only one).
-pub fn close_frame(close_sent: &Cell<bool>, code: CloseCode) -> Option<Vec<u8>> {
-    if close_sent.replace(true) {
-        return None;
-    }
-    let mut out = Vec::new();
-    let frame = Frame::close(Some(CloseFrame {
-        code,
-        reason: "".into(),
-    }));
-    let _ = frame.format(&mut out);
-    Some(out)
 }
 
 impl OutputFramer for WsFramer {
@@ -129,9 +162,10 @@ impl OutputFramer for WsFramer {
         out
     }
 
-    /// A normal close (1000): the ERROR frame before it, if any, says why.
+    /// The server's close: 1000 (the ERROR frame before it, if any, says why),
+    /// or the status the reader set (1009 after a message over the limit).
     fn closing(&mut self) -> Option<Vec<u8>> {
-        close_frame(&self.close_sent, CloseCode::Normal)
+        self.close.frame(self.close.code.get())
     }
 }
 
@@ -140,7 +174,7 @@ mod tests {
     use super::*;
 
     fn framer() -> WsFramer {
-        WsFramer::new(Rc::new(Cell::new(false)))
+        WsFramer::new(CloseState::new())
     }
 
     #[test]

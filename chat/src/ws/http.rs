@@ -39,6 +39,14 @@ fn header<'h>(req: &'h httparse::Request<'_, '_>, name: &str) -> Option<&'h str>
         .map(str::trim)
 }
 
+/// How many headers named `name` the request has.
+fn count(req: &httparse::Request<'_, '_>, name: &str) -> usize {
+    req.headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(name))
+        .count()
+}
+
 fn has_token(value: Option<&str>, token: &str) -> bool {
     value.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
@@ -81,6 +89,19 @@ pub fn parse(data: &[u8]) -> Request {
             || !has_token(header(&req, "connection"), "upgrade")
         {
             return Request::Refuse(plain(400, "Bad Request", "not a WebSocket upgrade\n"));
+        }
+        // §4.1: a Host header (one; RFC 9112 §3.2: a request with none or with
+        // several gets 400), and one Sec-WebSocket-Key: with two, which one the
+        // accept key answers would be a guess.
+        if count(&req, "host") != 1 {
+            return Request::Refuse(plain(400, "Bad Request", "one Host header is required\n"));
+        }
+        if count(&req, "sec-websocket-key") > 1 {
+            return Request::Refuse(plain(
+                400,
+                "Bad Request",
+                "more than one Sec-WebSocket-Key\n",
+            ));
         }
         if header(&req, "sec-websocket-version") != Some("13") {
             return Request::Refuse(response(
@@ -209,7 +230,11 @@ mod tests {
         let http10 = UPGRADE.replace("HTTP/1.1", "HTTP/1.0");
         let short_key = UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZQ==");
         let garbage_key = UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "not*base64*at*all*!!!!==");
+        let no_host = UPGRADE.replace("Host: x\r\n", "");
+        let two_keys = UPGRADE.replace("\r\n\r\n", "\r\nSec-WebSocket-Key: x\r\n\r\n");
         for (req, status) in [
+            (no_host.as_str(), "400"),
+            (two_keys.as_str(), "400"),
             (no_key.as_str(), "400"),
             (http10.as_str(), "400"),
             (short_key.as_str(), "400"),

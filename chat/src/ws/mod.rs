@@ -18,18 +18,16 @@ pub mod http;
 mod reader;
 pub mod web;
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use net::{Buffer, EventLoop, LoopHandle, TcpConnectionPtr, TcpServer, TimerId};
 use parking_lot::Mutex;
 
-pub use framer::{text_message, WsFramer};
+pub use framer::{text_message, CloseState, WsFramer};
 pub use reader::{WsEvent, WsReader};
 
 use crate::gateway::Gateway;
@@ -214,9 +212,9 @@ fn on_message(gw: &Gateway, counts: &Counts, conn: &TcpConnectionPtr, buf: &mut 
             counts.leave_http(conn.peer_addr().ip());
             counts.chat.fetch_add(1, Ordering::AcqRel);
             conn.send(&http::upgrade_response(&key));
-            let close_sent = Rc::new(Cell::new(false));
-            conn.set_framer(Box::new(WsFramer::new(close_sent.clone())));
-            gw.on_ws_upgraded(conn, WsReader::new(gw.frame_limit(), close_sent));
+            let close = CloseState::new();
+            conn.set_framer(Box::new(WsFramer::new(close.clone())));
+            gw.on_ws_upgraded(conn, WsReader::new(gw.frame_limit(), close));
             if !buf.is_empty() {
                 gw.on_ws_message(conn, buf);
             }

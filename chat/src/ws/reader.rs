@@ -3,7 +3,6 @@
 //! stream) and answers pings and closes; each text message's JSON becomes one
 //! frame (JSON + NUL) for the gateway's usual decoder.
 
-use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::rc::Rc;
 
@@ -11,6 +10,8 @@ use net::Buffer;
 use tungstenite::error::{CapacityError, Error};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
+
+use super::framer::CloseState;
 use tungstenite::Message;
 
 /// Room above the frame limit for a message's separators: a text message longer
@@ -84,8 +85,9 @@ pub struct WsReader {
     /// Frames (JSON + NUL) from text messages that the gateway has not decoded yet;
     /// it decodes them as it decodes a TCP connection's input buffer.
     pub frames: Buffer,
-    /// Shared with the connection's [`super::WsFramer`]: a close frame went out.
-    close_sent: Rc<Cell<bool>>,
+    /// Shared with the connection's [`super::WsFramer`]: whether a close frame
+    /// went out, and the status of the server's.
+    close: Rc<CloseState>,
     /// The protocol layer ended (closed or broken): nothing more is read.
     done: bool,
     /// Where in the output the last event's answer starts.
@@ -104,8 +106,8 @@ impl std::fmt::Debug for WsReader {
 
 impl WsReader {
     /// A reader for messages of at most `frame_limit` bytes (plus separators),
-    /// after an upgrade; `close_sent` is shared with the connection's framer.
-    pub fn new(frame_limit: usize, close_sent: Rc<Cell<bool>>) -> WsReader {
+    /// after an upgrade; `close` is shared with the connection's framer.
+    pub fn new(frame_limit: usize, close: Rc<CloseState>) -> WsReader {
         let max = frame_limit.saturating_add(MESSAGE_SLACK);
         let config = WebSocketConfig::default()
             .read_buffer_size(4096)
@@ -116,7 +118,7 @@ impl WsReader {
             ctx: WebSocketContext::new(Role::Server, Some(config)),
             pipe: Pipe::default(),
             frames: Buffer::with_capacity(0),
-            close_sent,
+            close,
             done: false,
             answered_from: 0,
         }
@@ -146,11 +148,14 @@ impl WsReader {
             Ok(Message::Ping(_)) => WsEvent::Ping,
             Ok(Message::Pong(_) | Message::Frame(_)) => WsEvent::Control,
             Ok(Message::Close(_)) | Err(Error::ConnectionClosed | Error::AlreadyClosed) => {
-                self.close_sent.set(true);
+                self.close.mark_sent();
                 WsEvent::Closed
             }
             Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => WsEvent::Idle,
-            Err(Error::Capacity(CapacityError::MessageTooLong { .. })) => WsEvent::Oversize,
+            Err(Error::Capacity(CapacityError::MessageTooLong { .. })) => {
+                self.close_as_too_big();
+                WsEvent::Oversize
+            }
             Err(e) => WsEvent::Broken(e.to_string()),
         };
         if !matches!(
@@ -164,6 +169,12 @@ impl WsReader {
         event
     }
 
+    /// The server's close frame will say 1009 (message too big, RFC 6455 §7.4.1):
+    /// a message was over the frame limit (the ERROR 106 before it says so too).
+    pub fn close_as_too_big(&self) {
+        self.close.set_code(CloseCode::Size);
+    }
+
     /// Takes back what the protocol layer wrote for the last event (a ping's
     /// pong, when the ping is over the rate limit).
     pub fn drop_answer(&mut self) {
@@ -174,7 +185,7 @@ impl WsReader {
     /// The close frame that answers a protocol violation (1002, RFC 6455 §7.4.1),
     /// unless a close frame went out already.
     pub fn protocol_error_close(&self) -> Option<Vec<u8>> {
-        super::framer::close_frame(&self.close_sent, CloseCode::Protocol)
+        self.close.frame(CloseCode::Protocol)
     }
 
     /// What the protocol layer wrote (control frames), to send as it is.

@@ -171,7 +171,7 @@ fn a_text_message_becomes_the_frame_sent() {
         let wire = client_frame(rng, OpCode::Data(Data::Text), bytes.clone(), true);
         let mut r = chat::ws::WsReader::new(
             chat::codec::DEFAULT_FRAME_LIMIT,
-            std::rc::Rc::new(std::cell::Cell::new(false)),
+            chat::ws::CloseState::new(),
         );
         r.push(&wire);
         let event = r.read_event();
