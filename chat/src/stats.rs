@@ -7,9 +7,6 @@
 //! counter together.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::LazyLock;
-
-use memchr::memmem::FinderRev;
 
 /// Msgids counted one by one; a larger (or negative) one counts in the last slot.
 pub const MSGID_SLOTS: usize = 64;
@@ -190,16 +187,44 @@ pub struct Snapshot {
     pub chats_stored: u64,
 }
 
-/// The top-level msgid of a wire frame, read without parsing it: the last
-/// `"msgid":` in the text (serde_json writes keys in order, and the keys after
-/// `msgid` are short; inside strings a quote is escaped, so `"msgid":` there
-/// cannot match).
+/// The top-level msgid of a wire frame, read without parsing it: the value of
+/// the `"msgid":` key at the outermost object's level. Strings are skipped
+/// whole (a `"msgid":` inside a chat's text is not a key), and so are nested
+/// objects and arrays (the frames inside a HISTORY_ACK's `msgs`, which serde_json
+/// writes after the top-level `msgid`, carry msgids of their own).
 pub fn peek_msgid(frame: &[u8]) -> Option<i64> {
-    const KEY: &[u8] = b"\"msgid\":";
-    /// Built once: a search then allocates nothing and sets nothing up.
-    static FINDER: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(KEY));
-    let at = FINDER.rfind(frame)? + KEY.len();
-    let digits = &frame[at..];
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < frame.len() {
+        match frame[i] {
+            b'"' => {
+                let start = i + 1;
+                i = start;
+                // To the closing quote: past every escaped character.
+                loop {
+                    let k = memchr::memchr2(b'"', b'\\', &frame[i..])?;
+                    if frame[i + k] == b'\\' {
+                        i += k + 2;
+                    } else {
+                        i += k;
+                        break;
+                    }
+                }
+                if depth == 1 && &frame[start..i] == b"msgid" && frame.get(i + 1) == Some(&b':') {
+                    return int_at(&frame[i + 2..]);
+                }
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.checked_sub(1)?,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The integer at the front of `digits` (JSON: an optional minus, then digits).
+fn int_at(digits: &[u8]) -> Option<i64> {
     let (neg, digits) = match digits.first() {
         Some(b'-') => (true, &digits[1..]),
         _ => (false, digits),
@@ -226,6 +251,19 @@ mod tests {
         assert_eq!(peek_msgid(b"{\"msgid\":-3}\0"), Some(-3));
         assert_eq!(peek_msgid(br#"{"x":1}"#), None);
         assert_eq!(peek_msgid(br#"{"msgid":"5"}"#), None);
+        // A HISTORY_ACK: the frames in its `msgs` come after the top-level key.
+        assert_eq!(
+            peek_msgid(br#"{"errno":0,"more":false,"msgid":24,"msgs":[{"msgid":6,"msg":"a\"b"}],"peer":2}"#),
+            Some(24)
+        );
+        // A key in a nested object before it, and an escaped backslash at a
+        // string's end.
+        assert_eq!(
+            peek_msgid(br#"{"a":{"msgid":7},"b":"x\\","msgid":3}"#),
+            Some(3)
+        );
+        assert_eq!(peek_msgid(br#"{"msg":"unterminated"#), None);
+        assert_eq!(peek_msgid(b"}}{\"msgid\":1}"), None);
     }
 
     #[test]

@@ -153,6 +153,13 @@ fn metrics_parse_and_move_with_traffic() {
     }
     a.chat(z.id, "stored");
     a.c.barrier();
+    // A HISTORY_ACK carries chat frames (msgid 6) inside: it counts as 24.
+    bob.c
+        .send(&json!({"msgid": 23, "id": bob.id, "peer": a.id, "limit": 10}));
+    assert_eq!(
+        bob.c.expect_msgid(24)["msgs"].as_array().map(Vec::len),
+        Some(3)
+    );
     let mut bad = Client::connect(srv.addr());
     bad.send(&json!({"msgid": 1, "id": "x"})); // a BAD_FIELD protocol error
     bad.recv();
@@ -170,6 +177,7 @@ fn metrics_parse_and_move_with_traffic() {
     assert_eq!(moved("chat_chats_total{outcome=stored}"), 1.0);
     assert_eq!(moved("chat_frames_in_total{msgid=6}"), 4.0);
     assert_eq!(moved("chat_frames_out_total{msgid=6}"), 3.0);
+    assert_eq!(moved("chat_frames_out_total{msgid=24}"), 1.0);
     assert_eq!(moved("chat_protocol_errors_total{errno=105}"), 1.0);
     assert_eq!(get(&after, "chat_users_online{}"), 2.0);
     assert_eq!(get(&after, "chat_connections{}"), 4.0);
