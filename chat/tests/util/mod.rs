@@ -32,7 +32,10 @@ mod sockets;
 #[allow(unused_imports)] // each test binary uses a different subset
 pub use backend::{stored_rows, Backend};
 #[allow(unused_imports)]
-pub use sockets::{clamp_socket_buffers, connect_from, kernel_in_flight_max};
+pub use sockets::{
+    clamp_socket_buffers, connect_from, kernel_in_flight_max, settled, spawn_writer, tcp_queues,
+    TcpQueues,
+};
 
 /// Polls `f` until it returns `Some`, failing after `limit`.
 pub fn poll<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {

@@ -1,8 +1,12 @@
 //! Kernel socket buffers: capping them, and bounding what they can hold.
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::io;
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 /// Caps a socket's kernel buffers (`SO_RCVBUF`, `SO_SNDBUF`), so that what a test
 /// sends or leaves unread piles up in the server rather than in the kernel.
@@ -60,4 +64,104 @@ pub fn connect_from(source: [u8; 4], addr: SocketAddr) -> TcpStream {
     let s: TcpStream = sock.into();
     s.set_read_timeout(Some(super::TIMEOUT)).unwrap();
     s
+}
+
+/// The kernel's queues of one end of a loopback TCP connection, from `/proc/net/tcp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpQueues {
+    /// Bytes written by this end and not yet acknowledged by the other
+    /// (`write_seq - snd_una`).
+    pub send: usize,
+    /// Bytes received by this end and not yet read by its process
+    /// (`rcv_nxt - copied_seq`).
+    pub recv: usize,
+}
+
+/// The queues of the end of a TCP connection whose local address is `local` and
+/// remote address `remote` (either end: a test's own socket, or the server's end of
+/// it as `(peer_addr, local_addr)`), IPv4 only. `None` if no such socket is listed.
+pub fn tcp_queues(local: SocketAddr, remote: SocketAddr) -> Option<TcpQueues> {
+    fn hex(a: SocketAddr) -> String {
+        let SocketAddr::V4(a) = a else {
+            panic!("tcp_queues: IPv4 only, got {a}")
+        };
+        // The kernel prints the address as its 32-bit word read in host order.
+        format!(
+            "{:08X}:{:04X}",
+            u32::from_ne_bytes(a.ip().octets()),
+            a.port()
+        )
+    }
+    let (l, r) = (hex(local), hex(remote));
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.get(1) != Some(&l.as_str()) || f.get(2) != Some(&r.as_str()) {
+            return None;
+        }
+        let (tx, rx) = f.get(4)?.split_once(':')?;
+        Some(TcpQueues {
+            send: usize::from_str_radix(tx, 16).ok()?,
+            recv: usize::from_str_radix(rx, 16).ok()?,
+        })
+    })
+}
+
+/// Writes `frames` to (a clone of) `stream` on a thread, adding every byte the kernel
+/// accepts to `written`, and waiting (not failing) while the peer does not read.
+pub fn spawn_writer(
+    stream: &TcpStream,
+    frames: Vec<Vec<u8>>,
+    written: Arc<AtomicUsize>,
+) -> JoinHandle<Result<(), String>> {
+    let mut w = stream.try_clone().expect("clone the socket");
+    w.set_write_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    thread::spawn(move || {
+        for f in &frames {
+            let mut at = 0;
+            while at < f.len() {
+                match w.write(&f[at..]) {
+                    Ok(n) => {
+                        at += n;
+                        written.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(e) => return Err(format!("write: {e}")),
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Waits until a flood on `s` settles: the bytes `written` so far and the kernel's
+/// queues at both ends of `s` stay the same for a second. Returns them (written,
+/// this end, the server's end).
+pub fn settled(s: &TcpStream, written: &AtomicUsize) -> (usize, TcpQueues, TcpQueues) {
+    let (me, peer) = (s.local_addr().unwrap(), s.peer_addr().unwrap());
+    let snapshot = || {
+        let w = written.load(Ordering::Relaxed);
+        let c = tcp_queues(me, peer).expect("the client's socket in /proc/net/tcp");
+        let sv = tcp_queues(peer, me).expect("the server's socket in /proc/net/tcp");
+        (w, c, sv)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut last, mut since) = (snapshot(), Instant::now());
+    while since.elapsed() < Duration::from_secs(1) {
+        assert!(
+            Instant::now() < deadline,
+            "the flood never settled: {last:?}"
+        );
+        thread::sleep(Duration::from_millis(100));
+        let now = snapshot();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+    last
 }
