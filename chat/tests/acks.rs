@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use chat::server_thread::ServerThread;
-use util::{clamp_socket_buffers, Backend, Client, User};
+use util::{Backend, Client, User};
 
 /// Cheap password hashes: the hashing cost is not what these tests are about.
 fn fast_hashes() {
@@ -88,8 +88,7 @@ fn slow_reader_drops_and_resumes(b: &Backend) {
     opts.offline.max_bytes = 1 << 30;
     opts.offline.sender_percent = 100;
     let srv = b.start_with(opts);
-    let mut r = User::register(srv.addr(), "reader");
-    clamp_socket_buffers(r.c.stream(), 16 * 1024);
+    let mut r = User::register_on(Client::with_buffers(srv.addr(), 16 * 1024), "reader");
     r.c.send(&json!({"acks": 1, "ext": 1, "id": r.id, "msgid": 1, "password": r.pw}));
     let ack = r.c.expect_msgid(2);
     assert_eq!(ack["errno"], 0, "{ack}");

@@ -23,9 +23,7 @@ use serde_json::json;
 use hardening_util::chats::{assert_exactly_in_order, seq_of, stored_seqs, PING};
 use hardening_util::pair::Pair;
 use hardening_util::{cpu_secs, malformed, mib, RawReader, RssMonitor, ServerProc};
-use util::{
-    clamp_socket_buffers, frame_bytes, one_chat, settled, spawn_writer, Backend, Client, User,
-};
+use util::{frame_bytes, one_chat, settled, spawn_writer, Backend, Client, User};
 
 /// Serialises the tests that load both cores (a child server under a flood), so
 /// that their latency and memory figures are their own.
@@ -387,8 +385,7 @@ fn mib_b(bytes: usize) -> f64 {
 fn limit_pipelining_without_reading() {
     let _serial = heavy();
     let mut srv = backpressure_server("65536");
-    let mut a = User::online(srv.addr, "piper");
-    clamp_socket_buffers(a.c.stream(), 64 * 1024);
+    let mut a = User::online_on(Client::with_buffers(srv.addr, 64 * 1024), "piper");
     a.c.barrier();
     let base = srv.rss_kib();
     let monitor = RssMonitor::start(srv.pid());

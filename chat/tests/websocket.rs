@@ -298,11 +298,8 @@ fn a_slow_websocket_reader_has_its_overflow_stored() {
         ..ServerOptions::default()
     });
     let addr = server.ws_addr().unwrap();
-    let stream = TcpStream::connect(addr).unwrap();
-    // 32 KiB, not less: below that, loopback (MSS 64 KiB) sends only on the
-    // persist timer, a few KB/s (see tests/backlog_drain.rs).
-    util::clamp_socket_buffers(&stream, 32 * 1024);
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    // Small kernel buffers, set before connect (see util::connect_with_buffers).
+    let stream = util::connect_with_buffers(addr, 32 * 1024);
     let (mut ws, _) = tungstenite::client::client(format!("ws://{addr}/ws"), stream).unwrap();
     let reader = ws_register(&mut ws, "reader");
     ws_login(&mut ws, reader);

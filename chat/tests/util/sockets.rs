@@ -1,4 +1,5 @@
-//! Kernel socket buffers: capping them, and bounding what they can hold.
+//! Kernel socket buffers: capping them (before connect), bounding what they can
+//! hold, and reading their queues.
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::io::{self, Write};
@@ -7,26 +8,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
-
-/// Caps a socket's kernel buffers (`SO_RCVBUF`, `SO_SNDBUF`), so that what a test
-/// sends or leaves unread piles up in the server rather than in the kernel.
-pub fn clamp_socket_buffers(s: &TcpStream, bytes: i32) {
-    use std::os::fd::AsRawFd;
-    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-        let v: libc::c_int = bytes;
-        // SAFETY: a valid descriptor, and a pointer to a c_int of the size we pass.
-        let rc = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0, "setsockopt: {}", io::Error::last_os_error());
-    }
-}
 
 /// At most how many bytes the kernel holds between a server and this client socket: the
 /// largest send buffer the server's side may grow to (`tcp_wmem` max) plus this socket's
@@ -58,8 +39,27 @@ pub fn kernel_in_flight_max(s: &TcpStream) -> usize {
 /// A connection from `source` (a loopback address other than 127.0.0.1 makes
 /// another peer address) to `addr`.
 pub fn connect_from(source: [u8; 4], addr: SocketAddr) -> TcpStream {
+    connect_socket(addr, Some(source), None)
+}
+
+/// A connection to `addr` whose kernel buffers (`SO_RCVBUF`, `SO_SNDBUF`) are capped
+/// at `bytes` *before* it connects, so that what a test sends or leaves unread piles
+/// up in the server rather than in the kernel. Capped after `connect` instead, the
+/// window scale was agreed for a large buffer and on loopback (MSS 64 KiB) the
+/// kernel then sends only on its persist timer, a few KB/s (BENCHMARKS.md #12).
+pub fn connect_with_buffers(addr: SocketAddr, bytes: usize) -> TcpStream {
+    connect_socket(addr, None, Some(bytes))
+}
+
+fn connect_socket(addr: SocketAddr, source: Option<[u8; 4]>, buffers: Option<usize>) -> TcpStream {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&SocketAddr::from((source, 0)).into()).unwrap();
+    if let Some(source) = source {
+        sock.bind(&SocketAddr::from((source, 0)).into()).unwrap();
+    }
+    if let Some(bytes) = buffers {
+        sock.set_recv_buffer_size(bytes).unwrap();
+        sock.set_send_buffer_size(bytes).unwrap();
+    }
     sock.connect_timeout(&addr.into(), super::TIMEOUT).unwrap();
     let s: TcpStream = sock.into();
     s.set_read_timeout(Some(super::TIMEOUT)).unwrap();
