@@ -252,6 +252,9 @@ impl Gateway {
             .bytes_in(buf.readable_bytes().saturating_sub(st.seen));
         st.seen = buf.readable_bytes();
         if st.session.queue_paused() {
+            // Reading resumes when the queue drains; read on meanwhile and every
+            // read would pile its bytes up here.
+            conn.stop_read();
             return;
         }
         if self.decode(st, buf) {
@@ -276,6 +279,7 @@ impl Gateway {
         if st.session.queue_paused() {
             // The loop hands these bytes over again when reading resumes.
             st.ws = Some(ws);
+            conn.stop_read();
             return;
         }
         self.stats.bytes_in(buf.readable_bytes());
@@ -482,8 +486,14 @@ impl Gateway {
         if session.output_drained() {
             self.submitter.wake(&session);
         }
-        if session.is_congested() && session.start_drain() {
-            self.submitter.submit(&session, Job::Drained);
+        // The drain job can be the one that fills the queue: then reading pauses as
+        // it does for a request (read on, and `on_message`, which returns at once
+        // while the queue is paused, would leave every read's bytes in the input).
+        if session.is_congested()
+            && session.start_drain()
+            && self.submitter.submit(&session, Job::Drained)
+        {
+            conn.stop_read();
         }
         // The common case, every completed write of a reading connection, stops here.
         if !conn.is_reading() {

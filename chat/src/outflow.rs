@@ -176,6 +176,13 @@ impl Outflow {
         std::mem::take(&mut *self.spilled.lock())
     }
 
+    /// Puts taken spilled frames back, ahead of any spilled since.
+    pub fn respill(&self, frames: Vec<Vec<u8>>) {
+        let mut spilled = self.spilled.lock();
+        let newer = std::mem::replace(&mut *spilled, frames);
+        spilled.extend(newer);
+    }
+
     /// From a worker, under the user's shard lock, as it queues the last page of
     /// stored frames: live frames may flow again, and any the loop is offered
     /// before that page is sent go out ahead of it (see [`Outflow::offer`]).

@@ -28,6 +28,11 @@ pub const QUEUE_HIGH_BYTES: usize = 1 << 20;
 /// reads again.
 pub const QUEUE_LOW_BYTES: usize = 256 << 10;
 
+/// How long a worker waits for an IO loop to hand over a connection's spilled
+/// frames ([`Session::take_spilled_behind_sends`]); a loop runs its tasks in
+/// microseconds, so this only ends a wait on a loop that is gone.
+pub const SPILL_TAKE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One unit of work for the connection's strand.
 #[derive(Debug)]
 pub enum Job {
@@ -315,6 +320,30 @@ impl Session {
     /// The frames the IO loop kept instead of writing (at the close).
     pub fn take_spilled(&self) -> Vec<Vec<u8>> {
         self.flow.take_spilled()
+    }
+
+    /// From a worker, once the user's sign-out made it unreachable here: the frames
+    /// the IO loop spilled, taken on the loop behind every send queued before (a
+    /// frame offered after the sign-out was delivered before it). Waits for the
+    /// loop; empty if the loop dropped the task (it is stopping) or did not run it
+    /// within [`SPILL_TAKE_LIMIT`] (the frames then stay spilled; logged).
+    pub fn take_spilled_behind_sends(&self) -> Vec<Vec<u8>> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let flow = self.flow.clone();
+        self.conn.with(move |_| {
+            use std::sync::mpsc::TrySendError::{Disconnected, Full};
+            if let Err(Full(back) | Disconnected(back)) = tx.try_send(flow.take_spilled()) {
+                // The worker gave up waiting: they stay where they were.
+                flow.respill(back);
+            }
+        });
+        match rx.recv_timeout(SPILL_TAKE_LIMIT) {
+            Ok(frames) => frames,
+            Err(e) => {
+                log::warn!("connection {}: spilled frames not taken ({e})", self.id());
+                Vec::new()
+            }
+        }
     }
 
     /// Claims the one pending `Drained` job; false if one is already queued.

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use util::{clamp_socket_buffers, Backend, Client, User};
+use chat::server_thread::ServerThread;
+use util::{Backend, Client, User};
 
 /// Cheap password hashes: the hashing cost is not what these tests are about.
 fn fast_hashes() {
@@ -87,8 +88,7 @@ fn slow_reader_drops_and_resumes(b: &Backend) {
     opts.offline.max_bytes = 1 << 30;
     opts.offline.sender_percent = 100;
     let srv = b.start_with(opts);
-    let mut r = User::register(srv.addr(), "reader");
-    clamp_socket_buffers(r.c.stream(), 16 * 1024);
+    let mut r = User::register_on(Client::with_buffers(srv.addr(), 16 * 1024), "reader");
     r.c.send(&json!({"acks": 1, "ext": 1, "id": r.id, "msgid": 1, "password": r.pw}));
     let ack = r.c.expect_msgid(2);
     assert_eq!(ack["errno"], 0, "{ack}");
@@ -159,31 +159,40 @@ fn slow_reader_drops_and_resumes_mysql() {
     slow_reader_drops_and_resumes(&Backend::mysql());
 }
 
+/// A server with no rate limit and room in the store, and an acking reader that was
+/// sent a full window plus 200 chats (`{prefix}00000` on) and read the window without
+/// acknowledging it. Returns the server, the reader, what it was shown, and how many
+/// were sent (every one handled: the sender's barrier).
+fn past_a_full_window(b: &Backend, prefix: &str) -> (ServerThread, User, Shown, usize) {
+    fast_hashes();
+    let mut opts = chat::server::ServerOptions::default();
+    opts.limits.rate = 0;
+    opts.offline.max_messages = 1_000_000;
+    opts.offline.sender_percent = 100;
+    let srv = b.start_with(opts);
+    let mut r = User::register(srv.addr(), &format!("{prefix}-reader"));
+    r.c.send(&json!({"acks": 1, "ext": 1, "id": r.id, "msgid": 1, "password": r.pw}));
+    assert_eq!(r.c.expect_msgid(2)["errno"], 0);
+    let mut s = User::online(srv.addr(), &format!("{prefix}-sender"));
+    let window = chat::acks::WINDOW_FRAMES;
+    let n = window + 200;
+    for i in 0..n {
+        s.chat(r.id, &format!("{prefix}{i:05}"));
+    }
+    s.c.barrier_within(Duration::from_secs(60));
+    let mut shown = Shown::default();
+    read_until(&mut r.c, &mut shown, window, usize::MAX);
+    (srv, r, shown, n)
+}
+
 /// A reader that stops acknowledging is written one full window of frames and is
 /// then held back (what follows is stored) until it acknowledges; its SEQ_ACK
 /// brings the rest, in order. (Checked: with `Outflow::ack` always false, the
 /// full window never drains and the rest never comes.)
 #[test]
 fn a_full_window_drains_at_the_ack() {
-    fast_hashes();
     let b = Backend::sqlite();
-    let mut opts = chat::server::ServerOptions::default();
-    opts.limits.rate = 0;
-    opts.offline.max_messages = 1_000_000;
-    opts.offline.sender_percent = 100;
-    let srv = b.start_with(opts);
-    let mut r = User::register(srv.addr(), "reader");
-    r.c.send(&json!({"acks": 1, "ext": 1, "id": r.id, "msgid": 1, "password": r.pw}));
-    assert_eq!(r.c.expect_msgid(2)["errno"], 0);
-    let mut s = User::online(srv.addr(), "sender");
-    let window = chat::acks::WINDOW_FRAMES;
-    let n = window + 200;
-    for i in 0..n {
-        s.chat(r.id, &format!("m{i:05}"));
-    }
-    s.c.barrier_within(Duration::from_secs(60));
-    let mut shown = Shown::default();
-    read_until(&mut r.c, &mut shown, window, usize::MAX);
+    let (_srv, mut r, mut shown, n) = past_a_full_window(&b, "m");
     // Every frame was handled (the sender's barrier): those past the window wait in
     // the server (stored, or spilled in memory when the loop's fast path offered
     // several before the first one raised the flag: a store count > 0 was flaky),
@@ -436,4 +445,87 @@ fn a_wave_of_takeovers_does_not_stall_the_node() {
         "a bystander's PING took {ping:?}"
     );
     drop(olds);
+}
+
+/// Frames an acking user's window held back in memory (spilled: the window was full
+/// when the IO loop was offered them) when that user sends LOGINOUT are the user's:
+/// the next user who logs in on the same connection never gets them (the drain that
+/// follows that login once sent them: issue #11's "possible cross-user leak"), and
+/// they are not lost — the first user gets them at its next login, in order, ahead
+/// of the frames stored after them.
+#[test]
+fn frames_spilled_before_a_loginout_stay_with_their_user() {
+    let b = Backend::sqlite();
+    let (srv, mut a, _, n) = past_a_full_window(&b, "a");
+    let window = chat::acks::WINDOW_FRAMES;
+    let bob = User::register(srv.addr(), "spill-b");
+    // The first frame past the full window is spilled (and raises the flag that
+    // stores the later ones), so fewer than the rest are stored.
+    let stored = util::stored_rows(&b.url(), a.id);
+    assert!(
+        stored < n - window,
+        "nothing was spilled ({stored} of the {} past the window stored)",
+        n - window
+    );
+    // LOGINOUT and bob's LOGIN in one write: both are queued before the LOGINOUT's
+    // reply is written, so the drain that write asks for runs after bob's login.
+    let mut bytes = util::frame_bytes(&json!({"id": a.id, "msgid": 3}));
+    bytes.extend(util::frame_bytes(
+        &json!({"id": bob.id, "msgid": 1, "password": bob.pw}),
+    ));
+    a.c.send_raw(&bytes);
+    let mut theirs = Vec::new();
+    let mut logged_in = false;
+    let mut barrier_sent = false;
+    loop {
+        let v = a.c.recv();
+        match v["msgid"].as_i64() {
+            Some(2) => {
+                assert_eq!(
+                    (v["errno"].as_i64(), v["id"].as_i64()),
+                    (Some(0), Some(bob.id)),
+                    "{v}"
+                );
+                theirs.extend(util::offline_msgs(&v));
+                logged_in = true;
+            }
+            Some(6) => theirs.push(v["msg"].as_str().unwrap_or_default().to_owned()),
+            Some(14) => break,
+            _ => {}
+        }
+        if logged_in && !barrier_sent {
+            // Behind the drain queued by the LOGINOUT reply's write.
+            a.c.send_raw(b"{\"msgid\":13}\0");
+            barrier_sent = true;
+        }
+    }
+    assert!(
+        theirs.is_empty(),
+        "bob got {} frame(s) addressed to the user before him: {:?}",
+        theirs.len(),
+        &theirs[..theirs.len().min(5)]
+    );
+    // Nothing past the window is lost: the spilled frames went back to the store,
+    // ahead of the ones stored after them. (The window's frames were written and
+    // are not put back at a LOGINOUT, §12.)
+    let mut again = Client::connect(srv.addr());
+    let ack = again.login_ok(a.id, &a.pw);
+    let mut got = util::offline_msgs(&ack);
+    again.send_raw(b"{\"msgid\":13}\0");
+    loop {
+        let v = again.recv();
+        match v["msgid"].as_i64() {
+            Some(6) => got.push(v["msg"].as_str().unwrap_or_default().to_owned()),
+            Some(14) => break,
+            _ => {}
+        }
+    }
+    let expected: Vec<String> = (window..n).map(|i| format!("a{i:05}")).collect();
+    assert!(
+        got == expected,
+        "a's frames past the window: {} of {}, first {:?}",
+        got.len(),
+        expected.len(),
+        &got[..got.len().min(3)]
+    );
 }

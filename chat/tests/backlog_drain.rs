@@ -5,14 +5,14 @@
 //! nothing left in the store — over TCP (marks of 64 and 256 KiB), over a
 //! WebSocket, and for a reader that reads in bursts while the flood goes on.
 //!
-//! The receivers' socket buffers are capped at 32 KiB, not less: on loopback
-//! (MSS 64 KiB) a receive buffer of 4–16 KiB set *after* `connect` (as
-//! `clamp_socket_buffers` does; the window scale was agreed for a large buffer)
-//! makes the *kernel* send only on its persist timer (`ss -tnoi` shows the
+//! The receivers' socket buffers are capped at 32 KiB *before* `connect`
+//! (`util::connect_with_buffers`). Capped after it (the window scale was agreed
+//! for a large buffer), a receive buffer of 4–16 KiB on loopback (MSS 64 KiB)
+//! made the *kernel* send only on its persist timer (`ss -tnoi` showed the
 //! server's socket holding ~3 MB with `timer:(persist…)`, its user space idle),
 //! a few KB/s — the "delivery stops partway" seen with SO_RCVBUF 4096, which no
-//! server change can speed up. (Set before `connect`, 4096 bytes are no
-//! problem: a plain socket pair moved 1 MB in 0.0 s that way, 42.9 s the other.)
+//! server change can speed up. (Set before `connect`, 4096 bytes are no problem:
+//! a plain socket pair moved 1 MB in 0.0 s that way, 42.9 s the other.)
 
 mod hardening_util;
 mod util;
@@ -37,7 +37,7 @@ use util::{Backend, Client, User};
 /// far shorter than waiting for a next login.
 const GAP: Duration = Duration::from_secs(10);
 /// The receivers' socket buffers (see the module comment).
-const RCVBUF: i32 = 32 * 1024;
+const RCVBUF: usize = 32 * 1024;
 
 /// A server with a low output high-water mark, no rate limit and an offline store
 /// that takes the whole backlog (the bounds are not what this is about).
@@ -99,8 +99,7 @@ fn tcp_backlog_flushes_to_the_end(high_water: usize) {
     const N: usize = 8000;
     let db = Backend::sqlite();
     let srv = start(&db, high_water);
-    let mut reader = User::online(srv.addr(), "reader");
-    util::clamp_socket_buffers(reader.c.stream(), RCVBUF);
+    let mut reader = User::online_on(Client::with_buffers(srv.addr(), RCVBUF), "reader");
     let (mut sender, sid) = sender(&srv);
     flood(&mut sender, sid, reader.id, N, 1000);
     // The server's socket buffer (autotuned to ~4 MB on loopback) holds half.
@@ -133,8 +132,7 @@ fn a_tcp_backlog_flushes_to_the_end_mark_256k() {
 
 /// A WebSocket client connected to `/ws` whose socket buffers are [`RCVBUF`].
 fn ws_connect(addr: SocketAddr) -> WebSocket<TcpStream> {
-    let stream = TcpStream::connect(addr).unwrap();
-    util::clamp_socket_buffers(&stream, RCVBUF);
+    let stream = util::connect_with_buffers(addr, RCVBUF);
     stream.set_read_timeout(Some(GAP)).unwrap();
     let (ws, _) = tungstenite::client::client(format!("ws://{addr}/ws"), stream)
         .expect("the upgrade is accepted");
@@ -210,8 +208,7 @@ fn a_reader_that_reads_in_bursts_during_a_flood_gets_everything_live() {
     const N: usize = 20_000;
     let db = Backend::sqlite();
     let srv = start(&db, 64 * 1024);
-    let mut reader = User::online(srv.addr(), "reader");
-    util::clamp_socket_buffers(reader.c.stream(), RCVBUF);
+    let mut reader = User::online_on(Client::with_buffers(srv.addr(), RCVBUF), "reader");
     let (mut sender, sid) = sender(&srv);
     let to = reader.id;
     let flood = std::thread::spawn(move || flood(&mut sender, sid, to, N, 1000));

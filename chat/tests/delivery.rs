@@ -6,7 +6,7 @@ mod util;
 use chat::gateway::Limits;
 use chat::server::ServerOptions;
 use serde_json::{json, Value};
-use util::{frame_bytes, one_chat, parsed, strings, Backend, User};
+use util::{frame_bytes, one_chat, parsed, strings, Backend, Client, User};
 
 both_backends!(
     special_characters_round_trip,
@@ -283,8 +283,7 @@ fn slow_reader_gets_everything_in_order(b: &Backend) {
     };
     let srv = b.start_with(opts.clone());
     let mut a = User::online(srv.addr(), "alice");
-    let mut bob = User::online(srv.addr(), "bob");
-    util::clamp_socket_buffers(bob.c.stream(), 32 * 1024);
+    let mut bob = User::online_on(Client::with_buffers(srv.addr(), 32 * 1024), "bob");
     // Far more than the socket buffers hold, so the server's output for bob grows.
     let n = 300;
     let pad = "p".repeat(32 * 1024);

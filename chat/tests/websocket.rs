@@ -7,6 +7,8 @@ mod util;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chat::server::ServerOptions;
@@ -309,11 +311,8 @@ fn a_slow_websocket_reader_has_its_overflow_stored() {
         ..ServerOptions::default()
     });
     let addr = server.ws_addr().unwrap();
-    let stream = TcpStream::connect(addr).unwrap();
-    // 32 KiB, not less: below that, loopback (MSS 64 KiB) sends only on the
-    // persist timer, a few KB/s (see tests/backlog_drain.rs).
-    util::clamp_socket_buffers(&stream, 32 * 1024);
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    // Small kernel buffers, set before connect (see util::connect_with_buffers).
+    let stream = util::connect_with_buffers(addr, 32 * 1024);
     let (mut ws, _) = tungstenite::client::client(format!("ws://{addr}/ws"), stream).unwrap();
     let reader = ws_register(&mut ws, "reader");
     ws_login(&mut ws, reader);
@@ -490,4 +489,62 @@ fn binary_messages_and_pings_count_against_the_rate_limit() {
         "{answered} answered beyond the rate limit ({allowed})"
     );
     assert!(limited >= N - allowed, "{limited} ERROR 109");
+}
+
+/// A WebSocket client floods pings (26 MB) and reads none of the pongs. Pongs are
+/// written by the IO loop itself, not through the session's strand, so its output
+/// gate does not hold them back: the high-water callback (`Gateway::on_high_water`)
+/// stopping the reader at the mark is what bounds them. What the server holds is
+/// measured as in `hardening.rs` `pings_without_reading_are_bounded_in_the_server`:
+/// the pings it took from the socket minus the pongs it handed back to the kernel,
+/// from `/proc/net/tcp` once nothing moves. (Seen failing with the callback a
+/// no-op: the server read all 26 MB and held ~21 MB of pongs.)
+#[test]
+fn ws_pings_without_reading_stop_the_reader() {
+    const MARK: usize = 64 * 1024;
+    const PAYLOAD: usize = 125; // the most a control frame carries
+    let db = Backend::sqlite();
+    fast_hashes();
+    let server = db.start_with(ServerOptions {
+        ws_addr: Some("127.0.0.1:0".parse().unwrap()),
+        limits: chat::gateway::Limits {
+            output_high_water: MARK,
+            rate: 0,
+            ..Default::default()
+        },
+        ..ServerOptions::default()
+    });
+    let mut ws = ws_connect(server.ws_addr().unwrap());
+    let id = ws_register(&mut ws, "ws-pinger");
+    ws_login(&mut ws, id);
+    send(&mut ws, &json!({"msgid": 13}));
+    expect_msgid(&mut ws, 14);
+    // A masked client ping: FIN + opcode 9, mask bit + length, the key, the payload.
+    let mut ping = vec![0x89, 0x80 | PAYLOAD as u8, 1, 2, 3, 4];
+    ping.extend((0..PAYLOAD).map(|i| b'p' ^ [1, 2, 3, 4][i % 4]));
+    let pong_len = 2 + PAYLOAD;
+    let frames: Vec<Vec<u8>> = vec![ping.repeat(1000); 200];
+    let total: usize = frames.iter().map(Vec::len).sum();
+    let written = Arc::new(AtomicUsize::new(0));
+    let stream = ws.get_ref();
+    let writer = util::spawn_writer(stream, frames, written.clone());
+    let (sent, client, server_end) = util::settled(stream, &written);
+    let taken = (sent - client.send - server_end.recv) / ping.len();
+    let answered = (server_end.send + client.recv) / pong_len;
+    let held = taken.saturating_sub(answered) * pong_len;
+    // The mark, and the pongs of what the server read before it stopped: the
+    // callback runs one loop iteration late when the pongs crossed the mark in the
+    // iteration's corked flush, so up to two reads' worth (measured: 0.4 to 2.6 MB).
+    let bound = 2 * net::MAX_READ_BETWEEN_CALLBACKS + 2 * MARK;
+    eprintln!(
+        "ws pings: {sent} of {total} B written; the server took {taken} pings, \
+         answered {answered} into the kernel, holds {held} B of pongs (bound {bound})"
+    );
+    assert!(answered > 0, "no pong was written");
+    assert!(
+        held <= bound,
+        "the server holds {held} B of pongs for a client that reads none (bound {bound})"
+    );
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let _ = writer.join();
 }

@@ -310,10 +310,12 @@ impl Buffer {
         self.buf.capacity()
     }
 
-    /// One vectored read from `reader` into the writable space plus a 64 KiB
-    /// per-thread scratch buffer; what lands in the scratch is appended, growing the
-    /// buffer only as much as needed. Returns what `read_vectored` returned (0 at
-    /// end of stream).
+    /// One vectored read from `reader` into the writable space (at most 64 KiB of
+    /// it) plus a 64 KiB per-thread scratch buffer; what lands in the scratch is
+    /// appended, growing the buffer only as much as needed. Returns what
+    /// `read_vectored` returned (0 at end of stream). One read takes at most
+    /// [`Buffer::read_offer`] bytes, however large the buffer grew: a buffer that
+    /// once held a burst does not make every later read as large.
     pub fn read_from<R: Read>(&mut self, reader: &mut R) -> io::Result<usize> {
         EXTRA.with(|extra| match extra.try_borrow_mut() {
             Ok(mut extra) => self.read_with_extra(reader, &mut extra),
@@ -322,17 +324,22 @@ impl Buffer {
         })
     }
 
+    /// How many bytes the next [`Buffer::read_from`] offers the reader.
+    pub fn read_offer(&self) -> usize {
+        self.writable_bytes().min(EXTRA_BUF) + EXTRA_BUF
+    }
+
     fn read_with_extra<R: Read>(&mut self, reader: &mut R, extra: &mut [u8]) -> io::Result<usize> {
-        let writable = self.writable_bytes();
+        let writable = self.writable_bytes().min(EXTRA_BUF);
         let n = {
-            let (_, free) = self.buf.split_at_mut(self.writer_index);
+            let free = &mut self.buf[self.writer_index..self.writer_index + writable];
             let mut bufs = [IoSliceMut::new(free), IoSliceMut::new(extra)];
             reader.read_vectored(&mut bufs)?
         };
         if n <= writable {
             self.writer_index += n;
         } else {
-            self.writer_index = self.buf.len();
+            self.writer_index += writable;
             self.append(&extra[..n - writable]);
         }
         Ok(n)
@@ -566,6 +573,22 @@ mod tests {
         assert_eq!(small.internal_capacity(), cap);
         assert_eq!(small.peek(), &[7; 100][..]);
         assert_eq!(small.read_from(&mut Source(Vec::new())).unwrap(), 0);
+    }
+
+    #[test]
+    fn read_from_offers_at_most_64k_of_a_large_buffer() {
+        let mut buf = Buffer::with_capacity(1 << 20);
+        assert_eq!(buf.read_offer(), 2 * EXTRA_BUF);
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+        let mut src = Source(data.clone());
+        assert_eq!(buf.read_from(&mut src).unwrap(), 2 * EXTRA_BUF);
+        assert_eq!(buf.read_from(&mut src).unwrap(), 2 * EXTRA_BUF);
+        assert_eq!(buf.peek(), &data[..4 * EXTRA_BUF]);
+        // Less than the free space: no growth.
+        let mut small = Buffer::with_capacity(1 << 20);
+        let cap = small.internal_capacity();
+        assert_eq!(small.read_from(&mut Source(vec![3; 1000])).unwrap(), 1000);
+        assert_eq!(small.internal_capacity(), cap);
     }
 
     /// A reader that itself reads through a Buffer, so the thread's scratch buffer

@@ -60,6 +60,8 @@ pub use event_loop::{EventLoop, LoopHandle};
 pub use event_loop_thread::{EventLoopThread, EventLoopThreadPool};
 pub use framer::OutputFramer;
 pub use tcp_client::TcpClient;
-pub use tcp_connection::{State, TcpConnection, DEFAULT_HIGH_WATER_MARK};
+pub use tcp_connection::{
+    State, TcpConnection, DEFAULT_HIGH_WATER_MARK, MAX_READ_BETWEEN_CALLBACKS,
+};
 pub use tcp_server::{ReusePort, TcpServer};
 pub use timer_queue::TimerId;

@@ -24,6 +24,11 @@ use crate::framer::OutputFramer;
 /// How many `read` calls one readiness event may make before the connection yields
 /// to the others on its loop; the rest is read in a deferred continuation.
 const READ_BUDGET: usize = 16;
+/// The most bytes a connection reads from its socket before its message callback
+/// runs: [`READ_BUDGET`] reads of at most [`Buffer::read_offer`] each. A callback
+/// that stops reading (backpressure) leaves at most this much unread in user space
+/// on top of what it had left.
+pub const MAX_READ_BETWEEN_CALLBACKS: usize = READ_BUDGET * 2 * crate::buffer::EXTRA_BUF;
 /// Sends shorter than this are coalesced until the end of the loop iteration; longer
 /// ones are written at once when nothing is buffered (their syscall is cheap for
 /// their size, and holding them back only adds latency).
@@ -498,7 +503,7 @@ impl TcpConnection {
             reads += 1;
             let (offered, result) = {
                 let mut input = self.input.borrow_mut();
-                let offered = input.writable_bytes() + crate::buffer::EXTRA_BUF;
+                let offered = input.read_offer();
                 (offered, input.read_from(&mut &*self.stream.borrow()))
             };
             match result {

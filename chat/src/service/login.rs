@@ -419,6 +419,23 @@ impl ChatService {
         if dropped > 0 {
             log::debug!("{dropped} unacknowledged frame(s) dropped at a LOGINOUT");
         }
+        if let Some(user) = &user {
+            // Frames the loop spilled (the output at its mark, or a full ack window)
+            // were never written and are this user's: left there, the drain after
+            // the next login on this connection would write them to that user. They
+            // go back to the store ahead of what was stored after them (or to a
+            // session of the user elsewhere).
+            let spilled = session.take_spilled_behind_sends();
+            let texts = crate::outflow::undelivered(&[], &spilled);
+            if !texts.is_empty() {
+                log::debug!(
+                    "user {}: {} spilled frame(s) stored again at a LOGINOUT",
+                    user.id,
+                    texts.len()
+                );
+                self.router.restore_and_flush(user.id, session, texts);
+            }
+        }
         if let Some(user) = user {
             // A logout ends the session for good: its token no longer resumes it.
             self.store.revoke_resume_token(user.id)?;

@@ -1,14 +1,8 @@
 //! Reading and accounting helpers of the hardening tests: sequence-numbered
 //! messages, replies that may take longer than the test client's timeout, chats
-//! drained from a connection, a per-recipient ledger of sent and received, and a
-//! writer that keeps writing to a peer that does not read.
+//! drained from a connection, and a per-recipient ledger of sent and received.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::net::TcpStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -187,36 +181,4 @@ impl Ledger {
         }
         (n(&self.sent), n(&self.live), n(&self.stored))
     }
-}
-
-/// Writes `frames` to (a clone of) `stream` on a thread, adding every byte the kernel
-/// accepts to `written`, and waiting (not failing) while the peer does not read.
-pub fn spawn_writer(
-    stream: &TcpStream,
-    frames: Vec<Vec<u8>>,
-    written: Arc<AtomicUsize>,
-) -> JoinHandle<Result<(), String>> {
-    let mut w = stream.try_clone().expect("clone the socket");
-    w.set_write_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    thread::spawn(move || {
-        for f in &frames {
-            let mut at = 0;
-            while at < f.len() {
-                match w.write(&f[at..]) {
-                    Ok(n) => {
-                        at += n;
-                        written.fetch_add(n, Ordering::Relaxed);
-                    }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
-                    Err(e) => return Err(format!("write: {e}")),
-                }
-            }
-        }
-        Ok(())
-    })
 }

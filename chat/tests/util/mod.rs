@@ -32,7 +32,10 @@ mod sockets;
 #[allow(unused_imports)] // each test binary uses a different subset
 pub use backend::{stored_rows, Backend};
 #[allow(unused_imports)]
-pub use sockets::{clamp_socket_buffers, connect_from, kernel_in_flight_max};
+pub use sockets::{
+    connect_from, connect_with_buffers, kernel_in_flight_max, settled, spawn_writer, tcp_queues,
+    TcpQueues,
+};
 
 /// Polls `f` until it returns `Some`, failing after `limit`.
 pub fn poll<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -80,7 +83,17 @@ pub struct Client {
 impl Client {
     /// Connects to `addr` with `TCP_NODELAY`.
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
+        Client::on(TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect"))
+    }
+
+    /// [`Client::connect`] with the kernel buffers capped at `bytes` before the
+    /// connect ([`connect_with_buffers`]).
+    pub fn with_buffers(addr: SocketAddr, bytes: usize) -> Client {
+        Client::on(connect_with_buffers(addr, bytes))
+    }
+
+    /// A client on a connected socket, with `TCP_NODELAY`.
+    pub fn on(stream: TcpStream) -> Client {
         stream.set_nodelay(true).unwrap();
         stream.set_write_timeout(Some(TIMEOUT)).unwrap();
         Client {
@@ -409,7 +422,11 @@ pub struct User {
 impl User {
     /// Registers `name` on a new connection to `addr` (not logged in).
     pub fn register(addr: SocketAddr, name: &str) -> User {
-        let mut c = Client::connect(addr);
+        User::register_on(Client::connect(addr), name)
+    }
+
+    /// Registers `name` on the connection `c` (not logged in).
+    pub fn register_on(mut c: Client, name: &str) -> User {
         let pw = format!("pw-{name}");
         let id = c.register(name, &pw);
         User {
@@ -422,7 +439,12 @@ impl User {
 
     /// Registers `name` and logs in on the same connection.
     pub fn online(addr: SocketAddr, name: &str) -> User {
-        let mut u = User::register(addr, name);
+        User::online_on(Client::connect(addr), name)
+    }
+
+    /// Registers `name` and logs in on the connection `c`.
+    pub fn online_on(c: Client, name: &str) -> User {
+        let mut u = User::register_on(c, name);
         u.login();
         u
     }
