@@ -326,10 +326,11 @@ fn limit_frame_size() {
 /// stalls is not the kernel's promise: the server's receive buffer autotunes up to
 /// `tcp_rmem`'s maximum (32 MiB here), and it was seen holding 16 and 21 MB of the
 /// flood (the server having taken 5 MB): that made the earlier form of this test,
-/// "the writer stalls before 26 MB", fail about 1 run in 4. (Seen failing without
-/// the fixes it came with: the server held 2.4 to 4 MB unanswered, its input buffer
-/// ratcheting up by a read budget whenever a callback left a partial frame, and
-/// reading on while a drain job had filled the queue.)
+/// "the writer stalls before 26 MB", fail about 1 run in 4. (Without the fixes it
+/// came with the server held 1.3 to 4 MB unanswered, its input buffer ratcheting up
+/// by a read budget whenever a callback left a partial frame, and reading on while
+/// a drain job had filled the queue: this test failed 2 runs of 6, with 2.27 and
+/// 2.54 MB. `net/tests/tcp_server.rs` shows the ratchet every run.)
 ///
 /// Not what kills a no-op `Gateway::on_high_water`: the strand's output gate bounds
 /// replies by itself (measured: the same figures with the callback a no-op). That

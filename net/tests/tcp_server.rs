@@ -517,3 +517,50 @@ fn stop_read_from_another_thread() {
     handle.run(|conn| conn.start_read());
     assert!(wait_until(TIMEOUT, || received.load(Ordering::SeqCst) == 100_000));
 }
+
+/// A message callback that always leaves a partial message behind (here one byte)
+/// keeps the input buffer from shrinking; each readiness event still reads at most
+/// `MAX_READ_BETWEEN_CALLBACKS` before the callback runs. (Seen failing when a read
+/// was offered the buffer's whole free space: the buffer ratcheted up by a read
+/// budget per event, the callback saw ever larger inputs.)
+#[test]
+fn a_partial_message_left_in_the_input_does_not_grow_the_reads() {
+    const TOTAL: usize = 48 * 1024 * 1024;
+    let largest = Arc::new(AtomicUsize::new(0));
+    let consumed = Arc::new(AtomicUsize::new(0));
+    let (l, c) = (largest.clone(), consumed.clone());
+    let server = start_server(1, move |s| {
+        s.set_message_callback(Arc::new(move |_conn, buf| {
+            l.fetch_max(buf.readable_bytes(), Ordering::SeqCst);
+            let take = buf.readable_bytes() - 1;
+            if check_pattern(c.load(Ordering::SeqCst), &buf.peek()[..take]).is_err() {
+                panic!("data corrupted");
+            }
+            buf.retrieve(take);
+            c.fetch_add(take, Ordering::SeqCst);
+            // A slow consumer: the kernel queues more meanwhile.
+            thread::sleep(Duration::from_millis(2));
+        }));
+    });
+    let mut s = connect(server.addr);
+    let writer = thread::spawn(move || {
+        s.write_all(&pattern(0, TOTAL)).expect("write");
+        s
+    });
+    assert!(
+        wait_until(Duration::from_secs(60), || consumed.load(Ordering::SeqCst)
+            == TOTAL - 1),
+        "stalled at {} bytes",
+        consumed.load(Ordering::SeqCst)
+    );
+    let largest = largest.load(Ordering::SeqCst);
+    eprintln!(
+        "largest input handed to the callback: {largest} B (bound {})",
+        net::MAX_READ_BETWEEN_CALLBACKS + 1
+    );
+    assert!(
+        largest <= net::MAX_READ_BETWEEN_CALLBACKS + 1,
+        "the callback was handed {largest} B at once"
+    );
+    writer.join().unwrap();
+}
