@@ -80,7 +80,8 @@ return 1
 /// one plain entry per frame (`to`, `f`), which every build reads and drains; a
 /// dead node's still come behind the frames already there, so the drain stores
 /// them in order. Presence is looked up once per user and node per call, the
-/// users' in one HMGET per 500 (nothing can change it while a script runs).
+/// users' in one HMGET per 500 (nothing can change it while a script runs). A
+/// frame for one user (the common case) takes no table of its own.
 /// KEYS: online. ARGV: node-key prefix, queue prefix, the batch format marker,
 /// then for each frame: its recipient count n, n uids, the frame text.
 /// Returns, per frame, the uids with no node (offline, or on a dead node already
@@ -89,8 +90,9 @@ pub const ROUTE: &str = r"
 local where = {}
 local mode = {}
 local want = {}
+local argc = #ARGV
 local i = 4
-while i <= #ARGV do
+while i <= argc do
   local n = tonumber(ARGV[i])
   for j = i + 1, i + n do
     local uid = ARGV[j]
@@ -126,35 +128,57 @@ for k = 1, #want, 500 do
 end
 local out = {}
 local parts = {}
+local count = {}
 local order = {}
+local function pack(node, to, frame)
+  local p = parts[node]
+  local k = count[node]
+  if not p then
+    p = {}; parts[node] = p; k = 0; order[#order + 1] = node
+  end
+  p[k + 1] = to; p[k + 2] = '\n'; p[k + 3] = #frame; p[k + 4] = '\n'; p[k + 5] = frame
+  count[node] = k + 5
+end
 i = 4
-while i <= #ARGV do
+while i <= argc do
   local n = tonumber(ARGV[i])
   local frame = ARGV[i + n + 1]
-  local bynode = {}
-  local missed = {}
-  for j = i + 1, i + n do
-    local node = where[ARGV[j]]
-    if node then
-      local t = bynode[node]
-      if not t then t = {}; bynode[node] = t end
-      t[#t + 1] = ARGV[j]
+  if n == 1 then
+    local uid = ARGV[i + 1]
+    local node = where[uid]
+    if not node then
+      out[#out + 1] = uid
     else
-      missed[#missed + 1] = ARGV[j]
+      out[#out + 1] = ''
+      if mode[node] == 'batch' then
+        pack(node, uid, frame)
+      else
+        redis.call('XADD', ARGV[2] .. node, '*', 'to', uid, 'f', frame)
+      end
     end
-  end
-  for node, uids in pairs(bynode) do
-    local to = table.concat(uids, ',')
-    if mode[node] == 'batch' then
-      local p = parts[node]
-      if not p then p = {}; parts[node] = p; order[#order + 1] = node end
-      p[#p + 1] = to .. '\n' .. #frame .. '\n'
-      p[#p + 1] = frame
-    else
-      redis.call('XADD', ARGV[2] .. node, '*', 'to', to, 'f', frame)
+  else
+    local bynode = {}
+    local missed = {}
+    for j = i + 1, i + n do
+      local node = where[ARGV[j]]
+      if node then
+        local t = bynode[node]
+        if not t then t = {}; bynode[node] = t end
+        t[#t + 1] = ARGV[j]
+      else
+        missed[#missed + 1] = ARGV[j]
+      end
     end
+    for node, uids in pairs(bynode) do
+      local to = table.concat(uids, ',')
+      if mode[node] == 'batch' then
+        pack(node, to, frame)
+      else
+        redis.call('XADD', ARGV[2] .. node, '*', 'to', to, 'f', frame)
+      end
+    end
+    out[#out + 1] = table.concat(missed, ',')
   end
-  out[#out + 1] = table.concat(missed, ',')
   i = i + n + 2
 end
 for _, node in ipairs(order) do
