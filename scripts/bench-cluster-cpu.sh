@@ -5,11 +5,14 @@
 #
 #   scripts/bench-cluster-cpu.sh [SECONDS]        (default 6)
 #
-# Environment: CHAT_BIN (the server, default bin/ChatServer), REDIS_URL (default
-# redis://127.0.0.1:6379), NODE_EXTRA (more node options). Uses ports 7101, 7102
-# and 7199, database chat_cpubench and key prefix cpubench (both removed after).
+# Environment: CHAT_BIN (the server, default bin/ChatServer), CHAT_BENCH (the
+# load generator, default bin/chat-bench), REDIS_URL (default
+# redis://127.0.0.1:6379), NODE_EXTRA (more node options), W (messages in flight
+# per user, default 4). Uses ports 7101, 7102 and 7199, database chat_cpubench and
+# key prefix cpubench (both removed after).
 # Prints one line: msgs/s, lost, p99, then per process its share of a core and
-# its CPU per message.
+# its CPU per message; then a line of the Redis commands per message over the
+# same period (from INFO commandstats: on a shared Redis, others' calls count too).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dur=${1:-6}
@@ -28,18 +31,21 @@ p1=$(cat "$dir/node1.pid")
 p2=$(cat "$dir/node2.pid")
 rp=$(pgrep -x redis-server | head -n 1)
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-"$root/bin/chat-bench" one-to-one --targets 127.0.0.1:7101,127.0.0.1:7102 -n 1000 -w 4 -t 1 \
+"${CHAT_BENCH:-$root/bin/chat-bench}" one-to-one --targets 127.0.0.1:7101,127.0.0.1:7102 -n 1000 -w "${W:-4}" -t 1 \
     -d "$dur" --json "$dir/out.json" >"$dir/bench.out" 2>&1 &
 bp=$!
 sleep 4 # setup (~1-2 s) and the 2 s warm-up
+stats() { redis-cli -u "${REDIS_URL:-redis://127.0.0.1:6379}" info commandstats | tr -d '\r'; }
+stats >"$dir/cmd0"
 a=("$(cpu "$p1")" "$(cpu "$p2")" "$(cpu "$rp")" "$(cpu "$bp")")
 t0=$(date +%s.%N)
 sleep $((dur - 1))
 b=("$(cpu "$p1")" "$(cpu "$p2")" "$(cpu "$rp")" "$(cpu "$bp")")
 t1=$(date +%s.%N)
+stats >"$dir/cmd1"
 wait "$bp" || true
-python3 - "$dir/out.json" "$t0" "$t1" "$(getconf CLK_TCK)" "${a[@]}" "${b[@]}" <<'PY'
-import json, sys
+python3 - "$dir/out.json" "$t0" "$t1" "$(getconf CLK_TCK)" "${a[@]}" "${b[@]}" "$dir" <<'PY'
+import json, re, sys
 d = json.load(open(sys.argv[1]))
 t0, t1, tck = float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 a, b = list(map(float, sys.argv[5:9])), list(map(float, sys.argv[9:13]))
@@ -49,4 +55,16 @@ for i, name in enumerate(["node1", "node2", "redis", "chat-bench"]):
     c = (b[i] - a[i]) / tck
     out.append(f"{name} {c / el * 100:.0f}% {c / el / rate * 1e6:.1f}us/msg")
 print(" | ".join(out))
+def calls(path):
+    got = {}
+    for line in open(path):
+        m = re.match(r"cmdstat_(\w+):calls=(\d+)", line)
+        if m:
+            got[m.group(1)] = int(m.group(2))
+    return got
+c0, c1 = calls(sys.argv[13] + "/cmd0"), calls(sys.argv[13] + "/cmd1")
+per = {k: (v - c0.get(k, 0)) / (rate * el) for k, v in c1.items()}
+top = sorted(((v, k) for k, v in per.items() if v >= 0.0005), reverse=True)
+print("redis calls/msg: " + " ".join(f"{k}={v:.3f}" for v, k in top)
+      + f" | total={sum(per.values()):.3f}")
 PY

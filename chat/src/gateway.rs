@@ -392,10 +392,14 @@ impl Gateway {
                 }
                 Ok(Decoded::Frame { start, end }) => {
                     let token = self.take_token(st);
+                    let frame = &buf.peek()[start..end];
                     let fast = token
-                        .then(|| protocol::parse_fast_chat(&buf.peek()[start..end]))
+                        .then(|| protocol::parse_fast_chat(frame))
                         .flatten()
-                        .and_then(|chat| self.service.try_fast_chat(&st.session, &chat));
+                        .and_then(|chat| {
+                            self.service
+                                .try_fast_chat(&st.session, &chat, frame, st.websocket)
+                        });
                     if let Some(done) = fast {
                         buf.retrieve(end);
                         self.stats.frame_in(protocol::msgid::ONE_CHAT);

@@ -81,6 +81,26 @@ pub enum Job {
     /// A one-to-one frame came back from the route batcher: finish its request. It
     /// runs before every job queued behind that request.
     Routed(Box<Routed>),
+    /// A ONE_CHAT the IO loop read without a `Value` and could not deliver there
+    /// (the recipient is not on this node, or the strand was busy): its delivery
+    /// text is made already.
+    Chat(Box<PreparedChat>),
+}
+
+/// A ONE_CHAT read on the IO loop's fast path ([`Job::Chat`]), as a request the
+/// strand runs in turn. Its text was made for `user`, the session's user when it
+/// was read: if the session's user is another by the time it runs (a LOGINOUT or
+/// LOGIN queued ahead of it), `frame` is parsed in full instead, like any request.
+#[derive(Debug)]
+pub struct PreparedChat {
+    /// The sender, as logged in when the frame was read.
+    pub user: Arc<User>,
+    /// The recipient.
+    pub to: i64,
+    /// The frame's JSON text as recipients get it.
+    pub text: String,
+    /// The frame as the client sent it (without its NUL).
+    pub frame: Vec<u8>,
 }
 
 /// What the job that just returned handed over; the strand waits for it to come
@@ -175,7 +195,7 @@ impl Strand {
             && self.output_seen + self.replies_in_flight > high_water
             && matches!(
                 self.jobs.front(),
-                Some((Job::Request(_) | Job::Refused { .. }, _))
+                Some((Job::Request(_) | Job::Refused { .. } | Job::Chat(_), _))
             )
     }
 }

@@ -16,6 +16,7 @@ both_backends!(
     requests_before_login_are_refused,
     spoofed_id_is_refused,
     logout_with_another_users_id,
+    chats_behind_a_logout_are_refused,
     close_without_logout_frees_the_account,
     messages_after_a_close_without_logout_are_stored,
     closed_while_login_runs,
@@ -122,6 +123,33 @@ fn logout_with_another_users_id(b: &Backend) {
     // And alice is still logged in too.
     bob.chat(a.id, "yes");
     assert_eq!(a.c.expect_msgid(6)["msg"], "yes");
+}
+
+/// Chats read in the same write as a LOGINOUT ahead of them run after it: each is
+/// refused (107), none goes out under the user logged in when it was read (the IO
+/// loop makes a chat's text as it reads it, for the user of that moment; the
+/// worker checks that user is still the session's before it sends).
+fn chats_behind_a_logout_are_refused(b: &Backend) {
+    let srv = b.start();
+    let mut a = User::online(srv.addr(), "alice");
+    let mut bob = User::online(srv.addr(), "bob");
+    let mut bytes = util::frame_bytes(&json!({"id": a.id, "msgid": 3}));
+    for i in 0..20 {
+        bytes.extend(util::frame_bytes(&one_chat(
+            a.id,
+            "alice",
+            bob.id,
+            &format!("late {i}"),
+        )));
+    }
+    a.c.send_raw(&bytes);
+    for _ in 0..20 {
+        a.c.expect_error(107, Some(6));
+    }
+    a.c.barrier();
+    a.login();
+    a.chat(bob.id, "after the login");
+    assert_eq!(bob.c.expect_msgid(6)["msg"], "after the login");
 }
 
 /// A connection closed without LOGINOUT logs its user out at once (for what is sent to

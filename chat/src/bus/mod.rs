@@ -56,6 +56,11 @@ const SWEEP_EVERY: u32 = 1;
 const READ_BLOCK: Duration = Duration::from_millis(250);
 /// Most entries the reader takes from its stream per XREAD.
 const READ_COUNT: usize = 1000;
+/// The stream format this node reads besides plain entries: the field name of a
+/// batch entry, and the value of the node's liveness key, which tells the other
+/// nodes' route script to send it batches (`scripts::ROUTE`). Another format gets
+/// another marker: a node never receives entries it cannot read.
+const STREAM_FORMAT: &str = "b1";
 /// Entries a drain moves to the store per step.
 const DRAIN_COUNT: usize = 500;
 /// How long a node may hold another node's drain lock (then it is presumed dead).
@@ -532,7 +537,9 @@ impl Bus {
         self.routed(frames.len());
         let missed: Vec<String> = self.with_replicated(|c| {
             let mut inv = self.scripts.route.key(&self.keys.online);
-            inv.arg(&self.keys.node_prefix).arg(&self.keys.queue_prefix);
+            inv.arg(&self.keys.node_prefix)
+                .arg(&self.keys.queue_prefix)
+                .arg(STREAM_FORMAT);
             for (uids, frame) in frames {
                 inv.arg(uids.len());
                 for u in *uids {
@@ -628,6 +635,7 @@ impl Bus {
                 .key(&self.keys.nodes)
                 .arg(self.cfg.node_ttl.as_millis() as u64)
                 .arg(&self.cfg.node_id)
+                .arg(STREAM_FORMAT)
                 .invoke(c)
         })?;
         self.beat_ok(t.elapsed());

@@ -1,5 +1,7 @@
 //! Records of the `dseq`s a node gave frames from its stream (protocol.md §12): hash
-//! `P:qa:<node>`, field `<user>:<dseq>`, value `<entry id>` LF `<frame with dseq>`.
+//! `P:qa:<node>`, field `<user>:<dseq>`, value `<position>` LF `<frame with dseq>`,
+//! where the position is the stream entry's id, and for a frame of a batch entry
+//! `#` and its index in the batch (`stream::position`).
 //!
 //! The rule: a frame read from the stream for an acking session is recorded
 //! *before* it is handed to the IO loops, and the record goes only once the client
@@ -13,7 +15,7 @@ use std::collections::BTreeMap;
 
 use redis::{Connection, RedisResult};
 
-use super::stream::id_key;
+use super::stream::position_key;
 use super::Orphan;
 
 /// A record's field: the user and the seq.
@@ -21,9 +23,9 @@ pub(super) fn field(user: i64, seq: u64) -> String {
     format!("{user}:{seq}")
 }
 
-/// A record's value: the stream entry and the frame as numbered.
-pub(super) fn value(entry: &str, frame: &str) -> String {
-    format!("{entry}\n{frame}")
+/// A record's value: the frame's position in the stream and the frame as numbered.
+pub(super) fn value(at: &str, frame: &str) -> String {
+    format!("{at}\n{frame}")
 }
 
 /// HSET of the records of one read, if any.
@@ -55,11 +57,11 @@ pub(super) fn hdel(key: &str, released: &[(i64, u64)]) -> Option<redis::Cmd> {
 /// One record as the drain reads it: (seq, user, frame with its seq).
 type Record = (u64, i64, String);
 
-/// A dead node's records, by stream entry, as its drain uses them.
+/// A dead node's records, by position in the stream, as its drain uses them.
 #[derive(Default)]
 pub(super) struct DrainRecords {
-    /// Entry id (as [`id_key`] reads it) → its records, by seq.
-    by_entry: BTreeMap<(u64, u64), Vec<Record>>,
+    /// Position (as [`position_key`] reads it) → its records, by seq.
+    by_entry: BTreeMap<(u64, u64, u64), Vec<Record>>,
 }
 
 impl DrainRecords {
@@ -70,8 +72,8 @@ impl DrainRecords {
         let mut by_entry: BTreeMap<_, Vec<_>> = BTreeMap::new();
         for (f, v) in all {
             let parsed = f.split_once(':').and_then(|(u, s)| {
-                let (entry, frame) = v.split_once('\n')?;
-                Some((id_key(entry), s.parse().ok()?, u.parse().ok()?, frame))
+                let (at, frame) = v.split_once('\n')?;
+                Some((position_key(at), s.parse().ok()?, u.parse().ok()?, frame))
             });
             match parsed {
                 Some((entry, seq, user, frame)) => {
@@ -94,7 +96,7 @@ impl DrainRecords {
     /// stream order: older than what is left in the stream.
     pub(super) fn before(&mut self, first: Option<&str>) -> Vec<Orphan> {
         let rest = match first {
-            Some(id) => self.by_entry.split_off(&id_key(id)),
+            Some(id) => self.by_entry.split_off(&position_key(id)),
             None => BTreeMap::new(),
         };
         let older = std::mem::replace(&mut self.by_entry, rest);
@@ -105,10 +107,10 @@ impl DrainRecords {
             .collect()
     }
 
-    /// One stream entry's frames: a recorded recipient's copy with its seq, one
+    /// The frame at position `at`: a recorded recipient's copy with its seq, one
     /// plain copy for the others.
-    pub(super) fn split(&mut self, id: &str, to: Vec<i64>, frame: String, out: &mut Vec<Orphan>) {
-        let Some(recorded) = self.by_entry.remove(&id_key(id)) else {
+    pub(super) fn split(&mut self, at: &str, to: Vec<i64>, frame: String, out: &mut Vec<Orphan>) {
+        let Some(recorded) = self.by_entry.remove(&position_key(at)) else {
             out.push((to, frame));
             return;
         };
@@ -131,11 +133,36 @@ mod tests {
         let mut by_entry: BTreeMap<_, Vec<_>> = BTreeMap::new();
         for &(e, u, s) in list {
             by_entry
-                .entry(id_key(e))
+                .entry(position_key(e))
                 .or_default()
                 .push((s, u, format!("f{u}:{s}")));
         }
         DrainRecords { by_entry }
+    }
+
+    #[test]
+    fn batch_positions_keep_their_order() {
+        let mut r = records(&[
+            ("9-1#2", 1, 12),
+            ("9-1#0", 1, 10),
+            ("9-0", 1, 5),
+            ("9-1#1", 2, 11),
+        ]);
+        let mut out = Vec::new();
+        r.split("9-1#1", vec![2, 3], "b1".into(), &mut out);
+        assert_eq!(
+            out,
+            [(vec![2], "f2:11".to_owned()), (vec![3], "b1".to_owned())]
+        );
+        assert_eq!(
+            r.before(Some("9-1")),
+            [(vec![1], "f1:5".to_owned())],
+            "entry 9-0 is before every frame of batch 9-1"
+        );
+        assert_eq!(
+            r.before(None),
+            [(vec![1], "f1:10".to_owned()), (vec![1], "f1:12".to_owned())]
+        );
     }
 
     #[test]

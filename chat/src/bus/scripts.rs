@@ -3,11 +3,13 @@
 //!
 //! Keys, under a prefix `P` (default `chat`):
 //! - `P:online` — hash user id → node id: where each user is logged in;
-//! - `P:node:<node>` — exists while the node is alive (refreshed, with a TTL);
+//! - `P:node:<node>` — exists while the node is alive (refreshed, with a TTL); its
+//!   value is the stream format the node reads (`b1`; the previous build wrote `1`);
 //! - `P:nodes` — set of node ids that registered, for the dead-node sweep;
 //! - `P:nodeusers:<node>` — set of the node's users, for the sweep and resync;
 //! - `P:q:<node>` — stream of what the node must deliver, in order: chat frames
-//!   (fields `to`, ids joined by commas, and `f`, the frame) and flush notices
+//!   (fields `to`, ids joined by commas, and `f`, the frame), batches of them
+//!   (field `b1`, see `ROUTE`) and flush notices
 //!   (field `flush`, ids). The node trims what it wrote to its sockets, so what a
 //!   dead node leaves there is what it never handed to the kernel;
 //! - `P:drain:<node>` — lock of the node that moves a dead node's stream to the store;
@@ -67,57 +69,120 @@ redis.call('SREM', KEYS[2], ARGV[1])
 return 1
 ";
 
-/// Appends frames to the streams of their recipients' nodes, one entry per frame
-/// and node, in the order given: many frames (a batch the router formed from what
-/// was queued) cost one round trip. A dead node whose stream was not drained yet
-/// still gets them, behind the frames already there, so the drain stores them in
-/// order. Presence is looked up once per user and node per call (nothing can
-/// change it while a script runs).
-/// KEYS: online. ARGV: node-key prefix, queue prefix, then for each frame: its
-/// recipient count n, n uids, the frame text.
+/// Appends frames to the streams of their recipients' nodes, in the order given:
+/// many frames (a batch the router formed from what was queued) cost one round
+/// trip. A live node that reads the batch format (its liveness key holds
+/// [`super::STREAM_FORMAT`]) gets what the call carries for it as **one** entry
+/// (field `b1`: per frame, its uids joined by commas, LF, the frame's length in
+/// bytes, LF, the frame), so Redis stores, and the node reads and trims, one entry
+/// per call instead of one per frame. Any other node — one of the previous build
+/// (its key holds `1`), or a dead node whose stream was not drained yet — gets
+/// one plain entry per frame (`to`, `f`), which every build reads and drains; a
+/// dead node's still come behind the frames already there, so the drain stores
+/// them in order. Presence is looked up once per user and node per call, the
+/// users' in one HMGET per 500 (nothing can change it while a script runs). A
+/// frame for one user (the common case) takes no table of its own.
+/// KEYS: online. ARGV: node-key prefix, queue prefix, the batch format marker,
+/// then for each frame: its recipient count n, n uids, the frame text.
 /// Returns, per frame, the uids with no node (offline, or on a dead node already
 /// drained) joined by commas ('' for none): the caller stores it for those.
 pub const ROUTE: &str = r"
 local where = {}
-local alive = {}
-local function node_of(uid)
-  local node = where[uid]
-  if node ~= nil then return node end
-  node = redis.call('HGET', KEYS[1], uid)
-  if node then
-    local up = alive[node]
-    if up == nil then
-      up = redis.call('EXISTS', ARGV[1] .. node) == 1
-           or redis.call('EXISTS', ARGV[2] .. node) == 1
-      alive[node] = up
+local mode = {}
+local want = {}
+local argc = #ARGV
+local i = 4
+while i <= argc do
+  local n = tonumber(ARGV[i])
+  for j = i + 1, i + n do
+    local uid = ARGV[j]
+    if where[uid] == nil then
+      where[uid] = false
+      want[#want + 1] = uid
     end
-    if not up then node = false end
   end
-  where[uid] = node
-  return node
+  i = i + n + 2
+end
+for k = 1, #want, 500 do
+  local chunk = {}
+  for m = k, math.min(k + 499, #want) do chunk[#chunk + 1] = want[m] end
+  local nodes = redis.call('HMGET', KEYS[1], unpack(chunk))
+  for m = 1, #chunk do
+    local node = nodes[m]
+    if node then
+      local md = mode[node]
+      if md == nil then
+        local v = redis.call('GET', ARGV[1] .. node)
+        if v == ARGV[3] then
+          md = 'batch'
+        elseif v or redis.call('EXISTS', ARGV[2] .. node) == 1 then
+          md = 'plain'
+        else
+          md = 'gone'
+        end
+        mode[node] = md
+      end
+      if md ~= 'gone' then where[chunk[m]] = node end
+    end
+  end
 end
 local out = {}
-local i = 3
-while i <= #ARGV do
+local parts = {}
+local count = {}
+local order = {}
+local function pack(node, to, frame)
+  local p = parts[node]
+  local k = count[node]
+  if not p then
+    p = {}; parts[node] = p; k = 0; order[#order + 1] = node
+  end
+  p[k + 1] = to; p[k + 2] = '\n'; p[k + 3] = #frame; p[k + 4] = '\n'; p[k + 5] = frame
+  count[node] = k + 5
+end
+i = 4
+while i <= argc do
   local n = tonumber(ARGV[i])
   local frame = ARGV[i + n + 1]
-  local bynode = {}
-  local missed = {}
-  for j = i + 1, i + n do
-    local node = node_of(ARGV[j])
-    if node then
-      local t = bynode[node]
-      if not t then t = {}; bynode[node] = t end
-      t[#t + 1] = ARGV[j]
+  if n == 1 then
+    local uid = ARGV[i + 1]
+    local node = where[uid]
+    if not node then
+      out[#out + 1] = uid
     else
-      missed[#missed + 1] = ARGV[j]
+      out[#out + 1] = ''
+      if mode[node] == 'batch' then
+        pack(node, uid, frame)
+      else
+        redis.call('XADD', ARGV[2] .. node, '*', 'to', uid, 'f', frame)
+      end
     end
+  else
+    local bynode = {}
+    local missed = {}
+    for j = i + 1, i + n do
+      local node = where[ARGV[j]]
+      if node then
+        local t = bynode[node]
+        if not t then t = {}; bynode[node] = t end
+        t[#t + 1] = ARGV[j]
+      else
+        missed[#missed + 1] = ARGV[j]
+      end
+    end
+    for node, uids in pairs(bynode) do
+      local to = table.concat(uids, ',')
+      if mode[node] == 'batch' then
+        pack(node, to, frame)
+      else
+        redis.call('XADD', ARGV[2] .. node, '*', 'to', to, 'f', frame)
+      end
+    end
+    out[#out + 1] = table.concat(missed, ',')
   end
-  for node, uids in pairs(bynode) do
-    redis.call('XADD', ARGV[2] .. node, '*', 'to', table.concat(uids, ','), 'f', frame)
-  end
-  out[#out + 1] = table.concat(missed, ',')
   i = i + n + 2
+end
+for _, node in ipairs(order) do
+  redis.call('XADD', ARGV[2] .. node, '*', ARGV[3], table.concat(parts[node]))
 end
 return out
 ";
@@ -159,12 +224,13 @@ end
 return out
 ";
 
-/// Keeps this node alive. KEYS: node:me, nodes. ARGV: ttl ms, me.
+/// Keeps this node alive. KEYS: node:me, nodes. ARGV: ttl ms, me, the stream
+/// format this node reads (the key's value; see `ROUTE`).
 /// Returns 1 if the node key still existed, 0 if it had expired or Redis lost it
 /// (then the node must re-claim its users).
 pub const HEARTBEAT: &str = r"
 local existed = redis.call('EXISTS', KEYS[1])
-redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[2])
 return existed
 ";

@@ -13,7 +13,7 @@ use redis::{Connection, RedisResult};
 use super::records::{self, DrainRecords};
 use super::{
     Bus, BusError, BusHandler, BusMessage, Drain, Orphan, DELIVERY_WAIT, DRAIN_COUNT, DRAIN_LOCK,
-    IO_TIMEOUT, READ_BLOCK, READ_COUNT,
+    IO_TIMEOUT, READ_BLOCK, READ_COUNT, STREAM_FORMAT,
 };
 
 /// Numbers the drains of this process, for their lock tokens.
@@ -105,14 +105,16 @@ impl Bus {
                 first_step = false;
             }
             for entry in &range.ids {
-                match entry_message(entry) {
-                    Some(BusMessage::Deliver { to, frame }) => {
-                        recorded.split(&entry.id, to, frame, &mut frames);
-                    }
+                let Some((batch, msgs)) = entry_messages(entry) else {
+                    log::error!("drain of {node}: {}, dropped", unreadable(entry));
+                    continue;
+                };
+                for (i, msg) in msgs.into_iter().enumerate() {
                     // A flush notice to a dead node: its users log in elsewhere and
                     // get their stored messages there.
-                    Some(_) => {}
-                    None => log::warn!("drain of {node}: unreadable entry {}, dropped", entry.id),
+                    if let BusMessage::Deliver { to, frame } = msg {
+                        recorded.split(&position(&entry.id, batch, i), to, frame, &mut frames);
+                    }
                 }
             }
             if !frames.is_empty() && !store(&frames) {
@@ -249,53 +251,59 @@ impl Bus {
             released.clear();
             read_any = true;
             let Some(reply) = reply else { continue };
-            let mut batch_end = None;
-            if let Some(oldest) = reply.keys.iter().flat_map(|k| &k.ids).next() {
+            let entries = || reply.keys.iter().flat_map(|k| &k.ids);
+            let Some(end) = entries().last().map(|e| e.id.clone()) else {
+                continue;
+            };
+            if let Some(oldest) = entries().next() {
                 self.entry_read(&oldest.id);
             }
             // Numbered for acking sessions and recorded before anything goes out
             // (see `records`); a failed record re-reads the batch.
             let mut numbered = Vec::new();
             let mut recs = Vec::new();
-            for entry in reply.keys.iter().flat_map(|k| &k.ids) {
-                let msg = entry_message(entry);
-                let seqs = match &msg {
-                    Some(BusMessage::Deliver { to, frame }) => handler
-                        .number(to, frame.len())
-                        .into_iter()
-                        .map(|(u, n)| {
-                            let stamped = with_seq(frame, n);
-                            recs.push((records::field(u, n), records::value(&entry.id, &stamped)));
-                            (u, stamped)
-                        })
-                        .collect(),
-                    _ => Vec::new(),
+            for entry in entries() {
+                let Some((batch, msgs)) = entry_messages(entry) else {
+                    log::error!("bus: {}, skipped", unreadable(entry));
+                    continue;
                 };
-                numbered.push((entry, msg, seqs));
+                for (i, msg) in msgs.into_iter().enumerate() {
+                    let seqs = match &msg {
+                        BusMessage::Deliver { to, frame } => handler
+                            .number(to, frame.len())
+                            .into_iter()
+                            .map(|(u, n)| {
+                                let stamped = with_seq(frame, n);
+                                let at = position(&entry.id, batch, i);
+                                recs.push((records::field(u, n), records::value(&at, &stamped)));
+                                (u, stamped)
+                            })
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    numbered.push((&entry.id, msg, seqs));
+                }
             }
             if let Some(cmd) = records::hset(&self.keys.records_me, &recs) {
                 cmd.query::<()>(&mut con).map_err(|e| (e, read_any))?;
             }
-            for (entry, msg, seqs) in numbered {
+            for (id, msg, seqs) in numbered {
                 match msg {
-                    Some(BusMessage::Deliver { mut to, frame }) => {
+                    BusMessage::Deliver { mut to, frame } => {
                         for (u, stamped) in seqs {
                             to.retain(|&r| r != u);
-                            held.deliver(handler, &entry.id, vec![u], stamped);
+                            held.deliver(handler, id, vec![u], stamped);
                         }
                         if !to.is_empty() {
-                            held.deliver(handler, &entry.id, to, frame);
+                            held.deliver(handler, id, to, frame);
                         }
                     }
-                    Some(m) => {
+                    m => {
                         // Flush notices: nothing of theirs can fail here.
                         let _ = handler.on_message(m);
                     }
-                    None => log::warn!("bus: unreadable stream entry {}, skipped", entry.id),
                 }
-                batch_end = Some(entry.id.clone());
             }
-            let Some(end) = batch_end else { continue };
             *last = end.clone();
             let tx = done_tx.clone();
             handler.after_delivery(Box::new(move || {
@@ -326,16 +334,22 @@ impl Held {
         let (wait, go): (Vec<i64>, Vec<i64>) =
             to.into_iter().partition(|u| self.by_user.contains_key(u));
         let mut keep = wait;
+        let mut frame = Some(frame);
         if !go.is_empty() {
+            // Copied only when some recipients wait: a failed delivery hands it back.
+            let copy = (!keep.is_empty()).then(|| frame.clone()).flatten();
             let msg = BusMessage::Deliver {
                 to: go,
-                frame: frame.clone(),
+                frame: frame.take().unwrap_or_default(),
             };
-            if let Err((failed, _)) = handler.on_message(msg) {
+            frame = copy;
+            if let Err((failed, back)) = handler.on_message(msg) {
                 log::warn!("bus reader: a frame for {failed:?} could not be stored; held");
                 keep.extend(failed);
+                frame = Some(back);
             }
         }
+        let Some(frame) = frame else { return };
         for u in keep {
             self.by_user
                 .entry(u)
@@ -384,6 +398,23 @@ pub(super) fn id_key(id: &str) -> (u64, u64) {
         .unwrap_or((0, 0))
 }
 
+/// Where a frame sits in the stream, as a dseq record names it: its entry's id, and
+/// for a frame of a batch entry `#` and its index there.
+fn position(id: &str, batch: bool, i: usize) -> String {
+    if batch {
+        format!("{id}#{i}")
+    } else {
+        id.to_owned()
+    }
+}
+
+/// A [`position`] as a comparable triple (entry id as [`id_key`] reads it, index).
+pub(super) fn position_key(at: &str) -> (u64, u64, u64) {
+    let (id, i) = at.split_once('#').unwrap_or((at, "0"));
+    let (ms, seq) = id_key(id);
+    (ms, seq, i.parse().unwrap_or(0))
+}
+
 /// The id right after a stream entry id `ms-seq` (for an inclusive trim).
 fn next_id(id: &str) -> String {
     match id.split_once('-').map(|(ms, seq)| (ms, seq.parse::<u64>())) {
@@ -400,6 +431,48 @@ pub(super) fn id_text(ids: &[i64]) -> String {
 /// User ids joined by commas.
 fn id_list(text: &str) -> Vec<i64> {
     text.split(',').filter_map(|u| u.parse().ok()).collect()
+}
+
+/// Decodes a stream entry into what it carries, in order: a batch (field
+/// [`STREAM_FORMAT`]: true, its frames) or a plain entry (false, one message).
+/// `None` if it is unreadable (a batch that does not parse is refused whole).
+fn entry_messages(entry: &StreamId) -> Option<(bool, Vec<BusMessage>)> {
+    match entry.map.get(STREAM_FORMAT) {
+        Some(redis::Value::BulkString(packed)) => unpack(packed).map(|m| (true, m)),
+        Some(_) => None,
+        None => entry_message(entry).map(|m| (false, vec![m])),
+    }
+}
+
+/// The frames of a batch entry: per frame, uids joined by commas, LF, the frame's
+/// length in bytes, LF, the frame.
+fn unpack(mut rest: &[u8]) -> Option<Vec<BusMessage>> {
+    fn line<'a>(rest: &mut &'a [u8]) -> Option<&'a str> {
+        let nl = memchr::memchr(b'\n', rest)?;
+        let text = std::str::from_utf8(&rest[..nl]).ok()?;
+        *rest = &rest[nl + 1..];
+        Some(text)
+    }
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let to = id_list(line(&mut rest)?);
+        let len: usize = line(&mut rest)?.parse().ok()?;
+        let frame = String::from_utf8(rest.get(..len)?.to_vec()).ok()?;
+        rest = &rest[len..];
+        if to.is_empty() {
+            return None;
+        }
+        out.push(BusMessage::Deliver { to, frame });
+    }
+    Some(out)
+}
+
+/// Why an entry could not be read, for the log: its id and field names (a format
+/// of another build says which).
+fn unreadable(entry: &StreamId) -> String {
+    let mut fields: Vec<&str> = entry.map.keys().map(String::as_str).collect();
+    fields.sort_unstable();
+    format!("unreadable stream entry {} (fields {fields:?})", entry.id)
 }
 
 /// Decodes a stream entry: a frame (`to`, user ids joined by commas, and `f`) or a
@@ -458,5 +531,32 @@ mod tests {
         );
         assert_eq!(entry_message(&entry(&[("to", "x"), ("f", "{}")])), None);
         assert_eq!(entry_message(&entry(&[("f", "{}")])), None);
+    }
+
+    #[test]
+    fn batch_entries() {
+        let deliver = |to: &[i64], f: &str| BusMessage::Deliver {
+            to: to.to_vec(),
+            frame: f.into(),
+        };
+        let packed = "1,2\n7\n{\"a\":\n}3\n0\n5\n3\n4\n5";
+        assert_eq!(
+            unpack(packed.as_bytes()),
+            Some(vec![
+                deliver(&[1, 2], "{\"a\":\n}"),
+                deliver(&[3], ""),
+                deliver(&[5], "4\n5")
+            ])
+        );
+        assert_eq!(unpack(b""), Some(Vec::new()));
+        // Cut short, a length past the end, no recipients, a bad length: refused whole.
+        for bad in ["1\n4\n{}", "1\n9\n{}\n", "\n2\n{}", "1\nx\n{}", "1\n2"] {
+            assert_eq!(unpack(bad.as_bytes()), None, "{bad:?}");
+        }
+        assert_eq!(position("5-1", true, 3), "5-1#3");
+        assert_eq!(position("5-1", false, 0), "5-1");
+        assert!(position_key("5-1#3") > position_key("5-1"));
+        assert!(position_key("5-1#3") < position_key("5-2"));
+        assert!(position_key("5-1#10") > position_key("5-1#9"));
     }
 }

@@ -10,10 +10,11 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::{ChatService, Result, ServiceError};
+use crate::codec;
 use crate::protocol::{self, errno, msgid, FastChat, Parsed, ProtocolError, Request};
 use crate::route_batch::{RouteTicket, Routed};
 use crate::router::{Fast, Outcome, Step};
-use crate::session::{Job, Session, Suspended, User};
+use crate::session::{Job, PreparedChat, Session, Suspended, User};
 use crate::store::StoreError;
 use crate::timefmt;
 
@@ -124,30 +125,62 @@ impl ChatService {
         }
     }
 
-    /// [`Self::try_fast`] for a chat frame read without a `Value`: `None` when this path
-    /// cannot take it (then the caller parses it in full), else what `try_fast` gives.
+    /// [`Self::try_fast`] for a chat frame (`frame`, read as `chat` without a
+    /// `Value`): `None` when this path cannot take it (then the caller parses it in
+    /// full), else what `try_fast` gives — or, when it cannot deliver here and now,
+    /// the job of the frame with its text made ([`Job::Chat`]), so that no worker
+    /// parses it again. A WebSocket connection's frames take the full path then.
     pub fn try_fast_chat(
         &self,
         session: &Arc<Session>,
         chat: &FastChat,
+        frame: &[u8],
+        websocket: bool,
     ) -> Option<std::result::Result<(), Job>> {
-        let user = match session.user() {
-            Some(u) if u.id == chat.id && session.is_idle() && self.history.has_room() => u,
-            _ => return None,
-        };
-        match self.router.try_send_local(chat.toid, || {
-            let text = chat.delivery_text(&user.name, timefmt::now);
-            self.record_chat(chat.id, chat.toid, &text);
-            text
-        }) {
-            Fast::Sent => Some(Ok(())),
-            Fast::Store(text) => Some(Err(Job::Route {
-                to: chat.toid,
-                from: chat.id,
-                text,
-                cid: None,
-            })),
-            Fast::NotHere => None,
+        let user = session.user().filter(|u| u.id == chat.id)?;
+        if session.is_idle() && self.history.has_room() {
+            match self.router.try_send_local(chat.toid, || {
+                let text = chat.delivery_text(&user.name, timefmt::now);
+                self.record_chat(chat.id, chat.toid, &text);
+                text
+            }) {
+                Fast::Sent => return Some(Ok(())),
+                Fast::Store(text) => {
+                    return Some(Err(Job::Route {
+                        to: chat.toid,
+                        from: chat.id,
+                        text,
+                        cid: None,
+                    }))
+                }
+                Fast::NotHere => {}
+            }
+        }
+        if websocket {
+            return None;
+        }
+        let text = chat.delivery_text(&user.name, timefmt::now);
+        Some(Err(Job::Chat(Box::new(PreparedChat {
+            user,
+            to: chat.toid,
+            text,
+            frame: frame.to_vec(),
+        }))))
+    }
+
+    /// Runs a ONE_CHAT the IO loop read ([`Job::Chat`]) as [`Self::one_chat`] would
+    /// (the fast path's frames ask for no confirmation), or parses it in full if
+    /// the session's user changed since it was read.
+    pub(super) fn prepared_chat(&self, session: &Arc<Session>, chat: PreparedChat) {
+        match session.user() {
+            Some(user) if Arc::ptr_eq(&user, &chat.user) => {
+                let result = self.one_chat_text(session, &user, chat.to, None, chat.text);
+                self.answer(session, msgid::ONE_CHAT, result);
+            }
+            _ => match codec::parse_frame(&chat.frame).and_then(protocol::parse_request) {
+                Ok(parsed) => self.dispatch(session, parsed),
+                Err(e) => self.send_error(session, &e),
+            },
         }
     }
 
@@ -210,6 +243,18 @@ impl ChatService {
         };
         let user = sender(session, parsed.msgid)?;
         let text = chat_text(frame, &user.name);
+        self.one_chat_text(session, &user, toid, cid, text)
+    }
+
+    /// [`Self::one_chat`] from its delivery text on.
+    fn one_chat_text(
+        &self,
+        session: &Arc<Session>,
+        user: &User,
+        toid: i64,
+        cid: Option<i64>,
+        text: String,
+    ) -> Result<()> {
         // Recorded before a recipient here can see it (so its reply gets the later
         // seq); otherwise only once the recipient is known to exist and the message
         // was taken (delivered or stored, not refused).

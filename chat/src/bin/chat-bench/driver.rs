@@ -6,7 +6,7 @@ mod legacy_login;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,9 @@ pub struct Shared {
     pub groups_ready: AtomicUsize,
     /// Deliveries so far (for the progress line).
     pub progress: AtomicU64,
+    /// Deliveries expected for messages of the measured period and not seen yet
+    /// (the drain after it waits for them).
+    pub outstanding: AtomicI64,
     /// A tag that makes this run's user and group names unique.
     pub run_tag: String,
     /// A target is the original server: one request in flight per connection, and a
@@ -65,6 +68,7 @@ impl Shared {
             failed: AtomicUsize::new(0),
             groups_ready: AtomicUsize::new(0),
             progress: AtomicU64::new(0),
+            outstanding: AtomicI64::new(0),
             run_tag: format!("{:x}", (nanos as u64) & 0xff_ffff_ffff),
             legacy,
         }
@@ -438,6 +442,7 @@ impl Driver {
             if self.shared.measured(us) {
                 self.stats.sent += 1;
                 self.stats.expected += 1;
+                self.shared.outstanding.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -452,6 +457,7 @@ impl Driver {
         if self.shared.measured(sent_us) {
             self.stats.delivered += 1;
             self.stats.record(now.saturating_sub(sent_us));
+            self.shared.outstanding.fetch_sub(1, Ordering::Relaxed);
         }
         self.shared.progress.fetch_add(1, Ordering::Relaxed);
         Some((sender, seq))
@@ -510,7 +516,11 @@ impl Driver {
             );
             if self.shared.measured(us) {
                 self.stats.sent += 1;
-                self.stats.expected += (self.groups[g].members.len() - 1) as u64;
+                let n = self.groups[g].members.len() - 1;
+                self.stats.expected += n as u64;
+                self.shared
+                    .outstanding
+                    .fetch_add(n as i64, Ordering::Relaxed);
             }
         }
     }

@@ -279,7 +279,7 @@ fn main() {
         .zip(cpu_start)
         .map(|(end, start)| end.since(&start));
     shared.set_phase(Phase::Drain);
-    thread::sleep(Duration::from_secs(2));
+    drain(&shared);
     let rss_end = args.server_pid.and_then(rss_kib);
 
     let mut total = Stats::default();
@@ -309,6 +309,31 @@ fn main() {
         (rss_before, rss_after_setup, rss_end),
         cpu,
     );
+}
+
+/// After the measured period: waits 2 s, and then as long as deliveries of measured
+/// messages are still outstanding and keep coming (none for 5 s: they are lost), at
+/// most a minute. With a large window at high load the last messages of the period
+/// arrive seconds after it; a fixed wait counted them lost.
+fn drain(shared: &Shared) {
+    const FIRST: Duration = Duration::from_secs(2);
+    const SILENCE: Duration = Duration::from_secs(5);
+    const MOST: Duration = Duration::from_secs(60);
+    let start = Instant::now();
+    thread::sleep(FIRST);
+    let mut seen = shared.progress.load(Ordering::Relaxed);
+    let mut last_change = Instant::now();
+    while shared.outstanding.load(Ordering::Relaxed) > 0
+        && last_change.elapsed() < SILENCE
+        && start.elapsed() < MOST
+    {
+        thread::sleep(Duration::from_millis(50));
+        let now = shared.progress.load(Ordering::Relaxed);
+        if now != seen {
+            seen = now;
+            last_change = Instant::now();
+        }
+    }
 }
 
 /// Waits until `f` says done, printing its progress line; exits the process when the
