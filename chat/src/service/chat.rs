@@ -98,10 +98,11 @@ impl ChatService {
             else {
                 unreachable!("checked above")
             };
-            let text = chat_text(frame, &user.name);
+            let mut text = chat_text(frame, &user.name);
             // Called only when the frame goes out (or is stored): recorded before the
             // recipient can see it, so a reply gets the later seq.
             self.record_chat(id, toid, &text);
+            text.push('\0');
             text
         });
         if ext && !matches!(sent, Fast::NotHere) {
@@ -136,9 +137,9 @@ impl ChatService {
             _ => return None,
         };
         match self.router.try_send_local(chat.toid, || {
-            let text = chat.delivery_text(&user.name, timefmt::now);
-            self.record_chat(chat.id, chat.toid, &text);
-            text
+            let frame = chat.delivery_wire(&user.name, timefmt::now);
+            self.record_chat(chat.id, chat.toid, &frame[..frame.len() - 1]);
+            frame
         }) {
             Fast::Sent => Some(Ok(())),
             Fast::Store(text) => Some(Err(Job::Route {
