@@ -86,12 +86,14 @@ struct Chunk<'a> {
 }
 
 impl<'a> Chunk<'a> {
-    /// A chunk of `r` (whose seq is `seq`) alone.
-    fn new(conv: i64, seq: i64, r: &'a HistoryRecord) -> Chunk<'a> {
+    /// A chunk of `r` (whose seq is `seq`) alone, with room for `capacity` texts.
+    fn new(seq: i64, r: &'a HistoryRecord, capacity: usize) -> Chunk<'a> {
+        let mut texts = Vec::with_capacity(capacity);
+        texts.push(r.text.as_str());
         Chunk {
-            conv,
+            conv: r.conv,
             seq,
-            texts: vec![&r.text],
+            texts,
             first_ts: r.ts_ms,
             ts: r.ts_ms,
             bytes: r.text.len() + 1,
@@ -130,23 +132,24 @@ impl<'a> Chunk<'a> {
 
 /// `batch` with its seqs, cut into chunks: per conversation (ascending), in seq order.
 fn chunks<'a>(batch: &'a [HistoryRecord], seqs: &[i64]) -> Vec<Chunk<'a>> {
-    let mut by_conv: HashMap<i64, Vec<(i64, &HistoryRecord)>> = HashMap::new();
-    for (r, &seq) in batch.iter().zip(seqs) {
-        by_conv.entry(r.conv).or_default().push((seq, r));
-    }
-    let mut convs: Vec<_> = by_conv.into_iter().collect();
-    convs.sort_unstable_by_key(|(c, _)| *c);
+    // The batch's indices by conversation, in batch order within one (a stable
+    // sort): one allocation, not a vector per conversation.
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    order.sort_by_key(|&i| batch[i].conv);
     let mut out: Vec<Chunk<'a>> = Vec::new();
-    for (conv, msgs) in convs {
+    for msgs in order.chunk_by(|&a, &b| batch[a].conv == batch[b].conv) {
         let mut open: Option<Chunk<'a>> = None;
-        for (seq, r) in msgs {
+        let mut left = msgs.len();
+        for &i in msgs {
+            let r = &batch[i];
             match &mut open {
                 Some(c) if c.takes(r) => c.push(r),
                 _ => {
                     out.extend(open.take());
-                    open = Some(Chunk::new(conv, seq, r));
+                    open = Some(Chunk::new(seqs[i], r, left.min(CHUNK_MESSAGES)));
                 }
             }
+            left -= 1;
         }
         out.extend(open);
     }
