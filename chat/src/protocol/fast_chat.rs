@@ -10,6 +10,7 @@
 //! Nothing here allocates but the delivered frame itself: the fields sit in an array
 //! on the stack, kept in key order as they are read.
 
+use std::cmp::Ordering;
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
@@ -43,7 +44,7 @@ impl<'a> Fields<'a> {
 
     fn get(&self, key: &str) -> Option<&'a str> {
         let s = self.as_slice();
-        s.binary_search_by(|(k, _)| (*k).cmp(key))
+        s.binary_search_by(|(k, _)| key_order(k, key))
             .ok()
             .map(|i| s[i].1)
     }
@@ -54,7 +55,7 @@ impl<'a> Fields<'a> {
 
     /// Adds or replaces `key`; false when the array is full.
     fn insert(&mut self, key: &'a str, value: &'a str) -> bool {
-        match self.as_slice().binary_search_by(|(k, _)| (*k).cmp(key)) {
+        match self.as_slice().binary_search_by(|(k, _)| key_order(k, key)) {
             Ok(i) => self.items[i].1 = value,
             Err(_) if self.len == MAX_FIELDS => return false,
             Err(i) => {
@@ -65,6 +66,18 @@ impl<'a> Fields<'a> {
         }
         true
     }
+}
+
+/// `a.cmp(b)` (byte order, as `str` and so `BTreeMap` order keys), inlined: keys are
+/// a few bytes, and a `memcmp` call per comparison was a tenth of this path's time.
+#[inline]
+fn key_order(a: &str, b: &str) -> Ordering {
+    for (x, y) in a.bytes().zip(b.bytes()) {
+        if x != y {
+            return x.cmp(&y);
+        }
+    }
+    a.len().cmp(&b.len())
 }
 
 impl fmt::Debug for Fields<'_> {
@@ -266,6 +279,18 @@ mod tests {
             for name in ["plain", "real \"name\"", "tab\there\\"] {
                 let got = fast.delivery_wire(name, || "2030-01-01 00:00:00".into());
                 assert_eq!(got, format!("{}\0", slow(frame, name)), "{frame}");
+            }
+        }
+    }
+
+    #[test]
+    fn key_order_is_str_order() {
+        let keys = [
+            "", "a", "ab", "b", "id", "msg", "msgid", "t", "time", "to", "toid", "é", "z\u{0}",
+        ];
+        for a in keys {
+            for b in keys {
+                assert_eq!(key_order(a, b), a.cmp(b), "{a:?} {b:?}");
             }
         }
     }
