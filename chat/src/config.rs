@@ -62,7 +62,7 @@ pub struct Config {
     /// users can log in elsewhere this long later.
     #[arg(long, env = "CHAT_NODE_TTL_MS", default_value_t = 10_000)]
     pub node_ttl_ms: u64,
-    /// IO loop threads (0: one per core).
+    /// IO loop threads (0: one per two cores, at least one; see `default_io_threads`).
     #[arg(long, env = "CHAT_IO_THREADS", default_value_t = 0)]
     pub io_threads: usize,
     /// Worker threads for database and password work (0: four per core).
@@ -192,6 +192,16 @@ pub fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
 }
 
 /// `HOST:PORT` resolved (IPv4 first).
+/// IO loops when none are asked for: one per two cores, at least one. The loops
+/// share the machine with the workers, the history writer and the database; on the
+/// 2-core VM of BENCHMARKS.md ("CPU per message, session 6") one loop costs 7.0 µs of
+/// CPU per one-to-one message at N = 1,000 against 9.5 for two (each loop touches
+/// sockets and sessions the other's core just had, and both sleep and wake more),
+/// and delivers as much at N = 100, W = 16.
+pub fn default_io_threads(cores: usize) -> usize {
+    cores.div_ceil(2).max(1)
+}
+
 fn resolve_pair(hostport: &str) -> io::Result<SocketAddr> {
     let (host, port) = hostport
         .rsplit_once(':')
@@ -238,7 +248,7 @@ impl Config {
             admin,
             ws_addr,
             io_threads: if self.io_threads == 0 {
-                cores
+                default_io_threads(cores)
             } else {
                 self.io_threads
             },
@@ -296,6 +306,12 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_io_loop_per_two_cores() {
+        let got: Vec<_> = [0, 1, 2, 3, 4, 8].map(default_io_threads).into();
+        assert_eq!(got, [1, 1, 1, 2, 2, 4]);
+    }
 
     /// The old names (`CHAT_LOG`, `CHAT_LOGIN_TIMEOUT`, and their hidden flags) are
     /// read when the new ones are absent, and lose to them when both are set.

@@ -454,16 +454,16 @@ impl Session {
         if self.is_congested() {
             return false;
         }
-        self.deliver_live(frame)
+        self.deliver_live(frame).is_ok()
     }
 
     /// Like [`Session::deliver`] without the congestion check (the IO loop's fast
     /// path made it): the loop still spills the frame if the output is at its
-    /// mark. False, doing nothing, once the connection closed.
-    pub fn deliver_live(&self, frame: Vec<u8>) -> bool {
+    /// mark. Once the connection closed, does nothing and gives the frame back.
+    pub fn deliver_live(&self, frame: Vec<u8>) -> Result<(), Vec<u8>> {
         let mut out = self.outbox.lock();
         if out.closed {
-            return false;
+            return Err(frame);
         }
         if out.holding {
             out.held.push(frame);
@@ -472,7 +472,7 @@ impl Session {
             let flow = self.flow.clone();
             self.conn.with(move |c| flow.offer(c, &frame));
         }
-        true
+        Ok(())
     }
 
     /// Like [`Session::deliver`], for a fan-out: adds this connection to `fan`

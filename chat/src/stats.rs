@@ -2,11 +2,16 @@
 //! module reads. Rule: a bump is one relaxed atomic add — no lock, no allocation,
 //! no syscall — so counting costs the IO loops and workers nothing they would notice.
 //!
+//! The counters every frame bumps (frames and bytes in and out, chats) are kept in
+//! [`SHARDS`] cache-line-aligned copies, one picked per thread: two IO loops that
+//! bumped one shared line per frame would pass it between their cores on every
+//! message. A read sums the copies.
+//!
 //! The session events that also make an audit line (logins, logouts, kicks,
 //! protocol errors) are bumped through `audit`, which writes the line and the
 //! counter together.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Msgids counted one by one; a larger (or negative) one counts in the last slot.
 pub const MSGID_SLOTS: usize = 64;
@@ -35,33 +40,60 @@ pub enum Login {
     Throttled,
 }
 
-/// The counters of one server. Shared as `Arc<Stats>`; every method is safe to
-/// call from any thread.
+/// Copies of the per-frame counters (see the module's doc).
+pub const SHARDS: usize = 8;
+
+/// The counters bumped per frame, one copy per [`SHARDS`]; aligned so that two
+/// copies never share a cache line.
 #[derive(Debug)]
-pub struct Stats {
+#[repr(align(128))]
+struct Shard {
     frames_in: [AtomicU64; MSGID_SLOTS],
     frames_out: [AtomicU64; MSGID_SLOTS],
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    chats: [AtomicU64; 3],
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard {
+            frames_in: std::array::from_fn(|_| AtomicU64::new(0)),
+            frames_out: std::array::from_fn(|_| AtomicU64::new(0)),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            chats: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's shard: threads take them in turn as they first count.
+    static SHARD: usize = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS
+    };
+}
+
+/// The counters of one server. Shared as `Arc<Stats>`; every method is safe to
+/// call from any thread.
+#[derive(Debug)]
+pub struct Stats {
+    shards: Box<[Shard; SHARDS]>,
     logins: [AtomicU64; 3],
     logouts: AtomicU64,
     kicks: AtomicU64,
     protocol_errors: [AtomicU64; ERRNO_SLOTS],
-    chats: [AtomicU64; 3],
 }
 
 impl Default for Stats {
     fn default() -> Self {
         Stats {
-            frames_in: std::array::from_fn(|_| AtomicU64::new(0)),
-            frames_out: std::array::from_fn(|_| AtomicU64::new(0)),
-            bytes_in: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
+            shards: Box::new(std::array::from_fn(|_| Shard::default())),
             logins: std::array::from_fn(|_| AtomicU64::new(0)),
             logouts: AtomicU64::new(0),
             kicks: AtomicU64::new(0),
             protocol_errors: std::array::from_fn(|_| AtomicU64::new(0)),
-            chats: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -77,11 +109,16 @@ fn slot(n: i64, slots: usize) -> usize {
 /// The non-zero slots of a per-number array, as (number, count); the last slot
 /// is "other" (-1).
 fn nonzero(a: &[AtomicU64]) -> Vec<(i64, u64)> {
-    let last = a.len() - 1;
-    a.iter()
+    let counts: Vec<u64> = a.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    nonzero_counts(&counts)
+}
+
+fn nonzero_counts(counts: &[u64]) -> Vec<(i64, u64)> {
+    let last = counts.len() - 1;
+    counts
+        .iter()
         .enumerate()
-        .filter_map(|(i, c)| {
-            let n = c.load(Ordering::Relaxed);
+        .filter_map(|(i, &n)| {
             let id = if i == last { -1 } else { i as i64 };
             (n > 0).then_some((id, n))
         })
@@ -89,14 +126,38 @@ fn nonzero(a: &[AtomicU64]) -> Vec<(i64, u64)> {
 }
 
 impl Stats {
+    /// The calling thread's shard.
+    fn shard(&self) -> &Shard {
+        &self.shards[SHARD.with(|s| *s)]
+    }
+
+    /// A per-frame counter summed over the shards.
+    fn sum(&self, counter: impl Fn(&Shard) -> &AtomicU64) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| counter(s).load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// A per-msgid array summed over the shards, as [`nonzero`] gives it.
+    fn sum_slots(&self, slots: impl Fn(&Shard) -> &[AtomicU64; MSGID_SLOTS]) -> Vec<(i64, u64)> {
+        let mut counts = [0u64; MSGID_SLOTS];
+        for s in self.shards.iter() {
+            for (total, c) in counts.iter_mut().zip(slots(s)) {
+                *total += c.load(Ordering::Relaxed);
+            }
+        }
+        nonzero_counts(&counts)
+    }
+
     /// A request frame of `msgid` arrived (parsed or not: -1 when unreadable).
     pub fn frame_in(&self, msgid: i64) {
-        bump(&self.frames_in[slot(msgid, MSGID_SLOTS)], 1);
+        bump(&self.shard().frames_in[slot(msgid, MSGID_SLOTS)], 1);
     }
 
     /// Bytes read from a client.
     pub fn bytes_in(&self, n: usize) {
-        bump(&self.bytes_in, n as u64);
+        bump(&self.shard().bytes_in, n as u64);
     }
 
     /// A frame (JSON text and its NUL) queued to one connection; its msgid is read
@@ -108,14 +169,15 @@ impl Stats {
     /// The same frame queued to `n` connections (a fan-out).
     pub fn frames_out_n(&self, frame: &[u8], n: u64) {
         let msgid = peek_msgid(frame).unwrap_or(-1);
-        bump(&self.frames_out[slot(msgid, MSGID_SLOTS)], n);
-        bump(&self.bytes_out, n * frame.len() as u64);
+        let shard = self.shard();
+        bump(&shard.frames_out[slot(msgid, MSGID_SLOTS)], n);
+        bump(&shard.bytes_out, n * frame.len() as u64);
     }
 
     /// `n` chat frames went `how`.
     pub fn chats(&self, how: Chat, n: usize) {
         if n > 0 {
-            bump(&self.chats[how as usize], n as u64);
+            bump(&self.shard().chats[how as usize], n as u64);
         }
     }
 
@@ -139,19 +201,19 @@ impl Stats {
     pub fn snapshot(&self) -> Snapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Snapshot {
-            frames_in: nonzero(&self.frames_in),
-            frames_out: nonzero(&self.frames_out),
-            bytes_in: get(&self.bytes_in),
-            bytes_out: get(&self.bytes_out),
+            frames_in: self.sum_slots(|s| &s.frames_in),
+            frames_out: self.sum_slots(|s| &s.frames_out),
+            bytes_in: self.sum(|s| &s.bytes_in),
+            bytes_out: self.sum(|s| &s.bytes_out),
             logins_ok: get(&self.logins[Login::Ok as usize]),
             logins_failed: get(&self.logins[Login::Failed as usize]),
             logins_throttled: get(&self.logins[Login::Throttled as usize]),
             logouts: get(&self.logouts),
             kicks: get(&self.kicks),
             protocol_errors: nonzero(&self.protocol_errors),
-            chats_local: get(&self.chats[Chat::Local as usize]),
-            chats_remote: get(&self.chats[Chat::Remote as usize]),
-            chats_stored: get(&self.chats[Chat::Stored as usize]),
+            chats_local: self.sum(|s| &s.chats[Chat::Local as usize]),
+            chats_remote: self.sum(|s| &s.chats[Chat::Remote as usize]),
+            chats_stored: self.sum(|s| &s.chats[Chat::Stored as usize]),
         }
     }
 }
@@ -274,8 +336,23 @@ mod tests {
         s.frame_in(1000);
         s.frames_out_n(b"{\"msgid\":6}\0", 3);
         s.chats(Chat::Remote, 2);
+        // Counted on other threads (other shards) too: a read sums them all.
+        std::thread::scope(|scope| {
+            for _ in 0..2 * SHARDS {
+                scope.spawn(|| {
+                    s.frame_in(7);
+                    s.bytes_in(10);
+                    s.chats(Chat::Local, 1);
+                });
+            }
+        });
         let snap = s.snapshot();
-        assert_eq!(snap.frames_in, vec![(5, 2), (-1, 1)]);
+        assert_eq!(
+            snap.frames_in,
+            vec![(5, 2), (7, 2 * SHARDS as u64), (-1, 1)]
+        );
+        assert_eq!(snap.bytes_in, 20 * SHARDS as u64);
+        assert_eq!(snap.chats_local, 2 * SHARDS as u64);
         assert_eq!(snap.frames_out, vec![(6, 3)]);
         assert_eq!(snap.bytes_out, 36);
         assert_eq!(snap.chats_remote, 2);

@@ -10,6 +10,7 @@ both_backends!(
     logout_then_login_again_on_the_same_connection,
     one_chat_online,
     one_chat_with_to_instead_of_toid,
+    one_chat_exact_bytes_on_either_path,
     add_friend_shows_presence_at_next_login,
     groups_roles_and_group_chat,
     ping_pong,
@@ -192,6 +193,58 @@ fn one_chat_with_to_instead_of_toid(b: &Backend) {
             a.id, carol.id
         )]
     );
+}
+
+/// The IO loop reads plain chat frames without a `Value` (up to 16 distinct fields, no
+/// escapes) and hands anything else to the full parse: both deliver the same bytes,
+/// with the sender's registered name escaped as JSON, a repeated key's last value,
+/// and every field of a frame with more fields than the fast path holds.
+fn one_chat_exact_bytes_on_either_path(b: &Backend) {
+    let srv = b.start();
+    let name = "a \"quoted\"\\ name\twith a tab";
+    let mut a = User::online(srv.addr(), name);
+    let mut bob = User::online(srv.addr(), "bob");
+    let escaped = serde_json::to_string(name).unwrap();
+    assert!(escaped.contains("\\t"), "{escaped}");
+
+    // Fast path: plain fields, a repeated key (the last one counts), no `time`.
+    let req = format!(
+        r#"{{"msgid":6,"id":{},"toid":{},"msg":"one","x":1,"x":2,"name":"z"}}"#,
+        a.id, bob.id
+    );
+    a.c.send_raw(format!("{req}\0").as_bytes());
+    let got = bob.c.recv_raw();
+    let got = String::from_utf8(got[..got.len() - 1].to_vec()).unwrap();
+    let time = serde_json::from_str::<Value>(&got).unwrap()["time"]
+        .as_str()
+        .expect("time added")
+        .to_owned();
+    assert_eq!(
+        got,
+        format!(
+            r#"{{"id":{},"msg":"one","msgid":6,"name":{escaped},"time":"{time}","toid":{},"x":2}}"#,
+            a.id, bob.id
+        )
+    );
+
+    // 17 distinct fields: past the fast path's array, delivered whole by the full parse.
+    let extra: String = (0..14).map(|i| format!(r#","f{i:02}":{i}"#)).collect();
+    let req = format!(
+        r#"{{"msgid":6,"id":{},"toid":{},"msg":"two","time":"{TIME}"{extra}}}"#,
+        a.id, bob.id
+    );
+    a.c.send_raw(format!("{req}\0").as_bytes());
+    expect_bytes(
+        &mut bob.c,
+        &format!(
+            r#"{{{},"id":{},"msg":"two","msgid":6,"name":{escaped},"time":"{TIME}","toid":{}}}"#,
+            &extra[1..],
+            a.id,
+            bob.id
+        ),
+    );
+    a.c.expect_quiet();
+    bob.c.expect_quiet();
 }
 
 /// ADD_FRIEND (legacy: silent) appears in the next LOGIN_ACK with live presence.

@@ -13,7 +13,7 @@ use mio::event::Source;
 use mio::{Events, Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
 
-use crate::callbacks::{Task, TcpConnectionPtr, TimerCallback};
+use crate::callbacks::{Task, TcpConnectionPtr, TimerCallback, WriteCompleteCallback};
 use crate::channel::Channel;
 use crate::timer_queue::{self, TimerId, TimerQueue};
 
@@ -65,9 +65,17 @@ pub(crate) struct Inner {
     timers: RefCell<TimerQueue>,
     shared: Arc<Shared>,
     looping: Cell<bool>,
-    /// Loop-thread tasks that need no `Send` (they hold `Rc`s): deferred work such as
+    /// Polls done so far ([`EventLoop::iteration`]).
+    iteration: Cell<u64>,
+    /// Loop-thread work that needs no `Send` (it holds `Rc`s): deferred work such as
     /// a read continuation or a write-complete callback, run with the pending tasks.
-    deferred: RefCell<Vec<LocalTask>>,
+    deferred: RefCell<Vec<Deferred>>,
+    /// Emptied vectors kept for the next iteration's swaps: taking a queue leaves
+    /// one of these in its place, so a busy loop does not allocate a queue per
+    /// iteration (nor grow it again from nothing).
+    spare_deferred: RefCell<Vec<Deferred>>,
+    spare_pending: RefCell<Vec<Task>>,
+    spare_unflushed: RefCell<Vec<TcpConnectionPtr>>,
     /// True from the end of `poll` until the iteration's writes are flushed: sends
     /// made meanwhile are appended to their connection's output and written once at
     /// the end, so a connection sent several frames in one iteration (a member of
@@ -79,6 +87,32 @@ pub(crate) struct Inner {
 
 /// A task queued on the loop thread itself.
 type LocalTask = Box<dyn FnOnce(&EventLoop)>;
+
+/// Work deferred on the loop thread.
+enum Deferred {
+    Task(LocalTask),
+    /// A connection's write-complete callback: queued for every completed write
+    /// (every delivered frame), so it is queued without a box.
+    WriteComplete(TcpConnectionPtr, WriteCompleteCallback),
+}
+
+/// A spare queue longer than this is dropped rather than kept (a burst is over).
+const SPARE_MAX: usize = 4096;
+
+/// Swaps `queue` for the empty `spare` and returns what `queue` held.
+fn take_queue<T>(queue: &mut Vec<T>, spare: &RefCell<Vec<T>>) -> Vec<T> {
+    let mut taken = spare.take();
+    std::mem::swap(queue, &mut taken);
+    taken
+}
+
+/// Gives a drained queue back as the next spare, unless it grew past [`SPARE_MAX`].
+fn keep_spare<T>(drained: Vec<T>, spare: &RefCell<Vec<T>>) {
+    debug_assert!(drained.is_empty());
+    if drained.capacity() <= SPARE_MAX {
+        *spare.borrow_mut() = drained;
+    }
+}
 
 /// A reactor: waits for readiness with `mio::Poll`, dispatches it to the
 /// acceptor, connections and connectors registered on it, runs due timers and
@@ -129,9 +163,13 @@ impl EventLoop {
                     next_timer: AtomicU64::new(1),
                 }),
                 looping: Cell::new(false),
+                iteration: Cell::new(0),
                 corked: Cell::new(false),
                 unflushed: RefCell::new(Vec::new()),
                 deferred: RefCell::new(Vec::new()),
+                spare_deferred: RefCell::new(Vec::new()),
+                spare_pending: RefCell::new(Vec::new()),
+                spare_unflushed: RefCell::new(Vec::new()),
             });
             *cur.borrow_mut() = Rc::downgrade(&inner);
             Ok(EventLoop {
@@ -184,6 +222,7 @@ impl EventLoop {
                 }
             }
             shared.polling.store(false, Ordering::Release);
+            self.inner.iteration.set(self.inner.iteration.get() + 1);
             self.inner.corked.set(true);
             for event in events.iter() {
                 if event.token() == WAKER_TOKEN {
@@ -200,10 +239,20 @@ impl EventLoop {
             timer_queue::run_expired(self);
             self.do_pending_functors();
             self.flush_corked();
+            // The write-complete callbacks of that flush run now rather than after
+            // a poll that could not block (one `epoll_wait` less per busy
+            // iteration); other deferred work waits for the next iteration as before.
+            self.run_write_completes();
         }
         self.inner.shared.quit.store(false, Ordering::Release);
         self.inner.looping.set(false);
         log::trace!("EventLoop {:?} stop looping", self.inner.shared.thread);
+    }
+
+    /// How many times the loop has polled (muduo's `iteration()`): what it does
+    /// between two polls is one iteration. Must be called on the loop thread.
+    pub fn iteration(&self) -> u64 {
+        self.inner.iteration.get()
     }
 
     /// Asks the loop to stop after the current iteration. Must be called on the loop thread.
@@ -308,13 +357,53 @@ impl EventLoop {
     fn do_pending_functors(&self) {
         let shared = &self.inner.shared;
         shared.calling_pending.store(true, Ordering::Release);
-        let tasks = std::mem::take(&mut *shared.pending.lock());
-        for task in tasks {
+        let mut tasks = take_queue(&mut shared.pending.lock(), &self.inner.spare_pending);
+        for task in tasks.drain(..) {
             task(self);
         }
-        let deferred = std::mem::take(&mut *self.inner.deferred.borrow_mut());
-        for task in deferred {
-            task(self);
+        keep_spare(tasks, &self.inner.spare_pending);
+        let mut deferred = take_queue(
+            &mut self.inner.deferred.borrow_mut(),
+            &self.inner.spare_deferred,
+        );
+        for d in deferred.drain(..) {
+            match d {
+                Deferred::Task(task) => task(self),
+                Deferred::WriteComplete(conn, cb) => cb(&conn),
+            }
+        }
+        keep_spare(deferred, &self.inner.spare_deferred);
+        shared.calling_pending.store(false, Ordering::Release);
+    }
+
+    /// Runs the write-complete callbacks deferred so far (in order) and keeps the
+    /// other deferred work, in its order, for the next iteration. Whatever they
+    /// send is written at once (the loop is no longer corked).
+    fn run_write_completes(&self) {
+        let deferred = &self.inner.deferred;
+        if !deferred
+            .borrow()
+            .iter()
+            .any(|d| matches!(d, Deferred::WriteComplete(..)))
+        {
+            return;
+        }
+        let shared = &self.inner.shared;
+        shared.calling_pending.store(true, Ordering::Release);
+        let mut taken = take_queue(&mut deferred.borrow_mut(), &self.inner.spare_deferred);
+        let mut kept = Vec::new();
+        for d in taken.drain(..) {
+            match d {
+                Deferred::WriteComplete(conn, cb) => cb(&conn),
+                task => kept.push(task),
+            }
+        }
+        keep_spare(taken, &self.inner.spare_deferred);
+        if !kept.is_empty() {
+            // Ahead of what the callbacks deferred: the order it was deferred in.
+            let mut deferred = deferred.borrow_mut();
+            kept.append(&mut deferred);
+            *deferred = kept;
         }
         shared.calling_pending.store(false, Ordering::Release);
     }
@@ -323,10 +412,14 @@ impl EventLoop {
     /// sequence per connection, and ends the cork.
     fn flush_corked(&self) {
         self.inner.corked.set(false);
-        let conns = std::mem::take(&mut *self.inner.unflushed.borrow_mut());
-        for conn in conns {
+        let mut conns = take_queue(
+            &mut self.inner.unflushed.borrow_mut(),
+            &self.inner.spare_unflushed,
+        );
+        for conn in conns.drain(..) {
             conn.flush_output();
         }
+        keep_spare(conns, &self.inner.spare_unflushed);
     }
 
     /// While the loop is corked (handling an iteration's events, timers and tasks),
@@ -344,7 +437,19 @@ impl EventLoop {
     /// bound of [`EventLoop::queue_in_loop`]; the next poll does not block while such
     /// tasks wait. Must be called on the loop thread.
     pub(crate) fn defer(&self, task: impl FnOnce(&EventLoop) + 'static) {
-        self.inner.deferred.borrow_mut().push(Box::new(task));
+        self.inner
+            .deferred
+            .borrow_mut()
+            .push(Deferred::Task(Box::new(task)));
+    }
+
+    /// Defers `conn`'s write-complete callback `cb` like [`EventLoop::defer`], without
+    /// allocating; it runs at the end of the iteration that completed the write.
+    pub(crate) fn defer_write_complete(&self, conn: TcpConnectionPtr, cb: WriteCompleteCallback) {
+        self.inner
+            .deferred
+            .borrow_mut()
+            .push(Deferred::WriteComplete(conn, cb));
     }
 }
 

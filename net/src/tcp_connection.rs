@@ -464,8 +464,7 @@ impl TcpConnection {
     fn queue_write_complete(self: &Rc<Self>) {
         let cb = self.callbacks.borrow().write_complete.clone();
         if let (Some(cb), Some(lp)) = (cb, EventLoop::current()) {
-            let conn = self.clone();
-            lp.defer(move |_| cb(&conn));
+            lp.defer_write_complete(self.clone(), cb);
         }
     }
 

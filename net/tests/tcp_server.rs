@@ -166,6 +166,45 @@ fn big_send_to_slow_reader() {
     assert_eq!(high_water.load(Ordering::SeqCst), 1);
 }
 
+/// Each echo's write-complete callback runs in the loop iteration that wrote the echo
+/// (after the end-of-iteration flush), not after another, non-blocking poll; and a
+/// send made from the callback goes out.
+#[test]
+fn write_complete_runs_in_the_iteration_that_wrote() {
+    // (iteration of the read, iteration of the echo's write-complete) per message.
+    let turns = Arc::new(Mutex::new(Vec::<(u64, u64)>::new()));
+    let t = turns.clone();
+    let server = start_server(1, move |s| {
+        s.set_message_callback(Arc::new(|conn, buf| {
+            let lp = EventLoop::current().expect("on the loop");
+            conn.set_context(Some(lp.iteration()));
+            let data = buf.retrieve_all_as_vec();
+            conn.send(&data);
+        }));
+        s.set_write_complete_callback(Arc::new(move |conn| {
+            let now = EventLoop::current().expect("on the loop").iteration();
+            // The echo's completion, not the "+"'s.
+            if let Some(read) = conn.with_context(|r: &mut Option<u64>| r.take()).flatten() {
+                t.lock().unwrap().push((read, now));
+                conn.send(b"+");
+            }
+        }));
+    });
+    let mut s = connect(server.addr);
+    for i in 0..20u8 {
+        s.write_all(&[b'a' + i]).unwrap();
+        let mut got = [0u8; 2];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(got, [b'a' + i, b'+']);
+    }
+    let turns = turns.lock().unwrap();
+    assert_eq!(turns.len(), 20, "{turns:?}");
+    assert!(
+        turns.iter().all(|(read, wrote)| read == wrote),
+        "a write-complete ran in a later iteration than its write: {turns:?}"
+    );
+}
+
 /// The server sends N bytes then shuts down its writing half: the client gets
 /// every byte, then EOF, and the server still reads what the client sends after.
 #[test]

@@ -4,11 +4,20 @@
 //! The rule: this path takes only frames whose delivered bytes it produces exactly as
 //! `parse_request` + `delivery_frame` + `serde_json::to_string` would, and only frames
 //! that path accepts. Anything else (escapes, floats, nested values, `ext`, `cid`, a field of
-//! the wrong type) gets `None`, and the caller takes the `Value` path.
+//! the wrong type, more than [`MAX_FIELDS`] fields) gets `None`, and the caller takes the
+//! `Value` path.
+//!
+//! Nothing here allocates but the delivered frame itself: the fields sit in an array
+//! on the stack, kept in key order as they are read.
 
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
+use std::fmt;
 
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
+
+/// The most distinct fields a frame may have on this path (a legacy client sends 7).
+pub const MAX_FIELDS: usize = 16;
 
 /// A ONE_CHAT frame whose every field is in canonical form.
 #[derive(Debug)]
@@ -18,29 +27,116 @@ pub struct FastChat<'a> {
     /// The recipient (`toid`, or `to` when `toid` is absent).
     pub toid: i64,
     /// Every field as sent, in the order `serde_json::Map` keeps them.
-    fields: BTreeMap<&'a str, &'a RawValue>,
+    fields: Fields<'a>,
+}
+
+/// Up to [`MAX_FIELDS`] `(key, raw value)` pairs sorted by key, a repeated key keeping
+/// its last value: what a `BTreeMap` (and so `serde_json::Map`) makes of the object.
+struct Fields<'a> {
+    len: usize,
+    items: [(&'a str, &'a str); MAX_FIELDS],
+}
+
+impl<'a> Fields<'a> {
+    fn as_slice(&self) -> &[(&'a str, &'a str)] {
+        &self.items[..self.len]
+    }
+
+    fn get(&self, key: &str) -> Option<&'a str> {
+        let s = self.as_slice();
+        s.binary_search_by(|(k, _)| key_order(k, key))
+            .ok()
+            .map(|i| s[i].1)
+    }
+
+    fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Adds or replaces `key`; false when the array is full.
+    fn insert(&mut self, key: &'a str, value: &'a str) -> bool {
+        match self.as_slice().binary_search_by(|(k, _)| key_order(k, key)) {
+            Ok(i) => self.items[i].1 = value,
+            Err(_) if self.len == MAX_FIELDS => return false,
+            Err(i) => {
+                self.items.copy_within(i..self.len, i + 1);
+                self.items[i] = (key, value);
+                self.len += 1;
+            }
+        }
+        true
+    }
+}
+
+/// `a.cmp(b)` (byte order, as `str` and so `BTreeMap` order keys), inlined: keys are
+/// a few bytes, and a `memcmp` call per comparison was a tenth of this path's time.
+#[inline]
+fn key_order(a: &str, b: &str) -> Ordering {
+    for (x, y) in a.bytes().zip(b.bytes()) {
+        if x != y {
+            return x.cmp(&y);
+        }
+    }
+    a.len().cmp(&b.len())
+}
+
+impl fmt::Debug for Fields<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.as_slice().iter().copied())
+            .finish()
+    }
+}
+
+impl<'de> Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor;
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = Fields<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "an object of at most {MAX_FIELDS} fields")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+                let mut fields = Fields {
+                    len: 0,
+                    items: [("", ""); MAX_FIELDS],
+                };
+                // Keys with escapes cannot be borrowed: the parse fails.
+                while let Some(key) = map.next_key::<&'de str>()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    if !fields.insert(key, value.get()) {
+                        return Err(de::Error::custom("too many fields"));
+                    }
+                }
+                Ok(fields)
+            }
+        }
+        d.deserialize_map(FieldsVisitor)
+    }
 }
 
 /// Reads `bytes` (one frame, without its NUL) as a ONE_CHAT, or `None`.
 pub fn parse_fast_chat(bytes: &[u8]) -> Option<FastChat<'_>> {
     // Keys with escapes cannot be borrowed: the parse fails and the Value path runs.
-    let fields: BTreeMap<&str, &RawValue> = serde_json::from_slice(bytes).ok()?;
+    let fields: Fields = serde_json::from_slice(bytes).ok()?;
     // `ext` switches the connection's replies and `cid` asks for a confirmation
     // (and is never forwarded): both are the Value path's business.
     // `dseq` is removed there too (the server's own, protocol.md §12).
-    if fields.get("msgid")?.get() != "6"
+    if fields.get("msgid")? != "6"
         || fields.contains_key("ext")
         || fields.contains_key("cid")
         || fields.contains_key("dseq")
     {
         return None;
     }
-    if !fields.values().all(|v| canonical(v.get())) {
+    if !fields.as_slice().iter().all(|(_, v)| canonical(v)) {
         return None;
     }
     let id = positive(fields.get("id")?)?;
     let toid = positive(fields.get("toid").or_else(|| fields.get("to"))?)?;
-    let is_string = |k: &str| fields.get(k).map(|v| v.get().starts_with('"'));
+    let is_string = |k: &str| fields.get(k).map(|v| v.starts_with('"'));
     if is_string("msg") != Some(true)
         || is_string("name") == Some(false)
         || is_string("time") == Some(false)
@@ -69,70 +165,91 @@ fn integer(digits: &[u8]) -> bool {
         && (digits[0] != b'0' || digits.len() == 1)
 }
 
-fn positive(raw: &RawValue) -> Option<i64> {
-    raw.get().parse().ok().filter(|&n: &i64| n > 0)
+fn positive(raw: &str) -> Option<i64> {
+    raw.parse().ok().filter(|&n: &i64| n > 0)
 }
 
 impl FastChat<'_> {
-    /// The frame as recipients get it (see `delivery_frame`): `name` is the sender's,
-    /// `time` is `fallback_time()` only when the sender left it out.
-    pub fn delivery_text(
+    /// The frame as recipients get it (see `delivery_frame`), followed by the NUL that
+    /// ends it on the wire: `name` is the sender's, `time` is `fallback_time()` only
+    /// when the sender left it out. One allocation: the frame.
+    pub fn delivery_wire(
         &self,
         sender_name: &str,
         fallback_time: impl FnOnce() -> String,
     ) -> String {
-        let name = serde_json::to_string(sender_name).expect("a string always serialises");
-        let time = if self.fields.contains_key("time") {
-            None
-        } else {
-            Some(serde_json::to_string(&fallback_time()).expect("a string always serialises"))
-        };
-        // The two fields this writes, in key order, merged into the sender's.
-        let extras = [("name", Some(name.as_str())), ("time", time.as_deref())];
+        let time = (!self.fields.contains_key("time")).then(fallback_time);
+        // The two fields the server writes, in key order, merged into the sender's
+        // (`None`: the sender's own `time` stays).
+        let own = [("name", Some(sender_name)), ("time", time.as_deref())];
         let mut out = String::with_capacity(
             self.fields
+                .as_slice()
                 .iter()
-                .map(|(k, v)| k.len() + v.get().len() + 4)
+                .map(|(k, v)| k.len() + v.len() + 4)
                 .sum::<usize>()
-                + name.len()
+                + sender_name.len()
                 + time.as_ref().map_or(0, String::len)
-                + 16,
+                + 24,
         );
         out.push('{');
         let mut next = 0;
-        for (k, v) in &self.fields {
-            while next < extras.len() && extras[next].0 < *k {
-                if let (key, Some(text)) = extras[next] {
-                    field(&mut out, key, text);
+        for &(key, raw) in self.fields.as_slice() {
+            while next < own.len() && own[next].0 < key {
+                if let (k, Some(s)) = own[next] {
+                    string_field(&mut out, k, s);
                 }
                 next += 1;
             }
-            if next < extras.len() && extras[next].0 == *k {
-                field(&mut out, k, extras[next].1.unwrap_or(v.get()));
-                next += 1;
-            } else {
-                field(&mut out, k, v.get());
+            match own.get(next) {
+                Some(&(k, Some(s))) if k == key => {
+                    string_field(&mut out, k, s);
+                    next += 1;
+                }
+                Some(&(k, None)) if k == key => {
+                    field(&mut out, key, raw);
+                    next += 1;
+                }
+                _ => field(&mut out, key, raw),
             }
         }
-        for (key, text) in &extras[next..] {
-            if let Some(text) = text {
-                field(&mut out, key, text);
+        for &(k, s) in &own[next..] {
+            if let Some(s) = s {
+                string_field(&mut out, k, s);
             }
         }
-        out.push('}');
+        out.push_str("}\0");
         out
     }
 }
 
-/// Appends `"key":value` (with a comma unless it is the first field).
-fn field(out: &mut String, key: &str, value: &str) {
+/// Appends `"key":` (with a comma unless it is the first field).
+fn key(out: &mut String, key: &str) {
     if out.len() > 1 {
         out.push(',');
     }
     out.push('"');
     out.push_str(key);
     out.push_str("\":");
+}
+
+/// Appends `"key":value`, `value` being raw JSON.
+fn field(out: &mut String, k: &str, value: &str) {
+    key(out, k);
     out.push_str(value);
+}
+
+/// Appends `"key":"text"`, `text` escaped as serde_json does.
+fn string_field(out: &mut String, k: &str, text: &str) {
+    key(out, k);
+    // serde_json escapes exactly these: `"`, `\` and the control characters.
+    if text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(&serde_json::to_string(text).expect("a string always serialises"));
+    } else {
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
+    }
 }
 
 #[cfg(test)]
@@ -159,9 +276,35 @@ mod tests {
             r#"{"msgid":6,"id":1,"toid":2,"msg":"a","x":"a","x":"b","name":"a"}"#,
         ] {
             let fast = parse_fast_chat(frame.as_bytes()).expect(frame);
-            let got = fast.delivery_text("real \"name\"", || "2030-01-01 00:00:00".into());
-            assert_eq!(got, slow(frame, "real \"name\""), "{frame}");
+            for name in ["plain", "real \"name\"", "tab\there\\"] {
+                let got = fast.delivery_wire(name, || "2030-01-01 00:00:00".into());
+                assert_eq!(got, format!("{}\0", slow(frame, name)), "{frame}");
+            }
         }
+    }
+
+    #[test]
+    fn key_order_is_str_order() {
+        let keys = [
+            "", "a", "ab", "b", "id", "msg", "msgid", "t", "time", "to", "toid", "é", "z\u{0}",
+        ];
+        for a in keys {
+            for b in keys {
+                assert_eq!(key_order(a, b), a.cmp(b), "{a:?} {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn sixteen_fields_and_repeats_fit() {
+        let frame = r#"{"msgid":6,"id":1,"toid":2,"msg":"a","a":1,"b":1,"c":1,"d":1,"e":1,"f":1,"g":1,"h":1,"i":1,"j":1,"k":1,"l":1,"a":2,"msg":"b"}"#;
+        let fast = parse_fast_chat(frame.as_bytes()).expect("16 distinct fields");
+        let got = fast.delivery_wire("n", || "2030-01-01 00:00:00".into());
+        assert_eq!(got, format!("{}\0", slow(frame, "n")));
+        assert!(
+            got.contains(r#""a":2,"#) && got.contains(r#""msg":"b","#),
+            "{got}"
+        );
     }
 
     #[test]
@@ -182,6 +325,8 @@ mod tests {
             r#"{"msgid":7,"id":1,"toid":2,"msg":"a"}"#,
             r#"{"msgid":6,"id":1,"toid":2,"msg":"a","k\u0041":1}"#,
             r#"[6]"#,
+            // 17 distinct fields: more than the array holds.
+            r#"{"msgid":6,"id":1,"toid":2,"msg":"a","a":1,"b":1,"c":1,"d":1,"e":1,"f":1,"g":1,"h":1,"i":1,"j":1,"k":1,"l":1,"m":1}"#,
         ] {
             assert!(parse_fast_chat(frame.as_bytes()).is_none(), "{frame}");
         }

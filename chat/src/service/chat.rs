@@ -99,10 +99,11 @@ impl ChatService {
             else {
                 unreachable!("checked above")
             };
-            let text = chat_text(frame, &user.name);
+            let mut text = chat_text(frame, &user.name);
             // Called only when the frame goes out (or is stored): recorded before the
             // recipient can see it, so a reply gets the later seq.
             self.record_chat(id, toid, &text);
+            text.push('\0');
             text
         });
         if ext && !matches!(sent, Fast::NotHere) {
@@ -140,9 +141,9 @@ impl ChatService {
         let user = session.user().filter(|u| u.id == chat.id)?;
         if session.is_idle() && self.history.has_room() {
             match self.router.try_send_local(chat.toid, || {
-                let text = chat.delivery_text(&user.name, timefmt::now);
-                self.record_chat(chat.id, chat.toid, &text);
-                text
+                let frame = chat.delivery_wire(&user.name, timefmt::now);
+                self.record_chat(chat.id, chat.toid, &frame[..frame.len() - 1]);
+                frame
             }) {
                 Fast::Sent => return Some(Ok(())),
                 Fast::Store(text) => {
@@ -159,7 +160,8 @@ impl ChatService {
         if websocket {
             return None;
         }
-        let text = chat.delivery_text(&user.name, timefmt::now);
+        let mut text = chat.delivery_wire(&user.name, timefmt::now);
+        text.pop(); // its NUL: a job carries the frame's JSON text alone
         Some(Err(Job::Chat(Box::new(PreparedChat {
             user,
             to: chat.toid,

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use crate::store::social::HistoryRecord;
 use crate::store::Store;
@@ -169,9 +169,14 @@ impl HistoryWriter {
                 ts_ms: now_ms(),
                 text: text.to_owned(),
             };
-            let deadline = Instant::now() + FULL_WAIT;
+            // The clock is read only when the queue is full (not per message).
+            let mut deadline = None;
+            let mut waited = || {
+                let end = *deadline.get_or_insert_with(|| Instant::now() + FULL_WAIT);
+                end.saturating_duration_since(Instant::now())
+            };
             while tx.queued.load(Ordering::Relaxed) >= QUEUE_BYTES {
-                if Instant::now() >= deadline {
+                if waited().is_zero() {
                     log::error!("history: the writer is stuck; a message of {sender} is not kept");
                     return;
                 }
@@ -180,8 +185,11 @@ impl HistoryWriter {
             // Counted before it is queued: the writer subtracts it once written.
             let len = rec.text.len();
             let before = tx.queued.fetch_add(len, Ordering::Relaxed);
-            let left = deadline.saturating_duration_since(Instant::now());
-            if tx.records.send_timeout(rec, left).is_err() {
+            let sent = match tx.records.try_send(rec) {
+                Err(TrySendError::Full(rec)) => tx.records.send_timeout(rec, waited()).is_ok(),
+                result => result.is_ok(),
+            };
+            if !sent {
                 tx.queued.fetch_sub(len, Ordering::Relaxed);
                 log::error!("history: the writer is stuck; a message of {sender} is not kept");
                 return;

@@ -79,26 +79,50 @@ struct Chunk<'a> {
     first_ts: i64,
     /// The newest message's time (retention).
     ts: i64,
+    /// The body's length so far: each text and its separator.
+    bytes: usize,
+    /// It holds a message with a NUL, which must be a chunk's only one.
+    sealed: bool,
 }
 
-impl Chunk<'_> {
+impl<'a> Chunk<'a> {
+    /// A chunk of `r` (whose seq is `seq`) alone, with room for `capacity` texts.
+    fn new(seq: i64, r: &'a HistoryRecord, capacity: usize) -> Chunk<'a> {
+        let mut texts = Vec::with_capacity(capacity);
+        texts.push(r.text.as_str());
+        Chunk {
+            conv: r.conv,
+            seq,
+            texts,
+            first_ts: r.ts_ms,
+            ts: r.ts_ms,
+            bytes: r.text.len() + 1,
+            sealed: r.text.contains('\0'),
+        }
+    }
+
     fn last(&self) -> i64 {
         self.seq + self.texts.len() as i64 - 1
     }
 
-    fn bytes(&self) -> usize {
-        self.texts.iter().map(|t| t.len() + 1).sum()
-    }
-
     /// Whether `r` may join: room left, within [`CHUNK_SPAN_MS`], and neither it nor
     /// a message already in holds a NUL (such a message must be a chunk's only one).
+    /// Constant time: a batch of a busy conversation is cut in one pass.
     fn takes(&self, r: &HistoryRecord) -> bool {
         let span = self.first_ts.min(r.ts_ms)..=self.ts.max(r.ts_ms);
         self.texts.len() < CHUNK_MESSAGES
-            && self.bytes() + r.text.len() <= CHUNK_BYTES
+            && self.bytes + r.text.len() <= CHUNK_BYTES
             && span.end() - span.start() <= CHUNK_SPAN_MS
+            && !self.sealed
             && !r.text.contains('\0')
-            && !self.texts.iter().any(|t| t.contains('\0'))
+    }
+
+    /// Adds `r`, which [`Chunk::takes`] accepted.
+    fn push(&mut self, r: &'a HistoryRecord) {
+        self.texts.push(&r.text);
+        self.first_ts = self.first_ts.min(r.ts_ms);
+        self.ts = self.ts.max(r.ts_ms);
+        self.bytes += r.text.len() + 1;
     }
 
     fn body(&self) -> Vec<u8> {
@@ -108,33 +132,24 @@ impl Chunk<'_> {
 
 /// `batch` with its seqs, cut into chunks: per conversation (ascending), in seq order.
 fn chunks<'a>(batch: &'a [HistoryRecord], seqs: &[i64]) -> Vec<Chunk<'a>> {
-    let mut by_conv: HashMap<i64, Vec<(i64, &HistoryRecord)>> = HashMap::new();
-    for (r, &seq) in batch.iter().zip(seqs) {
-        by_conv.entry(r.conv).or_default().push((seq, r));
-    }
-    let mut convs: Vec<_> = by_conv.into_iter().collect();
-    convs.sort_unstable_by_key(|(c, _)| *c);
+    // The batch's indices by conversation, in batch order within one (a stable
+    // sort): one allocation, not a vector per conversation.
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    order.sort_by_key(|&i| batch[i].conv);
     let mut out: Vec<Chunk<'a>> = Vec::new();
-    for (conv, msgs) in convs {
+    for msgs in order.chunk_by(|&a, &b| batch[a].conv == batch[b].conv) {
         let mut open: Option<Chunk<'a>> = None;
-        for (seq, r) in msgs {
+        let mut left = msgs.len();
+        for &i in msgs {
+            let r = &batch[i];
             match &mut open {
-                Some(c) if c.takes(r) => {
-                    c.texts.push(&r.text);
-                    c.first_ts = c.first_ts.min(r.ts_ms);
-                    c.ts = c.ts.max(r.ts_ms);
-                }
+                Some(c) if c.takes(r) => c.push(r),
                 _ => {
                     out.extend(open.take());
-                    open = Some(Chunk {
-                        conv,
-                        seq,
-                        texts: vec![&r.text],
-                        first_ts: r.ts_ms,
-                        ts: r.ts_ms,
-                    });
+                    open = Some(Chunk::new(seqs[i], r, left.min(CHUNK_MESSAGES)));
                 }
             }
+            left -= 1;
         }
         out.extend(open);
     }
@@ -276,6 +291,18 @@ mod tests {
             .map(|c| (c.seq, c.texts.len()))
             .collect();
         assert_eq!(sizes, [(1, 1), (2, 1), (3, 1), (4, 1)]);
+        // The byte bound counts each text and its separator: 3 × 1,166 + 2 = 3,500
+        // fits, 3 × 1,167 + 2 does not.
+        for (len, expect) in [(1166, [3, 3, 1]), (1167, [2, 2, 2])] {
+            let text = "z".repeat(len);
+            let batch: Vec<_> = (0..7).map(|_| rec(1, &text)).collect();
+            let seqs: Vec<i64> = (1..=7).collect();
+            let sizes: Vec<_> = chunks(&batch, &seqs)
+                .iter()
+                .map(|c| c.texts.len())
+                .collect();
+            assert_eq!(sizes[..3], expect, "{len}: {sizes:?}");
+        }
         let mut late = rec(1, "late");
         late.ts_ms += CHUNK_SPAN_MS + 1;
         let batch = [rec(1, "a"), rec(1, "b"), late];
