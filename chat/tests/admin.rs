@@ -459,3 +459,65 @@ fn readyz_follows_redis_and_the_database() {
         }
     });
 }
+
+/// Frames the server cannot attribute to a msgid are counted as
+/// `chat_frames_in_total{msgid=other}`, never as a LOGIN (msgid 1): on TCP a frame
+/// that is not JSON, an object without a msgid, a frame cut short by a NUL and a
+/// stray start byte (fatal); on the WebSocket listener a binary message and an
+/// oversize one (fatal). (Mutation testing: each of the gateway's `frame_in(-1)`
+/// and its `-1` defaults turned into `1` passed every other test.)
+#[test]
+fn unreadable_frames_count_as_other() {
+    let _ = chat::password::set_cost(1024, 1);
+    let b = Backend::sqlite();
+    let srv = b.start_with(ServerOptions {
+        ws_addr: Some("127.0.0.1:0".parse().unwrap()),
+        ..with_admin(None, None)
+    });
+    let addr = admin(&srv);
+    let before = scrape(addr);
+    let mut c = Client::connect(srv.addr());
+    for bad in [
+        &b"{\"msgid\":13,}\0"[..],
+        b"{\"x\":1}\0",
+        b"{\"msgid\":13\0",
+    ] {
+        c.send_raw(bad);
+        let v = c.recv();
+        assert_eq!(v["msgid"], 11, "{v}");
+    }
+    c.barrier();
+    let mut garbage = Client::connect(srv.addr());
+    garbage.send_raw(b"xyz\0");
+    let v = garbage.recv();
+    assert_eq!(v["msgid"], 11, "{v}");
+    garbage.expect_eof();
+
+    let ws = srv.ws_addr().unwrap();
+    let stream = TcpStream::connect(ws).unwrap();
+    stream.set_read_timeout(Some(util::TIMEOUT)).unwrap();
+    let (mut sock, _) =
+        tungstenite::client::client(format!("ws://{ws}/ws"), stream).expect("an upgrade");
+    let mut error_after = |m: tungstenite::Message| {
+        sock.send(m).unwrap();
+        loop {
+            match sock.read().expect("a reply") {
+                tungstenite::Message::Text(t) => {
+                    return serde_json::from_str::<Value>(t.as_str()).unwrap()
+                }
+                tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => continue,
+                other => panic!("expected a text message, got {other:?}"),
+            }
+        }
+    };
+    let v = error_after(tungstenite::Message::binary(b"{\"msgid\":13}".to_vec()));
+    assert_eq!(v["msgid"], 11, "{v}");
+    let v = error_after(tungstenite::Message::text("o".repeat(70 * 1024)));
+    assert_eq!(v["errno"], 106, "{v}");
+
+    // Each was counted on the IO loop before its reply was queued.
+    let after = scrape(addr);
+    let moved = |k: &str| get(&after, k) - get(&before, k);
+    assert_eq!(moved("chat_frames_in_total{msgid=other}"), 6.0, "{after:?}");
+    assert_eq!(moved("chat_frames_in_total{msgid=1}"), 0.0, "{after:?}");
+}

@@ -202,3 +202,32 @@ fn contacts_lists_friends_and_groups_with_presence(b: &Backend) {
     alice.c.send(&json!({"ext": 1, "id": bob.id, "msgid": 15}));
     alice.c.expect_error(108, Some(15));
 }
+
+/// A chat's confirmation never overtakes the reply to an earlier request of the
+/// same connection: a REG (whose password hash keeps a worker busy for a while)
+/// and, in a write of its own while that runs, a chat with a `cid`: the REG_ACK
+/// comes first, then the chat's ACK. (Mutation testing: with `Session::is_idle`
+/// true while a job of the connection runs, the IO loop's fast path sent the
+/// chat and its ACK ahead of the REG_ACK, and every other test passed.)
+#[test]
+fn a_confirmation_follows_the_reply_to_an_earlier_request() {
+    let b = Backend::sqlite();
+    let srv = b.start();
+    let mut alice = User::online(srv.addr(), "alice");
+    let mut bob = User::online(srv.addr(), "bob");
+    for i in 0..3 {
+        alice
+            .c
+            .send(&json!({"ext": 1, "msgid": 4, "name": format!("newbie{i}"), "password": "pw"}));
+        // Let a worker take the REG before the chat is read.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        alice
+            .c
+            .send(&chat_cid(&alice, bob.id, &format!("after reg {i}"), i));
+        let first = alice.c.recv();
+        assert_eq!(first["msgid"], 5, "the REG_ACK must come first: {first}");
+        let ack = alice.c.expect_ack(6, 0);
+        assert_eq!(ack["cid"], i, "{ack}");
+        assert_eq!(bob.c.expect_msgid(6)["msg"], format!("after reg {i}"));
+    }
+}

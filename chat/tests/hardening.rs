@@ -465,8 +465,6 @@ fn queued_request_bytes_are_bounded() {
     let mut c = Client::connect(srv.addr);
     let id = c.register("qb-flooder", "pw");
     c.barrier();
-    let base = srv.rss_kib();
-    let monitor = RssMonitor::start(srv.pid());
     let pad = "q".repeat(60_000);
     let mut frames = vec![frame_bytes(
         &json!({"msgid": 1, "id": id, "password": "pw"}),
@@ -479,24 +477,10 @@ fn queued_request_bytes_are_bounded() {
             &format!("{i:05} {pad}"),
         ))
     }));
-    let total: usize = frames.iter().map(Vec::len).sum();
-    let written = Arc::new(AtomicUsize::new(0));
-    let writer = spawn_writer(c.stream(), frames, written.clone());
-    // Wait for the stall (no progress for 300 ms) while the hash runs.
-    let stalled_at = wait_for_stall(&written, total, Duration::from_millis(300));
-    let peak = monitor.stop();
-    eprintln!(
-        "queued bytes: writer stalled after {:.1} MiB; server RSS +{:.1} MiB",
-        stalled_at as f64 / 1048576.0,
-        mib(peak.saturating_sub(base))
-    );
-    // 1 MiB queued, the frame being decoded, the input buffer and the hash's
-    // 1 MiB; 256 queued frames would be 15 MiB of them.
-    assert!(
-        peak.saturating_sub(base) < 8 * 1024,
-        "server RSS grew by {:.1} MiB while one connection's requests waited",
-        mib(peak.saturating_sub(base))
-    );
+    // Wait for the stall (no progress for 300 ms) while the hash runs. The RSS
+    // bound: 1 MiB queued, the frame being decoded, the input buffer and the
+    // hash's 1 MiB; 256 queued frames would be 15 MiB of them.
+    let writer = flood_until_stalled(&srv, &c, frames, Duration::from_millis(300), "requests");
     // Everything is handled once the check is done: the writer finishes and
     // every chat is stored for the victim, in order.
     writer.join().expect("writer").expect("writer failed");
@@ -508,6 +492,69 @@ fn queued_request_bytes_are_bounded() {
         "chats stored for the victim"
     );
     srv.assert_alive();
+}
+
+/// Frames cut short by a NUL (each refused with error 100) queue behind a LOGIN
+/// whose password check takes seconds like any request: the server stops reading
+/// the connection at the strand's bound instead of queueing a refusal for every
+/// two bytes it reads, and its memory stays flat. (Mutation testing: with
+/// `Gateway::decode` dropping the pause that path's refusal reports, the server
+/// read the flood for as long as the check ran.)
+#[test]
+fn nul_cut_frames_count_against_the_queue_bound() {
+    let _serial = heavy();
+    // A check three times as long as `queued_request_bytes_are_bounded`'s: what
+    // is read meanwhile is what an unbounded queue would hold (measured: +7 MiB
+    // with 6000 passes at load 19, +1.4 MiB bounded).
+    let mut srv = backpressure_extra(&["--argon2-passes", "20000"]);
+    let mut c = Client::connect(srv.addr);
+    c.barrier();
+    // A LOGIN as a user that does not exist costs the hash all the same (and no
+    // registration, which would cost one before the flood).
+    let mut frames = vec![frame_bytes(
+        &json!({"msgid": 1, "id": 424_242, "password": "pw"}),
+    )];
+    // 24 MiB of `{` NUL: 12 million frames, each cut short.
+    frames.extend((0..384).map(|_| b"{\0".repeat(32 * 1024)));
+    // A long quiet: the memory is watched for most of the check's time, in
+    // which an unbounded queue would go on growing. The RSS bound: 256 queued
+    // refusals and the hash's 1 MiB; a refusal per frame read while the check
+    // ran would be tens of MiB.
+    let quiet = Duration::from_millis(1500);
+    let writer = flood_until_stalled(&srv, &c, frames, quiet, "NUL-cut frames");
+    srv.assert_alive();
+    c.shutdown();
+    let _ = writer.join();
+}
+
+/// Writes `frames` to `c` from a thread until the server stops reading it (no
+/// progress for `quiet`), and checks that the server's RSS grew by less than 8 MiB
+/// meanwhile; returns the writer. `what` names the flood in the figures.
+fn flood_until_stalled(
+    srv: &ServerProc,
+    c: &Client,
+    frames: Vec<Vec<u8>>,
+    quiet: Duration,
+    what: &str,
+) -> thread::JoinHandle<Result<(), String>> {
+    let base = srv.rss_kib();
+    let monitor = RssMonitor::start(srv.pid());
+    let total: usize = frames.iter().map(Vec::len).sum();
+    let written = Arc::new(AtomicUsize::new(0));
+    let writer = spawn_writer(c.stream(), frames, written.clone());
+    let stalled_at = wait_for_stall(&written, total, quiet);
+    let grew = monitor.stop().saturating_sub(base);
+    eprintln!(
+        "queued {what}: writer stalled after {:.1} MiB; server RSS +{:.1} MiB",
+        stalled_at as f64 / 1048576.0,
+        mib(grew)
+    );
+    assert!(
+        grew < 8 * 1024,
+        "server RSS grew by {:.1} MiB while one connection's {what} waited",
+        mib(grew)
+    );
+    writer
 }
 
 // ---------------------------------------------------------------------------------

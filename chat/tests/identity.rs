@@ -367,3 +367,50 @@ fn clean_shutdown_with_a_stubborn_peer(b: &Backend) {
     assert!(took < Duration::from_secs(8), "stop() took {took:?}");
     a.c.expect_eof();
 }
+
+/// After a LOGINOUT the frames a connection never wrote belong to nobody: a
+/// connection logs in as ann, logs out, logs in as bob and reads none of the
+/// messages sent to bob; at its close, what was still in its output is dropped,
+/// never stored for ann (nor for user 1). (Mutation testing: with
+/// `Session::forget_last_user` doing nothing, or remembering user 1, bob's
+/// messages went into ann's store and every other test passed.)
+#[test]
+fn unwritten_frames_after_a_loginout_are_stored_for_nobody() {
+    let b = Backend::sqlite();
+    let srv = b.start_with(ServerOptions {
+        limits: chat::gateway::Limits {
+            output_high_water: 64 * 1024,
+            ..chat::gateway::Limits::default()
+        },
+        ..ServerOptions::default()
+    });
+    let ann = User::register(srv.addr(), "ann");
+    let bob = User::register(srv.addr(), "bob");
+    let mut sender = User::online(srv.addr(), "cy");
+    let mut c = Client::connect(srv.addr());
+    c.login_ok(ann.id, &ann.pw);
+    c.logout(ann.id);
+    c.barrier();
+    c.login_ok(bob.id, &bob.pw);
+    c.barrier();
+    // Far more than the kernel's buffers hold: bob's output reaches its mark, the
+    // rest is stored for bob.
+    let n = 600;
+    let pad = "p".repeat(32 * 1024);
+    for i in 0..n {
+        sender.chat(bob.id, &format!("{i:04} {pad}"));
+    }
+    sender.c.barrier();
+    let stored = b.stored_for(bob.id);
+    assert!(
+        stored > 0 && stored < n,
+        "{stored} of {n} stored for bob: the congestion path was not taken"
+    );
+    c.shutdown();
+    // Bob's account is free once the close was handled (its frames put back or dropped).
+    let mut again = Client::connect(srv.addr());
+    util::login_when_free(&mut again, bob.id, &bob.pw, Duration::from_secs(10));
+    for (who, id) in [("ann", ann.id), ("cy", sender.id), ("user 1", 1)] {
+        assert_eq!(b.stored_for(id), 0, "bob's frames stored for {who}");
+    }
+}

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use chat::admin::AdminOptions;
 use chat::gateway::Limits;
 use chat::server::ServerOptions;
+use chat::server_thread::ServerThread;
 use serde_json::json;
 
 use util::{kernel_in_flight_max, Backend, Client, User};
@@ -49,10 +50,11 @@ fn limit(i: usize) -> usize {
     STORED - i % 10
 }
 
-#[test]
-fn requests_wait_while_the_output_is_over_the_mark() {
+/// A server with the output mark under test (and an admin listener); A has sent
+/// B `STORED` messages of `TEXT` bytes, and B is logged in and has read them.
+/// B's kernel buffers are capped at `bob_buffers` bytes (before connect), if given.
+fn server_with_history(b: &Backend, bob_buffers: Option<usize>) -> (ServerThread, User, User) {
     let _ = chat::password::set_cost(1024, 1);
-    let b = Backend::sqlite();
     let srv = b.start_with(ServerOptions {
         admin: Some(AdminOptions {
             addr: "127.0.0.1:0".parse().unwrap(),
@@ -65,11 +67,11 @@ fn requests_wait_while_the_output_is_over_the_mark() {
         },
         ..ServerOptions::default()
     });
-    let admin = srv.admin_addr().expect("the admin listener runs");
     let mut a = User::online(srv.addr(), "gate_a");
-    // B's kernel buffers are small (set before connect), so that its unread
-    // replies pile up in the server rather than in the kernel.
-    let mut bob = User::register_on(Client::with_buffers(srv.addr(), 4096), "gate_b");
+    let mut bob = match bob_buffers {
+        Some(n) => User::register_on(Client::with_buffers(srv.addr(), n), "gate_b"),
+        None => User::register(srv.addr(), "gate_b"),
+    };
     for i in 0..STORED {
         a.chat(bob.id, &format!("{i:04}{}", "x".repeat(TEXT)));
     }
@@ -78,17 +80,30 @@ fn requests_wait_while_the_output_is_over_the_mark() {
     // The stored messages the LOGIN_ACK did not carry come as frames: read them.
     bob.c.send_raw(b"{\"msgid\":13}\0");
     while bob.c.recv()["msgid"] != 14 {}
-    let before = bytes_out(admin);
+    (srv, a, bob)
+}
 
-    let burst: Vec<u8> = (0..REQUESTS)
+/// `n` HISTORY requests of B for its conversation with A, in one write.
+fn history_burst(bob: &User, a: &User, n: usize) -> Vec<u8> {
+    (0..n)
         .flat_map(|i| {
             let req = json!({"msgid": 23, "id": bob.id, "peer": a.id, "limit": limit(i)});
             let mut f = serde_json::to_vec(&req).unwrap();
             f.push(0);
             f
         })
-        .collect();
-    bob.c.send_raw(&burst);
+        .collect()
+}
+
+#[test]
+fn requests_wait_while_the_output_is_over_the_mark() {
+    let b = Backend::sqlite();
+    // B's kernel buffers are small, so that its unread replies pile up in the
+    // server rather than in the kernel.
+    let (srv, a, mut bob) = server_with_history(&b, Some(4096));
+    let admin = srv.admin_addr().expect("the admin listener runs");
+    let before = bytes_out(admin);
+    bob.c.send_raw(&history_burst(&bob, &a, REQUESTS));
 
     // Wait until the server stops building replies (the count holds for a
     // second); without the gate it builds all of them at once.
@@ -116,8 +131,29 @@ fn requests_wait_while_the_output_is_over_the_mark() {
     );
 
     // Not checked here: that B then reads every reply in order (~48 MB through a
-    // 4 KiB buffer; when that buffer was shrunk after connect, loopback sent only on
-    // the persist timer and the read crawled past the 10 s frame timeout). Replies'
-    // order is covered by the suites that pipeline requests (framing.rs, messages.rs).
+    // 4 KiB buffer). Replies' order is covered by the suites that pipeline requests
+    // (framing.rs, messages.rs); that the held requests run once the client reads,
+    // by the next test.
     srv.stop();
+}
+
+/// Requests held back while the output was over the mark run once the client
+/// reads: every HISTORY reply arrives, in request order. (Mutation testing: with
+/// `Session::unpark` never ending a strand's wait, the test above passed — it
+/// reads nothing back — while the connection hung for good.)
+#[test]
+fn held_back_requests_run_once_the_client_reads() {
+    let b = Backend::sqlite();
+    let (_srv, a, mut bob) = server_with_history(&b, None);
+    // 16 replies of ~750 KB: more than the kernel's buffers and the mark hold.
+    let n = 16;
+    bob.c.send_raw(&history_burst(&bob, &a, n));
+    // Read nothing for a while: the output passes the mark and the strand waits.
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..n {
+        let v = bob.c.expect_msgid(24);
+        let msgs = v["msgs"].as_array().map_or(0, Vec::len);
+        assert_eq!(msgs, limit(i), "reply {i} out of order or cut");
+    }
+    bob.c.barrier();
 }

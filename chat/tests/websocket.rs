@@ -195,6 +195,12 @@ fn a_websocket_user_and_a_tcp_user_chat_on_the_same_sessions() {
     tcp.send(&util::one_chat(bob, "bob", ann, "hi ann"));
     let got = expect_msgid(&mut ws, 6);
     assert_eq!(got["msg"], "hi ann");
+    // A message near the frame limit (64 KiB) goes through: the WebSocket layer's
+    // own bound is the frame limit, not less. (Mutation testing: with
+    // `Gateway::frame_limit` returning 0 or 1 every other test passed.)
+    let big = "b".repeat(60 * 1024);
+    send(&mut ws, &util::one_chat(ann, "ann", bob, &big));
+    assert_eq!(tcp.expect_msgid(6)["msg"], big.as_str());
     // A ping is answered with a pong by the protocol layer.
     ws.send(Message::Ping(b"p".to_vec().into())).unwrap();
     match ws.read().unwrap() {

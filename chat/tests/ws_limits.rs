@@ -130,11 +130,7 @@ fn half_open_http_requests_do_not_lock_clients_out() {
     );
 
     // Their slots are free again: a browser upgrades and logs in.
-    let stream = TcpStream::connect(ws).unwrap();
-    stream.set_read_timeout(Some(util::TIMEOUT)).unwrap();
-    let (mut sock, resp) =
-        tungstenite::client::client(format!("ws://{ws}/ws"), stream).expect("an upgrade");
-    assert_eq!(resp.status(), 101);
+    let mut sock = upgraded(ws);
     sock.send(tungstenite::Message::text(format!(
         r#"{{"ext":1,"id":{id},"msgid":1,"password":"pw"}}"#
     )))
@@ -280,4 +276,85 @@ fn one_address_cannot_hold_the_http_phase() {
         "127.0.0.2 got {status:?}"
     );
     drop(held);
+}
+
+/// A WebSocket client upgraded to `/ws` on `addr`.
+fn upgraded(addr: SocketAddr) -> tungstenite::WebSocket<TcpStream> {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(util::TIMEOUT)).unwrap();
+    let (sock, resp) =
+        tungstenite::client::client(format!("ws://{addr}/ws"), stream).expect("an upgrade");
+    assert_eq!(resp.status(), 101);
+    sock
+}
+
+/// The WebSocket's reply to a PING: PONG if its session was admitted, the
+/// refusal (error 112) if it was not.
+fn ws_ping(sock: &mut tungstenite::WebSocket<TcpStream>) -> serde_json::Value {
+    sock.send(tungstenite::Message::text(r#"{"msgid":13}"#))
+        .unwrap();
+    loop {
+        match sock.read().expect("a reply") {
+            tungstenite::Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+/// The TCP client's reply to a PING (PONG, or the refusal 112).
+fn tcp_ping(addr: SocketAddr) -> (Client, serde_json::Value) {
+    let mut c = Client::connect(addr);
+    c.send_raw(b"{\"msgid\":13}\0");
+    let v = c.recv();
+    (c, v)
+}
+
+/// Upgraded WebSocket connections and TCP ones share `max_connections` (2 here):
+/// with two browsers in, a TCP client is refused with error 112 (and closed), and
+/// so is a third browser; once a browser leaves, a TCP client gets in. (Mutation
+/// testing: the sum of the two counts in `Gateway::admit` replaced by a product
+/// or a difference passed every other test.)
+#[test]
+fn websockets_and_tcp_clients_share_the_connection_limit() {
+    let db = Backend::sqlite();
+    let srv = start(
+        &db,
+        Limits {
+            max_connections: 2,
+            ..Limits::default()
+        },
+    );
+    let ws = srv.ws_addr().unwrap();
+    let mut first = upgraded(ws);
+    let mut second = upgraded(ws);
+    for sock in [&mut first, &mut second] {
+        let v = ws_ping(sock);
+        assert_eq!(v["msgid"], 14, "a browser under the limit was refused: {v}");
+    }
+
+    let (mut c, v) = tcp_ping(srv.addr());
+    assert_eq!(
+        (v["msgid"].as_i64(), v["errno"].as_i64()),
+        (Some(11), Some(112)),
+        "a TCP client beyond two browsers: {v}"
+    );
+    c.expect_eof();
+    let mut third = upgraded(ws);
+    let v = ws_ping(&mut third);
+    assert_eq!(
+        (v["msgid"].as_i64(), v["errno"].as_i64()),
+        (Some(11), Some(112)),
+        "a third browser: {v}"
+    );
+
+    first.close(None).unwrap();
+    drop(first);
+    let (mut c, _) = poll(Duration::from_secs(5), "a slot freed by a browser", || {
+        let (c, v) = tcp_ping(srv.addr());
+        (v["msgid"] == 14).then_some((c, v))
+    });
+    c.barrier();
+    let v = ws_ping(&mut second);
+    assert_eq!(v["msgid"], 14, "the remaining browser: {v}");
 }

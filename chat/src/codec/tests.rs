@@ -317,6 +317,24 @@ fn frame_reader_compacts_its_buffer() {
     assert!(r.buf.len() < 64);
 }
 
+/// Each push ends inside the next frame, so the reader never runs dry: the
+/// consumed bytes must still be dropped, and `pending` counts the partial frame.
+/// (Mutation testing: with `push` never compacting, or `pending` returning 0 or 1,
+/// the other tests passed: a reader that drains now and then clears its buffer.)
+#[test]
+fn frame_reader_compacts_a_stream_that_never_drains() {
+    let mut r = FrameReader::new(DEFAULT_FRAME_LIMIT);
+    r.push(b"{\"msg");
+    assert_eq!(r.pending(), 5);
+    for _ in 0..1000 {
+        r.push(b"id\":13}\0{\"msg");
+        assert!(r.next_frame().unwrap().is_some());
+        assert!(r.next_frame().unwrap().is_none());
+        assert_eq!(r.pending(), 5, "the next frame's beginning");
+    }
+    assert!(r.buf.len() < 64, "{} bytes kept", r.buf.len());
+}
+
 #[test]
 fn nul_ends_an_unterminated_frame_and_decoding_resumes() {
     // The issue's case: no reply at all before, now an error and the PONG.
