@@ -107,15 +107,22 @@ fn forged_foreign_and_stale_tokens_are_refused() {
     legacy.expect_error(122, Some(17));
 }
 
-/// LOGINOUT revokes the token; so does expiry (`resume_ttl`).
-#[test]
-fn tokens_are_revoked_at_logout_and_expire() {
+/// A server on a fresh SQLite store whose tokens last `secs` seconds (the backend
+/// keeps the store; drop it after the server).
+fn server_with_ttl(secs: u64) -> (Backend, chat::server_thread::ServerThread) {
     fast_hashes();
     let b = Backend::sqlite();
     let srv = b.start_with(ServerOptions {
-        resume_ttl: Duration::from_secs(1),
+        resume_ttl: Duration::from_secs(secs),
         ..ServerOptions::default()
     });
+    (b, srv)
+}
+
+/// LOGINOUT revokes the token; so does expiry (`resume_ttl`).
+#[test]
+fn tokens_are_revoked_at_logout_and_expire() {
+    let (_b, srv) = server_with_ttl(1);
     let mut u = User::register(srv.addr(), "lou");
     let (ack, t) = ext_login(&mut u.c, u.id, &u.pw);
     assert_eq!(ack["tokenttl"], 1);
@@ -128,6 +135,25 @@ fn tokens_are_revoked_at_logout_and_expire() {
     // Past the expiry (whole seconds): the token is refused though never used.
     std::thread::sleep(Duration::from_millis(2100));
     resume_refused(&mut Client::connect(srv.addr()), u.id, &t);
+}
+
+/// A token lasts `resume_ttl` and no longer, whether a LOGIN granted it or a
+/// RESUME rotated it: each works within the TTL and is refused after it.
+#[test]
+fn granted_and_rotated_tokens_expire_after_the_ttl() {
+    let (_b, srv) = server_with_ttl(2);
+    let mut u = User::register(srv.addr(), "tia");
+    let (_, granted) = ext_login(&mut u.c, u.id, &u.pw);
+    let mut v = User::register(srv.addr(), "tom");
+    let (_, first) = ext_login(&mut v.c, v.id, &v.pw);
+    let mut c = Client::connect(srv.addr());
+    let (ack, rotated) = resume_ok(&mut c, v.id, &first);
+    assert_eq!(ack["tokenttl"], 2);
+    drop((u.c, v.c, c));
+    // Past the expiry (whole seconds) of both.
+    std::thread::sleep(Duration::from_millis(3100));
+    resume_refused(&mut Client::connect(srv.addr()), u.id, &granted);
+    resume_refused(&mut Client::connect(srv.addr()), v.id, &rotated);
 }
 
 /// The options of in-process cluster node `id`.

@@ -132,6 +132,13 @@ fn history_pages_newest_first(b: &Backend) {
     let v = ask(&mut a, json!({"msgid": 23, "peer": bb.id, "before": 4}));
     assert_eq!(page(&v), pairs(&[(3, "a3"), (2, "a2"), (1, "a1")]));
     assert_eq!(v["more"], false);
+    // A page that ends exactly at the oldest message: nothing more.
+    let v = ask(
+        &mut a,
+        json!({"msgid": 23, "peer": bb.id, "before": 4, "limit": 3}),
+    );
+    assert_eq!(page(&v), pairs(&[(3, "a3"), (2, "a2"), (1, "a1")]));
+    assert_eq!(v["more"], false, "{v}");
     // The other side sees the same conversation.
     bb.login();
     let v = ask(&mut bb, json!({"msgid": 23, "peer": a.id, "limit": 100}));

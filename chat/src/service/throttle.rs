@@ -244,6 +244,69 @@ mod tests {
         assert_eq!(t.begin_local(7, later), Attempt::Allowed { locked: None });
     }
 
+    /// Failures minutes apart, within `FORGET_AFTER` (15 minutes), add up to a lock;
+    /// `begin` (the entry point, here without Redis) counts like `begin_local`.
+    #[test]
+    fn failures_minutes_apart_add_up() {
+        let t = throttle(3);
+        assert_eq!(t.begin(5), Attempt::Allowed { locked: None });
+        let t0 = Instant::now();
+        let at = |mins: u64| t0 + Duration::from_secs(mins * 60);
+        assert_eq!(t.begin_local(5, at(5)), Attempt::Allowed { locked: None });
+        assert_eq!(
+            t.begin_local(5, at(14)),
+            Attempt::Allowed {
+                locked: Some(Duration::from_secs(1))
+            },
+            "the third failure in 14 minutes locks"
+        );
+    }
+
+    /// An attempt right after a long lock ran out is not forgotten: the record
+    /// outlives the lock by `FORGET_AFTER`, so the next lock doubles (up to the
+    /// ceiling) instead of the count starting afresh with free attempts.
+    #[test]
+    fn a_long_lock_is_not_forgotten_when_it_ends() {
+        let t = LoginThrottle::new(
+            ThrottleConfig {
+                free_attempts: 1,
+                backoff_base: Duration::from_secs(600),
+                backoff_max: Duration::from_secs(900),
+            },
+            None,
+        );
+        let t0 = Instant::now();
+        let lock = |secs| Attempt::Allowed {
+            locked: Some(Duration::from_secs(secs)),
+        };
+        assert_eq!(t.begin_local(6, t0), lock(600));
+        assert_eq!(
+            t.begin_local(6, t0 + Duration::from_secs(601)),
+            lock(900),
+            "doubled, up to the ceiling"
+        );
+    }
+
+    /// Every `SWEEP_EVERY` attempts (not at each one) the table drops the accounts
+    /// it forgot, so ids tried once each do not pile up.
+    #[test]
+    fn forgotten_accounts_are_swept() {
+        let t = throttle(3);
+        let t0 = Instant::now();
+        let later = t0 + FORGET_AFTER + Duration::from_secs(1);
+        let len = || t.local.lock().len() as i64;
+        t.begin_local(0, t0);
+        t.begin_local(1, later);
+        assert_eq!(len(), 2, "no sweep before SWEEP_EVERY attempts");
+        let n = i64::from(SWEEP_EVERY) - 1;
+        for id in 2..n {
+            t.begin_local(id, t0);
+        }
+        assert_eq!(len(), n);
+        t.begin_local(-1, later);
+        assert_eq!(len(), 2, "only the records of `later` are kept");
+    }
+
     #[test]
     fn a_quiet_account_is_forgotten() {
         let t = throttle(2);

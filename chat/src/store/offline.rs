@@ -118,6 +118,25 @@ mod tests {
         assert!(!l.admits(u(7, 901), u(0, 0), 100), "total bytes");
     }
 
+    /// The defaults' promise: a recipient can have 10,000 messages waiting, or 64 MiB:
+    /// 1,024 frames of the largest inbound size (64 KiB); one sender a quarter.
+    #[test]
+    fn defaults_hold_1024_largest_frames() {
+        let l = OfflineLimits::default();
+        let frame = 64 * 1024;
+        let u = |messages, bytes| Usage { messages, bytes };
+        let full = u(1023, 1023 * frame);
+        assert!(l.admits(full, u(0, 0), frame), "the 1024th largest frame");
+        assert!(!l.admits(u(1024, 1024 * frame), u(0, 0), frame));
+        assert!(
+            l.admits(u(0, 0), u(255, 255 * frame), frame),
+            "a quarter each"
+        );
+        assert!(!l.admits(u(0, 0), u(256, 256 * frame), frame));
+        assert!(l.admits(u(9_999, 0), u(0, 0), 1));
+        assert!(!l.admits(u(10_000, 0), u(0, 0), 1));
+    }
+
     #[test]
     fn sender_and_ids() {
         assert_eq!(sender_of(r#"{"id":42,"msg":"x","msgid":6}"#), 42);

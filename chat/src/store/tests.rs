@@ -161,7 +161,117 @@ backend_tests!(
     offline_special_and_large,
     take_offline_concurrent,
     resume_tokens,
+    backlog_ping_and_pool_wait,
 );
+
+/// The readiness and metrics reads: `ping` answers, `offline_backlog` counts every
+/// user's waiting messages, `pool_wait` counts the store's checkouts.
+fn backlog_ping_and_pool_wait(store: &dyn Store) {
+    store.ping().unwrap();
+    assert_eq!(store.offline_backlog().unwrap(), 0);
+    let (a, b) = (11, 12);
+    for m in ["a1", "a2", "a3"] {
+        store.store_offline(a, 0, m, &FREE).unwrap();
+    }
+    store.store_offline_many(&[a, b], 0, "ab", &FREE).unwrap();
+    assert_eq!(store.offline_backlog().unwrap(), 5);
+    assert_eq!(
+        store.take_offline_batch(a, 2, usize::MAX).unwrap().0.len(),
+        2
+    );
+    assert_eq!(store.offline_backlog().unwrap(), 3);
+    let before = store.pool_wait().get().0;
+    store.ping().unwrap();
+    store.user_exists(a).unwrap();
+    assert_eq!(
+        store.pool_wait().get().0,
+        before + 2,
+        "one checkout per call"
+    );
+}
+
+/// An insert that fails for another reason than a taken key (here a trigger that
+/// `refuse` installs on each table makes it fail) is an error, never reported as
+/// "name taken", "already friends" or "already a member".
+fn failed_inserts_are_errors_not_duplicates(store: &dyn Store, refuse: impl FnOnce(&[&str])) {
+    let a = store.register("fa", "p").unwrap().unwrap();
+    let b = store.register("fb", "p").unwrap().unwrap();
+    let g = store.create_group(a, "fg", "").unwrap().unwrap();
+    refuse(&["user", "allgroup", "friend", "groupuser"]);
+    let backend = |r: Result<String, StoreError>| match r {
+        Err(StoreError::Backend(msg)) => assert!(msg.contains("refused by"), "{msg}"),
+        other => panic!("not a backend error: {other:?}"),
+    };
+    backend(store.register("fc", "p").map(|r| format!("{r:?}")));
+    backend(store.create_group(a, "fg2", "").map(|r| format!("{r:?}")));
+    backend(store.add_friend(a, b).map(|r| format!("{r:?}")));
+    backend(store.join_group(b, g).map(|r| format!("{r:?}")));
+}
+
+#[test]
+fn sqlite_failed_inserts_are_errors_not_duplicates() {
+    let db = SqliteDb::new();
+    failed_inserts_are_errors_not_duplicates(&*db.store, |tables| {
+        let raw = rusqlite::Connection::open(&db._file.0).unwrap();
+        for t in tables {
+            raw.execute_batch(&format!(
+                "CREATE TRIGGER refuse_{t} BEFORE INSERT ON {t} \
+                 BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END;"
+            ))
+            .unwrap();
+        }
+    });
+}
+
+#[test]
+fn mysql_failed_inserts_are_errors_not_duplicates() {
+    let db = MysqlDb::new();
+    failed_inserts_are_errors_not_duplicates(&*db.store, |tables| {
+        let opts = ::mysql::Opts::from_url(&db._db.url()).unwrap();
+        let mut raw = ::mysql::Conn::new(opts).unwrap();
+        for t in tables {
+            raw.query_drop(format!(
+                "CREATE TRIGGER refuse_{t} BEFORE INSERT ON {t} FOR EACH ROW \
+                 SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused by a test trigger'"
+            ))
+            .unwrap();
+        }
+    });
+}
+
+/// The texts operators read (logs, `/readyz`'s body) say which failure it was.
+#[test]
+fn store_error_display() {
+    let shown = [
+        StoreError::Unavailable("no route".into()),
+        StoreError::Backend("syntax".into()),
+        StoreError::Config("bad url".into()),
+    ]
+    .map(|e| e.to_string());
+    assert_eq!(
+        shown,
+        [
+            "database unavailable: no route",
+            "database error: syntax",
+            "invalid store configuration: bad url",
+        ]
+    );
+}
+
+#[test]
+fn pool_wait_counts_and_times_checkouts() {
+    let wait = PoolWait::default();
+    assert_eq!(wait.get(), (0, 0.0));
+    let got = wait.time(|| {
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        7
+    });
+    assert_eq!(got, 7);
+    wait.time(|| ());
+    let (checkouts, secs) = wait.get();
+    assert_eq!(checkouts, 2);
+    assert!((0.03..10.0).contains(&secs), "waited {secs} s");
+}
 
 /// One token per user: put replaces, rotate is a compare-and-swap, revoke deletes.
 fn resume_tokens(store: &dyn Store) {
