@@ -8,7 +8,8 @@
 # Environment: CHAT_BIN (the server, default bin/ChatServer), CHAT_BENCH (the
 # load generator, default bin/chat-bench), REDIS_URL (default
 # redis://127.0.0.1:6379), NODE_EXTRA (more node options), W (messages in flight
-# per user, default 4). Uses ports 7101, 7102 and 7199, database chat_cpubench and
+# per user, default 4), THREADS (chat-bench threads, default 1). Uses ports 7101,
+# 7102 and 7199, database chat_cpubench and
 # key prefix cpubench (both removed after).
 # Prints one line: msgs/s, lost, p99, then per process its share of a core and
 # its CPU per message; then a line of the Redis commands per message over the
@@ -31,7 +32,7 @@ p1=$(cat "$dir/node1.pid")
 p2=$(cat "$dir/node2.pid")
 rp=$(pgrep -x redis-server | head -n 1)
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-"${CHAT_BENCH:-$root/bin/chat-bench}" one-to-one --targets 127.0.0.1:7101,127.0.0.1:7102 -n 1000 -w "${W:-4}" -t 1 \
+"${CHAT_BENCH:-$root/bin/chat-bench}" one-to-one --targets 127.0.0.1:7101,127.0.0.1:7102 -n 1000 -w "${W:-4}" -t "${THREADS:-1}" \
     -d "$dur" --json "$dir/out.json" >"$dir/bench.out" 2>&1 &
 bp=$!
 sleep 4 # setup (~1-2 s) and the 2 s warm-up
