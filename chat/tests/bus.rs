@@ -1,0 +1,436 @@
+//! The Redis bus on its own (no chat server): a node's stream reader, the frames it
+//! holds back while they can be neither delivered nor stored, its dseq records, the
+//! drain of a dead node's stream, and the reader's reconnect. Each test drives
+//! `chat::bus::Bus` with a recording handler against a private `redis-server`
+//! (so it may kill every client connection), in a few seconds: the fast selection
+//! the bus's mutation pass runs (docs/mutants.md).
+//!
+//! `a_stream_recreated_behind_the_reader_is_read_from_its_start` writes one stream
+//! entry by hand (fields `to` and `f`, the entry format of `bus/stream.rs`).
+
+mod cluster_util;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chat::bus::{Bus, BusConfig, BusHandler, BusMessage, Claim, Drain, Orphan, WaitReplicas};
+use cluster_util::{poll, redis_con, RedisServer};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// A bus handler that records what it is given. Deliveries to `failing` users fail
+/// (as when the store is down); `acking` users get a dseq per frame; the reader's
+/// batches count as written only while `writes_done` is set.
+#[derive(Default)]
+struct Recorder {
+    got: Mutex<Vec<(i64, String)>>,
+    tries: Mutex<Vec<Instant>>,
+    failing: Mutex<HashSet<i64>>,
+    acking: Mutex<HashSet<i64>>,
+    seqs: Mutex<HashMap<i64, u64>>,
+    release: Mutex<Vec<(i64, u64)>>,
+    flushes: Mutex<Vec<Vec<i64>>>,
+    writes_done: AtomicBool,
+}
+
+impl Recorder {
+    fn got_by(&self, user: i64) -> Vec<String> {
+        let got = self.got.lock().unwrap();
+        got.iter()
+            .filter(|(u, _)| *u == user)
+            .map(|(_, f)| f.clone())
+            .collect()
+    }
+}
+
+impl BusHandler for Recorder {
+    fn on_message(&self, msg: BusMessage) -> Result<(), Orphan> {
+        match msg {
+            BusMessage::Deliver { to, frame } => {
+                let failing = self.failing.lock().unwrap();
+                let (bad, good): (Vec<i64>, Vec<i64>) =
+                    to.into_iter().partition(|u| failing.contains(u));
+                let mut got = self.got.lock().unwrap();
+                got.extend(good.into_iter().map(|u| (u, frame.clone())));
+                if bad.is_empty() {
+                    return Ok(());
+                }
+                self.tries.lock().unwrap().push(Instant::now());
+                Err((bad, frame))
+            }
+            BusMessage::Flush { to } => {
+                self.flushes.lock().unwrap().push(to);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+    fn number(&self, to: &[i64], _len: usize) -> Vec<(i64, u64)> {
+        let acking = self.acking.lock().unwrap();
+        let mut seqs = self.seqs.lock().unwrap();
+        to.iter()
+            .filter(|u| acking.contains(u))
+            .map(|&u| {
+                let n = seqs.entry(u).or_insert(0);
+                *n += 1;
+                (u, *n)
+            })
+            .collect()
+    }
+    fn released(&self) -> Vec<(i64, u64)> {
+        std::mem::take(&mut *self.release.lock().unwrap())
+    }
+    fn after_delivery(&self, done: Box<dyn FnOnce() + Send>) {
+        if self.writes_done.load(Ordering::SeqCst) {
+            done();
+        }
+    }
+    fn on_dead_node(&self, _node: &str) {}
+    fn on_presence_lost(&self) -> bool {
+        true
+    }
+    fn on_bus_restored(&self) {}
+    fn on_heartbeat(&self) {}
+}
+
+fn node(url: &str, id: &str) -> Arc<Bus> {
+    Bus::connect(BusConfig {
+        url: url.into(),
+        prefix: "bt".into(),
+        node_id: id.into(),
+        node_ttl: Duration::from_secs(60),
+        wait: WaitReplicas::default(),
+    })
+    .expect("bus")
+}
+
+fn frame(text: &str) -> String {
+    format!(r#"{{"msgid":5,"msg":"{text}"}}"#)
+}
+
+fn stamped(text: &str, n: u64) -> String {
+    String::from_utf8(chat::acks::with_seq(frame(text).as_bytes(), n)).unwrap()
+}
+
+fn xlen(r: &mut redis::Connection, node: &str) -> usize {
+    redis::cmd("XLEN")
+        .arg(format!("bt:q:{node}"))
+        .query(r)
+        .unwrap()
+}
+
+fn hlen(r: &mut redis::Connection, key: &str) -> usize {
+    redis::cmd("HLEN").arg(key).query(r).unwrap()
+}
+
+/// Routes until Redis takes it (after a kill of every client, the first calls fail).
+fn route(b: &Bus, to: &[i64], text: &str) -> Vec<i64> {
+    poll(LIMIT, "a route call succeeds", || {
+        b.route(to, &frame(text)).ok()
+    })
+}
+
+fn started(url: &str, h: &Arc<Recorder>) -> (Arc<Bus>, chat::bus::BusThreads) {
+    let a = node(url, "A");
+    let threads = a.spawn(h.clone()).expect("bus threads");
+    for u in [1, 2] {
+        assert_eq!(a.claim(u).unwrap(), Claim::Claimed);
+    }
+    (a, threads)
+}
+
+#[test]
+fn routed_frames_arrive_in_order_and_are_trimmed_once_written() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let h = Arc::new(Recorder::default());
+    h.writes_done.store(true, Ordering::SeqCst);
+    let (_a, threads) = started(&url, &h);
+    let b = node(&url, "B");
+    let mut want = Vec::new();
+    for i in 0..40 {
+        let text = format!("f{i}");
+        assert_eq!(
+            route(&b, &[1, 3, 2], &text),
+            vec![3],
+            "user 3 is on no node"
+        );
+        want.push(frame(&text));
+    }
+    let (m0, m1) = (frame("m0"), frame("m1"));
+    let missed = b
+        .route_many(&[(&[2, 1][..], &m0), (&[4][..], &m1)])
+        .unwrap();
+    assert_eq!(missed, vec![vec![], vec![4]]);
+    want.push(m0);
+    assert_eq!(
+        b.locate(&[1, 2, 3]).unwrap(),
+        vec![Some("A".into()), Some("A".into()), None]
+    );
+    poll(LIMIT, "all 82 frames delivered", || {
+        (h.got.lock().unwrap().len() >= 82).then_some(())
+    });
+    assert_eq!(h.got_by(1), want);
+    assert_eq!(h.got_by(2), want);
+    let mut r = redis_con(&url).unwrap();
+    // Written, so trimmed: the last entry too (the trim is inclusive).
+    poll(LIMIT, "the stream trimmed to nothing", || {
+        (xlen(&mut r, "A") == 0).then_some(())
+    });
+    threads.stop();
+}
+
+#[test]
+fn a_frame_that_cannot_be_stored_is_held_retried_and_keeps_its_place() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let h = Arc::new(Recorder::default());
+    h.writes_done.store(true, Ordering::SeqCst);
+    h.failing.lock().unwrap().insert(1);
+    let (_a, threads) = started(&url, &h);
+    let b = node(&url, "B");
+    route(&b, &[2], "g0");
+    for i in 0..5 {
+        route(&b, &[1, 2], &format!("f{i}"));
+    }
+    let want: Vec<String> = (0..5).map(|i| frame(&format!("f{i}"))).collect();
+    poll(LIMIT, "user 2 gets its 6 frames", || {
+        (h.got_by(2).len() == 6).then_some(())
+    });
+    // The reader goes on reading while it holds user 1's frames.
+    route(&b, &[2], "g");
+    poll(
+        LIMIT,
+        "user 2 gets a frame routed after the held ones",
+        || (h.got_by(2).len() == 7).then_some(()),
+    );
+    poll(LIMIT, "four retries of the held frame", || {
+        (h.tries.lock().unwrap().len() >= 5).then_some(())
+    });
+    let mut r = redis_con(&url).unwrap();
+    // Trimmed up to the oldest held frame, not past it: if the node died now, its
+    // drain would store them (g0, before it, is gone).
+    poll(LIMIT, "the stream trimmed up to the held frames", || {
+        (xlen(&mut r, "A") == 6).then_some(())
+    });
+    {
+        let tries = h.tries.lock().unwrap();
+        // The first retry may follow the first try at once; then one per 500 ms.
+        for w in tries[1..].windows(2) {
+            let gap = w[1] - w[0];
+            assert!(gap >= Duration::from_millis(450), "retried after {gap:?}");
+        }
+    }
+    assert!(h.got_by(1).is_empty());
+    h.failing.lock().unwrap().clear();
+    poll(LIMIT, "user 1 gets the held frames", || {
+        (h.got_by(1).len() == 5).then_some(())
+    });
+    assert_eq!(h.got_by(1), want, "held frames in stream order");
+    poll(LIMIT, "the stream trimmed once nothing is held", || {
+        (xlen(&mut r, "A") == 0).then_some(())
+    });
+    threads.stop();
+}
+
+#[test]
+fn a_dead_nodes_stream_and_records_are_stored_once_in_order() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let h = Arc::new(Recorder::default());
+    h.writes_done.store(true, Ordering::SeqCst);
+    h.acking.lock().unwrap().insert(1);
+    let (_a, threads) = started(&url, &h);
+    let b = node(&url, "B");
+    let mut r = redis_con(&url).unwrap();
+    route(&b, &[1, 2], "f1");
+    route(&b, &[1, 2], "f2");
+    poll(LIMIT, "f1 and f2 written and trimmed", || {
+        (h.got.lock().unwrap().len() == 4 && xlen(&mut r, "A") == 0).then_some(())
+    });
+    assert_eq!(h.got_by(1), vec![stamped("f1", 1), stamped("f2", 2)]);
+    assert_eq!(h.got_by(2), vec![frame("f1"), frame("f2")]);
+    assert_eq!(hlen(&mut r, "bt:qa:A"), 2, "user 1's two frames recorded");
+    // User 1 acknowledged f1: its record goes.
+    h.release.lock().unwrap().push((1, 1));
+    poll(LIMIT, "the acknowledged record deleted", || {
+        (hlen(&mut r, "bt:qa:A") == 1).then_some(())
+    });
+    // From now on nothing counts as written: the stream keeps it.
+    h.writes_done.store(false, Ordering::SeqCst);
+    route(&b, &[1, 2], "f3");
+    b.publish_flush("A", &[1]).unwrap();
+    route(&b, &[1, 2], "f4");
+    poll(LIMIT, "f3, the flush notice and f4 read", || {
+        (h.got.lock().unwrap().len() == 8 && !h.flushes.lock().unwrap().is_empty()).then_some(())
+    });
+    assert_eq!(*h.flushes.lock().unwrap(), vec![vec![1]]);
+    threads.stop();
+    assert_eq!(xlen(&mut r, "A"), 3);
+    assert_eq!(hlen(&mut r, "bt:qa:A"), 3);
+
+    let stored = Mutex::new(Vec::<Orphan>::new());
+    let keep = |frames: &[Orphan]| {
+        stored.lock().unwrap().extend_from_slice(frames);
+        true
+    };
+    // Alive (its key is there): not drained, nothing stored.
+    assert_eq!(b.drain_node("A", &keep).unwrap(), Drain::Alive);
+    assert!(
+        stored.lock().unwrap().is_empty(),
+        "a live node's records stored"
+    );
+    let _: () = redis::cmd("DEL").arg("bt:node:A").query(&mut r).unwrap();
+    // Another drain holds the lock.
+    let _: () = redis::cmd("SET")
+        .arg("bt:drain:A")
+        .arg("other")
+        .query(&mut r)
+        .unwrap();
+    assert_eq!(b.drain_node("A", &keep).unwrap(), Drain::Busy);
+    let _: () = redis::cmd("DEL").arg("bt:drain:A").query(&mut r).unwrap();
+    assert!(stored.lock().unwrap().is_empty());
+    // The store refuses: nothing is lost.
+    assert!(b.drain_node("A", &|_: &[Orphan]| false).is_err());
+    assert_eq!(xlen(&mut r, "A"), 3);
+    assert_eq!(hlen(&mut r, "bt:qa:A"), 3);
+
+    assert_eq!(b.drain_node("A", &keep).unwrap(), Drain::Done);
+    let want: Vec<Orphan> = vec![
+        (vec![1], stamped("f2", 2)), // written (trimmed), not acknowledged
+        (vec![1], stamped("f3", 3)),
+        (vec![2], frame("f3")),
+        (vec![1], stamped("f4", 4)),
+        (vec![2], frame("f4")),
+    ];
+    assert_eq!(*stored.lock().unwrap(), want);
+    assert_eq!(xlen(&mut r, "A"), 0);
+    assert_eq!(hlen(&mut r, "bt:qa:A"), 0);
+    let online: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg("bt:online")
+        .query(&mut r)
+        .unwrap();
+    assert!(
+        online.is_empty(),
+        "the dead node's users still online: {online:?}"
+    );
+    let nodes: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("bt:nodes")
+        .query(&mut r)
+        .unwrap();
+    assert_eq!(nodes, vec!["B".to_string()]);
+    // Once forgotten, a drain stores nothing again.
+    assert_eq!(b.drain_node("A", &keep).unwrap(), Drain::Done);
+    assert_eq!(stored.lock().unwrap().len(), 5);
+}
+
+#[test]
+fn a_long_stream_is_drained_in_steps_each_frame_once() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let h = Arc::new(Recorder::default());
+    let (_a, threads) = started(&url, &h);
+    threads.stop();
+    let b = node(&url, "B");
+    let texts: Vec<String> = (0..1100).map(|i| frame(&format!("f{i}"))).collect();
+    for chunk in texts.chunks(100) {
+        let batch: Vec<(&[i64], &str)> = chunk.iter().map(|t| (&[1i64][..], t.as_str())).collect();
+        assert!(b.route_many(&batch).unwrap().iter().all(Vec::is_empty));
+    }
+    let mut r = redis_con(&url).unwrap();
+    let _: () = redis::cmd("DEL").arg("bt:node:A").query(&mut r).unwrap();
+    let stored = Mutex::new(Vec::<Orphan>::new());
+    let steps = Mutex::new(0);
+    let keep = |frames: &[Orphan]| {
+        *steps.lock().unwrap() += 1;
+        stored.lock().unwrap().extend_from_slice(frames);
+        true
+    };
+    assert_eq!(b.drain_node("A", &keep).unwrap(), Drain::Done);
+    let got: Vec<String> = stored
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(to, f)| {
+            assert_eq!(to, &vec![1]);
+            f.clone()
+        })
+        .collect();
+    assert_eq!(got, texts);
+    assert_eq!(*steps.lock().unwrap(), 3, "500 entries a step");
+    assert_eq!(xlen(&mut r, "A"), 0);
+}
+
+/// Kills every client connection of the private Redis but the caller's.
+fn kill_clients(r: &mut redis::Connection) {
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query(r)
+        .unwrap();
+}
+
+#[test]
+fn a_reconnected_reader_reads_on_without_repeating() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let h = Arc::new(Recorder::default());
+    let (_a, threads) = started(&url, &h);
+    let b = node(&url, "B");
+    for t in ["f0", "f1", "f2"] {
+        route(&b, &[1], t);
+    }
+    poll(LIMIT, "3 frames read", || {
+        (h.got_by(1).len() == 3).then_some(())
+    });
+    let mut r = redis_con(&url).unwrap();
+    // Nothing was written (trimmed): after the reconnect the reader goes on
+    // from where it was, not from the stream's start.
+    kill_clients(&mut r);
+    route(&b, &[1], "f3");
+    poll(LIMIT, "f3 read", || (h.got_by(1).len() >= 4).then_some(()));
+    route(&b, &[1], "f4");
+    poll(LIMIT, "f4 read", || (h.got_by(1).len() >= 5).then_some(()));
+    let want: Vec<String> = ["f0", "f1", "f2", "f3", "f4"].map(frame).to_vec();
+    assert_eq!(h.got_by(1), want);
+    threads.stop();
+}
+
+#[test]
+fn a_stream_recreated_behind_the_reader_is_read_from_its_start() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let h = Arc::new(Recorder::default());
+    let (_a, threads) = started(&url, &h);
+    let b = node(&url, "B");
+    route(&b, &[1], "f0");
+    poll(LIMIT, "f0 read", || (h.got_by(1).len() == 1).then_some(()));
+    let mut r = redis_con(&url).unwrap();
+    // The stream recreated with ids below what the reader read (as after a drain
+    // of this node while it looked dead, or a Redis that lost it).
+    let _: () = redis::cmd("DEL").arg("bt:q:A").query(&mut r).unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg("bt:q:A")
+        .arg("1-1")
+        .arg("to")
+        .arg("1")
+        .arg("f")
+        .arg(frame("early"))
+        .query(&mut r)
+        .unwrap();
+    kill_clients(&mut r);
+    poll(LIMIT, "the recreated stream's entry read", || {
+        (h.got_by(1).len() == 2).then_some(())
+    });
+    assert_eq!(h.got_by(1), vec![frame("f0"), frame("early")]);
+    // A stream gone altogether is read from its start too.
+    let _: () = redis::cmd("DEL").arg("bt:q:A").query(&mut r).unwrap();
+    kill_clients(&mut r);
+    route(&b, &[1], "f1");
+    poll(LIMIT, "f1 read", || (h.got_by(1).len() == 3).then_some(()));
+    assert_eq!(h.got_by(1)[2], frame("f1"));
+    threads.stop();
+}
