@@ -15,7 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chat::bus::{Bus, BusConfig, BusHandler, BusMessage, Claim, Drain, Orphan, WaitReplicas};
+use chat::bus::{
+    Bus, BusConfig, BusHandler, BusMessage, Claim, Counted, Drain, NodeInfo, Orphan, ThrottleRule,
+    WaitReplicas,
+};
 use cluster_util::{poll, redis_con, RedisServer};
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -32,6 +35,7 @@ struct Recorder {
     seqs: Mutex<HashMap<i64, u64>>,
     release: Mutex<Vec<(i64, u64)>>,
     flushes: Mutex<Vec<Vec<i64>>>,
+    others: Mutex<Vec<BusMessage>>,
     writes_done: AtomicBool,
 }
 
@@ -64,7 +68,10 @@ impl BusHandler for Recorder {
                 self.flushes.lock().unwrap().push(to);
                 Ok(())
             }
-            _ => Ok(()),
+            other => {
+                self.others.lock().unwrap().push(other);
+                Ok(())
+            }
         }
     }
     fn number(&self, to: &[i64], _len: usize) -> Vec<(i64, u64)> {
@@ -96,11 +103,15 @@ impl BusHandler for Recorder {
 }
 
 fn node(url: &str, id: &str) -> Arc<Bus> {
+    node_with_ttl(url, id, Duration::from_secs(60))
+}
+
+fn node_with_ttl(url: &str, id: &str, node_ttl: Duration) -> Arc<Bus> {
     Bus::connect(BusConfig {
         url: url.into(),
         prefix: "bt".into(),
         node_id: id.into(),
-        node_ttl: Duration::from_secs(60),
+        node_ttl,
         wait: WaitReplicas::default(),
     })
     .expect("bus")
@@ -432,5 +443,223 @@ fn a_stream_recreated_behind_the_reader_is_read_from_its_start() {
     route(&b, &[1], "f1");
     poll(LIMIT, "f1 read", || (h.got_by(1).len() == 3).then_some(()));
     assert_eq!(h.got_by(1)[2], frame("f1"));
+    threads.stop();
+}
+
+#[test]
+fn presence_is_claimed_taken_over_released_and_swept() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let a = node(&url, "A");
+    let b = node(&url, "B");
+    let c = node(&url, "C");
+    assert_eq!(a.node_id(), "A");
+    assert_eq!(a.claim(1).unwrap(), Claim::Claimed);
+    assert_eq!(b.claim(1).unwrap(), Claim::Taken("A".into()));
+    assert_eq!(b.take_over(1).unwrap(), Claim::Replaced("A".into()));
+    assert_eq!(a.claim(1).unwrap(), Claim::Taken("B".into()));
+    a.release(1).unwrap(); // not A's: stays B's
+    assert_eq!(c.locate(&[1]).unwrap(), vec![Some("B".into())]);
+    b.release(1).unwrap();
+    assert_eq!(c.locate(&[1]).unwrap(), vec![None]);
+    assert!(c.locate(&[]).unwrap().is_empty());
+    assert!(c.route(&[], &frame("x")).unwrap().is_empty());
+    assert!(c.route_many(&[]).unwrap().is_empty());
+
+    // A node whose key was lost says so at its next heartbeat, once.
+    let mut r = redis_con(&url).unwrap();
+    assert!(a.heartbeat().unwrap());
+    let _: () = redis::cmd("DEL").arg("bt:node:A").query(&mut r).unwrap();
+    assert!(!a.heartbeat().unwrap());
+    assert!(a.heartbeat().unwrap());
+
+    // A dead node with frames in its stream: its users are orphaned until a drain.
+    assert_eq!(a.claim(2).unwrap(), Claim::Claimed);
+    assert!(b.route(&[2], &frame("f")).unwrap().is_empty());
+    let _: () = redis::cmd("DEL").arg("bt:node:A").query(&mut r).unwrap();
+    assert_eq!(b.claim(2).unwrap(), Claim::Orphaned("A".into()));
+    // C is dead too, with nothing to drain: swept at once; A waits for its drain.
+    assert_eq!(c.claim(3).unwrap(), Claim::Claimed);
+    let _: () = redis::cmd("DEL").arg("bt:node:C").query(&mut r).unwrap();
+    assert_eq!(b.sweep().unwrap(), (1, vec!["A".to_string()]));
+    assert_eq!(b.claim(3).unwrap(), Claim::Claimed);
+    let stored = Mutex::new(Vec::<Orphan>::new());
+    let keep = |frames: &[Orphan]| {
+        stored.lock().unwrap().extend_from_slice(frames);
+        true
+    };
+    assert_eq!(b.drain_node("A", &keep).unwrap(), Drain::Done);
+    assert_eq!(*stored.lock().unwrap(), vec![(vec![2], frame("f"))]);
+    assert_eq!(b.claim(2).unwrap(), Claim::Claimed);
+    assert_eq!(b.sweep().unwrap(), (0, vec![]));
+
+    // A clean leave drops only the leaving node's users.
+    let d = node(&url, "D");
+    assert_eq!(d.claim(4).unwrap(), Claim::Claimed);
+    b.leave().unwrap();
+    assert_eq!(
+        d.locate(&[2, 3, 4]).unwrap(),
+        vec![None, None, Some("D".into())]
+    );
+    let mut nodes: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("bt:nodes")
+        .query(&mut r)
+        .unwrap();
+    nodes.sort();
+    assert_eq!(nodes, vec!["D".to_string()]);
+    // A node that comes back under its old id forgets what it held.
+    assert_eq!(node(&url, "D").locate(&[4]).unwrap(), vec![None]);
+}
+
+#[test]
+fn calls_fail_while_redis_is_down_and_work_again_after() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let a = node(&url, "A");
+    assert_eq!(a.claim(1).unwrap(), Claim::Claimed);
+    redis.kill();
+    assert!(a.claim(1).is_err());
+    assert!(a.route(&[1], &frame("x")).is_err());
+    redis.restart();
+    // The breaker lets a probe through half a second after the failure.
+    poll(Duration::from_secs(5), "the bus works again", || {
+        a.heartbeat().ok()
+    });
+    assert_eq!(a.claim(1).unwrap(), Claim::Claimed);
+}
+
+#[test]
+fn login_failures_lock_the_account_until_a_success() {
+    let redis = RedisServer::start();
+    let a = node(&redis.url(), "A");
+    let rule = ThrottleRule {
+        free_attempts: 2,
+        base: Duration::from_secs(10),
+        max: Duration::from_secs(60),
+        forget_after: Duration::from_secs(60),
+    };
+    assert_eq!(a.login_attempt(7, &rule).unwrap(), Counted::Yes(None));
+    assert_eq!(
+        a.login_attempt(7, &rule).unwrap(),
+        Counted::Yes(Some(Duration::from_secs(10)))
+    );
+    match a.login_attempt(7, &rule).unwrap() {
+        Counted::Locked(left) => assert!(left > Duration::from_secs(5), "{left:?}"),
+        other => panic!("not locked: {other:?}"),
+    }
+    // Another account is not affected.
+    assert_eq!(a.login_attempt(8, &rule).unwrap(), Counted::Yes(None));
+    a.login_succeeded(7).unwrap();
+    assert_eq!(a.login_attempt(7, &rule).unwrap(), Counted::Yes(None));
+}
+
+#[test]
+fn the_admin_view_of_nodes_users_and_health() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let h = Arc::new(Recorder::default());
+    h.writes_done.store(true, Ordering::SeqCst);
+    let (a, threads) = started(&url, &h);
+    let b = node(&url, "B");
+    let c = node(&url, "C");
+    assert_eq!(c.claim(5).unwrap(), Claim::Claimed);
+    let mut r = redis_con(&url).unwrap();
+    let _: () = redis::cmd("DEL").arg("bt:node:C").query(&mut r).unwrap();
+    // An entry written long ago (by hand: ids are milliseconds): the lag shows it.
+    let _: String = redis::cmd("XADD")
+        .arg("bt:q:A")
+        .arg("1000-1")
+        .arg("to")
+        .arg("1")
+        .arg("f")
+        .arg(frame("late"))
+        .query(&mut r)
+        .unwrap();
+    poll(LIMIT, "the old entry read", || {
+        (h.got_by(1).len() == 1).then_some(())
+    });
+    assert!(
+        a.stream_lag() > Duration::from_secs(86_400),
+        "{:?}",
+        a.stream_lag()
+    );
+    let info = |id: &str, alive, users| NodeInfo {
+        id: id.into(),
+        alive,
+        users,
+    };
+    assert_eq!(
+        b.nodes().unwrap(),
+        vec![info("A", true, 2), info("B", true, 0), info("C", false, 1)]
+    );
+    assert_eq!(
+        b.online_users().unwrap(),
+        vec![(1, "A".to_string()), (2, "A".to_string())]
+    );
+    assert!(b.ping().is_ok());
+
+    assert_eq!(b.route_counts(), (0, 0));
+    route(&b, &[1], "f");
+    let (m0, m1) = (frame("m0"), frame("m1"));
+    b.route_many(&[(&[1][..], &m0), (&[2][..], &m1)]).unwrap();
+    assert_eq!(b.route_counts(), (2, 3));
+
+    poll(LIMIT, "3 frames read", || {
+        (h.got_by(1).len() == 3).then_some(())
+    });
+    assert!(
+        a.stream_lag() < Duration::from_secs(10),
+        "{:?}",
+        a.stream_lag()
+    );
+
+    // The heartbeat: fresh within half the node's TTL, stale after it.
+    assert!(a.heartbeat_fresh());
+    assert!(a.heartbeat_age().unwrap() < Duration::from_secs(30));
+    let short = node_with_ttl(&url, "S", Duration::from_millis(200));
+    assert!(short.heartbeat_age().is_some());
+    poll(
+        Duration::from_secs(5),
+        "a node without heartbeats goes stale",
+        || (!short.heartbeat_fresh()).then_some(()),
+    );
+    assert!(short.heartbeat_age().unwrap() >= Duration::from_millis(100));
+
+    // Broadcasts reach every node's subscriber (once it subscribed).
+    poll(LIMIT, "the subscriber gets an invalidation", || {
+        b.broadcast_invalidate(0).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let others = h.others.lock().unwrap();
+        others
+            .contains(&BusMessage::Invalidate { group: 0 })
+            .then_some(())
+    });
+    b.publish_kick("A", 1).unwrap();
+    b.publish_replaced("A", 2).unwrap();
+    b.broadcast_notice(&[1], &frame("n")).unwrap();
+    let want = [
+        BusMessage::Kick {
+            user: 1,
+            node: "A".into(),
+            replaced: false,
+        },
+        BusMessage::Kick {
+            user: 2,
+            node: "A".into(),
+            replaced: true,
+        },
+        BusMessage::Notice {
+            to: vec![1],
+            frame: frame("n"),
+        },
+    ];
+    poll(LIMIT, "the kicks and the notice arrive", || {
+        let others = h.others.lock().unwrap();
+        let tail: Vec<&BusMessage> = others
+            .iter()
+            .filter(|m| !matches!(m, BusMessage::Invalidate { .. }))
+            .collect();
+        (tail.len() == 3).then(|| assert_eq!(tail, want.iter().collect::<Vec<_>>()))
+    });
     threads.stop();
 }
