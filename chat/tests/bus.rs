@@ -36,6 +36,8 @@ struct Recorder {
     release: Mutex<Vec<(i64, u64)>>,
     flushes: Mutex<Vec<Vec<i64>>>,
     others: Mutex<Vec<BusMessage>>,
+    /// The keeper's calls: "lost", "restored", "beat", "dead:<node>".
+    calls: Mutex<Vec<String>>,
     writes_done: AtomicBool,
 }
 
@@ -46,6 +48,21 @@ impl Recorder {
             .filter(|(u, _)| *u == user)
             .map(|(_, f)| f.clone())
             .collect()
+    }
+}
+
+impl Recorder {
+    fn call(&self, what: String) {
+        self.calls.lock().unwrap().push(what);
+    }
+
+    fn count(&self, what: &str) -> usize {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| *c == what)
+            .count()
     }
 }
 
@@ -94,12 +111,19 @@ impl BusHandler for Recorder {
             done();
         }
     }
-    fn on_dead_node(&self, _node: &str) {}
+    fn on_dead_node(&self, node: &str) {
+        self.call(format!("dead:{node}"));
+    }
     fn on_presence_lost(&self) -> bool {
+        self.call("lost".into());
         true
     }
-    fn on_bus_restored(&self) {}
-    fn on_heartbeat(&self) {}
+    fn on_bus_restored(&self) {
+        self.call("restored".into());
+    }
+    fn on_heartbeat(&self) {
+        self.call("beat".into());
+    }
 }
 
 fn node(url: &str, id: &str) -> Arc<Bus> {
@@ -374,14 +398,17 @@ fn a_long_stream_is_drained_in_steps_each_frame_once() {
     assert_eq!(xlen(&mut r, "A"), 0);
 }
 
-/// Kills every client connection of the private Redis but the caller's.
+/// Kills every client connection of the private Redis but the caller's (the
+/// subscriber's too).
 fn kill_clients(r: &mut redis::Connection) {
-    let _: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("normal")
-        .query(r)
-        .unwrap();
+    for kind in ["normal", "pubsub"] {
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg(kind)
+            .query(r)
+            .unwrap();
+    }
 }
 
 #[test]
@@ -660,6 +687,42 @@ fn the_admin_view_of_nodes_users_and_health() {
             .filter(|m| !matches!(m, BusMessage::Invalidate { .. }))
             .collect();
         (tail.len() == 3).then(|| assert_eq!(tail, want.iter().collect::<Vec<_>>()))
+    });
+    threads.stop();
+}
+
+#[test]
+fn the_keeper_beats_reclaims_and_finds_dead_nodes() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let h = Arc::new(Recorder::default());
+    // A heartbeat every 100 ms.
+    let a = node_with_ttl(&url, "A", Duration::from_millis(400));
+    let threads = a.spawn(h.clone()).expect("bus threads");
+    poll(LIMIT, "heartbeats reach the handler", || {
+        (h.count("beat") >= 3).then_some(())
+    });
+    assert_eq!(h.count("lost"), 0);
+    let mut r = redis_con(&url).unwrap();
+    // Redis forgot the node: the keeper has it re-claim its users, then flush.
+    let _: () = redis::cmd("DEL").arg("bt:node:A").query(&mut r).unwrap();
+    poll(LIMIT, "the presence re-claimed", || {
+        (h.count("lost") == 1 && h.count("restored") >= 1).then_some(())
+    });
+    // A dead node with an undrained stream: the keeper's sweep starts its drain.
+    let x = node(&url, "X");
+    assert_eq!(x.claim(9).unwrap(), Claim::Claimed);
+    assert!(a.route(&[9], &frame("f")).unwrap().is_empty());
+    let _: () = redis::cmd("DEL").arg("bt:node:X").query(&mut r).unwrap();
+    poll(LIMIT, "the dead node handed to a drain", || {
+        (h.count("dead:X") >= 1).then_some(())
+    });
+    // The subscriber lost its connection: once subscribed again, it has the
+    // handler deliver what was stored meanwhile.
+    let restored = h.count("restored");
+    kill_clients(&mut r);
+    poll(LIMIT, "a flush after the subscriber came back", || {
+        (h.count("restored") > restored).then_some(())
     });
     threads.stop();
 }
