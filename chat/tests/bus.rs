@@ -590,6 +590,9 @@ fn the_admin_view_of_nodes_users_and_health() {
     let b = node(&url, "B");
     let c = node(&url, "C");
     assert_eq!(c.claim(5).unwrap(), Claim::Claimed);
+    // C dies with a frame in its stream: A's keeper cannot sweep it away (the
+    // recorder's drain does nothing), so it stays listed, dead.
+    assert!(c.route(&[5], &frame("c")).unwrap().is_empty());
     let mut r = redis_con(&url).unwrap();
     let _: () = redis::cmd("DEL").arg("bt:node:C").query(&mut r).unwrap();
     // An entry written long ago (by hand: ids are milliseconds): the lag shows it.
