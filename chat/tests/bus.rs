@@ -411,6 +411,15 @@ fn kill_clients(r: &mut redis::Connection) {
     }
 }
 
+/// Waits until the reader, reconnected, blocks in XREAD again (it checked its
+/// place in the stream before that).
+fn reading_again(r: &mut redis::Connection) {
+    poll(LIMIT, "the reader reconnected", || {
+        let list: String = redis::cmd("CLIENT").arg("LIST").query(r).unwrap();
+        list.contains("cmd=xread").then_some(())
+    });
+}
+
 #[test]
 fn a_reconnected_reader_reads_on_without_repeating() {
     let redis = RedisServer::start();
@@ -428,6 +437,7 @@ fn a_reconnected_reader_reads_on_without_repeating() {
     // Nothing was written (trimmed): after the reconnect the reader goes on
     // from where it was, not from the stream's start.
     kill_clients(&mut r);
+    reading_again(&mut r);
     route(&b, &[1], "f3");
     poll(LIMIT, "f3 read", || (h.got_by(1).len() >= 4).then_some(()));
     route(&b, &[1], "f4");

@@ -212,10 +212,10 @@ impl Bus {
             }
             let held_from = held.oldest();
             held.retry(handler);
-            if held_from.is_some() && delivered.is_none() && held.oldest() != held_from {
+            if held.oldest() != held_from {
                 // Held frames went out: trim what they kept, or a drain of this
                 // node would store them again though nothing new came in.
-                delivered = written.clone();
+                delivered = delivered.or_else(|| written.clone());
             }
             let mut pipe = redis::pipe();
             released.extend(handler.released());
