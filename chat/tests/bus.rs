@@ -38,6 +38,9 @@ struct Recorder {
     others: Mutex<Vec<BusMessage>>,
     /// The keeper's calls: "lost", "restored", "beat", "dead:<node>".
     calls: Mutex<Vec<String>>,
+    /// The reader's "written" callbacks, kept for the test to call.
+    deferred: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
+    defer: AtomicBool,
     writes_done: AtomicBool,
 }
 
@@ -107,7 +110,9 @@ impl BusHandler for Recorder {
         std::mem::take(&mut *self.release.lock().unwrap())
     }
     fn after_delivery(&self, done: Box<dyn FnOnce() + Send>) {
-        if self.writes_done.load(Ordering::SeqCst) {
+        if self.defer.load(Ordering::SeqCst) {
+            self.deferred.lock().unwrap().push(done);
+        } else if self.writes_done.load(Ordering::SeqCst) {
             done();
         }
     }
@@ -738,4 +743,29 @@ fn the_keeper_beats_reclaims_and_finds_dead_nodes() {
         (h.count("restored") > restored).then_some(())
     });
     threads.stop();
+}
+
+#[test]
+fn a_stopping_reader_trims_what_was_written() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let h = Arc::new(Recorder::default());
+    h.defer.store(true, Ordering::SeqCst);
+    let (_a, threads) = started(&url, &h);
+    let b = node(&url, "B");
+    route(&b, &[1], "f0");
+    poll(LIMIT, "f0 read", || {
+        (h.deferred.lock().unwrap().len() == 1).then_some(())
+    });
+    // Past the reader's wait for the batch (1 s): it blocks in XREAD. The batch
+    // is written and the node stops in the same turn of the reader: it trims
+    // before it leaves, or the stop's own drain would store f0 again.
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut r = redis_con(&url).unwrap();
+    assert_eq!(xlen(&mut r, "A"), 1);
+    for done in h.deferred.lock().unwrap().drain(..) {
+        done();
+    }
+    threads.stop();
+    assert_eq!(xlen(&mut r, "A"), 0, "written, not trimmed at the stop");
 }
