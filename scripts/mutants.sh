@@ -86,7 +86,7 @@ full_tests() {
         --test offline_bounds --test confirm --test outflow_bound --test outflow_order --test acks ::" ;;
     gateway | service) echo "--test delivery --test messages --test framing ::" ;;
     store) echo "--test delivery --test identity --test messages ::" ;;
-    bus) echo "--test cluster --test outages ::" ;;
+    bus) echo "--test bus --test cluster --test outages ::" ;;
     esac
 }
 

@@ -201,6 +201,8 @@ impl Bus {
             .map_err(|e| (e, false))?;
         let mut read_any = false;
         let mut delivered: Option<String> = None;
+        // The end of the last batch written: trimmed up to it, or up to a held frame.
+        let mut written: Option<String> = None;
         if self.check_last(&mut con, last).map_err(|e| (e, false))? {
             // Batches of the old stream must not trim the new one.
             while done_rx.try_recv().is_ok() {}
@@ -210,7 +212,13 @@ impl Bus {
             if let Some(id) = done_rx.try_iter().last() {
                 delivered = Some(id);
             }
+            let held_from = held.oldest();
             held.retry(handler);
+            if held.oldest() != held_from {
+                // Held frames went out: trim what they kept, or a drain of this
+                // node would store them again though nothing new came in.
+                delivered = delivered.or_else(|| written.clone());
+            }
             let mut pipe = redis::pipe();
             released.extend(handler.released());
             if let Some(cmd) = records::hdel(&self.keys.records_me, released) {
@@ -218,6 +226,7 @@ impl Bus {
             }
             let trimming = delivered.is_some() || !released.is_empty();
             if let Some(id) = delivered.take() {
+                written = Some(id.clone());
                 // Everything up to `id` is in the sockets (or stored): forget it,
                 // except from the oldest frame still held back on.
                 let mut minid = next_id(&id);

@@ -1,0 +1,771 @@
+//! The Redis bus on its own (no chat server): a node's stream reader, the frames it
+//! holds back while they can be neither delivered nor stored, its dseq records, the
+//! drain of a dead node's stream, and the reader's reconnect. Each test drives
+//! `chat::bus::Bus` with a recording handler against a private `redis-server`
+//! (so it may kill every client connection), in a few seconds: the fast selection
+//! the bus's mutation pass runs (docs/mutants.md).
+//!
+//! `a_stream_recreated_behind_the_reader_is_read_from_its_start` writes one stream
+//! entry by hand (fields `to` and `f`, the entry format of `bus/stream.rs`).
+
+mod cluster_util;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chat::bus::{
+    Bus, BusConfig, BusHandler, BusMessage, Claim, Counted, Drain, NodeInfo, Orphan, ThrottleRule,
+    WaitReplicas,
+};
+use cluster_util::{poll, redis_con, RedisServer};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// A bus handler that records what it is given. Deliveries to `failing` users fail
+/// (as when the store is down); `acking` users get a dseq per frame; the reader's
+/// batches count as written only while `writes_done` is set.
+#[derive(Default)]
+struct Recorder {
+    got: Mutex<Vec<(i64, String)>>,
+    tries: Mutex<Vec<Instant>>,
+    failing: Mutex<HashSet<i64>>,
+    acking: Mutex<HashSet<i64>>,
+    seqs: Mutex<HashMap<i64, u64>>,
+    release: Mutex<Vec<(i64, u64)>>,
+    flushes: Mutex<Vec<Vec<i64>>>,
+    others: Mutex<Vec<BusMessage>>,
+    /// The keeper's calls: "lost", "restored", "beat", "dead:<node>".
+    calls: Mutex<Vec<String>>,
+    /// The reader's "written" callbacks, kept for the test to call.
+    deferred: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
+    defer: AtomicBool,
+    writes_done: AtomicBool,
+}
+
+impl Recorder {
+    fn got_by(&self, user: i64) -> Vec<String> {
+        let got = self.got.lock().unwrap();
+        got.iter()
+            .filter(|(u, _)| *u == user)
+            .map(|(_, f)| f.clone())
+            .collect()
+    }
+}
+
+impl Recorder {
+    fn call(&self, what: String) {
+        self.calls.lock().unwrap().push(what);
+    }
+
+    fn count(&self, what: &str) -> usize {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| *c == what)
+            .count()
+    }
+}
+
+impl BusHandler for Recorder {
+    fn on_message(&self, msg: BusMessage) -> Result<(), Orphan> {
+        match msg {
+            BusMessage::Deliver { to, frame } => {
+                let failing = self.failing.lock().unwrap();
+                let (bad, good): (Vec<i64>, Vec<i64>) =
+                    to.into_iter().partition(|u| failing.contains(u));
+                let mut got = self.got.lock().unwrap();
+                got.extend(good.into_iter().map(|u| (u, frame.clone())));
+                if bad.is_empty() {
+                    return Ok(());
+                }
+                self.tries.lock().unwrap().push(Instant::now());
+                Err((bad, frame))
+            }
+            BusMessage::Flush { to } => {
+                self.flushes.lock().unwrap().push(to);
+                Ok(())
+            }
+            other => {
+                self.others.lock().unwrap().push(other);
+                Ok(())
+            }
+        }
+    }
+    fn number(&self, to: &[i64], _len: usize) -> Vec<(i64, u64)> {
+        let acking = self.acking.lock().unwrap();
+        let mut seqs = self.seqs.lock().unwrap();
+        to.iter()
+            .filter(|u| acking.contains(u))
+            .map(|&u| {
+                let n = seqs.entry(u).or_insert(0);
+                *n += 1;
+                (u, *n)
+            })
+            .collect()
+    }
+    fn released(&self) -> Vec<(i64, u64)> {
+        std::mem::take(&mut *self.release.lock().unwrap())
+    }
+    fn after_delivery(&self, done: Box<dyn FnOnce() + Send>) {
+        if self.defer.load(Ordering::SeqCst) {
+            self.deferred.lock().unwrap().push(done);
+        } else if self.writes_done.load(Ordering::SeqCst) {
+            done();
+        }
+    }
+    fn on_dead_node(&self, node: &str) {
+        self.call(format!("dead:{node}"));
+    }
+    fn on_presence_lost(&self) -> bool {
+        self.call("lost".into());
+        true
+    }
+    fn on_bus_restored(&self) {
+        self.call("restored".into());
+    }
+    fn on_heartbeat(&self) {
+        self.call("beat".into());
+    }
+}
+
+fn node(url: &str, id: &str) -> Arc<Bus> {
+    node_with_ttl(url, id, Duration::from_secs(60))
+}
+
+fn node_with_ttl(url: &str, id: &str, node_ttl: Duration) -> Arc<Bus> {
+    Bus::connect(BusConfig {
+        url: url.into(),
+        prefix: "bt".into(),
+        node_id: id.into(),
+        node_ttl,
+        wait: WaitReplicas::default(),
+    })
+    .expect("bus")
+}
+
+fn frame(text: &str) -> String {
+    format!(r#"{{"msgid":5,"msg":"{text}"}}"#)
+}
+
+fn stamped(text: &str, n: u64) -> String {
+    String::from_utf8(chat::acks::with_seq(frame(text).as_bytes(), n)).unwrap()
+}
+
+fn xlen(r: &mut redis::Connection, node: &str) -> usize {
+    redis::cmd("XLEN")
+        .arg(format!("bt:q:{node}"))
+        .query(r)
+        .unwrap()
+}
+
+fn hlen(r: &mut redis::Connection, key: &str) -> usize {
+    redis::cmd("HLEN").arg(key).query(r).unwrap()
+}
+
+/// Routes until Redis takes it (after a kill of every client, the first calls fail).
+fn route(b: &Bus, to: &[i64], text: &str) -> Vec<i64> {
+    poll(LIMIT, "a route call succeeds", || {
+        b.route(to, &frame(text)).ok()
+    })
+}
+
+fn started(url: &str, h: &Arc<Recorder>) -> (Arc<Bus>, chat::bus::BusThreads) {
+    let a = node(url, "A");
+    let threads = a.spawn(h.clone()).expect("bus threads");
+    for u in [1, 2] {
+        assert_eq!(a.claim(u).unwrap(), Claim::Claimed);
+    }
+    (a, threads)
+}
+
+#[test]
+fn routed_frames_arrive_in_order_and_are_trimmed_once_written() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let h = Arc::new(Recorder::default());
+    h.writes_done.store(true, Ordering::SeqCst);
+    let (_a, threads) = started(&url, &h);
+    let b = node(&url, "B");
+    let mut want = Vec::new();
+    for i in 0..40 {
+        let text = format!("f{i}");
+        assert_eq!(
+            route(&b, &[1, 3, 2], &text),
+            vec![3],
+            "user 3 is on no node"
+        );
+        want.push(frame(&text));
+    }
+    let (m0, m1) = (frame("m0"), frame("m1"));
+    let missed = b
+        .route_many(&[(&[2, 1][..], &m0), (&[4][..], &m1)])
+        .unwrap();
+    assert_eq!(missed, vec![vec![], vec![4]]);
+    want.push(m0);
+    assert_eq!(
+        b.locate(&[1, 2, 3]).unwrap(),
+        vec![Some("A".into()), Some("A".into()), None]
+    );
+    poll(LIMIT, "all 82 frames delivered", || {
+        (h.got.lock().unwrap().len() >= 82).then_some(())
+    });
+    assert_eq!(h.got_by(1), want);
+    assert_eq!(h.got_by(2), want);
+    let mut r = redis_con(&url).unwrap();
+    // Written, so trimmed: the last entry too (the trim is inclusive).
+    poll(LIMIT, "the stream trimmed to nothing", || {
+        (xlen(&mut r, "A") == 0).then_some(())
+    });
+    threads.stop();
+}
+
+#[test]
+fn a_frame_that_cannot_be_stored_is_held_retried_and_keeps_its_place() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let h = Arc::new(Recorder::default());
+    h.writes_done.store(true, Ordering::SeqCst);
+    h.failing.lock().unwrap().insert(1);
+    let (_a, threads) = started(&url, &h);
+    let b = node(&url, "B");
+    route(&b, &[2], "g0");
+    for i in 0..5 {
+        route(&b, &[1, 2], &format!("f{i}"));
+    }
+    let want: Vec<String> = (0..5).map(|i| frame(&format!("f{i}"))).collect();
+    poll(LIMIT, "user 2 gets its 6 frames", || {
+        (h.got_by(2).len() == 6).then_some(())
+    });
+    // The reader goes on reading while it holds user 1's frames.
+    route(&b, &[2], "g");
+    poll(
+        LIMIT,
+        "user 2 gets a frame routed after the held ones",
+        || (h.got_by(2).len() == 7).then_some(()),
+    );
+    poll(LIMIT, "four retries of the held frame", || {
+        (h.tries.lock().unwrap().len() >= 5).then_some(())
+    });
+    let mut r = redis_con(&url).unwrap();
+    // Trimmed up to the oldest held frame, not past it: if the node died now, its
+    // drain would store them (g0, before it, is gone).
+    poll(LIMIT, "the stream trimmed up to the held frames", || {
+        (xlen(&mut r, "A") == 6).then_some(())
+    });
+    {
+        let tries = h.tries.lock().unwrap();
+        // The first retry may follow the first try at once; then one per 500 ms.
+        for w in tries[1..].windows(2) {
+            let gap = w[1] - w[0];
+            assert!(gap >= Duration::from_millis(450), "retried after {gap:?}");
+        }
+    }
+    assert!(h.got_by(1).is_empty());
+    h.failing.lock().unwrap().clear();
+    poll(LIMIT, "user 1 gets the held frames", || {
+        (h.got_by(1).len() == 5).then_some(())
+    });
+    assert_eq!(h.got_by(1), want, "held frames in stream order");
+    poll(LIMIT, "the stream trimmed once nothing is held", || {
+        (xlen(&mut r, "A") == 0).then_some(())
+    });
+    threads.stop();
+}
+
+#[test]
+fn a_dead_nodes_stream_and_records_are_stored_once_in_order() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let h = Arc::new(Recorder::default());
+    h.writes_done.store(true, Ordering::SeqCst);
+    h.acking.lock().unwrap().insert(1);
+    let (_a, threads) = started(&url, &h);
+    let b = node(&url, "B");
+    let mut r = redis_con(&url).unwrap();
+    route(&b, &[1, 2], "f1");
+    route(&b, &[1, 2], "f2");
+    poll(LIMIT, "f1 and f2 written and trimmed", || {
+        (h.got.lock().unwrap().len() == 4 && xlen(&mut r, "A") == 0).then_some(())
+    });
+    assert_eq!(h.got_by(1), vec![stamped("f1", 1), stamped("f2", 2)]);
+    assert_eq!(h.got_by(2), vec![frame("f1"), frame("f2")]);
+    assert_eq!(hlen(&mut r, "bt:qa:A"), 2, "user 1's two frames recorded");
+    // User 1 acknowledged f1: its record goes.
+    h.release.lock().unwrap().push((1, 1));
+    poll(LIMIT, "the acknowledged record deleted", || {
+        (hlen(&mut r, "bt:qa:A") == 1).then_some(())
+    });
+    // From now on nothing counts as written: the stream keeps it.
+    h.writes_done.store(false, Ordering::SeqCst);
+    route(&b, &[1, 2], "f3");
+    b.publish_flush("A", &[1]).unwrap();
+    route(&b, &[1, 2], "f4");
+    poll(LIMIT, "f3, the flush notice and f4 read", || {
+        (h.got.lock().unwrap().len() == 8 && !h.flushes.lock().unwrap().is_empty()).then_some(())
+    });
+    assert_eq!(*h.flushes.lock().unwrap(), vec![vec![1]]);
+    threads.stop();
+    assert_eq!(xlen(&mut r, "A"), 3);
+    assert_eq!(hlen(&mut r, "bt:qa:A"), 3);
+
+    let stored = Mutex::new(Vec::<Orphan>::new());
+    let keep = |frames: &[Orphan]| {
+        stored.lock().unwrap().extend_from_slice(frames);
+        true
+    };
+    // Alive (its key is there): not drained, nothing stored.
+    assert_eq!(b.drain_node("A", &keep).unwrap(), Drain::Alive);
+    assert!(
+        stored.lock().unwrap().is_empty(),
+        "a live node's records stored"
+    );
+    let _: () = redis::cmd("DEL").arg("bt:node:A").query(&mut r).unwrap();
+    // Another drain holds the lock.
+    let _: () = redis::cmd("SET")
+        .arg("bt:drain:A")
+        .arg("other")
+        .query(&mut r)
+        .unwrap();
+    assert_eq!(b.drain_node("A", &keep).unwrap(), Drain::Busy);
+    let _: () = redis::cmd("DEL").arg("bt:drain:A").query(&mut r).unwrap();
+    assert!(stored.lock().unwrap().is_empty());
+    // The store refuses: nothing is lost.
+    assert!(b.drain_node("A", &|_: &[Orphan]| false).is_err());
+    assert_eq!(xlen(&mut r, "A"), 3);
+    assert_eq!(hlen(&mut r, "bt:qa:A"), 3);
+
+    assert_eq!(b.drain_node("A", &keep).unwrap(), Drain::Done);
+    let want: Vec<Orphan> = vec![
+        (vec![1], stamped("f2", 2)), // written (trimmed), not acknowledged
+        (vec![1], stamped("f3", 3)),
+        (vec![2], frame("f3")),
+        (vec![1], stamped("f4", 4)),
+        (vec![2], frame("f4")),
+    ];
+    assert_eq!(*stored.lock().unwrap(), want);
+    assert_eq!(xlen(&mut r, "A"), 0);
+    assert_eq!(hlen(&mut r, "bt:qa:A"), 0);
+    let online: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg("bt:online")
+        .query(&mut r)
+        .unwrap();
+    assert!(
+        online.is_empty(),
+        "the dead node's users still online: {online:?}"
+    );
+    let nodes: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("bt:nodes")
+        .query(&mut r)
+        .unwrap();
+    assert_eq!(nodes, vec!["B".to_string()]);
+    // Once forgotten, a drain stores nothing again.
+    assert_eq!(b.drain_node("A", &keep).unwrap(), Drain::Done);
+    assert_eq!(stored.lock().unwrap().len(), 5);
+}
+
+#[test]
+fn a_long_stream_is_drained_in_steps_each_frame_once() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let h = Arc::new(Recorder::default());
+    let (_a, threads) = started(&url, &h);
+    threads.stop();
+    let b = node(&url, "B");
+    let texts: Vec<String> = (0..1100).map(|i| frame(&format!("f{i}"))).collect();
+    for chunk in texts.chunks(100) {
+        let batch: Vec<(&[i64], &str)> = chunk.iter().map(|t| (&[1i64][..], t.as_str())).collect();
+        assert!(b.route_many(&batch).unwrap().iter().all(Vec::is_empty));
+    }
+    let mut r = redis_con(&url).unwrap();
+    let _: () = redis::cmd("DEL").arg("bt:node:A").query(&mut r).unwrap();
+    let stored = Mutex::new(Vec::<Orphan>::new());
+    let steps = Mutex::new(0);
+    let keep = |frames: &[Orphan]| {
+        *steps.lock().unwrap() += 1;
+        stored.lock().unwrap().extend_from_slice(frames);
+        true
+    };
+    assert_eq!(b.drain_node("A", &keep).unwrap(), Drain::Done);
+    let got: Vec<String> = stored
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(to, f)| {
+            assert_eq!(to, &vec![1]);
+            f.clone()
+        })
+        .collect();
+    assert_eq!(got, texts);
+    assert_eq!(*steps.lock().unwrap(), 3, "500 entries a step");
+    assert_eq!(xlen(&mut r, "A"), 0);
+}
+
+/// Kills every client connection of the private Redis but the caller's (the
+/// subscriber's too).
+fn kill_clients(r: &mut redis::Connection) {
+    for kind in ["normal", "pubsub"] {
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg(kind)
+            .query(r)
+            .unwrap();
+    }
+}
+
+/// Waits until the reader, reconnected, blocks in XREAD again (it checked its
+/// place in the stream before that).
+fn reading_again(r: &mut redis::Connection) {
+    poll(LIMIT, "the reader reconnected", || {
+        let list: String = redis::cmd("CLIENT").arg("LIST").query(r).unwrap();
+        list.contains("cmd=xread").then_some(())
+    });
+}
+
+#[test]
+fn a_reconnected_reader_reads_on_without_repeating() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let h = Arc::new(Recorder::default());
+    let (_a, threads) = started(&url, &h);
+    let b = node(&url, "B");
+    for t in ["f0", "f1", "f2"] {
+        route(&b, &[1], t);
+    }
+    poll(LIMIT, "3 frames read", || {
+        (h.got_by(1).len() == 3).then_some(())
+    });
+    let mut r = redis_con(&url).unwrap();
+    // Nothing was written (trimmed): after the reconnect the reader goes on
+    // from where it was, not from the stream's start.
+    kill_clients(&mut r);
+    reading_again(&mut r);
+    route(&b, &[1], "f3");
+    poll(LIMIT, "f3 read", || (h.got_by(1).len() >= 4).then_some(()));
+    route(&b, &[1], "f4");
+    poll(LIMIT, "f4 read", || (h.got_by(1).len() >= 5).then_some(()));
+    let want: Vec<String> = ["f0", "f1", "f2", "f3", "f4"].map(frame).to_vec();
+    assert_eq!(h.got_by(1), want);
+    threads.stop();
+}
+
+#[test]
+fn a_stream_recreated_behind_the_reader_is_read_from_its_start() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let h = Arc::new(Recorder::default());
+    let (_a, threads) = started(&url, &h);
+    let b = node(&url, "B");
+    route(&b, &[1], "f0");
+    poll(LIMIT, "f0 read", || (h.got_by(1).len() == 1).then_some(()));
+    let mut r = redis_con(&url).unwrap();
+    // The stream recreated with ids below what the reader read (as after a drain
+    // of this node while it looked dead, or a Redis that lost it).
+    let _: () = redis::cmd("DEL").arg("bt:q:A").query(&mut r).unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg("bt:q:A")
+        .arg("1-1")
+        .arg("to")
+        .arg("1")
+        .arg("f")
+        .arg(frame("early"))
+        .query(&mut r)
+        .unwrap();
+    kill_clients(&mut r);
+    poll(LIMIT, "the recreated stream's entry read", || {
+        (h.got_by(1).len() == 2).then_some(())
+    });
+    assert_eq!(h.got_by(1), vec![frame("f0"), frame("early")]);
+    // A stream gone altogether is read from its start too.
+    let _: () = redis::cmd("DEL").arg("bt:q:A").query(&mut r).unwrap();
+    kill_clients(&mut r);
+    route(&b, &[1], "f1");
+    poll(LIMIT, "f1 read", || (h.got_by(1).len() == 3).then_some(()));
+    assert_eq!(h.got_by(1)[2], frame("f1"));
+    threads.stop();
+}
+
+#[test]
+fn presence_is_claimed_taken_over_released_and_swept() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let a = node(&url, "A");
+    let b = node(&url, "B");
+    let c = node(&url, "C");
+    assert_eq!(a.node_id(), "A");
+    assert_eq!(a.claim(1).unwrap(), Claim::Claimed);
+    assert_eq!(b.claim(1).unwrap(), Claim::Taken("A".into()));
+    assert_eq!(b.take_over(1).unwrap(), Claim::Replaced("A".into()));
+    assert_eq!(a.claim(1).unwrap(), Claim::Taken("B".into()));
+    a.release(1).unwrap(); // not A's: stays B's
+    assert_eq!(c.locate(&[1]).unwrap(), vec![Some("B".into())]);
+    b.release(1).unwrap();
+    assert_eq!(c.locate(&[1]).unwrap(), vec![None]);
+    assert!(c.locate(&[]).unwrap().is_empty());
+    assert!(c.route(&[], &frame("x")).unwrap().is_empty());
+    assert!(c.route_many(&[]).unwrap().is_empty());
+
+    // A node whose key was lost says so at its next heartbeat, once.
+    let mut r = redis_con(&url).unwrap();
+    assert!(a.heartbeat().unwrap());
+    let _: () = redis::cmd("DEL").arg("bt:node:A").query(&mut r).unwrap();
+    assert!(!a.heartbeat().unwrap());
+    assert!(a.heartbeat().unwrap());
+
+    // A dead node with frames in its stream: its users are orphaned until a drain.
+    assert_eq!(a.claim(2).unwrap(), Claim::Claimed);
+    assert!(b.route(&[2], &frame("f")).unwrap().is_empty());
+    let _: () = redis::cmd("DEL").arg("bt:node:A").query(&mut r).unwrap();
+    assert_eq!(b.claim(2).unwrap(), Claim::Orphaned("A".into()));
+    // C is dead too, with nothing to drain: swept at once; A waits for its drain.
+    assert_eq!(c.claim(3).unwrap(), Claim::Claimed);
+    let _: () = redis::cmd("DEL").arg("bt:node:C").query(&mut r).unwrap();
+    assert_eq!(b.sweep().unwrap(), (1, vec!["A".to_string()]));
+    assert_eq!(b.claim(3).unwrap(), Claim::Claimed);
+    let stored = Mutex::new(Vec::<Orphan>::new());
+    let keep = |frames: &[Orphan]| {
+        stored.lock().unwrap().extend_from_slice(frames);
+        true
+    };
+    assert_eq!(b.drain_node("A", &keep).unwrap(), Drain::Done);
+    assert_eq!(*stored.lock().unwrap(), vec![(vec![2], frame("f"))]);
+    assert_eq!(b.claim(2).unwrap(), Claim::Claimed);
+    assert_eq!(b.sweep().unwrap(), (0, vec![]));
+
+    // A clean leave drops only the leaving node's users.
+    let d = node(&url, "D");
+    assert_eq!(d.claim(4).unwrap(), Claim::Claimed);
+    b.leave().unwrap();
+    assert_eq!(
+        d.locate(&[2, 3, 4]).unwrap(),
+        vec![None, None, Some("D".into())]
+    );
+    let mut nodes: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("bt:nodes")
+        .query(&mut r)
+        .unwrap();
+    nodes.sort();
+    assert_eq!(nodes, vec!["D".to_string()]);
+    // A node that comes back under its old id forgets what it held.
+    assert_eq!(node(&url, "D").locate(&[4]).unwrap(), vec![None]);
+}
+
+#[test]
+fn calls_fail_while_redis_is_down_and_work_again_after() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let a = node(&url, "A");
+    assert_eq!(a.claim(1).unwrap(), Claim::Claimed);
+    redis.kill();
+    assert!(a.claim(1).is_err());
+    assert!(a.route(&[1], &frame("x")).is_err());
+    redis.restart();
+    // The breaker lets a probe through half a second after the failure.
+    poll(Duration::from_secs(5), "the bus works again", || {
+        a.heartbeat().ok()
+    });
+    assert_eq!(a.claim(1).unwrap(), Claim::Claimed);
+}
+
+#[test]
+fn login_failures_lock_the_account_until_a_success() {
+    let redis = RedisServer::start();
+    let a = node(&redis.url(), "A");
+    let rule = ThrottleRule {
+        free_attempts: 2,
+        base: Duration::from_secs(10),
+        max: Duration::from_secs(60),
+        forget_after: Duration::from_secs(60),
+    };
+    assert_eq!(a.login_attempt(7, &rule).unwrap(), Counted::Yes(None));
+    assert_eq!(
+        a.login_attempt(7, &rule).unwrap(),
+        Counted::Yes(Some(Duration::from_secs(10)))
+    );
+    match a.login_attempt(7, &rule).unwrap() {
+        Counted::Locked(left) => assert!(left > Duration::from_secs(5), "{left:?}"),
+        other => panic!("not locked: {other:?}"),
+    }
+    // Another account is not affected.
+    assert_eq!(a.login_attempt(8, &rule).unwrap(), Counted::Yes(None));
+    a.login_succeeded(7).unwrap();
+    assert_eq!(a.login_attempt(7, &rule).unwrap(), Counted::Yes(None));
+}
+
+#[test]
+fn the_admin_view_of_nodes_users_and_health() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let h = Arc::new(Recorder::default());
+    h.writes_done.store(true, Ordering::SeqCst);
+    let (a, threads) = started(&url, &h);
+    let b = node(&url, "B");
+    let c = node(&url, "C");
+    assert_eq!(c.claim(5).unwrap(), Claim::Claimed);
+    // C dies with a frame in its stream: A's keeper cannot sweep it away (the
+    // recorder's drain does nothing), so it stays listed, dead.
+    assert!(c.route(&[5], &frame("c")).unwrap().is_empty());
+    let mut r = redis_con(&url).unwrap();
+    let _: () = redis::cmd("DEL").arg("bt:node:C").query(&mut r).unwrap();
+    // An entry written long ago (by hand: ids are milliseconds): the lag shows it.
+    let _: String = redis::cmd("XADD")
+        .arg("bt:q:A")
+        .arg("1000-1")
+        .arg("to")
+        .arg("1")
+        .arg("f")
+        .arg(frame("late"))
+        .query(&mut r)
+        .unwrap();
+    poll(LIMIT, "the old entry read", || {
+        (h.got_by(1).len() == 1).then_some(())
+    });
+    assert!(
+        a.stream_lag() > Duration::from_secs(86_400),
+        "{:?}",
+        a.stream_lag()
+    );
+    let info = |id: &str, alive, users| NodeInfo {
+        id: id.into(),
+        alive,
+        users,
+    };
+    assert_eq!(
+        b.nodes().unwrap(),
+        vec![info("A", true, 2), info("B", true, 0), info("C", false, 1)]
+    );
+    assert_eq!(
+        b.online_users().unwrap(),
+        vec![(1, "A".to_string()), (2, "A".to_string())]
+    );
+    assert!(b.ping().is_ok());
+
+    assert_eq!(b.route_counts(), (0, 0));
+    route(&b, &[1], "f");
+    let (m0, m1) = (frame("m0"), frame("m1"));
+    b.route_many(&[(&[1][..], &m0), (&[2][..], &m1)]).unwrap();
+    assert_eq!(b.route_counts(), (2, 3));
+
+    poll(LIMIT, "3 frames read", || {
+        (h.got_by(1).len() == 3).then_some(())
+    });
+    assert!(
+        a.stream_lag() < Duration::from_secs(10),
+        "{:?}",
+        a.stream_lag()
+    );
+
+    // The heartbeat: fresh within half the node's TTL, stale after it.
+    assert!(a.heartbeat_fresh());
+    assert!(a.heartbeat_age().unwrap() < Duration::from_secs(30));
+    let short = node_with_ttl(&url, "S", Duration::from_millis(200));
+    assert!(short.heartbeat_age().is_some());
+    poll(
+        Duration::from_secs(5),
+        "a node without heartbeats goes stale",
+        || (!short.heartbeat_fresh()).then_some(()),
+    );
+    assert!(short.heartbeat_age().unwrap() >= Duration::from_millis(100));
+
+    // Broadcasts reach every node's subscriber (once it subscribed).
+    poll(LIMIT, "the subscriber gets an invalidation", || {
+        b.broadcast_invalidate(0).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let others = h.others.lock().unwrap();
+        others
+            .contains(&BusMessage::Invalidate { group: 0 })
+            .then_some(())
+    });
+    b.publish_kick("A", 1).unwrap();
+    b.publish_replaced("A", 2).unwrap();
+    b.broadcast_notice(&[1], &frame("n")).unwrap();
+    let want = [
+        BusMessage::Kick {
+            user: 1,
+            node: "A".into(),
+            replaced: false,
+        },
+        BusMessage::Kick {
+            user: 2,
+            node: "A".into(),
+            replaced: true,
+        },
+        BusMessage::Notice {
+            to: vec![1],
+            frame: frame("n"),
+        },
+    ];
+    poll(LIMIT, "the kicks and the notice arrive", || {
+        let others = h.others.lock().unwrap();
+        let tail: Vec<&BusMessage> = others
+            .iter()
+            .filter(|m| !matches!(m, BusMessage::Invalidate { .. }))
+            .collect();
+        (tail.len() == 3).then(|| assert_eq!(tail, want.iter().collect::<Vec<_>>()))
+    });
+    threads.stop();
+}
+
+#[test]
+fn the_keeper_beats_reclaims_and_finds_dead_nodes() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let h = Arc::new(Recorder::default());
+    // A heartbeat every 100 ms.
+    let a = node_with_ttl(&url, "A", Duration::from_millis(400));
+    let threads = a.spawn(h.clone()).expect("bus threads");
+    poll(LIMIT, "heartbeats reach the handler", || {
+        (h.count("beat") >= 3).then_some(())
+    });
+    assert_eq!(h.count("lost"), 0);
+    let mut r = redis_con(&url).unwrap();
+    // Redis forgot the node: the keeper has it re-claim its users, then flush.
+    let _: () = redis::cmd("DEL").arg("bt:node:A").query(&mut r).unwrap();
+    poll(LIMIT, "the presence re-claimed", || {
+        (h.count("lost") == 1 && h.count("restored") >= 1).then_some(())
+    });
+    // A dead node with an undrained stream: the keeper's sweep starts its drain.
+    let x = node(&url, "X");
+    assert_eq!(x.claim(9).unwrap(), Claim::Claimed);
+    assert!(a.route(&[9], &frame("f")).unwrap().is_empty());
+    let _: () = redis::cmd("DEL").arg("bt:node:X").query(&mut r).unwrap();
+    poll(LIMIT, "the dead node handed to a drain", || {
+        (h.count("dead:X") >= 1).then_some(())
+    });
+    // The subscriber lost its connection: once subscribed again, it has the
+    // handler deliver what was stored meanwhile.
+    let restored = h.count("restored");
+    kill_clients(&mut r);
+    poll(LIMIT, "a flush after the subscriber came back", || {
+        (h.count("restored") > restored).then_some(())
+    });
+    threads.stop();
+}
+
+#[test]
+fn a_stopping_reader_trims_what_was_written() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let h = Arc::new(Recorder::default());
+    h.defer.store(true, Ordering::SeqCst);
+    let (_a, threads) = started(&url, &h);
+    let b = node(&url, "B");
+    route(&b, &[1], "f0");
+    poll(LIMIT, "f0 read", || {
+        (h.deferred.lock().unwrap().len() == 1).then_some(())
+    });
+    // Past the reader's wait for the batch (1 s): it blocks in XREAD. The batch
+    // is written and the node stops in the same turn of the reader: it trims
+    // before it leaves, or the stop's own drain would store f0 again.
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut r = redis_con(&url).unwrap();
+    assert_eq!(xlen(&mut r, "A"), 1);
+    for done in h.deferred.lock().unwrap().drain(..) {
+        done();
+    }
+    threads.stop();
+    assert_eq!(xlen(&mut r, "A"), 0, "written, not trimmed at the stop");
+}
