@@ -375,8 +375,10 @@ fn a_long_stream_is_drained_in_steps_each_frame_once() {
     threads.stop();
     let b = node(&url, "B");
     let texts: Vec<String> = (0..1100).map(|i| frame(&format!("f{i}"))).collect();
-    for chunk in texts.chunks(100) {
-        let batch: Vec<(&[i64], &str)> = chunk.iter().map(|t| (&[1i64][..], t.as_str())).collect();
+    // One route call per frame: a call's frames for a node are one stream entry
+    // (protocol.md §9), and the drain's steps count entries.
+    for t in &texts {
+        let batch: [(&[i64], &str); 1] = [(&[1i64][..], t.as_str())];
         assert!(b.route_many(&batch).unwrap().iter().all(Vec::is_empty));
     }
     let mut r = redis_con(&url).unwrap();
