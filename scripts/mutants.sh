@@ -101,7 +101,15 @@ run() { # run MODULE quick|full
         sel=$(full_tests "$module")
     fi
     filter=${sel#*::}
-    for w in ${sel%%::*}; do args+=(--cargo-arg="$w"); done
+    local pre=()
+    for w in ${sel%%::*}; do
+        args+=(--cargo-arg="$w")
+        pre+=("$w")
+    done
+    # A scratch tree's first build (every dependency) can outlast the build
+    # timeout at nice 19 on a loaded machine: build the selection once first, so
+    # that a mutant's build is the incremental one of `chat`.
+    (cd "$scratch" && cargo test --package chat "${pre[@]}" --no-run >/dev/null 2>&1) || true
     if [ "$which" = full ]; then args+=(--iterate); fi
     if [ -n "$only" ]; then args+=(--re "$only"); fi
     echo "mutants: $module, $which pass: cargo test ${sel%%::*} --$filter" >&2
