@@ -139,6 +139,15 @@ local function pack(node, to, frame)
   p[k + 1] = to; p[k + 2] = '\n'; p[k + 3] = #frame; p[k + 4] = '\n'; p[k + 5] = frame
   count[node] = k + 5
 end
+-- A frame for `to` (one uid or a comma-separated list) on `node`: into the node's
+-- batch entry, or an entry of its own for a node of the previous build.
+local function emit(node, to, frame)
+  if mode[node] == 'batch' then
+    pack(node, to, frame)
+  else
+    redis.call('XADD', ARGV[2] .. node, '*', 'to', to, 'f', frame)
+  end
+end
 i = 4
 while i <= argc do
   local n = tonumber(ARGV[i])
@@ -150,11 +159,7 @@ while i <= argc do
       out[#out + 1] = uid
     else
       out[#out + 1] = ''
-      if mode[node] == 'batch' then
-        pack(node, uid, frame)
-      else
-        redis.call('XADD', ARGV[2] .. node, '*', 'to', uid, 'f', frame)
-      end
+      emit(node, uid, frame)
     end
   else
     local bynode = {}
@@ -170,12 +175,7 @@ while i <= argc do
       end
     end
     for node, uids in pairs(bynode) do
-      local to = table.concat(uids, ',')
-      if mode[node] == 'batch' then
-        pack(node, to, frame)
-      else
-        redis.call('XADD', ARGV[2] .. node, '*', 'to', to, 'f', frame)
-      end
+      emit(node, table.concat(uids, ','), frame)
     end
     out[#out + 1] = table.concat(missed, ',')
   end
