@@ -348,13 +348,12 @@ impl Session {
     /// loop; empty if the loop dropped the task (it is stopping) or did not run it
     /// within [`SPILL_TAKE_LIMIT`] (the frames then stay spilled; logged).
     pub fn take_spilled_behind_sends(&self) -> Vec<Vec<u8>> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (tx, rx) = crossbeam_channel::bounded(1);
         let flow = self.flow.clone();
         self.conn.with(move |_| {
-            use std::sync::mpsc::TrySendError::{Disconnected, Full};
-            if let Err(Full(back) | Disconnected(back)) = tx.try_send(flow.take_spilled()) {
+            if let Err(back) = tx.try_send(flow.take_spilled()) {
                 // The worker gave up waiting: they stay where they were.
-                flow.respill(back);
+                flow.respill(back.into_inner());
             }
         });
         match rx.recv_timeout(SPILL_TAKE_LIMIT) {
