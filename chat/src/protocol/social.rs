@@ -241,3 +241,6 @@ pub fn group_info_ack(groupid: i64, name: &str, desc: &str, members: &[Member]) 
 pub fn group_removed_notice(groupid: i64, by: i64) -> Value {
     json!({"by": by, "groupid": groupid, "msgid": msgid::GROUP_REMOVED_NOTICE})
 }
+
+#[cfg(test)]
+mod tests;

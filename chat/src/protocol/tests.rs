@@ -7,15 +7,16 @@ fn text(v: &Value) -> String {
     v.to_string()
 }
 
-fn parse(s: &str) -> Result<Parsed, ProtocolError> {
+pub(super) fn parse(s: &str) -> Result<Parsed, ProtocolError> {
     parse_request(serde_json::from_str(s).unwrap())
 }
 
-fn req(s: &str) -> Request {
+pub(super) fn req(s: &str) -> Request {
     parse(s).unwrap().req
 }
 
-fn err(s: &str) -> (i64, String, Option<i64>) {
+/// The errno, errmsg and msgid of the error `s` gets.
+pub(super) fn err(s: &str) -> (i64, String, Option<i64>) {
     let e = parse(s).unwrap_err();
     (e.errno, e.errmsg, e.msgid)
 }
@@ -503,6 +504,26 @@ fn msgid_names() {
         (msgid::ACK, "ACK"),
         (msgid::PING, "PING"),
         (msgid::PONG, "PONG"),
+        (msgid::HISTORY, "HISTORY"),
+        (msgid::HISTORY_ACK, "HISTORY_ACK"),
+        (msgid::PRESENCE, "PRESENCE"),
+        (msgid::FRIEND_REQUEST, "FRIEND_REQUEST"),
+        (msgid::FRIEND_REQUEST_NOTICE, "FRIEND_REQUEST_NOTICE"),
+        (msgid::FRIEND_ANSWER, "FRIEND_ANSWER"),
+        (msgid::FRIEND_ANSWER_NOTICE, "FRIEND_ANSWER_NOTICE"),
+        (msgid::DEL_FRIEND, "DEL_FRIEND"),
+        (msgid::FRIEND_REQUESTS, "FRIEND_REQUESTS"),
+        (msgid::FRIEND_REQUESTS_ACK, "FRIEND_REQUESTS_ACK"),
+        (msgid::LEAVE_GROUP, "LEAVE_GROUP"),
+        (msgid::REMOVE_MEMBER, "REMOVE_MEMBER"),
+        (msgid::GROUP_INFO, "GROUP_INFO"),
+        (msgid::GROUP_INFO_ACK, "GROUP_INFO_ACK"),
+        (msgid::GROUP_REMOVED_NOTICE, "GROUP_REMOVED_NOTICE"),
+        (msgid::CONTACTS, "CONTACTS"),
+        (msgid::CONTACTS_ACK, "CONTACTS_ACK"),
+        (msgid::RESUME, "RESUME"),
+        (msgid::RESUME_ACK, "RESUME_ACK"),
+        (msgid::SEQ_ACK, "SEQ_ACK"),
     ];
     for (id, name) in table {
         assert_eq!(msgid::name(id), Some(name), "msgid {id}");
@@ -536,4 +557,337 @@ fn role_spellings() {
     }
     assert_eq!(Role::parse("Creator"), None);
     assert_eq!(Role::from_column("owner"), Role::Normal);
+}
+
+/// The extended requests (CONTACTS, RESUME, SEQ_ACK) and what `Parsed` carries for them:
+/// the msgid, the acting id and the acknowledged-delivery start (protocol.md §11, §12).
+#[test]
+fn parses_the_extended_requests() {
+    let p = parse(r#"{"id":22,"msgid":15}"#).unwrap();
+    assert_eq!((p.req.clone(), p.msgid), (Request::Contacts { id: 22 }, 15));
+    assert_eq!((p.req.msgid(), p.req.acting_id()), (15, Some(22)));
+
+    let p = parse(r#"{"ext":1,"id":22,"msgid":17,"token":"ab"}"#).unwrap();
+    let resume = Request::Resume {
+        id: 22,
+        token: "ab".into(),
+    };
+    assert_eq!((&p.req, p.msgid, p.ext, p.acks), (&resume, 17, true, None));
+    assert_eq!((p.req.msgid(), p.req.acting_id()), (17, None));
+    let p = parse(r#"{"ext":1,"id":22,"lastseq":9007199254740992,"msgid":17,"token":"ab"}"#);
+    assert_eq!(p.unwrap().acks, Some(1 << 53));
+
+    let p = parse(r#"{"msgid":19,"seq":0}"#).unwrap();
+    assert_eq!((&p.req, p.msgid), (&Request::SeqAck { seq: 0 }, 19));
+    assert_eq!((p.req.msgid(), p.req.acting_id()), (19, None));
+    assert_eq!(
+        req(r#"{"msgid":19,"seq":9007199254740992}"#),
+        Request::SeqAck { seq: 1 << 53 }
+    );
+    let seq_range = "field \"seq\" must be an integer from 0 to 2^53";
+    for bad in ["9007199254740993", "-1", "1.0", "\"1\""] {
+        let e = err(&format!(r#"{{"msgid":19,"seq":{bad}}}"#));
+        assert_eq!(
+            (e.0, e.1.as_str(), e.2),
+            (errno::BAD_FIELD, seq_range, Some(19))
+        );
+    }
+    assert_eq!(
+        err(r#"{"msgid":19}"#),
+        (
+            errno::MISSING_FIELD,
+            "missing field \"seq\"".into(),
+            Some(19)
+        )
+    );
+
+    // Every request names its msgid, as the frame did.
+    for frame in [
+        r#"{"id":22,"msgid":1,"password":"p"}"#,
+        r#"{"id":22,"msgid":3}"#,
+        r#"{"msgid":4,"name":"n","password":"p"}"#,
+        r#"{"id":22,"msg":"m","msgid":6,"toid":23}"#,
+        r#"{"friendid":23,"id":22,"msgid":7}"#,
+        r#"{"groupname":"g","id":22,"msgid":8}"#,
+        r#"{"groupid":5,"id":22,"msgid":9}"#,
+        r#"{"groupid":5,"id":22,"msg":"m","msgid":10}"#,
+        r#"{"msgid":13}"#,
+        r#"{"id":22,"msgid":31}"#,
+    ] {
+        let p = parse(frame).unwrap();
+        assert_eq!(p.req.msgid(), p.msgid, "{frame}");
+    }
+    assert_eq!(req(r#"{"id":22,"msgid":31}"#).acting_id(), Some(22));
+}
+
+#[test]
+fn resume_needs_ext_and_a_token() {
+    assert_eq!(
+        err(r#"{"id":22,"msgid":17,"token":"ab"}"#),
+        (
+            errno::RESUME_NEEDS_EXT,
+            "RESUME needs \"ext\":1".into(),
+            Some(17)
+        )
+    );
+    let token = |n: usize| {
+        format!(
+            r#"{{"ext":1,"id":2,"msgid":17,"token":"{}"}}"#,
+            "a".repeat(n)
+        )
+    };
+    assert!(parse(&token(TOKEN_MAX_CHARS)).is_ok());
+    for n in [0, TOKEN_MAX_CHARS + 1] {
+        assert_eq!(
+            err(&token(n)).1,
+            "field \"token\" must be a non-empty string of at most 128 characters"
+        );
+    }
+    assert_eq!(
+        err(r#"{"ext":1,"id":2,"lastseq":-1,"msgid":17,"token":"a"}"#).1,
+        "field \"lastseq\" must be an integer from 0 to 2^53"
+    );
+}
+
+/// `"acks":1` asks for acknowledged delivery only on an extended LOGIN; a WebSocket
+/// connection is extended from the start (protocol.md §12, §13).
+#[test]
+fn acks_and_extended_connections() {
+    let acks = |s: &str, ws: bool| {
+        parse_request_on(serde_json::from_str(s).unwrap(), ws)
+            .unwrap()
+            .acks
+    };
+    assert_eq!(
+        acks(
+            r#"{"acks":1,"ext":1,"id":2,"msgid":1,"password":"p"}"#,
+            false
+        ),
+        Some(0)
+    );
+    assert_eq!(
+        acks(
+            r#"{"acks":true,"ext":1,"id":2,"msgid":1,"password":"p"}"#,
+            false
+        ),
+        Some(0)
+    );
+    assert_eq!(
+        acks(
+            r#"{"acks":0,"ext":1,"id":2,"msgid":1,"password":"p"}"#,
+            false
+        ),
+        None
+    );
+    assert_eq!(
+        acks(r#"{"acks":1,"id":2,"msgid":1,"password":"p"}"#, false),
+        None
+    );
+    assert_eq!(
+        acks(r#"{"acks":1,"id":2,"msgid":1,"password":"p"}"#, true),
+        Some(0)
+    );
+    assert_eq!(
+        acks(r#"{"ext":1,"id":2,"msgid":1,"password":"p"}"#, false),
+        None
+    );
+    assert_eq!(acks(r#"{"acks":1,"ext":1,"id":2,"msgid":3}"#, false), None);
+    assert_eq!(
+        err(r#"{"acks":2,"ext":1,"id":2,"msgid":1,"password":"p"}"#).1,
+        "field \"acks\" must be 0, 1, false or true"
+    );
+
+    let on_ws = |s: &str| parse_request_on(serde_json::from_str(s).unwrap(), true);
+    assert!(on_ws(r#"{"msgid":13}"#).unwrap().ext);
+    assert!(on_ws(r#"{"ext":0,"msgid":13}"#).unwrap().ext);
+    assert_eq!(
+        on_ws(r#"{"id":2,"msgid":17,"token":"t"}"#).unwrap().req,
+        Request::Resume {
+            id: 2,
+            token: "t".into()
+        }
+    );
+    assert!(!parse(r#"{"msgid":13}"#).unwrap().ext);
+}
+
+/// `cid` (protocol.md §4): an integer from 0 up, on both chats; never forwarded.
+#[test]
+fn chat_cid() {
+    let cid = |s: &str| match req(s) {
+        Request::OneChat { cid, .. } | Request::GroupChat { cid, .. } => cid,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        cid(r#"{"cid":0,"id":1,"msg":"m","msgid":6,"toid":2}"#),
+        Some(0)
+    );
+    assert_eq!(
+        cid(r#"{"cid":7,"groupid":1,"id":1,"msg":"m","msgid":10}"#),
+        Some(7)
+    );
+    assert_eq!(cid(r#"{"id":1,"msg":"m","msgid":6,"toid":2}"#), None);
+    for bad in ["-1", "1.0", "\"1\"", "9223372036854775808"] {
+        let e = err(&format!(
+            r#"{{"cid":{bad},"id":1,"msg":"m","msgid":6,"toid":2}}"#
+        ));
+        assert_eq!(
+            (e.0, e.1.as_str()),
+            (
+                errno::BAD_FIELD,
+                "field \"cid\" must be an integer from 0 to 9223372036854775807"
+            ),
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        err(r#"{"id":1,"msg":"m","msgid":6,"name":1,"toid":2}"#).1,
+        "field \"name\" must be a string"
+    );
+    let Request::OneChat { frame, .. } = req(r#"{"cid":3,"id":1,"msg":"m","msgid":6,"toid":2}"#)
+    else {
+        panic!()
+    };
+    assert_eq!(
+        delivery_frame(frame, "n", "t").to_string(),
+        r#"{"id":1,"msg":"m","msgid":6,"name":"n","time":"t","toid":2}"#
+    );
+}
+
+#[test]
+fn string_field_errmsgs() {
+    assert_eq!(
+        describe_string("k", 0, usize::MAX),
+        "field \"k\" must be a string"
+    );
+    assert_eq!(
+        describe_string("k", 0, 9),
+        "field \"k\" must be a string of at most 9 characters"
+    );
+    assert_eq!(
+        describe_string("k", 1, usize::MAX),
+        "field \"k\" must be a non-empty string"
+    );
+    assert_eq!(
+        describe_string("k", 1, 9),
+        "field \"k\" must be a non-empty string of at most 9 characters"
+    );
+    assert_eq!(
+        describe_string("k", 2, 9),
+        "field \"k\" must be a string of 2 to 9 characters"
+    );
+}
+
+#[test]
+fn more_error_constructors() {
+    let e = ProtocolError::unavailable(7);
+    assert_eq!(
+        text(&error(&e)),
+        r#"{"errmsg":"service temporarily unavailable","errno":110,"msgid":11,"reqmsgid":7}"#
+    );
+    let e = ProtocolError::rate_limited(Some(6));
+    assert_eq!(
+        (e.errno, e.errmsg.as_str(), e.msgid),
+        (errno::RATE_LIMITED, "too many requests, slow down", Some(6))
+    );
+    assert_eq!(ProtocolError::rate_limited(None).msgid, None);
+    let e = ProtocolError::not_logged_in(6);
+    assert_eq!((e.errmsg.as_str(), e.msgid), ("not logged in", Some(6)));
+    assert_eq!(
+        ProtocolError::not_your_id(6, 5, 4).errmsg,
+        "field \"id\" is 5 but this connection is logged in as 4"
+    );
+    let e = ProtocolError::already_logged_in(3);
+    assert_eq!(
+        (e.errno, e.errmsg.as_str()),
+        (
+            errno::ALREADY_LOGGED_IN,
+            "this connection is already logged in as 3"
+        )
+    );
+    assert_eq!(
+        ProtocolError::frame_too_large(10).errno,
+        errno::FRAME_TOO_LARGE
+    );
+}
+
+#[test]
+fn resume_contacts_and_token_replies_exact_bytes() {
+    let mut ack = login_ok(22, "alice", &[], &[], &[]);
+    add_token(&mut ack, "tok", 600);
+    assert_eq!(
+        text(&ack),
+        r#"{"errno":0,"id":22,"msgid":2,"name":"alice","token":"tok","tokenttl":600}"#
+    );
+    assert_eq!(
+        text(&resume_err(errno::BAD_TOKEN, "bad token")),
+        r#"{"errmsg":"bad token","errno":120,"msgid":18}"#
+    );
+    assert_eq!(
+        text(&contacts(&[], &[])),
+        r#"{"errno":0,"friends":[],"groups":[],"msgid":16}"#
+    );
+    let friend = Friend {
+        id: 3,
+        name: "bob".into(),
+        online: false,
+    };
+    let group = GroupInfo {
+        id: 4,
+        name: "g".into(),
+        desc: "".into(),
+        members: vec![],
+    };
+    assert_eq!(
+        text(&contacts(&[friend], &[group])),
+        concat!(
+            r#"{"errno":0,"friends":["{\"id\":3,\"name\":\"bob\",\"state\":\"offline\"}"],"#,
+            r#""groups":["{\"groupdesc\":\"\",\"groupname\":\"g\",\"id\":4,\"users\":[]}"],"msgid":16}"#
+        )
+    );
+    assert_eq!(Role::Creator.to_string(), "creator");
+    assert_eq!(Role::Normal.to_string(), "normal");
+}
+
+/// The client side of LOGIN_ACK's lists refuses what it cannot read, and reads a group
+/// without `users` as one without members.
+#[test]
+fn wire_lists_read_back_strictly() {
+    assert_eq!(
+        GroupInfo::from_wire(r#"{"groupdesc":"d","groupname":"g","id":4}"#),
+        Some(GroupInfo {
+            id: 4,
+            name: "g".into(),
+            desc: "d".into(),
+            members: vec![]
+        })
+    );
+    for bad in [
+        r#"{"groupdesc":"d","groupname":"g","id":4,"users":"x"}"#,
+        r#"{"groupdesc":"d","groupname":"g","id":4,"users":[1]}"#,
+        r#"{"groupdesc":"d","groupname":"g","id":4,"users":["{}"]}"#,
+        r#"{"groupdesc":"d","groupname":"g"}"#,
+        "nope",
+    ] {
+        assert_eq!(GroupInfo::from_wire(bad), None, "{bad}");
+    }
+    assert_eq!(
+        Friend::from_wire(r#"{"id":1,"name":"a","state":"away"}"#),
+        None
+    );
+    assert_eq!(Friend::from_wire(r#"{"id":1,"name":"a","state":1}"#), None);
+    assert_eq!(Friend::from_wire(r#"{"id":1,"name":"a"}"#), None);
+    let member = r#"{"id":1,"name":"a","role":"normal","state":"online"}"#;
+    assert_eq!(
+        Member::from_wire(member),
+        Some(Member {
+            id: 1,
+            name: "a".into(),
+            role: Role::Normal,
+            online: true
+        })
+    );
+    assert_eq!(
+        Member::from_wire(r#"{"id":1,"name":"a","role":"boss","state":"online"}"#),
+        None
+    );
 }
