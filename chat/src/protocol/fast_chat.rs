@@ -276,7 +276,15 @@ mod tests {
             r#"{"msgid":6,"id":1,"toid":2,"msg":"a","x":"a","x":"b","name":"a"}"#,
         ] {
             let fast = parse_fast_chat(frame.as_bytes()).expect(frame);
-            for name in ["plain", "real \"name\"", "tab\there\\"] {
+            // Names that need escaping for one reason each, and one that does not.
+            for name in [
+                "plain",
+                "real \"name\"",
+                "tab\there\\",
+                "\t",
+                "a\u{1}b",
+                " ",
+            ] {
                 let got = fast.delivery_wire(name, || "2030-01-01 00:00:00".into());
                 assert_eq!(got, format!("{}\0", slow(frame, name)), "{frame}");
             }
