@@ -374,3 +374,18 @@ fn nul_right_after_the_limit_is_not_oversize() {
         Err(CodecError::Oversize { limit: 6 })
     );
 }
+
+/// What a log line says of a codec failure, and the limit a decoder was made with.
+#[test]
+fn error_display_and_limit() {
+    assert_eq!(
+        CodecError::Oversize { limit: 10 }.to_string(),
+        "frame exceeds the limit of 10 bytes"
+    );
+    assert_eq!(
+        CodecError::Garbage { byte: b'x' }.to_string(),
+        "frame starts with byte 0x78, expected '{'"
+    );
+    assert_eq!(Decoder::new(10).limit(), 10);
+    assert_eq!(Decoder::default().limit(), DEFAULT_FRAME_LIMIT);
+}
