@@ -274,6 +274,8 @@ mod tests {
             r#"{"zz":null,"a":true,"msgid":6,"id":1,"toid":2,"msg":"日本語 ok","time":"t"}"#,
             r#"{ "msgid" : 6 , "id" : 10 , "toid" : 20 , "msg" : "" , "n" : -5 }"#,
             r#"{"msgid":6,"id":1,"toid":2,"msg":"a","x":"a","x":"b","name":"a"}"#,
+            // Zero and the longest integers this path takes (18 digits), either sign.
+            r#"{"msgid":6,"id":1,"toid":2,"msg":"a","z":0,"p":123456789012345678,"n":-123456789012345678}"#,
         ] {
             let fast = parse_fast_chat(frame.as_bytes()).expect(frame);
             // Names that need escaping for one reason each, and one that does not.
@@ -289,6 +291,21 @@ mod tests {
                 assert_eq!(got, format!("{}\0", slow(frame, name)), "{frame}");
             }
         }
+    }
+
+    /// The fields as a log line shows them, and why a frame that is not an object (or has
+    /// too many fields) fails.
+    #[test]
+    fn debug_and_errors_name_the_fields() {
+        let fast = parse_fast_chat(br#"{"msgid":6,"id":1,"toid":2,"msg":"hi"}"#).unwrap();
+        assert_eq!(
+            format!("{fast:?}"),
+            r#"FastChat { id: 1, toid: 2, fields: {"id": "1", "msg": "\"hi\"", "msgid": "6", "toid": "2"} }"#
+        );
+        let e = serde_json::from_str::<Fields>("[6]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("an object of at most 16 fields"), "{e}");
     }
 
     #[test]
@@ -325,6 +342,7 @@ mod tests {
             r#"{"msgid":6,"id":1,"toid":2,"msg":"a","x":12345678901234567890}"#,
             r#"{"msgid":6,"id":1,"toid":2,"msg":"a","ext":1}"#,
             r#"{"msgid":6,"id":1,"toid":2,"msg":"a","dseq":1}"#,
+            r#"{"msgid":6,"id":1,"toid":2,"msg":"a","cid":1}"#,
             r#"{"msgid":6,"id":0,"toid":2,"msg":"a"}"#,
             r#"{"msgid":6,"id":1,"toid":"2","msg":"a"}"#,
             r#"{"msgid":6,"id":1,"toid":2,"msg":5}"#,
