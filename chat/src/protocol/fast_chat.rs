@@ -278,13 +278,16 @@ mod tests {
             r#"{"msgid":6,"id":1,"toid":2,"msg":"a","z":0,"p":123456789012345678,"n":-123456789012345678}"#,
         ] {
             let fast = parse_fast_chat(frame.as_bytes()).expect(frame);
-            // Names that need escaping for one reason each, and one that does not.
+            // Names that need escaping for one reason each (a lone quote or backslash too:
+            // the check must see them alone), and one that does not.
             for name in [
                 "plain",
                 "real \"name\"",
                 "tab\there\\",
                 "\t",
                 "a\u{1}b",
+                "\"",
+                "\\",
                 " ",
             ] {
                 let got = fast.delivery_wire(name, || "2030-01-01 00:00:00".into());
