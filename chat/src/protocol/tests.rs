@@ -458,15 +458,22 @@ fn unicode_and_quotes_round_trip() {
     );
 }
 
+/// What recipients get for the ONE_CHAT `s` of the user `name` (`time` if it has none).
+fn delivered(s: &str, name: &str, time: &str) -> String {
+    let Request::OneChat { frame, .. } = req(s) else {
+        panic!("not a chat: {s}")
+    };
+    delivery_frame(frame, name, time).to_string()
+}
+
 #[test]
 fn delivery_frame_overwrites_name_keeps_time_drops_ext() {
-    let Request::OneChat { frame, .. } =
-        req(r#"{"ext":1,"id":1,"msg":"m","msgid":6,"name":"fake","time":"t0","to":2}"#)
-    else {
-        panic!()
-    };
     assert_eq!(
-        delivery_frame(frame, "real", "t1").to_string(),
+        delivered(
+            r#"{"ext":1,"id":1,"msg":"m","msgid":6,"name":"fake","time":"t0","to":2}"#,
+            "real",
+            "t1"
+        ),
         r#"{"id":1,"msg":"m","msgid":6,"name":"real","time":"t0","to":2}"#
     );
 }
@@ -743,38 +750,26 @@ fn chat_cid() {
         err(r#"{"id":1,"msg":"m","msgid":6,"name":1,"toid":2}"#).1,
         "field \"name\" must be a string"
     );
-    let Request::OneChat { frame, .. } = req(r#"{"cid":3,"id":1,"msg":"m","msgid":6,"toid":2}"#)
-    else {
-        panic!()
-    };
     assert_eq!(
-        delivery_frame(frame, "n", "t").to_string(),
+        delivered(r#"{"cid":3,"id":1,"msg":"m","msgid":6,"toid":2}"#, "n", "t"),
         r#"{"id":1,"msg":"m","msgid":6,"name":"n","time":"t","toid":2}"#
     );
 }
 
 #[test]
 fn string_field_errmsgs() {
-    assert_eq!(
-        describe_string("k", 0, usize::MAX),
-        "field \"k\" must be a string"
-    );
-    assert_eq!(
-        describe_string("k", 0, 9),
-        "field \"k\" must be a string of at most 9 characters"
-    );
-    assert_eq!(
-        describe_string("k", 1, usize::MAX),
-        "field \"k\" must be a non-empty string"
-    );
-    assert_eq!(
-        describe_string("k", 1, 9),
-        "field \"k\" must be a non-empty string of at most 9 characters"
-    );
-    assert_eq!(
-        describe_string("k", 2, 9),
-        "field \"k\" must be a string of 2 to 9 characters"
-    );
+    for (min, max, says) in [
+        (0, usize::MAX, "a string"),
+        (0, 9, "a string of at most 9 characters"),
+        (1, usize::MAX, "a non-empty string"),
+        (1, 9, "a non-empty string of at most 9 characters"),
+        (2, 9, "a string of 2 to 9 characters"),
+    ] {
+        assert_eq!(
+            describe_string("k", min, max),
+            format!("field \"k\" must be {says}")
+        );
+    }
 }
 
 #[test]
