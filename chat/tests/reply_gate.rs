@@ -39,10 +39,8 @@ fn limit(i: usize) -> usize {
     STORED - i % 10
 }
 
-/// A server with the output mark under test (and an admin listener); A has sent
-/// B `STORED` messages of `TEXT` bytes, and B is logged in and has read them.
-/// B's kernel buffers are capped at `bob_buffers` bytes (before connect), if given.
-fn server_with_history(b: &Backend, bob_buffers: Option<usize>) -> (ServerThread, User, User) {
+/// A server with the output mark under test, no rate limit and an admin listener.
+fn gate_server(b: &Backend) -> ServerThread {
     let _ = chat::password::set_cost(1024, 1);
     let srv = b.start_with(ServerOptions {
         admin: Some(AdminOptions {
@@ -56,6 +54,14 @@ fn server_with_history(b: &Backend, bob_buffers: Option<usize>) -> (ServerThread
         },
         ..ServerOptions::default()
     });
+    srv
+}
+
+/// A server with the output mark under test (and an admin listener); A has sent
+/// B `STORED` messages of `TEXT` bytes, and B is logged in and has read them.
+/// B's kernel buffers are capped at `bob_buffers` bytes (before connect), if given.
+fn server_with_history(b: &Backend, bob_buffers: Option<usize>) -> (ServerThread, User, User) {
+    let srv = gate_server(b);
     let mut a = User::online(srv.addr(), "gate_a");
     let mut bob = match bob_buffers {
         Some(n) => User::register_on(Client::with_buffers(srv.addr(), n), "gate_b"),
@@ -157,19 +163,7 @@ fn held_back_requests_run_once_the_client_reads() {
 #[test]
 fn a_request_behind_one_large_reply_waits_for_the_client() {
     let b = Backend::sqlite();
-    let _ = chat::password::set_cost(1024, 1);
-    let srv = b.start_with(ServerOptions {
-        admin: Some(AdminOptions {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            token: None,
-        }),
-        limits: Limits {
-            output_high_water: MARK,
-            rate: 0,
-            ..Limits::default()
-        },
-        ..ServerOptions::default()
-    });
+    let srv = gate_server(&b);
     let admin = srv.admin_addr().expect("the admin listener runs");
     let a = User::register(srv.addr(), "gate1_a");
     let carol = User::register(srv.addr(), "gate1_c");
