@@ -42,7 +42,7 @@ fn limit(i: usize) -> usize {
 /// A server with the output mark under test, no rate limit and an admin listener.
 fn gate_server(b: &Backend) -> ServerThread {
     let _ = chat::password::set_cost(1024, 1);
-    let srv = b.start_with(ServerOptions {
+    b.start_with(ServerOptions {
         admin: Some(AdminOptions {
             addr: "127.0.0.1:0".parse().unwrap(),
             token: None,
@@ -53,8 +53,7 @@ fn gate_server(b: &Backend) -> ServerThread {
             ..Limits::default()
         },
         ..ServerOptions::default()
-    });
-    srv
+    })
 }
 
 /// A server with the output mark under test (and an admin listener); A has sent
