@@ -10,6 +10,7 @@
 mod hardening_util;
 mod util;
 
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -18,12 +19,13 @@ use std::time::{Duration, Instant};
 use chat::gateway::Limits;
 use chat::server::ServerOptions;
 use chat::server_thread::ServerThread;
+use chat::session::QUEUE_HIGH;
 use serde_json::json;
 
 use hardening_util::chats::{assert_exactly_in_order, seq_of, stored_seqs, PING};
 use hardening_util::pair::Pair;
 use hardening_util::{cpu_secs, malformed, mib, RawReader, RssMonitor, ServerProc};
-use util::{frame_bytes, one_chat, settled, spawn_writer, Backend, Client, User};
+use util::{frame_bytes, metric, one_chat, settled, spawn_writer, Backend, Client, User};
 
 /// Serialises the tests that load both cores (a child server under a flood), so
 /// that their latency and memory figures are their own.
@@ -480,7 +482,8 @@ fn queued_request_bytes_are_bounded() {
     // Wait for the stall (no progress for 300 ms) while the hash runs. The RSS
     // bound: 1 MiB queued, the frame being decoded, the input buffer and the
     // hash's 1 MiB; 256 queued frames would be 15 MiB of them.
-    let writer = flood_until_stalled(&srv, &c, frames, Duration::from_millis(300), "requests");
+    let quiet = Duration::from_millis(300);
+    let writer = flood_until_stalled(&srv, c.stream(), frames, quiet, "requests");
     // Everything is handled once the check is done: the writer finishes and
     // every chat is stored for the victim, in order.
     writer.join().expect("writer").expect("writer failed");
@@ -521,18 +524,72 @@ fn nul_cut_frames_count_against_the_queue_bound() {
     // refusals and the hash's 1 MiB; a refusal per frame read while the check
     // ran would be tens of MiB.
     let quiet = Duration::from_millis(1500);
-    let writer = flood_until_stalled(&srv, &c, frames, quiet, "NUL-cut frames");
+    let writer = flood_until_stalled(&srv, c.stream(), frames, quiet, "NUL-cut frames");
     srv.assert_alive();
     c.shutdown();
     let _ = writer.join();
 }
 
-/// Writes `frames` to `c` from a thread until the server stops reading it (no
+/// The WebSocket twin of [`nul_cut_frames_count_against_the_queue_bound`]: binary
+/// messages (each refused with error 100) behind a slow LOGIN on a WebSocket
+/// queue like any request, and the server stops reading them at the strand's
+/// bound: while the check runs it has read no more than that many. (Mutation
+/// testing: with `Gateway::on_ws_message` dropping the pause a binary message's
+/// refusal reports, it read every message of the read that crossed the bound,
+/// thousands; the memory bound alone missed it, +7.7 MiB.)
+#[test]
+fn binary_websocket_messages_count_against_the_queue_bound() {
+    let _serial = heavy();
+    let mut srv = backpressure_extra(&[
+        "--argon2-passes",
+        "20000",
+        "--ws-addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+    ]);
+    let (addr, admin) = (srv.http_addr("WebSocket"), srv.http_addr("admin"));
+    let read = || metric(admin, "chat_frames_in_total{msgid=\"other\"}").unwrap_or(0.0);
+    let stream = TcpStream::connect(addr).expect("connect to the WebSocket listener");
+    let (mut ws, _) = tungstenite::client::client(format!("ws://{addr}/ws"), stream)
+        .expect("the upgrade is accepted");
+    // A LOGIN as a user that does not exist costs the hash all the same.
+    let login = json!({"msgid": 1, "id": 424_242, "password": "pw"});
+    ws.send(tungstenite::Message::text(login.to_string()))
+        .expect("send the LOGIN");
+    // 24 MiB of empty binary messages (FIN and binary, masked, length 0, a zero
+    // mask key): 4 million of them.
+    let frames = (0..128)
+        .map(|_| [0x82, 0x80, 0, 0, 0, 0].repeat(32 * 1024))
+        .collect();
+    let quiet = Duration::from_millis(1500);
+    let writer = flood_until_stalled(&srv, ws.get_ref(), frames, quiet, "binary messages");
+    let decoded = read();
+    // Nothing came back yet, so the LOGIN's check was still running when the
+    // count was read (its reply is written before reading could resume).
+    let s = ws.get_ref();
+    s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+    assert!(
+        s.peek(&mut [0]).is_err(),
+        "the LOGIN's check ended before the writer stalled: nothing was measured behind it"
+    );
+    eprintln!("binary messages read behind the LOGIN: {decoded}");
+    let bound = (QUEUE_HIGH + 1) as f64;
+    assert!(
+        decoded <= bound,
+        "{decoded} binary messages were read behind a LOGIN (the strand's bound: {bound})"
+    );
+    srv.assert_alive();
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    let _ = writer.join();
+}
+
+/// Writes `frames` to `stream` from a thread until the server stops reading it (no
 /// progress for `quiet`), and checks that the server's RSS grew by less than 8 MiB
 /// meanwhile; returns the writer. `what` names the flood in the figures.
 fn flood_until_stalled(
     srv: &ServerProc,
-    c: &Client,
+    stream: &TcpStream,
     frames: Vec<Vec<u8>>,
     quiet: Duration,
     what: &str,
@@ -541,7 +598,7 @@ fn flood_until_stalled(
     let monitor = RssMonitor::start(srv.pid());
     let total: usize = frames.iter().map(Vec::len).sum();
     let written = Arc::new(AtomicUsize::new(0));
-    let writer = spawn_writer(c.stream(), frames, written.clone());
+    let writer = spawn_writer(stream, frames, written.clone());
     let stalled_at = wait_for_stall(&written, total, quiet);
     let grew = monitor.stop().saturating_sub(base);
     eprintln!(

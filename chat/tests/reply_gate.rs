@@ -8,8 +8,7 @@
 
 mod util;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use chat::admin::AdminOptions;
@@ -18,7 +17,7 @@ use chat::server::ServerOptions;
 use chat::server_thread::ServerThread;
 use serde_json::json;
 
-use util::{kernel_in_flight_max, Backend, Client, User};
+use util::{frame_bytes, kernel_in_flight_max, metric, one_chat, poll, Backend, Client, User};
 
 /// The output high-water mark under test.
 const MARK: usize = 64 * 1024;
@@ -32,17 +31,7 @@ const REQUESTS: usize = 64;
 /// The bytes of the frames the server has handed to its connections so far
 /// (`/metrics`): what a reply costs the server once it is built.
 fn bytes_out(admin: SocketAddr) -> u64 {
-    let mut s = TcpStream::connect(admin).expect("connect to the admin listener");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .expect("send the scrape");
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("read the scrape");
-    body.lines()
-        .find_map(|l| l.strip_prefix("chat_bytes_out_total "))
-        .expect("chat_bytes_out in /metrics")
-        .trim()
-        .parse()
-        .expect("a count")
+    metric(admin, "chat_bytes_out_total").expect("chat_bytes_out in /metrics") as u64
 }
 
 /// The `limit` of request `i`: replies differ in size, so their order shows.
@@ -50,12 +39,10 @@ fn limit(i: usize) -> usize {
     STORED - i % 10
 }
 
-/// A server with the output mark under test (and an admin listener); A has sent
-/// B `STORED` messages of `TEXT` bytes, and B is logged in and has read them.
-/// B's kernel buffers are capped at `bob_buffers` bytes (before connect), if given.
-fn server_with_history(b: &Backend, bob_buffers: Option<usize>) -> (ServerThread, User, User) {
+/// A server with the output mark under test, no rate limit and an admin listener.
+fn gate_server(b: &Backend) -> ServerThread {
     let _ = chat::password::set_cost(1024, 1);
-    let srv = b.start_with(ServerOptions {
+    b.start_with(ServerOptions {
         admin: Some(AdminOptions {
             addr: "127.0.0.1:0".parse().unwrap(),
             token: None,
@@ -66,7 +53,14 @@ fn server_with_history(b: &Backend, bob_buffers: Option<usize>) -> (ServerThread
             ..Limits::default()
         },
         ..ServerOptions::default()
-    });
+    })
+}
+
+/// A server with the output mark under test (and an admin listener); A has sent
+/// B `STORED` messages of `TEXT` bytes, and B is logged in and has read them.
+/// B's kernel buffers are capped at `bob_buffers` bytes (before connect), if given.
+fn server_with_history(b: &Backend, bob_buffers: Option<usize>) -> (ServerThread, User, User) {
+    let srv = gate_server(b);
     let mut a = User::online(srv.addr(), "gate_a");
     let mut bob = match bob_buffers {
         Some(n) => User::register_on(Client::with_buffers(srv.addr(), n), "gate_b"),
@@ -156,4 +150,71 @@ fn held_back_requests_run_once_the_client_reads() {
         assert_eq!(msgs, limit(i), "reply {i} out of order or cut");
     }
     bob.c.barrier();
+}
+
+/// The gate counts the reply on its way to the IO loop as well as the output:
+/// a request behind one reply larger than the mark waits for the client, also
+/// while the output is still empty (the loop has not appended that reply yet).
+/// (Mutation testing: with the gate's sum `output_seen + replies_in_flight` turned
+/// into a product, which is 0 while either is, the chat behind the reply ran as
+/// soon as the reply was built; the tests above passed, because there every pop
+/// found a reply on its way and a full output.)
+#[test]
+fn a_request_behind_one_large_reply_waits_for_the_client() {
+    let b = Backend::sqlite();
+    let srv = gate_server(&b);
+    let admin = srv.admin_addr().expect("the admin listener runs");
+    let a = User::register(srv.addr(), "gate1_a");
+    let carol = User::register(srv.addr(), "gate1_c");
+    let mut bob = User::register_on(Client::with_buffers(srv.addr(), 4096), "gate1_b");
+    bob.login();
+    // B's side of the conversation: 100 messages of 60 KB (A is offline: they
+    // are stored for A, and B gets no reply). One HISTORY reply of all of them
+    // is more than the server's kernel buffers and the mark hold.
+    const N: usize = 100;
+    let text = "h".repeat(60_000);
+    for i in 0..N {
+        bob.chat(a.id, &format!("{i:03} {text}"));
+    }
+    bob.c.barrier();
+    assert!(
+        N * text.len() > kernel_in_flight_max(bob.c.stream()) + MARK,
+        "the reply must outgrow the kernel's buffers and the mark"
+    );
+    // The HISTORY, and behind it a chat to C (offline: stored when it runs), in
+    // one write; B reads nothing.
+    let mut burst = frame_bytes(&json!({"msgid": 23, "id": bob.id, "peer": a.id, "limit": N}));
+    burst.extend(frame_bytes(&one_chat(
+        bob.id,
+        &bob.name,
+        carol.id,
+        "behind the history",
+    )));
+    let before = bytes_out(admin);
+    bob.c.send_raw(&burst);
+    // Once the reply is built (and counted), the chat would run at once if the
+    // gate let it: watch for a while.
+    poll(
+        Duration::from_secs(60),
+        "the HISTORY reply is built",
+        || (bytes_out(admin) - before >= (N * text.len()) as u64).then_some(()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        assert_eq!(
+            b.stored_for(carol.id),
+            0,
+            "the chat behind a reply over the mark ran while the client read nothing"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Once the connection closes the gate opens for good: the chat runs then
+    // (reading the reply through B's small buffers would take minutes).
+    bob.c.shutdown();
+    poll(
+        Duration::from_secs(30),
+        "the chat runs at the close",
+        || (b.stored_for(carol.id) == 1).then_some(()),
+    );
+    srv.stop();
 }

@@ -281,6 +281,26 @@ fn bad_messages_get_errors_and_broken_streams_are_closed() {
     );
 }
 
+/// Messages that arrive in one read are all answered: the server reads them one
+/// at a time and goes on to the next after each, not only when more bytes come.
+/// (Mutation testing: with `Gateway::on_ws_message` stopping after every message
+/// whose frame it decoded whole, the second PING of the write waited for bytes
+/// that never came.)
+#[test]
+fn messages_in_one_write_are_all_answered() {
+    let db = Backend::sqlite();
+    let server = start(&db, 1024);
+    let mut ws = ws_connect(server.ws_addr().unwrap());
+    for _ in 0..3 {
+        ws.write(Message::text(json!({"msgid": 13}).to_string()))
+            .unwrap();
+    }
+    ws.flush().unwrap();
+    for _ in 0..3 {
+        expect_msgid(&mut ws, 14);
+    }
+}
+
 #[test]
 fn the_login_time_limit_and_a_clean_close_apply_to_websockets() {
     let db = Backend::sqlite();

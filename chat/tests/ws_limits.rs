@@ -35,16 +35,8 @@ fn start(db: &Backend, limits: Limits) -> ServerThread {
 
 /// The WebSocket listener's open connections, from `/metrics`.
 fn ws_connections(srv: &ServerThread) -> usize {
-    let mut s = TcpStream::connect(srv.admin_addr().unwrap()).unwrap();
-    s.set_read_timeout(Some(util::TIMEOUT)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body.lines()
-        .find_map(|l| l.strip_prefix("chat_websocket_connections "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .expect("the gauge") as usize
+    util::metric(srv.admin_addr().unwrap(), "chat_websocket_connections").expect("the gauge")
+        as usize
 }
 
 /// A connection to `addr` that sent half a request head.

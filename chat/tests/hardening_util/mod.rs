@@ -211,6 +211,29 @@ impl ServerProc {
         }
     }
 
+    /// The address of its HTTP listener `what` ("WebSocket" for `--ws-addr`,
+    /// "admin" for `--admin-addr`, either given as `127.0.0.1:0`), read from its
+    /// log line.
+    pub fn http_addr(&self, what: &str) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let line = format!("{what} listening on http://");
+        loop {
+            let logged = self.log.lock().unwrap().iter().find_map(|l| {
+                let rest = l.split(line.as_str()).nth(1)?;
+                rest.split(' ').next()?.parse().ok()
+            });
+            if let Some(addr) = logged {
+                return addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} listener logged within 20 s; log:\n{}",
+                self.log_tail()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The server's pid.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -52,6 +52,21 @@ pub fn poll<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) ->
     }
 }
 
+/// The value of `sample` (a metric's name with its labels as the server prints
+/// them, e.g. `chat_frames_in_total{msgid="other"}`) in the admin listener's
+/// `/metrics` at `admin`; `None` if it is not there.
+pub fn metric(admin: SocketAddr, sample: &str) -> Option<f64> {
+    let mut s = TcpStream::connect(admin).expect("connect to the admin listener");
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .expect("send the scrape");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("read the scrape");
+    body.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().expect("a number"))
+}
+
 /// The bytes of `v` as our peers send it: compact JSON (sorted keys) then one `0x00`.
 pub fn frame_bytes(v: &Value) -> Vec<u8> {
     let mut out = serde_json::to_vec(v).unwrap();
