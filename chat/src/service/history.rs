@@ -386,7 +386,16 @@ mod tests {
     fn the_fast_path_stops_below_both_bounds() {
         let (w, records, _wakes) = unserved();
         let tx = w.tx.as_ref().unwrap();
-        for _ in 0..FAST_PATH_LIMIT - 1 {
+        // Far from the bounds (a backlog of 1,000 messages, 1 MiB short of the
+        // senders' wait) the fast path records; the loops must stop further off.
+        for _ in 0..1_000 {
+            w.record(1, 1, "");
+        }
+        assert!(w.has_room(), "1,000 queued");
+        queued(&w).store(QUEUE_BYTES - (1 << 20), Ordering::Relaxed);
+        assert!(!w.has_room(), "1 MiB short of QUEUE_BYTES");
+        queued(&w).store(0, Ordering::Relaxed);
+        for _ in 1_000..FAST_PATH_LIMIT - 1 {
             let rec = HistoryRecord {
                 conv: 1,
                 sender: 1,
