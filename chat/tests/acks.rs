@@ -292,7 +292,9 @@ fn seq_ack_before_login_is_refused() {
 /// gets error 121; what it was written and did not acknowledge is in the new
 /// session's RESUME_ACK (it waited for the old one's close to put it back), with
 /// the same `dseq`s, so the client drops what it saw; a frame it never saw (one
-/// read by nobody) is shown.
+/// read by nobody) is shown. (Mutation testing: with `wait_put_back` a no-op, or
+/// its limit check `>=` turned `<`, or `set_workers` giving a limit of 0, the
+/// RESUME_ACK came without `offlinemsg`: the frames followed it by a flush.)
 #[test]
 fn a_takeover_gets_the_old_sessions_unacknowledged_frames() {
     fast_hashes();

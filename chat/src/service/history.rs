@@ -345,6 +345,191 @@ mod tests {
 
     use crate::store::tests::SqliteDb;
 
+    /// A writer's handle with no writer thread behind it: what is recorded stays
+    /// queued (the receivers are returned so that the channels stay open).
+    fn unserved() -> (HistoryWriter, Receiver<HistoryRecord>, Receiver<Wake>) {
+        let (records, records_rx) = crossbeam_channel::bounded(QUEUE_CAP);
+        let (wakes, wakes_rx) = crossbeam_channel::unbounded();
+        let tx = Channels {
+            records,
+            wakes,
+            queued: Arc::new(AtomicUsize::new(0)),
+        };
+        (HistoryWriter { tx: Some(tx) }, records_rx, wakes_rx)
+    }
+
+    /// The queued bytes of an [`unserved`] writer.
+    fn queued(w: &HistoryWriter) -> &AtomicUsize {
+        &w.tx.as_ref().expect("history on").queued
+    }
+
+    /// Polls `store` until conversation `conv`'s newest message has seq `seq`, for at
+    /// most `limit`; false if it never does.
+    fn written(store: &dyn Store, conv: i64, seq: i64, limit: Duration) -> bool {
+        let end = Instant::now() + limit;
+        loop {
+            let page = store.history_page(conv, None, 1).expect("page");
+            if page.first().is_some_and(|m| m.seq == seq) {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The IO loops' fast path stops recording just below each of its two bounds:
+    /// [`FAST_PATH_LIMIT`] messages and [`FAST_PATH_BYTES_MARGIN`] below
+    /// [`QUEUE_BYTES`]; with history off it always may.
+    #[test]
+    fn the_fast_path_stops_below_both_bounds() {
+        let (w, records, _wakes) = unserved();
+        let tx = w.tx.as_ref().unwrap();
+        // Far from the bounds (a backlog of 1,000 messages, 1 MiB short of the
+        // senders' wait) the fast path records; the loops must stop further off.
+        for _ in 0..1_000 {
+            w.record(1, 1, "");
+        }
+        assert!(w.has_room(), "1,000 queued");
+        queued(&w).store(QUEUE_BYTES - (1 << 20), Ordering::Relaxed);
+        assert!(!w.has_room(), "1 MiB short of QUEUE_BYTES");
+        queued(&w).store(0, Ordering::Relaxed);
+        for _ in 1_000..FAST_PATH_LIMIT - 1 {
+            let rec = HistoryRecord {
+                conv: 1,
+                sender: 1,
+                ts_ms: 0,
+                text: String::new(),
+            };
+            tx.records.try_send(rec).expect("room");
+        }
+        assert!(w.has_room(), "{} queued", FAST_PATH_LIMIT - 1);
+        w.record(1, 1, "");
+        assert!(!w.has_room(), "{FAST_PATH_LIMIT} queued");
+        records.try_iter().for_each(drop);
+        assert!(w.has_room());
+        let bytes = QUEUE_BYTES - FAST_PATH_BYTES_MARGIN;
+        queued(&w).store(bytes - 1, Ordering::Relaxed);
+        assert!(w.has_room(), "{} bytes queued", bytes - 1);
+        queued(&w).store(bytes, Ordering::Relaxed);
+        assert!(!w.has_room(), "{bytes} bytes queued");
+
+        let db = SqliteDb::new();
+        let off = HistoryOptions {
+            enabled: false,
+            retention: None,
+        };
+        let off = HistoryWriter::start(db.store.clone(), &off);
+        assert!(!off.enabled() && off.has_room() && off.flush(Duration::ZERO));
+        assert!(HistoryWriter::start(db.store.clone(), &HistoryOptions::default()).enabled());
+    }
+
+    /// A record counts its bytes and queues the message; the one that takes the
+    /// queued text to [`GATHER_BYTES`] wakes the writer, once.
+    #[test]
+    fn the_record_that_reaches_the_gather_bound_wakes_the_writer_once() {
+        let (w, records, wakes) = unserved();
+        let quarter = "q".repeat(GATHER_BYTES / 4);
+        for i in 1..=5 {
+            w.record(7, 1, &quarter);
+            assert_eq!(queued(&w).load(Ordering::Relaxed), i * quarter.len());
+            assert_eq!(records.len(), i);
+            let woken = wakes.try_iter().count();
+            assert_eq!(woken, usize::from(i == 4), "wakes after record {i}");
+        }
+        let rec = records.try_recv().expect("queued");
+        assert_eq!(
+            (rec.conv, rec.sender, rec.text.len()),
+            (7, 1, quarter.len())
+        );
+        assert!(rec.ts_ms > 1_600_000_000_000, "a time in ms: {}", rec.ts_ms);
+    }
+
+    /// With [`QUEUE_BYTES`] queued (or [`QUEUE_CAP`] messages) a sender waits
+    /// [`FULL_WAIT`] for room, then gives up: the message is not kept, and its bytes
+    /// are not counted.
+    #[test]
+    fn a_full_queue_holds_a_sender_for_the_full_wait_then_drops() {
+        let (w, records, _wakes) = unserved();
+        queued(&w).store(QUEUE_BYTES, Ordering::Relaxed);
+        let t = Instant::now();
+        w.record(1, 1, "dropped");
+        assert!(t.elapsed() >= FULL_WAIT, "gave up after {:?}", t.elapsed());
+        assert_eq!(records.len(), 0);
+        assert_eq!(queued(&w).load(Ordering::Relaxed), QUEUE_BYTES);
+
+        queued(&w).store(0, Ordering::Relaxed);
+        for _ in 0..QUEUE_CAP {
+            w.record(1, 1, "");
+        }
+        let t = Instant::now();
+        w.record(1, 1, "dropped");
+        assert!(t.elapsed() >= FULL_WAIT, "gave up after {:?}", t.elapsed());
+        assert_eq!(records.len(), QUEUE_CAP);
+        assert_eq!(queued(&w).load(Ordering::Relaxed), 0);
+    }
+
+    /// A flush answers once the writer wrote what came before it — false when no
+    /// writer answers in time; a message is written within the gathering without
+    /// any flush, and so is the next one (the writer goes on after a batch).
+    #[test]
+    fn flushes_and_gatherings_write_everything() {
+        let (w, _records, _wakes) = unserved();
+        assert!(!w.flush(Duration::from_millis(20)), "nobody wrote it");
+
+        let db = SqliteDb::new();
+        let store = db.store.clone();
+        let writer = HistoryWriter::start(store.clone(), &HistoryOptions::default());
+        writer.record(3, 1, "flushed");
+        assert!(writer.flush(Duration::from_secs(30)), "flush not answered");
+        let page = store.history_page(3, None, 10).expect("page");
+        assert_eq!(page.len(), 1, "written before the flush's answer");
+        for seq in 2..=3 {
+            writer.record(3, 1, &format!("gathered {seq}"));
+            assert!(
+                written(&*store, 3, seq, 20 * GATHER),
+                "message {seq} not written without a flush"
+            );
+        }
+    }
+
+    /// One flush writes everything recorded before it, also more than one batch:
+    /// here a batch and five more are queued, and the flush, before the writer starts.
+    #[test]
+    fn a_flush_writes_more_than_a_batch() {
+        let db = SqliteDb::new();
+        let (records, records_rx) = crossbeam_channel::bounded(QUEUE_CAP);
+        let (wakes, wakes_rx) = crossbeam_channel::unbounded();
+        let n = MAX_BATCH + 5;
+        for i in 0..n {
+            let text = format!("m{i}");
+            let rec = HistoryRecord {
+                conv: 9,
+                sender: 1,
+                ts_ms: now_ms(),
+                text,
+            };
+            records.send(rec).expect("room");
+        }
+        let (done, answered) = crossbeam_channel::bounded(1);
+        wakes.send(Wake::Flush(done)).expect("open");
+        let writer = Writer {
+            store: db.store.clone(),
+            records: records_rx,
+            wakes: wakes_rx,
+            queued: Arc::new(AtomicUsize::new(usize::MAX / 2)),
+        };
+        let thread = thread::spawn(move || writer.run(None));
+        answered
+            .recv_timeout(Duration::from_secs(60))
+            .expect("flush answered");
+        let page = db.store.history_page(9, None, 1).expect("page");
+        assert_eq!(page.first().map(|m| m.seq), Some(n as i64));
+        drop((records, wakes));
+        thread.join().expect("the writer ends");
+    }
+
     /// One sweep removes every expired message, also when a row holds several (an
     /// attacker saw 20,000 of 30,000 expired chunks of 3 left for the next minute: the
     /// sweep read 30,000 messages from 10,000 rows as "not a full statement" and stopped).
@@ -372,6 +557,27 @@ mod tests {
                 left.len()
             );
         }
+    }
+
+    /// A sweep removes what is older than the retention and keeps the rest: an hour's
+    /// retention removes a message of two hours ago, not one of half an hour ago.
+    #[test]
+    fn a_sweep_cuts_at_the_retention() {
+        let db = SqliteDb::new();
+        let hour = 3_600_000;
+        let at = |conv, ts_ms| HistoryRecord {
+            conv,
+            sender: 1,
+            ts_ms,
+            text: format!("at {ts_ms}"),
+        };
+        let now = now_ms();
+        db.store
+            .append_history(&[at(1, now - 2 * hour), at(2, now - hour / 2)])
+            .expect("append");
+        prune(&*db.store, Duration::from_secs(3_600));
+        let left = |conv| db.store.history_page(conv, None, 10).expect("page").len();
+        assert_eq!((left(1), left(2)), (0, 1), "(expired, fresh) left");
     }
 
     /// A flood of large messages is written once [`GATHER_BYTES`] are queued, not held

@@ -556,3 +556,31 @@ fn throttled_reply(ext: bool, retry_after: Duration) -> Vec<u8> {
     v["retryafter"] = serde_json::Value::from(secs);
     protocol::encode(&v)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reply's JSON (without its NUL).
+    fn reply(ext: bool, retry_after: Duration) -> serde_json::Value {
+        let bytes = throttled_reply(ext, retry_after);
+        let json = bytes.strip_suffix(&[0]).expect("a NUL-terminated frame");
+        serde_json::from_slice(json).expect("a JSON frame")
+    }
+
+    /// A legacy client gets the wrong-credentials bytes; an opted-in one errno 114
+    /// and `retryafter` in whole seconds, a part of a second counting as one more.
+    #[test]
+    fn throttled_reply_rounds_the_wait_up() {
+        let legacy = reply(false, Duration::from_millis(59_500));
+        assert_eq!(legacy["errno"], errno::INVALID_CREDENTIALS, "{legacy}");
+        assert!(legacy.get("retryafter").is_none(), "{legacy}");
+        for (wait, secs) in [(59_500, 60), (60_000, 60), (500, 1), (1_000, 1)] {
+            let v = reply(true, Duration::from_millis(wait));
+            assert_eq!(v["errno"], errno::LOGIN_THROTTLED, "{v}");
+            assert_eq!(v["retryafter"], secs, "{wait} ms: {v}");
+            let msg = format!("too many failed logins, try again in {secs} s");
+            assert_eq!(v["errmsg"], msg.as_str());
+        }
+    }
+}
