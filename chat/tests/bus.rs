@@ -673,14 +673,7 @@ fn the_admin_view_of_nodes_users_and_health() {
     assert!(short.heartbeat_age().unwrap() >= Duration::from_millis(100));
 
     // Broadcasts reach every node's subscriber (once it subscribed).
-    poll(LIMIT, "the subscriber gets an invalidation", || {
-        b.broadcast_invalidate(0).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        let others = h.others.lock().unwrap();
-        others
-            .contains(&BusMessage::Invalidate { group: 0 })
-            .then_some(())
-    });
+    subscribed(&b, &h);
     b.publish_kick("A", 1).unwrap();
     b.publish_replaced("A", 2).unwrap();
     b.broadcast_notice(&[1], &frame("n")).unwrap();
@@ -770,4 +763,57 @@ fn a_stopping_reader_trims_what_was_written() {
     }
     threads.stop();
     assert_eq!(xlen(&mut r, "A"), 0, "written, not trimmed at the stop");
+}
+
+/// Waits until `h`'s subscriber hears the invalidations `b` broadcasts (once it
+/// subscribed).
+fn subscribed(b: &Bus, h: &Recorder) {
+    poll(LIMIT, "the subscriber gets an invalidation", || {
+        b.broadcast_invalidate(0).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let others = h.others.lock().unwrap();
+        others
+            .contains(&BusMessage::Invalidate { group: 0 })
+            .then_some(())
+    });
+}
+
+/// A figure of `INFO commandstats` for command `cmd` (lower case): `calls`,
+/// `rejected_calls`, … (0 before its first call).
+fn command_stat(r: &mut redis::Connection, cmd: &str, figure: &str) -> u64 {
+    let stats: String = redis::cmd("INFO").arg("commandstats").query(r).unwrap();
+    let (line, field) = (format!("cmdstat_{cmd}:"), format!("{figure}="));
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .and_then(|l| l.split(',').find_map(|f| f.strip_prefix(field.as_str())))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[test]
+fn a_subscriber_that_cannot_subscribe_backs_off() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut r = redis_con(&url).unwrap();
+    let acl = |r: &mut redis::Connection, rule: &str| {
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("default")
+            .arg(rule)
+            .query(r)
+            .unwrap();
+    };
+    // Redis answers but refuses SUBSCRIBE: every life of the subscriber fails
+    // before it got going, so its retries back off (0.1, 0.2, 0.4, 0.8, 1.6 s,
+    // then every 2 s) instead of hammering Redis.
+    acl(&mut r, "-subscribe");
+    let h = Arc::new(Recorder::default());
+    let (_a, threads) = started(&url, &h);
+    std::thread::sleep(Duration::from_secs(3));
+    let tries = command_stat(&mut r, "subscribe", "rejected_calls");
+    assert!((1..=10).contains(&tries), "{tries} SUBSCRIBE tries in 3 s");
+    acl(&mut r, "+subscribe");
+    let b = node(&url, "B");
+    subscribed(&b, &h);
+    threads.stop();
 }
