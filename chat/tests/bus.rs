@@ -136,12 +136,16 @@ fn node(url: &str, id: &str) -> Arc<Bus> {
 }
 
 fn node_with_ttl(url: &str, id: &str, node_ttl: Duration) -> Arc<Bus> {
+    node_with(url, id, node_ttl, WaitReplicas::default())
+}
+
+fn node_with(url: &str, id: &str, node_ttl: Duration, wait: WaitReplicas) -> Arc<Bus> {
     Bus::connect(BusConfig {
         url: url.into(),
         prefix: "bt".into(),
         node_id: id.into(),
         node_ttl,
-        wait: WaitReplicas::default(),
+        wait,
     })
     .expect("bus")
 }
@@ -660,17 +664,22 @@ fn the_admin_view_of_nodes_users_and_health() {
         a.stream_lag()
     );
 
-    // The heartbeat: fresh within half the node's TTL, stale after it.
+    // The heartbeat: fresh within half the node's TTL, stale before the TTL is
+    // over (the node would look dead to the others then), and its round trip.
     assert!(a.heartbeat_fresh());
     assert!(a.heartbeat_age().unwrap() < Duration::from_secs(30));
-    let short = node_with_ttl(&url, "S", Duration::from_millis(200));
+    assert!(a.redis_rtt() > Duration::ZERO, "no round trip recorded");
+    let ttl = Duration::from_secs(1);
+    let short = node_with_ttl(&url, "S", ttl);
     assert!(short.heartbeat_age().is_some());
-    poll(
-        Duration::from_secs(5),
-        "a node without heartbeats goes stale",
-        || (!short.heartbeat_fresh()).then_some(()),
+    poll(LIMIT, "the node's one heartbeat as old as its TTL", || {
+        (short.heartbeat_age().unwrap() >= ttl).then_some(())
+    });
+    assert!(
+        !short.heartbeat_fresh(),
+        "fresh at {:?}, with a TTL of {ttl:?}",
+        short.heartbeat_age()
     );
-    assert!(short.heartbeat_age().unwrap() >= Duration::from_millis(100));
 
     // Broadcasts reach every node's subscriber (once it subscribed).
     subscribed(&b, &h);
@@ -816,4 +825,38 @@ fn a_subscriber_that_cannot_subscribe_backs_off() {
     let b = node(&url, "B");
     subscribed(&b, &h);
     threads.stop();
+}
+
+#[test]
+fn writes_wait_for_replicas_until_they_fall_short_then_pause() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut r = redis_con(&url).unwrap();
+    let wait = WaitReplicas {
+        replicas: 1,
+        timeout: Duration::from_millis(100),
+    };
+    let a = node_with(&url, "A", Duration::from_secs(60), wait);
+    let waits = |r: &mut redis::Connection| command_stat(r, "wait", "calls");
+    assert_eq!(
+        waits(&mut r),
+        0,
+        "the node's start writes nothing to wait for"
+    );
+    // No replica: the claim waits its 100 ms in vain, and the writes of the next
+    // second (WAIT_PAUSE) do not wait at all.
+    let t0 = Instant::now();
+    assert_eq!(a.claim(1).unwrap(), Claim::Claimed);
+    let claimed = Instant::now();
+    assert_eq!(waits(&mut r), 1, "a claim waits for the replicas");
+    assert!(a.route(&[1], &frame("f0")).unwrap().is_empty());
+    // The pause began after the WAIT's 100 ms: this route fell in it if it
+    // returned within 1.05 s of t0 (not so on a machine that stalled that long).
+    if t0.elapsed() < Duration::from_millis(1050) {
+        assert_eq!(waits(&mut r), 1, "a write waited in the pause");
+    }
+    // The pause began before the claim returned.
+    std::thread::sleep(Duration::from_millis(1100).saturating_sub(claimed.elapsed()));
+    assert!(a.route(&[1], &frame("f1")).unwrap().is_empty());
+    assert_eq!(waits(&mut r), 2, "the pause over, writes wait again");
 }
