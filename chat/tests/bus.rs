@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chat::bus::{
-    Bus, BusConfig, BusHandler, BusMessage, Claim, Counted, Drain, NodeInfo, Orphan, ThrottleRule,
-    WaitReplicas,
+    new_node_id, Bus, BusConfig, BusHandler, BusMessage, Claim, Counted, Drain, NodeInfo, Orphan,
+    ThrottleRule, WaitReplicas,
 };
 use cluster_util::{poll, redis_con, RedisServer};
 
@@ -896,4 +896,11 @@ fn writes_wait_for_replicas_until_they_fall_short_then_pause() {
     std::thread::sleep(Duration::from_millis(1100).saturating_sub(claimed.elapsed()));
     assert!(a.route(&[1], &frame("f1")).unwrap().is_empty());
     assert_eq!(waits(&mut r), 2, "the pause over, writes wait again");
+}
+
+#[test]
+fn a_node_id_made_up_at_start_names_the_process() {
+    let id = new_node_id();
+    let pid = format!("{}-", std::process::id());
+    assert!(id.len() > pid.len() && id.starts_with(&pid), "{id}");
 }
