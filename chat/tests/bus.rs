@@ -596,6 +596,20 @@ fn calls_fail_while_redis_is_down_and_work_again_after() {
 }
 
 #[test]
+fn an_error_reply_leaves_the_breaker_closed() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut r = redis_con(&url).unwrap();
+    let a = node(&url, "A");
+    acl(&mut r, &["-evalsha", "-eval"]);
+    assert!(a.claim(1).is_err(), "Redis refuses scripts");
+    acl(&mut r, &["+evalsha", "+eval"]);
+    // Redis answered: its connection and the server are fine, the next call
+    // goes through.
+    assert_eq!(a.claim(1).unwrap(), Claim::Claimed);
+}
+
+#[test]
 fn login_failures_lock_the_account_until_a_success() {
     let redis = RedisServer::start();
     let a = node(&redis.url(), "A");
