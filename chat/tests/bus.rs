@@ -918,3 +918,46 @@ fn a_node_id_made_up_at_start_names_the_process() {
     let pid = format!("{}-", std::process::id());
     assert!(id.len() > pid.len() && id.starts_with(&pid), "{id}");
 }
+
+#[test]
+fn a_write_the_replica_acknowledged_pauses_no_waiting() {
+    let (redis, replica) = (RedisServer::start(), RedisServer::start());
+    let url = redis.url();
+    let mut r = redis_con(&url).unwrap();
+    let mut rr = redis_con(&replica.url()).unwrap();
+    // The copy goes from socket to memory at once: no dump.rdb in the test's
+    // directory, no 5 s wait for more replicas.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("repl-diskless-sync-delay")
+        .arg("0")
+        .query(&mut r)
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("repl-diskless-load")
+        .arg("on-empty-db")
+        .query(&mut rr)
+        .unwrap();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(redis.port)
+        .query(&mut rr)
+        .unwrap();
+    poll(LIMIT, "the replica in sync", || {
+        let info: String = redis::cmd("INFO").arg("replication").query(&mut r).unwrap();
+        info.contains("state=online").then_some(())
+    });
+    let wait = WaitReplicas {
+        replicas: 1,
+        timeout: Duration::from_secs(10),
+    };
+    let a = node_with(&url, "A", Duration::from_secs(60), wait);
+    assert_eq!(a.claim(1).unwrap(), Claim::Claimed);
+    assert!(a.route(&[1], &frame("f0")).unwrap().is_empty());
+    assert_eq!(
+        command_stat(&mut r, "wait", "calls"),
+        2,
+        "the replica acknowledged the claim: the route waits for it too"
+    );
+}
