@@ -2,8 +2,9 @@
 //! holds back while they can be neither delivered nor stored, its dseq records, the
 //! drain of a dead node's stream, and the reader's reconnect. Each test drives
 //! `chat::bus::Bus` with a recording handler against a private `redis-server`
-//! (so it may kill every client connection), in a few seconds: the fast selection
-//! the bus's mutation pass runs (docs/mutants.md).
+//! (so it may kill every client connection, refuse commands through its ACL, or
+//! get a replica), in a few seconds: the fast selection the bus's mutation pass
+//! runs (docs/mutants.md).
 //!
 //! `a_stream_recreated_behind_the_reader_is_read_from_its_start` writes one stream
 //! entry by hand (fields `to` and `f`, the entry format of `bus/stream.rs`).
