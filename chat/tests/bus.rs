@@ -2,8 +2,9 @@
 //! holds back while they can be neither delivered nor stored, its dseq records, the
 //! drain of a dead node's stream, and the reader's reconnect. Each test drives
 //! `chat::bus::Bus` with a recording handler against a private `redis-server`
-//! (so it may kill every client connection), in a few seconds: the fast selection
-//! the bus's mutation pass runs (docs/mutants.md).
+//! (so it may kill every client connection, refuse commands through its ACL, or
+//! get a replica), in a few seconds: the fast selection the bus's mutation pass
+//! runs (docs/mutants.md).
 //!
 //! `a_stream_recreated_behind_the_reader_is_read_from_its_start` writes one stream
 //! entry by hand (fields `to` and `f`, the entry format of `bus/stream.rs`).
@@ -16,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chat::bus::{
-    Bus, BusConfig, BusHandler, BusMessage, Claim, Counted, Drain, NodeInfo, Orphan, ThrottleRule,
-    WaitReplicas,
+    new_node_id, Bus, BusConfig, BusHandler, BusMessage, Claim, Counted, Drain, NodeInfo, Orphan,
+    ThrottleRule, WaitReplicas,
 };
 use cluster_util::{poll, redis_con, RedisServer};
 
@@ -136,12 +137,16 @@ fn node(url: &str, id: &str) -> Arc<Bus> {
 }
 
 fn node_with_ttl(url: &str, id: &str, node_ttl: Duration) -> Arc<Bus> {
+    node_with(url, id, node_ttl, WaitReplicas::default())
+}
+
+fn node_with(url: &str, id: &str, node_ttl: Duration, wait: WaitReplicas) -> Arc<Bus> {
     Bus::connect(BusConfig {
         url: url.into(),
         prefix: "bt".into(),
         node_id: id.into(),
         node_ttl,
-        wait: WaitReplicas::default(),
+        wait,
     })
     .expect("bus")
 }
@@ -562,13 +567,46 @@ fn calls_fail_while_redis_is_down_and_work_again_after() {
     let a = node(&url, "A");
     assert_eq!(a.claim(1).unwrap(), Claim::Claimed);
     redis.kill();
+    // The breaker is open: for half a second after a failure calls fail fast,
+    // without trying Redis (checked only for a call that began within 400 ms
+    // of the failure, as a test held up on a loaded machine may not).
+    let fails_fast = |failed: Instant, what: &str| {
+        let early = failed.elapsed() < Duration::from_millis(400);
+        let e = a.route(&[1], &frame("x")).unwrap_err();
+        if early {
+            assert_eq!(
+                e.to_string(),
+                "redis: unavailable (recent failure)",
+                "{what}"
+            );
+        }
+    };
     assert!(a.claim(1).is_err());
-    assert!(a.route(&[1], &frame("x")).is_err());
+    fails_fast(Instant::now(), "after a failed call");
+    // Then one call probes Redis, finds it still down, and the breaker opens
+    // again (for half a second, not for good).
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(a.claim(1).is_err());
+    fails_fast(Instant::now(), "after a failed probe");
     redis.restart();
     // The breaker lets a probe through half a second after the failure.
     poll(Duration::from_secs(5), "the bus works again", || {
         a.heartbeat().ok()
     });
+    assert_eq!(a.claim(1).unwrap(), Claim::Claimed);
+}
+
+#[test]
+fn an_error_reply_leaves_the_breaker_closed() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut r = redis_con(&url).unwrap();
+    let a = node(&url, "A");
+    acl(&mut r, &["-evalsha", "-eval"]);
+    assert!(a.claim(1).is_err(), "Redis refuses scripts");
+    acl(&mut r, &["+evalsha", "+eval"]);
+    // Redis answered: its connection and the server are fine, the next call
+    // goes through.
     assert_eq!(a.claim(1).unwrap(), Claim::Claimed);
 }
 
@@ -660,27 +698,25 @@ fn the_admin_view_of_nodes_users_and_health() {
         a.stream_lag()
     );
 
-    // The heartbeat: fresh within half the node's TTL, stale after it.
+    // The heartbeat: fresh within half the node's TTL, stale before the TTL is
+    // over (the node would look dead to the others then), and its round trip.
     assert!(a.heartbeat_fresh());
     assert!(a.heartbeat_age().unwrap() < Duration::from_secs(30));
-    let short = node_with_ttl(&url, "S", Duration::from_millis(200));
+    assert!(a.redis_rtt() > Duration::ZERO, "no round trip recorded");
+    let ttl = Duration::from_secs(1);
+    let short = node_with_ttl(&url, "S", ttl);
     assert!(short.heartbeat_age().is_some());
-    poll(
-        Duration::from_secs(5),
-        "a node without heartbeats goes stale",
-        || (!short.heartbeat_fresh()).then_some(()),
+    poll(LIMIT, "the node's one heartbeat as old as its TTL", || {
+        (short.heartbeat_age().unwrap() >= ttl).then_some(())
+    });
+    assert!(
+        !short.heartbeat_fresh(),
+        "fresh at {:?}, with a TTL of {ttl:?}",
+        short.heartbeat_age()
     );
-    assert!(short.heartbeat_age().unwrap() >= Duration::from_millis(100));
 
     // Broadcasts reach every node's subscriber (once it subscribed).
-    poll(LIMIT, "the subscriber gets an invalidation", || {
-        b.broadcast_invalidate(0).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        let others = h.others.lock().unwrap();
-        others
-            .contains(&BusMessage::Invalidate { group: 0 })
-            .then_some(())
-    });
+    subscribed(&b, &h);
     b.publish_kick("A", 1).unwrap();
     b.publish_replaced("A", 2).unwrap();
     b.broadcast_notice(&[1], &frame("n")).unwrap();
@@ -723,11 +759,27 @@ fn the_keeper_beats_reclaims_and_finds_dead_nodes() {
         (h.count("beat") >= 3).then_some(())
     });
     assert_eq!(h.count("lost"), 0);
+    assert_eq!(h.count("restored"), 0, "no outage, nothing to restore");
     let mut r = redis_con(&url).unwrap();
+    // Heartbeats fail (Redis refuses scripts), then work again: the keeper has
+    // what was stored meanwhile delivered. (Had the node's key expired
+    // meanwhile, on a machine that held this test up, it re-claims, then
+    // restores too.)
+    acl(&mut r, &["-evalsha", "-eval"]);
+    // The keeper sweeps (a script too) after each beat it gets: of three
+    // scripts refused in a row one at least was a heartbeat.
+    poll(LIMIT, "a heartbeat refused", || {
+        (command_stat(&mut r, "evalsha", "rejected_calls") >= 3).then_some(())
+    });
+    acl(&mut r, &["+evalsha", "+eval"]);
+    poll(LIMIT, "restored after failed heartbeats", || {
+        (h.count("restored") >= 1).then_some(())
+    });
     // Redis forgot the node: the keeper has it re-claim its users, then flush.
+    let (lost, restored) = (h.count("lost"), h.count("restored"));
     let _: () = redis::cmd("DEL").arg("bt:node:A").query(&mut r).unwrap();
     poll(LIMIT, "the presence re-claimed", || {
-        (h.count("lost") == 1 && h.count("restored") >= 1).then_some(())
+        (h.count("lost") == lost + 1 && h.count("restored") > restored).then_some(())
     });
     // A dead node with an undrained stream: the keeper's sweep starts its drain.
     let x = node(&url, "X");
@@ -770,4 +822,143 @@ fn a_stopping_reader_trims_what_was_written() {
     }
     threads.stop();
     assert_eq!(xlen(&mut r, "A"), 0, "written, not trimmed at the stop");
+}
+
+/// Waits until `h`'s subscriber hears the invalidations `b` broadcasts (once it
+/// subscribed).
+fn subscribed(b: &Bus, h: &Recorder) {
+    poll(LIMIT, "the subscriber gets an invalidation", || {
+        b.broadcast_invalidate(0).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let others = h.others.lock().unwrap();
+        others
+            .contains(&BusMessage::Invalidate { group: 0 })
+            .then_some(())
+    });
+}
+
+/// A figure of `INFO commandstats` for command `cmd` (lower case): `calls`,
+/// `rejected_calls`, … (0 before its first call).
+fn command_stat(r: &mut redis::Connection, cmd: &str, figure: &str) -> u64 {
+    let stats: String = redis::cmd("INFO").arg("commandstats").query(r).unwrap();
+    let (line, field) = (format!("cmdstat_{cmd}:"), format!("{figure}="));
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .and_then(|l| l.split(',').find_map(|f| f.strip_prefix(field.as_str())))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// Changes what the private Redis allows its (default) user: `["-subscribe"]`, …
+fn acl(r: &mut redis::Connection, rules: &[&str]) {
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg(rules)
+        .query(r)
+        .unwrap();
+}
+
+#[test]
+fn a_subscriber_that_cannot_subscribe_backs_off() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut r = redis_con(&url).unwrap();
+    // Redis answers but refuses SUBSCRIBE: every life of the subscriber fails
+    // before it got going, so its retries back off (0.1, 0.2, 0.4, 0.8, 1.6 s,
+    // then every 2 s) instead of hammering Redis.
+    acl(&mut r, &["-subscribe"]);
+    let h = Arc::new(Recorder::default());
+    let (_a, threads) = started(&url, &h);
+    std::thread::sleep(Duration::from_secs(3));
+    let tries = command_stat(&mut r, "subscribe", "rejected_calls");
+    assert!((1..=10).contains(&tries), "{tries} SUBSCRIBE tries in 3 s");
+    acl(&mut r, &["+subscribe"]);
+    let b = node(&url, "B");
+    subscribed(&b, &h);
+    threads.stop();
+}
+
+#[test]
+fn writes_wait_for_replicas_until_they_fall_short_then_pause() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut r = redis_con(&url).unwrap();
+    let wait = WaitReplicas {
+        replicas: 1,
+        timeout: Duration::from_millis(100),
+    };
+    let a = node_with(&url, "A", Duration::from_secs(60), wait);
+    let waits = |r: &mut redis::Connection| command_stat(r, "wait", "calls");
+    assert_eq!(
+        waits(&mut r),
+        0,
+        "the node's start writes nothing to wait for"
+    );
+    // No replica: the claim waits its 100 ms in vain, and the writes of the next
+    // second (WAIT_PAUSE) do not wait at all.
+    let t0 = Instant::now();
+    assert_eq!(a.claim(1).unwrap(), Claim::Claimed);
+    let claimed = Instant::now();
+    assert_eq!(waits(&mut r), 1, "a claim waits for the replicas");
+    assert!(a.route(&[1], &frame("f0")).unwrap().is_empty());
+    // The pause began after the WAIT's 100 ms: this route fell in it if it
+    // returned within 1.05 s of t0 (not so on a machine that stalled that long).
+    if t0.elapsed() < Duration::from_millis(1050) {
+        assert_eq!(waits(&mut r), 1, "a write waited in the pause");
+    }
+    // The pause began before the claim returned.
+    std::thread::sleep(Duration::from_millis(1100).saturating_sub(claimed.elapsed()));
+    assert!(a.route(&[1], &frame("f1")).unwrap().is_empty());
+    assert_eq!(waits(&mut r), 2, "the pause over, writes wait again");
+}
+
+#[test]
+fn a_node_id_made_up_at_start_names_the_process() {
+    let id = new_node_id();
+    let pid = format!("{}-", std::process::id());
+    assert!(id.len() > pid.len() && id.starts_with(&pid), "{id}");
+}
+
+#[test]
+fn a_write_the_replica_acknowledged_pauses_no_waiting() {
+    let (redis, replica) = (RedisServer::start(), RedisServer::start());
+    let url = redis.url();
+    let mut r = redis_con(&url).unwrap();
+    let mut rr = redis_con(&replica.url()).unwrap();
+    // The copy goes from socket to memory at once: no dump.rdb in the test's
+    // directory, no 5 s wait for more replicas.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("repl-diskless-sync-delay")
+        .arg("0")
+        .query(&mut r)
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("repl-diskless-load")
+        .arg("on-empty-db")
+        .query(&mut rr)
+        .unwrap();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(redis.port)
+        .query(&mut rr)
+        .unwrap();
+    poll(LIMIT, "the replica in sync", || {
+        let info: String = redis::cmd("INFO").arg("replication").query(&mut r).unwrap();
+        info.contains("state=online").then_some(())
+    });
+    let wait = WaitReplicas {
+        replicas: 1,
+        timeout: Duration::from_secs(10),
+    };
+    let a = node_with(&url, "A", Duration::from_secs(60), wait);
+    assert_eq!(a.claim(1).unwrap(), Claim::Claimed);
+    assert!(a.route(&[1], &frame("f0")).unwrap().is_empty());
+    assert_eq!(
+        command_stat(&mut r, "wait", "calls"),
+        2,
+        "the replica acknowledged the claim: the route waits for it too"
+    );
 }

@@ -88,9 +88,14 @@ impl Bus {
         // thread (and the node's shutdown) forever before SUBSCRIBE.
         let master = self.connector.switches();
         let mut con = self.connector.connect().map_err(|e| (e, false))?;
-        let mut ps = con.as_pubsub();
-        ps.subscribe(&self.keys.channel_all)
+        // Not `PubSub::subscribe`, which drops Redis's answer: a refused SUBSCRIBE
+        // (an ACL user without this channel) passed for a subscription that hears
+        // nothing, and was never tried again.
+        redis::cmd("SUBSCRIBE")
+            .arg(&self.keys.channel_all)
+            .exec(&mut con)
             .map_err(|e| (e, false))?;
+        let mut ps = con.as_pubsub();
         ps.set_read_timeout(Some(Duration::from_millis(250)))
             .map_err(|e| (e, false))?;
         log::info!("bus: subscribed as node {}", self.cfg.node_id);
