@@ -149,6 +149,7 @@ macro_rules! backend_tests {
 
 mod mysql_order;
 mod offline;
+mod social;
 mod sqlite_history;
 
 backend_tests!(
