@@ -148,6 +148,7 @@ macro_rules! backend_tests {
 }
 
 mod mysql_order;
+mod mysql_pool;
 mod offline;
 mod social;
 mod sqlite_history;
