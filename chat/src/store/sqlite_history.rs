@@ -303,9 +303,28 @@ mod tests {
                 .collect();
             assert_eq!(sizes[..3], expect, "{len}: {sizes:?}");
         }
+        // The first text's separator counts too: two of 1,750 make a body of 3,501.
+        let text = "w".repeat(1750);
+        let sizes: Vec<_> = chunks(&[rec(1, &text), rec(1, &text)], &[1, 2])
+            .iter()
+            .map(|c| c.texts.len())
+            .collect();
+        assert_eq!(sizes, [1, 1]);
         let mut late = rec(1, "late");
         late.ts_ms += CHUNK_SPAN_MS + 1;
         let batch = [rec(1, "a"), rec(1, "b"), late];
+        let sizes: Vec<_> = chunks(&batch, &[1, 2, 3])
+            .iter()
+            .map(|c| c.texts.len())
+            .collect();
+        assert_eq!(sizes, [2, 1]);
+        // The span, with the times of today's clock: exactly CHUNK_SPAN_MS still joins.
+        let at = |ts_ms| HistoryRecord {
+            ts_ms,
+            ..rec(1, "t")
+        };
+        let t0 = 1_764_000_000_000;
+        let batch = [at(t0), at(t0 + CHUNK_SPAN_MS), at(t0 + CHUNK_SPAN_MS + 1)];
         let sizes: Vec<_> = chunks(&batch, &[1, 2, 3])
             .iter()
             .map(|c| c.texts.len())
