@@ -310,6 +310,16 @@ mod tests {
             .map(|c| c.texts.len())
             .collect();
         assert_eq!(sizes, [1, 1]);
+        // Every joined text's separator counts: 31 texts of 109 bytes are 3,410 bytes
+        // with theirs, and a 32nd would make 3,519.
+        let text = "v".repeat(109);
+        let batch: Vec<_> = (0..40).map(|_| rec(1, &text)).collect();
+        let seqs: Vec<i64> = (1..=40).collect();
+        let sizes: Vec<_> = chunks(&batch, &seqs)
+            .iter()
+            .map(|c| c.texts.len())
+            .collect();
+        assert_eq!(sizes, [31, 9]);
         let mut late = rec(1, "late");
         late.ts_ms += CHUNK_SPAN_MS + 1;
         let batch = [rec(1, "a"), rec(1, "b"), late];
