@@ -144,3 +144,25 @@ pub(super) fn assign_seqs(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conv_keys() {
+        assert_eq!(conv_key(5, Conversation::Group(9)), Some(-9));
+        let both = (
+            conv_key(3, Conversation::Peer(7)),
+            conv_key(7, Conversation::Peer(3)),
+        );
+        assert_eq!(
+            both,
+            (Some((3 << 32) | 7), Some((3 << 32) | 7)),
+            "one key for both sides"
+        );
+        let top = i64::from(i32::MAX);
+        assert_eq!(conv_key(top, Conversation::Peer(1)), Some((1 << 32) | top));
+        assert_eq!(conv_key(1, Conversation::Peer(top + 1)), None, "beyond INT");
+    }
+}

@@ -275,15 +275,16 @@ mod tests {
         );
     }
 
+    /// How many texts each chunk of `batch` holds (seqs 1, 2, … in batch order).
+    fn chunk_sizes(batch: &[HistoryRecord]) -> Vec<usize> {
+        let seqs: Vec<i64> = (1..=batch.len() as i64).collect();
+        chunks(batch, &seqs).iter().map(|c| c.texts.len()).collect()
+    }
+
     #[test]
     fn chunks_are_bounded_and_a_nul_stands_alone() {
         let batch: Vec<_> = (0..CHUNK_MESSAGES + 1).map(|_| rec(1, "x")).collect();
-        let seqs: Vec<i64> = (1..=batch.len() as i64).collect();
-        let sizes: Vec<_> = chunks(&batch, &seqs)
-            .iter()
-            .map(|c| c.texts.len())
-            .collect();
-        assert_eq!(sizes, [CHUNK_MESSAGES, 1]);
+        assert_eq!(chunk_sizes(&batch), [CHUNK_MESSAGES, 1]);
         let big = "y".repeat(CHUNK_BYTES);
         let batch = [rec(1, "a"), rec(1, &big), rec(1, "b\0c"), rec(1, "d")];
         let sizes: Vec<_> = chunks(&batch, &[1, 2, 3, 4])
@@ -296,20 +297,28 @@ mod tests {
         for (len, expect) in [(1166, [3, 3, 1]), (1167, [2, 2, 2])] {
             let text = "z".repeat(len);
             let batch: Vec<_> = (0..7).map(|_| rec(1, &text)).collect();
-            let seqs: Vec<i64> = (1..=7).collect();
-            let sizes: Vec<_> = chunks(&batch, &seqs)
-                .iter()
-                .map(|c| c.texts.len())
-                .collect();
+            let sizes = chunk_sizes(&batch);
             assert_eq!(sizes[..3], expect, "{len}: {sizes:?}");
         }
+        // The first text's separator counts too: two of 1,750 make a body of 3,501.
+        let text = "w".repeat(1750);
+        assert_eq!(chunk_sizes(&[rec(1, &text), rec(1, &text)]), [1, 1]);
+        // Every joined text's separator counts: 31 texts of 109 bytes are 3,410 bytes
+        // with theirs, and a 32nd would make 3,519.
+        let text = "v".repeat(109);
+        let batch: Vec<_> = (0..40).map(|_| rec(1, &text)).collect();
+        assert_eq!(chunk_sizes(&batch), [31, 9]);
         let mut late = rec(1, "late");
         late.ts_ms += CHUNK_SPAN_MS + 1;
         let batch = [rec(1, "a"), rec(1, "b"), late];
-        let sizes: Vec<_> = chunks(&batch, &[1, 2, 3])
-            .iter()
-            .map(|c| c.texts.len())
-            .collect();
-        assert_eq!(sizes, [2, 1]);
+        assert_eq!(chunk_sizes(&batch), [2, 1]);
+        // The span, with the times of today's clock: exactly CHUNK_SPAN_MS still joins.
+        let at = |ts_ms| HistoryRecord {
+            ts_ms,
+            ..rec(1, "t")
+        };
+        let t0 = 1_764_000_000_000;
+        let batch = [at(t0), at(t0 + CHUNK_SPAN_MS), at(t0 + CHUNK_SPAN_MS + 1)];
+        assert_eq!(chunk_sizes(&batch), [2, 1]);
     }
 }

@@ -148,7 +148,10 @@ macro_rules! backend_tests {
 }
 
 mod mysql_order;
+mod mysql_pool;
+mod mysql_schema;
 mod offline;
+mod social;
 mod sqlite_history;
 
 backend_tests!(
