@@ -16,11 +16,14 @@
 //!
 //! Order per sender and recipient: frames enter the streams in the order they
 //! were handed over. A frame the bus did not take (no node has its recipient, or
-//! the bus failed) is stored later, by a worker; until that is done, later frames
-//! for the same recipient are not routed but handed back as not taken too, so
-//! that they are stored behind it instead of overtaking it live.
+//! the bus failed) is stored later, by a worker; until that is done, and for the
+//! frames handed over before it was done (whose senders could not yet see that
+//! the recipient's frames are being stored), later frames for the same recipient
+//! are not routed but handed back as not taken too, so that they are stored
+//! behind it instead of overtaking it live.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
@@ -73,22 +76,35 @@ pub struct Routed {
     pub unfinished: Option<Unfinished>,
 }
 
-/// Recipients of frames the bus did not take and no worker finished yet, with
-/// how many such frames each has.
-type Untaken = Arc<Mutex<HashMap<i64, usize>>>;
+/// Recipients of frames the bus did not take, and the hold on later frames for
+/// each (see [`Hold`]).
+type Untaken = Arc<Mutex<HashMap<i64, Hold>>>;
+
+/// Why frames for one recipient stay off the bus: frames of it the bus did not take
+/// and no worker finished yet, and, once they are, the frames handed over before
+/// the last one was finished (their senders saw no sign of it when they handed
+/// them over: they are stored behind it too).
+#[derive(Debug, Default)]
+struct Hold {
+    unfinished: usize,
+    /// Frames handed over with a number below this are held.
+    until: u64,
+}
 
 /// One frame counted in [`Untaken`] until dropped.
 #[derive(Debug)]
 pub struct Unfinished {
     untaken: Untaken,
+    handed: Arc<AtomicU64>,
     to: i64,
 }
 
 impl Unfinished {
-    fn new(untaken: &Untaken, to: i64) -> Unfinished {
-        *untaken.lock().entry(to).or_default() += 1;
+    fn new(untaken: &Untaken, handed: &Arc<AtomicU64>, to: i64) -> Unfinished {
+        untaken.lock().entry(to).or_default().unfinished += 1;
         Unfinished {
             untaken: untaken.clone(),
+            handed: handed.clone(),
             to,
         }
     }
@@ -97,24 +113,41 @@ impl Unfinished {
 impl Drop for Unfinished {
     fn drop(&mut self) {
         let mut untaken = self.untaken.lock();
-        if let Some(n) = untaken.get_mut(&self.to) {
-            *n -= 1;
-            if *n == 0 {
-                untaken.remove(&self.to);
-            }
+        if let Some(hold) = untaken.get_mut(&self.to) {
+            hold.unfinished -= 1;
+            hold.until = self.handed.load(Ordering::SeqCst);
         }
     }
+}
+
+/// Whether a frame for `to` handed over as number `n` stays off the bus; forgets
+/// holds that are over.
+fn held(untaken: &mut HashMap<i64, Hold>, to: i64, n: u64) -> bool {
+    let Some(hold) = untaken.get(&to) else {
+        return false;
+    };
+    if hold.unfinished > 0 || n < hold.until {
+        return true;
+    }
+    untaken.remove(&to);
+    false
 }
 
 /// A frame and the session whose strand waits for it.
 struct Waiting {
     session: Arc<Session>,
     ticket: RouteTicket,
+    /// The order it was handed over in.
+    n: u64,
 }
 
 /// The batching thread. Dropping it routes what is queued, then stops it.
 pub struct RouteBatcher {
     tx: Option<Sender<Waiting>>,
+    /// Frames handed over so far (numbers them).
+    handed: Arc<AtomicU64>,
+    /// Held while numbering and queueing a frame: the queue is in number order.
+    handing: Mutex<()>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -122,11 +155,15 @@ impl RouteBatcher {
     /// Starts the thread; routed frames go back to their sessions through `back`.
     pub fn start(bus: Arc<Bus>, back: Back) -> io::Result<RouteBatcher> {
         let (tx, rx) = crossbeam_channel::unbounded();
+        let handed = Arc::new(AtomicU64::new(0));
+        let counter = handed.clone();
         let thread = thread::Builder::new()
             .name("chat-route".into())
-            .spawn(move || run(&bus, &rx, &back))?;
+            .spawn(move || run(&bus, &rx, &back, &counter))?;
         Ok(RouteBatcher {
             tx: Some(tx),
+            handed,
+            handing: Mutex::new(()),
             thread: Some(thread),
         })
     }
@@ -136,9 +173,12 @@ impl RouteBatcher {
     #[allow(clippy::result_large_err)]
     pub fn submit(&self, session: Arc<Session>, ticket: RouteTicket) -> Result<(), RouteTicket> {
         match &self.tx {
-            Some(tx) => tx
-                .send(Waiting { session, ticket })
-                .map_err(|e| e.into_inner().ticket),
+            Some(tx) => {
+                let _order = self.handing.lock();
+                let n = self.handed.fetch_add(1, Ordering::SeqCst);
+                tx.send(Waiting { session, ticket, n })
+                    .map_err(|e| e.into_inner().ticket)
+            }
             None => Err(ticket),
         }
     }
@@ -172,7 +212,7 @@ pub fn route_now(bus: Option<&Arc<Bus>>, ticket: RouteTicket) -> Routed {
 }
 
 /// The thread: a batch per wake-up, until every sender is gone.
-fn run(bus: &Bus, rx: &Receiver<Waiting>, back: &Back) {
+fn run(bus: &Bus, rx: &Receiver<Waiting>, back: &Back, handed: &Arc<AtomicU64>) {
     let untaken: Untaken = Arc::default();
     let mut batch: Vec<Waiting> = Vec::new();
     while let Ok(first) = rx.recv() {
@@ -189,10 +229,10 @@ fn run(bus: &Bus, rx: &Receiver<Waiting>, back: &Back) {
         }
         // Frames behind an unfinished one for the same recipient stay off the bus.
         let held: Vec<bool> = {
-            let untaken = untaken.lock();
+            let mut untaken = untaken.lock();
             batch
                 .iter()
-                .map(|w| untaken.contains_key(&w.ticket.to))
+                .map(|w| held(&mut untaken, w.ticket.to, w.n))
                 .collect()
         };
         let frames: Vec<(&[i64], &str)> = batch
@@ -223,7 +263,7 @@ fn run(bus: &Bus, rx: &Receiver<Waiting>, back: &Back) {
             let routed = Routed {
                 ticket: w.ticket,
                 result,
-                unfinished: (!taken).then(|| Unfinished::new(&untaken, to)),
+                unfinished: (!taken).then(|| Unfinished::new(&untaken, handed, to)),
             };
             back(w.session, Box::new(routed));
         }
