@@ -51,6 +51,21 @@ pub enum Step {
     Done(Outcome),
     /// The frame must go through the bus: route it, then [`Router::finish_one`].
     Bus,
+    /// Nothing happened: the frame would not go through the bus (its recipient
+    /// is here, or its earlier frames were stored), which
+    /// [`Router::send_one_behind_routes`] leaves to a later call.
+    Later,
+}
+
+/// How [`Router::route_one`] may send a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// Anywhere, routed here and now.
+    Now,
+    /// Anywhere; a frame for the bus stops at [`Step::Bus`].
+    Batch,
+    /// Only to the bus ([`Step::Bus`]); anything else is [`Step::Later`].
+    BatchOnly,
 }
 
 /// Where a one-to-one frame went.
@@ -164,9 +179,9 @@ impl Router {
 
     /// Sends one chat frame (JSON text) from `from` to `to`.
     pub fn send_one(&self, to: i64, from: i64, text: &str) -> Result<Outcome, StoreError> {
-        match self.route_one(to, from, text, false)? {
+        match self.route_one(to, from, text, Via::Now)? {
             Step::Done(outcome) => Ok(self.count(outcome)),
-            Step::Bus => unreachable!("only a batched send stops at the bus"),
+            Step::Bus | Step::Later => unreachable!("only a batched send stops at the bus"),
         }
     }
 
@@ -174,10 +189,23 @@ impl Router {
     /// cluster mode, stops at [`Step::Bus`]: the caller has it routed (in a batch,
     /// [`crate::route_batch`]) and finishes with [`Router::finish_one`].
     pub fn send_one_batched(&self, to: i64, from: i64, text: &str) -> Result<Step, StoreError> {
-        Ok(match self.route_one(to, from, text, true)? {
+        Ok(match self.route_one(to, from, text, Via::Batch)? {
             Step::Done(outcome) => Step::Done(self.count(outcome)),
-            Step::Bus => Step::Bus,
+            step => step,
         })
+    }
+
+    /// [`Router::send_one_batched`] for a sender whose earlier frames are still on
+    /// their way through the bus: only [`Step::Bus`] (this frame follows them
+    /// through the bus, in order) or [`Step::Later`] (it would overtake them: the
+    /// caller sends it again once they are through).
+    pub fn send_one_behind_routes(
+        &self,
+        to: i64,
+        from: i64,
+        text: &str,
+    ) -> Result<Step, StoreError> {
+        self.route_one(to, from, text, Via::BatchOnly)
     }
 
     /// The second half of a batched send: `routed` is what the bus answered (the
@@ -228,9 +256,13 @@ impl Router {
         self.store_one(to, from, text)
     }
 
-    fn route_one(&self, to: i64, from: i64, text: &str, batched: bool) -> Result<Step, StoreError> {
+    fn route_one(&self, to: i64, from: i64, text: &str, via: Via) -> Result<Step, StoreError> {
         let shard = self.hub.lock(to);
+        let bus_only = via == Via::BatchOnly;
         if let Some(session) = shard.get(&to) {
+            if bus_only {
+                return Ok(Step::Later);
+            }
             return self.to_session(session, to, from, text).map(Step::Done);
         }
         // A user whose earlier frames were stored while Redis failed keeps having
@@ -238,8 +270,9 @@ impl Router {
         // lock, in `retry_rechecks`), so none overtakes them live.
         let unchecked = !self.held_back(&[to]).is_empty();
         let routed = match self.bus.as_ref().filter(|_| !unchecked) {
-            Some(_) if batched => return Ok(Step::Bus),
+            Some(_) if via != Via::Now => return Ok(Step::Bus),
             Some(bus) => Some(bus.route(&[to], text)),
+            None if bus_only => return Ok(Step::Later),
             None => None,
         };
         self.after_bus(shard, to, from, text, routed)

@@ -85,12 +85,17 @@ pub enum Job {
     /// (the recipient is not on this node, or the strand was busy): its delivery
     /// text is made already.
     Chat(Box<PreparedChat>),
+    /// A ONE_CHAT for a recipient on this node, met while earlier frames of the
+    /// strand were with the route batcher: it waits for them (so that it reaches
+    /// its recipient after them), then runs as [`Job::Chat`].
+    Deferred(Box<PreparedChat>),
 }
 
-/// A ONE_CHAT read on the IO loop's fast path ([`Job::Chat`]), as a request the
-/// strand runs in turn. Its text was made for `user`, the session's user when it
-/// was read: if the session's user is another by the time it runs (a LOGINOUT or
-/// LOGIN queued ahead of it), `frame` is parsed in full instead, like any request.
+/// A ONE_CHAT whose delivery text is made ([`Job::Chat`], [`Job::Deferred`]), as a
+/// request the strand runs in turn. Its text was made for `user`, the session's
+/// user when it was read: if the session's user is another by the time it runs (a
+/// LOGINOUT or LOGIN queued ahead of it), `frame` is parsed in full instead, like
+/// any request.
 #[derive(Debug)]
 pub struct PreparedChat {
     /// The sender, as logged in when the frame was read.
@@ -99,6 +104,9 @@ pub struct PreparedChat {
     pub to: i64,
     /// The frame's JSON text as recipients get it.
     pub text: String,
+    /// The sender's `cid`, when it asked for a confirmation (never on the IO
+    /// loop's fast path).
+    pub cid: Option<i64>,
     /// The frame as the client sent it (without its NUL).
     pub frame: Vec<u8>,
 }
@@ -109,8 +117,12 @@ pub struct PreparedChat {
 pub enum Suspended {
     /// A password check, for the hasher ([`Job::Checked`]).
     Password(PasswordCheck),
-    /// A frame for another node, for the route batcher ([`Job::Routed`]).
+    /// A frame for another node, for the route batcher ([`Job::Routed`]). The
+    /// strand goes on with further ONE_CHATs meanwhile (see [`Session::pop`]).
     Route(RouteTicket),
+    /// A job to run again once the strand's frames are back from the route
+    /// batcher ([`Job::Deferred`]).
+    Later(Job),
 }
 
 /// A LOGIN's password check, run off the strand by the hasher: the session's later
@@ -184,6 +196,17 @@ struct Strand {
     parked: bool,
     /// The connection closed: the gate is open for good (nothing is written).
     ungated: bool,
+    /// Frames handed to the route batcher and not back yet. While there are any,
+    /// only ONE_CHATs that go to the bus too run (their frames queue behind the
+    /// earlier ones, in order); any other job waits for them, so that replies
+    /// and effects keep the order of the requests.
+    routes_out: usize,
+    /// Frames back from the route batcher, finished before any queued job in the
+    /// order they were handed over.
+    routed: VecDeque<Box<Routed>>,
+    /// The strand waits for `routes_out` to come back before its next job; no
+    /// worker owns it meanwhile, but it stays scheduled.
+    awaiting_routes: bool,
 }
 
 impl Strand {
@@ -195,8 +218,25 @@ impl Strand {
             && self.output_seen + self.replies_in_flight > high_water
             && matches!(
                 self.jobs.front(),
-                Some((Job::Request(_) | Job::Refused { .. } | Job::Chat(_), _))
+                Some((
+                    Job::Request(_) | Job::Refused { .. } | Job::Chat(_) | Job::Deferred(_),
+                    _
+                ))
             )
+    }
+
+    /// Whether the next job may run while frames are with the route batcher: a
+    /// ONE_CHAT of the logged-in `user` (it goes to the bus behind them, or comes
+    /// back as [`Job::Deferred`] if its recipient is here).
+    fn runs_beside_routes(&self, user: Option<&Arc<User>>) -> bool {
+        let Some(user) = user else { return false };
+        match self.jobs.front() {
+            Some((Job::Chat(c), _)) => Arc::ptr_eq(&c.user, user),
+            Some((Job::Request(p), _)) => {
+                matches!(p.req, crate::protocol::Request::OneChat { id, .. } if id == user.id)
+            }
+            _ => false,
+        }
     }
 }
 
@@ -581,8 +621,10 @@ impl Session {
         let mut s = self.strand.lock();
         s.jobs.push_back((job, bytes));
         s.bytes += bytes;
-        // A strand parked on its output is scheduled again when the output drains.
-        let schedule = !s.scheduled && !s.parked;
+        // A strand parked on its output is scheduled again when the output drains;
+        // one waiting for its routed frames looks again whether the new job may run.
+        let schedule = (!s.scheduled && !s.parked) || s.awaiting_routes;
+        s.awaiting_routes = false;
         s.scheduled |= schedule;
         let pause = !s.paused && (s.jobs.len() > QUEUE_HIGH || s.bytes > QUEUE_HIGH_BYTES);
         if pause {
@@ -597,9 +639,19 @@ impl Session {
     /// client request: the strand parks (`None`) until the output drains
     /// ([`Session::output_drained`]), so what one connection makes the server
     /// hold in replies stays under the mark plus one reply.
+    ///
+    /// Frames back from the route batcher come first. While frames are still with
+    /// it, the strand runs only ONE_CHATs of its user; before any other job it
+    /// waits (`None`, still scheduled) until they are back
+    /// ([`Session::route_back`]).
     pub fn pop(&self) -> (Option<Job>, bool) {
         let mut s = self.strand.lock();
-        let job = if s.gated(self.high_water) {
+        let job = if let Some(routed) = s.routed.pop_front() {
+            Some(Job::Routed(routed))
+        } else if s.routes_out > 0 && !s.runs_beside_routes(self.user().as_ref()) {
+            s.awaiting_routes = true;
+            None
+        } else if s.gated(self.high_water) {
             s.parked = true;
             None
         } else {
@@ -608,7 +660,7 @@ impl Session {
                 job
             })
         };
-        if job.is_none() {
+        if job.is_none() && !s.awaiting_routes {
             s.scheduled = false;
         }
         let resume = s.paused && s.jobs.len() < QUEUE_LOW && s.bytes < QUEUE_LOW_BYTES;
@@ -632,6 +684,37 @@ impl Session {
 
     /// True when jobs are waiting (used to yield a busy session to others).
     pub fn has_jobs(&self) -> bool {
-        !self.strand.lock().jobs.is_empty()
+        let s = self.strand.lock();
+        !s.jobs.is_empty() || !s.routed.is_empty()
+    }
+
+    /// Puts `job` first in the queue (a job handed back by the one that ran).
+    pub fn push_front(&self, job: Job) {
+        self.strand.lock().jobs.push_front((job, 0));
+    }
+
+    /// A frame of this strand goes to the route batcher (see [`Session::pop`]).
+    pub fn route_out(&self) {
+        self.strand.lock().routes_out += 1;
+    }
+
+    /// Frames of this strand are with the route batcher, or back and not finished
+    /// yet: a frame sent now must not overtake them.
+    pub fn routes_out(&self) -> bool {
+        let s = self.strand.lock();
+        s.routes_out > 0 || !s.routed.is_empty()
+    }
+
+    /// A frame came back from the route batcher: it is finished before the next
+    /// queued job. True if the caller must hand the session to a worker (it
+    /// waited for its frames, or was parked on its output).
+    pub fn route_back(&self, routed: Box<Routed>) -> bool {
+        let mut s = self.strand.lock();
+        s.routed.push_back(routed);
+        s.routes_out -= 1;
+        let schedule = !s.scheduled || s.awaiting_routes;
+        s.awaiting_routes = false;
+        s.scheduled = true;
+        schedule
     }
 }

@@ -10,7 +10,7 @@ use std::thread::{self, JoinHandle};
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::RwLock;
 
-use crate::hasher::{Hasher, HasherConfig, Resume};
+use crate::hasher::{Hasher, HasherConfig};
 use crate::route_batch::{self, RouteBatcher};
 use crate::service::ChatService;
 use crate::session::{Job, Session, Suspended};
@@ -82,22 +82,34 @@ struct Handoff {
 }
 
 impl Handoff {
-    /// Passes `work` on; the strand then waits for it. Returns the job to run at
-    /// once instead when there is no batcher (any more): the frame routed here.
-    fn pass(&self, service: &ChatService, session: &Arc<Session>, work: Suspended) -> Option<Job> {
+    /// Passes `work` on. Returns true if the strand goes on with its next job (a
+    /// frame went to the route batcher, or a job waits for the frames there),
+    /// false if it waits for the work to come back (a password check).
+    fn pass(&self, service: &ChatService, session: &Arc<Session>, work: Suspended) -> bool {
         let ticket = match work {
             Suspended::Password(check) => {
                 self.hasher.submit(session.clone(), check);
-                return None;
+                return false;
+            }
+            Suspended::Later(job) => {
+                session.push_front(job);
+                return true;
             }
             Suspended::Route(ticket) => ticket,
         };
+        session.route_out();
+        // While the batcher stops, this waits: what it held is back first.
         let refused = match self.batcher.read().as_ref() {
-            Some(b) => b.submit(session.clone(), ticket).err()?,
+            Some(b) => match b.submit(session.clone(), ticket) {
+                Ok(()) => return true,
+                Err(ticket) => ticket,
+            },
             None => ticket,
         };
         let routed = route_batch::route_now(service.bus(), refused);
-        Some(Job::Routed(Box::new(routed)))
+        // This worker owns the strand: nobody else is to be told.
+        let _ = session.route_back(Box::new(routed));
+        true
     }
 }
 
@@ -122,10 +134,12 @@ impl WorkerPool {
         let batcher = match service.bus() {
             Some(bus) => {
                 let back = tx.clone();
-                let resume: Resume = Arc::new(move |session, job| {
-                    let _ = back.send(Work::Resume(session, job));
+                let back: route_batch::Back = Arc::new(move |session: Arc<Session>, routed| {
+                    if session.route_back(routed) {
+                        let _ = back.send(Work::Run(session));
+                    }
                 });
-                Some(RouteBatcher::start(bus.clone(), resume)?)
+                Some(RouteBatcher::start(bus.clone(), back)?)
             }
             None => None,
         };
@@ -164,10 +178,13 @@ impl WorkerPool {
     /// jobs queued before this call), and joins them.
     pub fn stop(&mut self) {
         self.hasher.stop();
-        let batcher = self.batcher.write().take();
-        if let Some(mut batcher) = batcher {
-            batcher.stop();
+        // Stopped under the lock: a worker routing a frame meanwhile waits until
+        // every frame the batcher held is back, so that its own comes after them.
+        let mut batcher = self.batcher.write();
+        if let Some(mut b) = batcher.take() {
+            b.stop();
         }
+        drop(batcher);
         for _ in &self.threads {
             let _ = self.submitter.tx.send(Work::Stop);
         }
@@ -220,14 +237,10 @@ fn worker(
                 );
             }
             if let Some(work) = session.take_suspended() {
-                // The strand stays scheduled: the hasher or the batcher hands the
-                // session back (Work::Resume) and only then do its later jobs run.
-                match handoff.pass(service, &session, work) {
-                    Some(job) => {
-                        first = Some(job);
-                        continue;
-                    }
-                    None => break,
+                // For a password check the strand stays scheduled: the hasher hands
+                // the session back (Work::Resume) and only then do its later jobs run.
+                if !handoff.pass(service, &session, work) {
+                    break;
                 }
             }
             done += 1;

@@ -503,7 +503,11 @@ fn frames_a_node_cannot_store_wait_in_its_stream() {
     // past its pool's first 5 s wait for a connection and the breaker's first trips.
     thread::sleep(Duration::from_secs(8));
     let kept: i64 = redis::cmd("XLEN").arg(&queue).query(&mut r).unwrap();
-    assert_eq!(kept, texts.len() as i64, "frames kept in node 2's stream");
+    // One entry per route call: the five frames, one sender's, may share calls.
+    assert!(
+        (1..=texts.len() as i64).contains(&kept),
+        "frames kept in node 2's stream: {kept} entries"
+    );
 
     db.restart();
     let t = Instant::now();

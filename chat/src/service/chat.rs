@@ -166,17 +166,18 @@ impl ChatService {
             user,
             to: chat.toid,
             text,
+            cid: None,
             frame: frame.to_vec(),
         }))))
     }
 
-    /// Runs a ONE_CHAT the IO loop read ([`Job::Chat`]) as [`Self::one_chat`] would
-    /// (the fast path's frames ask for no confirmation), or parses it in full if
-    /// the session's user changed since it was read.
+    /// Runs a ONE_CHAT with its text made ([`Job::Chat`], [`Job::Deferred`]) as
+    /// [`Self::one_chat`] would, or parses it in full if the session's user
+    /// changed since it was read.
     pub(super) fn prepared_chat(&self, session: &Arc<Session>, chat: PreparedChat) {
         match session.user() {
             Some(user) if Arc::ptr_eq(&user, &chat.user) => {
-                let result = self.one_chat_text(session, &user, chat.to, None, chat.text);
+                let result = self.one_chat_text(session, &user, chat.to, chat.cid, chat.text);
                 self.answer(session, msgid::ONE_CHAT, result);
             }
             _ => match codec::parse_frame(&chat.frame).and_then(protocol::parse_request) {
@@ -206,6 +207,7 @@ impl ChatService {
                 }))
             }
             Ok(Step::Done(outcome)) => Ok(outcome),
+            Ok(Step::Later) => unreachable!("only a send behind routes is left for later"),
             Err(e) => Err(e),
         };
         self.routed_again(session, to, cid, result);
@@ -252,11 +254,14 @@ impl ChatService {
     fn one_chat_text(
         &self,
         session: &Arc<Session>,
-        user: &User,
+        user: &Arc<User>,
         toid: i64,
         cid: Option<i64>,
         text: String,
     ) -> Result<()> {
+        if session.routes_out() {
+            return self.one_chat_behind_routes(session, user, toid, cid, text);
+        }
         // Recorded before a recipient here can see it (so its reply gets the later
         // seq); otherwise only once the recipient is known to exist and the message
         // was taken (delivered or stored, not refused).
@@ -268,7 +273,7 @@ impl ChatService {
             Step::Done(outcome) => {
                 self.one_chat_done(session, (user.id, toid), cid, &text, here, outcome);
             }
-            // The strand waits; the frame comes back as `Job::Routed`.
+            // The frame comes back as `Job::Routed`.
             Step::Bus => session.suspend(Suspended::Route(RouteTicket {
                 to: toid,
                 from: user.id,
@@ -277,13 +282,58 @@ impl ChatService {
                 recorded: here,
                 again: false,
             })),
+            Step::Later => unreachable!("only a send behind routes is left for later"),
         }
+        Ok(())
+    }
+
+    /// A ONE_CHAT while earlier frames of the strand are with the route batcher:
+    /// it follows them through the bus, or, for a recipient here (which it would
+    /// reach before them), runs again once they are back ([`Job::Deferred`]).
+    fn one_chat_behind_routes(
+        &self,
+        session: &Arc<Session>,
+        user: &Arc<User>,
+        toid: i64,
+        cid: Option<i64>,
+        text: String,
+    ) -> Result<()> {
+        let step = if self.hub().is_online(toid) {
+            Step::Later
+        } else {
+            self.router.send_one_behind_routes(toid, user.id, &text)?
+        };
+        let work = match step {
+            Step::Bus => Suspended::Route(RouteTicket {
+                to: toid,
+                from: user.id,
+                text,
+                cid,
+                recorded: false,
+                again: false,
+            }),
+            Step::Later => Suspended::Later(Job::Deferred(Box::new(PreparedChat {
+                user: user.clone(),
+                to: toid,
+                text,
+                cid,
+                frame: Vec::new(),
+            }))),
+            Step::Done(_) => unreachable!("a send behind routes only stops"),
+        };
+        session.suspend(work);
         Ok(())
     }
 
     /// A frame came back from the route batcher: finish its request.
     pub(super) fn routed(&self, session: &Arc<Session>, routed: Routed) {
-        let Routed { ticket: t, result } = routed;
+        // `_unfinished` holds later frames for the recipient back from the bus
+        // until this one is stored (dropped at the end).
+        let Routed {
+            ticket: t,
+            result,
+            unfinished: _unfinished,
+        } = routed;
         let result = self.router.finish_one(t.to, t.from, &t.text, result);
         if t.again {
             return self.routed_again(session, t.to, t.cid, result);

@@ -236,7 +236,7 @@ impl ChatService {
                 cid,
             } => self.route_again(session, (to, from), text, cid),
             Job::Routed(routed) => self.routed(session, *routed),
-            Job::Chat(chat) => self.prepared_chat(session, *chat),
+            Job::Chat(chat) | Job::Deferred(chat) => self.prepared_chat(session, *chat),
             Job::Checked(check, verified) => {
                 let result = self.login_checked(session, check, verified);
                 self.answer(session, msgid::LOGIN, result);
