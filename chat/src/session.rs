@@ -79,7 +79,7 @@ pub enum Job {
     /// runs before every job queued behind that LOGIN.
     Checked(PasswordCheck, Verified),
     /// A one-to-one frame came back from the route batcher: finish its request. It
-    /// runs before every job queued behind that request.
+    /// runs before every job still queued (see [`Session::pop`]).
     Routed(Box<Routed>),
     /// A ONE_CHAT the IO loop read without a `Value` and could not deliver there
     /// (the recipient is not on this node, or the strand was busy): its delivery
@@ -111,8 +111,9 @@ pub struct PreparedChat {
     pub frame: Vec<u8>,
 }
 
-/// What the job that just returned handed over; the strand waits for it to come
-/// back as a job.
+/// What the job that just returned handed over: the strand waits for a password
+/// check to come back; past a frame for the route batcher it goes on (see
+/// [`Session::pop`]).
 #[derive(Debug)]
 pub enum Suspended {
     /// A password check, for the hasher ([`Job::Checked`]).
@@ -322,8 +323,8 @@ impl Session {
         *done
     }
 
-    /// Hands work over (from the job running on this session's strand): the strand
-    /// waits for it to come back ([`Job::Checked`], [`Job::Routed`]).
+    /// Hands work over (from the job running on this session's strand), for the
+    /// worker to pass on once the job returned (see [`Suspended`]).
     pub fn suspend(&self, work: Suspended) {
         *self.suspended.lock() = Some(work);
     }

@@ -250,7 +250,10 @@ impl ChatService {
         self.one_chat_text(session, &user, toid, cid, text)
     }
 
-    /// [`Self::one_chat`] from its delivery text on.
+    /// [`Self::one_chat`] from its delivery text on. While earlier frames of the
+    /// strand are with the route batcher, the frame follows them through the bus,
+    /// or, for a recipient here (which it would reach before them), runs again once
+    /// they are back ([`Job::Deferred`]).
     fn one_chat_text(
         &self,
         session: &Arc<Session>,
@@ -259,19 +262,25 @@ impl ChatService {
         cid: Option<i64>,
         text: String,
     ) -> Result<()> {
-        if session.routes_out() {
-            return self.one_chat_behind_routes(session, user, toid, cid, text);
-        }
+        let behind = session.routes_out();
+        let here = self.hub().is_online(toid);
         // Recorded before a recipient here can see it (so its reply gets the later
         // seq); otherwise only once the recipient is known to exist and the message
         // was taken (delivered or stored, not refused).
-        let here = self.hub().is_online(toid);
-        if here {
-            self.record_chat(user.id, toid, &text);
-        }
-        match self.router.send_one_batched(toid, user.id, &text)? {
+        let recorded = here && !behind;
+        let step = if !behind {
+            if recorded {
+                self.record_chat(user.id, toid, &text);
+            }
+            self.router.send_one_batched(toid, user.id, &text)?
+        } else if here {
+            Step::Later
+        } else {
+            self.router.send_one_behind_routes(toid, user.id, &text)?
+        };
+        match step {
             Step::Done(outcome) => {
-                self.one_chat_done(session, (user.id, toid), cid, &text, here, outcome);
+                self.one_chat_done(session, (user.id, toid), cid, &text, recorded, outcome);
             }
             // The frame comes back as `Job::Routed`.
             Step::Bus => session.suspend(Suspended::Route(RouteTicket {
@@ -279,49 +288,19 @@ impl ChatService {
                 from: user.id,
                 text,
                 cid,
-                recorded: here,
+                recorded,
                 again: false,
             })),
-            Step::Later => unreachable!("only a send behind routes is left for later"),
+            Step::Later => {
+                session.suspend(Suspended::Later(Job::Deferred(Box::new(PreparedChat {
+                    user: user.clone(),
+                    to: toid,
+                    text,
+                    cid,
+                    frame: Vec::new(),
+                }))))
+            }
         }
-        Ok(())
-    }
-
-    /// A ONE_CHAT while earlier frames of the strand are with the route batcher:
-    /// it follows them through the bus, or, for a recipient here (which it would
-    /// reach before them), runs again once they are back ([`Job::Deferred`]).
-    fn one_chat_behind_routes(
-        &self,
-        session: &Arc<Session>,
-        user: &Arc<User>,
-        toid: i64,
-        cid: Option<i64>,
-        text: String,
-    ) -> Result<()> {
-        let step = if self.hub().is_online(toid) {
-            Step::Later
-        } else {
-            self.router.send_one_behind_routes(toid, user.id, &text)?
-        };
-        let work = match step {
-            Step::Bus => Suspended::Route(RouteTicket {
-                to: toid,
-                from: user.id,
-                text,
-                cid,
-                recorded: false,
-                again: false,
-            }),
-            Step::Later => Suspended::Later(Job::Deferred(Box::new(PreparedChat {
-                user: user.clone(),
-                to: toid,
-                text,
-                cid,
-                frame: Vec::new(),
-            }))),
-            Step::Done(_) => unreachable!("a send behind routes only stops"),
-        };
-        session.suspend(work);
         Ok(())
     }
 
