@@ -168,8 +168,8 @@ impl RouteBatcher {
         })
     }
 
-    /// Queues a frame; it comes back through the thread's `back`. After [`RouteBatcher::stop`] the ticket is handed back: the
-    /// caller routes it itself.
+    /// Queues a frame; it comes back through the thread's `back`. After
+    /// [`RouteBatcher::stop`] the ticket is handed back: the caller routes it itself.
     #[allow(clippy::result_large_err)]
     pub fn submit(&self, session: Arc<Session>, ticket: RouteTicket) -> Result<(), RouteTicket> {
         match &self.tx {
@@ -247,17 +247,14 @@ fn run(bus: &Bus, rx: &Receiver<Waiting>, back: &Back, handed: &Arc<AtomicU64>) 
             bus.route_many(&frames)
         };
         drop(frames);
-        let mut routed_index = 0;
+        // The call's answers, one per frame it carried, in order.
+        let mut answers = result.as_ref().map(|missed| missed.iter());
         for (w, held) in batch.drain(..).zip(held) {
             let to = w.ticket.to;
-            let result = if held {
-                Ok(vec![to])
-            } else {
-                routed_index += 1;
-                match &result {
-                    Ok(missed) => Ok(missed.get(routed_index - 1).cloned().unwrap_or_default()),
-                    Err(e) => Err(e.clone()),
-                }
+            let result = match (held, &mut answers) {
+                (true, _) => Ok(vec![to]),
+                (false, Ok(missed)) => Ok(missed.next().cloned().unwrap_or_default()),
+                (false, Err(e)) => Err((*e).clone()),
             };
             let taken = result.as_ref().is_ok_and(|missed| missed.is_empty());
             let routed = Routed {
