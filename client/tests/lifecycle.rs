@@ -139,12 +139,13 @@ impl PingCounter {
     }
 }
 
-/// Copies `from` to `to` until either side closes, counting the frames equal to `frame`.
+/// Copies `from` to `to` until either side closes, counting the frames equal to
+/// `frame` before passing them on (so a PING is counted before its PONG can be).
 fn relay(mut from: TcpStream, mut to: TcpStream, frame: &[u8], count: &AtomicUsize) {
     let mut pending = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     while let Ok(n) = from.read(&mut buf) {
-        if n == 0 || to.write_all(&buf[..n]).is_err() {
+        if n == 0 {
             break;
         }
         pending.extend_from_slice(&buf[..n]);
@@ -153,6 +154,9 @@ fn relay(mut from: TcpStream, mut to: TcpStream, frame: &[u8], count: &AtomicUsi
                 count.fetch_add(1, Ordering::SeqCst);
             }
             pending.drain(..=end);
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
         }
     }
     let _ = to.shutdown(Shutdown::Write);
