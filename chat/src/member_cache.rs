@@ -3,8 +3,11 @@
 //! Correctness rests on two rules. An invalidation bumps an epoch, and a list read
 //! from the store is cached only if no invalidation happened while it was being read
 //! (otherwise a join committed meanwhile could be cached away). In a cluster,
-//! invalidations of other nodes arrive through the bus; entries also expire after a
-//! TTL, so a notice lost while Redis was down costs at most that long.
+//! invalidations of other nodes arrive through the bus, and also later than a chat
+//! of a user who saw the change acknowledged: so each list is kept with the version
+//! of the group's membership (in Redis) read before the list was, and is used only
+//! while that is still the version (the caller reads it first). Entries also expire
+//! after a TTL, so a change missed while Redis was down costs at most that long.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-/// A cached list and when it was read.
-type Entry = (Arc<Vec<i64>>, Instant);
+/// A cached list, when it was read, and the membership version it was read at.
+type Entry = (Arc<Vec<i64>>, Instant, Option<String>);
 
 /// The cached member lists.
 pub struct MemberCache {
@@ -33,14 +36,23 @@ impl MemberCache {
         }
     }
 
-    /// The cached members of `group`, if fresh.
-    pub fn get(&self, group: i64) -> Option<Arc<Vec<i64>>> {
+    /// The cached members of `group`, if fresh and read at membership `version`
+    /// (`None` on a single node, or for a group whose membership never changed since
+    /// Redis started).
+    pub fn get(&self, group: i64, version: Option<&str>) -> Option<Arc<Vec<i64>>> {
         let entries = self.entries.lock();
-        let (members, at) = entries.get(&group)?;
+        let (members, at, read_at) = entries.get(&group)?;
         match self.ttl {
             Some(ttl) if at.elapsed() > ttl => None,
+            _ if read_at.as_deref() != version => None,
             _ => Some(members.clone()),
         }
+    }
+
+    /// The membership version the cached list of `group` was read at (`None` if
+    /// none is cached): with Redis unreachable, the cached list stays in use.
+    pub fn cached_version(&self, group: i64) -> Option<String> {
+        self.entries.lock().get(&group).and_then(|e| e.2.clone())
     }
 
     /// Call before reading a list from the store; pass the result to [`MemberCache::insert`].
@@ -48,12 +60,12 @@ impl MemberCache {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// Caches a list read since `begin` returned `epoch`, unless something was
-    /// invalidated meanwhile.
-    pub fn insert(&self, group: i64, members: Arc<Vec<i64>>, epoch: u64) {
+    /// Caches a list read since `begin` returned `epoch` (and after membership
+    /// `version` was read), unless something was invalidated meanwhile.
+    pub fn insert(&self, group: i64, members: Arc<Vec<i64>>, epoch: u64, version: Option<String>) {
         let mut entries = self.entries.lock();
         if self.epoch.load(Ordering::Acquire) == epoch {
-            entries.insert(group, (members, Instant::now()));
+            entries.insert(group, (members, Instant::now(), version));
         }
     }
 
@@ -79,12 +91,12 @@ mod tests {
     #[test]
     fn caches_and_invalidates() {
         let c = MemberCache::new(None);
-        assert!(c.get(1).is_none());
+        assert!(c.get(1, None).is_none());
         let e = c.begin();
-        c.insert(1, Arc::new(vec![1, 2]), e);
-        assert_eq!(*c.get(1).unwrap(), vec![1, 2]);
+        c.insert(1, Arc::new(vec![1, 2]), e, None);
+        assert_eq!(*c.get(1, None).unwrap(), vec![1, 2]);
         c.invalidate(1);
-        assert!(c.get(1).is_none());
+        assert!(c.get(1, None).is_none());
     }
 
     #[test]
@@ -92,22 +104,36 @@ mod tests {
         let c = MemberCache::new(None);
         let e = c.begin();
         c.invalidate(7); // a join committed while the list was being read
-        c.insert(7, Arc::new(vec![1]), e);
-        assert!(c.get(7).is_none());
+        c.insert(7, Arc::new(vec![1]), e, None);
+        assert!(c.get(7, None).is_none());
         let e = c.begin();
-        c.insert(7, Arc::new(vec![1, 2]), e);
-        assert_eq!(*c.get(7).unwrap(), vec![1, 2]);
+        c.insert(7, Arc::new(vec![1, 2]), e, None);
+        assert_eq!(*c.get(7, None).unwrap(), vec![1, 2]);
         c.clear();
-        assert!(c.get(7).is_none());
+        assert!(c.get(7, None).is_none());
+    }
+
+    #[test]
+    fn a_list_is_used_only_at_the_version_it_was_read_at() {
+        let c = MemberCache::new(None);
+        let e = c.begin();
+        c.insert(5, Arc::new(vec![1]), e, Some("n1/0".into()));
+        assert_eq!(*c.get(5, Some("n1/0")).unwrap(), vec![1]);
+        // Another node changed the membership; its notice has not arrived yet.
+        assert!(c.get(5, Some("n2/0")).is_none());
+        assert!(c.get(5, None).is_none());
+        let e = c.begin();
+        c.insert(5, Arc::new(vec![1, 2]), e, Some("n2/0".into()));
+        assert_eq!(*c.get(5, Some("n2/0")).unwrap(), vec![1, 2]);
     }
 
     #[test]
     fn entries_expire() {
         let c = MemberCache::new(Some(Duration::from_millis(10)));
         let e = c.begin();
-        c.insert(3, Arc::new(vec![3]), e);
-        assert!(c.get(3).is_some());
+        c.insert(3, Arc::new(vec![3]), e, None);
+        assert!(c.get(3, None).is_some());
         std::thread::sleep(Duration::from_millis(20));
-        assert!(c.get(3).is_none());
+        assert!(c.get(3, None).is_none());
     }
 }

@@ -132,6 +132,49 @@ fn users_on_different_nodes_chat_in_order_and_share_presence() {
     println!("cross-node: {N} one-to-one and {N} group messages each way, in order");
 }
 
+/// Rounds of the late-join check: without the membership version, a few of them lost
+/// the chat.
+const JOIN_ROUNDS: usize = 40;
+
+/// A member who joins on one node gets the group's next chat sent on another node,
+/// whose member list was cached before the join (protocol.md §6: a frame is
+/// delivered or stored, never dropped). The join's notice on the broadcast channel
+/// can reach the sender's node after the chat does, so the sender's node checks the
+/// membership version in Redis first. Seen failing without that check: "round 4:
+/// bob was left out: {… "delivered":0, … "stored":0}".
+#[test]
+fn a_member_who_joined_on_another_node_gets_the_next_group_chat() {
+    let _serial = serial();
+    let c = Cluster::start(ClusterOpts::default());
+    let ids = register(&c, &["alice", "bob"]);
+    let (alice, bob) = (ids[0], ids[1]);
+    let (mut a, _) = login(c.port(1), alice, "alice");
+    let (mut b, _) = login(c.port(2), bob, "bob");
+    for round in 0..JOIN_ROUNDS {
+        let g = a.create_group(alice, &format!("late {round}"));
+        // Node 1 reads the member list, {alice}, and caches it.
+        a.send(&group_chat(alice, "alice", g, "alone"));
+        a.barrier();
+        b.join_group(bob, g);
+        let text = format!("after the join {round}");
+        let mut chat = group_chat(alice, "alice", g, &text);
+        chat["cid"] = round.into();
+        a.send(&chat);
+        let ack = loop {
+            let v = a.recv();
+            if v["msgid"] == 12 {
+                break v;
+            }
+        };
+        assert_eq!(ack["cid"], round, "{ack}");
+        assert_eq!(
+            ack["delivered"], 1,
+            "round {round}: bob was left out: {ack}"
+        );
+        check_chat(&b.recv(), 10, alice, "alice", &text);
+    }
+}
+
 #[test]
 fn users_logging_in_through_nginx_land_on_different_nodes_and_chat() {
     let _serial = serial();

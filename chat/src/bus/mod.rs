@@ -235,6 +235,9 @@ struct Keys {
     records_prefix: String,
     records_me: String,
     channel_all: String,
+    /// `P:gv:` + group id: the version of the group's membership (see
+    /// [`Bus::group_version`]).
+    group_version_prefix: String,
     prefix_colon: String,
 }
 
@@ -270,6 +273,8 @@ pub struct Bus {
     draining: parking_lot::Mutex<std::collections::HashSet<String>>,
     /// Round trip, heartbeat age and stream lag, for health checks and metrics.
     health: admin::Health,
+    /// Membership versions this node wrote (with the node id, unique in the cluster).
+    group_versions: AtomicU64,
 }
 
 /// A fresh node id: the pid plus the clock, unique enough for a cluster.
@@ -305,6 +310,7 @@ impl Bus {
             records_prefix: format!("{p}:qa:"),
             records_me: format!("{p}:qa:{me}"),
             channel_all: format!("{p}:ch:all"),
+            group_version_prefix: format!("{p}:gv:"),
             prefix_colon: format!("{p}:"),
         };
         let scripts = Scripts {
@@ -333,6 +339,7 @@ impl Bus {
             stop: Arc::new(AtomicBool::new(false)),
             draining: parking_lot::Mutex::new(std::collections::HashSet::new()),
             health: admin::Health::default(),
+            group_versions: AtomicU64::new(0),
         });
         // Records an earlier process under this id left (it was not drained) name
         // sessions that are gone: forgotten, not stored again.
@@ -595,9 +602,39 @@ impl Bus {
         Ok(())
     }
 
-    /// Tells every node that a group's membership changed.
+    /// Tells every node that a group's membership changed: a new version of it in
+    /// Redis, which a node reads before it uses a cached member list
+    /// ([`Bus::group_version`]), and a notice on the broadcast channel, which drops
+    /// the cached lists at once. The notice alone comes too late for a chat sent
+    /// right after the change was acknowledged: it can reach another node after the
+    /// chat does, and that node would leave a new member out.
     pub fn broadcast_invalidate(&self, group: i64) -> Result<(), BusError> {
-        self.broadcast(json!({"t": "inv", "g": group}).to_string())
+        let n = self.group_versions.fetch_add(1, Ordering::Relaxed);
+        let version = format!("{}/{n}", self.cfg.node_id);
+        let notice = json!({"t": "inv", "g": group}).to_string();
+        self.with_con(|c| {
+            redis::pipe()
+                .atomic()
+                .cmd("SET")
+                .arg(format!("{}{group}", self.keys.group_version_prefix))
+                .arg(version)
+                .ignore()
+                .cmd("PUBLISH")
+                .arg(&self.keys.channel_all)
+                .arg(notice)
+                .ignore()
+                .query::<()>(c)
+        })
+    }
+
+    /// The version of a group's membership: `None` if it did not change since Redis
+    /// started (or lost its data), else the last [`Bus::broadcast_invalidate`]'s.
+    pub fn group_version(&self, group: i64) -> Result<Option<String>, BusError> {
+        self.with_con(|c| {
+            redis::cmd("GET")
+                .arg(format!("{}{group}", self.keys.group_version_prefix))
+                .query::<Option<String>>(c)
+        })
     }
 
     /// Publishes `payload` on the channel every node listens to.
@@ -615,14 +652,7 @@ impl Bus {
     /// delivers it to those of `to` it has; lost when Redis is unreachable (by design:
     /// notices are not stored).
     pub fn broadcast_notice(&self, to: &[i64], frame: &str) -> Result<(), BusError> {
-        let payload = json!({"t": "note", "to": to, "f": frame}).to_string();
-        self.with_con(|c| {
-            redis::cmd("PUBLISH")
-                .arg(&self.keys.channel_all)
-                .arg(&payload)
-                .query::<i64>(c)
-        })?;
-        Ok(())
+        self.broadcast(json!({"t": "note", "to": to, "f": frame}).to_string())
     }
 
     /// Refreshes this node's liveness; `Ok(false)` when the key had been lost.

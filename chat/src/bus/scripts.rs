@@ -13,6 +13,7 @@
 //!   (field `flush`, ids). The node trims what it wrote to its sockets, so what a
 //!   dead node leaves there is what it never handed to the kernel;
 //! - `P:drain:<node>` — lock of the node that moves a dead node's stream to the store;
+//! - `P:gv:<group>` — the version of a group's membership (`Bus::group_version`);
 //! - channel `P:ch:all` (broadcast), for group cache invalidations.
 
 /// A Lua function the scripts that forget a node's users start with:

@@ -466,7 +466,18 @@ impl ChatService {
         &self,
         group: i64,
     ) -> std::result::Result<Option<Arc<Vec<i64>>>, StoreError> {
-        if let Some(m) = self.members.get(group) {
+        // In a cluster, the membership's version first: a list cached before another
+        // node's change is not used even if that node's notice has not arrived yet.
+        // Without Redis, the cached list (until its TTL), as the notices are lost too.
+        let version = match self.bus().map(|bus| bus.group_version(group)) {
+            Some(Ok(v)) => v,
+            Some(Err(e)) => {
+                log::debug!("group {group}: membership version unknown: {e}");
+                self.members.cached_version(group)
+            }
+            None => None,
+        };
+        if let Some(m) = self.members.get(group, version.as_deref()) {
             return Ok(Some(m));
         }
         let epoch = self.members.begin();
@@ -475,7 +486,7 @@ impl ChatService {
         };
         members.sort_unstable();
         let members = Arc::new(members);
-        self.members.insert(group, members.clone(), epoch);
+        self.members.insert(group, members.clone(), epoch, version);
         Ok(Some(members))
     }
 
