@@ -129,11 +129,10 @@ fn host_names_old_env_name_json_logs_and_admin() {
     }
 }
 
-#[test]
-fn a_fatal_error_is_reported_once_in_plain_words() {
-    let held = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = held.local_addr().unwrap().port().to_string();
-    let mut node = Node::start("fatal", &["127.0.0.1", &port], &[]);
+/// Starts the binary with `args`, which must make it fail at startup, and returns
+/// its one line of output, which must be an error in Display form.
+fn fatal_error(name: &str, args: &[&str]) -> String {
+    let mut node = Node::start(name, args, &[]);
     let status = {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
@@ -151,13 +150,39 @@ fn a_fatal_error_is_reported_once_in_plain_words() {
         lines.push(l);
     }
     assert_eq!(lines.len(), 1, "one line, nothing else: {lines:?}");
-    let errors: Vec<&String> = lines.iter().filter(|l| l.contains("ERROR")).collect();
-    assert_eq!(errors.len(), 1, "one error line: {lines:?}");
+    assert!(lines[0].contains("ERROR"), "one error line: {lines:?}");
+    assert!(!lines[0].contains("Os {"), "Debug form: {lines:?}");
+    lines.remove(0)
+}
+
+#[test]
+fn a_fatal_error_is_reported_once_in_plain_words() {
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port().to_string();
+    let error = fatal_error("fatal", &["127.0.0.1", &port]);
     assert!(
-        errors[0].contains(&format!(
+        error.contains(&format!(
             "cannot serve on 127.0.0.1:{port}: Address already in use"
         )),
-        "{lines:?}"
+        "{error}"
     );
-    assert!(!errors[0].contains("Os {"), "Debug form: {lines:?}");
+}
+
+/// A listener beside the chat one that cannot bind is named, not the chat one.
+#[test]
+fn a_busy_websocket_or_admin_address_is_the_one_named() {
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = held.local_addr().unwrap().to_string();
+    let chat = "127.0.0.1:0";
+    let error = fatal_error("fatal-ws", &["127.0.0.1", "0", "--ws-addr", &busy]);
+    assert!(
+        error.contains(&format!(
+            "cannot serve WebSocket on {busy}: Address already in use"
+        )),
+        "{error}"
+    );
+    assert!(!error.contains(chat), "names the chat listener: {error}");
+    let error = fatal_error("fatal-admin", &["127.0.0.1", "0", "--admin-addr", &busy]);
+    assert!(error.contains(&format!("admin listener {busy}")), "{error}");
+    assert!(!error.contains(chat), "names the chat listener: {error}");
 }
