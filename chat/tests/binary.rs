@@ -186,3 +186,49 @@ fn a_busy_websocket_or_admin_address_is_the_one_named() {
     assert!(error.contains(&format!("admin listener {busy}")), "{error}");
     assert!(!error.contains(chat), "names the chat listener: {error}");
 }
+
+/// A frame limit that would refuse every frame is refused at startup, with the
+/// option named.
+#[test]
+fn a_frame_limit_too_small_to_serve_is_refused() {
+    let db = std::env::temp_dir().join(format!("chat_bin_flimit_{}.db", std::process::id()));
+    for limit in ["0", "127"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ChatServer"))
+            .args(["127.0.0.1", "0", "--frame-limit", limit, "--db"])
+            .arg(format!("sqlite:{}", db.display()))
+            .env_remove("CHAT_FRAME_LIMIT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ChatServer");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("--frame-limit {limit}: the server started");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(!status.success(), "--frame-limit {limit}: {err}");
+        assert!(
+            err.contains(&format!("invalid value '{limit}' for '--frame-limit"))
+                && err.contains("too small"),
+            "{err}"
+        );
+    }
+    for p in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{p}", db.display()));
+    }
+}
