@@ -72,7 +72,9 @@ pub struct Config {
     #[arg(long, env = "CHAT_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
     /// Largest inbound frame in bytes; a larger one is refused and the connection closed.
-    #[arg(long, env = "CHAT_FRAME_LIMIT", default_value_t = DEFAULT_FRAME_LIMIT)]
+    /// At least 128 (`MIN_FRAME_LIMIT`).
+    #[arg(long, env = "CHAT_FRAME_LIMIT", default_value_t = DEFAULT_FRAME_LIMIT,
+          value_parser = frame_limit)]
     pub frame_limit: usize,
     /// Connections beyond this are refused (error 112) and closed.
     #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 100_000)]
@@ -192,6 +194,22 @@ pub fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
 }
 
 /// `HOST:PORT` resolved (IPv4 first).
+/// The smallest `--frame-limit`: room for a LOGIN or a short chat. Below it (0 above
+/// all) every frame a client can send would be refused with error 106, and the node
+/// would serve nobody.
+pub const MIN_FRAME_LIMIT: usize = 128;
+
+/// Parses `--frame-limit`, refusing a limit below [`MIN_FRAME_LIMIT`].
+fn frame_limit(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if n < MIN_FRAME_LIMIT {
+        return Err(format!(
+            "{n} bytes is too small: every frame would be refused (at least {MIN_FRAME_LIMIT})"
+        ));
+    }
+    Ok(n)
+}
+
 /// IO loops when none are asked for: one per two cores, at least one. The loops
 /// share the machine with the workers, the history writer and the database; on the
 /// 2-core VM of BENCHMARKS.md ("CPU per message, session 6") one loop costs 7.0 µs of

@@ -447,7 +447,11 @@ impl Gateway {
                 Ok(Decoded::Unterminated { end }) => {
                     buf.retrieve(end);
                     self.stats.frame_in(-1);
-                    let e = codec::unterminated();
+                    let e = if st.websocket {
+                        codec::unterminated_message()
+                    } else {
+                        codec::unterminated()
+                    };
                     let job = refused(protocol::encode(&protocol::error(&e)), e.errno, -1);
                     pause |= self.submitter.submit(&st.session, job);
                     if pause {

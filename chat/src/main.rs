@@ -54,8 +54,8 @@ fn run(cfg: &Config) -> Result<(), Box<dyn std::error::Error>> {
     }
     let lp = EventLoop::new()?;
     let addr = cfg.addr()?;
-    let server = ChatServer::new(&lp, addr, store, cfg.server_options()?)
-        .map_err(|e| format!("cannot serve on {addr}: {e}"))?;
+    // Its error names what failed (which listener, or redis).
+    let server = ChatServer::new(&lp, addr, store, cfg.server_options()?)?;
     server.start()?;
     log::info!(
         "ChatServer listening on {} (db {})",

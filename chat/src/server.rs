@@ -88,7 +88,8 @@ impl ChatServer {
         store: Arc<dyn Store>,
         opts: ServerOptions,
     ) -> io::Result<ChatServer> {
-        let tcp = TcpServer::new(lp, addr, "ChatServer")?;
+        let tcp = TcpServer::new(lp, addr, "ChatServer")
+            .map_err(|e| naming(e, format_args!("cannot serve on {addr}")))?;
         tcp.set_thread_num(opts.io_threads);
         let bus = match &opts.bus {
             Some(cfg) => Some(Bus::connect(cfg.clone()).map_err(io::Error::other)?),
@@ -116,7 +117,10 @@ impl ChatServer {
             gateway::resume_session,
         )?;
         let ws = match opts.ws_addr {
-            Some(addr) => Some(WsServer::bind(lp, addr, opts.io_threads)?),
+            Some(addr) => Some(
+                WsServer::bind(lp, addr, opts.io_threads)
+                    .map_err(|e| naming(e, format_args!("cannot serve WebSocket on {addr}")))?,
+            ),
             None => None,
         };
         let mut gw = Gateway::new(
@@ -261,4 +265,9 @@ impl ChatServer {
             }
         }
     }
+}
+
+/// `err` with `what` (which listener failed) in front of its message; same kind.
+fn naming(err: io::Error, what: std::fmt::Arguments<'_>) -> io::Error {
+    io::Error::new(err.kind(), format!("{what}: {err}"))
 }

@@ -129,11 +129,10 @@ fn host_names_old_env_name_json_logs_and_admin() {
     }
 }
 
-#[test]
-fn a_fatal_error_is_reported_once_in_plain_words() {
-    let held = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = held.local_addr().unwrap().port().to_string();
-    let mut node = Node::start("fatal", &["127.0.0.1", &port], &[]);
+/// Starts the binary with `args`, which must make it fail at startup, and returns
+/// its one line of output, which must be an error in Display form.
+fn fatal_error(name: &str, args: &[&str]) -> String {
+    let mut node = Node::start(name, args, &[]);
     let status = {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
@@ -151,13 +150,85 @@ fn a_fatal_error_is_reported_once_in_plain_words() {
         lines.push(l);
     }
     assert_eq!(lines.len(), 1, "one line, nothing else: {lines:?}");
-    let errors: Vec<&String> = lines.iter().filter(|l| l.contains("ERROR")).collect();
-    assert_eq!(errors.len(), 1, "one error line: {lines:?}");
+    assert!(lines[0].contains("ERROR"), "one error line: {lines:?}");
+    assert!(!lines[0].contains("Os {"), "Debug form: {lines:?}");
+    lines.remove(0)
+}
+
+#[test]
+fn a_fatal_error_is_reported_once_in_plain_words() {
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port().to_string();
+    let error = fatal_error("fatal", &["127.0.0.1", &port]);
     assert!(
-        errors[0].contains(&format!(
+        error.contains(&format!(
             "cannot serve on 127.0.0.1:{port}: Address already in use"
         )),
-        "{lines:?}"
+        "{error}"
     );
-    assert!(!errors[0].contains("Os {"), "Debug form: {lines:?}");
+}
+
+/// A listener beside the chat one that cannot bind is named, not the chat one.
+#[test]
+fn a_busy_websocket_or_admin_address_is_the_one_named() {
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = held.local_addr().unwrap().to_string();
+    let chat = "127.0.0.1:0";
+    let error = fatal_error("fatal-ws", &["127.0.0.1", "0", "--ws-addr", &busy]);
+    assert!(
+        error.contains(&format!(
+            "cannot serve WebSocket on {busy}: Address already in use"
+        )),
+        "{error}"
+    );
+    assert!(!error.contains(chat), "names the chat listener: {error}");
+    let error = fatal_error("fatal-admin", &["127.0.0.1", "0", "--admin-addr", &busy]);
+    assert!(error.contains(&format!("admin listener {busy}")), "{error}");
+    assert!(!error.contains(chat), "names the chat listener: {error}");
+}
+
+/// A frame limit that would refuse every frame is refused at startup, with the
+/// option named.
+#[test]
+fn a_frame_limit_too_small_to_serve_is_refused() {
+    let db = std::env::temp_dir().join(format!("chat_bin_flimit_{}.db", std::process::id()));
+    for limit in ["0", "127"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ChatServer"))
+            .args(["127.0.0.1", "0", "--frame-limit", limit, "--db"])
+            .arg(format!("sqlite:{}", db.display()))
+            .env_remove("CHAT_FRAME_LIMIT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ChatServer");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("--frame-limit {limit}: the server started");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(!status.success(), "--frame-limit {limit}: {err}");
+        assert!(
+            err.contains(&format!("invalid value '{limit}' for '--frame-limit"))
+                && err.contains("too small"),
+            "{err}"
+        );
+    }
+    for p in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{p}", db.display()));
+    }
 }

@@ -79,8 +79,9 @@ fn full_offline_store_refuses_the_new(b: &Backend) {
 }
 
 /// A group member whose offline store is full is refused a group chat: the sender
-/// hears which member (errno 206 with `refused`), its confirmation counts that
-/// member neither live nor stored, and what was stored before is intact.
+/// gets one reply, errno 206 with `refused` (which member), the `cid` and the counts
+/// of the others (that member neither live nor stored), and what was stored before
+/// is intact.
 /// (Checked: with `send_many`'s stored count `stored - refused` turned into `+`,
 /// this fails.)
 fn full_member_is_refused_a_group_chat(b: &Backend) {
@@ -108,9 +109,14 @@ fn full_member_is_refused_a_group_chat(b: &Backend) {
     g["ext"] = json!(1);
     g["cid"] = json!(7);
     alice.c.send(&g);
-    let refused = alice.c.expect_ack(10, 206);
-    assert_eq!(refused["refused"], json!([bob.id]), "{refused}");
-    let ack = alice.c.expect_ack(10, 0);
+    let ack = alice.c.expect_ack(10, 206);
+    // One request, one reply: no confirmation follows the 206.
+    alice.c.barrier();
+    assert_eq!(
+        (&ack["refused"], &ack["groupid"]),
+        (&json!([bob.id]), &json!(gid)),
+        "{ack}"
+    );
     assert_eq!(
         (&ack["cid"], &ack["delivered"], &ack["stored"]),
         (&json!(7), &json!(1), &json!(0)),

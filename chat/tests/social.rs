@@ -18,6 +18,7 @@ both_backends!(
     friend_request_accept_decline_remove,
     leave_and_remove_members,
     concurrent_writers_share_one_sequence,
+    creator_and_lowest_member_leave_at_once,
     retention_prunes_old_messages,
     a_clean_stop_keeps_gathered_messages,
 );
@@ -444,6 +445,44 @@ fn concurrent_writers_share_one_sequence(b: &Backend) {
     // A batch's messages keep their order within the conversation.
     let pos = |t: &str| page.iter().position(|m| m.text.contains(t)).unwrap();
     assert!(pos("2-7-3") < pos("2-7-0"));
+}
+
+/// The creator and the member that would succeed it leave at the same moment: whichever
+/// order the two leaves take, the group keeps a creator (the lowest remaining id).
+fn creator_and_lowest_member_leave_at_once(b: &Backend) {
+    use chat::store::social::LeaveGroup;
+    use chat::store::Role;
+    let store = chat::store::open(&b.url()).expect("open");
+    let users: Vec<i64> = (0..4)
+        .map(|i| store.register(&format!("lv{i}"), "x").unwrap().unwrap())
+        .collect();
+    for trial in 0..40 {
+        let gid = store
+            .create_group(users[0], &format!("lv-{trial}"), "")
+            .unwrap()
+            .unwrap();
+        for &u in &users[1..] {
+            store.join_group(u, gid).unwrap();
+        }
+        let start = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            for &u in &users[..2] {
+                let (store, start) = (&store, &start);
+                s.spawn(move || {
+                    start.wait();
+                    let left = store.leave_group(u, gid).expect("leave");
+                    assert!(matches!(left, LeaveGroup::Left { .. }), "{left:?}");
+                });
+            }
+        });
+        let members = store.group(gid).unwrap().unwrap().members;
+        let roles: Vec<(i64, Role)> = members.iter().map(|m| (m.id, m.role)).collect();
+        assert_eq!(
+            roles,
+            [(users[2], Role::Creator), (users[3], Role::Normal)],
+            "trial {trial}"
+        );
+    }
 }
 
 /// The retention sweep removes messages older than the cutoff only, a bounded number of

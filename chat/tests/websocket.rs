@@ -235,6 +235,17 @@ fn bad_messages_get_errors_and_broken_streams_are_closed() {
     assert_eq!(e["errno"], 100, "{e}");
     ws.send(Message::text("{not json")).unwrap();
     assert_eq!(expect_msgid(&mut ws, 11)["errno"], 100);
+    // A truncated object: the message's end cut it (there is no NUL to speak of).
+    ws.send(Message::text("{\"msgid\":13")).unwrap();
+    let e = expect_msgid(&mut ws, 11);
+    assert_eq!(
+        (&e["errno"], &e["errmsg"]),
+        (
+            &json!(100),
+            &json!("WebSocket message ended before its JSON was complete")
+        ),
+        "{e}"
+    );
     ws.send(Message::text("[1,2]")).unwrap();
     assert_eq!(expect_msgid(&mut ws, 11)["errno"], 101);
     send(&mut ws, &json!({"msgid": 99}));

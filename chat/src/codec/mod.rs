@@ -63,6 +63,15 @@ pub fn unterminated() -> ProtocolError {
     )
 }
 
+/// [`unterminated`] on a WebSocket connection: there the end of a text message ends
+/// the frame (the reader puts the NUL), so the message was cut, not by a NUL.
+pub fn unterminated_message() -> ProtocolError {
+    ProtocolError::new(
+        errno::BAD_JSON,
+        "WebSocket message ended before its JSON was complete",
+    )
+}
+
 /// A fatal decoding failure, or ([`CodecError::Invalid`]) a frame that did not parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CodecError {

@@ -392,13 +392,20 @@ impl ChatService {
         // Recorded before any member can see it, so replies get later seqs.
         self.record_group_chat(id, groupid, &text);
         let (stored, refused) = self.router.send_many(&others, id, &text)?;
+        let delivered = Delivered {
+            live: others.len() - stored - refused.len(),
+            stored,
+        };
         if !refused.is_empty() {
+            // The one reply to the request: the refusal, with what the confirmation
+            // would have said about the others.
             let msg = format!(
                 "the offline store of {} member(s) is full; not stored for them",
                 refused.len()
             );
-            let mut extra = extra.clone();
-            extra.push(("refused", Value::from(refused.clone())));
+            extra.push(("refused", Value::from(refused)));
+            extra.push(("delivered", Value::from(delivered.live)));
+            extra.push(("stored", Value::from(delivered.stored)));
             self.ack(
                 session,
                 msgid::GROUP_CHAT,
@@ -406,11 +413,8 @@ impl ChatService {
                 &msg,
                 &extra,
             );
+            return Ok(());
         }
-        let delivered = Delivered {
-            live: others.len() - stored - refused.len(),
-            stored,
-        };
         self.confirm(
             session,
             msgid::GROUP_CHAT,

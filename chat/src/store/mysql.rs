@@ -11,6 +11,7 @@ use ::mysql::{Conn, IsolationLevel, Opts, OptsBuilder, TxOpts};
 use r2d2_mysql::MySqlConnectionManager;
 
 use super::mysql_schema::{migrate, COLLATION};
+use super::mysql_social::lock_group;
 use super::offline::{ids_ahead, page_end};
 use super::{
     fits, sender_of, AddFriend, GroupRow, JoinGroup, MemberRow, OfflineLimits, PoolWait, Role,
@@ -354,16 +355,22 @@ impl Store for MysqlStore {
 
     fn join_group(&self, user: i64, group: i64) -> Result<JoinGroup, StoreError> {
         let mut conn = self.conn()?;
-        let result = conn.exec_drop(
-            "INSERT INTO groupuser (groupid, userid, grouprole) \
-             SELECT id, ?, 'normal' FROM allgroup WHERE id = ?",
-            (user, group),
-        );
-        Ok(match result {
-            Ok(()) if conn.affected_rows() == 0 => JoinGroup::NoSuchGroup,
-            Ok(()) => JoinGroup::Joined,
-            Err(err) if is_duplicate(&err) => JoinGroup::AlreadyMember,
-            Err(err) => return Err(err.into()),
+        retry_deadlock(|| {
+            let mut tx = conn.start_transaction(tx_opts())?;
+            // Membership changes of one group queue on its row (see `lock_group`).
+            if !lock_group(&mut tx, group)? {
+                return Ok(JoinGroup::NoSuchGroup);
+            }
+            match tx.exec_drop(
+                "INSERT INTO groupuser (groupid, userid, grouprole) VALUES (?, ?, 'normal')",
+                (group, user),
+            ) {
+                Ok(()) => {}
+                Err(err) if is_duplicate(&err) => return Ok(JoinGroup::AlreadyMember),
+                Err(err) => return Err(err),
+            }
+            tx.commit()?;
+            Ok(JoinGroup::Joined)
         })
     }
 

@@ -236,12 +236,11 @@ impl SocialStore for MysqlStore {
         let mut conn = self.conn()?;
         retry_deadlock(|| {
             let mut tx = conn.start_transaction(tx_opts())?;
+            if !lock_group(&mut tx, group)? {
+                return Ok(LeaveGroup::NoSuchGroup);
+            }
             let Some(role) = role_of(&mut tx, user, group)? else {
-                return Ok(if group_exists(&mut tx, group)? {
-                    LeaveGroup::NotMember
-                } else {
-                    LeaveGroup::NoSuchGroup
-                });
+                return Ok(LeaveGroup::NotMember);
             };
             tx.exec_drop(
                 "DELETE FROM groupuser WHERE groupid = ? AND userid = ?",
@@ -251,7 +250,7 @@ impl SocialStore for MysqlStore {
             if role == Role::Creator {
                 new_creator = tx
                     .exec_first::<Option<i64>, _, _>(
-                        "SELECT MIN(userid) FROM groupuser WHERE groupid = ?",
+                        "SELECT MIN(userid) FROM groupuser WHERE groupid = ? FOR UPDATE",
                         (group,),
                     )?
                     .flatten();
@@ -272,9 +271,11 @@ impl SocialStore for MysqlStore {
         let mut conn = self.conn()?;
         retry_deadlock(|| {
             let mut tx = conn.start_transaction(tx_opts())?;
+            if !lock_group(&mut tx, group)? {
+                return Ok(RemoveMember::NoSuchGroup);
+            }
             match role_of(&mut tx, by, group)? {
-                None if group_exists(&mut tx, group)? => return Ok(RemoveMember::NotMember),
-                None => return Ok(RemoveMember::NoSuchGroup),
+                None => return Ok(RemoveMember::NotMember),
                 Some(Role::Normal) => return Ok(RemoveMember::NotCreator),
                 Some(Role::Creator) => {}
             }
@@ -318,7 +319,14 @@ fn role_of(
     Ok(role.map(|r| Role::from_column(&r)))
 }
 
-fn group_exists(tx: &mut ::mysql::Transaction<'_>, group: i64) -> Result<bool, ::mysql::Error> {
-    let found: Option<i64> = tx.exec_first("SELECT id FROM allgroup WHERE id = ?", (group,))?;
+/// Locks `group`'s row; `false` if there is no such group. Every change of a group's
+/// membership takes this lock first, so changes to one group run one after another: a
+/// creator's leave cannot pick as successor a member whose own leave is committing.
+pub(super) fn lock_group(
+    tx: &mut ::mysql::Transaction<'_>,
+    group: i64,
+) -> Result<bool, ::mysql::Error> {
+    let found: Option<i64> =
+        tx.exec_first("SELECT id FROM allgroup WHERE id = ? FOR UPDATE", (group,))?;
     Ok(found.is_some())
 }
