@@ -1,6 +1,7 @@
 //! The MySQL store's connection handling: the circuit breaker in front of the pool
 //! (through a gate, a TCP relay to the test server that the test opens and shuts), the
-//! retry of deadlock victims, and the database-name check of `open`.
+//! retry of deadlock victims, the database-name check of `open`, and the isolation
+//! level of the store's transactions.
 
 use std::io;
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -8,9 +9,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{mysql_server, require_mysql, DbGuard};
-use crate::store::mysql::retry_deadlock;
-use crate::store::{open, open_with, StoreError};
+use ::mysql::prelude::Queryable;
+use ::mysql::{IsolationLevel, TxOpts};
+
+use super::{mysql_server, require_mysql, server_conn, DbGuard, FREE};
+use crate::store::mysql::{retry_deadlock, MysqlStore};
+use crate::store::social::{FriendRequest, SocialStore};
+use crate::store::{open, open_with, Store, StoreError};
 
 /// A relay on `127.0.0.1:0` to the test MySQL server. While open it relays each
 /// connection; shut, it cuts the relayed ones and closes each new one at once (a
@@ -195,4 +200,95 @@ fn mysql_database_names_checked_before_connecting() {
         let config = matches!(result, Err(StoreError::Config(_)));
         assert_eq!(config, !ok, "{db}: {:?}", result.err());
     }
+}
+
+/// The isolation level of connection `conn_id`'s transaction (`INNODB_TRX`), polled
+/// until it waits for a lock at an insert into `table`. The server answers from a
+/// copy of its transaction list that it refreshes only once the copy went unread for
+/// 100 ms: hence the slower poll, and the insert's table (a row of the previous wait
+/// can still be in the copy).
+fn waiting_isolation(watch: &mut ::mysql::Conn, conn_id: u64, table: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let level: Option<String> = watch
+            .exec_first(
+                "SELECT trx_isolation_level FROM information_schema.INNODB_TRX \
+                 WHERE trx_mysql_thread_id = ? AND trx_state = 'LOCK WAIT' \
+                 AND trx_query LIKE ?",
+                (conn_id, format!("INSERT %INTO {table} %")),
+            )
+            .unwrap();
+        if let Some(level) = level {
+            return level;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the store's transaction never waited for the lock"
+        );
+        std::thread::sleep(Duration::from_millis(150));
+    }
+}
+
+/// The store's locking transactions run at REPEATABLE READ (the gap locks of their
+/// `FOR UPDATE` reads) whatever the connection's own default: here the one pooled
+/// connection's session reads committed, and each transaction is caught waiting at
+/// its insert for a gap that the test holds, its level read from `INNODB_TRX`. A
+/// transaction started without a level (`store_offline_many`'s) shows the session's.
+#[test]
+fn mysql_transactions_are_repeatable_read_whatever_the_session() {
+    require_mysql();
+    let db = DbGuard::new();
+    let store = Arc::new(MysqlStore::open(&db.url(), 1).expect("open mysql"));
+    let (a, b) = (
+        store.register("ia", "p").unwrap().unwrap(),
+        store.register("ib", "p").unwrap().unwrap(),
+    );
+    let conn_id: u64 = {
+        let mut c = store.conn().unwrap();
+        c.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            .unwrap();
+        c.query_first("SELECT CONNECTION_ID()").unwrap().unwrap()
+    };
+    let mut holder = server_conn().unwrap();
+    holder.select_db(&db.name).unwrap();
+    let mut watch = server_conn().unwrap();
+    // Holds the gap that `lock` reads (a repeatable read locks it), runs `call` on a
+    // thread, and answers the level of the store's transaction waiting for that gap.
+    let mut level_of = |table: &str, lock: &str, call: Box<dyn FnOnce() + Send>| {
+        let opts = TxOpts::default().set_isolation_level(Some(IsolationLevel::RepeatableRead));
+        let mut tx = holder.start_transaction(opts).unwrap();
+        tx.query_drop(lock).unwrap();
+        let waiting = std::thread::spawn(call);
+        let level = waiting_isolation(&mut watch, conn_id, table);
+        tx.commit().unwrap();
+        waiting.join().unwrap();
+        level
+    };
+    let s = store.clone();
+    let level = level_of(
+        "offlinemessage",
+        &format!("SELECT id FROM offlinemessage WHERE userid = {b} FOR UPDATE"),
+        Box::new(move || {
+            let refused = s.store_offline_many(&[b], a, "m", &FREE).unwrap();
+            assert_eq!(refused, Vec::<i64>::new());
+        }),
+    );
+    assert_eq!(
+        level, "READ COMMITTED",
+        "a transaction without a level of its own reads as the session does"
+    );
+    let s = store.clone();
+    let level = level_of(
+        "friendrequest",
+        &format!("SELECT toid FROM friendrequest WHERE fromid = {a} FOR UPDATE"),
+        Box::new(move || {
+            assert_eq!(s.request_friend(a, b).unwrap(), FriendRequest::Requested);
+        }),
+    );
+    assert_eq!(
+        level, "REPEATABLE READ",
+        "request_friend sets its own level"
+    );
+    assert_eq!(store.take_offline(b).unwrap(), ["m"]);
+    assert_eq!(store.friend_requests(b).unwrap(), [(a, "ia".to_owned())]);
 }

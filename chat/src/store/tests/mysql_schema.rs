@@ -93,3 +93,39 @@ fn mysql_open_restores_lost_keys() {
     assert_eq!(store.register("ka", "q").unwrap(), None, "name taken");
     assert_eq!(store.group_members(g).unwrap(), Some(vec![a]));
 }
+
+/// A legacy `offlinemessage` that has an `id` column (not its primary key, so a scan
+/// reads rows in insertion order) is copied in id order: the recipient gets its
+/// messages in the order of their ids, not of the rows' insertion.
+#[test]
+fn mysql_legacy_offline_ids_order_the_copy() {
+    super::require_mysql();
+    let db = DbGuard::new();
+    let mut c = server_conn().unwrap();
+    c.query_drop(format!("CREATE DATABASE `{}`", db.name))
+        .unwrap();
+    c.select_db(&db.name).unwrap();
+    c.query_drop(
+        "CREATE TABLE offlinemessage (id INT NOT NULL AUTO_INCREMENT, userid INT NOT NULL,
+           message VARCHAR(500) NOT NULL, KEY id (id)) ENGINE=InnoDB DEFAULT CHARSET=latin1",
+    )
+    .unwrap();
+    c.exec_batch(
+        "INSERT INTO offlinemessage (id, userid, message) VALUES (?, ?, ?)",
+        [(3, 1, "m3"), (1, 1, "m1"), (4, 2, "x"), (2, 1, "m2")],
+    )
+    .unwrap();
+    // The precondition: the copy's SELECT without its ORDER BY reads another order.
+    let natural: Vec<String> = c
+        .query("SELECT message FROM offlinemessage WHERE userid = 1")
+        .unwrap();
+    assert_eq!(
+        natural,
+        ["m3", "m1", "m2"],
+        "a scan reads in id order anyway: this test would show nothing"
+    );
+    let store = open_with(&db.url(), 2).expect("upgrade the legacy table");
+    assert_eq!(store.take_offline(1).unwrap(), ["m1", "m2", "m3"]);
+    assert_eq!(store.take_offline(2).unwrap(), ["x"]);
+    assert!(conforms_by_name(&mut c, "offlinemessage"));
+}
