@@ -19,6 +19,8 @@ both_backends!(
     leave_and_remove_members,
     concurrent_writers_share_one_sequence,
     creator_and_lowest_member_leave_at_once,
+    joining_an_empty_group_makes_a_creator,
+    concurrent_joins_of_an_empty_group_make_one_creator,
     retention_prunes_old_messages,
     a_clean_stop_keeps_gathered_messages,
 );
@@ -482,6 +484,70 @@ fn creator_and_lowest_member_leave_at_once(b: &Backend) {
             [(users[2], Role::Creator), (users[3], Role::Normal)],
             "trial {trial}"
         );
+    }
+}
+
+/// The last member (the creator) leaves; the group stays, empty. Whoever joins it next
+/// becomes its creator, and can remove a member who joined after.
+fn joining_an_empty_group_makes_a_creator(b: &Backend) {
+    fast_hashes();
+    let server = b.start();
+    let mut a = ext_user(server.addr(), "ea");
+    let mut bb = ext_user(server.addr(), "eb");
+    let mut c = ext_user(server.addr(), "ec");
+    let v = ask(&mut a, json!({"msgid": 8, "groupname": "g-empty"}));
+    let gid = v["groupid"].as_i64().unwrap_or_else(|| panic!("{v}"));
+    expect_ack(&ask(&mut a, json!({"msgid": 33, "groupid": gid})), 33, 0);
+    expect_ack(&ask(&mut bb, json!({"msgid": 9, "groupid": gid})), 9, 0);
+    expect_ack(&ask(&mut c, json!({"msgid": 9, "groupid": gid})), 9, 0);
+    let v = ask(&mut c, json!({"msgid": 35, "groupid": gid}));
+    assert_eq!(v["msgid"], 36, "{v}");
+    assert_eq!(
+        v["users"],
+        json!([
+            {"id": bb.id, "name": "eb", "role": "creator", "state": "online"},
+            {"id": c.id, "name": "ec", "role": "normal", "state": "online"},
+        ])
+    );
+    let v = ask(
+        &mut bb,
+        json!({"msgid": 34, "groupid": gid, "userid": c.id}),
+    );
+    expect_ack(&v, 34, 0);
+    let n = c.c.expect_msgid(37);
+    assert_eq!(n, json!({"by": bb.id, "groupid": gid, "msgid": 37}));
+}
+
+/// Several users join an empty group at the same moment: exactly one of them becomes
+/// its creator, whichever order the joins take.
+fn concurrent_joins_of_an_empty_group_make_one_creator(b: &Backend) {
+    use chat::store::social::LeaveGroup;
+    use chat::store::{JoinGroup, Role};
+    let store = chat::store::open(&b.url()).expect("open");
+    let users: Vec<i64> = (0..4)
+        .map(|i| store.register(&format!("ej{i}"), "x").unwrap().unwrap())
+        .collect();
+    for trial in 0..40 {
+        let gid = store
+            .create_group(users[0], &format!("ej-{trial}"), "")
+            .unwrap()
+            .unwrap();
+        let left = store.leave_group(users[0], gid).unwrap();
+        assert_eq!(left, LeaveGroup::Left { new_creator: None });
+        let start = std::sync::Barrier::new(users.len());
+        std::thread::scope(|s| {
+            for &u in &users {
+                let (store, start) = (&store, &start);
+                s.spawn(move || {
+                    start.wait();
+                    assert_eq!(store.join_group(u, gid).expect("join"), JoinGroup::Joined);
+                });
+            }
+        });
+        let members = store.group(gid).unwrap().unwrap().members;
+        assert_eq!(members.len(), users.len(), "trial {trial}");
+        let creators = members.iter().filter(|m| m.role == Role::Creator).count();
+        assert_eq!(creators, 1, "trial {trial}: {members:?}");
     }
 }
 

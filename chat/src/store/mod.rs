@@ -77,7 +77,8 @@ pub trait Store: Send + Sync + SocialStore {
     /// [`MAX_DESC_CHARS`]).
     fn create_group(&self, creator: i64, name: &str, desc: &str)
         -> Result<Option<i64>, StoreError>;
-    /// Joins `user` to `group` as a normal member. Idempotent.
+    /// Joins `user` to `group` as a normal member, or as its creator if the group has no
+    /// members (its last one left). Idempotent.
     fn join_group(&self, user: i64, group: i64) -> Result<JoinGroup, StoreError>;
     /// Groups the user is in, each with all its members (the user included), ordered by
     /// group id, members by user id.
@@ -236,7 +237,7 @@ pub enum AddFriend {
 /// The outcome of [`Store::join_group`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JoinGroup {
-    /// The user is now a normal member.
+    /// The user is now a member: normal, or the creator of a group that had no members.
     Joined,
     /// The user was already a member (with whatever role); nothing changed.
     AlreadyMember,

@@ -361,9 +361,19 @@ impl Store for MysqlStore {
             if !lock_group(&mut tx, group)? {
                 return Ok(JoinGroup::NoSuchGroup);
             }
+            // Who joins an empty group becomes its creator. The group's lock makes this
+            // read and the insert one step; FOR UPDATE reads the latest rows, not the
+            // snapshot.
+            let empty = tx
+                .exec_first::<i64, _, _>(
+                    "SELECT userid FROM groupuser WHERE groupid = ? LIMIT 1 FOR UPDATE",
+                    (group,),
+                )?
+                .is_none();
+            let role = if empty { "creator" } else { "normal" };
             match tx.exec_drop(
-                "INSERT INTO groupuser (groupid, userid, grouprole) VALUES (?, ?, 'normal')",
-                (group, user),
+                "INSERT INTO groupuser (groupid, userid, grouprole) VALUES (?, ?, ?)",
+                (group, user, role),
             ) {
                 Ok(()) => {}
                 Err(err) if is_duplicate(&err) => return Ok(JoinGroup::AlreadyMember),

@@ -321,7 +321,8 @@ fn role_of(
 
 /// Locks `group`'s row; `false` if there is no such group. Every change of a group's
 /// membership takes this lock first, so changes to one group run one after another: a
-/// creator's leave cannot pick as successor a member whose own leave is committing.
+/// creator's leave cannot pick as successor a member whose own leave is committing, and
+/// two joins of an empty group cannot both become its creator.
 pub(super) fn lock_group(
     tx: &mut ::mysql::Transaction<'_>,
     group: i64,

@@ -360,19 +360,26 @@ impl Store for SqliteStore {
     }
 
     fn join_group(&self, user: i64, group: i64) -> Result<JoinGroup, StoreError> {
-        let conn = self.conn()?;
-        let result = conn
+        let mut conn = self.conn()?;
+        // Who joins an empty group becomes its creator; the IMMEDIATE transaction holds
+        // the write lock from the emptiness check to the commit.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let result = tx
             .prepare_cached(
                 "INSERT INTO groupuser (groupid, userid, grouprole) \
-                 SELECT id, ?1, 'normal' FROM allgroup WHERE id = ?2",
+                 SELECT id, ?1, CASE WHEN EXISTS \
+                   (SELECT 1 FROM groupuser WHERE groupid = ?2) THEN 'normal' ELSE 'creator' END \
+                 FROM allgroup WHERE id = ?2",
             )?
             .execute((user, group));
-        Ok(match result {
+        let joined = match result {
             Ok(0) => JoinGroup::NoSuchGroup,
             Ok(_) => JoinGroup::Joined,
             Err(err) if is_duplicate(&err) => JoinGroup::AlreadyMember,
             Err(err) => return Err(err.into()),
-        })
+        };
+        tx.commit()?;
+        Ok(joined)
     }
 
     fn groups_of(&self, user: i64) -> Result<Vec<GroupRow>, StoreError> {
