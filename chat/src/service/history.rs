@@ -494,6 +494,26 @@ mod tests {
         }
     }
 
+    /// A clean shutdown's `finish` returns once what was queued is written: the
+    /// message recorded just before it is in the store at once, not after the
+    /// writer's [`GATHER`].
+    #[test]
+    fn finish_returns_once_the_queue_is_written() {
+        let db = SqliteDb::new();
+        let store = db.store.clone();
+        let writer = HistoryWriter::start(store.clone(), &HistoryOptions::default());
+        writer.record(5, 1, "the last words");
+        let t = Instant::now();
+        writer.finish(Duration::from_secs(30));
+        let page = store.history_page(5, None, 10).expect("page");
+        assert_eq!(
+            page.len(),
+            1,
+            "not written when finish returned (after {:?})",
+            t.elapsed()
+        );
+    }
+
     /// One flush writes everything recorded before it, also more than one batch:
     /// here a batch and five more are queued, and the flush, before the writer starts.
     #[test]
