@@ -600,6 +600,37 @@ mod tests {
         assert_eq!((left(1), left(2)), (0, 1), "(expired, fresh) left");
     }
 
+    /// A writer with a retention sweeps when it starts (and every [`PRUNE_EVERY`]
+    /// after): a message older than the retention is gone soon after the start,
+    /// a fresh one stays.
+    #[test]
+    fn a_writer_with_a_retention_sweeps_at_its_start() {
+        let db = SqliteDb::new();
+        let hour = 3_600_000;
+        let at = |conv, ts_ms| HistoryRecord {
+            conv,
+            sender: 1,
+            ts_ms,
+            text: format!("at {ts_ms}"),
+        };
+        let now = now_ms();
+        db.store
+            .append_history(&[at(1, now - 2 * hour), at(2, now)])
+            .expect("append");
+        let opts = HistoryOptions {
+            enabled: true,
+            retention: Some(Duration::from_secs(3_600)),
+        };
+        let _writer = HistoryWriter::start(db.store.clone(), &opts);
+        let left = |conv| db.store.history_page(conv, None, 10).expect("page").len();
+        let end = Instant::now() + Duration::from_secs(20);
+        while left(1) > 0 {
+            assert!(Instant::now() < end, "the expired message is still there");
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(left(2), 1, "the fresh message was swept");
+    }
+
     /// A flood of large messages is written once [`GATHER_BYTES`] are queued, not held
     /// for the whole [`GATHER`] (the writer's memory would grow with the byte rate:
     /// `hardening.rs` `limit_pipelining_without_reading` saw +24 MiB while unread).
