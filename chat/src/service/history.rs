@@ -514,33 +514,47 @@ mod tests {
         );
     }
 
-    /// One flush writes everything recorded before it, also more than one batch:
-    /// here a batch and five more are queued, and the flush, before the writer starts.
+    /// One flush writes everything recorded before it, also more than one batch,
+    /// and a batch is never more than [`MAX_BATCH`]: here the writer holds the first
+    /// message and gathers when a batch and nine more are queued behind it, and the
+    /// flush. (Mutation testing: with the batch's room `MAX_BATCH - batch.len()`
+    /// turned into a sum, the first batch took more than `MAX_BATCH`, was not taken
+    /// for a full one, and the flush was answered with 7 messages unwritten; the
+    /// test missed it whenever the writer saw the flush before the first message.)
     #[test]
     fn a_flush_writes_more_than_a_batch() {
         let db = SqliteDb::new();
         let (records, records_rx) = crossbeam_channel::bounded(QUEUE_CAP);
         let (wakes, wakes_rx) = crossbeam_channel::unbounded();
-        let n = MAX_BATCH + 5;
-        for i in 0..n {
-            let text = format!("m{i}");
+        let n = MAX_BATCH + 10;
+        let texts: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+        let send = |text: &String| {
             let rec = HistoryRecord {
                 conv: 9,
                 sender: 1,
                 ts_ms: now_ms(),
-                text,
+                text: text.clone(),
             };
             records.send(rec).expect("room");
-        }
-        let (done, answered) = crossbeam_channel::bounded(1);
-        wakes.send(Wake::Flush(done)).expect("open");
+        };
+        // Fewer than a batch first: the writer takes one and gathers (it waits for a
+        // wake, the queued bytes being far below GATHER_BYTES).
+        texts[..MAX_BATCH - 1].iter().for_each(send);
         let writer = Writer {
             store: db.store.clone(),
             records: records_rx,
             wakes: wakes_rx,
-            queued: Arc::new(AtomicUsize::new(usize::MAX / 2)),
+            queued: Arc::new(AtomicUsize::new(texts.iter().map(String::len).sum())),
         };
         let thread = thread::spawn(move || writer.run(None));
+        let end = Instant::now() + Duration::from_secs(30);
+        while records.len() == MAX_BATCH - 1 {
+            assert!(Instant::now() < end, "the writer took no message");
+            thread::sleep(Duration::from_millis(1));
+        }
+        texts[MAX_BATCH - 1..].iter().for_each(send);
+        let (done, answered) = crossbeam_channel::bounded(1);
+        wakes.send(Wake::Flush(done)).expect("open");
         answered
             .recv_timeout(Duration::from_secs(60))
             .expect("flush answered");
