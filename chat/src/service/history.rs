@@ -494,6 +494,30 @@ mod tests {
         }
     }
 
+    /// The writer gathers: messages recorded one after the other, the first taken
+    /// by the writer before the others come, are one batch (with SQLite, one row of
+    /// their conversation), written at the flush that cuts the gathering short.
+    #[test]
+    fn messages_recorded_while_the_writer_gathers_are_one_batch() {
+        let db = SqliteDb::new();
+        let store = db.store.clone();
+        let writer = HistoryWriter::start(store.clone(), &HistoryOptions::default());
+        let records = &writer.tx.as_ref().expect("history on").records;
+        writer.record(4, 1, "first");
+        let end = Instant::now() + Duration::from_secs(30);
+        while !records.is_empty() {
+            assert!(Instant::now() < end, "the writer took no message");
+            thread::sleep(Duration::from_millis(1));
+        }
+        writer.record(4, 1, "second");
+        writer.record(4, 1, "third");
+        assert!(writer.flush(Duration::from_secs(30)), "flush not answered");
+        assert_eq!(store.history_page(4, None, 10).expect("page").len(), 3);
+        // One statement of one row: the first row of the conversation holds all three.
+        let first_row = store.prune_history(i64::MAX, 1).expect("prune");
+        assert_eq!(first_row, 3, "messages in the first batch");
+    }
+
     /// A clean shutdown's `finish` returns once what was queued is written: the
     /// message recorded just before it is in the store at once, not after the
     /// writer's [`GATHER`].
