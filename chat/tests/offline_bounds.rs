@@ -157,6 +157,8 @@ fn login_ack_is_one_page_and_the_rest_follows(b: &Backend) {
     let mut got = offline_msgs(&ack);
     let paged = got.len();
     assert!(paged > 0 && paged < n, "{paged} of {n} in the LOGIN_ACK");
+    // The page is what 128 KiB hold (seven of these), not the oldest alone.
+    assert!(paged >= 4, "only {paged} of {n} in the LOGIN_ACK");
     alice.chat(bob.id, "late");
     while got.len() < n + 1 {
         got.push(bob.c.expect_msgid(6)["msg"].as_str().unwrap().to_owned());

@@ -559,3 +559,39 @@ fn a_node_restarted_under_its_old_id_forgets_its_old_users() {
     assert_eq!(at.as_deref(), Some("rs-n2"));
     drop(n1);
 }
+
+/// A LOGIN of a user whom the cluster's presence puts on a dead node (its
+/// liveness key gone) whose stream still holds a frame for them (no keeper drained
+/// it yet) drains that stream first: the frame is among the LOGIN_ACK's offline
+/// messages. (Mutation testing: with the drain's result read the wrong way round
+/// in `enter`, its `!` deleted, or the retry bound `drains > 3` turned into
+/// `drains < 3`, the LOGIN was answered "unavailable", and every in-process test
+/// passed.)
+#[test]
+fn a_login_drains_the_dead_node_that_holds_the_user() {
+    require_binary("redis-server");
+    let b = Backend::mysql();
+    fast_hashes();
+    let redis = cluster_util::RedisServer::start();
+    let prefix = format!("od_{}", unique());
+    let n1 = node(&b, &redis.url(), &prefix, "od-n1");
+    let mut u = User::register(n1.addr(), "orla");
+    // What a dead node leaves behind when its keeper-to-be has not run yet: the
+    // user online there, and a frame for them in its stream.
+    let mut r = cluster_util::redis_con(&redis.url()).expect("private redis");
+    set_presence(&mut r, &prefix, u.id, "od-ghost");
+    let frame = json!({"id": 999, "msg": "left behind", "msgid": 6, "name": "gus", "toid": u.id});
+    redis::cmd("XADD")
+        .arg(format!("{prefix}:q:od-ghost"))
+        .arg("*")
+        .arg("to")
+        .arg(u.id.to_string())
+        .arg("f")
+        .arg(frame.to_string())
+        .query::<String>(&mut r)
+        .expect("a frame in the dead node's stream");
+    let ack = u.c.login(u.id, &u.pw);
+    assert_eq!(ack["errno"], 0, "LOGIN over a dead node's stream: {ack}");
+    assert_eq!(offline_texts(&ack), ["left behind"], "{ack}");
+    drop(n1);
+}
