@@ -357,6 +357,21 @@ fn kick_closes_the_connection_on_another_node() {
     });
     let (status, _) = http(admin(&n2), "POST", "/admin/users/999999/kick", Some(TOKEN));
     assert_eq!(status, 404, "nobody to kick");
+    // The cluster's presence puts a user on node 1 whose hub has no session for
+    // them (a release that failed, waiting for the keeper): a kick through node 1
+    // finds nobody here and answers 404, instead of sending the kick to itself.
+    let mut r = cluster_util::redis_con(&redis.url()).expect("connect to redis");
+    redis::cmd("HSET")
+        .arg(format!("{prefix}:online"))
+        .arg(999_998)
+        .arg("adm-n1")
+        .query::<i64>(&mut r)
+        .expect("set the presence by hand");
+    let (status, body) = http(admin(&n1), "POST", "/admin/users/999998/kick", Some(TOKEN));
+    assert_eq!(
+        status, 404,
+        "a user this node's presence has, not its hub: {body}"
+    );
     drop(other);
 }
 

@@ -36,6 +36,7 @@ fn one_chat_with_cid_is_confirmed_delivered_or_stored(b: &Backend) {
         (&json!(7), &json!(1), &json!(0)),
         "{ack}"
     );
+    assert_eq!(ack["errmsg"], "delivered", "{ack}");
     expect_bytes(
         &mut bob.c,
         &util::delivered_one_chat(alice.id, "alice", bob.id, "hi"),

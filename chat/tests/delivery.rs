@@ -423,3 +423,66 @@ fn chat_frames_of_any_shape_arrive_as_the_value_path_writes_them() {
         );
     }
 }
+
+/// Chats delivered to a session while its LOGIN is being answered are held until
+/// the LOGIN_ACK goes out. If the connection closes meanwhile, they go back to the
+/// store with the ACK's offline messages, and the next login gets every chat, in
+/// order. The test holds that login between its hub entry and its ACK with a
+/// MySQL table lock (its friends are read there). (Mutation testing: with
+/// `frame_text` turned into `""` the held chats were lost, into `"xyzzy"` garbage
+/// was stored, and every other test passed.)
+#[test]
+fn chats_held_for_a_login_whose_connection_closed_are_stored() {
+    use ::mysql::prelude::Queryable;
+    let b = Backend::mysql();
+    let srv = b.start();
+    let mut a = User::online(srv.addr(), "alice");
+    let bob = User::register(srv.addr(), "bob");
+    let opts = ::mysql::Opts::from_url(&b.url()).expect("a MySQL URL");
+    let mut lock = ::mysql::Conn::new(opts).expect("connect to MySQL");
+    lock.query_drop("LOCK TABLES friend WRITE")
+        .expect("lock the friend table");
+    let mut c = Client::connect(srv.addr());
+    c.send(&json!({"id": bob.id, "msgid": 1, "password": bob.pw}));
+    let mut sent = Vec::new();
+    let mut chat = |a: &mut User, text: String| {
+        let mut v = one_chat(a.id, &a.name, bob.id, &text);
+        v["ext"] = json!(1);
+        v["cid"] = json!(sent.len());
+        a.c.send(&v);
+        sent.push(text);
+        let ack = a.c.expect_ack(6, 0);
+        ack["delivered"] == 1
+    };
+    // Stored until bob's login has entered the hub; then held for its ACK.
+    let deadline = std::time::Instant::now() + util::TIMEOUT;
+    let mut i = 0;
+    while !chat(&mut a, format!("{i:03} before")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob's login never held a chat"
+        );
+        i += 1;
+    }
+    for j in 0..3 {
+        assert!(
+            chat(&mut a, format!("{j:03} held")),
+            "not held for bob's login"
+        );
+    }
+    c.shutdown();
+    // Once the server has seen the close, chats are stored again.
+    let deadline = std::time::Instant::now() + util::TIMEOUT;
+    let mut k = 0;
+    while chat(&mut a, format!("{k:03} after the close")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the close was never seen"
+        );
+        k += 1;
+    }
+    lock.query_drop("UNLOCK TABLES").expect("unlock");
+    let mut again = Client::connect(srv.addr());
+    let ack = util::login_when_free(&mut again, bob.id, &bob.pw, util::TIMEOUT);
+    assert_eq!(util::offline_msgs(&ack), sent, "bob's offline messages");
+}

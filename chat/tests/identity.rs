@@ -17,6 +17,7 @@ both_backends!(
     spoofed_id_is_refused,
     logout_with_another_users_id,
     chats_behind_a_logout_are_refused,
+    chats_behind_a_login_of_another_user_are_refused,
     close_without_logout_frees_the_account,
     messages_after_a_close_without_logout_are_stored,
     closed_while_login_runs,
@@ -150,6 +151,39 @@ fn chats_behind_a_logout_are_refused(b: &Backend) {
     a.login();
     a.chat(bob.id, "after the login");
     assert_eq!(bob.c.expect_msgid(6)["msg"], "after the login");
+}
+
+/// Chats read in the same write as a LOGINOUT and a LOGIN of another user ahead
+/// of them run after both: each is refused as another user's (108), and none
+/// reaches its recipient. The IO loop made their text for alice as it read them;
+/// the worker finds the session's user changed since and parses them again.
+/// (Mutation testing: with that check always passing, `prepared_chat`'s guard →
+/// `true`, carol's session sent the chats in alice's name, and every other test
+/// passed.)
+fn chats_behind_a_login_of_another_user_are_refused(b: &Backend) {
+    let srv = b.start();
+    let mut a = User::online(srv.addr(), "alice");
+    let mut bob = User::online(srv.addr(), "bob");
+    let carol = User::register(srv.addr(), "carol");
+    let mut bytes = util::frame_bytes(&json!({"id": a.id, "msgid": 3}));
+    bytes.extend(util::frame_bytes(
+        &json!({"id": carol.id, "msgid": 1, "password": carol.pw}),
+    ));
+    for i in 0..20 {
+        bytes.extend(util::frame_bytes(&one_chat(
+            a.id,
+            "alice",
+            bob.id,
+            &format!("as alice {i}"),
+        )));
+    }
+    a.c.send_raw(&bytes);
+    assert_eq!(a.c.expect_msgid(2)["errno"], 0, "carol's LOGIN_ACK");
+    bob.c.expect_quiet();
+    for _ in 0..20 {
+        a.c.expect_error(108, Some(6));
+    }
+    a.c.barrier();
 }
 
 /// A connection closed without LOGINOUT logs its user out at once (for what is sent to

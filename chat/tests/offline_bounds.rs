@@ -76,6 +76,20 @@ fn full_offline_store_refuses_the_new(b: &Backend) {
     alice.c.barrier();
     let ack = bob.login();
     assert_eq!(offline_msgs(&ack), ["again"]);
+    // A refused message is not kept in history either: the conversation holds
+    // what bob got. (Mutation testing: with `one_chat_text` recording every frame
+    // before it is sent, `here || !behind`, a3 and a4 were in it.)
+    alice
+        .c
+        .send(&json!({"ext": 1, "id": alice.id, "msgid": 23, "peer": bob.id}));
+    let page = alice.c.expect_msgid(24);
+    let msgs: Vec<&str> = page["msgs"]
+        .as_array()
+        .expect("msgs")
+        .iter()
+        .map(|m| m["msg"].as_str().expect("msg"))
+        .collect();
+    assert_eq!(msgs, ["again", "a2", "a1", "a0"], "alice and bob's history");
 }
 
 /// A group member whose offline store is full is refused a group chat: the sender
@@ -149,6 +163,8 @@ fn login_ack_is_one_page_and_the_rest_follows(b: &Backend) {
     let mut got = offline_msgs(&ack);
     let paged = got.len();
     assert!(paged > 0 && paged < n, "{paged} of {n} in the LOGIN_ACK");
+    // The page is what 128 KiB hold (seven of these), not the oldest alone.
+    assert!(paged >= 4, "only {paged} of {n} in the LOGIN_ACK");
     alice.chat(bob.id, "late");
     while got.len() < n + 1 {
         got.push(bob.c.expect_msgid(6)["msg"].as_str().unwrap().to_owned());

@@ -559,3 +559,114 @@ fn a_node_restarted_under_its_old_id_forgets_its_old_users() {
     assert_eq!(at.as_deref(), Some("rs-n2"));
     drop(n1);
 }
+
+/// A LOGIN of a user whom the cluster's presence puts on a dead node (its
+/// liveness key gone) whose stream still holds a frame for them (no keeper drained
+/// it yet) drains that stream first: the frame is among the LOGIN_ACK's offline
+/// messages. (Mutation testing: with the drain's result read the wrong way round
+/// in `enter`, its `!` deleted, or the retry bound `drains > 3` turned into
+/// `drains < 3`, the LOGIN was answered "unavailable", and every in-process test
+/// passed.)
+#[test]
+fn a_login_drains_the_dead_node_that_holds_the_user() {
+    require_binary("redis-server");
+    let b = Backend::mysql();
+    fast_hashes();
+    let redis = cluster_util::RedisServer::start();
+    let prefix = format!("od_{}", unique());
+    let n1 = node(&b, &redis.url(), &prefix, "od-n1");
+    let mut u = User::register(n1.addr(), "orla");
+    // What a dead node leaves behind when its keeper-to-be has not run yet: the
+    // user online there, and a frame for them in its stream.
+    let mut r = cluster_util::redis_con(&redis.url()).expect("private redis");
+    set_presence(&mut r, &prefix, u.id, "od-ghost");
+    let frame = json!({"id": 999, "msg": "left behind", "msgid": 6, "name": "gus", "toid": u.id});
+    redis::cmd("XADD")
+        .arg(format!("{prefix}:q:od-ghost"))
+        .arg("*")
+        .arg("to")
+        .arg(u.id.to_string())
+        .arg("f")
+        .arg(frame.to_string())
+        .query::<String>(&mut r)
+        .expect("a frame in the dead node's stream");
+    let ack = u.c.login(u.id, &u.pw);
+    assert_eq!(ack["errno"], 0, "LOGIN over a dead node's stream: {ack}");
+    assert_eq!(offline_texts(&ack), ["left behind"], "{ack}");
+    drop(n1);
+}
+
+/// A node whose subscription was cut misses the group invalidations published
+/// meanwhile: when it subscribes again it drops its member cache, so a group chat
+/// sent there reaches a member who joined on another node while it was deaf.
+/// (Mutation testing: with `on_bus_restored` doing nothing, that member got nothing
+/// until the cache's 30 s ran out, and every other test passed.)
+#[test]
+fn a_node_that_was_deaf_forgets_its_member_cache() {
+    require_binary("redis-server");
+    let b = Backend::mysql();
+    fast_hashes();
+    let redis = cluster_util::RedisServer::start();
+    let prefix = format!("df_{}", unique());
+    let n1 = node(&b, &redis.url(), &prefix, "df-n1");
+    let n2 = node(&b, &redis.url(), &prefix, "df-n2");
+    let mut alice = User::online(n1.addr(), "alice");
+    let mut carol = User::online(n1.addr(), "carol");
+    let mut bob = User::online(n2.addr(), "bob");
+    alice
+        .c
+        .send(&json!({"ext": 1, "groupdesc": "", "groupname": "deaf", "id": alice.id, "msgid": 8}));
+    let gid = alice.c.expect_ack(8, 0)["groupid"]
+        .as_i64()
+        .expect("a groupid");
+    bob.c
+        .send(&json!({"ext": 1, "groupid": gid, "id": bob.id, "msgid": 9}));
+    bob.c.expect_ack(9, 0);
+    // Node 2 reads the members (alice, bob) into its cache.
+    bob.group_chat(gid, "cached");
+    assert_eq!(alice.c.expect_msgid(10)["msg"], "cached");
+    // Both nodes go deaf: their subscriptions cut, new ones refused.
+    let mut r = cluster_util::redis_con(&redis.url()).expect("private redis");
+    let acl = |r: &mut redis::Connection, rule: &str| {
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("default")
+            .arg(rule)
+            .query::<()>(r)
+            .expect("ACL SETUSER");
+    };
+    let subscribers = |r: &mut redis::Connection| {
+        let (_, n): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(format!("{prefix}:ch:all"))
+            .query(r)
+            .expect("PUBSUB NUMSUB");
+        n
+    };
+    acl(&mut r, "-subscribe");
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query::<i64>(&mut r)
+        .expect("CLIENT KILL");
+    assert_eq!(subscribers(&mut r), 0, "subscribers left");
+    // Carol joins on node 1: the invalidation it publishes reaches no node.
+    carol
+        .c
+        .send(&json!({"ext": 1, "groupid": gid, "id": carol.id, "msgid": 9}));
+    carol.c.expect_ack(9, 0);
+    acl(&mut r, "+subscribe");
+    util::poll(
+        Duration::from_secs(20),
+        "both nodes subscribed again",
+        || (subscribers(&mut r) == 2).then_some(()),
+    );
+    bob.group_chat(gid, "after");
+    assert_eq!(
+        carol.c.expect_msgid(10)["msg"],
+        "after",
+        "carol, who joined meanwhile"
+    );
+    assert_eq!(alice.c.expect_msgid(10)["msg"], "after");
+}

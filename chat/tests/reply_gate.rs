@@ -77,6 +77,23 @@ fn server_with_history(b: &Backend, bob_buffers: Option<usize>) -> (ServerThread
     (srv, a, bob)
 }
 
+/// Waits until the server stops building replies (the count of bytes handed to
+/// connections since `before` holds for a second, at most 30 s) and returns it.
+fn replies_built(admin: SocketAddr, before: u64) -> u64 {
+    let mut sent = bytes_out(admin) - before;
+    let mut still = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while still.elapsed() < Duration::from_secs(1) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = bytes_out(admin) - before;
+        if now != sent {
+            sent = now;
+            still = Instant::now();
+        }
+    }
+    sent
+}
+
 /// `n` HISTORY requests of B for its conversation with A, in one write.
 fn history_burst(bob: &User, a: &User, n: usize) -> Vec<u8> {
     (0..n)
@@ -99,19 +116,8 @@ fn requests_wait_while_the_output_is_over_the_mark() {
     let before = bytes_out(admin);
     bob.c.send_raw(&history_burst(&bob, &a, REQUESTS));
 
-    // Wait until the server stops building replies (the count holds for a
-    // second); without the gate it builds all of them at once.
-    let mut sent = bytes_out(admin) - before;
-    let mut still = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while still.elapsed() < Duration::from_secs(1) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-        let now = bytes_out(admin) - before;
-        if now != sent {
-            sent = now;
-            still = Instant::now();
-        }
-    }
+    // Without the gate the server builds all of the replies at once.
+    let sent = replies_built(admin, before);
     // What the kernel holds, the mark, one reply over it and one on its way.
     let bound = kernel_in_flight_max(bob.c.stream()) + MARK + 2 * (STORED * TEXT + 4096);
     let all = REQUESTS * (STORED - 5) * TEXT;
@@ -217,4 +223,29 @@ fn a_request_behind_one_large_reply_waits_for_the_client() {
         || (b.stored_for(carol.id) == 1).then_some(()),
     );
     srv.stop();
+}
+
+/// A stop signs out the user of a session whose requests wait for the client to
+/// read (its strand parked behind replies over the mark, so the `Job::Shutdown`
+/// queued behind them never runs): the `state` column says offline after it.
+/// (Mutation testing: with `ChatService::sign_out_all` doing nothing, every other
+/// test passed: there each session's own shutdown job signed its user out.)
+#[test]
+fn a_stop_signs_out_a_session_whose_requests_wait_for_the_client() {
+    let b = Backend::sqlite();
+    let (srv, a, mut bob) = server_with_history(&b, Some(4096));
+    let admin = srv.admin_addr().expect("the admin listener runs");
+    let before = bytes_out(admin);
+    bob.c.send_raw(&history_burst(&bob, &a, 16));
+    let sent = replies_built(admin, before);
+    assert!(
+        (sent as usize) < 16 * (STORED - 5) * TEXT,
+        "every reply was built ({sent} B): no request waits for the client"
+    );
+    let store = chat::store::open(&b.url()).expect("open the store");
+    let online = |id: i64| store.user(id).expect("read the user").expect("user").online;
+    assert!(online(bob.id), "B is marked online before the stop");
+    srv.stop();
+    assert!(!online(bob.id), "B still marked online after the stop");
+    drop(bob);
 }

@@ -13,6 +13,7 @@ use util::{parsed, poll, Backend, User};
 
 both_backends!(
     history_pages_newest_first,
+    a_chat_the_workers_deliver_here_is_kept_once,
     group_history_for_members_only,
     presence_reaches_opted_in_friends,
     friend_request_accept_decline_remove,
@@ -578,6 +579,29 @@ fn retention_prunes_old_messages(b: &Backend) {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].seq, 6);
     assert!(left[0].text.contains("new"));
+}
+
+/// A chat to a recipient here that the workers deliver (it came behind another
+/// request, so the IO loop could not take it) is kept once, recorded before the
+/// recipient sees it. (Mutation testing: with `one_chat_done` recording it again
+/// after the delivery, its `&&` turned into `||`, the page had it twice.)
+fn a_chat_the_workers_deliver_here_is_kept_once(b: &Backend) {
+    fast_hashes();
+    let server = b.start();
+    let mut a = ext_user(server.addr(), "wa");
+    let mut bb = ext_user(server.addr(), "wb");
+    let mut burst = util::frame_bytes(&json!({"msgid": 13}));
+    burst.extend(util::frame_bytes(&util::one_chat(
+        a.id,
+        "wa",
+        bb.id,
+        "behind a ping",
+    )));
+    a.c.send_raw(&burst);
+    expect(&mut a, 14);
+    assert_eq!(expect(&mut bb, 6)["msg"], "behind a ping");
+    let v = ask(&mut a, json!({"msgid": 23, "peer": bb.id}));
+    assert_eq!(page(&v), pairs(&[(1, "behind a ping")]));
 }
 
 /// Two nodes on one database and Redis: presence crosses nodes, and a message sent on

@@ -494,33 +494,91 @@ mod tests {
         }
     }
 
-    /// One flush writes everything recorded before it, also more than one batch:
-    /// here a batch and five more are queued, and the flush, before the writer starts.
+    /// The writer gathers: messages recorded one after the other, the first taken
+    /// by the writer before the others come, are one batch (with SQLite, one row of
+    /// their conversation), written at the flush that cuts the gathering short.
+    #[test]
+    fn messages_recorded_while_the_writer_gathers_are_one_batch() {
+        let db = SqliteDb::new();
+        let store = db.store.clone();
+        let writer = HistoryWriter::start(store.clone(), &HistoryOptions::default());
+        let records = &writer.tx.as_ref().expect("history on").records;
+        writer.record(4, 1, "first");
+        let end = Instant::now() + Duration::from_secs(30);
+        while !records.is_empty() {
+            assert!(Instant::now() < end, "the writer took no message");
+            thread::sleep(Duration::from_millis(1));
+        }
+        writer.record(4, 1, "second");
+        writer.record(4, 1, "third");
+        assert!(writer.flush(Duration::from_secs(30)), "flush not answered");
+        assert_eq!(store.history_page(4, None, 10).expect("page").len(), 3);
+        // One statement of one row: the first row of the conversation holds all three.
+        let first_row = store.prune_history(i64::MAX, 1).expect("prune");
+        assert_eq!(first_row, 3, "messages in the first batch");
+    }
+
+    /// A clean shutdown's `finish` returns once what was queued is written: the
+    /// message recorded just before it is in the store at once, not after the
+    /// writer's [`GATHER`].
+    #[test]
+    fn finish_returns_once_the_queue_is_written() {
+        let db = SqliteDb::new();
+        let store = db.store.clone();
+        let writer = HistoryWriter::start(store.clone(), &HistoryOptions::default());
+        writer.record(5, 1, "the last words");
+        let t = Instant::now();
+        writer.finish(Duration::from_secs(30));
+        let page = store.history_page(5, None, 10).expect("page");
+        assert_eq!(
+            page.len(),
+            1,
+            "not written when finish returned (after {:?})",
+            t.elapsed()
+        );
+    }
+
+    /// One flush writes everything recorded before it, also more than one batch,
+    /// and a batch is never more than [`MAX_BATCH`]: here the writer holds the first
+    /// message and gathers when a batch and nine more are queued behind it, and the
+    /// flush. (Mutation testing: with the batch's room `MAX_BATCH - batch.len()`
+    /// turned into a sum, the first batch took more than `MAX_BATCH`, was not taken
+    /// for a full one, and the flush was answered with 7 messages unwritten; the
+    /// test missed it whenever the writer saw the flush before the first message.)
     #[test]
     fn a_flush_writes_more_than_a_batch() {
         let db = SqliteDb::new();
         let (records, records_rx) = crossbeam_channel::bounded(QUEUE_CAP);
         let (wakes, wakes_rx) = crossbeam_channel::unbounded();
-        let n = MAX_BATCH + 5;
-        for i in 0..n {
-            let text = format!("m{i}");
+        let n = MAX_BATCH + 10;
+        let texts: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+        let send = |text: &String| {
             let rec = HistoryRecord {
                 conv: 9,
                 sender: 1,
                 ts_ms: now_ms(),
-                text,
+                text: text.clone(),
             };
             records.send(rec).expect("room");
-        }
-        let (done, answered) = crossbeam_channel::bounded(1);
-        wakes.send(Wake::Flush(done)).expect("open");
+        };
+        // Fewer than a batch first: the writer takes one and gathers (it waits for a
+        // wake, the queued bytes being far below GATHER_BYTES).
+        texts[..MAX_BATCH - 1].iter().for_each(send);
         let writer = Writer {
             store: db.store.clone(),
             records: records_rx,
             wakes: wakes_rx,
-            queued: Arc::new(AtomicUsize::new(usize::MAX / 2)),
+            queued: Arc::new(AtomicUsize::new(texts.iter().map(String::len).sum())),
         };
         let thread = thread::spawn(move || writer.run(None));
+        let end = Instant::now() + Duration::from_secs(30);
+        while records.len() == MAX_BATCH - 1 {
+            assert!(Instant::now() < end, "the writer took no message");
+            thread::sleep(Duration::from_millis(1));
+        }
+        texts[MAX_BATCH - 1..].iter().for_each(send);
+        let (done, answered) = crossbeam_channel::bounded(1);
+        wakes.send(Wake::Flush(done)).expect("open");
         answered
             .recv_timeout(Duration::from_secs(60))
             .expect("flush answered");
@@ -578,6 +636,37 @@ mod tests {
         prune(&*db.store, Duration::from_secs(3_600));
         let left = |conv| db.store.history_page(conv, None, 10).expect("page").len();
         assert_eq!((left(1), left(2)), (0, 1), "(expired, fresh) left");
+    }
+
+    /// A writer with a retention sweeps when it starts (and every [`PRUNE_EVERY`]
+    /// after): a message older than the retention is gone soon after the start,
+    /// a fresh one stays.
+    #[test]
+    fn a_writer_with_a_retention_sweeps_at_its_start() {
+        let db = SqliteDb::new();
+        let hour = 3_600_000;
+        let at = |conv, ts_ms| HistoryRecord {
+            conv,
+            sender: 1,
+            ts_ms,
+            text: format!("at {ts_ms}"),
+        };
+        let now = now_ms();
+        db.store
+            .append_history(&[at(1, now - 2 * hour), at(2, now)])
+            .expect("append");
+        let opts = HistoryOptions {
+            enabled: true,
+            retention: Some(Duration::from_secs(3_600)),
+        };
+        let _writer = HistoryWriter::start(db.store.clone(), &opts);
+        let left = |conv| db.store.history_page(conv, None, 10).expect("page").len();
+        let end = Instant::now() + Duration::from_secs(20);
+        while left(1) > 0 {
+            assert!(Instant::now() < end, "the expired message is still there");
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(left(2), 1, "the fresh message was swept");
     }
 
     /// A flood of large messages is written once [`GATHER_BYTES`] are queued, not held
