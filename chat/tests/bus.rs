@@ -611,6 +611,54 @@ fn an_error_reply_leaves_the_breaker_closed() {
 }
 
 #[test]
+fn one_caller_probes_a_frozen_redis_while_the_others_fail_fast() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let a = node(&url, "A");
+    assert_eq!(a.claim(1).unwrap(), Claim::Claimed);
+    // Frozen: connects still succeed (the kernel accepts), answers never come.
+    let pid = redis.pid().expect("redis runs");
+    cluster_util::signal(pid, "-STOP");
+    assert!(a.heartbeat().is_err(), "a frozen Redis answered");
+    // The breaker's half a second over: the next caller probes (and waits
+    // IO_TIMEOUT, 2 s, for the frozen Redis); the callers that come meanwhile
+    // must fail fast, not each wait on Redis too.
+    std::thread::sleep(Duration::from_millis(600));
+    const CALLERS: usize = 5;
+    let start = std::sync::Barrier::new(CALLERS);
+    let calls: Vec<(Instant, Duration, String)> = std::thread::scope(|s| {
+        let callers: Vec<_> = (0..CALLERS)
+            .map(|_| {
+                s.spawn(|| {
+                    start.wait();
+                    let t = Instant::now();
+                    let e = a.heartbeat().unwrap_err();
+                    (t, t.elapsed(), e.to_string())
+                })
+            })
+            .collect();
+        callers.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    cluster_util::signal(pid, "-CONT");
+    let fast = "redis: unavailable (recent failure)";
+    let probes: Vec<&(Instant, Duration, String)> =
+        calls.iter().filter(|(_, _, e)| e != fast).collect();
+    assert!(!probes.is_empty(), "nobody probed: {calls:?}");
+    // The probe holds the breaker half-open for BREAKER (500 ms): a caller that
+    // began later than that after the first may probe too (a loaded machine).
+    let first = calls.iter().map(|(t, _, _)| *t).min().unwrap();
+    let late = calls
+        .iter()
+        .filter(|(t, _, _)| *t - first >= Duration::from_millis(400))
+        .count();
+    assert!(
+        probes.len() <= 1 + late,
+        "{} of {CALLERS} callers probed the frozen Redis: {calls:?}",
+        probes.len()
+    );
+}
+
+#[test]
 fn login_failures_lock_the_account_until_a_success() {
     let redis = RedisServer::start();
     let a = node(&redis.url(), "A");
