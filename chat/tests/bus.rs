@@ -20,6 +20,7 @@ use chat::bus::{
     new_node_id, Bus, BusConfig, BusHandler, BusMessage, Claim, Counted, Drain, NodeInfo, Orphan,
     ThrottleRule, WaitReplicas,
 };
+use cluster_util::sentinel::SentinelRedis;
 use cluster_util::{poll, redis_con, RedisServer};
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -583,6 +584,8 @@ fn calls_fail_while_redis_is_down_and_work_again_after() {
     };
     assert!(a.claim(1).is_err());
     fails_fast(Instant::now(), "after a failed call");
+    // The readiness check's ping says so too.
+    assert!(a.ping().is_err(), "a ping answered by a dead Redis");
     // Then one call probes Redis, finds it still down, and the breaker opens
     // again (for half a second, not for good).
     std::thread::sleep(Duration::from_millis(600));
@@ -848,6 +851,78 @@ fn the_keeper_beats_reclaims_and_finds_dead_nodes() {
 }
 
 #[test]
+fn the_keeper_acts_at_the_heartbeats_pace() {
+    let redis = RedisServer::start();
+    let h = Arc::new(Recorder::default());
+    // A heartbeat every second: the keeper's 100 ms waits for one are no beats.
+    let a = node_with_ttl(&redis.url(), "A", Duration::from_secs(4));
+    let threads = a.spawn(h.clone()).expect("bus threads");
+    poll(LIMIT, "the first heartbeat", || {
+        (h.count("beat") >= 1).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let beats = h.count("beat");
+    assert!(
+        beats <= 3,
+        "{beats} heartbeats handled in 1.5 s, one a second"
+    );
+    threads.stop();
+}
+
+#[test]
+fn a_pooled_connection_serves_call_after_call() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let a = node(&url, "A");
+    let mut r = redis_con(&url).unwrap();
+    let before = server_stat(&mut r, "total_connections_received");
+    for _ in 0..20 {
+        assert!(a.heartbeat().unwrap());
+    }
+    let made = server_stat(&mut r, "total_connections_received") - before;
+    assert!(made <= 1, "{made} connections made for 20 calls");
+}
+
+#[test]
+fn a_bus_on_sentinel_leaves_a_master_demoted_behind_its_back() {
+    let s = SentinelRedis::start(Duration::from_secs(2));
+    let h = Arc::new(Recorder::default());
+    h.writes_done.store(true, Ordering::SeqCst);
+    // A heartbeat every minute: only the master's change, not a heartbeat, can
+    // have the keeper re-claim within the test's 20 s.
+    let a = node_with_ttl(&s.url, "A", Duration::from_secs(240));
+    let threads = a.spawn(h.clone()).expect("bus threads");
+    assert_eq!(a.claim(1).unwrap(), Claim::Claimed);
+    let b = node(&s.url, "B");
+    subscribed(&b, &h);
+    // Connections made again to the same master are no failover.
+    let first = s.master_port();
+    let mut r = redis_con(&format!("redis://127.0.0.1:{first}")).unwrap();
+    let restored = h.count("restored");
+    kill_clients(&mut r);
+    poll(LIMIT, "the subscriber connected again", || {
+        (h.count("restored") > restored).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(h.count("lost"), 0, "a re-claim with no failover");
+    // The old master becomes a replica with the bus's connections still open:
+    // writes there get READONLY, and the bus must go to the new master.
+    s.swap_quietly();
+    poll(LIMIT, "the sentinels name a new master", || {
+        (s.master_port() != first).then_some(())
+    });
+    poll(LIMIT, "a claim on the new master", || a.claim(2).ok());
+    // The new master may lack claims the old one acknowledged: the keeper
+    // re-claims the node's users at once.
+    poll(LIMIT, "the keeper re-claims after the failover", || {
+        (h.count("lost") >= 1).then_some(())
+    });
+    // (It forgot what the new master said was here; the recorder claims nothing.)
+    assert_eq!(a.claim(2).unwrap(), Claim::Claimed);
+    threads.stop();
+}
+
+#[test]
 fn a_stopping_reader_trims_what_was_written() {
     let redis = RedisServer::start();
     let url = redis.url();
@@ -895,6 +970,16 @@ fn command_stat(r: &mut redis::Connection, cmd: &str, figure: &str) -> u64 {
         .find_map(|l| l.strip_prefix(line.as_str()))
         .and_then(|l| l.split(',').find_map(|f| f.strip_prefix(field.as_str())))
         .map_or(0, |n| n.parse().unwrap())
+}
+
+/// A figure of `INFO stats`: `total_connections_received`, …
+fn server_stat(r: &mut redis::Connection, figure: &str) -> u64 {
+    let stats: String = redis::cmd("INFO").arg("stats").query(r).unwrap();
+    let field = format!("{figure}:");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(field.as_str()))
+        .map_or(0, |n| n.trim().parse().unwrap())
 }
 
 /// Changes what the private Redis allows its (default) user: `["-subscribe"]`, …
