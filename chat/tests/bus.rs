@@ -923,6 +923,17 @@ fn a_bus_on_sentinel_leaves_a_master_demoted_behind_its_back() {
 }
 
 #[test]
+fn bus_threads_dropped_unstopped_end_and_let_go_of_the_bus() {
+    let redis = RedisServer::start();
+    let h = Arc::new(Recorder::default());
+    let (a, threads) = started(&redis.url(), &h);
+    assert!(Arc::strong_count(&a) > 1, "the threads hold the bus");
+    // A server dropped without its shutdown: the drop ends and joins them.
+    drop(threads);
+    assert_eq!(Arc::strong_count(&a), 1, "a bus thread runs on");
+}
+
+#[test]
 fn a_stopping_reader_trims_what_was_written() {
     let redis = RedisServer::start();
     let url = redis.url();
