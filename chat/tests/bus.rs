@@ -903,6 +903,10 @@ fn a_bus_on_sentinel_leaves_a_master_demoted_behind_its_back() {
     poll(LIMIT, "the subscriber connected again", || {
         (h.count("restored") > restored).then_some(())
     });
+    // The pool's connections were killed too: it makes a new one.
+    poll(LIMIT, "a call on a new pooled connection", || {
+        a.heartbeat().ok()
+    });
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(h.count("lost"), 0, "a re-claim with no failover");
     // The old master becomes a replica with the bus's connections still open:
