@@ -938,6 +938,27 @@ fn bus_threads_dropped_unstopped_end_and_let_go_of_the_bus() {
 }
 
 #[test]
+fn a_quiet_subscriber_stays_subscribed() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let h = Arc::new(Recorder::default());
+    let (a, threads) = started(&url, &h);
+    subscribed(&a, &h);
+    // Its reads time out every 250 ms while nothing is published: that is no
+    // reason to subscribe again (and to have the handler flush every local user,
+    // as after an outage).
+    std::thread::sleep(Duration::from_millis(1000));
+    let mut r = redis_con(&url).unwrap();
+    assert_eq!(
+        command_stat(&mut r, "subscribe", "calls"),
+        1,
+        "subscribed again"
+    );
+    assert_eq!(h.count("restored"), 0);
+    threads.stop();
+}
+
+#[test]
 fn a_stopping_reader_trims_what_was_written() {
     let redis = RedisServer::start();
     let url = redis.url();
