@@ -12,7 +12,7 @@
 mod cluster_util;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,11 @@ struct Recorder {
     deferred: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
     defer: AtomicBool,
     writes_done: AtomicBool,
+    /// How long a drain of a dead node takes (ms), and the drains running now
+    /// and at most at once.
+    drain_ms: AtomicU64,
+    draining: AtomicUsize,
+    most_draining: AtomicUsize,
 }
 
 impl Recorder {
@@ -120,6 +125,10 @@ impl BusHandler for Recorder {
     }
     fn on_dead_node(&self, node: &str) {
         self.call(format!("dead:{node}"));
+        let now = self.draining.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_draining.fetch_max(now, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(self.drain_ms.load(Ordering::SeqCst)));
+        self.draining.fetch_sub(1, Ordering::SeqCst);
     }
     fn on_presence_lost(&self) -> bool {
         self.call("lost".into());
@@ -955,6 +964,34 @@ fn a_quiet_subscriber_stays_subscribed() {
         "subscribed again"
     );
     assert_eq!(h.count("restored"), 0);
+    threads.stop();
+}
+
+#[test]
+fn a_dead_node_is_drained_by_one_thread_at_a_time() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let h = Arc::new(Recorder::default());
+    // A drain takes half a second; the keeper sweeps every 100 ms.
+    h.drain_ms.store(500, Ordering::SeqCst);
+    let a = node_with_ttl(&url, "A", Duration::from_millis(400));
+    let threads = a.spawn(h.clone()).expect("bus threads");
+    // X dies with a frame in its stream, which the recorder never drains.
+    let x = node(&url, "X");
+    assert_eq!(x.claim(9).unwrap(), Claim::Claimed);
+    assert!(a.route(&[9], &frame("f")).unwrap().is_empty());
+    let mut r = redis_con(&url).unwrap();
+    let _: () = redis::cmd("DEL").arg("bt:node:X").query(&mut r).unwrap();
+    poll(
+        LIMIT,
+        "three drains of the dead node, one after the other",
+        || (h.count("dead:X") >= 3).then_some(()),
+    );
+    assert_eq!(
+        h.most_draining.load(Ordering::SeqCst),
+        1,
+        "drains of one node at once"
+    );
     threads.stop();
 }
 
