@@ -12,7 +12,7 @@
 mod cluster_util;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use chat::bus::{
     new_node_id, Bus, BusConfig, BusHandler, BusMessage, Claim, Counted, Drain, NodeInfo, Orphan,
     ThrottleRule, WaitReplicas,
 };
+use cluster_util::sentinel::SentinelRedis;
 use cluster_util::{poll, redis_con, RedisServer};
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -43,6 +44,11 @@ struct Recorder {
     deferred: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
     defer: AtomicBool,
     writes_done: AtomicBool,
+    /// How long a drain of a dead node takes (ms), and the drains running now
+    /// and at most at once.
+    drain_ms: AtomicU64,
+    draining: AtomicUsize,
+    most_draining: AtomicUsize,
 }
 
 impl Recorder {
@@ -119,6 +125,10 @@ impl BusHandler for Recorder {
     }
     fn on_dead_node(&self, node: &str) {
         self.call(format!("dead:{node}"));
+        let now = self.draining.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_draining.fetch_max(now, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(self.drain_ms.load(Ordering::SeqCst)));
+        self.draining.fetch_sub(1, Ordering::SeqCst);
     }
     fn on_presence_lost(&self) -> bool {
         self.call("lost".into());
@@ -583,6 +593,8 @@ fn calls_fail_while_redis_is_down_and_work_again_after() {
     };
     assert!(a.claim(1).is_err());
     fails_fast(Instant::now(), "after a failed call");
+    // The readiness check's ping says so too.
+    assert!(a.ping().is_err(), "a ping answered by a dead Redis");
     // Then one call probes Redis, finds it still down, and the breaker opens
     // again (for half a second, not for good).
     std::thread::sleep(Duration::from_millis(600));
@@ -608,6 +620,54 @@ fn an_error_reply_leaves_the_breaker_closed() {
     // Redis answered: its connection and the server are fine, the next call
     // goes through.
     assert_eq!(a.claim(1).unwrap(), Claim::Claimed);
+}
+
+#[test]
+fn one_caller_probes_a_frozen_redis_while_the_others_fail_fast() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let a = node(&url, "A");
+    assert_eq!(a.claim(1).unwrap(), Claim::Claimed);
+    // Frozen: connects still succeed (the kernel accepts), answers never come.
+    let pid = redis.pid().expect("redis runs");
+    cluster_util::signal(pid, "-STOP");
+    assert!(a.heartbeat().is_err(), "a frozen Redis answered");
+    // The breaker's half a second over: the next caller probes (and waits
+    // IO_TIMEOUT, 2 s, for the frozen Redis); the callers that come meanwhile
+    // must fail fast, not each wait on Redis too.
+    std::thread::sleep(Duration::from_millis(600));
+    const CALLERS: usize = 5;
+    let start = std::sync::Barrier::new(CALLERS);
+    let calls: Vec<(Instant, Duration, String)> = std::thread::scope(|s| {
+        let callers: Vec<_> = (0..CALLERS)
+            .map(|_| {
+                s.spawn(|| {
+                    start.wait();
+                    let t = Instant::now();
+                    let e = a.heartbeat().unwrap_err();
+                    (t, t.elapsed(), e.to_string())
+                })
+            })
+            .collect();
+        callers.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    cluster_util::signal(pid, "-CONT");
+    let fast = "redis: unavailable (recent failure)";
+    let probes: Vec<&(Instant, Duration, String)> =
+        calls.iter().filter(|(_, _, e)| e != fast).collect();
+    assert!(!probes.is_empty(), "nobody probed: {calls:?}");
+    // The probe holds the breaker half-open for BREAKER (500 ms): a caller that
+    // began later than that after the first may probe too (a loaded machine).
+    let first = calls.iter().map(|(t, _, _)| *t).min().unwrap();
+    let late = calls
+        .iter()
+        .filter(|(t, _, _)| *t - first >= Duration::from_millis(400))
+        .count();
+    assert!(
+        probes.len() <= 1 + late,
+        "{} of {CALLERS} callers probed the frozen Redis: {calls:?}",
+        probes.len()
+    );
 }
 
 #[test]
@@ -800,6 +860,142 @@ fn the_keeper_beats_reclaims_and_finds_dead_nodes() {
 }
 
 #[test]
+fn the_keeper_acts_at_the_heartbeats_pace() {
+    let redis = RedisServer::start();
+    let h = Arc::new(Recorder::default());
+    // A heartbeat every second: the keeper's 100 ms waits for one are no beats.
+    let a = node_with_ttl(&redis.url(), "A", Duration::from_secs(4));
+    let threads = a.spawn(h.clone()).expect("bus threads");
+    poll(LIMIT, "the first heartbeat", || {
+        (h.count("beat") >= 1).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let beats = h.count("beat");
+    assert!(
+        beats <= 3,
+        "{beats} heartbeats handled in 1.5 s, one a second"
+    );
+    threads.stop();
+}
+
+#[test]
+fn a_pooled_connection_serves_call_after_call() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let a = node(&url, "A");
+    let mut r = redis_con(&url).unwrap();
+    let before = server_stat(&mut r, "total_connections_received");
+    for _ in 0..20 {
+        assert!(a.heartbeat().unwrap());
+    }
+    let made = server_stat(&mut r, "total_connections_received") - before;
+    assert!(made <= 1, "{made} connections made for 20 calls");
+}
+
+#[test]
+fn a_bus_on_sentinel_leaves_a_master_demoted_behind_its_back() {
+    let s = SentinelRedis::start(Duration::from_secs(2));
+    let h = Arc::new(Recorder::default());
+    h.writes_done.store(true, Ordering::SeqCst);
+    // A heartbeat every minute: only the master's change, not a heartbeat, can
+    // have the keeper re-claim within the test's 20 s.
+    let a = node_with_ttl(&s.url, "A", Duration::from_secs(240));
+    let threads = a.spawn(h.clone()).expect("bus threads");
+    assert_eq!(a.claim(1).unwrap(), Claim::Claimed);
+    let b = node(&s.url, "B");
+    subscribed(&b, &h);
+    // Connections made again to the same master are no failover.
+    let first = s.master_port();
+    let mut r = redis_con(&format!("redis://127.0.0.1:{first}")).unwrap();
+    let restored = h.count("restored");
+    kill_clients(&mut r);
+    poll(LIMIT, "the subscriber connected again", || {
+        (h.count("restored") > restored).then_some(())
+    });
+    // The pool's connections were killed too: it makes a new one.
+    poll(LIMIT, "a call on a new pooled connection", || {
+        a.heartbeat().ok()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(h.count("lost"), 0, "a re-claim with no failover");
+    // The old master becomes a replica with the bus's connections still open:
+    // writes there get READONLY, and the bus must go to the new master.
+    s.swap_quietly();
+    poll(LIMIT, "the sentinels name a new master", || {
+        (s.master_port() != first).then_some(())
+    });
+    poll(LIMIT, "a claim on the new master", || a.claim(2).ok());
+    // The new master may lack claims the old one acknowledged: the keeper
+    // re-claims the node's users at once.
+    poll(LIMIT, "the keeper re-claims after the failover", || {
+        (h.count("lost") >= 1).then_some(())
+    });
+    // (It forgot what the new master said was here; the recorder claims nothing.)
+    assert_eq!(a.claim(2).unwrap(), Claim::Claimed);
+    threads.stop();
+}
+
+#[test]
+fn bus_threads_dropped_unstopped_end_and_let_go_of_the_bus() {
+    let redis = RedisServer::start();
+    let h = Arc::new(Recorder::default());
+    let (a, threads) = started(&redis.url(), &h);
+    assert!(Arc::strong_count(&a) > 1, "the threads hold the bus");
+    // A server dropped without its shutdown: the drop ends and joins them.
+    drop(threads);
+    assert_eq!(Arc::strong_count(&a), 1, "a bus thread runs on");
+}
+
+#[test]
+fn a_quiet_subscriber_stays_subscribed() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let h = Arc::new(Recorder::default());
+    let (a, threads) = started(&url, &h);
+    subscribed(&a, &h);
+    // Its reads time out every 250 ms while nothing is published: that is no
+    // reason to subscribe again (and to have the handler flush every local user,
+    // as after an outage).
+    std::thread::sleep(Duration::from_millis(1000));
+    let mut r = redis_con(&url).unwrap();
+    assert_eq!(
+        command_stat(&mut r, "subscribe", "calls"),
+        1,
+        "subscribed again"
+    );
+    assert_eq!(h.count("restored"), 0);
+    threads.stop();
+}
+
+#[test]
+fn a_dead_node_is_drained_by_one_thread_at_a_time() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let h = Arc::new(Recorder::default());
+    // A drain takes half a second; the keeper sweeps every 100 ms.
+    h.drain_ms.store(500, Ordering::SeqCst);
+    let a = node_with_ttl(&url, "A", Duration::from_millis(400));
+    let threads = a.spawn(h.clone()).expect("bus threads");
+    // X dies with a frame in its stream, which the recorder never drains.
+    let x = node(&url, "X");
+    assert_eq!(x.claim(9).unwrap(), Claim::Claimed);
+    assert!(a.route(&[9], &frame("f")).unwrap().is_empty());
+    let mut r = redis_con(&url).unwrap();
+    let _: () = redis::cmd("DEL").arg("bt:node:X").query(&mut r).unwrap();
+    poll(
+        LIMIT,
+        "three drains of the dead node, one after the other",
+        || (h.count("dead:X") >= 3).then_some(()),
+    );
+    assert_eq!(
+        h.most_draining.load(Ordering::SeqCst),
+        1,
+        "drains of one node at once"
+    );
+    threads.stop();
+}
+
+#[test]
 fn a_stopping_reader_trims_what_was_written() {
     let redis = RedisServer::start();
     let url = redis.url();
@@ -847,6 +1043,16 @@ fn command_stat(r: &mut redis::Connection, cmd: &str, figure: &str) -> u64 {
         .find_map(|l| l.strip_prefix(line.as_str()))
         .and_then(|l| l.split(',').find_map(|f| f.strip_prefix(field.as_str())))
         .map_or(0, |n| n.parse().unwrap())
+}
+
+/// A figure of `INFO stats`: `total_connections_received`, …
+fn server_stat(r: &mut redis::Connection, figure: &str) -> u64 {
+    let stats: String = redis::cmd("INFO").arg("stats").query(r).unwrap();
+    let field = format!("{figure}:");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(field.as_str()))
+        .map_or(0, |n| n.trim().parse().unwrap())
 }
 
 /// Changes what the private Redis allows its (default) user: `["-subscribe"]`, …

@@ -178,10 +178,10 @@ impl Bus {
             let now = self.connector.switches();
             let first = match beat {
                 Ok(first) => first,
-                // A connection just reached a new master: act now, not at the next
-                // heartbeat — until the re-claim, another node could log in a
-                // user whose claim the failover lost.
-                Err(_) if now != switches => Beat::Ok { existed: true },
+                // A connection just reached a new master (or the forget after one
+                // failed): act now, not at the next heartbeat — until the re-claim,
+                // another node could log in a user whose claim the failover lost.
+                Err(_) if now != switches || forget => Beat::Ok { existed: true },
                 Err(_) => continue,
             };
             if std::mem::replace(&mut switches, now) != now {
