@@ -225,3 +225,74 @@ impl BusHandler for ChatService {
             .all(|id| self.reclaim(bus, id))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::service::history::HistoryOptions;
+    use crate::store::tests::SqliteDb;
+
+    /// An event loop running on a thread of its own.
+    fn spawn_loop() -> (net::LoopHandle, thread::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel();
+        let t = thread::spawn(move || {
+            let lp = net::EventLoop::new().expect("an event loop");
+            tx.send(lp.handle()).expect("the test waits for the handle");
+            lp.run();
+        });
+        (rx.recv().expect("a loop handle"), t)
+    }
+
+    /// The stream reader trims what it delivered only once it is written
+    /// (`after_delivery`): with one of two IO loops held inside a task, `done` waits
+    /// for that loop even after the other one ran its barrier. (A node killed in
+    /// between would otherwise have trimmed frames no socket got.) Seen failing with
+    /// each of `set_io_loops` → (), the deleted `!`s of `after_delivery`'s two filters
+    /// and its `== 1` → `!= 1`: "done ran while loop a had written nothing".
+    #[test]
+    fn a_delivery_is_done_only_once_every_loop_wrote() {
+        let db = SqliteDb::new();
+        let off = HistoryOptions {
+            enabled: false,
+            retention: None,
+        };
+        let service = ChatService::new(
+            db.store.clone(),
+            None,
+            Default::default(),
+            Default::default(),
+            &off,
+        );
+        let (a, ta) = spawn_loop();
+        let (b, tb) = spawn_loop();
+        service.set_io_loops(vec![a.clone(), b.clone()]);
+        let (started_tx, started_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        a.run_in_loop(move |_| {
+            started_tx.send(()).expect("the test waits");
+            let _ = release_rx.recv();
+        });
+        started_rx.recv().expect("loop a is held");
+        let (done_tx, done_rx) = mpsc::channel();
+        service.after_delivery(Box::new(move || done_tx.send(()).expect("the test waits")));
+        // Loop b's barrier runs before this one, queued after it on the same loop.
+        let (b_tx, b_rx) = mpsc::channel();
+        b.queue_after_writes(move |_| b_tx.send(()).expect("the test waits"));
+        b_rx.recv_timeout(Duration::from_secs(10))
+            .expect("loop b ran its barriers");
+        assert!(
+            done_rx.try_recv().is_err(),
+            "done ran while loop a had written nothing"
+        );
+        release_tx.send(()).expect("loop a waits");
+        done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("done once both loops wrote");
+        a.quit();
+        b.quit();
+        ta.join().expect("loop a ends");
+        tb.join().expect("loop b ends");
+    }
+}
