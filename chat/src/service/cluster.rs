@@ -245,6 +245,54 @@ mod tests {
         (rx.recv().expect("a loop handle"), t)
     }
 
+    /// A loop held inside a task (until the returned sender is dropped or sent to).
+    fn hold(lp: &net::LoopHandle) -> mpsc::Sender<()> {
+        let (started_tx, started_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        lp.run_in_loop(move |_| {
+            started_tx.send(()).expect("the test waits");
+            let _ = release_rx.recv();
+        });
+        started_rx.recv().expect("the loop is held");
+        release_tx
+    }
+
+    /// A service with no bus and no history, on a scratch SQLite store.
+    fn bare_service(db: &SqliteDb) -> ChatService {
+        let off = HistoryOptions {
+            enabled: false,
+            retention: None,
+        };
+        ChatService::new(
+            db.store.clone(),
+            None,
+            Default::default(),
+            Default::default(),
+            &off,
+        )
+    }
+
+    /// Once the server is closing, a delivery is done without waiting for the IO
+    /// loops, which may have ended (their barriers would never run, and the reader's
+    /// last batch would stay in the stream, to be stored again by a drain). Seen
+    /// failing with `set_closing` → (): "done waited for a loop while closing".
+    #[test]
+    fn a_closing_server_does_not_wait_for_its_loops() {
+        let db = SqliteDb::new();
+        let service = bare_service(&db);
+        let (a, ta) = spawn_loop();
+        service.set_io_loops(vec![a.clone()]);
+        let release = hold(&a);
+        service.set_closing();
+        let (done_tx, done_rx) = mpsc::channel();
+        service.after_delivery(Box::new(move || done_tx.send(()).expect("the test waits")));
+        let done = done_rx.recv_timeout(Duration::from_secs(5));
+        release.send(()).expect("loop a waits");
+        a.quit();
+        ta.join().expect("loop a ends");
+        done.expect("done waited for a loop while closing");
+    }
+
     /// The stream reader trims what it delivered only once it is written
     /// (`after_delivery`): with one of two IO loops held inside a task, `done` waits
     /// for that loop even after the other one ran its barrier. (A node killed in
@@ -254,27 +302,11 @@ mod tests {
     #[test]
     fn a_delivery_is_done_only_once_every_loop_wrote() {
         let db = SqliteDb::new();
-        let off = HistoryOptions {
-            enabled: false,
-            retention: None,
-        };
-        let service = ChatService::new(
-            db.store.clone(),
-            None,
-            Default::default(),
-            Default::default(),
-            &off,
-        );
+        let service = bare_service(&db);
         let (a, ta) = spawn_loop();
         let (b, tb) = spawn_loop();
         service.set_io_loops(vec![a.clone(), b.clone()]);
-        let (started_tx, started_rx) = mpsc::channel();
-        let (release_tx, release_rx) = mpsc::channel::<()>();
-        a.run_in_loop(move |_| {
-            started_tx.send(()).expect("the test waits");
-            let _ = release_rx.recv();
-        });
-        started_rx.recv().expect("loop a is held");
+        let release_tx = hold(&a);
         let (done_tx, done_rx) = mpsc::channel();
         service.after_delivery(Box::new(move || done_tx.send(()).expect("the test waits")));
         // Loop b's barrier runs before this one, queued after it on the same loop.
