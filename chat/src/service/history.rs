@@ -617,21 +617,25 @@ mod tests {
         }
     }
 
+    /// A message of user 1 in conversation `conv`, sent at `ts_ms`.
+    fn sent_at(conv: i64, ts_ms: i64) -> HistoryRecord {
+        HistoryRecord {
+            conv,
+            sender: 1,
+            ts_ms,
+            text: format!("at {ts_ms}"),
+        }
+    }
+
     /// A sweep removes what is older than the retention and keeps the rest: an hour's
     /// retention removes a message of two hours ago, not one of half an hour ago.
     #[test]
     fn a_sweep_cuts_at_the_retention() {
         let db = SqliteDb::new();
         let hour = 3_600_000;
-        let at = |conv, ts_ms| HistoryRecord {
-            conv,
-            sender: 1,
-            ts_ms,
-            text: format!("at {ts_ms}"),
-        };
         let now = now_ms();
         db.store
-            .append_history(&[at(1, now - 2 * hour), at(2, now - hour / 2)])
+            .append_history(&[sent_at(1, now - 2 * hour), sent_at(2, now - hour / 2)])
             .expect("append");
         prune(&*db.store, Duration::from_secs(3_600));
         let left = |conv| db.store.history_page(conv, None, 10).expect("page").len();
@@ -645,15 +649,9 @@ mod tests {
     fn a_writer_with_a_retention_sweeps_at_its_start() {
         let db = SqliteDb::new();
         let hour = 3_600_000;
-        let at = |conv, ts_ms| HistoryRecord {
-            conv,
-            sender: 1,
-            ts_ms,
-            text: format!("at {ts_ms}"),
-        };
         let now = now_ms();
         db.store
-            .append_history(&[at(1, now - 2 * hour), at(2, now)])
+            .append_history(&[sent_at(1, now - 2 * hour), sent_at(2, now)])
             .expect("append");
         let opts = HistoryOptions {
             enabled: true,
