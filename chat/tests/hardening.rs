@@ -584,6 +584,61 @@ fn binary_websocket_messages_count_against_the_queue_bound() {
     let _ = writer.join();
 }
 
+/// The TCP twin of [`binary_websocket_messages_count_against_the_queue_bound`], on
+/// the IO loop's chat path: a logged-in user's ONE_CHATs behind its own slow REG
+/// (the hash runs on a worker, so the strand is busy) are each made into a job on
+/// the loop, and the server stops reading them at the strand's bound: while the
+/// hash runs it has read no more than that many. (Mutation testing: with
+/// `Gateway::decode` dropping the pause that path's job reports, it read every
+/// chat of the read that crossed the bound.)
+#[test]
+fn chats_behind_a_busy_strand_count_against_the_queue_bound() {
+    let _serial = heavy();
+    let mut srv = backpressure_extra(&["--argon2-passes", "20000", "--admin-addr", "127.0.0.1:0"]);
+    let admin = srv.http_addr("admin");
+    let read = || metric(admin, "chat_frames_in_total{msgid=\"6\"}").unwrap_or(0.0);
+    let slow = Duration::from_secs(120);
+    let mut c = Client::connect(srv.addr);
+    c.send(&json!({"msgid": 4, "name": "cb-flooder", "password": "pw"}));
+    let ack: serde_json::Value =
+        serde_json::from_slice(c.recv_raw_within(slow).split_last().unwrap().1).unwrap();
+    let id = ack["id"].as_i64().expect("the flooder's REG_ACK");
+    assert_eq!(
+        c.login_within(id, "pw", slow)["errno"],
+        0,
+        "the flooder's LOGIN"
+    );
+    let before = read();
+    // A REG, whose hash keeps the strand busy, then 24 MiB of small chats to a
+    // user that does not exist (each ~100 bytes: one read holds hundreds).
+    let mut frames = vec![frame_bytes(
+        &json!({"msgid": 4, "name": "cb-other", "password": "pw"}),
+    )];
+    let chat = frame_bytes(&one_chat(id, "cb-flooder", 424_242, "x"));
+    let per = 32 * 1024 / chat.len();
+    frames.extend((0..24 * 1024 * 1024 / (per * chat.len())).map(|_| chat.repeat(per)));
+    let quiet = Duration::from_millis(1500);
+    let writer = flood_until_stalled(&srv, c.stream(), frames, quiet, "chats");
+    let decoded = read() - before;
+    // Nothing came back yet, so the REG's hash was still running when the count
+    // was read (its REG_ACK is written before reading could resume).
+    let s = c.stream();
+    s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+    assert!(
+        s.peek(&mut [0]).is_err(),
+        "the REG's hash ended before the writer stalled: nothing was measured behind it"
+    );
+    eprintln!("chats read behind the REG: {decoded}");
+    let bound = (QUEUE_HIGH + 1) as f64;
+    assert!(
+        decoded <= bound,
+        "{decoded} chats were read behind a REG (the strand's bound: {bound})"
+    );
+    srv.assert_alive();
+    c.shutdown();
+    let _ = writer.join();
+}
+
 /// Writes `frames` to `stream` from a thread until the server stops reading it (no
 /// progress for `quiet`), and checks that the server's RSS grew by less than 8 MiB
 /// meanwhile; returns the writer. `what` names the flood in the figures.
