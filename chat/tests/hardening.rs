@@ -594,7 +594,16 @@ fn binary_websocket_messages_count_against_the_queue_bound() {
 #[test]
 fn chats_behind_a_busy_strand_count_against_the_queue_bound() {
     let _serial = heavy();
-    let mut srv = backpressure_extra(&["--argon2-passes", "20000", "--admin-addr", "127.0.0.1:0"]);
+    // No login time limit: a registration and a login at this cost can take
+    // longer than its minute on a loaded machine.
+    let mut srv = backpressure_extra(&[
+        "--argon2-passes",
+        "20000",
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--login-timeout-secs",
+        "0",
+    ]);
     let admin = srv.http_addr("admin");
     let read = || metric(admin, "chat_frames_in_total{msgid=\"6\"}").unwrap_or(0.0);
     let slow = Duration::from_secs(120);
