@@ -294,7 +294,8 @@ fn seq_ack_before_login_is_refused() {
 /// the same `dseq`s, so the client drops what it saw; a frame it never saw (one
 /// read by nobody) is shown. (Mutation testing: with `wait_put_back` a no-op, or
 /// its limit check `>=` turned `<`, or `set_workers` giving a limit of 0, the
-/// RESUME_ACK came without `offlinemsg`: the frames followed it by a flush.)
+/// RESUME_ACK came without `offlinemsg`: the frames followed it by a flush; with
+/// `Session::mark_put_back` a no-op, it came after the wait's whole 2.5 s.)
 #[test]
 fn a_takeover_gets_the_old_sessions_unacknowledged_frames() {
     fast_hashes();
@@ -313,6 +314,7 @@ fn a_takeover_gets_the_old_sessions_unacknowledged_frames() {
     read_until(&mut r.c, &mut shown, 4, usize::MAX); // t4 written, never read
 
     let mut c = Client::connect(srv.addr());
+    let sent = std::time::Instant::now();
     c.send(&json!({"ext": 1, "id": r.id, "lastseq": shown.last, "msgid": 17, "token": token}));
     // The old connection still holds t4, unread; then the notice.
     let notice = loop {
@@ -322,8 +324,16 @@ fn a_takeover_gets_the_old_sessions_unacknowledged_frames() {
         }
     };
     assert_eq!(notice["errno"], 121, "{notice}");
+    // The old client closes at once (else the server's close waits for it).
+    r.c.shutdown();
     let ack = c.expect_frame("RESUME_ACK", |v| v["msgid"] == 18);
     assert_eq!(ack["errno"], 0, "{ack}");
+    // It waited for the put-back, not for the wait's limit (2.5 s).
+    let waited = sent.elapsed();
+    assert!(
+        waited < std::time::Duration::from_secs(2),
+        "the RESUME was answered after {waited:?}: the put-back was not signalled"
+    );
     let again = ack["offlinemsg"]
         .as_array()
         .expect("the unacknowledged frames");

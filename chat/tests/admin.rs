@@ -460,18 +460,60 @@ fn two_batching_nodes(
 /// every frame is a route call of its own: "200 route calls for 200 frames".)
 #[test]
 fn one_senders_burst_shares_route_round_trips() {
-    let (_redis, _b, n1, n2) = two_batching_nodes("burst");
+    burst_shares_route_round_trips("burst", false);
+}
+
+/// [`one_senders_burst_shares_route_round_trips`] for chats the IO loop does not
+/// make into jobs itself (`ext` and `cid`: parsed in full, a request job each),
+/// which go on beside the routed ones all the same; a PING right behind them
+/// waits for them and is answered after every confirmation. (Mutation testing:
+/// with `Strand::runs_beside_routes` not taking a parsed ONE_CHAT, each waited
+/// for the one before: "200 route calls for 200 frames"; with it taking every
+/// job, or `Session::pop` not waiting for routed frames, the PONG came first:
+/// "expected an ACK, got {"msgid":14}".)
+#[test]
+fn one_senders_parsed_chats_share_route_round_trips() {
+    burst_shares_route_round_trips("burstx", true);
+}
+
+fn burst_shares_route_round_trips(tag: &str, ext: bool) {
+    let (_redis, _b, n1, n2) = two_batching_nodes(tag);
     const N: usize = 200;
-    let mut s = User::online(n1.addr(), "burst_s");
-    let mut r = User::online(n2.addr(), "burst_r");
+    let mut s = User::online(n1.addr(), &format!("{tag}_s"));
+    let mut r = User::online(n2.addr(), &format!("{tag}_r"));
     let before = scrape(admin(&n1));
-    let burst: Vec<u8> = (0..N)
-        .flat_map(|k| frame_bytes(&one_chat(s.id, &s.name, r.id, &format!("m{k}"))))
+    let mut burst: Vec<u8> = (0..N)
+        .flat_map(|k| {
+            let mut v = one_chat(s.id, &s.name, r.id, &format!("m{k}"));
+            if ext {
+                v["ext"] = json!(1);
+                v["cid"] = json!(k);
+            }
+            frame_bytes(&v)
+        })
         .collect();
+    if ext {
+        // A PING right behind the chats: answered after their confirmations.
+        burst.extend_from_slice(b"{\"msgid\":13}\0");
+    }
     s.c.send_raw(&burst);
     for k in 0..N {
         let v = r.c.expect_msgid(6);
         assert_eq!(v["msg"], format!("m{k}"), "{v}");
+    }
+    if ext {
+        for k in 0..N {
+            assert_eq!(
+                s.c.expect_ack(6, 0)["cid"],
+                json!(k),
+                "confirmations in order"
+            );
+        }
+        assert_eq!(
+            s.c.recv(),
+            json!({"msgid": 14}),
+            "PONG after every confirmation"
+        );
     }
     s.c.barrier();
     let after = scrape(admin(&n1));

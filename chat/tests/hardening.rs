@@ -584,6 +584,172 @@ fn binary_websocket_messages_count_against_the_queue_bound() {
     let _ = writer.join();
 }
 
+/// The TCP twin of [`binary_websocket_messages_count_against_the_queue_bound`], on
+/// the IO loop's chat path: a logged-in user's ONE_CHATs behind its own slow REG
+/// (the hash runs on a worker, so the strand is busy) are each made into a job on
+/// the loop, and the server stops reading them at the strand's bound: while the
+/// hash runs it has read no more than that many. (Mutation testing: with
+/// `Gateway::decode` dropping the pause that path's job reports, it read every
+/// chat of the read that crossed the bound.)
+#[test]
+fn chats_behind_a_busy_strand_count_against_the_queue_bound() {
+    let _serial = heavy();
+    // No login time limit: a registration and a login at this cost can take
+    // longer than its minute on a loaded machine.
+    let mut srv = backpressure_extra(&[
+        "--argon2-passes",
+        "20000",
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--login-timeout-secs",
+        "0",
+    ]);
+    let admin = srv.http_addr("admin");
+    let read = || metric(admin, "chat_frames_in_total{msgid=\"6\"}").unwrap_or(0.0);
+    let slow = Duration::from_secs(120);
+    let mut c = Client::connect(srv.addr);
+    c.send(&json!({"msgid": 4, "name": "cb-flooder", "password": "pw"}));
+    let ack: serde_json::Value =
+        serde_json::from_slice(c.recv_raw_within(slow).split_last().unwrap().1).unwrap();
+    let id = ack["id"].as_i64().expect("the flooder's REG_ACK");
+    assert_eq!(
+        c.login_within(id, "pw", slow)["errno"],
+        0,
+        "the flooder's LOGIN"
+    );
+    let before = read();
+    // A REG, whose hash keeps the strand busy, then 24 MiB of small chats to a
+    // user that does not exist (each ~100 bytes: one read holds hundreds).
+    let mut frames = vec![frame_bytes(
+        &json!({"msgid": 4, "name": "cb-other", "password": "pw"}),
+    )];
+    let chat = frame_bytes(&one_chat(id, "cb-flooder", 424_242, "x"));
+    let per = 32 * 1024 / chat.len();
+    frames.extend((0..24 * 1024 * 1024 / (per * chat.len())).map(|_| chat.repeat(per)));
+    let quiet = Duration::from_millis(1500);
+    let writer = flood_until_stalled(&srv, c.stream(), frames, quiet, "chats");
+    let decoded = read() - before;
+    // Nothing came back yet, so the REG's hash was still running when the count
+    // was read (its REG_ACK is written before reading could resume).
+    let s = c.stream();
+    s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+    assert!(
+        s.peek(&mut [0]).is_err(),
+        "the REG's hash ended before the writer stalled: nothing was measured behind it"
+    );
+    eprintln!("chats read behind the REG: {decoded}");
+    let bound = (QUEUE_HIGH + 1) as f64;
+    assert!(
+        decoded <= bound,
+        "{decoded} chats were read behind a REG (the strand's bound: {bound})"
+    );
+    srv.assert_alive();
+    c.shutdown();
+    let _ = writer.join();
+}
+
+/// A WebSocket user's binary messages behind its own slow REG pause reading at
+/// the strand's bound, and reading stays paused while the user's output drains
+/// (a peer's chats delivered to it, each write completing): the stalled writer
+/// does not move. (Mutation testing: with `update_reading`'s `||` made `&&`, the
+/// first write-complete let the loop read another batch of the flood, up to
+/// `READ_BUDGET` reads, into the input buffer. A WebSocket shows it because its
+/// layer takes every byte out of the input buffer: on TCP the bytes a pause leaves
+/// there are handed back to `on_message` first, which stops reading again.)
+#[test]
+fn a_paused_websocket_is_not_read_while_its_output_drains() {
+    let _serial = heavy();
+    // No login time limit: registrations and logins at this cost can take longer
+    // than its minute on a loaded machine.
+    let mut srv = backpressure_extra(&[
+        "--argon2-passes",
+        "20000",
+        "--ws-addr",
+        "127.0.0.1:0",
+        "--login-timeout-secs",
+        "0",
+    ]);
+    let addr = srv.http_addr("WebSocket");
+    let slow = Duration::from_secs(120);
+    let tcp = srv.addr;
+    let peer = thread::spawn(move || slow_user(tcp, "pw-peer"));
+    let stream = TcpStream::connect(addr).expect("connect to the WebSocket listener");
+    stream.set_read_timeout(Some(slow)).unwrap();
+    let (mut ws, _) = tungstenite::client::client(format!("ws://{addr}/ws"), stream)
+        .expect("the upgrade is accepted");
+    let mut ask = |v: serde_json::Value| -> serde_json::Value {
+        ws.send(tungstenite::Message::text(v.to_string()))
+            .expect("send a request");
+        match ws.read().expect("a reply") {
+            tungstenite::Message::Text(t) => serde_json::from_str(t.as_str()).unwrap(),
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    };
+    let id = ask(json!({"msgid": 4, "name": "pw-reader", "password": "pw"}))["id"]
+        .as_i64()
+        .expect("a REG_ACK with an id");
+    let ack = ask(json!({"msgid": 1, "id": id, "password": "pw"}));
+    assert_eq!(ack["errno"], 0, "the WebSocket user's LOGIN: {ack}");
+    let (mut p, peer_id) = peer.join().expect("the peer's login");
+    // A REG, whose hash keeps the strand busy, then 24 MiB of empty binary
+    // messages (each refused with error 100, a job each): reading pauses.
+    let reg = json!({"msgid": 4, "name": "pw-other", "password": "pw"});
+    ws.send(tungstenite::Message::text(reg.to_string()))
+        .expect("send the REG");
+    let frames: Vec<Vec<u8>> = (0..128)
+        .map(|_| [0x82, 0x80, 0, 0, 0, 0].repeat(32 * 1024))
+        .collect();
+    let total = frames.iter().map(Vec::len).sum();
+    let written = Arc::new(AtomicUsize::new(0));
+    let writer = spawn_writer(ws.get_ref(), frames, written.clone());
+    let quiet = Duration::from_millis(500);
+    let stalled = wait_for_stall(&written, total, quiet);
+    // The peer's chats go out to the user one by one, each write completing.
+    // Anything else (the REG_ACK) means the hash ended: reading may resume.
+    let mut other = None;
+    for i in 0..10 {
+        p.send(&one_chat(peer_id, "pw-peer", id, &format!("live {i}")));
+        loop {
+            match ws.read().expect("the peer's chat") {
+                tungstenite::Message::Text(t) if t.as_str().contains("live") => break,
+                m => other = other.or(Some(m)),
+            }
+        }
+    }
+    let after = wait_for_stall(&written, total, quiet);
+    if other.is_none() {
+        ws.get_ref()
+            .set_read_timeout(Some(Duration::from_millis(1)))
+            .unwrap();
+        other = ws.read().ok();
+    }
+    assert_eq!(
+        after - stalled,
+        0,
+        "bytes the server read of a paused connection while its output drained \
+         (before the REG's check ended, unless this came: {other:?})"
+    );
+    assert!(
+        other.is_none(),
+        "the REG's hash ended before the measure: nothing was measured behind it ({other:?})"
+    );
+    srv.assert_alive();
+    let _ = ws.get_ref().shutdown(std::net::Shutdown::Both);
+    let _ = writer.join();
+}
+
+/// A user registered and logged in on a server whose password hashes are slow.
+fn slow_user(addr: std::net::SocketAddr, name: &str) -> (Client, i64) {
+    let slow = Duration::from_secs(120);
+    let mut c = Client::connect(addr);
+    c.send(&json!({"msgid": 4, "name": name, "password": "pw"}));
+    let raw = c.recv_raw_within(slow);
+    let ack: serde_json::Value = serde_json::from_slice(&raw[..raw.len() - 1]).unwrap();
+    let id = ack["id"].as_i64().expect("a REG_ACK with an id");
+    assert_eq!(c.login_within(id, "pw", slow)["errno"], 0, "{name}'s LOGIN");
+    (c, id)
+}
+
 /// Writes `frames` to `stream` from a thread until the server stops reading it (no
 /// progress for `quiet`), and checks that the server's RSS grew by less than 8 MiB
 /// meanwhile; returns the writer. `what` names the flood in the figures.
