@@ -226,6 +226,19 @@ impl Strand {
             )
     }
 
+    /// Ends a wait for the output if the gate is open now; true if the strand
+    /// must be scheduled (it is then marked scheduled, so that a job pushed before
+    /// the worker takes it does not schedule it a second time).
+    fn unpark(&mut self, high_water: usize) -> bool {
+        if !self.parked || self.gated(high_water) {
+            return false;
+        }
+        self.parked = false;
+        let schedule = !self.scheduled && !self.jobs.is_empty();
+        self.scheduled |= schedule;
+        schedule
+    }
+
     /// Whether the next job may run while frames are with the route batcher: a
     /// ONE_CHAT of the logged-in `user` (it goes to the bus behind them, or comes
     /// back as [`Job::Deferred`] if its recipient is here).
@@ -471,19 +484,7 @@ impl Session {
     pub fn output_drained(&self) -> bool {
         let mut s = self.strand.lock();
         s.output_seen = 0;
-        self.unpark(&mut s)
-    }
-
-    /// Ends a wait for the output if the gate is open now; true if the strand
-    /// must be scheduled.
-    fn unpark(&self, s: &mut Strand) -> bool {
-        if !s.parked || s.gated(self.high_water) {
-            return false;
-        }
-        s.parked = false;
-        let schedule = !s.scheduled && !s.jobs.is_empty();
-        s.scheduled |= schedule;
-        schedule
+        s.unpark(self.high_water)
     }
 
     /// Delivers a frame from someone else: held while a login is being answered.
@@ -717,5 +718,57 @@ impl Session {
         s.awaiting_routes = false;
         s.scheduled = true;
         schedule
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A strand woken from its wait for the output is handed to a worker marked
+    /// scheduled: a job the IO loop pushes before the worker takes it must not
+    /// schedule it again (two workers would run one strand, and replies could go
+    /// out of order). Seen failing with `scheduled |= schedule` made `&=`:
+    /// "woken, yet not marked scheduled".
+    #[test]
+    fn a_woken_strand_is_marked_scheduled() {
+        let mut s = Strand {
+            parked: true,
+            ..Strand::default()
+        };
+        s.jobs.push_back((Job::Shutdown, 0));
+        assert!(s.unpark(1024), "the gate is open: the strand must run");
+        assert!(s.scheduled, "woken, yet not marked scheduled");
+        assert!(!s.parked);
+        // A second wake (the output drained again) schedules nothing more.
+        s.parked = true;
+        assert!(!s.unpark(1024), "already scheduled");
+    }
+
+    /// A strand with nothing queued is not scheduled when the output drains, and
+    /// one whose next request is still gated stays parked.
+    #[test]
+    fn unpark_schedules_only_queued_work_past_the_gate() {
+        let mut idle = Strand {
+            parked: true,
+            ..Strand::default()
+        };
+        assert!(!idle.unpark(1024));
+        assert!(!idle.scheduled && !idle.parked);
+        let mut gated = Strand {
+            parked: true,
+            output_seen: 4096,
+            ..Strand::default()
+        };
+        gated.jobs.push_back((
+            Job::Refused {
+                frame: Vec::new(),
+                errno: 0,
+                msgid: -1,
+            },
+            0,
+        ));
+        assert!(!gated.unpark(1024), "over the mark: still gated");
+        assert!(gated.parked && !gated.scheduled);
     }
 }
