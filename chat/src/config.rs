@@ -193,7 +193,6 @@ pub fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::other(format!("{host}: resolves to no address")))
 }
 
-/// `HOST:PORT` resolved (IPv4 first).
 /// The smallest `--frame-limit`: room for a LOGIN or a short chat. Below it (0 above
 /// all) every frame a client can send would be refused with error 106, and the node
 /// would serve nobody.
@@ -220,6 +219,7 @@ pub fn default_io_threads(cores: usize) -> usize {
     cores.div_ceil(2).max(1)
 }
 
+/// `HOST:PORT` resolved (IPv4 first).
 fn resolve_pair(hostport: &str) -> io::Result<SocketAddr> {
     let (host, port) = hostport
         .rsplit_once(':')
