@@ -418,6 +418,15 @@ fn friends(store: &dyn Store) {
     assert_eq!(store.friends(i64::MIN).unwrap(), vec![]);
 }
 
+/// A member row as the store returns it.
+fn member(id: i64, name: &str, role: Role) -> MemberRow {
+    MemberRow {
+        id,
+        name: name.to_owned(),
+        role,
+    }
+}
+
 fn groups(store: &dyn Store) {
     let a = store.register("ga", "p").unwrap().unwrap();
     let b = store.register("gb", "p").unwrap().unwrap();
@@ -441,11 +450,6 @@ fn groups(store: &dyn Store) {
     assert!(g2 > g1);
     assert_eq!(store.join_group(c, g2).unwrap(), JoinGroup::Joined);
 
-    let member = |id, name: &str, role| MemberRow {
-        id,
-        name: name.to_owned(),
-        role,
-    };
     let devs = GroupRow {
         id: g1,
         name: "devs".into(),

@@ -1,9 +1,9 @@
 //! [`SocialStore`] on both backends: friend requests, group membership changes, and
 //! history's seqs, pages and retention.
 
-use super::{MysqlDb, SqliteDb};
+use super::{member, MysqlDb, SqliteDb};
 use crate::store::social::{FriendRequest, HistoryRecord, LeaveGroup, RemoveMember};
-use crate::store::{AddFriend, GroupRow, MemberRow, Role, Store};
+use crate::store::{AddFriend, GroupRow, Role, Store};
 
 backend_tests!(
     friend_requests_and_answers,
@@ -105,11 +105,6 @@ fn group_changes(store: &dyn Store) {
     for u in [a, b, d] {
         store.join_group(u, g).unwrap();
     }
-    let member = |id, name: &str, role| MemberRow {
-        id,
-        name: name.to_owned(),
-        role,
-    };
     assert_eq!(
         store.group(g).unwrap(),
         Some(GroupRow {
