@@ -616,7 +616,7 @@ impl Bus {
             redis::pipe()
                 .atomic()
                 .cmd("SET")
-                .arg(format!("{}{group}", self.keys.group_version_prefix))
+                .arg(self.group_version_key(group))
                 .arg(version)
                 .ignore()
                 .cmd("PUBLISH")
@@ -627,12 +627,17 @@ impl Bus {
         })
     }
 
+    /// `P:gv:<group>`.
+    fn group_version_key(&self, group: i64) -> String {
+        format!("{}{group}", self.keys.group_version_prefix)
+    }
+
     /// The version of a group's membership: `None` if it did not change since Redis
     /// started (or lost its data), else the last [`Bus::broadcast_invalidate`]'s.
     pub fn group_version(&self, group: i64) -> Result<Option<String>, BusError> {
         self.with_con(|c| {
             redis::cmd("GET")
-                .arg(format!("{}{group}", self.keys.group_version_prefix))
+                .arg(self.group_version_key(group))
                 .query::<Option<String>>(c)
         })
     }
