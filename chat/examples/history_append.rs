@@ -4,8 +4,11 @@
 //! round-robin over `--convs` conversations, in batches of `--batch`, through
 //! `SocialStore::append_history` on a fresh store, after `--preload` messages (so
 //! that each conversation's tail is a page of its own, as on a server that ran a
-//! while). Prints the thread's user and system CPU per appended message, which is
-//! what one-to-one chat pays for history at that batch size.
+//! while). Message `i` is stamped `i / --rate` seconds after the first, as at a
+//! server taking `--rate` messages a second (chunks span at most two seconds, so the
+//! stamps decide how many messages a chunk can hold). Prints the thread's user and
+//! system CPU per appended message, which is what one-to-one chat pays for history
+//! at that batch size.
 //!
 //! ```sh
 //! cargo run --release -p chat --example history_append -- --db sqlite:/tmp/ha.db --batch 5000
@@ -21,6 +24,7 @@ struct Args {
     batch: usize,
     messages: usize,
     preload: usize,
+    rate: u64,
 }
 
 fn args() -> Args {
@@ -30,6 +34,7 @@ fn args() -> Args {
         batch: 1000,
         messages: 200_000,
         preload: 200_000,
+        rate: 80_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -40,6 +45,7 @@ fn args() -> Args {
             "--batch" => a.batch = v().parse().expect("--batch N"),
             "--messages" => a.messages = v().parse().expect("--messages N"),
             "--preload" => a.preload = v().parse().expect("--preload N"),
+            "--rate" => a.rate = v().parse().expect("--rate MSGS_PER_SEC"),
             other => panic!("unknown option {other}"),
         }
     }
@@ -55,15 +61,16 @@ fn thread_cpu_us() -> (i64, i64) {
     (us(ru.ru_utime), us(ru.ru_stime))
 }
 
-/// `n` records from message number `from` on, round-robin over `convs` conversations.
-fn records(from: usize, n: usize, convs: i64) -> Vec<HistoryRecord> {
+/// `n` records from message number `from` on, round-robin over `convs` conversations,
+/// `rate` a second.
+fn records(from: usize, n: usize, convs: i64, rate: u64) -> Vec<HistoryRecord> {
     (from..from + n)
         .map(|i| {
             let c = (i as i64 % convs) * 2 + 1;
             HistoryRecord {
                 conv: (c << 32) | (c + 1),
                 sender: c,
-                ts_ms: 1_800_000_000_000 + i as i64,
+                ts_ms: 1_800_000_000_000 + (i as u64 * 1000 / rate.max(1)) as i64,
                 text: format!(
                     "{{\"id\":{c},\"msg\":\"message number {i} of the benchmark, padded to a \
                      chat-bench size\",\"msgid\":6,\"name\":\"u{c}\",\"time\":\"2026-11-28 15:00:00\",\"toid\":{}}}",
@@ -85,14 +92,14 @@ fn main() {
     while done < a.preload {
         let n = 20_000.min(a.preload - done);
         store
-            .append_history(&records(done, n, a.convs))
+            .append_history(&records(done, n, a.convs, a.rate))
             .expect("preload");
         done += n;
     }
     let batches: Vec<Vec<HistoryRecord>> = (0..a.messages.div_ceil(a.batch))
         .map(|b| {
             let from = a.preload + b * a.batch;
-            records(from, a.batch.min(a.messages - b * a.batch), a.convs)
+            records(from, a.batch.min(a.messages - b * a.batch), a.convs, a.rate)
         })
         .collect();
     let (u0, s0) = thread_cpu_us();
