@@ -21,7 +21,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a caller waits for a free pooled connection.
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 /// `PRAGMA user_version` of the schema below; bump it with each upgrade step.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// The schema, created on first open. Same tables and columns as MySQL's `chat.sql`.
 const SCHEMA: &str = "

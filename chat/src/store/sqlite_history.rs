@@ -8,18 +8,23 @@
 //! rowid order, so their pages fill one after the other) with one small index entry
 //! `(conv, seq)`; a batch gathered over a second costs a row per conversation.
 //!
-//! A chunk's `body` is its messages' texts joined by NUL bytes (a frame never holds
+//! A chunk's text is its messages' texts joined by NUL bytes (a frame never holds
 //! one: NUL ends a frame on the wire); a message with a NUL in it, if one ever came,
-//! is a chunk of its own, whose body is taken whole. Retention removes whole chunks,
-//! by the `ts` of their newest message: a message outlives its retention by at most
-//! the writer's gathering time.
+//! is a chunk of its own, whose text is taken whole. Its `body` is that text LZ4
+//! compressed (`codec` 1: the text's length as four little-endian bytes, then the
+//! LZ4 block) when that is smaller, else the text itself (`codec` 0, and every
+//! chunk written before compression). A conversation's frames repeat their fields,
+//! so a chunk shrinks several times over: fewer pages to write, to copy at each
+//! checkpoint and to keep. Retention removes whole chunks, by the `ts` of their
+//! newest message: a message outlives its retention by at most the writer's
+//! gathering time.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::social::{assign_seqs, counts, HistoryRecord};
+use super::social::HistoryRecord;
 use super::StoreError;
 use crate::protocol::HistoryItem;
 
@@ -34,6 +39,11 @@ pub(super) const CHUNK_SPAN_MS: i64 = 2000;
 /// The writer connection's page cache (KiB): the index tails of the conversations a
 /// batch touches stay in memory between batches.
 pub(super) const WRITER_CACHE_KIB: i64 = 16 * 1024;
+/// Texts shorter than this are stored as they are: LZ4 gains nothing on them.
+const COMPRESS_MIN: usize = 64;
+/// A compressed body claiming a text longer than this is corrupt (a chunk's text is
+/// at most [`CHUNK_BYTES`], or one message, which a frame limit bounds far below).
+const TEXT_MAX: usize = 64 << 20;
 
 /// The history tables (created with the rest of the schema).
 pub(super) const SCHEMA: &str = "
@@ -43,7 +53,8 @@ CREATE TABLE IF NOT EXISTS historychunk (
   seq INTEGER NOT NULL,
   last INTEGER NOT NULL,
   ts INTEGER NOT NULL,
-  body BLOB NOT NULL
+  body BLOB NOT NULL,
+  codec INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS historychunk_conv ON historychunk (conv, seq);
 CREATE INDEX IF NOT EXISTS historychunk_ts ON historychunk (ts);
@@ -53,8 +64,15 @@ CREATE TABLE IF NOT EXISTS historyseq (
 );
 ";
 
-/// Schema version 2 kept a row per message in `history`: each becomes a chunk of one.
+/// Schema version 3 had no `codec` (its bodies are texts, codec 0); version 2 kept a
+/// row per message in `history`: each becomes a chunk of one.
 pub(super) fn upgrade(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    let has_codec = tx
+        .prepare("SELECT 1 FROM pragma_table_info('historychunk') WHERE name = 'codec'")?
+        .exists([])?;
+    if !has_codec {
+        tx.execute_batch("ALTER TABLE historychunk ADD COLUMN codec INTEGER NOT NULL DEFAULT 0")?;
+    }
     let old = tx
         .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'history'")?
         .exists([])?;
@@ -70,90 +88,154 @@ pub(super) fn upgrade(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> 
 }
 
 /// One row to insert.
-struct Chunk<'a> {
+struct Row<'a> {
     conv: i64,
     seq: i64,
-    /// Its messages, in seq order.
-    texts: Vec<&'a str>,
-    /// The oldest message's time.
-    first_ts: i64,
+    last: i64,
     /// The newest message's time (retention).
     ts: i64,
-    /// The body's length so far: each text and its separator.
+    /// Its messages' texts joined by NUL bytes.
+    text: &'a [u8],
+}
+
+/// The chunk being filled while a conversation's messages are cut.
+struct Open {
+    /// Messages in it.
+    n: usize,
+    /// The oldest message's time.
+    first_ts: i64,
+    /// The newest message's time.
+    ts: i64,
+    /// The text's length so far: each text and its separator.
     bytes: usize,
     /// It holds a message with a NUL, which must be a chunk's only one.
     sealed: bool,
 }
 
-impl<'a> Chunk<'a> {
-    /// A chunk of `r` (whose seq is `seq`) alone, with room for `capacity` texts.
-    fn new(seq: i64, r: &'a HistoryRecord, capacity: usize) -> Chunk<'a> {
-        let mut texts = Vec::with_capacity(capacity);
-        texts.push(r.text.as_str());
-        Chunk {
-            conv: r.conv,
-            seq,
-            texts,
+impl Open {
+    /// A chunk of `r` alone; `nul`: its text holds a NUL.
+    fn new(r: &HistoryRecord, nul: bool) -> Open {
+        Open {
+            n: 1,
             first_ts: r.ts_ms,
             ts: r.ts_ms,
             bytes: r.text.len() + 1,
-            sealed: r.text.contains('\0'),
+            sealed: nul,
         }
-    }
-
-    fn last(&self) -> i64 {
-        self.seq + self.texts.len() as i64 - 1
     }
 
     /// Whether `r` may join: room left, within [`CHUNK_SPAN_MS`], and neither it nor
     /// a message already in holds a NUL (such a message must be a chunk's only one).
     /// Constant time: a batch of a busy conversation is cut in one pass.
-    fn takes(&self, r: &HistoryRecord) -> bool {
+    fn takes(&self, r: &HistoryRecord, nul: bool) -> bool {
         let span = self.first_ts.min(r.ts_ms)..=self.ts.max(r.ts_ms);
-        self.texts.len() < CHUNK_MESSAGES
+        self.n < CHUNK_MESSAGES
             && self.bytes + r.text.len() <= CHUNK_BYTES
             && span.end() - span.start() <= CHUNK_SPAN_MS
             && !self.sealed
-            && !r.text.contains('\0')
+            && !nul
     }
 
-    /// Adds `r`, which [`Chunk::takes`] accepted.
-    fn push(&mut self, r: &'a HistoryRecord) {
-        self.texts.push(&r.text);
+    /// Adds `r`, which [`Open::takes`] accepted.
+    fn push(&mut self, r: &HistoryRecord) {
+        self.n += 1;
         self.first_ts = self.first_ts.min(r.ts_ms);
         self.ts = self.ts.max(r.ts_ms);
         self.bytes += r.text.len() + 1;
     }
+}
 
-    fn body(&self) -> Vec<u8> {
-        self.texts.join("\0").into_bytes()
+/// The rows of `batch`: per conversation (ascending), in seq order. `bump(conv, n)`
+/// moves a conversation's counter on by its `n` messages and returns the new value
+/// (they get the last `n` seqs, in batch order); `insert` takes each row. One pass,
+/// one allocation (the order), one buffer for the texts.
+fn rows<E>(
+    batch: &[HistoryRecord],
+    mut bump: impl FnMut(i64, i64) -> Result<i64, E>,
+    mut insert: impl FnMut(Row<'_>) -> Result<(), E>,
+) -> Result<(), E> {
+    // The batch's indices by conversation, in batch order within one.
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    order.sort_unstable_by_key(|&i| (batch[i].conv, i));
+    let mut text = Vec::new();
+    for msgs in order.chunk_by(|&a, &b| batch[a].conv == batch[b].conv) {
+        let conv = batch[msgs[0]].conv;
+        let n = msgs.len() as i64;
+        let mut seq = bump(conv, n)? - n + 1;
+        let mut emit = |chunk: &[usize], ts: i64| {
+            text.clear();
+            for (k, &i) in chunk.iter().enumerate() {
+                if k > 0 {
+                    text.push(0);
+                }
+                text.extend_from_slice(batch[i].text.as_bytes());
+            }
+            let last = seq + chunk.len() as i64 - 1;
+            let row = Row {
+                conv,
+                seq,
+                last,
+                ts,
+                text: &text,
+            };
+            seq = last + 1;
+            insert(row)
+        };
+        let mut open: Option<Open> = None;
+        let mut start = 0;
+        for (k, &i) in msgs.iter().enumerate() {
+            let r = &batch[i];
+            let nul = memchr::memchr(0, r.text.as_bytes()).is_some();
+            match &mut open {
+                Some(c) if c.takes(r, nul) => c.push(r),
+                _ => {
+                    if let Some(c) = open.take() {
+                        emit(&msgs[start..k], c.ts)?;
+                    }
+                    start = k;
+                    open = Some(Open::new(r, nul));
+                }
+            }
+        }
+        if let Some(c) = open {
+            emit(&msgs[start..], c.ts)?;
+        }
+    }
+    Ok(())
+}
+
+/// The stored form of a chunk's `text`: `(body, codec)` (see the module's doc),
+/// compressed into `scratch` when that is smaller.
+fn encode<'a>(text: &'a [u8], scratch: &'a mut Vec<u8>) -> (&'a [u8], i64) {
+    if text.len() < COMPRESS_MIN {
+        return (text, 0);
+    }
+    scratch.clear();
+    scratch.extend_from_slice(&(text.len() as u32).to_le_bytes());
+    scratch.resize(4 + lz4_flex::block::get_maximum_output_size(text.len()), 0);
+    match lz4_flex::block::compress_into(text, &mut scratch[4..]) {
+        Ok(n) if 4 + n < text.len() => (&scratch[..4 + n], 1),
+        _ => (text, 0),
     }
 }
 
-/// `batch` with its seqs, cut into chunks: per conversation (ascending), in seq order.
-fn chunks<'a>(batch: &'a [HistoryRecord], seqs: &[i64]) -> Vec<Chunk<'a>> {
-    // The batch's indices by conversation, in batch order within one (a stable
-    // sort): one allocation, not a vector per conversation.
-    let mut order: Vec<usize> = (0..batch.len()).collect();
-    order.sort_by_key(|&i| batch[i].conv);
-    let mut out: Vec<Chunk<'a>> = Vec::new();
-    for msgs in order.chunk_by(|&a, &b| batch[a].conv == batch[b].conv) {
-        let mut open: Option<Chunk<'a>> = None;
-        let mut left = msgs.len();
-        for &i in msgs {
-            let r = &batch[i];
-            match &mut open {
-                Some(c) if c.takes(r) => c.push(r),
-                _ => {
-                    out.extend(open.take());
-                    open = Some(Chunk::new(seqs[i], r, left.min(CHUNK_MESSAGES)));
-                }
+/// A chunk's text from its stored `body` and `codec`; `None` if it cannot be read.
+fn decode(body: &[u8], codec: i64) -> Option<Cow<'_, [u8]>> {
+    match codec {
+        0 => Some(Cow::Borrowed(body)),
+        1 => {
+            let len = u32::from_le_bytes(body.get(..4)?.try_into().ok()?) as usize;
+            if len > TEXT_MAX {
+                return None;
             }
-            left -= 1;
+            let mut text = vec![0; len];
+            match lz4_flex::block::decompress_into(&body[4..], &mut text) {
+                Ok(n) if n == len => Some(Cow::Owned(text)),
+                _ => None,
+            }
         }
-        out.extend(open);
+        _ => None,
     }
-    out
 }
 
 /// Appends `batch` in one IMMEDIATE transaction on `conn` (see [`super::SocialStore`]).
@@ -161,27 +243,27 @@ pub(super) fn append(conn: &mut Connection, batch: &[HistoryRecord]) -> Result<(
     if batch.is_empty() {
         return Ok(());
     }
-    let counts = counts(batch);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut last = HashMap::with_capacity(counts.len());
     {
         let mut bump = tx.prepare_cached(
             "INSERT INTO historyseq (conv, seq) VALUES (?1, ?2) \
              ON CONFLICT (conv) DO UPDATE SET seq = seq + excluded.seq RETURNING seq",
         )?;
-        for &(conv, n) in &counts {
-            let seq: i64 = bump.query_row((conv, n), |row| row.get(0))?;
-            last.insert(conv, seq);
-        }
-    }
-    let seqs = assign_seqs(batch, &counts, &last);
-    {
         let mut insert = tx.prepare_cached(
-            "INSERT INTO historychunk (conv, seq, last, ts, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO historychunk (conv, seq, last, ts, body, codec) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        for c in chunks(batch, &seqs) {
-            insert.execute((c.conv, c.seq, c.last(), c.ts, c.body()))?;
-        }
+        let mut scratch = Vec::new();
+        rows(
+            batch,
+            |conv, n| bump.query_row((conv, n), |row| row.get::<_, i64>(0)),
+            |r| {
+                let (body, codec) = encode(r.text, &mut scratch);
+                insert
+                    .execute((r.conv, r.seq, r.last, r.ts, body, codec))
+                    .map(drop)
+            },
+        )?;
     }
     tx.commit()?;
     Ok(())
@@ -201,19 +283,25 @@ pub(super) fn page(
         return Ok(out);
     }
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, last, body FROM historychunk WHERE conv = ?1 AND seq < ?2 ORDER BY seq DESC",
+        "SELECT seq, last, body, codec FROM historychunk \
+         WHERE conv = ?1 AND seq < ?2 ORDER BY seq DESC",
     )?;
     let mut rows = stmt.query((conv, before))?;
     while let Some(row) = rows.next()? {
-        let (seq, last): (i64, i64) = (row.get(0)?, row.get(1)?);
+        let (seq, last, codec): (i64, i64, i64) = (row.get(0)?, row.get(1)?, row.get(3)?);
         let body = match row.get_ref(2)? {
             ValueRef::Blob(b) | ValueRef::Text(b) => b,
             _ => &[],
         };
+        let Some(text) = decode(body, codec) else {
+            return Err(StoreError::Backend(format!(
+                "history chunk {seq}..={last} of conversation {conv} cannot be read (codec {codec})"
+            )));
+        };
         let texts: Vec<&[u8]> = if seq == last {
-            vec![body]
+            vec![&text]
         } else {
-            body.split(|&b| b == 0).collect()
+            text.split(|&b| b == 0).collect()
         };
         for (i, text) in texts.iter().enumerate().rev() {
             let s = seq + i as i64;
@@ -261,24 +349,89 @@ mod tests {
         }
     }
 
+    /// The rows of `batch` as `(conv, seq, last, ts, text)`, each conversation's
+    /// counter starting at `start(conv)`.
+    fn cut(
+        batch: &[HistoryRecord],
+        start: impl Fn(i64) -> i64,
+    ) -> Vec<(i64, i64, i64, i64, Vec<u8>)> {
+        let mut out = Vec::new();
+        rows::<()>(
+            batch,
+            |conv, n| Ok(start(conv) + n),
+            |r| {
+                out.push((r.conv, r.seq, r.last, r.ts, r.text.to_vec()));
+                Ok(())
+            },
+        )
+        .unwrap();
+        out
+    }
+
     #[test]
     fn a_batch_is_a_chunk_per_conversation_in_seq_order() {
-        let batch = [rec(2, "a"), rec(1, "b"), rec(2, "c"), rec(1, "d")];
-        let cs = chunks(&batch, &[10, 3, 11, 4]);
-        let got: Vec<_> = cs
-            .iter()
-            .map(|c| (c.conv, c.seq, c.last(), c.body()))
-            .collect();
+        let mut batch = [rec(2, "a"), rec(1, "b"), rec(2, "c"), rec(1, "d")];
+        batch[1].ts_ms = 7;
+        let got = cut(&batch, |conv| if conv == 1 { 2 } else { 9 });
         assert_eq!(
             got,
-            [(1, 3, 4, b"b\0d".to_vec()), (2, 10, 11, b"a\0c".to_vec())]
+            [
+                (1, 3, 4, 7, b"b\0d".to_vec()),
+                (2, 10, 11, 5, b"a\0c".to_vec())
+            ]
         );
     }
 
     /// How many texts each chunk of `batch` holds (seqs 1, 2, … in batch order).
     fn chunk_sizes(batch: &[HistoryRecord]) -> Vec<usize> {
-        let seqs: Vec<i64> = (1..=batch.len() as i64).collect();
-        chunks(batch, &seqs).iter().map(|c| c.texts.len()).collect()
+        cut(batch, |_| 0)
+            .iter()
+            .map(|&(_, seq, last, _, _)| (last - seq + 1) as usize)
+            .collect()
+    }
+
+    /// A chunk's text comes back from its stored form, compressed or not, and a
+    /// body that does not decode is refused, not misread.
+    #[test]
+    fn bodies_round_trip_and_bad_ones_are_refused() {
+        let mut scratch = Vec::new();
+        let frame = r#"{"id":36,"msg":"hello there","msgid":6,"name":"alice","time":"2026-11-29 03:00:00","toid":41}"#;
+        let texts = vec![frame; 20].join("\0");
+        let (body, codec) = encode(texts.as_bytes(), &mut scratch);
+        assert_eq!(codec, 1);
+        assert!(
+            body.len() * 4 < texts.len(),
+            "{} of {}",
+            body.len(),
+            texts.len()
+        );
+        let body = body.to_vec();
+        assert_eq!(decode(&body, 1).as_deref(), Some(texts.as_bytes()));
+        // Short or incompressible texts are kept as they are.
+        for raw in ["hi".as_bytes(), &(0..=255u8).collect::<Vec<_>>()] {
+            let (stored, codec) = encode(raw, &mut scratch);
+            assert_eq!((stored, codec), (raw, 0));
+            assert_eq!(decode(raw, 0).as_deref(), Some(raw));
+        }
+        // A cut body, a wrong length, an absurd length, an unknown codec.
+        let mut wrong_len = body.clone();
+        wrong_len[0] = wrong_len[0].wrapping_add(1);
+        let mut absurd = body.clone();
+        absurd[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        for (bad, codec) in [
+            (&body[..body.len() / 2], 1),
+            (&body[..3], 1),
+            (&wrong_len[..], 1),
+            (&absurd[..], 1),
+            (&body[..], 2),
+        ] {
+            assert_eq!(
+                decode(bad, codec),
+                None,
+                "{} bytes, codec {codec}",
+                bad.len()
+            );
+        }
     }
 
     #[test]
@@ -287,9 +440,9 @@ mod tests {
         assert_eq!(chunk_sizes(&batch), [CHUNK_MESSAGES, 1]);
         let big = "y".repeat(CHUNK_BYTES);
         let batch = [rec(1, "a"), rec(1, &big), rec(1, "b\0c"), rec(1, "d")];
-        let sizes: Vec<_> = chunks(&batch, &[1, 2, 3, 4])
+        let sizes: Vec<_> = cut(&batch, |_| 0)
             .iter()
-            .map(|c| (c.seq, c.texts.len()))
+            .map(|&(_, seq, last, _, _)| (seq, last - seq + 1))
             .collect();
         assert_eq!(sizes, [(1, 1), (2, 1), (3, 1), (4, 1)]);
         // The byte bound counts each text and its separator: 3 × 1,166 + 2 = 3,500

@@ -1,5 +1,5 @@
-//! SQLite history in chunks: pages across chunk edges, and the upgrade of a version-2
-//! file (a row per message).
+//! SQLite history in chunks: pages across chunk edges, and the upgrades of a version-2
+//! file (a row per message) and of a version-3 file (chunks stored as text).
 
 use super::{unique_suffix, FileGuard, SqliteDb};
 use crate::store::open_with;
@@ -74,4 +74,54 @@ fn version_2_history_is_kept() {
     // A second open finds nothing left to move.
     let store = open_with(&format!("sqlite:{}", path.display()), 2).unwrap();
     assert_eq!(store.history_page(5, None, 10).unwrap().len(), 3);
+}
+
+/// A file written by schema version 3 (chunk bodies stored as text, no `codec`)
+/// keeps its chunks readable, and new chunks are stored compressed beside them.
+#[test]
+fn version_3_chunks_stay_readable_beside_compressed_ones() {
+    let path = std::env::temp_dir().join(format!("chat_store_test_{}.db", unique_suffix()));
+    let _file = FileGuard(path.clone());
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE historychunk (id INTEGER PRIMARY KEY, conv INTEGER NOT NULL, \
+               seq INTEGER NOT NULL, last INTEGER NOT NULL, ts INTEGER NOT NULL, \
+               body BLOB NOT NULL);
+             CREATE UNIQUE INDEX historychunk_conv ON historychunk (conv, seq);
+             CREATE INDEX historychunk_ts ON historychunk (ts);
+             CREATE TABLE historyseq (conv INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
+             INSERT INTO historychunk (conv, seq, last, ts, body) \
+               VALUES (5, 1, 2, 10, CAST('one' || char(0) || 'two' AS BLOB));
+             INSERT INTO historyseq VALUES (5, 2);
+             PRAGMA user_version = 3;",
+        )
+        .unwrap();
+    }
+    let url = format!("sqlite:{}", path.display());
+    let store = open_with(&url, 2).unwrap();
+    let batch: Vec<_> = (3..43).map(|i| rec(5, i)).collect();
+    store.append_history(&batch).unwrap();
+    let page = store.history_page(5, None, 100).unwrap();
+    let got: Vec<_> = page.iter().map(|m| (m.seq, m.text.clone())).collect();
+    let mut want: Vec<_> = (3..43)
+        .map(|i| (i, format!(r#"{{"msg":"m{i}"}}"#)))
+        .collect();
+    want.extend([(2, "two".to_string()), (1, "one".to_string())]);
+    want[..40].reverse();
+    assert_eq!(got, want);
+    // The old chunk is still text; the new ones (32 and 8 messages) are compressed.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let codecs: Vec<(i64, i64)> = conn
+        .prepare("SELECT seq, codec FROM historychunk WHERE conv = 5 ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(codecs, [(1, 0), (3, 1), (35, 1)]);
+    // A second open finds nothing left to change.
+    drop(store);
+    let store = open_with(&url, 2).unwrap();
+    assert_eq!(store.history_page(5, None, 100).unwrap().len(), 42);
 }
