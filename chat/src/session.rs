@@ -502,6 +502,12 @@ impl Session {
     /// path made it): the loop still spills the frame if the output is at its
     /// mark. Once the connection closed, does nothing and gives the frame back.
     pub fn deliver_live(&self, frame: Vec<u8>) -> Result<(), Vec<u8>> {
+        #[cfg(test)]
+        tests::AT_DELIVERY.with_borrow_mut(|hook| {
+            if let Some(hook) = hook {
+                hook(self);
+            }
+        });
         let mut out = self.outbox.lock();
         if out.closed {
             return Err(frame);
@@ -722,8 +728,29 @@ impl Session {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::cell::RefCell;
+
     use super::*;
+
+    /// A test's hook at [`Session::deliver_live`], called with the recipient.
+    type Delivery = Box<dyn FnMut(&Session)>;
+
+    thread_local! {
+        /// Runs at the start of every [`Session::deliver_live`] on this thread, with
+        /// the recipient's session: a test puts a close or a reply into the moment a
+        /// frame is handed to a connection (see [`at_delivery`]).
+        pub(crate) static AT_DELIVERY: RefCell<Option<Delivery>> = const { RefCell::new(None) };
+    }
+
+    /// Runs `f` with `hook` called at each [`Session::deliver_live`] it makes on
+    /// this thread.
+    pub(crate) fn at_delivery<T>(hook: impl FnMut(&Session) + 'static, f: impl FnOnce() -> T) -> T {
+        AT_DELIVERY.set(Some(Box::new(hook)));
+        let result = f();
+        AT_DELIVERY.set(None);
+        result
+    }
 
     /// A strand woken from its wait for the output is handed to a worker marked
     /// scheduled: a job the IO loop pushes before the worker takes it must not

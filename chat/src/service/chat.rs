@@ -523,3 +523,96 @@ fn chat_text(frame: serde_json::Map<String, Value>, sender_name: &str) -> String
     let out = protocol::delivery_frame(frame, sender_name, &fallback);
     serde_json::to_string(&out).expect("a Value always serialises")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::BufReader;
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::protocol::Conversation;
+    use crate::service::tests::{read_frame, register, request, service_on, Sockets};
+    use crate::session::tests::at_delivery;
+    use crate::store::social::conv_key;
+    use crate::store::tests::SqliteDb;
+
+    /// The `msg` fields of chat texts.
+    fn msgs<'a>(texts: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+        texts
+            .into_iter()
+            .map(|t| {
+                let v: Value = serde_json::from_str(t).expect("a chat frame's JSON");
+                v["msg"].as_str().expect("a msg").to_owned()
+            })
+            .collect()
+    }
+
+    /// A recipient whose connection closes while the IO loop's fast path hands it a
+    /// chat (after the path found it open) gets the chat stored, and a sender that
+    /// asked is told so, before the reply to its next request. Seen failing with
+    /// `route_again` → (): "bob's offline messages", left `[]`; with `routed_again`
+    /// → (): "alice's first frame: {"msgid":14}" (the PONG).
+    #[test]
+    fn a_chat_for_a_recipient_closing_under_the_fast_path_is_stored_and_confirmed() {
+        let db = SqliteDb::new();
+        let service = service_on(&db, false);
+        let sockets = Sockets::start();
+        let (alice, bob) = (register(&db, "alice"), register(&db, "bob"));
+        let (a, a_client) = sockets.logged_in(&service, alice, "alice");
+        let (_b, _b_client) = sockets.logged_in(&service, bob, "bob");
+        let chat = json!({"msgid": msgid::ONE_CHAT, "ext": 1, "id": alice, "toid": bob,
+            "msg": "in the gap", "cid": 7});
+        // Bob's connection closes after `try_send_local` found it open, as the
+        // chat is handed to it.
+        let sent = at_delivery(Session::mark_closed, || service.try_fast(&a, request(chat)));
+        let job = sent.expect_err("closed after the check: a job for the workers");
+        assert!(matches!(job, Job::Route { to, .. } if to == bob), "{job:?}");
+        service.run_job(&a, job);
+        service.run_job(&a, Job::Request(request(json!({"msgid": msgid::PING}))));
+        let stored = db.store.take_offline(bob).expect("the store");
+        assert_eq!(msgs(&stored), ["in the gap"], "bob's offline messages");
+        let first = read_frame(&mut BufReader::new(a_client));
+        let confirmation = (&first["msgid"], &first["cid"], &first["stored"]);
+        assert_eq!(
+            confirmation,
+            (&json!(msgid::ACK), &json!(7), &json!(1)),
+            "alice's first frame: {first}"
+        );
+    }
+
+    /// A chat a worker delivers to a recipient here is in history before it is
+    /// handed to the recipient's connection, so a reply recorded from then on (the
+    /// recipient answering at once) comes after it in the conversation. Seen
+    /// failing with `here && !behind` made `here && behind` (recorded once
+    /// delivered): "alice and bob's history, oldest first", left `["reply",
+    /// "question"]`.
+    #[test]
+    fn a_reply_follows_the_chat_it_answers_in_history() {
+        let db = SqliteDb::new();
+        let service = Arc::new(service_on(&db, true));
+        let sockets = Sockets::start();
+        let (alice, bob) = (register(&db, "alice"), register(&db, "bob"));
+        let (a, _a_client) = sockets.logged_in(&service, alice, "alice");
+        let (_b, _b_client) = sockets.logged_in(&service, bob, "bob");
+        let s = service.clone();
+        let reply = json!({"msgid": msgid::ONE_CHAT, "id": bob, "toid": alice, "msg": "reply"});
+        let answer = move |to: &Session| {
+            assert_eq!(to.user_id(), bob, "only bob gets a frame");
+            s.record_chat(bob, alice, &reply.to_string());
+        };
+        // The workers' path (`one_chat_text`), as for a chat read behind a request.
+        let chat = json!({"msgid": msgid::ONE_CHAT, "id": alice, "toid": bob, "msg": "question"});
+        at_delivery(answer, || service.run_job(&a, Job::Request(request(chat))));
+        assert!(service.history().flush(Duration::from_secs(10)), "written");
+        let conv = conv_key(alice, Conversation::Peer(bob)).expect("a conversation");
+        let page = db.store.history_page(conv, None, 10).expect("a page");
+        let texts: Vec<String> = page.into_iter().rev().map(|m| m.text).collect();
+        assert_eq!(
+            msgs(&texts),
+            ["question", "reply"],
+            "alice and bob's history, oldest first"
+        );
+    }
+}

@@ -231,7 +231,7 @@ mod tests {
     use std::sync::mpsc;
 
     use super::*;
-    use crate::service::history::HistoryOptions;
+    use crate::service::tests::service_on;
     use crate::store::tests::SqliteDb;
 
     /// An event loop running on a thread of its own.
@@ -257,21 +257,6 @@ mod tests {
         release_tx
     }
 
-    /// A service with no bus and no history, on a scratch SQLite store.
-    fn bare_service(db: &SqliteDb) -> ChatService {
-        let off = HistoryOptions {
-            enabled: false,
-            retention: None,
-        };
-        ChatService::new(
-            db.store.clone(),
-            None,
-            Default::default(),
-            Default::default(),
-            &off,
-        )
-    }
-
     /// Once the server is closing, a delivery is done without waiting for the IO
     /// loops, which may have ended (their barriers would never run, and the reader's
     /// last batch would stay in the stream, to be stored again by a drain). Seen
@@ -279,7 +264,7 @@ mod tests {
     #[test]
     fn a_closing_server_does_not_wait_for_its_loops() {
         let db = SqliteDb::new();
-        let service = bare_service(&db);
+        let service = service_on(&db, false);
         let (a, ta) = spawn_loop();
         service.set_io_loops(vec![a.clone()]);
         let release = hold(&a);
@@ -302,7 +287,7 @@ mod tests {
     #[test]
     fn a_delivery_is_done_only_once_every_loop_wrote() {
         let db = SqliteDb::new();
-        let service = bare_service(&db);
+        let service = service_on(&db, false);
         let (a, ta) = spawn_loop();
         let (b, tb) = spawn_loop();
         service.set_io_loops(vec![a.clone(), b.clone()]);

@@ -559,7 +559,13 @@ fn throttled_reply(ext: bool, retry_after: Duration) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::mpsc;
+    use std::thread;
+    use std::time::Instant;
+
     use super::*;
+    use crate::service::tests::{register, service_on, Sockets};
+    use crate::store::tests::SqliteDb;
 
     /// The reply's JSON (without its NUL).
     fn reply(ext: bool, retry_after: Duration) -> serde_json::Value {
@@ -582,5 +588,54 @@ mod tests {
             let msg = format!("too many failed logins, try again in {secs} s");
             assert_eq!(v["errmsg"], msg.as_str());
         }
+    }
+
+    /// A RESUME that finds the user's older session here still in the hub after
+    /// replacing it (its own sign-out, on another worker, cleared its user and has
+    /// not yet removed it) tries again, [`REPLACE_TRIES`] times in all, 2 ms apart
+    /// after the first, then answers unavailable (the client tries again later).
+    /// Seen failing with `replaced += 1` made `*=` (no bound): "the RESUME never
+    /// gave up"; with `> REPLACE_TRIES` made `==` or `>=`: "tries", left 49; with the
+    /// pause's `> 1` made `<` or `==`: "the tries were not 2 ms apart".
+    #[test]
+    fn a_resume_gives_a_leaving_session_its_tries_then_answers_unavailable() {
+        let db = SqliteDb::new();
+        let service = Arc::new(service_on(&db, false));
+        let sockets = Sockets::start();
+        let id = register(&db, "ursula");
+        // In the hub with no user: as a session between its sign-out's
+        // `set_user(None)` and its removal from the hub.
+        let (old, _old_client) = sockets.session();
+        service.hub().lock(id).insert(id, old.clone());
+        let (new, _new_client) = sockets.session();
+        let (answered_tx, answered) = mpsc::channel();
+        let (s, n) = (service.clone(), new.clone());
+        let started = Instant::now();
+        let resume = thread::spawn(move || {
+            let entering = Entering {
+                entry: Entry::Resume("token".into()),
+                acks: None,
+            };
+            let outcome = s.enter(&n, id, "ursula", entering);
+            let _ = answered_tx.send(outcome.map_err(|e| format!("{e:?}")));
+        });
+        let outcome = answered.recv_timeout(Duration::from_secs(10));
+        let took = started.elapsed();
+        // A RESUME that never gives up ends once the older session is gone.
+        service.hub().lock(id).remove(&id);
+        resume.join().expect("the RESUME's thread");
+        let outcome = outcome.expect("the RESUME never gave up");
+        assert_eq!(outcome, Ok(Some("unavailable")));
+        // Each try told the older session it was replaced.
+        let tries: u64 = old
+            .stats()
+            .snapshot()
+            .frames_out
+            .iter()
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(tries, u64::from(REPLACE_TRIES), "tries");
+        let pauses = Duration::from_millis(2) * (REPLACE_TRIES - 1);
+        assert!(took >= pauses, "the tries were not 2 ms apart: {took:?}");
     }
 }

@@ -17,6 +17,8 @@ pub use history::{HistoryOptions, HistoryWriter};
 mod contacts;
 mod login;
 mod resume;
+#[cfg(test)]
+mod tests;
 pub mod throttle;
 
 pub use admin::Kick;
