@@ -20,19 +20,20 @@ fn rec(conv: i64, i: i64) -> HistoryRecord {
 fn pages_cross_chunk_edges() {
     let db = SqliteDb::new();
     let store = &db.store;
-    // 1 + 40 (two chunks) + 3 messages of conversation 9, with conversation 8 between.
-    for n in [1, 40, 3] {
+    // 1 + 70 (two chunks: 64 and 6) + 3 messages of conversation 9, with conversation
+    // 8 between: chunks 1, 2..=65, 66..=71, 72..=74.
+    for n in [1, 70, 3] {
         let batch: Vec<_> = (0..n).flat_map(|i| [rec(9, i), rec(8, i)]).collect();
         store.append_history(&batch).unwrap();
     }
     let all = store.history_page(9, None, 100).unwrap();
     assert_eq!(
         all.iter().map(|m| m.seq).collect::<Vec<_>>(),
-        (1..=44).rev().collect::<Vec<_>>()
+        (1..=74).rev().collect::<Vec<_>>()
     );
     assert_eq!(all[0].text, r#"{"msg":"m2"}"#);
-    assert_eq!(all[43].text, r#"{"msg":"m0"}"#);
-    for before in [45, 44, 42, 34, 33, 2, 1] {
+    assert_eq!(all[73].text, r#"{"msg":"m0"}"#);
+    for before in [75, 74, 72, 71, 66, 65, 2, 1] {
         let page = store.history_page(9, Some(before), 5).unwrap();
         let want: Vec<i64> = (1..before).rev().take(5).collect();
         assert_eq!(
@@ -41,7 +42,7 @@ fn pages_cross_chunk_edges() {
             "before {before}"
         );
     }
-    assert_eq!(store.history_page(8, None, 100).unwrap().len(), 44);
+    assert_eq!(store.history_page(8, None, 100).unwrap().len(), 74);
 }
 
 /// A file written by schema version 2 keeps its messages and seqs, and new messages
@@ -110,16 +111,16 @@ fn version_3_chunks_stay_readable_beside_compressed_ones() {
     want.extend([(2, "two".to_string()), (1, "one".to_string())]);
     want[..40].reverse();
     assert_eq!(got, want);
-    // The old chunk is still text; the new ones (32 and 8 messages) are compressed.
+    // The old chunk is still text; the new one (40 messages) is compressed.
     let conn = rusqlite::Connection::open(&path).unwrap();
-    let codecs: Vec<(i64, i64)> = conn
-        .prepare("SELECT seq, codec FROM historychunk WHERE conv = 5 ORDER BY seq")
+    let codecs: Vec<(i64, i64, i64)> = conn
+        .prepare("SELECT seq, last, codec FROM historychunk WHERE conv = 5 ORDER BY seq")
         .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(codecs, [(1, 0), (3, 1), (35, 1)]);
+    assert_eq!(codecs, [(1, 2, 0), (3, 42, 1)]);
     // A second open finds nothing left to change.
     drop(store);
     let store = open_with(&url, 2).unwrap();
