@@ -364,6 +364,13 @@ fn read_frames(client: &mut TcpStream, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// A session on `server`, with the client end of its connection.
+fn session(server: &loop_server::Server) -> (TcpStream, Arc<Session>) {
+    let (client, conn, peer) = server.connect(64 << 10);
+    let stats = Arc::new(Stats::default());
+    (client, Arc::new(Session::new(conn, peer, stats, 1 << 20)))
+}
+
 /// A flush notice for a user online here delivers what is stored for the user, in
 /// order. (Checked: with `flush_here` → (): "still stored, left: [\"{..one..}\",
 /// \"{..two..}\"], right: []".)
@@ -373,13 +380,7 @@ fn flush_here_delivers_what_is_stored_for_a_local_user() {
     let from = nodes.user("alice");
     let bob = nodes.user("bob");
     let server = loop_server::Server::start();
-    let (mut client, conn, peer) = server.connect(64 << 10);
-    let session = Arc::new(Session::new(
-        conn,
-        peer,
-        Arc::new(Stats::default()),
-        1 << 20,
-    ));
+    let (mut client, session) = session(&server);
     nodes.router.hub().lock(bob).insert(bob, session);
     let texts = [chat(from, "one"), chat(from, "two")];
     for t in &texts {
@@ -392,4 +393,32 @@ fn flush_here_delivers_what_is_stored_for_a_local_user() {
     nodes.router.flush_here(&[bob]);
     assert_eq!(nodes.take_stored(bob), Vec::<String>::new(), "still stored");
     assert_eq!(read_frames(&mut client, 2), texts);
+}
+
+/// Frames a closing connection never got go back to the store ahead of what was
+/// stored since, and a newer session of the user here (a login that came in while
+/// the old connection closed) gets them at once, in that order. (Checked: with
+/// `restore_and_flush`'s guard `session.id() != closed.id()` → `false`: "still
+/// stored, left: [\"{..put back..}\", \"{..later..}\"], right: []".)
+#[test]
+fn frames_put_back_at_a_close_go_to_a_newer_session_at_once() {
+    let nodes = Nodes::start(OfflineLimits::default());
+    let from = nodes.user("alice");
+    let bob = nodes.user("bob");
+    let server = loop_server::Server::start();
+    let (_old_client, old) = session(&server);
+    let (mut client, newer) = session(&server);
+    nodes.router.hub().lock(bob).insert(bob, newer);
+    let later = chat(from, "later");
+    let refused = nodes
+        .store
+        .store_offline_many(&[bob], from, &later, &OfflineLimits::default())
+        .expect("store");
+    assert!(refused.is_empty());
+    let put_back = chat(from, "put back");
+    nodes
+        .router
+        .restore_and_flush(bob, &old, vec![put_back.clone()]);
+    assert_eq!(nodes.take_stored(bob), Vec::<String>::new(), "still stored");
+    assert_eq!(read_frames(&mut client, 2), [put_back, later]);
 }
