@@ -73,7 +73,7 @@ quick_tests() {
     case $1 in
     protocol) echo "--lib :: protocol::" ;;
     codec) echo "--lib :: codec::" ;;
-    router) echo "--test identity --test hub ::" ;;
+    router) echo "--test identity --test hub --test router ::" ;;
     gateway | service) echo "--test identity ::" ;;
     store) echo "--lib :: store::" ;;
     bus) echo "--lib :: bus::" ;;
@@ -82,8 +82,9 @@ quick_tests() {
 full_tests() {
     case $1 in
     protocol | codec) echo "--test fuzz_props --test framing --test messages ::" ;;
-    router) echo "--test hub --test identity --test delivery --test messages --test framing \
-        --test offline_bounds --test confirm --test outflow_bound --test outflow_order --test acks ::" ;;
+    router) echo "--test hub --test router --test identity --test delivery --test messages \
+        --test framing --test offline_bounds --test confirm --test outflow_bound --test outflow_order \
+        --test acks ::" ;;
     gateway | service) echo "--test delivery --test messages --test framing ::" ;;
     store) echo "--test delivery --test identity --test messages ::" ;;
     bus) echo "--test bus --test cluster --test outages ::" ;;

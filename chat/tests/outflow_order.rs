@@ -35,20 +35,33 @@ fn session(server: &Server) -> (TcpStream, Arc<Session>) {
 
 /// Holds the connection's IO loop in a task until opened (or dropped, or after
 /// [`TIMEOUT`]).
-struct Gate(mpsc::Sender<()>);
+struct Gate {
+    open: mpsc::Sender<()>,
+    /// Gets one message when the loop reaches the task.
+    reached: mpsc::Receiver<()>,
+}
 
 impl Gate {
     /// Queues the holding task on `session`'s loop, behind everything queued so far.
     fn close(session: &Session) -> Gate {
-        let (tx, rx) = mpsc::channel::<()>();
+        let (open, rx) = mpsc::channel::<()>();
+        let (reached_tx, reached) = mpsc::channel();
         session.conn.loop_handle().queue_in_loop(move |_| {
+            let _ = reached_tx.send(());
             let _ = rx.recv_timeout(TIMEOUT);
         });
-        Gate(tx)
+        Gate { open, reached }
     }
 
     fn open(self) {
-        let _ = self.0.send(());
+        let _ = self.open.send(());
+    }
+
+    /// Waits until the loop is held here: everything queued before ran.
+    fn wait_reached(&self) {
+        self.reached
+            .recv_timeout(TIMEOUT)
+            .expect("the loop reached the gate");
     }
 
     /// Opens, then waits (bounded) until the loop raised `session`'s congestion flag.
@@ -153,6 +166,35 @@ fn a_frame_queued_before_a_last_page_goes_out_before_it() {
     store_then_drain_last(&session, 3);
     gate2.open();
     assert_arrive_in_order(&mut client, &session, &[1, 2, 3]);
+}
+
+/// A live frame queued on the loop before a last page, while a frame that went
+/// live before it is still spilled: the loop must not write it at once (the flag is
+/// down and the output empty, so it would fit) but spill it behind the older one,
+/// for the page's drain to send both ahead of the page.
+/// (Checked: with `Outflow::offer`'s `final_drains > 0` turned into `< 0`, frame 3
+/// went out first: "frames out of order, left: [1, 3, 2, 4]".)
+#[test]
+fn a_frame_queued_before_a_last_page_waits_behind_a_spilled_one() {
+    let server = Server::start();
+    let (mut client, session) = session(&server);
+    let gate1 = Gate::close(&session);
+    // A drain with more stored: its page goes out with the flag raised behind it.
+    session.deliver_page(vec![chat(1)], Some(true)).unwrap();
+    // Two live frames queued while the flag is still down on this side.
+    assert!(session.deliver(chat(2)), "live before the page went out");
+    let gate2 = Gate::close(&session);
+    assert!(session.deliver(chat(3)), "live before the page went out");
+    // The loop sends page 1, raises the flag, spills frame 2 (congested), then
+    // holds at the second gate with frame 3 still queued.
+    gate1.open();
+    gate2.wait_reached();
+    assert!(session.is_congested(), "page 1 raised the flag");
+    // The next drain takes the rest: a stored frame 4 as the last page, the flag
+    // lowered now, its page queued behind frame 3.
+    store_then_drain_last(&session, 4);
+    gate2.open();
+    assert_arrive_in_order(&mut client, &session, &[1, 2, 3, 4]);
 }
 
 /// Two last pages on their way at once: the first drain's page (the flag lowered),
