@@ -16,6 +16,9 @@ use crate::protocol::HistoryItem;
 
 /// History rows per multi-row INSERT.
 const INSERT_ROWS: usize = 200;
+/// Conversations per counter statement of a history batch (two placeholders each:
+/// a statement takes at most 65,535), in ascending key order across statements.
+const COUNTER_ROWS: usize = 10_000;
 
 /// Adds the secondary indexes that an upgraded legacy table lacks (new tables get them
 /// from their definition). Runs under the schema lock.
@@ -41,28 +44,28 @@ impl SocialStore for MysqlStore {
         let mut conn = self.conn()?;
         retry_deadlock(|| {
             let mut tx = conn.start_transaction(tx_opts())?;
-            let values: Vec<Value> = counts
-                .iter()
-                .flat_map(|&(c, n)| [Value::from(c), Value::from(n)])
-                .collect();
-            tx.exec_drop(
-                format!(
-                    "INSERT INTO historyseq (conv, seq) VALUES {} \
-                     ON DUPLICATE KEY UPDATE seq = seq + VALUES(seq)",
-                    vec!["(?, ?)"; counts.len()].join(", ")
-                ),
-                values,
-            )?;
-            let last: HashMap<i64, i64> = tx
-                .exec::<(i64, i64), _, _>(
+            let mut last: HashMap<i64, i64> = HashMap::with_capacity(counts.len());
+            for (counts, keys) in counts.chunks(COUNTER_ROWS).zip(keys.chunks(COUNTER_ROWS)) {
+                let values: Vec<Value> = counts
+                    .iter()
+                    .flat_map(|&(c, n)| [Value::from(c), Value::from(n)])
+                    .collect();
+                tx.exec_drop(
+                    format!(
+                        "INSERT INTO historyseq (conv, seq) VALUES {} \
+                         ON DUPLICATE KEY UPDATE seq = seq + VALUES(seq)",
+                        vec!["(?, ?)"; counts.len()].join(", ")
+                    ),
+                    values,
+                )?;
+                last.extend(tx.exec::<(i64, i64), _, _>(
                     format!(
                         "SELECT conv, seq FROM historyseq WHERE conv IN ({}) FOR UPDATE",
                         placeholders(keys.len())
                     ),
-                    keys.clone(),
-                )?
-                .into_iter()
-                .collect();
+                    keys.to_vec(),
+                )?);
+            }
             let seqs = assign_seqs(batch, &counts, &last);
             let rows: Vec<(&HistoryRecord, i64)> = batch.iter().zip(seqs).collect();
             for chunk in rows.chunks(INSERT_ROWS) {

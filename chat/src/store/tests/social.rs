@@ -9,6 +9,7 @@ backend_tests!(
     friend_requests_and_answers,
     group_changes,
     history_seqs_pages_and_prune,
+    history_batch_over_many_conversations,
 );
 
 fn names(list: &[(i64, &str)]) -> Vec<(i64, String)> {
@@ -266,4 +267,26 @@ fn history_seqs_pages_and_prune(store: &dyn Store) {
     assert_eq!(seqs_texts(store, c1, Some(6), 1), s(&[(5, "a5")]));
     assert_eq!(seqs_texts(store, c2, None, 10), s(&[(2, "g2")]));
     assert_eq!(store.prune_history(t + 1, 100).unwrap(), 2 + 3 + 2);
+}
+
+/// A batch over more conversations than one MySQL statement could count (two
+/// placeholders each, 65,535 at most a statement) gives each its seqs, in batch order.
+fn history_batch_over_many_conversations(store: &dyn Store) {
+    const CONVS: i64 = 40_000;
+    let batch: Vec<HistoryRecord> = (0..2)
+        .flat_map(|round| (1..=CONVS).map(move |c| rec(c, 5, &format!("{c}.{round}"))))
+        .collect();
+    store.append_history(&batch).unwrap();
+    store.append_history(&batch[..3]).unwrap();
+    for conv in [1, 2, 10_000, 10_001, 33_000, CONVS] {
+        let mut want = vec![(2, format!("{conv}.1")), (1, format!("{conv}.0"))];
+        if conv <= 3 {
+            want.insert(0, (3, format!("{conv}.0")));
+        }
+        assert_eq!(
+            seqs_texts(store, conv, None, 10),
+            want,
+            "conversation {conv}"
+        );
+    }
 }
