@@ -55,11 +55,8 @@ pub struct RouteTicket {
     pub text: String,
     /// The sender's `cid`, when it asked for a confirmation.
     pub cid: Option<i64>,
-    /// The frame was recorded in the history before it was routed (its recipient
-    /// was online here when the request was handled).
-    pub recorded: bool,
     /// The frame came back from the IO loop's fast path ([`Job::Route`]), not from a
-    /// ONE_CHAT request: it is not recorded again, and a failure is only logged.
+    /// ONE_CHAT request: it was recorded there, and a failure is only logged.
     pub again: bool,
 }
 

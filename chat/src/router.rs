@@ -8,6 +8,13 @@
 //! user the router looks again: if the user came online meanwhile, it asks that
 //! node to flush the user's stored messages.
 //!
+//! A chat is recorded in history (the caller's `record`) once it is taken: just
+//! before it is handed to a session here, under the recipient's shard lock (so a
+//! reply is recorded after it), or once the bus or the store took it. A chat the
+//! store refused for every recipient is not recorded, except one whose recipient's
+//! connection closed between the router's look at it and the hand-off (then stored,
+//! or refused, already recorded).
+//!
 //! What is stored for one recipient is bounded ([`OfflineLimits`]): beyond the bound
 //! a new frame is refused (counted, logged, and reported to the sender where it is
 //! known), never an old one dropped. Frames taken from the store to be delivered
@@ -103,6 +110,13 @@ pub struct Router {
     stats: Arc<Stats>,
 }
 
+/// Calls `record` unless that was done already.
+fn record_once(record: &mut Option<impl FnOnce()>) {
+    if let Some(record) = record.take() {
+        record();
+    }
+}
+
 /// The wire bytes of a frame's JSON text: the text plus one NUL.
 fn wire(text: &str) -> Vec<u8> {
     let mut b = Vec::with_capacity(text.len() + 1);
@@ -179,7 +193,7 @@ impl Router {
 
     /// Sends one chat frame (JSON text) from `from` to `to`.
     pub fn send_one(&self, to: i64, from: i64, text: &str) -> Result<Outcome, StoreError> {
-        match self.route_one(to, from, text, Via::Now)? {
+        match self.route_one(to, from, text, Via::Now, || {})? {
             Step::Done(outcome) => Ok(self.count(outcome)),
             Step::Bus | Step::Later => unreachable!("only a batched send stops at the bus"),
         }
@@ -187,9 +201,17 @@ impl Router {
 
     /// [`Router::send_one`], except that a frame for a user on no session here, in
     /// cluster mode, stops at [`Step::Bus`]: the caller has it routed (in a batch,
-    /// [`crate::route_batch`]) and finishes with [`Router::finish_one`].
-    pub fn send_one_batched(&self, to: i64, from: i64, text: &str) -> Result<Step, StoreError> {
-        Ok(match self.route_one(to, from, text, Via::Batch)? {
+    /// [`crate::route_batch`]) and finishes with [`Router::finish_one`]. `record`
+    /// puts the frame in history if it is taken here (see the module's rule); it is
+    /// not called for a frame left at [`Step::Bus`] or refused.
+    pub fn send_one_batched(
+        &self,
+        to: i64,
+        from: i64,
+        text: &str,
+        record: impl FnOnce(),
+    ) -> Result<Step, StoreError> {
+        Ok(match self.route_one(to, from, text, Via::Batch, record)? {
             Step::Done(outcome) => Step::Done(self.count(outcome)),
             step => step,
         })
@@ -205,26 +227,30 @@ impl Router {
         from: i64,
         text: &str,
     ) -> Result<Step, StoreError> {
-        self.route_one(to, from, text, Via::BatchOnly)
+        // Nothing is taken here: the frame is routed or left for later.
+        self.route_one(to, from, text, Via::BatchOnly, || {})
     }
 
     /// The second half of a batched send: `routed` is what the bus answered (the
     /// users with no node, or its failure). Stores the frame if nobody took it —
     /// unless the recipient logged in here meanwhile: then it is delivered.
+    /// `record` as for [`Router::send_one_batched`].
     pub fn finish_one(
         &self,
         to: i64,
         from: i64,
         text: &str,
         routed: Result<Vec<i64>, BusError>,
+        record: impl FnOnce(),
     ) -> Result<Outcome, StoreError> {
         if routed.as_ref().is_ok_and(|missed| missed.is_empty()) {
+            record();
             return Ok(self.count(Outcome::Remote));
         }
         let shard = self.hub.lock(to);
         let outcome = match shard.get(&to) {
-            Some(session) => self.to_session(session, to, from, text)?,
-            None => self.after_bus(shard, to, from, text, Some(routed))?,
+            Some(session) => self.to_session(session, to, from, text, record)?,
+            None => self.after_bus(shard, to, from, text, Some(routed), record)?,
         };
         Ok(self.count(outcome))
     }
@@ -241,29 +267,49 @@ impl Router {
         outcome
     }
 
-    /// Delivers to the recipient's session here, or stores for a slow reader (kept
-    /// for the flush when its output drains).
+    /// Delivers to the recipient's session here, recorded just before, or stores
+    /// for a slow reader (kept for the flush when its output drains), recorded once
+    /// stored.
     fn to_session(
         &self,
         session: &Session,
         to: i64,
         from: i64,
         text: &str,
+        record: impl FnOnce(),
     ) -> Result<Outcome, StoreError> {
-        if session.deliver(wire(text)) {
-            return Ok(Outcome::Local);
+        if !session.is_congested() && !session.is_closed() {
+            record();
+            // Closed since the check: stored, or refused, already recorded.
+            if session.deliver_live(wire(text)).is_ok() {
+                return Ok(Outcome::Local);
+            }
+            return self.store_one(to, from, text);
         }
-        self.store_one(to, from, text)
+        let outcome = self.store_one(to, from, text)?;
+        if outcome == Outcome::Stored {
+            record();
+        }
+        Ok(outcome)
     }
 
-    fn route_one(&self, to: i64, from: i64, text: &str, via: Via) -> Result<Step, StoreError> {
+    fn route_one(
+        &self,
+        to: i64,
+        from: i64,
+        text: &str,
+        via: Via,
+        record: impl FnOnce(),
+    ) -> Result<Step, StoreError> {
         let shard = self.hub.lock(to);
         let bus_only = via == Via::BatchOnly;
         if let Some(session) = shard.get(&to) {
             if bus_only {
                 return Ok(Step::Later);
             }
-            return self.to_session(session, to, from, text).map(Step::Done);
+            return self
+                .to_session(session, to, from, text, record)
+                .map(Step::Done);
         }
         // A user whose earlier frames were stored while Redis failed keeps having
         // them stored until the flush notice for those went out (under this shard
@@ -275,13 +321,14 @@ impl Router {
             None if bus_only => return Ok(Step::Later),
             None => None,
         };
-        self.after_bus(shard, to, from, text, routed)
+        self.after_bus(shard, to, from, text, routed, record)
             .map(Step::Done)
     }
 
     /// What follows the bus (`routed`: `None` when it was not asked), under the
     /// recipient's shard lock (`shard`): done if the bus took the frame, else it is
     /// stored (if the user exists) and, once stored, the user is looked up again.
+    /// `record` is called once the bus or the store took the frame.
     fn after_bus(
         &self,
         shard: MutexGuard<'_, Shard>,
@@ -289,9 +336,13 @@ impl Router {
         from: i64,
         text: &str,
         routed: Option<Result<Vec<i64>, BusError>>,
+        record: impl FnOnce(),
     ) -> Result<Outcome, StoreError> {
         match routed {
-            Some(Ok(missed)) if missed.is_empty() => return Ok(Outcome::Remote),
+            Some(Ok(missed)) if missed.is_empty() => {
+                record();
+                return Ok(Outcome::Remote);
+            }
             Some(Ok(_)) | None => {}
             Some(Err(e)) => {
                 log::debug!("route to {to} through the bus: {e}; storing");
@@ -304,8 +355,9 @@ impl Router {
             return Ok(Outcome::NoSuchUser);
         }
         let outcome = self.store_one(to, from, text)?;
-        drop(shard);
         if outcome == Outcome::Stored {
+            record();
+            drop(shard);
             self.recheck(&[to]);
         }
         Ok(outcome)
@@ -344,15 +396,19 @@ impl Router {
     /// Fans a chat frame out to `members` (existing users): at once where they are
     /// online, here or on other nodes (one bus message per node), stored for the rest
     /// in one transaction. Returns how many it was stored for, and the members it
-    /// was refused for (their store is full).
+    /// was refused for (their store is full). `record` puts the frame in history
+    /// once: before any member here can see it, or once the bus or the store took
+    /// it; not if the store refused it for every member.
     pub fn send_many(
         &self,
         members: &[i64],
         from: i64,
         text: &str,
+        record: impl FnOnce(),
     ) -> Result<(usize, Vec<i64>), StoreError> {
+        let mut record = Some(record);
         let guards = self.hub.lock_many(members);
-        let (mut elsewhere, mut stored) = self.deliver_local(&guards, members, text);
+        let (mut elsewhere, mut stored) = self.deliver_local(&guards, members, text, &mut record);
         // As in `send_one`: those with an unsent flush keep being stored.
         let held = self.held_back(&elsewhere);
         if !held.is_empty() {
@@ -370,6 +426,9 @@ impl Router {
             (None, false) => elsewhere,
         };
         self.stats.chats(Chat::Remote, routed - missed.len());
+        if routed > missed.len() {
+            record_once(&mut record);
+        }
         stored.extend_from_slice(&missed);
         let refused = if stored.is_empty() {
             Vec::new()
@@ -377,6 +436,10 @@ impl Router {
             self.store_bounded(&stored, from, text)?
         };
         let stored_for = stored.len() - refused.len();
+        // A chat to nobody else (a group of one) is taken all the same.
+        if stored_for > 0 || members.is_empty() {
+            record_once(&mut record);
+        }
         self.stats.chats(Chat::Stored, stored_for);
         drop(guards);
         let mut check = missed;
@@ -393,7 +456,8 @@ impl Router {
     /// (counted and logged here; the sender, on another node, is not told).
     pub fn deliver_here(&self, to: &[i64], text: &str) -> Result<(), Vec<i64>> {
         let guards = self.hub.lock_many(to);
-        let (gone, mut stored) = self.deliver_local(&guards, to, text);
+        // Recorded by the sender's node.
+        let (gone, mut stored) = self.deliver_local(&guards, to, text, &mut None::<fn()>);
         stored.extend_from_slice(&gone);
         if !stored.is_empty() {
             if let Err(e) = self.store_bounded(&stored, sender_of(text), text) {
@@ -408,13 +472,15 @@ impl Router {
     }
 
     /// Delivers to the users in `users` that are on this node (their shards locked
-    /// in `guards`). Returns (not here, here but congested): the caller routes the
+    /// in `guards`), calling `record` (if still there) before the first is handed
+    /// the frame. Returns (not here, here but congested): the caller routes the
     /// first further and stores for the second.
     fn deliver_local(
         &self,
         guards: &[Option<MutexGuard<'_, Shard>>],
         users: &[i64],
         text: &str,
+        record: &mut Option<impl FnOnce()>,
     ) -> (Vec<i64>, Vec<i64>) {
         let mut fan = FanOut::new(wire(text).into());
         let mut absent = Vec::new();
@@ -425,6 +491,11 @@ impl Router {
                 .expect("locked by lock_many");
             match shard.get(&u) {
                 Some(session) => {
+                    // Not under the outbox lock `deliver_into` keeps: a full
+                    // history queue makes `record` wait.
+                    if record.is_some() && !session.is_congested() && !session.is_closed() {
+                        record_once(record);
+                    }
                     if !session.deliver_into(&mut fan) {
                         congested.push(u);
                     }

@@ -195,14 +195,14 @@ impl ChatService {
         text: String,
         cid: Option<i64>,
     ) {
-        let result = match self.router.send_one_batched(to, from, &text) {
+        // Recorded already, when the fast path handed it to the connection.
+        let result = match self.router.send_one_batched(to, from, &text, || {}) {
             Ok(Step::Bus) => {
                 return session.suspend(Suspended::Route(RouteTicket {
                     to,
                     from,
                     text,
                     cid,
-                    recorded: true,
                     again: true,
                 }))
             }
@@ -263,32 +263,24 @@ impl ChatService {
         text: String,
     ) -> Result<()> {
         let behind = session.routes_out();
-        let here = self.hub().is_online(toid);
-        // Recorded before a recipient here can see it (so its reply gets the later
-        // seq); otherwise only once the recipient is known to exist and the message
-        // was taken (delivered or stored, not refused).
-        let recorded = here && !behind;
         let step = if !behind {
-            if recorded {
-                self.record_chat(user.id, toid, &text);
-            }
-            self.router.send_one_batched(toid, user.id, &text)?
-        } else if here {
+            // In history once taken (the router's rule): before a recipient here can
+            // see it, so that its reply gets the later seq; never if refused.
+            let record = || self.record_chat(user.id, toid, &text);
+            self.router.send_one_batched(toid, user.id, &text, record)?
+        } else if self.hub().is_online(toid) {
             Step::Later
         } else {
             self.router.send_one_behind_routes(toid, user.id, &text)?
         };
         match step {
-            Step::Done(outcome) => {
-                self.one_chat_done(session, (user.id, toid), cid, &text, recorded, outcome);
-            }
+            Step::Done(outcome) => self.one_chat_done(session, toid, cid, outcome),
             // The frame comes back as `Job::Routed`.
             Step::Bus => session.suspend(Suspended::Route(RouteTicket {
                 to: toid,
                 from: user.id,
                 text,
                 cid,
-                recorded,
                 again: false,
             })),
             Step::Later => {
@@ -313,32 +305,26 @@ impl ChatService {
             result,
             unfinished: _unfinished,
         } = routed;
-        let result = self.router.finish_one(t.to, t.from, &t.text, result);
+        // A frame of the fast path's was recorded there.
+        let record = || {
+            if !t.again {
+                self.record_chat(t.from, t.to, &t.text);
+            }
+        };
+        let result = self
+            .router
+            .finish_one(t.to, t.from, &t.text, result, record);
         if t.again {
             return self.routed_again(session, t.to, t.cid, result);
         }
         match result {
-            Ok(outcome) => {
-                self.one_chat_done(session, (t.from, t.to), t.cid, &t.text, t.recorded, outcome);
-            }
+            Ok(outcome) => self.one_chat_done(session, t.to, t.cid, outcome),
             Err(e) => self.answer(session, msgid::ONE_CHAT, Err(e.into())),
         }
     }
 
-    /// Records (unless `recorded`) and acknowledges a ONE_CHAT whose frame went
-    /// where `outcome` says.
-    fn one_chat_done(
-        &self,
-        session: &Session,
-        (from, toid): (i64, i64),
-        cid: Option<i64>,
-        text: &str,
-        recorded: bool,
-        outcome: Outcome,
-    ) {
-        if !recorded && outcome != Outcome::NoSuchUser && outcome != Outcome::Refused {
-            self.record_chat(from, toid, text);
-        }
+    /// Acknowledges a ONE_CHAT whose frame went where `outcome` says.
+    fn one_chat_done(&self, session: &Session, toid: i64, cid: Option<i64>, outcome: Outcome) {
         if outcome == Outcome::Refused {
             self.refused_ack(session, msgid::ONE_CHAT, toid, cid);
         } else if outcome == Outcome::NoSuchUser {
@@ -389,9 +375,10 @@ impl ChatService {
         }
         let others: Vec<i64> = members.iter().copied().filter(|&m| m != id).collect();
         let text = chat_text(frame, &user.name);
-        // Recorded before any member can see it, so replies get later seqs.
-        self.record_group_chat(id, groupid, &text);
-        let (stored, refused) = self.router.send_many(&others, id, &text)?;
+        // One record, before any member can see it (so replies get later seqs), and
+        // none if every member was refused: nobody got it.
+        let record = || self.record_group_chat(id, groupid, &text);
+        let (stored, refused) = self.router.send_many(&others, id, &text, record)?;
         let delivered = Delivered {
             live: others.len() - stored - refused.len(),
             stored,
@@ -533,10 +520,13 @@ mod tests {
 
     use super::*;
     use crate::protocol::Conversation;
-    use crate::service::tests::{read_frame, register, request, service_on, Sockets};
+    use crate::service::tests::{
+        read_frame, register, request, service_bounded, service_on, Sockets,
+    };
     use crate::session::tests::at_delivery;
     use crate::store::social::conv_key;
     use crate::store::tests::SqliteDb;
+    use crate::store::OfflineLimits;
 
     /// The `msg` fields of chat texts.
     fn msgs<'a>(texts: impl IntoIterator<Item = &'a String>) -> Vec<String> {
@@ -547,6 +537,205 @@ mod tests {
                 v["msg"].as_str().expect("a msg").to_owned()
             })
             .collect()
+    }
+
+    /// The messages of conversation `conv` in history, oldest first, once the
+    /// writer wrote what was recorded.
+    fn history(db: &SqliteDb, service: &ChatService, conv: i64) -> Vec<String> {
+        assert!(service.history().flush(Duration::from_secs(10)), "written");
+        let page = db.store.history_page(conv, None, 10).expect("a page");
+        let texts: Vec<String> = page.into_iter().rev().map(|m| m.text).collect();
+        msgs(&texts)
+    }
+
+    /// Bounds that hold two messages for a recipient, all from one sender if so.
+    const TWO: OfflineLimits = OfflineLimits {
+        max_messages: 2,
+        max_bytes: 1 << 20,
+        sender_percent: 100,
+    };
+
+    /// A chat for a recipient here whose output is congested goes to its offline
+    /// store; once that is full, a chat is refused (ACK 206) and is not kept in
+    /// history, which holds what the recipient got (protocol.md §10). Seen failing
+    /// with the chat recorded before the router sent it (as `one_chat_text` did):
+    /// "alice and bob's history, oldest first", left `["m0", "m1", "m2"]`.
+    #[test]
+    fn a_chat_refused_for_a_congested_recipient_here_is_not_in_history() {
+        let db = SqliteDb::new();
+        let service = service_bounded(&db, true, TWO);
+        let sockets = Sockets::start();
+        let (alice, bob) = (register(&db, "alice"), register(&db, "bob"));
+        let (a, a_client) = sockets.logged_in(&service, alice, "alice");
+        let (b, _b_client) = sockets.logged_in(&service, bob, "bob");
+        b.set_congested(true);
+        for (cid, msg) in ["m0", "m1", "m2"].into_iter().enumerate() {
+            let chat = json!({"msgid": msgid::ONE_CHAT, "ext": 1, "id": alice, "toid": bob,
+                "msg": msg, "cid": cid});
+            service.run_job(&a, Job::Request(request(chat)));
+        }
+        let mut a_client = BufReader::new(a_client);
+        let replies: Vec<Value> = (0..3)
+            .map(|_| {
+                let ack = read_frame(&mut a_client);
+                json!([ack["cid"], ack["errno"], ack["stored"]])
+            })
+            .collect();
+        assert_eq!(
+            replies,
+            [json!([0, 0, 1]), json!([1, 0, 1]), json!([2, 206, null])],
+            "alice's replies: [cid, errno, stored]"
+        );
+        let stored = db.store.take_offline(bob).expect("the store");
+        assert_eq!(msgs(&stored), ["m0", "m1"], "bob's offline messages");
+        let conv = conv_key(alice, Conversation::Peer(bob)).expect("a conversation");
+        assert_eq!(
+            history(&db, &service, conv),
+            ["m0", "m1"],
+            "alice and bob's history, oldest first"
+        );
+    }
+
+    /// A group chat refused for every other member (each congested here with a
+    /// full offline store) reached nobody and is not kept in history; one that
+    /// reached a member is kept, though refused for another, and so is one to a
+    /// group of the sender alone (refused for nobody). Seen failing with the group
+    /// chat recorded before the router sent it (as `group_chat` did): "the history
+    /// of bob's group", left `["to bob"]`.
+    #[test]
+    fn a_group_chat_refused_for_every_member_is_not_in_history() {
+        let db = SqliteDb::new();
+        let service = service_bounded(&db, true, TWO);
+        let sockets = Sockets::start();
+        let alice = register(&db, "alice");
+        let (bob, carol) = (register(&db, "bob"), register(&db, "carol"));
+        let group = |name: &str, members: &[i64]| {
+            let g = db.store.create_group(alice, name, "").expect("the store");
+            let g = g.expect("a new group");
+            for &m in members {
+                db.store.join_group(m, g).expect("joined");
+            }
+            g
+        };
+        let (with_bob, with_both) = (group("b", &[bob]), group("bc", &[bob, carol]));
+        let alone = group("a", &[]);
+        let (a, a_client) = sockets.logged_in(&service, alice, "alice");
+        let (b, _b_client) = sockets.logged_in(&service, bob, "bob");
+        let (_c, c_client) = sockets.logged_in(&service, carol, "carol");
+        b.set_congested(true);
+        for msg in ["m0", "m1"] {
+            let chat = json!({"msgid": msgid::ONE_CHAT, "id": alice, "toid": bob, "msg": msg});
+            service.run_job(&a, Job::Request(request(chat)));
+        }
+        let chats = [
+            (with_bob, "to bob"),
+            (with_both, "to both"),
+            (alone, "to me"),
+        ];
+        for (groupid, msg) in chats {
+            let chat = json!({"msgid": msgid::GROUP_CHAT, "ext": 1, "id": alice,
+                "groupid": groupid, "msg": msg});
+            service.run_job(&a, Job::Request(request(chat)));
+        }
+        let mut a_client = BufReader::new(a_client);
+        let replies: Vec<Value> = (0..2)
+            .map(|_| {
+                let ack = read_frame(&mut a_client);
+                json!([
+                    ack["groupid"],
+                    ack["errno"],
+                    ack["refused"],
+                    ack["delivered"]
+                ])
+            })
+            .collect();
+        assert_eq!(
+            replies,
+            [
+                json!([with_bob, 206, [bob], 0]),
+                json!([with_both, 206, [bob], 1])
+            ],
+            "alice's replies: [groupid, errno, refused, delivered]"
+        );
+        assert_eq!(
+            read_frame(&mut BufReader::new(c_client))["msg"],
+            "to both",
+            "carol's frame"
+        );
+        let of = |g: i64| conv_key(alice, Conversation::Group(g)).expect("a group");
+        let none: Vec<String> = Vec::new();
+        assert_eq!(
+            history(&db, &service, of(with_bob)),
+            none,
+            "the history of bob's group"
+        );
+        assert_eq!(
+            history(&db, &service, of(with_both)),
+            ["to both"],
+            "the history of bob and carol's group"
+        );
+        assert_eq!(
+            history(&db, &service, of(alone)),
+            ["to me"],
+            "alice's group"
+        );
+    }
+
+    /// A recipient whose connection closed is kept in the hub until its sign-out
+    /// (queued behind its requests): a chat for it then goes to its offline store,
+    /// and once that is full it is refused and not kept in history, one-to-one or
+    /// to a group. Seen failing with `to_session`'s `!session.is_closed()` deleted:
+    /// "alice and bob's history", left `["m"]`; with `deliver_local`'s: "the
+    /// history of bob's group", left `["g"]`.
+    #[test]
+    fn a_chat_refused_for_a_closed_recipient_here_is_not_in_history() {
+        let db = SqliteDb::new();
+        let service = service_bounded(&db, true, TWO);
+        let sockets = Sockets::start();
+        let (alice, bob) = (register(&db, "alice"), register(&db, "bob"));
+        let g = db.store.create_group(alice, "g", "").expect("the store");
+        let g = g.expect("a new group");
+        db.store.join_group(bob, g).expect("joined");
+        let (a, a_client) = sockets.logged_in(&service, alice, "alice");
+        let (b, _b_client) = sockets.logged_in(&service, bob, "bob");
+        for _ in 0..2 {
+            let refused = db.store.store_offline_many(&[bob], alice, "{}", &TWO);
+            assert!(refused.expect("the store").is_empty(), "bob's store fills");
+        }
+        b.mark_closed();
+        let one = json!({"msgid": msgid::ONE_CHAT, "ext": 1, "id": alice, "toid": bob, "msg": "m"});
+        service.run_job(&a, Job::Request(request(one)));
+        let group = json!({"msgid": msgid::GROUP_CHAT, "ext": 1, "id": alice, "groupid": g,
+            "msg": "g"});
+        service.run_job(&a, Job::Request(request(group)));
+        let mut a_client = BufReader::new(a_client);
+        let replies: Vec<Value> = (0..2)
+            .map(|_| {
+                let ack = read_frame(&mut a_client);
+                json!([ack["reqmsgid"], ack["errno"]])
+            })
+            .collect();
+        assert_eq!(
+            replies,
+            [
+                json!([msgid::ONE_CHAT, 206]),
+                json!([msgid::GROUP_CHAT, 206])
+            ],
+            "alice's replies: [reqmsgid, errno]"
+        );
+        let none: Vec<String> = Vec::new();
+        let conv = conv_key(alice, Conversation::Peer(bob)).expect("a conversation");
+        assert_eq!(
+            history(&db, &service, conv),
+            none,
+            "alice and bob's history"
+        );
+        let conv = conv_key(alice, Conversation::Group(g)).expect("a group");
+        assert_eq!(
+            history(&db, &service, conv),
+            none,
+            "the history of bob's group"
+        );
     }
 
     /// A recipient whose connection closes while the IO loop's fast path hands it a

@@ -16,23 +16,23 @@ use crate::protocol::{self, Parsed};
 use crate::session::{Session, User};
 use crate::stats::Stats;
 use crate::store::tests::SqliteDb;
+use crate::store::OfflineLimits;
 
 /// How long a test waits for a socket or a frame.
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A service with no bus, on a scratch SQLite store, history kept or not.
 pub(crate) fn service_on(db: &SqliteDb, history: bool) -> ChatService {
+    service_bounded(db, history, Default::default())
+}
+
+/// [`service_on`] with these bounds on each recipient's offline store.
+pub(crate) fn service_bounded(db: &SqliteDb, history: bool, limits: OfflineLimits) -> ChatService {
     let opts = HistoryOptions {
         enabled: history,
         retention: None,
     };
-    ChatService::new(
-        db.store.clone(),
-        None,
-        Default::default(),
-        Default::default(),
-        &opts,
-    )
+    ChatService::new(db.store.clone(), None, limits, Default::default(), &opts)
 }
 
 /// Registers `name` and returns its id.
