@@ -214,7 +214,7 @@ fn a_frame_stored_while_its_user_logged_in_elsewhere_is_flushed_there() {
     let text = chat(from, "raced");
     let outcome = nodes
         .router
-        .finish_one(bob, from, &text, Ok(vec![bob]))
+        .finish_one(bob, from, &text, Ok(vec![bob]), || {})
         .expect("finish_one");
     assert_eq!(outcome, Outcome::Stored);
     assert_eq!(
@@ -303,7 +303,7 @@ fn a_user_stored_for_during_an_outage_is_held_back_until_flushed() {
     assert_eq!(
         nodes
             .router
-            .send_many(&[bob, carol], from, &group)
+            .send_many(&[bob, carol], from, &group, || {})
             .expect("send_many"),
         (1, vec![]),
         "stored for bob only"
