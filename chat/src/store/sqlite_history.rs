@@ -159,17 +159,18 @@ fn rows<E>(
     mut bump: impl FnMut(i64, i64) -> Result<i64, E>,
     mut insert: impl FnMut(Row<'_>) -> Result<(), E>,
 ) -> Result<(), E> {
-    // The batch's indices by conversation, in batch order within one.
-    let mut order: Vec<usize> = (0..batch.len()).collect();
-    order.sort_unstable_by_key(|&i| (batch[i].conv, i));
+    // The batch's indices by conversation, in batch order within one: sorted with
+    // their keys beside them, not looked up in the records at each comparison.
+    let mut order: Vec<(i64, usize)> = batch.iter().map(|r| r.conv).zip(0..).collect();
+    order.sort_unstable();
     let mut text = Vec::new();
-    for msgs in order.chunk_by(|&a, &b| batch[a].conv == batch[b].conv) {
-        let conv = batch[msgs[0]].conv;
+    for msgs in order.chunk_by(|a, b| a.0 == b.0) {
+        let conv = msgs[0].0;
         let n = msgs.len() as i64;
         let mut seq = bump(conv, n)? - n + 1;
-        let mut emit = |chunk: &[usize], ts: i64| {
+        let mut emit = |chunk: &[(i64, usize)], ts: i64| {
             text.clear();
-            for (k, &i) in chunk.iter().enumerate() {
+            for (k, &(_, i)) in chunk.iter().enumerate() {
                 if k > 0 {
                     text.push(0);
                 }
@@ -188,7 +189,7 @@ fn rows<E>(
         };
         let mut open: Option<Open> = None;
         let mut start = 0;
-        for (k, &i) in msgs.iter().enumerate() {
+        for (k, &(_, i)) in msgs.iter().enumerate() {
             let r = &batch[i];
             let nul = memchr::memchr(0, r.text.as_bytes()).is_some();
             match &mut open {
