@@ -681,6 +681,31 @@ mod tests {
         );
     }
 
+    /// A group chat whose other members are all offline reaches nobody at once, yet
+    /// the store took it for them: it is kept in history (only one refused for
+    /// every member is not, protocol.md §10).
+    #[test]
+    fn a_group_chat_stored_for_every_member_is_in_history() {
+        let db = SqliteDb::new();
+        let service = service_on(&db, true);
+        let sockets = Sockets::start();
+        let (alice, bob) = (register(&db, "alice"), register(&db, "bob"));
+        let g = db.store.create_group(alice, "g", "").expect("the store");
+        let g = g.expect("a new group");
+        db.store.join_group(bob, g).expect("joined");
+        let (a, _a_client) = sockets.logged_in(&service, alice, "alice");
+        let chat = json!({"msgid": msgid::GROUP_CHAT, "id": alice, "groupid": g, "msg": "g"});
+        service.run_job(&a, Job::Request(request(chat)));
+        let stored = db.store.take_offline(bob).expect("the store");
+        assert_eq!(msgs(&stored), ["g"], "bob's offline messages");
+        let conv = conv_key(alice, Conversation::Group(g)).expect("a group");
+        assert_eq!(
+            history(&db, &service, conv),
+            ["g"],
+            "the history of bob's group"
+        );
+    }
+
     /// A recipient whose connection closed is kept in the hub until its sign-out
     /// (queued behind its requests): a chat for it then goes to its offline store,
     /// and once that is full it is refused and not kept in history, one-to-one or

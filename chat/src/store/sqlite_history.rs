@@ -440,6 +440,32 @@ mod tests {
         }
     }
 
+    /// A text shorter than [`COMPRESS_MIN`] is stored as it is even when LZ4 would
+    /// shrink it; from that length on it is compressed.
+    #[test]
+    fn only_texts_of_compress_min_bytes_are_compressed() {
+        let mut scratch = Vec::new();
+        for (len, want) in [(COMPRESS_MIN - 1, 0), (COMPRESS_MIN, 1)] {
+            let text = vec![b'a'; len];
+            let (_, codec) = encode(&text, &mut scratch);
+            assert_eq!(codec, want, "the codec of {len} repeated bytes");
+        }
+    }
+
+    /// A compressed body may claim a text of up to [`TEXT_MAX`] bytes: one that
+    /// claims (and holds) more is refused, not allocated for.
+    #[test]
+    fn a_body_longer_than_text_max_is_refused() {
+        let mut scratch = Vec::new();
+        for (len, readable) in [(TEXT_MAX, true), (TEXT_MAX + 1, false)] {
+            let text = vec![0; len];
+            let (body, codec) = encode(&text, &mut scratch);
+            assert_eq!(codec, 1, "{len} zeros compress");
+            let got = decode(body, codec).map(|t| t.len());
+            assert_eq!(got, readable.then_some(len), "a body of {len} bytes");
+        }
+    }
+
     #[test]
     fn chunks_are_bounded_and_a_nul_stands_alone() {
         let batch: Vec<_> = (0..CHUNK_MESSAGES + 1).map(|_| rec(1, "x")).collect();
