@@ -699,8 +699,11 @@ mod tests {
             thread::sleep(Duration::from_millis(5));
         };
         drop(writer);
+        // A gathering held for its whole time makes this at least GATHER (its clock
+        // starts after t0); what is under it is the write, so only GATHER itself is a
+        // bound that load cannot break (GATHER / 2 failed under a loaded lib run).
         assert!(
-            seen < GATHER / 2,
+            seen < GATHER,
             "{} MiB queued were written only after {seen:?} (the gathering lasts {GATHER:?})",
             GATHER_BYTES >> 20
         );
