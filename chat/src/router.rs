@@ -12,8 +12,11 @@
 //! before it is handed to a session here, under the recipient's shard lock (so a
 //! reply is recorded after it), or once the bus or the store took it. A chat the
 //! store refused for every recipient is not recorded, except one whose recipient's
-//! connection closed between the router's look at it and the hand-off (then stored,
-//! or refused, already recorded).
+//! connection closed, or whose output passed its high-water mark (the IO loop sets
+//! congestion outside the shard lock), between the router's look at it and the
+//! hand-off (then stored, or refused, already recorded). `record` must not block:
+//! it runs under shard locks (`HistoryWriter::record` never waits; callers wait for
+//! room before).
 //!
 //! What is stored for one recipient is bounded ([`OfflineLimits`]): beyond the bound
 //! a new frame is refused (counted, logged, and reported to the sender where it is
@@ -191,7 +194,8 @@ impl Router {
         self.bus.as_ref()
     }
 
-    /// Sends one chat frame (JSON text) from `from` to `to`.
+    /// Sends one chat frame (JSON text) from `from` to `to`, recording nothing in
+    /// history (the server routes through `send_one_batched`; this is for tests).
     pub fn send_one(&self, to: i64, from: i64, text: &str) -> Result<Outcome, StoreError> {
         match self.route_one(to, from, text, Via::Now, || {})? {
             Step::Done(outcome) => Ok(self.count(outcome)),

@@ -263,6 +263,8 @@ impl ChatService {
         text: String,
     ) -> Result<()> {
         let behind = session.routes_out();
+        // Any wait for room in history here, before the router takes locks.
+        self.history.wait_room();
         let step = if !behind {
             // In history once taken (the router's rule): before a recipient here can
             // see it, so that its reply gets the later seq; never if refused.
@@ -306,6 +308,9 @@ impl ChatService {
             unfinished: _unfinished,
         } = routed;
         // A frame of the fast path's was recorded there.
+        if !t.again {
+            self.history.wait_room();
+        }
         let record = || {
             if !t.again {
                 self.record_chat(t.from, t.to, &t.text);
@@ -377,6 +382,7 @@ impl ChatService {
         let text = chat_text(frame, &user.name);
         // One record, before any member can see it (so replies get later seqs), and
         // none if every member was refused: nobody got it.
+        self.history.wait_room();
         let record = || self.record_group_chat(id, groupid, &text);
         let (stored, refused) = self.router.send_many(&others, id, &text, record)?;
         let delivered = Delivered {
@@ -799,9 +805,9 @@ mod tests {
     /// A chat a worker delivers to a recipient here is in history before it is
     /// handed to the recipient's connection, so a reply recorded from then on (the
     /// recipient answering at once) comes after it in the conversation. Seen
-    /// failing with `here && !behind` made `here && behind` (recorded once
-    /// delivered): "alice and bob's history, oldest first", left `["reply",
-    /// "question"]`.
+    /// failing with the router's `record()` moved after `deliver_live` in
+    /// `to_session` (recorded once delivered): "alice and bob's history, oldest
+    /// first", left `["reply", "question"]`.
     #[test]
     fn a_reply_follows_the_chat_it_answers_in_history() {
         let db = SqliteDb::new();

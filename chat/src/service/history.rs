@@ -19,17 +19,18 @@
 //!
 //! A batch that fails (database down) is kept and retried, with the messages behind it
 //! queued, in order. The queue is bounded (`QUEUE_CAP` messages, `QUEUE_BYTES` of
-//! text): past it, senders wait on
-//! workers (never on an IO loop: the fast path hands over to the workers first), for at
-//! most `FULL_WAIT`; a message that still finds no room is delivered but not kept, so
-//! chat survives a long database outage.
+//! text): past it, senders wait on workers (never on an IO loop: the fast path hands
+//! over to the workers first), for at most `FULL_WAIT`, before they take any lock
+//! ([`HistoryWriter::wait_room`]); a message that still finds no room is delivered
+//! but not kept, so chat survives a long database outage. The record itself, which
+//! the router makes under the recipient's lock, never waits.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::store::social::HistoryRecord;
 use crate::store::Store;
@@ -165,37 +166,46 @@ impl HistoryWriter {
         })
     }
 
-    /// Queues one message of conversation `conv`. Waits while the queue is full (at
-    /// most [`FULL_WAIT`]): on an IO loop, call it only after [`HistoryWriter::has_room`].
+    /// Waits, at most [`FULL_WAIT`], until the queue has room for a message; false if
+    /// it had none by then (the database is down or slower than the chat). Blocking:
+    /// workers only, and before they take any lock ([`HistoryWriter::record`], which
+    /// the router calls under a recipient's lock, never waits).
+    pub fn wait_room(&self) -> bool {
+        let Some(tx) = &self.tx else { return true };
+        let full = || tx.queued.load(Ordering::Relaxed) >= QUEUE_BYTES || tx.records.is_full();
+        if !full() {
+            return true;
+        }
+        let end = Instant::now() + FULL_WAIT;
+        while full() {
+            if Instant::now() >= end {
+                return false;
+            }
+            thread::sleep(BYTES_POLL);
+        }
+        true
+    }
+
+    /// Queues one message of conversation `conv`, without waiting: on a full queue
+    /// the message is delivered but not kept (logged). Callers that may wait call
+    /// [`HistoryWriter::wait_room`] first; an IO loop calls it only after
+    /// [`HistoryWriter::has_room`].
     pub fn record(&self, conv: i64, sender: i64, text: &str) {
         if let Some(tx) = &self.tx {
+            if tx.queued.load(Ordering::Relaxed) >= QUEUE_BYTES {
+                log::error!("history: the writer is stuck; a message of {sender} is not kept");
+                return;
+            }
             let rec = HistoryRecord {
                 conv,
                 sender,
                 ts_ms: now_ms(),
                 text: text.to_owned(),
             };
-            // The clock is read only when the queue is full (not per message).
-            let mut deadline = None;
-            let mut waited = || {
-                let end = *deadline.get_or_insert_with(|| Instant::now() + FULL_WAIT);
-                end.saturating_duration_since(Instant::now())
-            };
-            while tx.queued.load(Ordering::Relaxed) >= QUEUE_BYTES {
-                if waited().is_zero() {
-                    log::error!("history: the writer is stuck; a message of {sender} is not kept");
-                    return;
-                }
-                thread::sleep(BYTES_POLL);
-            }
             // Counted before it is queued: the writer subtracts it once written.
             let len = rec.text.len();
             let before = tx.queued.fetch_add(len, Ordering::Relaxed);
-            let sent = match tx.records.try_send(rec) {
-                Err(TrySendError::Full(rec)) => tx.records.send_timeout(rec, waited()).is_ok(),
-                result => result.is_ok(),
-            };
-            if !sent {
+            if tx.records.try_send(rec).is_err() {
                 tx.queued.fetch_sub(len, Ordering::Relaxed);
                 log::error!("history: the writer is stuck; a message of {sender} is not kept");
                 return;
@@ -453,15 +463,22 @@ mod tests {
     }
 
     /// With [`QUEUE_BYTES`] queued (or [`QUEUE_CAP`] messages) a sender waits
-    /// [`FULL_WAIT`] for room, then gives up: the message is not kept, and its bytes
-    /// are not counted.
+    /// [`FULL_WAIT`] for room, then gives up; a record never waits (the router makes
+    /// it under a recipient's lock): the message is not kept, and its bytes are not
+    /// counted.
     #[test]
     fn a_full_queue_holds_a_sender_for_the_full_wait_then_drops() {
         let (w, records, _wakes) = unserved();
+        assert!(w.wait_room(), "room at once");
+        // Full by bytes, then by messages: a waiting sender gives up after the full
+        // wait; a record (the router's, under a lock) drops at once.
         queued(&w).store(QUEUE_BYTES, Ordering::Relaxed);
         let t = Instant::now();
-        w.record(1, 1, "dropped");
+        assert!(!w.wait_room(), "no room");
         assert!(t.elapsed() >= FULL_WAIT, "gave up after {:?}", t.elapsed());
+        let t = Instant::now();
+        w.record(1, 1, "dropped");
+        assert!(t.elapsed() < FULL_WAIT, "a record waited {:?}", t.elapsed());
         assert_eq!(records.len(), 0);
         assert_eq!(queued(&w).load(Ordering::Relaxed), QUEUE_BYTES);
 
@@ -470,10 +487,16 @@ mod tests {
             w.record(1, 1, "");
         }
         let t = Instant::now();
-        w.record(1, 1, "dropped");
+        assert!(!w.wait_room(), "no room");
         assert!(t.elapsed() >= FULL_WAIT, "gave up after {:?}", t.elapsed());
+        let t = Instant::now();
+        w.record(1, 1, "dropped");
+        assert!(t.elapsed() < FULL_WAIT, "a record waited {:?}", t.elapsed());
         assert_eq!(records.len(), QUEUE_CAP);
         assert_eq!(queued(&w).load(Ordering::Relaxed), 0);
+        // Room again once the writer took one.
+        records.try_recv().expect("queued");
+        assert!(w.wait_room(), "room after one was taken");
     }
 
     /// A flush answers once the writer wrote what came before it — false when no

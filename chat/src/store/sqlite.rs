@@ -154,8 +154,17 @@ impl SqliteStore {
     }
 }
 
-/// Switches the file to WAL (a persistent setting) and creates missing tables.
+/// Switches the file to WAL (a persistent setting) and creates missing tables. A file
+/// of a newer schema than this server's is refused: this server would misread what
+/// the newer one wrote (compressed history, for one), and set its version back.
 fn create_schema(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Unavailable(format!(
+            "the database file has schema version {version}, written by a newer server; \
+             this one knows up to {SCHEMA_VERSION}"
+        )));
+    }
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         log::warn!("sqlite store: journal_mode is {mode}, not wal");

@@ -46,8 +46,9 @@ pub(super) const CHUNK_SPAN_MS: i64 = 2000;
 pub(super) const WRITER_CACHE_KIB: i64 = 16 * 1024;
 /// Texts shorter than this are stored as they are: LZ4 gains nothing on them.
 const COMPRESS_MIN: usize = 64;
-/// A compressed body claiming a text longer than this is corrupt (a chunk's text is
-/// at most [`CHUNK_BYTES`], or one message, which a frame limit bounds far below).
+/// Longest text stored compressed: a compressed body claiming more is corrupt (a
+/// chunk's text is at most [`CHUNK_BYTES`], or one message, which the default frame
+/// limit bounds far below; a longer one is stored as it is).
 const TEXT_MAX: usize = 64 << 20;
 
 /// The history tables (created with the rest of the schema).
@@ -213,7 +214,8 @@ fn rows<E>(
 /// The stored form of a chunk's `text`: `(body, codec)` (see the module's doc),
 /// compressed into `scratch` when that is smaller.
 fn encode<'a>(text: &'a [u8], scratch: &'a mut Vec<u8>) -> (&'a [u8], i64) {
-    if text.len() < COMPRESS_MIN {
+    // Past TEXT_MAX (a frame limit set that high) `decode` would refuse it.
+    if text.len() < COMPRESS_MIN || text.len() > TEXT_MAX {
         return (text, 0);
     }
     scratch.clear();
@@ -299,10 +301,13 @@ pub(super) fn page(
             ValueRef::Blob(b) | ValueRef::Text(b) => b,
             _ => &[],
         };
+        // One damaged chunk costs its own messages, not the conversation's older ones.
         let Some(text) = decode(body, codec) else {
-            return Err(StoreError::Backend(format!(
-                "history chunk {seq}..={last} of conversation {conv} cannot be read (codec {codec})"
-            )));
+            log::error!(
+                "history: chunk {seq}..={last} of conversation {conv} cannot be read \
+                 (codec {codec}); skipped"
+            );
+            continue;
         };
         let texts: Vec<&[u8]> = if seq == last {
             vec![&text]
@@ -452,18 +457,32 @@ mod tests {
         }
     }
 
-    /// A compressed body may claim a text of up to [`TEXT_MAX`] bytes: one that
-    /// claims (and holds) more is refused, not allocated for.
+    /// A text of up to [`TEXT_MAX`] bytes is compressed and reads back; a longer one
+    /// (a frame limit set that high) is stored as it is, so that it reads back too;
+    /// a compressed body that claims more is refused, not allocated for.
     #[test]
     fn a_body_longer_than_text_max_is_refused() {
         let mut scratch = Vec::new();
-        for (len, readable) in [(TEXT_MAX, true), (TEXT_MAX + 1, false)] {
-            let text = vec![0; len];
-            let (body, codec) = encode(&text, &mut scratch);
-            assert_eq!(codec, 1, "{len} zeros compress");
-            let got = decode(body, codec).map(|t| t.len());
-            assert_eq!(got, readable.then_some(len), "a body of {len} bytes");
-        }
+        let text = vec![0; TEXT_MAX];
+        let (body, codec) = encode(&text, &mut scratch);
+        assert_eq!(codec, 1, "{TEXT_MAX} zeros compress");
+        let got = decode(body, codec).map(|t| t.len());
+        assert_eq!(got, Some(TEXT_MAX), "a body of {TEXT_MAX} bytes");
+        let claims_more = {
+            let mut b = body.to_vec();
+            b[..4].copy_from_slice(&((TEXT_MAX + 1) as u32).to_le_bytes());
+            b
+        };
+        assert_eq!(
+            decode(&claims_more, 1),
+            None,
+            "a body claiming {} bytes",
+            TEXT_MAX + 1
+        );
+        let longer = vec![0; TEXT_MAX + 1];
+        let (body, codec) = encode(&longer, &mut scratch);
+        assert_eq!(codec, 0, "{} bytes are stored as they are", TEXT_MAX + 1);
+        assert_eq!(decode(body, codec).map(|t| t.len()), Some(TEXT_MAX + 1));
     }
 
     #[test]

@@ -43,6 +43,11 @@ pub(crate) struct SqliteDb {
 }
 
 impl SqliteDb {
+    /// The database file.
+    fn path(&self) -> &std::path::Path {
+        &self._file.0
+    }
+
     pub(crate) fn new() -> SqliteDb {
         let path = std::env::temp_dir().join(format!("chat_store_test_{}.db", unique_suffix()));
         let file = FileGuard(path.clone());

@@ -126,3 +126,51 @@ fn version_3_chunks_stay_readable_beside_compressed_ones() {
     let store = open_with(&url, 2).unwrap();
     assert_eq!(store.history_page(5, None, 100).unwrap().len(), 42);
 }
+
+/// A chunk whose body cannot be read (damaged, or written by a newer server) is
+/// skipped: the conversation's pages still hold every other message.
+#[test]
+fn an_unreadable_chunk_is_skipped_not_fatal() {
+    let db = SqliteDb::new();
+    let store = &db.store;
+    for from in [0, 100, 200] {
+        let batch: Vec<_> = (from..from + 40).map(|i| rec(9, i)).collect();
+        store.append_history(&batch).unwrap();
+    }
+    let conn = rusqlite::Connection::open(db.path()).unwrap();
+    let n = conn
+        .execute(
+            "UPDATE historychunk SET body = X'FFFFFFFF00', codec = 1 WHERE conv = 9 AND seq = 41",
+            [],
+        )
+        .unwrap();
+    assert_eq!(n, 1, "the middle chunk");
+    let page = store.history_page(9, None, 100).unwrap();
+    let seqs: Vec<i64> = page.iter().map(|m| m.seq).collect();
+    let want: Vec<i64> = (81..=120).rev().chain((1..=40).rev()).collect();
+    assert_eq!(seqs, want);
+    assert_eq!(page[40].text, r#"{"msg":"m39"}"#);
+}
+
+/// A file of a newer schema (one that a newer server wrote, compressed history and
+/// all) is refused, not misread and set back.
+#[test]
+fn a_file_of_a_newer_schema_is_refused() {
+    let path = std::env::temp_dir().join(format!("chat_store_test_{}.db", unique_suffix()));
+    let _file = FileGuard(path.clone());
+    let url = format!("sqlite:{}", path.display());
+    drop(open_with(&url, 1).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let ours: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    conn.pragma_update(None, "user_version", ours + 1).unwrap();
+    drop(conn);
+    let err = open_with(&url, 1).err().expect("refused");
+    assert!(err.to_string().contains("newer server"), "{err}");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let now: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(now, ours + 1, "the version is left as it was");
+}
