@@ -526,6 +526,7 @@ mod tests {
 
     use super::*;
     use crate::protocol::Conversation;
+    use crate::service::history::tests::full_for;
     use crate::service::tests::{
         read_frame, register, request, service_bounded, service_on, Sockets,
     };
@@ -709,6 +710,42 @@ mod tests {
             history(&db, &service, conv),
             ["g"],
             "the history of bob's group"
+        );
+    }
+
+    /// A chat the bus took (`Job::Routed`, from a ONE_CHAT request) waits, as one
+    /// routed at once does, for room in history before the router records it: a
+    /// queue full for a moment (the writer behind) costs the sender a wait, not the
+    /// message. Seen failing with `routed`'s `!t.again` made `t.again` (only the fast
+    /// path's frames, recorded already, wait): "alice and bob's history", left `[]`.
+    #[test]
+    fn a_chat_back_from_the_bus_waits_for_room_in_history() {
+        let db = SqliteDb::new();
+        let service = service_on(&db, true);
+        let sockets = Sockets::start();
+        let (alice, bob) = (register(&db, "alice"), register(&db, "bob"));
+        let (a, _a_client) = sockets.logged_in(&service, alice, "alice");
+        let chat = json!({"msgid": msgid::ONE_CHAT, "id": alice, "toid": bob, "msg": "m"});
+        let routed = Routed {
+            ticket: RouteTicket {
+                to: bob,
+                from: alice,
+                text: chat.to_string(),
+                cid: None,
+                again: false,
+            },
+            // Bob's node took it.
+            result: Ok(Vec::new()),
+            unfinished: None,
+        };
+        let full = full_for(service.history(), Duration::from_millis(200));
+        service.run_job(&a, Job::Routed(Box::new(routed)));
+        full.join().expect("the queue drained");
+        let conv = conv_key(alice, Conversation::Peer(bob)).expect("a conversation");
+        assert_eq!(
+            history(&db, &service, conv),
+            ["m"],
+            "alice and bob's history"
         );
     }
 

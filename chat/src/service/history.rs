@@ -356,10 +356,21 @@ fn prune(store: &dyn Store, keep: Duration) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     use crate::store::tests::SqliteDb;
+
+    /// Makes `w`'s queue full (counts [`QUEUE_BYTES`] more queued) for `d` from
+    /// now, as a writer behind the chat would; join the handle to see it end.
+    pub(crate) fn full_for(w: &HistoryWriter, d: Duration) -> thread::JoinHandle<()> {
+        let queued = w.tx.as_ref().expect("history on").queued.clone();
+        queued.fetch_add(QUEUE_BYTES, Ordering::Relaxed);
+        thread::spawn(move || {
+            thread::sleep(d);
+            queued.fetch_sub(QUEUE_BYTES, Ordering::Relaxed);
+        })
+    }
 
     /// A writer's handle with no writer thread behind it: what is recorded stays
     /// queued (the receivers are returned so that the channels stay open).
