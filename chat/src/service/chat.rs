@@ -749,6 +749,43 @@ mod tests {
         );
     }
 
+    /// A chat read from a request, one-to-one or to a group, waits for room in
+    /// history before the router takes its locks and records it: a queue full for
+    /// a moment costs the sender a wait, not the message. Seen failing with
+    /// `one_chat_text`'s `wait_room()` deleted: "alice and bob's history", left
+    /// `[]`; with `group_chat`'s: "the history of bob's group", left `[]`.
+    #[test]
+    fn chats_from_requests_wait_for_room_in_history() {
+        let db = SqliteDb::new();
+        let service = service_on(&db, true);
+        let sockets = Sockets::start();
+        let (alice, bob) = (register(&db, "alice"), register(&db, "bob"));
+        let g = db.store.create_group(alice, "g", "").expect("the store");
+        let g = g.expect("a new group");
+        db.store.join_group(bob, g).expect("joined");
+        let (a, _a_client) = sockets.logged_in(&service, alice, "alice");
+        let one = json!({"msgid": msgid::ONE_CHAT, "id": alice, "toid": bob, "msg": "m"});
+        let full = full_for(service.history(), Duration::from_millis(200));
+        service.run_job(&a, Job::Request(request(one)));
+        full.join().expect("the queue drained");
+        let conv = conv_key(alice, Conversation::Peer(bob)).expect("a conversation");
+        assert_eq!(
+            history(&db, &service, conv),
+            ["m"],
+            "alice and bob's history"
+        );
+        let group = json!({"msgid": msgid::GROUP_CHAT, "id": alice, "groupid": g, "msg": "g"});
+        let full = full_for(service.history(), Duration::from_millis(200));
+        service.run_job(&a, Job::Request(request(group)));
+        full.join().expect("the queue drained");
+        let conv = conv_key(alice, Conversation::Group(g)).expect("a group");
+        assert_eq!(
+            history(&db, &service, conv),
+            ["g"],
+            "the history of bob's group"
+        );
+    }
+
     /// A recipient whose connection closed is kept in the hub until its sign-out
     /// (queued behind its requests): a chat for it then goes to its offline store,
     /// and once that is full it is refused and not kept in history, one-to-one or
