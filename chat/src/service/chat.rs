@@ -555,6 +555,16 @@ mod tests {
         msgs(&texts)
     }
 
+    /// A new group named `name` created by `creator` and joined by `members`.
+    fn group(db: &SqliteDb, creator: i64, name: &str, members: &[i64]) -> i64 {
+        let g = db.store.create_group(creator, name, "").expect("the store");
+        let g = g.expect("a new group");
+        for &m in members {
+            db.store.join_group(m, g).expect("joined");
+        }
+        g
+    }
+
     /// Bounds that hold two messages for a recipient, all from one sender if so.
     const TWO: OfflineLimits = OfflineLimits {
         max_messages: 2,
@@ -616,16 +626,9 @@ mod tests {
         let sockets = Sockets::start();
         let alice = register(&db, "alice");
         let (bob, carol) = (register(&db, "bob"), register(&db, "carol"));
-        let group = |name: &str, members: &[i64]| {
-            let g = db.store.create_group(alice, name, "").expect("the store");
-            let g = g.expect("a new group");
-            for &m in members {
-                db.store.join_group(m, g).expect("joined");
-            }
-            g
-        };
-        let (with_bob, with_both) = (group("b", &[bob]), group("bc", &[bob, carol]));
-        let alone = group("a", &[]);
+        let with_bob = group(&db, alice, "b", &[bob]);
+        let with_both = group(&db, alice, "bc", &[bob, carol]);
+        let alone = group(&db, alice, "a", &[]);
         let (a, a_client) = sockets.logged_in(&service, alice, "alice");
         let (b, _b_client) = sockets.logged_in(&service, bob, "bob");
         let (_c, c_client) = sockets.logged_in(&service, carol, "carol");
@@ -697,9 +700,7 @@ mod tests {
         let service = service_on(&db, true);
         let sockets = Sockets::start();
         let (alice, bob) = (register(&db, "alice"), register(&db, "bob"));
-        let g = db.store.create_group(alice, "g", "").expect("the store");
-        let g = g.expect("a new group");
-        db.store.join_group(bob, g).expect("joined");
+        let g = group(&db, alice, "g", &[bob]);
         let (a, _a_client) = sockets.logged_in(&service, alice, "alice");
         let chat = json!({"msgid": msgid::GROUP_CHAT, "id": alice, "groupid": g, "msg": "g"});
         service.run_job(&a, Job::Request(request(chat)));
@@ -760,9 +761,7 @@ mod tests {
         let service = service_on(&db, true);
         let sockets = Sockets::start();
         let (alice, bob) = (register(&db, "alice"), register(&db, "bob"));
-        let g = db.store.create_group(alice, "g", "").expect("the store");
-        let g = g.expect("a new group");
-        db.store.join_group(bob, g).expect("joined");
+        let g = group(&db, alice, "g", &[bob]);
         let (a, _a_client) = sockets.logged_in(&service, alice, "alice");
         let one = json!({"msgid": msgid::ONE_CHAT, "id": alice, "toid": bob, "msg": "m"});
         let full = full_for(service.history(), Duration::from_millis(200));
@@ -798,9 +797,7 @@ mod tests {
         let service = service_bounded(&db, true, TWO);
         let sockets = Sockets::start();
         let (alice, bob) = (register(&db, "alice"), register(&db, "bob"));
-        let g = db.store.create_group(alice, "g", "").expect("the store");
-        let g = g.expect("a new group");
-        db.store.join_group(bob, g).expect("joined");
+        let g = group(&db, alice, "g", &[bob]);
         let (a, a_client) = sockets.logged_in(&service, alice, "alice");
         let (b, _b_client) = sockets.logged_in(&service, bob, "bob");
         for _ in 0..2 {
