@@ -125,6 +125,23 @@ impl fmt::Display for CodecError {
 
 impl std::error::Error for CodecError {}
 
+/// The bytes that matter to [`Decoder::decode`] outside a string: the NUL, a quote
+/// and the brackets.
+const STOPS: [bool; 256] = stops(b"\0\"{}[]");
+/// The bytes that matter inside a string: the NUL, the closing quote and a backslash.
+const STRING_STOPS: [bool; 256] = stops(b"\0\"\\");
+
+/// A table marking `bytes`.
+const fn stops(bytes: &[u8]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < bytes.len() {
+        table[bytes[i] as usize] = true;
+        i += 1;
+    }
+    table
+}
+
 /// Finds frame boundaries in a byte stream, resuming where the previous call stopped.
 ///
 /// The caller owns the buffer. Contract, so that a frame fed one byte at a time costs O(n)
@@ -204,33 +221,45 @@ impl Decoder {
         debug_assert!(frame.len() >= self.scanned, "decoder contract broken");
         // One byte past the limit is looked at: a NUL there still ends the frame.
         let window = frame.len().min(self.limit.saturating_add(1));
+        // Bytes before the limit; the one at the limit, if any, is looked at last.
+        let below = window.min(self.limit);
+        // The state in locals (the loop's hot path), written back when it stops.
+        let (mut depth, mut in_string, mut escaped) = (self.depth, self.in_string, self.escaped);
         let mut i = self.scanned;
-        while i < window {
+        while i < below {
+            if !escaped {
+                // Jump over the bytes that change nothing (most of a frame), by table.
+                let stops = if in_string { &STRING_STOPS } else { &STOPS };
+                match frame[i..below].iter().position(|&b| stops[usize::from(b)]) {
+                    Some(at) => i += at,
+                    None => {
+                        i = below;
+                        break;
+                    }
+                }
+            }
             let b = frame[i];
+            i += 1;
             if b == 0 {
                 self.reset();
-                return Ok(Decoded::Unterminated { end: start + i + 1 });
+                return Ok(Decoded::Unterminated { end: start + i });
             }
-            if i == self.limit {
-                return Err(CodecError::Oversize { limit: self.limit });
-            }
-            i += 1;
-            if self.in_string {
-                if self.escaped {
-                    self.escaped = false;
+            if in_string {
+                if escaped {
+                    escaped = false;
                 } else if b == b'\\' {
-                    self.escaped = true;
-                } else if b == b'"' {
-                    self.in_string = false;
+                    escaped = true;
+                } else {
+                    in_string = false; // the table stopped at a quote
                 }
                 continue;
             }
             match b {
-                b'"' => self.in_string = true,
-                b'{' | b'[' => self.depth += 1,
+                b'"' => in_string = true,
+                b'{' | b'[' => depth += 1,
                 b'}' | b']' => {
-                    self.depth -= 1;
-                    if self.depth == 0 {
+                    depth -= 1;
+                    if depth == 0 {
                         self.reset();
                         return Ok(Decoded::Frame {
                             start,
@@ -241,6 +270,15 @@ impl Decoder {
                 _ => {}
             }
         }
+        if i < window {
+            // The byte at the limit: only a NUL may stand there.
+            if frame[i] == 0 {
+                self.reset();
+                return Ok(Decoded::Unterminated { end: start + i + 1 });
+            }
+            return Err(CodecError::Oversize { limit: self.limit });
+        }
+        (self.depth, self.in_string, self.escaped) = (depth, in_string, escaped);
         self.scanned = i;
         Ok(Decoded::Incomplete { skip: start })
     }
