@@ -33,6 +33,7 @@ use parking_lot::{Mutex, MutexGuard};
 use crate::bus::{Bus, BusError, Orphan};
 use crate::hub::{Hub, Shard};
 use crate::outflow::FanOut;
+use crate::protocol::msgid;
 use crate::session::Session;
 use crate::stats::{Chat, Stats};
 use crate::store::{sender_of, OfflineLimits, Store, StoreError};
@@ -384,7 +385,7 @@ impl Router {
         }
         let frame = make_frame();
         debug_assert!(frame.ends_with('\0'), "a wire frame ends in NUL");
-        match session.deliver_live(frame.into_bytes()) {
+        match session.deliver_live_as(frame.into_bytes(), Some(msgid::ONE_CHAT)) {
             Ok(()) => {
                 self.stats.chats(Chat::Local, 1);
                 Fast::Sent

@@ -502,6 +502,12 @@ impl Session {
     /// path made it): the loop still spills the frame if the output is at its
     /// mark. Once the connection closed, does nothing and gives the frame back.
     pub fn deliver_live(&self, frame: Vec<u8>) -> Result<(), Vec<u8>> {
+        self.deliver_live_as(frame, None)
+    }
+
+    /// [`Session::deliver_live`] for a frame of a msgid the caller knows (counted
+    /// without reading it from the frame).
+    pub fn deliver_live_as(&self, frame: Vec<u8>, msgid: Option<i64>) -> Result<(), Vec<u8>> {
         #[cfg(test)]
         tests::AT_DELIVERY.with_borrow_mut(|hook| {
             if let Some(hook) = hook {
@@ -515,7 +521,10 @@ impl Session {
         if out.holding {
             out.held.push(frame);
         } else {
-            self.stats.frame_out(&frame);
+            match msgid {
+                Some(msgid) => self.stats.frame_out_as(&frame, msgid),
+                None => self.stats.frame_out(&frame),
+            }
             let flow = self.flow.clone();
             self.conn.with(move |c| flow.offer(c, &frame));
         }
