@@ -1,6 +1,6 @@
 //! The kernel's floor for chat-bench's one-to-one load: a measuring tool, not a chat
 //! server. One thread, one `mio::Poll` (edge-triggered, as the net library), and per
-//! message only what any server of this shape pays: one `readv` of the sender's socket
+//! message only what any server of this shape pays: one `read` of the sender's socket
 //! and one `sendto` of the frame, unchanged, to the recipient's socket.
 //!
 //! It speaks just enough of the legacy protocol for `chat-bench one-to-one`: PING is
@@ -15,7 +15,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::io::{self, IoSliceMut, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
 use mio::net::{TcpListener, TcpStream};
@@ -104,40 +104,22 @@ impl Forwarder {
         };
         let mut closed = false;
         loop {
-            let have = c.input.len();
-            c.input.resize(c.input.capacity().max(have + 4096), 0);
-            let room = c.input.len() - have;
-            let offered = room + self.scratch.len();
-            let (head, _) = c.input.split_at_mut(have + room);
-            let mut bufs = [
-                IoSliceMut::new(&mut head[have..]),
-                IoSliceMut::new(&mut self.scratch),
-            ];
-            let r = (&c.stream).read_vectored(&mut bufs);
+            // One plain read into the scratch, as net's Buffer reads a small input.
+            let r = (&c.stream).read(&mut self.scratch);
             match r {
                 Ok(0) => {
-                    c.input.truncate(have);
                     closed = true;
                     break;
                 }
                 Ok(n) => {
-                    if n <= room {
-                        c.input.truncate(have + n);
-                    } else {
-                        c.input.truncate(have + room);
-                        c.input.extend_from_slice(&self.scratch[..n - room]);
-                    }
-                    if n < offered && !to_eof {
+                    c.input.extend_from_slice(&self.scratch[..n]);
+                    if n < self.scratch.len() && !to_eof {
                         break;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    c.input.truncate(have);
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => c.input.truncate(have),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
-                    c.input.truncate(have);
                     closed = true;
                     break;
                 }

@@ -1,16 +1,19 @@
 //! Buffer: muduo's byte buffer, `prependable | readable | writable` in one `Vec<u8>`.
 
 use std::cell::RefCell;
-use std::io::{self, IoSliceMut, Read};
+use std::io::{self, Read};
 
 /// Cheap bytes reserved in front of the readable data, so a length header can be
 /// prepended without moving the payload.
 pub const CHEAP_PREPEND: usize = 8;
 /// The writable space a new buffer starts with.
 pub const INITIAL_SIZE: usize = 1024;
-/// Size of the scratch buffer that `read_from` overflows into: one `readv` can take
-/// this much more than the buffer's free space without growing it up front.
+/// Size of the scratch buffer that `read_from` reads into when the buffer's free
+/// space is small: one read can take this much without growing the buffer up front.
 pub(crate) const EXTRA_BUF: usize = 65536;
+/// Free space from which `read_from` reads straight into the buffer (a buffer grown
+/// by a burst); below it, it reads into the scratch and appends what came.
+pub const DIRECT_READ: usize = 4096;
 
 thread_local! {
     /// `read_from`'s overflow space, one per thread and so one per loop. muduo uses an
@@ -310,13 +313,27 @@ impl Buffer {
         self.buf.capacity()
     }
 
-    /// One vectored read from `reader` into the writable space (at most 64 KiB of
-    /// it) plus a 64 KiB per-thread scratch buffer; what lands in the scratch is
-    /// appended, growing the buffer only as much as needed. Returns what
-    /// `read_vectored` returned (0 at end of stream). One read takes at most
-    /// [`Buffer::read_offer`] bytes, however large the buffer grew: a buffer that
-    /// once held a burst does not make every later read as large.
+    /// One read from `reader`: straight into the writable space when it has at least
+    /// [`DIRECT_READ`] bytes (at most 64 KiB of it), else into a 64 KiB per-thread
+    /// scratch buffer whose bytes are then appended, growing the buffer only as much
+    /// as needed. Returns what `read` returned (0 at end of stream). One read takes
+    /// at most [`Buffer::read_offer`] bytes, however large the buffer grew: a buffer
+    /// that once held a burst does not make every later read as large.
+    ///
+    /// muduo reads with one `readv` into the free space plus the scratch. A socket's
+    /// `readv` goes through the kernel's vectored file path, which a plain `read`
+    /// (`recv` for std's and mio's sockets) skips: ~0.7 µs of the ~10 µs a
+    /// one-to-one chat message costs the floor on this machine (BENCHMARKS.md). A
+    /// connection's input is sized to what arrived (a chat frame), so copying a
+    /// small read out of the scratch costs less than the second iovec saved.
     pub fn read_from<R: Read>(&mut self, reader: &mut R) -> io::Result<usize> {
+        let writable = self.writable_bytes().min(EXTRA_BUF);
+        if writable >= DIRECT_READ {
+            let free = &mut self.buf[self.writer_index..self.writer_index + writable];
+            let n = reader.read(free)?;
+            self.writer_index += n;
+            return Ok(n);
+        }
         EXTRA.with(|extra| match extra.try_borrow_mut() {
             Ok(mut extra) => self.read_with_extra(reader, &mut extra),
             // Only if `reader` itself reads into a Buffer on this thread.
@@ -326,22 +343,17 @@ impl Buffer {
 
     /// How many bytes the next [`Buffer::read_from`] offers the reader.
     pub fn read_offer(&self) -> usize {
-        self.writable_bytes().min(EXTRA_BUF) + EXTRA_BUF
+        let writable = self.writable_bytes().min(EXTRA_BUF);
+        if writable >= DIRECT_READ {
+            writable
+        } else {
+            EXTRA_BUF
+        }
     }
 
     fn read_with_extra<R: Read>(&mut self, reader: &mut R, extra: &mut [u8]) -> io::Result<usize> {
-        let writable = self.writable_bytes().min(EXTRA_BUF);
-        let n = {
-            let free = &mut self.buf[self.writer_index..self.writer_index + writable];
-            let mut bufs = [IoSliceMut::new(free), IoSliceMut::new(extra)];
-            reader.read_vectored(&mut bufs)?
-        };
-        if n <= writable {
-            self.writer_index += n;
-        } else {
-            self.writer_index += writable;
-            self.append(&extra[..n - writable]);
-        }
+        let n = reader.read(extra)?;
+        self.append(&extra[..n]);
         Ok(n)
     }
 
@@ -363,6 +375,7 @@ impl Buffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::IoSliceMut;
 
     #[test]
     fn append_retrieve() {
@@ -578,17 +591,62 @@ mod tests {
     #[test]
     fn read_from_offers_at_most_64k_of_a_large_buffer() {
         let mut buf = Buffer::with_capacity(1 << 20);
-        assert_eq!(buf.read_offer(), 2 * EXTRA_BUF);
+        assert_eq!(buf.read_offer(), EXTRA_BUF);
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
         let mut src = Source(data.clone());
-        assert_eq!(buf.read_from(&mut src).unwrap(), 2 * EXTRA_BUF);
-        assert_eq!(buf.read_from(&mut src).unwrap(), 2 * EXTRA_BUF);
-        assert_eq!(buf.peek(), &data[..4 * EXTRA_BUF]);
+        assert_eq!(buf.read_from(&mut src).unwrap(), EXTRA_BUF);
+        assert_eq!(buf.read_from(&mut src).unwrap(), EXTRA_BUF);
+        assert_eq!(buf.peek(), &data[..2 * EXTRA_BUF]);
+        // A small buffer offers the scratch.
+        assert_eq!(Buffer::new().read_offer(), EXTRA_BUF);
+        assert_eq!(Buffer::with_capacity(DIRECT_READ).read_offer(), DIRECT_READ);
         // Less than the free space: no growth.
         let mut small = Buffer::with_capacity(1 << 20);
         let cap = small.internal_capacity();
         assert_eq!(small.read_from(&mut Source(vec![3; 1000])).unwrap(), 1000);
         assert_eq!(small.internal_capacity(), cap);
+    }
+
+    /// A socket's reader: `readv` would work, but each read must be a plain one
+    /// (the kernel's vectored path costs more per call).
+    struct PlainOnly(Source);
+
+    impl Read for PlainOnly {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            self.0.read(out)
+        }
+
+        fn read_vectored(&mut self, _: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+            panic!("read_from used readv")
+        }
+    }
+
+    /// Small reads (into the scratch) and large ones (straight into a grown buffer)
+    /// are one plain read each.
+    #[test]
+    fn read_from_reads_without_readv() {
+        let mut buf = Buffer::with_capacity(0);
+        let frame = b"{\"msgid\":6}\0".to_vec();
+        assert_eq!(
+            buf.read_from(&mut PlainOnly(Source(frame.clone())))
+                .unwrap(),
+            frame.len()
+        );
+        assert_eq!(buf.peek(), &frame[..]);
+        let burst: Vec<u8> = (0..30_000u32).map(|i| (i % 239) as u8).collect();
+        assert_eq!(
+            buf.read_from(&mut PlainOnly(Source(burst.clone())))
+                .unwrap(),
+            burst.len()
+        );
+        buf.retrieve_all();
+        assert!(buf.writable_bytes() >= DIRECT_READ, "grown by the burst");
+        assert_eq!(
+            buf.read_from(&mut PlainOnly(Source(frame.clone())))
+                .unwrap(),
+            frame.len()
+        );
+        assert_eq!(buf.peek(), &frame[..]);
     }
 
     /// A reader that itself reads through a Buffer, so the thread's scratch buffer
