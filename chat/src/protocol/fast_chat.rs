@@ -31,6 +31,10 @@ pub struct FastChat<'a> {
     pub toid: i64,
     /// Whether the sender wrote its own `time` (then it stays).
     has_time: bool,
+    /// The frame, when it is already in the form serde_json writes (no whitespace,
+    /// keys in order, none repeated): the delivered frame is then this text with the
+    /// server's fields spliced in.
+    compact: Option<&'a str>,
     /// Every field as sent, in the order `serde_json::Map` keeps them.
     fields: Fields<'a>,
 }
@@ -40,6 +44,8 @@ pub struct FastChat<'a> {
 struct Fields<'a> {
     len: usize,
     items: [(&'a str, &'a str); MAX_FIELDS],
+    /// Every key was added after the last one (none out of order, none repeated).
+    sorted: bool,
 }
 
 impl<'a> Fields<'a> {
@@ -57,6 +63,7 @@ impl<'a> Fields<'a> {
             self.len += 1;
             return true;
         }
+        self.sorted = false;
         match self.as_slice().binary_search_by(|(k, _)| key_order(k, key)) {
             Ok(i) => self.items[i].1 = value,
             Err(_) if self.len == MAX_FIELDS => return false,
@@ -98,12 +105,14 @@ pub fn parse_fast_chat(bytes: &[u8]) -> Option<FastChat<'_>> {
         id: 0,
         toid: 0,
         has_time: false,
+        compact: None,
         fields: Fields {
             len: 0,
             items: [("", ""); MAX_FIELDS],
+            sorted: true,
         },
     };
-    scan(bytes, &mut chat.fields, &mut known)?;
+    chat.compact = scan(bytes, &mut chat.fields, &mut known)?;
     // `ext` switches the connection's replies and `cid` asks for a confirmation
     // (and is never forwarded): both are the Value path's business.
     // `dseq` is removed there too (the server's own, protocol.md §12).
@@ -163,35 +172,48 @@ impl<'a> Known<'a> {
 /// that fit, `true`, `false` and `null`. Keys are strings without escapes; a repeated
 /// key keeps its last value. `None` for anything else, valid JSON or not. The fields
 /// go to `fields` (empty at the call), and the ones this path reads are noted in
-/// `known` on the way.
-fn scan<'a>(bytes: &'a [u8], fields: &mut Fields<'a>, known: &mut Known<'a>) -> Option<()> {
+/// `known` on the way. Gives the frame's text if it is compact (see
+/// [`FastChat::compact`]).
+fn scan<'a>(
+    bytes: &'a [u8],
+    fields: &mut Fields<'a>,
+    known: &mut Known<'a>,
+) -> Option<Option<&'a str>> {
     let text = std::str::from_utf8(bytes).ok()?;
     let b = text.as_bytes();
-    let mut i = skip_ws(b, 0);
+    // Whitespace anywhere, or a key out of order or repeated, and the frame is not
+    // written back as it came.
+    let mut spaced = false;
+    let mut skip = |at: usize| {
+        let past = skip_ws(b, at);
+        spaced |= past != at;
+        past
+    };
+    let mut i = skip(0);
     if b.get(i) != Some(&b'{') {
         return None;
     }
-    i = skip_ws(b, i + 1);
+    i = skip(i + 1);
     if b.get(i) == Some(&b'}') {
         i += 1;
     } else {
         loop {
             let end = string_end(b, i)?;
             let key = &text[i + 1..end - 1];
-            i = skip_ws(b, end);
+            i = skip(end);
             if b.get(i) != Some(&b':') {
                 return None;
             }
-            i = skip_ws(b, i + 1);
+            i = skip(i + 1);
             let end = value_end(b, i)?;
             let value = &text[i..end];
             if !fields.insert(key, value) {
                 return None;
             }
             known.note(key, value);
-            i = skip_ws(b, end);
+            i = skip(end);
             match b.get(i)? {
-                b',' => i = skip_ws(b, i + 1),
+                b',' => i = skip(i + 1),
                 b'}' => {
                     i += 1;
                     break;
@@ -200,7 +222,10 @@ fn scan<'a>(bytes: &'a [u8], fields: &mut Fields<'a>, known: &mut Known<'a>) -> 
             }
         }
     }
-    (skip_ws(b, i) == b.len()).then_some(())
+    if skip(i) != b.len() {
+        return None;
+    }
+    Some((!spaced && fields.sorted).then_some(text))
 }
 
 /// The index past JSON whitespace from `i`.
@@ -284,6 +309,9 @@ impl FastChat<'_> {
         // The two fields the server writes, in key order, merged into the sender's
         // (`None`: the sender's own `time` stays).
         let own = [("name", Some(sender_name)), ("time", time.as_deref())];
+        if let Some(text) = self.compact {
+            return self.spliced(text, own);
+        }
         let mut out = String::with_capacity(
             self.fields
                 .as_slice()
@@ -323,6 +351,54 @@ impl FastChat<'_> {
         out.push_str("}\0");
         out
     }
+
+    /// [`FastChat::delivery_wire`] of a compact frame: its text with the server's
+    /// fields (`own`, in key order) put in place, a few copies instead of a write per
+    /// field (chat-bench's frames, and the legacy client's, are compact).
+    fn spliced(&self, text: &str, own: [(&str, Option<&str>); 2]) -> String {
+        let at = |s: &str| s.as_ptr() as usize - text.as_ptr() as usize;
+        let extra: usize = own
+            .iter()
+            .map(|(k, v)| k.len() + v.map_or(0, str::len) + 6)
+            .sum();
+        let mut out = String::with_capacity(text.len() + extra + 1);
+        let fields = self.fields.as_slice();
+        // The bytes of `text` before this index are in `out`.
+        let mut copied = 0;
+        for (k, value) in own {
+            let i = fields.partition_point(|&(key, _)| key_order(key, k).is_lt());
+            let Some(value) = value else {
+                continue; // the sender's own `time` stays as it is
+            };
+            match fields.get(i) {
+                Some(&(key, raw)) if key == k => {
+                    let start = at(raw);
+                    out.push_str(&text[copied..start]);
+                    json_string(&mut out, value);
+                    copied = start + raw.len();
+                }
+                Some(&(key, _)) => {
+                    // Before the next key's opening quote.
+                    let point = at(key) - 1;
+                    out.push_str(&text[copied..point]);
+                    bare_string_field(&mut out, k, value);
+                    out.push(',');
+                    copied = point;
+                }
+                None => {
+                    // Before the closing brace (a chat frame has fields before it).
+                    let point = text.len() - 1;
+                    out.push_str(&text[copied..point]);
+                    out.push(',');
+                    bare_string_field(&mut out, k, value);
+                    copied = point;
+                }
+            }
+        }
+        out.push_str(&text[copied..]);
+        out.push('\0');
+        out
+    }
 }
 
 /// Appends `"key":` (with a comma unless it is the first field).
@@ -344,6 +420,19 @@ fn field(out: &mut String, k: &str, value: &str) {
 /// Appends `"key":"text"`, `text` escaped as serde_json does.
 fn string_field(out: &mut String, k: &str, text: &str) {
     key(out, k);
+    json_string(out, text);
+}
+
+/// Appends `"key":"text"` with no comma before it.
+fn bare_string_field(out: &mut String, k: &str, text: &str) {
+    out.push('"');
+    out.push_str(k);
+    out.push_str("\":");
+    json_string(out, text);
+}
+
+/// Appends `"text"`, escaped as serde_json does.
+fn json_string(out: &mut String, text: &str) {
     // serde_json escapes exactly these: `"`, `\` and the control characters.
     if text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
         out.push_str(&serde_json::to_string(text).expect("a string always serialises"));
@@ -412,8 +501,29 @@ mod tests {
         let fast = parse_fast_chat(br#"{"msgid":6,"id":1,"toid":2,"msg":"hi"}"#).unwrap();
         assert_eq!(
             format!("{fast:?}"),
-            r#"FastChat { id: 1, toid: 2, has_time: false, fields: {"id": "1", "msg": "\"hi\"", "msgid": "6", "toid": "2"} }"#
+            r#"FastChat { id: 1, toid: 2, has_time: false, compact: None, fields: {"id": "1", "msg": "\"hi\"", "msgid": "6", "toid": "2"} }"#
         );
+    }
+
+    /// Frames as chat-bench and the legacy client write them (compact, keys in
+    /// order) are delivered by splicing; any whitespace, or a key out of order or
+    /// repeated, takes the field-by-field writer. Both give the Value path's bytes
+    /// (`the_reader_agrees_with_serde_json`).
+    #[test]
+    fn compact_frames_are_spliced() {
+        let compact = |f: &str| parse_fast_chat(f.as_bytes()).unwrap().compact.is_some();
+        assert!(compact(
+            r#"{"id":1,"msg":"hi","msgid":6,"name":"u1","time":"t","to":2,"toid":2}"#
+        ));
+        assert!(compact(r#"{"id":1,"msg":"hi","msgid":6,"toid":2}"#));
+        assert!(!compact(r#"{"id":1,"msg":"hi","msgid":6, "toid":2}"#));
+        assert!(!compact(r#"{"id":1,"msgid":6,"msg":"hi","toid":2}"#));
+        assert!(!compact(
+            r#"{"id":1,"msg":"hi","msgid":6,"toid":2,"toid":2}"#
+        ));
+        assert!(!compact(
+            "{\"id\":1,\"msg\":\"hi\",\"msgid\":6,\"toid\":2}\n"
+        ));
     }
 
     /// What serde_json makes of `bytes` as this path took it before it read frames by
@@ -468,12 +578,15 @@ mod tests {
     /// characters, broken UTF-8).
     #[test]
     fn the_reader_agrees_with_serde_json() {
-        let bases: [&[u8]; 5] = [
+        let bases: [&[u8]; 7] = [
             br#"{"id":12,"msg":"hi there","msgid":6,"name":"u1","time":"2026-01-01 00:00:00","to":13,"toid":13}"#,
             br#"{ "msgid" : 6 , "id" : -10 , "toid" : 20 , "msg" : "" , "n" : null, "t": true, "f": false }"#,
             "{\"msgid\":6,\"id\":1,\"toid\":2,\"msg\":\"日本語\",\"k\":\"a\\\"b\"}\n".as_bytes(),
             br#"{}"#,
             br#"{"b":1,"a":2,"msg":"x","b":"y","a":null,"msgid":6,"msgid":7}"#,
+            // Compact, without the server's fields, or with a name to replace.
+            br#"{"id":1,"msg":"x","msgid":6,"toid":2}"#,
+            br#"{"a":0,"id":1,"msg":"x","msgid":6,"name":"q","zz":true,"toid":2}"#,
         ];
         let edits: &[u8] = b" \t\n\r\"\\,:{}[]0-.eExtfn\x01\x1f\x7f\xff\xc3";
         let mut frames: Vec<Vec<u8>> = Vec::new();
@@ -501,8 +614,9 @@ mod tests {
             let mut fields = Fields {
                 len: 0,
                 items: [("", ""); MAX_FIELDS],
+                sorted: true,
             };
-            let ours = scan(f, &mut fields, &mut Known::default()).map(|()| {
+            let ours = scan(f, &mut fields, &mut Known::default()).map(|_| {
                 fields
                     .as_slice()
                     .iter()
