@@ -28,7 +28,7 @@ const READ_BUDGET: usize = 16;
 /// runs: [`READ_BUDGET`] reads of at most [`Buffer::read_offer`] each. A callback
 /// that stops reading (backpressure) leaves at most this much unread in user space
 /// on top of what it had left.
-pub const MAX_READ_BETWEEN_CALLBACKS: usize = READ_BUDGET * 2 * crate::buffer::EXTRA_BUF;
+pub const MAX_READ_BETWEEN_CALLBACKS: usize = READ_BUDGET * crate::buffer::EXTRA_BUF;
 /// Sends shorter than this are coalesced until the end of the loop iteration; longer
 /// ones are written at once when nothing is buffered (their syscall is cheap for
 /// their size, and holding them back only adds latency).

@@ -572,7 +572,9 @@ mod tests {
     }
 
     /// The hand-written reader takes exactly what serde_json reads as this path needs
-    /// it, field for field, over frames that are one edit away from chat frames:
+    /// it, field for field, over frames that are one edit away from chat frames (it
+    /// also declines a repeated key whose earlier value is not canonical, which the
+    /// serde_json reader took; none of these frames has one):
     /// every byte deleted, replaced, or with a byte inserted before it, from a set of
     /// bytes that matter to JSON (structure, whitespace, escapes, numbers, control
     /// characters, broken UTF-8).
