@@ -6,6 +6,7 @@
 //! call blocks on the database: call the store from worker threads, never from an IO loop.
 //! Every statement binds its values as parameters; no SQL is ever built from user data.
 
+mod history_chunks;
 mod mysql;
 mod mysql_schema;
 mod mysql_social;
