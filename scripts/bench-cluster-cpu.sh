@@ -32,7 +32,9 @@ trap cleanup EXIT
 p1=$(cat "$dir/node1.pid")
 p2=$(cat "$dir/node2.pid")
 rp=$(redis-cli -u "${REDIS_URL:-redis://127.0.0.1:6379}" info server | tr -d "\r" | sed -n "s/^process_id://p")
-mp=$(pgrep -x mariadbd || pgrep -x mysqld)
+# The MariaDB the nodes use (its pid file), not the first mariadbd pgrep finds: another
+# one may run on another port.
+mp=$(cat "$(mariadb -uroot -h127.0.0.1 -P3306 -N -e 'SELECT @@pid_file')")
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 "${CHAT_BENCH:-$root/bin/chat-bench}" one-to-one --targets 127.0.0.1:7101,127.0.0.1:7102 -n 1000 -w "${W:-4}" -t "${THREADS:-1}" \
     -d "$dur" --json "$dir/out.json" >"$dir/bench.out" 2>&1 &
