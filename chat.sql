@@ -58,8 +58,10 @@ CREATE TABLE IF NOT EXISTS offlinemessage (
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
 -- Every one-to-one and group message, kept with a per-conversation sequence number
--- (docs/protocol.md §10). conv: a group's is -groupid; a pair's is (low id << 32) | high id.
--- A HISTORY page is one range of the primary key; ts (ms since the epoch) serves retention.
+-- (docs/protocol.md §10), a row per message, as servers before historychunk kept it:
+-- read beside historychunk (a page merges both), and written by older nodes during a
+-- rolling upgrade. conv: a group's is -groupid; a pair's is (low id << 32) | high id.
+-- ts (ms since the epoch) serves retention.
 CREATE TABLE IF NOT EXISTS history (
   conv BIGINT NOT NULL,
   seq BIGINT NOT NULL,
@@ -70,7 +72,23 @@ CREATE TABLE IF NOT EXISTS history (
   KEY ts (ts)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 
--- The last seq handed out per conversation.
+-- History as this server keeps it: a writer batch's messages of one conversation,
+-- seqs seq..=last, in one row. body: their texts joined by NUL bytes, LZ4-compressed
+-- (codec 1: the text's length as 4 little-endian bytes, then the LZ4 block) or as
+-- they are (codec 0). A HISTORY page is one range of the primary key; ts (the newest
+-- message's, ms since the epoch) serves retention, which removes whole chunks.
+CREATE TABLE IF NOT EXISTS historychunk (
+  conv BIGINT NOT NULL,
+  seq BIGINT NOT NULL,
+  last BIGINT NOT NULL,
+  ts BIGINT NOT NULL,
+  body MEDIUMBLOB NOT NULL,
+  codec TINYINT NOT NULL DEFAULT 0,
+  PRIMARY KEY (conv, seq),
+  KEY ts (ts)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- The last seq handed out per conversation (history and historychunk share it).
 CREATE TABLE IF NOT EXISTS historyseq (
   conv BIGINT NOT NULL,
   seq BIGINT NOT NULL,

@@ -12,7 +12,8 @@
 # 7102 and 7199, database chat_cpubench and
 # key prefix cpubench (both removed after).
 # Prints one line: msgs/s, lost, p99, then per process its share of a core and
-# its CPU per message; then a line of the Redis commands per message over the
+# its CPU per message (the MariaDB server's too: on a shared server, others'
+# queries count); then a line of the Redis commands per message over the
 # same period (from INFO commandstats: on a shared Redis, others' calls count too).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,6 +32,9 @@ trap cleanup EXIT
 p1=$(cat "$dir/node1.pid")
 p2=$(cat "$dir/node2.pid")
 rp=$(redis-cli -u "${REDIS_URL:-redis://127.0.0.1:6379}" info server | tr -d "\r" | sed -n "s/^process_id://p")
+# The MariaDB the nodes use (its pid file), not the first mariadbd pgrep finds: another
+# one may run on another port.
+mp=$(cat "$(mariadb -uroot -h127.0.0.1 -P3306 -N -e 'SELECT @@pid_file')")
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 "${CHAT_BENCH:-$root/bin/chat-bench}" one-to-one --targets 127.0.0.1:7101,127.0.0.1:7102 -n 1000 -w "${W:-4}" -t "${THREADS:-1}" \
     -d "$dur" --json "$dir/out.json" >"$dir/bench.out" 2>&1 &
@@ -38,10 +42,10 @@ bp=$!
 sleep 4 # setup (~1-2 s) and the 2 s warm-up
 stats() { redis-cli -u "${REDIS_URL:-redis://127.0.0.1:6379}" info commandstats | tr -d '\r'; }
 stats >"$dir/cmd0"
-a=("$(cpu "$p1")" "$(cpu "$p2")" "$(cpu "$rp")" "$(cpu "$bp")")
+a=("$(cpu "$p1")" "$(cpu "$p2")" "$(cpu "$rp")" "$(cpu "$mp")" "$(cpu "$bp")")
 t0=$(date +%s.%N)
 sleep $((dur - 1))
-b=("$(cpu "$p1")" "$(cpu "$p2")" "$(cpu "$rp")" "$(cpu "$bp")")
+b=("$(cpu "$p1")" "$(cpu "$p2")" "$(cpu "$rp")" "$(cpu "$mp")" "$(cpu "$bp")")
 t1=$(date +%s.%N)
 stats >"$dir/cmd1"
 wait "$bp" || true
@@ -49,10 +53,10 @@ python3 - "$dir/out.json" "$t0" "$t1" "$(getconf CLK_TCK)" "${a[@]}" "${b[@]}" "
 import json, re, sys
 d = json.load(open(sys.argv[1]))
 t0, t1, tck = float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-a, b = list(map(float, sys.argv[5:9])), list(map(float, sys.argv[9:13]))
+a, b = list(map(float, sys.argv[5:10])), list(map(float, sys.argv[10:15]))
 rate, el = d["delivered_per_sec"], t1 - t0
 out = [f"{rate:.0f} msgs/s lost={d['lost']} p99={d['latency']['p99_us'] / 1000:.0f}ms"]
-for i, name in enumerate(["node1", "node2", "redis", "chat-bench"]):
+for i, name in enumerate(["node1", "node2", "redis", "mariadb", "chat-bench"]):
     c = (b[i] - a[i]) / tck
     out.append(f"{name} {c / el * 100:.0f}% {c / el / rate * 1e6:.1f}us/msg")
 print(" | ".join(out))
@@ -63,7 +67,7 @@ def calls(path):
         if m:
             got[m.group(1)] = int(m.group(2))
     return got
-c0, c1 = calls(sys.argv[13] + "/cmd0"), calls(sys.argv[13] + "/cmd1")
+c0, c1 = calls(sys.argv[15] + "/cmd0"), calls(sys.argv[15] + "/cmd1")
 per = {k: (v - c0.get(k, 0)) / (rate * el) for k, v in c1.items()}
 top = sorted(((v, k) for k, v in per.items() if v >= 0.0005), reverse=True)
 print("redis calls/msg: " + " ".join(f"{k}={v:.3f}" for v, k in top)

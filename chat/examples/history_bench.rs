@@ -1,7 +1,7 @@
 //! history_bench: HISTORY latency through the server with millions of stored messages.
 //!
 //! Bulk-loads `--rows` messages (default 10 million) into a private database or file —
-//! multi-row inserts in large transactions (SQLite: the store's own batched append) — spread
+//! the store's own batched append, as the history writer stores them — spread
 //! over `--convs` one-to-one conversations, one of which (between the two users the
 //! bench logs in as) gets `--hot` messages. Then starts a real server on it and times
 //! `--requests` HISTORY requests over TCP (a random `before` in the hot conversation,
@@ -104,11 +104,11 @@ fn rows(a: &Args) -> impl Iterator<Item = (i64, i64, i64, i64, String)> + '_ {
     hot.chain(cold)
 }
 
-/// SQLite keeps history in chunks (a conversation's share of a writer batch per
+/// Both stores keep history in chunks (a conversation's share of a writer batch per
 /// row): load through the store's own append, 20,000 messages per transaction, as
 /// the history writer would at 20,000 msgs/s (each conversation's rows come in seq
 /// order, so each gets the seqs of `rows`).
-fn load_sqlite(store: &dyn chat::store::Store, a: &Args) -> Result<(), chat::store::StoreError> {
+fn load(store: &dyn chat::store::Store, a: &Args) -> Result<(), chat::store::StoreError> {
     use chat::store::social::HistoryRecord;
     let mut batch = Vec::with_capacity(20_000);
     for (n, (conv, _seq, sender, ts_ms, text)) in rows(a).enumerate() {
@@ -127,49 +127,6 @@ fn load_sqlite(store: &dyn chat::store::Store, a: &Args) -> Result<(), chat::sto
         }
     }
     store.append_history(&batch)
-}
-
-fn load_mysql(url: &str, a: &Args) -> Result<(), mysql::Error> {
-    use mysql::prelude::Queryable;
-    let mut conn = mysql::Conn::new(mysql::Opts::from_url(url).expect("a URL"))?;
-    conn.query_drop("SET SESSION unique_checks = 0")?;
-    let mut batch: Vec<mysql::Value> = Vec::new();
-    let mut n = 0i64;
-    let flush = |conn: &mut mysql::Conn, batch: &mut Vec<mysql::Value>| {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let rows = batch.len() / 5;
-        let sql = format!(
-            "INSERT INTO history (conv, seq, sender, ts, message) VALUES {}",
-            vec!["(?, ?, ?, ?, ?)"; rows].join(", ")
-        );
-        conn.exec_drop(sql, std::mem::take(batch))
-    };
-    conn.query_drop("START TRANSACTION")?;
-    for (conv, seq, sender, ts, text) in rows(a) {
-        batch.extend([
-            conv.into(),
-            seq.into(),
-            sender.into(),
-            ts.into(),
-            text.into(),
-        ]);
-        n += 1;
-        if n % 2000 == 0 {
-            flush(&mut conn, &mut batch)?;
-        }
-        if n % 100_000 == 0 {
-            conn.query_drop("COMMIT")?;
-            conn.query_drop("START TRANSACTION")?;
-        }
-        if n % 1_000_000 == 0 {
-            eprintln!("  {n} rows");
-        }
-    }
-    flush(&mut conn, &mut batch)?;
-    conn.query_drop("COMMIT")?;
-    Ok(())
 }
 
 /// Sends one frame and reads the next, with a timeout.
@@ -201,11 +158,7 @@ fn main() {
         }
         let t = Instant::now();
         eprintln!("bulk-loading {} rows into {}", a.rows, a.db);
-        if a.db.starts_with("sqlite:") {
-            load_sqlite(&*store, &a).expect("sqlite load");
-        } else {
-            load_mysql(&a.db, &a).expect("mysql load");
-        }
+        load(&*store, &a).expect("load");
         let secs = t.elapsed().as_secs_f64();
         println!(
             "loaded {} rows in {secs:.1} s ({:.0} rows/s)",

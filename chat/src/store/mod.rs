@@ -1,12 +1,15 @@
 //! Persistent storage: one blocking [`Store`] trait, a MySQL and an embedded SQLite backend.
 //!
 //! The tables are the legacy ones (`user`, `friend`, `allgroup`, `groupuser`,
-//! `offlinemessage`, see `chat.sql`, plus `resumetoken`), widened and keyed so that a password hash and a long
-//! message fit, duplicate rows cannot exist and offline messages keep their order. Every
+//! `offlinemessage`, see `chat.sql`, plus `resumetoken` and history's `historychunk`,
+//! `historyseq` and, on MySQL, the `history` of older servers), widened and keyed so
+//! that a password hash and a long message fit, duplicate rows cannot exist and offline messages keep their order. Every
 //! call blocks on the database: call the store from worker threads, never from an IO loop.
 //! Every statement binds its values as parameters; no SQL is ever built from user data.
 
+mod history_chunks;
 mod mysql;
+mod mysql_history;
 mod mysql_schema;
 mod mysql_social;
 mod offline;

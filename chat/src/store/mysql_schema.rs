@@ -30,7 +30,7 @@ pub(super) struct TableSpec {
 }
 
 /// The schema; `chat.sql` holds the same `CREATE TABLE` statements (a test checks it).
-pub(super) const TABLES: [TableSpec; 9] = [
+pub(super) const TABLES: [TableSpec; 10] = [
     TableSpec {
         name: "user",
         body: "id INT NOT NULL AUTO_INCREMENT,
@@ -103,8 +103,8 @@ pub(super) const TABLES: [TableSpec; 9] = [
         ],
         unique: &["id"],
     },
-    // History (protocol.md §10): a page is one range of the primary key; `ts` serves
-    // the retention sweep.
+    // History (protocol.md §10) as older servers kept it, a row per message: read
+    // beside the chunks, and still written by older nodes during a rolling upgrade.
     TableSpec {
         name: "history",
         body: "conv BIGINT NOT NULL,
@@ -120,6 +120,29 @@ pub(super) const TABLES: [TableSpec; 9] = [
             ("sender", "int", None),
             ("ts", "bigint", None),
             ("message", "mediumtext", None),
+        ],
+        unique: &["conv,seq"],
+    },
+    // History as this server keeps it (`history_chunks`): a batch's messages of one
+    // conversation, seqs `seq..=last`, in one row. A page is one range of the primary
+    // key; `ts` (the newest message's) serves the retention sweep.
+    TableSpec {
+        name: "historychunk",
+        body: "conv BIGINT NOT NULL,
+  seq BIGINT NOT NULL,
+  last BIGINT NOT NULL,
+  ts BIGINT NOT NULL,
+  body MEDIUMBLOB NOT NULL,
+  codec TINYINT NOT NULL DEFAULT 0,
+  PRIMARY KEY (conv, seq),
+  KEY ts (ts)",
+        columns: &[
+            ("conv", "bigint", None),
+            ("seq", "bigint", None),
+            ("last", "bigint", None),
+            ("ts", "bigint", None),
+            ("body", "mediumblob", None),
+            ("codec", "tinyint", None),
         ],
         unique: &["conv,seq"],
     },

@@ -1,24 +1,14 @@
-//! [`SocialStore`] on MySQL/MariaDB: a history batch costs three statements and one
-//! commit, whatever its size (counters bumped in one upsert, read back in one locking
-//! select, rows written by multi-row inserts).
-
-use std::collections::HashMap;
+//! [`SocialStore`] on MySQL/MariaDB: history in chunks (`mysql_history`), friends and
+//! groups.
 
 use ::mysql::prelude::Queryable;
-use ::mysql::{Conn, Value};
+use ::mysql::Conn;
 
-use super::mysql::{placeholders, retry_deadlock, tx_opts, MysqlStore};
-use super::social::{
-    assign_seqs, counts, FriendRequest, HistoryRecord, LeaveGroup, RemoveMember, SocialStore,
-};
+use super::mysql::{retry_deadlock, tx_opts, MysqlStore};
+use super::mysql_history;
+use super::social::{FriendRequest, HistoryRecord, LeaveGroup, RemoveMember, SocialStore};
 use super::{GroupRow, MemberRow, Role, StoreError};
 use crate::protocol::HistoryItem;
-
-/// History rows per multi-row INSERT.
-const INSERT_ROWS: usize = 200;
-/// Conversations per counter statement of a history batch (two placeholders each:
-/// a statement takes at most 65,535), in ascending key order across statements.
-const COUNTER_ROWS: usize = 10_000;
 
 /// Adds the secondary indexes that an upgraded legacy table lacks (new tables get them
 /// from their definition). Runs under the schema lock.
@@ -38,59 +28,7 @@ impl SocialStore for MysqlStore {
         if batch.is_empty() {
             return Ok(());
         }
-        // Ascending keys: two nodes' batches lock counter rows in the same order.
-        let counts = counts(batch);
-        let keys: Vec<i64> = counts.iter().map(|&(c, _)| c).collect();
-        let mut conn = self.conn()?;
-        retry_deadlock(|| {
-            let mut tx = conn.start_transaction(tx_opts())?;
-            let mut last: HashMap<i64, i64> = HashMap::with_capacity(counts.len());
-            for (counts, keys) in counts.chunks(COUNTER_ROWS).zip(keys.chunks(COUNTER_ROWS)) {
-                let values: Vec<Value> = counts
-                    .iter()
-                    .flat_map(|&(c, n)| [Value::from(c), Value::from(n)])
-                    .collect();
-                tx.exec_drop(
-                    format!(
-                        "INSERT INTO historyseq (conv, seq) VALUES {} \
-                         ON DUPLICATE KEY UPDATE seq = seq + VALUES(seq)",
-                        vec!["(?, ?)"; counts.len()].join(", ")
-                    ),
-                    values,
-                )?;
-                last.extend(tx.exec::<(i64, i64), _, _>(
-                    format!(
-                        "SELECT conv, seq FROM historyseq WHERE conv IN ({}) FOR UPDATE",
-                        placeholders(keys.len())
-                    ),
-                    keys.to_vec(),
-                )?);
-            }
-            let seqs = assign_seqs(batch, &counts, &last);
-            let rows: Vec<(&HistoryRecord, i64)> = batch.iter().zip(seqs).collect();
-            for chunk in rows.chunks(INSERT_ROWS) {
-                let values: Vec<Value> = chunk
-                    .iter()
-                    .flat_map(|(r, seq)| {
-                        [
-                            Value::from(r.conv),
-                            Value::from(*seq),
-                            Value::from(r.sender),
-                            Value::from(r.ts_ms),
-                            Value::from(r.text.as_str()),
-                        ]
-                    })
-                    .collect();
-                tx.exec_drop(
-                    format!(
-                        "INSERT INTO history (conv, seq, sender, ts, message) VALUES {}",
-                        vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ")
-                    ),
-                    values,
-                )?;
-            }
-            tx.commit()
-        })
+        mysql_history::append(&mut *self.conn()?, batch)
     }
 
     fn history_page(
@@ -99,25 +37,11 @@ impl SocialStore for MysqlStore {
         before: Option<i64>,
         limit: i64,
     ) -> Result<Vec<HistoryItem>, StoreError> {
-        let mut conn = self.conn()?;
-        let rows: Vec<(i64, String)> = conn.exec(
-            "SELECT seq, message FROM history WHERE conv = ? AND seq < ? \
-             ORDER BY seq DESC LIMIT ?",
-            (conv, before.unwrap_or(i64::MAX), limit),
-        )?;
-        Ok(rows
-            .into_iter()
-            .map(|(seq, text)| HistoryItem { seq, text })
-            .collect())
+        mysql_history::page(&mut *self.conn()?, conv, before, limit)
     }
 
     fn prune_history(&self, cutoff_ms: i64, max: i64) -> Result<u64, StoreError> {
-        let mut conn = self.conn()?;
-        conn.exec_drop(
-            "DELETE FROM history WHERE ts < ? ORDER BY ts LIMIT ?",
-            (cutoff_ms, max),
-        )?;
-        Ok(conn.affected_rows())
+        mysql_history::prune(&mut *self.conn()?, cutoff_ms, max)
     }
 
     fn friend_of(&self, user: i64) -> Result<Vec<i64>, StoreError> {

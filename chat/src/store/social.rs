@@ -1,8 +1,9 @@
 //! The store half of history, friends and groups (protocol.md §10): a second trait that
 //! both backends implement beside [`super::Store`], and its row types.
 //!
-//! History is one table keyed by (conversation, seq): a page is one range scan of the
-//! primary key, newest first, whatever the table's size. Seqs come from a per-conversation
+//! History is kept in chunks (`history_chunks`: a batch's messages of one conversation
+//! are one row) keyed by (conversation, first seq): a page is one range scan of that
+//! key, newest first, whatever the table's size. Seqs come from a per-conversation
 //! counter row bumped once per batch, in the batch's transaction, so nodes sharing the
 //! database never hand out one seq twice. Blocking, like every store call: workers only.
 
@@ -92,9 +93,9 @@ pub trait SocialStore {
         limit: i64,
     ) -> Result<Vec<HistoryItem>, StoreError>;
     /// Deletes messages stored before `cutoff_ms`, at most `max` rows: a row is a
-    /// message (MySQL) or a chunk of up to 32 of one conversation's messages, written
-    /// within 2 s of each other and removed once its newest one expired (SQLite).
-    /// Returns how many messages went.
+    /// chunk of up to 64 of one conversation's messages, written within 2 s of each
+    /// other and removed once its newest one expired, or (MySQL) a message of the
+    /// `history` table that older servers wrote. Returns how many messages went.
     fn prune_history(&self, cutoff_ms: i64, max: i64) -> Result<u64, StoreError>;
     /// The users who list `user` as a friend (who see its presence), ascending.
     fn friend_of(&self, user: i64) -> Result<Vec<i64>, StoreError>;
@@ -122,27 +123,6 @@ pub(super) fn counts(batch: &[HistoryRecord]) -> Vec<(i64, i64)> {
         *m.entry(r.conv).or_insert(0i64) += 1;
     }
     m.into_iter().collect()
-}
-
-/// The seq of each message of `batch`, given each conversation's counter after the
-/// batch (`last`): a conversation's messages get the last `n` seqs, in batch order.
-pub(super) fn assign_seqs(
-    batch: &[HistoryRecord],
-    counts: &[(i64, i64)],
-    last: &std::collections::HashMap<i64, i64>,
-) -> Vec<i64> {
-    let mut next: std::collections::HashMap<i64, i64> = counts
-        .iter()
-        .map(|&(c, n)| (c, last.get(&c).copied().unwrap_or(n) - n + 1))
-        .collect();
-    batch
-        .iter()
-        .map(|r| {
-            let s = next.get_mut(&r.conv).expect("counted");
-            *s += 1;
-            *s - 1
-        })
-        .collect()
 }
 
 #[cfg(test)]

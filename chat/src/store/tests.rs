@@ -78,6 +78,14 @@ impl DbGuard {
     fn url(&self) -> String {
         format!("{}/{}", mysql_server(), self.name)
     }
+
+    /// A raw connection to this database (made already), for what a test reads or
+    /// changes behind the store's back.
+    fn conn(&self) -> ::mysql::Conn {
+        let mut c = server_conn().expect("connect to the test server");
+        c.select_db(&self.name).expect("the test database");
+        c
+    }
 }
 
 impl Drop for DbGuard {
@@ -152,6 +160,7 @@ macro_rules! backend_tests {
     };
 }
 
+mod history;
 mod mysql_order;
 mod mysql_pool;
 mod mysql_schema;
@@ -848,6 +857,7 @@ fn mysql_legacy_upgrade() {
             "friendrequest",
             "groupuser",
             "history",
+            "historychunk",
             "historyseq",
             "offlinemessage",
             "resumetoken",

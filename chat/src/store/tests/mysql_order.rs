@@ -16,16 +16,10 @@ const FROM: i64 = 7;
 /// Stored in this (id) order, longest first: by size they come out reversed.
 const SENT: [&str; 3] = ["ccc", "bb", "a"];
 
-/// A raw connection to the test database of `db`.
-fn conn(db: &MysqlDb) -> ::mysql::Conn {
-    let opts = ::mysql::Opts::from_url(&db._db.url()).expect("test database url");
-    ::mysql::Conn::new(opts).expect("connect to the test database")
-}
-
 #[test]
 fn mysql_offline_order_is_explicit_not_the_plans() {
     let db = MysqlDb::new();
-    let mut c = conn(&db);
+    let mut c = db._db.conn();
     c.query_drop("ALTER TABLE offlinemessage DROP INDEX userid")
         .unwrap();
     // Other recipients' rows ahead of ours make a scan of the id range costlier than the

@@ -9,13 +9,6 @@ use super::{server_conn, DbGuard, MysqlDb};
 use crate::store::mysql_schema::{conforms, TABLES};
 use crate::store::open_with;
 
-/// A raw connection to the database of `db`.
-fn conn(db: &DbGuard) -> ::mysql::Conn {
-    let mut c = server_conn().unwrap();
-    c.select_db(&db.name).unwrap();
-    c
-}
-
 fn conforms_by_name(c: &mut ::mysql::Conn, table: &str) -> bool {
     let spec = TABLES.iter().find(|s| s.name == table).unwrap();
     conforms(c, spec).unwrap()
@@ -25,7 +18,7 @@ fn conforms_by_name(c: &mut ::mysql::Conn, table: &str) -> bool {
 #[test]
 fn mysql_conforms_checks_each_column_and_key() {
     let db = MysqlDb::new();
-    let mut c = conn(&db._db);
+    let mut c = db._db.conn();
     for (table, change, undo) in [
         (
             "user",
@@ -52,6 +45,16 @@ fn mysql_conforms_checks_each_column_and_key() {
             "DROP PRIMARY KEY",
             "ADD PRIMARY KEY (fromid, toid)",
         ),
+        (
+            "historychunk",
+            "MODIFY body BLOB NOT NULL",
+            "MODIFY body MEDIUMBLOB NOT NULL",
+        ),
+        (
+            "historychunk",
+            "DROP PRIMARY KEY",
+            "ADD PRIMARY KEY (conv, seq)",
+        ),
     ] {
         assert!(conforms_by_name(&mut c, table), "{table} before {change}");
         c.query_drop(format!("ALTER TABLE {table} {change}"))
@@ -69,7 +72,7 @@ fn mysql_open_restores_lost_keys() {
     let db = MysqlDb::new();
     let a = db.store.register("ka", "p").unwrap().unwrap();
     let g = db.store.create_group(a, "kg", "").unwrap().unwrap();
-    let mut c = conn(&db._db);
+    let mut c = db._db.conn();
     for alter in [
         "ALTER TABLE user DROP KEY name",
         "ALTER TABLE allgroup DROP KEY groupname",

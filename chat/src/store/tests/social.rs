@@ -212,8 +212,8 @@ fn seqs_texts(store: &dyn Store, conv: i64, before: Option<i64>, limit: i64) -> 
         .collect()
 }
 
-/// Messages whose times lie further apart than SQLite's chunk span are a row each on
-/// both backends, so retention counts the same.
+/// Messages whose times lie further apart than the chunk span are a chunk each, so
+/// retention removes them one by one.
 fn history_seqs_pages_and_prune(store: &dyn Store) {
     const STEP: i64 = 10_000;
     let (c1, c2, c3) = ((1i64 << 32) | 2, -7, (3i64 << 32) | 4);

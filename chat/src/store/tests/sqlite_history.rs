@@ -1,49 +1,10 @@
-//! SQLite history in chunks: pages across chunk edges, and the upgrades of a version-2
-//! file (a row per message) and of a version-3 file (chunks stored as text).
+//! SQLite history in chunks: the upgrades of a version-2 file (a row per message) and
+//! of a version-3 file (chunks stored as text), a damaged chunk, a newer schema. Pages
+//! across chunk edges are `history`'s, on both backends.
 
+use super::history::rec;
 use super::{unique_suffix, FileGuard, SqliteDb};
 use crate::store::open_with;
-use crate::store::social::HistoryRecord;
-
-fn rec(conv: i64, i: i64) -> HistoryRecord {
-    HistoryRecord {
-        conv,
-        sender: 1,
-        ts_ms: 1_000 + i,
-        text: format!(r#"{{"msg":"m{i}"}}"#),
-    }
-}
-
-/// Batches cut into chunks of different sizes read back as one sequence, from any
-/// `before`, newest first, with `limit` respected.
-#[test]
-fn pages_cross_chunk_edges() {
-    let db = SqliteDb::new();
-    let store = &db.store;
-    // 1 + 70 (two chunks: 64 and 6) + 3 messages of conversation 9, with conversation
-    // 8 between: chunks 1, 2..=65, 66..=71, 72..=74.
-    for n in [1, 70, 3] {
-        let batch: Vec<_> = (0..n).flat_map(|i| [rec(9, i), rec(8, i)]).collect();
-        store.append_history(&batch).unwrap();
-    }
-    let all = store.history_page(9, None, 100).unwrap();
-    assert_eq!(
-        all.iter().map(|m| m.seq).collect::<Vec<_>>(),
-        (1..=74).rev().collect::<Vec<_>>()
-    );
-    assert_eq!(all[0].text, r#"{"msg":"m2"}"#);
-    assert_eq!(all[73].text, r#"{"msg":"m0"}"#);
-    for before in [75, 74, 72, 71, 66, 65, 2, 1] {
-        let page = store.history_page(9, Some(before), 5).unwrap();
-        let want: Vec<i64> = (1..before).rev().take(5).collect();
-        assert_eq!(
-            page.iter().map(|m| m.seq).collect::<Vec<_>>(),
-            want,
-            "before {before}"
-        );
-    }
-    assert_eq!(store.history_page(8, None, 100).unwrap().len(), 74);
-}
 
 /// A file written by schema version 2 keeps its messages and seqs, and new messages
 /// go on from the old counter.
