@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use ::mysql::prelude::Queryable;
 use ::mysql::{Conn, Transaction, Value};
 
-use super::history_chunks::{encode, rows, Stored};
+use super::history_chunks::{encode, rows, Scratch, Stored};
 use super::mysql::{placeholders, retry_deadlock, tx_opts};
 use super::social::{counts, HistoryRecord};
 use super::StoreError;
@@ -45,7 +45,7 @@ pub(super) fn append(conn: &mut Conn, batch: &[HistoryRecord]) -> Result<(), Sto
     retry_deadlock(|| {
         let mut tx = conn.start_transaction(tx_opts())?;
         let last = bump_counters(&mut tx, &counts)?;
-        let mut scratch = Vec::new();
+        let mut scratch = Scratch::default();
         let mut values: Vec<Value> = Vec::with_capacity(INSERT_ROWS * INSERT_COLUMNS);
         let mut bytes = 0;
         rows(

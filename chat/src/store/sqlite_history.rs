@@ -13,7 +13,7 @@
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::history_chunks::{encode, rows, Stored};
+use super::history_chunks::{encode, rows, Scratch, Stored};
 use super::social::HistoryRecord;
 use super::StoreError;
 use crate::protocol::HistoryItem;
@@ -78,7 +78,7 @@ pub(super) fn append(conn: &mut Connection, batch: &[HistoryRecord]) -> Result<(
             "INSERT INTO historychunk (conv, seq, last, ts, body, codec) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        let mut scratch = Vec::new();
+        let mut scratch = Scratch::default();
         rows(
             batch,
             |conv, n| bump.query_row((conv, n), |row| row.get::<_, i64>(0)),
