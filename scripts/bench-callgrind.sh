@@ -3,8 +3,8 @@
 # valgrind's callgrind: repeatable whatever else the machine does (CPU time per
 # message is not, on a shared VM). The server runs the issue #18 command (SQLite,
 # history on) under callgrind, one thread per file; chat-bench loads it (N = 1,000,
-# W = 1); the busiest thread's instructions (the IO loop: the machine has <= 2
-# cores, so one loop) are divided by the chats it delivered (/metrics). The 1,000
+# W = 1); the busiest thread's instructions (the IO loop: one, --io-threads 1) are
+# divided by the chats it delivered (/metrics). The 1,000
 # logins of the setup are counted in; they are a few percent.
 #
 #   scripts/bench-callgrind.sh SERVER [SECONDS]      (default 10)
@@ -18,9 +18,10 @@ bin=${1:?usage: bench-callgrind.sh SERVER [SECONDS]}
 dur=${2:-10}
 bench=${CHAT_BENCH:-$root/target/release/chat-bench}
 dir=$(mktemp -d)
-trap 'kill "$sp" 2>/dev/null || true; rm -rf "$dir"' EXIT
+sp=
+trap 'if [ -n "$sp" ]; then kill "$sp" 2>/dev/null || true; fi; rm -rf "$dir"' EXIT
 valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$dir/cg.%p" \
-    "$bin" 127.0.0.1 7291 --admin-addr 127.0.0.1:7292 --db "$dir/chat.db" \
+    "$bin" 127.0.0.1 7291 --admin-addr 127.0.0.1:7292 --db "$dir/chat.db" --io-threads 1 \
     --argon2-memory-kib 64 --argon2-passes 1 --rate 0 --log-level warn >"$dir/server.log" 2>&1 &
 sp=$!
 for _ in $(seq 1 300); do
@@ -29,6 +30,10 @@ for _ in $(seq 1 300); do
 done
 "$bench" one-to-one -n 1000 -w 1 -t 1 -d "$dur" --targets 127.0.0.1:7291 >"$dir/bench.out" 2>&1
 chats=$(curl -s http://127.0.0.1:7292/metrics | sed -n 's/^chat_chats_total{outcome="local"} //p')
+if [ -z "$chats" ]; then
+    echo "bench-callgrind: no chat_chats_total in /metrics; see $dir/server.log" >&2
+    exit 1
+fi
 kill -INT "$sp"
 wait "$sp" || true
 python3 - "$dir" "$chats" <<'PY'

@@ -42,7 +42,9 @@ pub struct FastChat<'a> {
 /// Up to [`MAX_FIELDS`] `(key, raw value)` pairs sorted by key, a repeated key keeping
 /// its last value: what a `BTreeMap` (and so `serde_json::Map`) makes of the object.
 struct Fields<'a> {
+    /// How many of `items` are in use.
     len: usize,
+    /// `(key, raw value)`, sorted by key.
     items: [(&'a str, &'a str); MAX_FIELDS],
     /// Every key was added after the last one (none out of order, none repeated).
     sorted: bool,
@@ -136,12 +138,19 @@ pub fn parse_fast_chat(bytes: &[u8]) -> Option<FastChat<'_>> {
 /// noted as the frame is read, so that none is looked up afterwards.
 #[derive(Default)]
 struct Known<'a> {
+    /// Must be `6` (ONE_CHAT).
     msgid: Option<&'a str>,
+    /// The sender: must be the session's user.
     id: Option<&'a str>,
+    /// The recipient.
     toid: Option<&'a str>,
+    /// The recipient when `toid` is absent (legacy clients send both).
     to: Option<&'a str>,
+    /// The text: must be a string.
     msg: Option<&'a str>,
+    /// Replaced by the sender's name; a string if there.
     name: Option<&'a str>,
+    /// Kept if there (a string); else the server's time is added.
     time: Option<&'a str>,
     /// `ext`, `cid` or `dseq` is there.
     value_path: bool,
@@ -386,7 +395,9 @@ impl FastChat<'_> {
                     copied = point;
                 }
                 None => {
-                    // Before the closing brace (a chat frame has fields before it).
+                    // Before the closing brace. Not reached by a chat frame (its `to`
+                    // or `toid` sorts after both), kept so that the splice holds for
+                    // any fields.
                     let point = text.len() - 1;
                     out.push_str(&text[copied..point]);
                     out.push(',');
@@ -586,7 +597,8 @@ mod tests {
             "{\"msgid\":6,\"id\":1,\"toid\":2,\"msg\":\"日本語\",\"k\":\"a\\\"b\"}\n".as_bytes(),
             br#"{}"#,
             br#"{"b":1,"a":2,"msg":"x","b":"y","a":null,"msgid":6,"msgid":7}"#,
-            // Compact, without the server's fields, or with a name to replace.
+            // Compact without the server's fields; and extra fields around a name to
+            // replace, keys out of order (not compact: the field-by-field writer).
             br#"{"id":1,"msg":"x","msgid":6,"toid":2}"#,
             br#"{"a":0,"id":1,"msg":"x","msgid":6,"name":"q","zz":true,"toid":2}"#,
         ];

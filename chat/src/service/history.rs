@@ -5,7 +5,7 @@
 //! [`GATHER`] (or [`MAX_BATCH`] messages, or [`GATHER_BYTES`] of text) and appends it
 //! in one transaction. A batch
 //! that spans many messages per conversation is what makes history cheap: the store
-//! writes a conversation's share of a batch as one row (SQLite) and dirties its pages
+//! writes a conversation's share of a batch as one row (a chunk) and dirties its pages
 //! once per batch, not once per message. A HISTORY request cuts the gathering short:
 //! it first waits (bounded) until the writer wrote everything recorded before it, so a
 //! client reads its own messages on the node it talks to; across nodes a page shows a
@@ -339,7 +339,8 @@ fn prune(store: &dyn Store, keep: Duration) {
     loop {
         match store.prune_history(cutoff, PRUNE_CHUNK) {
             // A statement removes at most PRUNE_CHUNK rows, and a row holds one message
-            // or (SQLite) a chunk of several: fewer messages than that means the last.
+            // (an older server's) or a chunk of several: fewer messages than that means
+            // the last.
             Ok(n) if n >= PRUNE_CHUNK as u64 => continue,
             Ok(n) => {
                 if n > 0 {

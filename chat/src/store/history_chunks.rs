@@ -239,18 +239,28 @@ impl Stored<'_> {
         out: &mut Vec<HistoryItem>,
     ) {
         let (seq, last, codec) = (self.seq, self.last, self.codec);
-        let Some(text) = decode(self.body, codec) else {
+        if out.len() >= limit {
+            return;
+        }
+        let unreadable = || {
             log::error!(
                 "history: chunk {seq}..={last} of conversation {conv} cannot be read \
                  (codec {codec}); skipped"
             );
-            return;
+        };
+        let Some(text) = decode(self.body, codec) else {
+            return unreadable();
         };
         let texts: Vec<&[u8]> = if seq == last {
             vec![&text]
         } else {
             text.split(|&b| b == 0).collect()
         };
+        // A body that splits into another count than its seqs span would give its
+        // texts the wrong seqs.
+        if i64::try_from(texts.len()).ok() != last.checked_sub(seq).map(|d| d + 1) {
+            return unreadable();
+        }
         for (i, text) in texts.iter().enumerate().rev() {
             if out.len() >= limit {
                 return;
@@ -366,8 +376,8 @@ mod tests {
     }
 
     /// One scratch serves a batch's chunks, large and small, in any order: each body
-    /// reads back as its own text (the output keeps its largest size, the hash table
-    /// its last chunk's entries).
+    /// reads back as its own text (the output keeps its largest size; the hash table
+    /// is cleared for each chunk, its allocation kept).
     #[test]
     fn a_scratch_reused_for_chunks_of_any_size() {
         let mut scratch = Scratch::default();
@@ -390,6 +400,24 @@ mod tests {
             let body = body.to_vec();
             assert_eq!(decode(&body, codec).as_deref(), Some(&t[..]), "{n} bytes");
         }
+    }
+
+    /// A body whose texts do not match its seq span is skipped, not read with the
+    /// wrong seqs (or its oldest dropped).
+    #[test]
+    fn a_chunk_of_the_wrong_count_is_skipped() {
+        let mut out = Vec::new();
+        for (seq, last, body) in [(1, 3, &b"a\0b"[..]), (4, 5, b"a\0b\0c"), (7, 7, b"x")] {
+            let chunk = Stored {
+                seq,
+                last,
+                codec: 0,
+                body,
+            };
+            chunk.push_page(9, 100, 10, &mut out);
+        }
+        let seqs: Vec<i64> = out.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, [7], "only the chunk that matches its span");
     }
 
     /// A text shorter than [`COMPRESS_MIN`] is stored as it is even when LZ4 would

@@ -29,9 +29,10 @@ const COUNTER_ROWS: usize = 10_000;
 /// Chunks per multi-row INSERT at most (six placeholders each: 6,000 a statement).
 const INSERT_ROWS: usize = 1_000;
 /// Body bytes per multi-row INSERT at most (past them the statement is sent): well
-/// below MariaDB's default `max_allowed_packet` of 16 MiB, also when every chunk is
-/// text that does not compress.
-const INSERT_BYTES: usize = 4 << 20;
+/// below the default `max_allowed_packet` (16 MiB on MariaDB from 10.2.4, 4 MiB on
+/// MySQL 5.7 and older MariaDB), also when every chunk is text that does not
+/// compress. A statement over it would fail every retry of its batch.
+const INSERT_BYTES: usize = 1 << 20;
 /// Values per chunk row of the INSERT.
 const INSERT_COLUMNS: usize = 6;
 /// Chunks per DELETE of a retention sweep (two placeholders each).
@@ -137,17 +138,18 @@ pub(super) fn page(
     if want == 0 {
         return Ok(Vec::new());
     }
-    let old: Vec<(i64, String)> = conn.exec(
-        "SELECT seq, message FROM history WHERE conv = ? AND seq < ? \
-         ORDER BY seq DESC LIMIT ?",
-        (conv, before, limit),
-    )?;
-    // Each chunk below `below` holds a message below `before`: `want` chunks hold
-    // the page, unless some are unreadable (skipped), and then the next ones are read.
+    // The chunks first, the old table's rows second: a conversation's seqs commit in
+    // seq order (its counter row stays locked until a batch commits, on old and new
+    // nodes alike), so every seq below one the first read saw is committed by the
+    // time of the second, in either table. The other way round, an old node's row
+    // committed between the reads could be missing from the middle of a page.
+    // Each chunk below `below` holds a message below `before`; a chunk usually holds
+    // many, so a couple are asked for at a time (more when some are unreadable and
+    // skipped, or hold fewer).
     let mut new = Vec::new();
     let mut below = before;
     loop {
-        let asked = want - new.len();
+        let asked = (want - new.len()).min(2);
         let chunks: Vec<(i64, i64, i64, Vec<u8>)> = conn.exec(
             "SELECT seq, last, codec, body FROM historychunk \
              WHERE conv = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
@@ -160,6 +162,9 @@ pub(super) fn page(
                 codec: *codec,
                 body,
             };
+            if new.len() >= want {
+                break;
+            }
             chunk.push_page(conv, before, want, &mut new);
         }
         match chunks.last() {
@@ -167,6 +172,11 @@ pub(super) fn page(
             _ => break,
         }
     }
+    let old: Vec<(i64, String)> = conn.exec(
+        "SELECT seq, message FROM history WHERE conv = ? AND seq < ? \
+         ORDER BY seq DESC LIMIT ?",
+        (conv, before, limit),
+    )?;
     Ok(merge(old, new, want))
 }
 

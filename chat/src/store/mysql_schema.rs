@@ -253,7 +253,12 @@ fn migrate_table(conn: &mut Conn, spec: &TableSpec) -> Result<(), StoreError> {
             };
             rebuild(conn, spec, copy)?
         }
-        other => unreachable!("no upgrade for table {other}"),
+        other => {
+            // Created by this version (or changed by hand): nothing to upgrade from.
+            return Err(StoreError::Backend(format!(
+                "table {other} differs from the schema (see chat.sql); fix it by hand"
+            )));
+        }
     }
     if !conforms(conn, spec)? {
         return Err(StoreError::Backend(format!(

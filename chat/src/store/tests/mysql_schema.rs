@@ -97,6 +97,23 @@ fn mysql_open_restores_lost_keys() {
     assert_eq!(store.group_members(g).unwrap(), Some(vec![a]));
 }
 
+/// A table this version created, changed by hand (here `historychunk`'s body made a
+/// BLOB), has no upgrade to run: opening the database says which table differs; it
+/// does not panic (it did: "no upgrade for table historychunk").
+#[test]
+fn mysql_open_refuses_a_table_changed_by_hand() {
+    let db = MysqlDb::new();
+    let mut c = db._db.conn();
+    c.query_drop("ALTER TABLE historychunk MODIFY body BLOB NOT NULL")
+        .unwrap();
+    let err = match std::panic::catch_unwind(|| open_with(&db._db.url(), 2)) {
+        Ok(Err(e)) => e.to_string(),
+        Ok(Ok(_)) => panic!("opened a database whose historychunk differs"),
+        Err(_) => panic!("opening panicked"),
+    };
+    assert!(err.contains("historychunk"), "{err}");
+}
+
 /// A legacy `offlinemessage` that has an `id` column (not its primary key, so a scan
 /// reads rows in insertion order) is copied in id order: the recipient gets its
 /// messages in the order of their ids, not of the rows' insertion.
