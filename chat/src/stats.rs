@@ -170,17 +170,19 @@ impl Stats {
     /// chat path, where looking the msgid up in the frame cost more than the rest of
     /// the count.
     pub fn frame_out_as(&self, frame: &[u8], msgid: i64) {
-        let shard = self.shard();
-        bump(&shard.frames_out[slot(msgid, MSGID_SLOTS)], 1);
-        bump(&shard.bytes_out, frame.len() as u64);
+        self.count_out(msgid, frame.len(), 1);
     }
 
     /// The same frame queued to `n` connections (a fan-out).
     pub fn frames_out_n(&self, frame: &[u8], n: u64) {
-        let msgid = peek_msgid(frame).unwrap_or(-1);
+        self.count_out(peek_msgid(frame).unwrap_or(-1), frame.len(), n);
+    }
+
+    /// `n` frames of `msgid`, `len` bytes each, queued.
+    fn count_out(&self, msgid: i64, len: usize, n: u64) {
         let shard = self.shard();
         bump(&shard.frames_out[slot(msgid, MSGID_SLOTS)], n);
-        bump(&shard.bytes_out, n * frame.len() as u64);
+        bump(&shard.bytes_out, n * len as u64);
     }
 
     /// `n` chat frames went `how`.

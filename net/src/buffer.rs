@@ -327,8 +327,7 @@ impl Buffer {
     /// connection's input is sized to what arrived (a chat frame), so copying a
     /// small read out of the scratch costs less than the second iovec saved.
     pub fn read_from<R: Read>(&mut self, reader: &mut R) -> io::Result<usize> {
-        let writable = self.writable_bytes().min(EXTRA_BUF);
-        if writable >= DIRECT_READ {
+        if let Some(writable) = self.direct_space() {
             let free = &mut self.buf[self.writer_index..self.writer_index + writable];
             let n = reader.read(free)?;
             self.writer_index += n;
@@ -343,12 +342,15 @@ impl Buffer {
 
     /// How many bytes the next [`Buffer::read_from`] offers the reader.
     pub fn read_offer(&self) -> usize {
+        self.direct_space().unwrap_or(EXTRA_BUF)
+    }
+
+    /// The free space [`Buffer::read_from`] reads straight into (at most 64 KiB of
+    /// it), if it is at least [`DIRECT_READ`]; else it reads into the scratch. One
+    /// decision for both, so the offer always matches the read.
+    fn direct_space(&self) -> Option<usize> {
         let writable = self.writable_bytes().min(EXTRA_BUF);
-        if writable >= DIRECT_READ {
-            writable
-        } else {
-            EXTRA_BUF
-        }
+        (writable >= DIRECT_READ).then_some(writable)
     }
 
     fn read_with_extra<R: Read>(&mut self, reader: &mut R, extra: &mut [u8]) -> io::Result<usize> {

@@ -390,7 +390,8 @@ impl FastChat<'_> {
                     // Before the next key's opening quote.
                     let point = at(key) - 1;
                     out.push_str(&text[copied..point]);
-                    bare_string_field(&mut out, k, value);
+                    bare_key(&mut out, k);
+                    json_string(&mut out, value);
                     out.push(',');
                     copied = point;
                 }
@@ -400,8 +401,7 @@ impl FastChat<'_> {
                     // any fields.
                     let point = text.len() - 1;
                     out.push_str(&text[copied..point]);
-                    out.push(',');
-                    bare_string_field(&mut out, k, value);
+                    string_field(&mut out, k, value); // after a comma: `out` holds `{…`
                     copied = point;
                 }
             }
@@ -417,6 +417,11 @@ fn key(out: &mut String, key: &str) {
     if out.len() > 1 {
         out.push(',');
     }
+    bare_key(out, key);
+}
+
+/// Appends `"key":`, no comma before it.
+fn bare_key(out: &mut String, key: &str) {
     out.push('"');
     out.push_str(key);
     out.push_str("\":");
@@ -431,14 +436,6 @@ fn field(out: &mut String, k: &str, value: &str) {
 /// Appends `"key":"text"`, `text` escaped as serde_json does.
 fn string_field(out: &mut String, k: &str, text: &str) {
     key(out, k);
-    json_string(out, text);
-}
-
-/// Appends `"key":"text"` with no comma before it.
-fn bare_string_field(out: &mut String, k: &str, text: &str) {
-    out.push('"');
-    out.push_str(k);
-    out.push_str("\":");
     json_string(out, text);
 }
 
