@@ -896,12 +896,9 @@ mod tests {
         // The workers' path (`one_chat_text`), as for a chat read behind a request.
         let chat = json!({"msgid": msgid::ONE_CHAT, "id": alice, "toid": bob, "msg": "question"});
         at_delivery(answer, || service.run_job(&a, Job::Request(request(chat))));
-        assert!(service.history().flush(Duration::from_secs(10)), "written");
         let conv = conv_key(alice, Conversation::Peer(bob)).expect("a conversation");
-        let page = db.store.history_page(conv, None, 10).expect("a page");
-        let texts: Vec<String> = page.into_iter().rev().map(|m| m.text).collect();
         assert_eq!(
-            msgs(&texts),
+            history(&db, &service, conv),
             ["question", "reply"],
             "alice and bob's history, oldest first"
         );

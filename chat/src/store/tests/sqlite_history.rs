@@ -6,16 +6,24 @@ use super::history::rec;
 use super::{unique_suffix, FileGuard, SqliteDb};
 use crate::store::open_with;
 
+/// A new SQLite file (removed when the guard drops) with `sql` run in it (an older
+/// version's tables; nothing if empty), and its URL.
+fn file_with(sql: &str) -> (FileGuard, String) {
+    let path = std::env::temp_dir().join(format!("chat_store_test_{}.db", unique_suffix()));
+    let guard = FileGuard(path.clone());
+    if !sql.is_empty() {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(sql).unwrap();
+    }
+    (guard, format!("sqlite:{}", path.display()))
+}
+
 /// A file written by schema version 2 keeps its messages and seqs, and new messages
 /// go on from the old counter.
 #[test]
 fn version_2_history_is_kept() {
-    let path = std::env::temp_dir().join(format!("chat_store_test_{}.db", unique_suffix()));
-    let _file = FileGuard(path.clone());
-    {
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch(
-            "CREATE TABLE history (conv INTEGER NOT NULL, seq INTEGER NOT NULL, \
+    let (_file, url) = file_with(
+        "CREATE TABLE history (conv INTEGER NOT NULL, seq INTEGER NOT NULL, \
                sender INTEGER NOT NULL, ts INTEGER NOT NULL, message TEXT NOT NULL, \
                PRIMARY KEY (conv, seq)) WITHOUT ROWID;
              CREATE INDEX history_ts ON history (ts);
@@ -23,10 +31,8 @@ fn version_2_history_is_kept() {
              INSERT INTO history VALUES (5, 1, 1, 10, 'one'), (5, 2, 2, 11, 'two'), (6, 1, 1, 12, 'x');
              INSERT INTO historyseq VALUES (5, 2), (6, 1);
              PRAGMA user_version = 2;",
-        )
-        .unwrap();
-    }
-    let store = open_with(&format!("sqlite:{}", path.display()), 2).unwrap();
+    );
+    let store = open_with(&url, 2).unwrap();
     store.append_history(&[rec(5, 3)]).unwrap();
     let page = store.history_page(5, None, 10).unwrap();
     let got: Vec<_> = page.iter().map(|m| (m.seq, m.text.as_str())).collect();
@@ -34,7 +40,7 @@ fn version_2_history_is_kept() {
     assert_eq!(store.history_page(6, None, 10).unwrap().len(), 1);
     drop(store);
     // A second open finds nothing left to move.
-    let store = open_with(&format!("sqlite:{}", path.display()), 2).unwrap();
+    let store = open_with(&url, 2).unwrap();
     assert_eq!(store.history_page(5, None, 10).unwrap().len(), 3);
 }
 
@@ -42,12 +48,8 @@ fn version_2_history_is_kept() {
 /// keeps its chunks readable, and new chunks are stored compressed beside them.
 #[test]
 fn version_3_chunks_stay_readable_beside_compressed_ones() {
-    let path = std::env::temp_dir().join(format!("chat_store_test_{}.db", unique_suffix()));
-    let _file = FileGuard(path.clone());
-    {
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch(
-            "CREATE TABLE historychunk (id INTEGER PRIMARY KEY, conv INTEGER NOT NULL, \
+    let (file, url) = file_with(
+        "CREATE TABLE historychunk (id INTEGER PRIMARY KEY, conv INTEGER NOT NULL, \
                seq INTEGER NOT NULL, last INTEGER NOT NULL, ts INTEGER NOT NULL, \
                body BLOB NOT NULL);
              CREATE UNIQUE INDEX historychunk_conv ON historychunk (conv, seq);
@@ -57,10 +59,7 @@ fn version_3_chunks_stay_readable_beside_compressed_ones() {
                VALUES (5, 1, 2, 10, CAST('one' || char(0) || 'two' AS BLOB));
              INSERT INTO historyseq VALUES (5, 2);
              PRAGMA user_version = 3;",
-        )
-        .unwrap();
-    }
-    let url = format!("sqlite:{}", path.display());
+    );
     let store = open_with(&url, 2).unwrap();
     let batch: Vec<_> = (3..43).map(|i| rec(5, i)).collect();
     store.append_history(&batch).unwrap();
@@ -73,7 +72,7 @@ fn version_3_chunks_stay_readable_beside_compressed_ones() {
     want[..40].reverse();
     assert_eq!(got, want);
     // The old chunk is still text; the new one (40 messages) is compressed.
-    let conn = rusqlite::Connection::open(&path).unwrap();
+    let conn = rusqlite::Connection::open(&file.0).unwrap();
     let codecs: Vec<(i64, i64, i64)> = conn
         .prepare("SELECT seq, last, codec FROM historychunk WHERE conv = 5 ORDER BY seq")
         .unwrap()
@@ -117,11 +116,10 @@ fn an_unreadable_chunk_is_skipped_not_fatal() {
 /// all) is refused, not misread and set back.
 #[test]
 fn a_file_of_a_newer_schema_is_refused() {
-    let path = std::env::temp_dir().join(format!("chat_store_test_{}.db", unique_suffix()));
-    let _file = FileGuard(path.clone());
-    let url = format!("sqlite:{}", path.display());
+    let (file, url) = file_with("");
+    let path = &file.0;
     drop(open_with(&url, 1).unwrap());
-    let conn = rusqlite::Connection::open(&path).unwrap();
+    let conn = rusqlite::Connection::open(path).unwrap();
     let ours: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
@@ -129,7 +127,7 @@ fn a_file_of_a_newer_schema_is_refused() {
     drop(conn);
     let err = open_with(&url, 1).err().expect("refused");
     assert!(err.to_string().contains("newer server"), "{err}");
-    let conn = rusqlite::Connection::open(&path).unwrap();
+    let conn = rusqlite::Connection::open(path).unwrap();
     let now: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
