@@ -114,6 +114,10 @@ struct Channels {
     wakes: Sender<Wake>,
     /// Bytes of text recorded and not yet written.
     queued: Arc<AtomicUsize>,
+    /// The longest text the store can keep ([`crate::store::social::SocialStore::history_text_max`]):
+    /// a longer one, queued, would fail its batch at every retry and stop history
+    /// for everyone behind it.
+    text_max: usize,
 }
 
 /// Why the writer should write now.
@@ -134,6 +138,7 @@ impl HistoryWriter {
         let (wakes, wakes_rx) = crossbeam_channel::unbounded();
         let queued = Arc::new(AtomicUsize::new(0));
         let retention = opts.retention;
+        let text_max = store.history_text_max();
         let writer = Writer {
             store,
             records: records_rx,
@@ -149,6 +154,7 @@ impl HistoryWriter {
                 records,
                 wakes,
                 queued,
+                text_max,
             }),
         }
     }
@@ -186,14 +192,24 @@ impl HistoryWriter {
         true
     }
 
-    /// Queues one message of conversation `conv`, without waiting: on a full queue
-    /// the message is delivered but not kept (logged). Callers that may wait call
+    /// Queues one message of conversation `conv`, without waiting: on a full queue,
+    /// or when the text is longer than the store can keep, the message is delivered
+    /// but not kept (logged). Callers that may wait call
     /// [`HistoryWriter::wait_room`] first; an IO loop calls it only after
     /// [`HistoryWriter::has_room`].
     pub fn record(&self, conv: i64, sender: i64, text: &str) {
         if let Some(tx) = &self.tx {
             if tx.queued.load(Ordering::Relaxed) >= QUEUE_BYTES {
                 log::error!("history: the writer is stuck; a message of {sender} is not kept");
+                return;
+            }
+            if text.len() > tx.text_max {
+                log::error!(
+                    "history: a message of {sender} ({} bytes) is longer than the database \
+                     keeps ({} bytes); it is not kept",
+                    text.len(),
+                    tx.text_max
+                );
                 return;
             }
             let rec = HistoryRecord {
@@ -382,6 +398,7 @@ pub(crate) mod tests {
             records,
             wakes,
             queued: Arc::new(AtomicUsize::new(0)),
+            text_max: usize::MAX,
         };
         (HistoryWriter { tx: Some(tx) }, records_rx, wakes_rx)
     }
@@ -706,6 +723,41 @@ pub(crate) mod tests {
             thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(left(2), 1, "the fresh message was swept");
+    }
+
+    /// A message longer than the store keeps (MySQL: past `max_allowed_packet`, with
+    /// a `--frame-limit` set that high) is delivered but not kept, and history goes
+    /// on: queued, its batch failed at every retry and the writer kept nothing more
+    /// (seen failing with `record`'s length check removed: "the flush after the long
+    /// message was not answered" after 20 s, the batch retried every half second).
+    #[test]
+    fn a_message_longer_than_the_store_keeps_does_not_stop_history() {
+        let db = crate::store::tests::MysqlDb::new();
+        let store = db.store.clone();
+        let writer = HistoryWriter::start(store.clone(), &HistoryOptions::default());
+        // Longer than a MEDIUMBLOB holds (whatever the server's max_allowed_packet),
+        // and than what the store says it keeps.
+        let long = crate::store::tests::history::incompressible(17 << 20, 3);
+        assert!(long.len() > store.history_text_max());
+        writer.record(6, 1, "before");
+        writer.record(6, 1, &long);
+        writer.record(6, 1, "after");
+        assert!(
+            writer.flush(Duration::from_secs(20)),
+            "the flush after the long message was not answered"
+        );
+        let page = store.history_page(6, None, 10).expect("page");
+        // (The first 20 characters: a failure must not print 17 MiB.)
+        let texts: Vec<String> = page
+            .iter()
+            .map(|m| m.text.chars().take(20).collect())
+            .collect();
+        assert_eq!(texts, ["after", "before"]);
+        assert_eq!(
+            queued(&writer).load(Ordering::Relaxed),
+            0,
+            "bytes queued after the flush"
+        );
     }
 
     /// A flood of large messages is written once [`GATHER_BYTES`] are queued, not held

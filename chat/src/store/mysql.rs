@@ -10,6 +10,7 @@ use ::mysql::prelude::Queryable;
 use ::mysql::{Conn, IsolationLevel, Opts, OptsBuilder, TxOpts};
 use r2d2_mysql::MySqlConnectionManager;
 
+use super::mysql_history;
 use super::mysql_schema::{migrate, COLLATION};
 use super::mysql_social::lock_group;
 use super::offline::{ids_ahead, page_end};
@@ -50,6 +51,9 @@ pub struct MysqlStore {
     epoch: Instant,
     /// Time spent waiting for pooled connections.
     wait: PoolWait,
+    /// The longest history text a chunk row can take (see
+    /// [`mysql_history::text_max`]), from the server's `max_allowed_packet` at the open.
+    pub(super) history_text_max: usize,
 }
 
 /// A pooled connection.
@@ -83,6 +87,8 @@ impl MysqlStore {
         ))?;
         conn.select_db(&db)?;
         migrate(&mut conn)?;
+        let packet: Option<u64> = conn.query_first("SELECT @@max_allowed_packet")?;
+        let history_text_max = mysql_history::text_max(packet);
         drop(conn);
 
         let manager = MySqlConnectionManager::new(opts.db_name(Some(db)));
@@ -95,6 +101,7 @@ impl MysqlStore {
             down_until: AtomicU64::new(0),
             epoch: Instant::now(),
             wait: PoolWait::default(),
+            history_text_max,
         })
     }
 

@@ -35,6 +35,26 @@ const INSERT_ROWS: usize = 1_000;
 const INSERT_BYTES: usize = 1 << 20;
 /// Values per chunk row of the INSERT.
 const INSERT_COLUMNS: usize = 6;
+/// The largest body a `historychunk` row holds (MEDIUMBLOB).
+const BODY_MAX: u64 = (1 << 24) - 1;
+/// Room below `max_allowed_packet` for what travels with a body (the statement, the
+/// other values, the protocol's headers).
+const STATEMENT_MARGIN: u64 = 64 << 10;
+/// `max_allowed_packet` assumed when the server does not tell (MySQL 5.7's default).
+const PACKET_DEFAULT: u64 = 4 << 20;
+
+/// The longest message text a chunk row can take on a server whose
+/// `max_allowed_packet` is `packet`: a long message is a chunk of its own, whose body
+/// is its text (or less, compressed); the client sends a value too long for one
+/// statement's packet on its own, but the server refuses a value longer than
+/// `max_allowed_packet`, and a MEDIUMBLOB holds 16 MiB. A longer text would fail its
+/// batch at every retry, so history does not take it (see
+/// `SocialStore::history_text_max`).
+pub(super) fn text_max(packet: Option<u64>) -> usize {
+    let packet = packet.unwrap_or(PACKET_DEFAULT);
+    let max = packet.min(BODY_MAX).saturating_sub(STATEMENT_MARGIN);
+    usize::try_from(max).unwrap_or(usize::MAX)
+}
 /// Chunks per DELETE of a retention sweep (two placeholders each).
 const DELETE_ROWS: usize = 1_000;
 

@@ -31,6 +31,10 @@ impl SocialStore for MysqlStore {
         mysql_history::append(&mut *self.conn()?, batch)
     }
 
+    fn history_text_max(&self) -> usize {
+        self.history_text_max
+    }
+
     fn history_page(
         &self,
         conv: i64,

@@ -84,6 +84,13 @@ pub trait SocialStore {
     /// Appends `batch` to history in one transaction, giving each message its
     /// conversation's next seq in batch order.
     fn append_history(&self, batch: &[HistoryRecord]) -> Result<(), StoreError>;
+    /// The longest message text (bytes) that [`SocialStore::append_history`] can keep:
+    /// a longer one would make every attempt at its batch fail (MySQL: past the
+    /// server's `max_allowed_packet` or a MEDIUMBLOB), so the history writer does not
+    /// queue it. Unbounded unless the store says otherwise.
+    fn history_text_max(&self) -> usize {
+        usize::MAX
+    }
     /// At most `limit` messages of conversation `conv` with a seq below `before` (all when
     /// `None`), newest first.
     fn history_page(

@@ -119,13 +119,13 @@ fn require_mysql() {
 }
 
 /// A store on a fresh MySQL database, dropped on drop (fields drop in order: store first).
-struct MysqlDb {
-    store: Arc<dyn Store>,
+pub(crate) struct MysqlDb {
+    pub(crate) store: Arc<dyn Store>,
     _db: DbGuard,
 }
 
 impl MysqlDb {
-    fn new() -> MysqlDb {
+    pub(crate) fn new() -> MysqlDb {
         require_mysql();
         let db = DbGuard::new();
         let store = open_with(&db.url(), 8).expect("open mysql");
@@ -160,7 +160,7 @@ macro_rules! backend_tests {
     };
 }
 
-mod history;
+pub(crate) mod history;
 mod mysql_order;
 mod mysql_pool;
 mod mysql_schema;

@@ -116,6 +116,64 @@ fn mysql_a_batch_is_a_row_per_conversation_not_per_message() {
     assert_eq!(seqs(&*db.store, CONVS + 1, None, 200), want);
 }
 
+/// `len` bytes of letters and digits that LZ4 cannot shrink much (a chunk of one such
+/// message is stored about as long as its text).
+pub(crate) fn incompressible(len: usize, seed: u64) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            // xorshift64
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ALPHABET[(x % ALPHABET.len() as u64) as usize] as char
+        })
+        .collect()
+}
+
+/// A message as long as the store says it keeps is kept, also in one statement with
+/// ~1 MiB of other chunks (the client sends long values apart from the statement).
+/// (Seen failing with `text_max` bounded by `max_allowed_packet` alone, not by the
+/// MEDIUMBLOB column and a margin.)
+#[test]
+fn mysql_the_longest_text_history_takes_is_kept() {
+    let db = MysqlDb::new();
+    let max = db.store.history_text_max();
+    assert!(
+        max >= 1 << 20,
+        "{max} bytes from the server's max_allowed_packet"
+    );
+    // 120 conversations of one incompressible 8,000-byte message (one chunk each,
+    // ~940 KiB together, under the statement's INSERT_BYTES), then the long one.
+    let mut batch: Vec<HistoryRecord> = (1..=120)
+        .map(|c| HistoryRecord {
+            conv: c,
+            sender: 1,
+            ts_ms: 1_000,
+            text: incompressible(8_000, c as u64),
+        })
+        .collect();
+    let long = incompressible(max, 7);
+    batch.push(HistoryRecord {
+        conv: 500,
+        sender: 1,
+        ts_ms: 1_000,
+        text: long.clone(),
+    });
+    db.store
+        .append_history(&batch)
+        .expect("the batch is written");
+    let page = db.store.history_page(500, None, 10).unwrap();
+    assert_eq!(page.len(), 1);
+    // (Compared apart from the message: a failure must not print 16 MiB.)
+    assert!(page[0].text == long, "the long text read back whole");
+    assert_eq!(
+        db.store.history_page(120, None, 10).unwrap()[0].text,
+        batch[119].text
+    );
+}
+
 /// An older server's database (no `historychunk`, a row per message in `history`)
 /// gains the table when a newer server opens it; what older nodes go on writing
 /// there during a rolling upgrade (seqs from the shared counter) and the chunks read
