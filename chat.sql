@@ -1,9 +1,10 @@
 -- The ChatServer schema for MySQL/MariaDB: `mariadb -uroot < chat.sql`.
 --
 -- The legacy tables and columns, kept compatible and widened: utf8mb4 throughout (binary
--- collation: names compare exactly), password VARCHAR(255) for argon2 hashes, message
--- MEDIUMTEXT, unique keys on friend and groupuser, and an AUTO_INCREMENT ordering column
--- on offlinemessage. The server creates these tables itself if missing, and upgrades a
+-- collation: names compare byte for byte, case-sensitive; it ignores trailing spaces, PAD
+-- SPACE, but the server accepts no name that has any), password VARCHAR(255) for argon2
+-- hashes, message MEDIUMTEXT, unique keys on friend and groupuser, and an AUTO_INCREMENT
+-- ordering column on offlinemessage. The server creates these tables itself if missing, and upgrades a
 -- database made by the legacy script in place at start (stop legacy servers first).
 -- chat/src/store/mysql_schema.rs embeds the same table definitions, and a test keeps them equal.
 

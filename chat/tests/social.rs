@@ -17,6 +17,7 @@ both_backends!(
     group_history_for_members_only,
     presence_reaches_opted_in_friends,
     friend_request_accept_decline_remove,
+    a_repeated_friend_request_notifies_once,
     leave_and_remove_members,
     concurrent_writers_share_one_sequence,
     creator_and_lowest_member_leave_at_once,
@@ -345,6 +346,46 @@ fn friend_request_accept_decline_remove(b: &Backend) {
     );
 }
 
+/// Asking again while one's request waits notifies nobody again: each repeat is
+/// ACKed errno 0 with `"repeat":true`, the target gets one FRIEND_REQUEST_NOTICE and
+/// lists the request once. Once the target answered (declined), asking again is a new
+/// request: it is notified again.
+fn a_repeated_friend_request_notifies_once(b: &Backend) {
+    fast_hashes();
+    let server = b.start();
+    let mut a = ext_user(server.addr(), "qa");
+    let mut z = ext_user(server.addr(), "qz");
+    let first = ask(&mut a, json!({"msgid": 26, "friendid": z.id}));
+    expect_ack(&first, 26, 0);
+    assert_eq!(first.get("repeat"), None, "{first}");
+    assert_eq!(expect(&mut z, 27)["from"], a.id);
+    let again: Vec<Value> = (0..3)
+        .map(|_| ask(&mut a, json!({"msgid": 26, "friendid": z.id})))
+        .collect();
+    // Every request of a's was handled (notices sent) before the PONG.
+    a.c.barrier();
+    z.c.expect_quiet();
+    for v in &again {
+        expect_ack(v, 26, 0);
+        assert_eq!(v["repeat"], true, "{v}");
+        assert_eq!(v["friendid"], z.id, "{v}");
+    }
+    let v = ask(&mut z, json!({"msgid": 31}));
+    assert_eq!(v["requests"], json!([{"id": a.id, "name": "qa"}]));
+
+    // Declined: a request after the answer is a new one, notified again.
+    let v = ask(
+        &mut z,
+        json!({"msgid": 28, "friendid": a.id, "accept": false}),
+    );
+    expect_ack(&v, 28, 0);
+    assert_eq!(expect(&mut a, 29)["accept"], false);
+    let v = ask(&mut a, json!({"msgid": 26, "friendid": z.id}));
+    expect_ack(&v, 26, 0);
+    assert_eq!(v.get("repeat"), None, "{v}");
+    assert_eq!(expect(&mut z, 27)["from"], a.id);
+}
+
 /// GROUP_INFO lists members with role and online state; only the creator removes
 /// members (the removed one is told and can no longer chat there); a member leaves;
 /// when the creator leaves, the lowest remaining id becomes creator.
@@ -671,6 +712,66 @@ fn two_nodes_presence_and_history() {
     assert_eq!(z.c.expect_msgid(10)["msg"], "to n2");
     let v = ask(&mut a, json!({"msgid": 23, "groupid": gid}));
     assert_eq!(page(&v), pairs(&[(1, "to n2")]), "the group's history");
+    drop((n1, n2));
+    cleanup_redis(&prefix);
+}
+
+/// Across nodes the database decides: a's request, asked again from the node where
+/// z is (a notice would be delivered directly) and from the other one (a notice would
+/// go through the broadcast), finds the request waiting and notifies nobody again.
+/// The next notice z gets is a third user's request, sent after the repeats.
+#[test]
+fn a_repeated_friend_request_across_nodes_notifies_once() {
+    let b = Backend::mysql();
+    fast_hashes();
+    let prefix = format!("chat_social_repeat_{}", std::process::id());
+    let node = |id: &str| -> ServerThread {
+        b.start_with(ServerOptions {
+            bus: Some(BusConfig {
+                url: "redis://127.0.0.1:6379".into(),
+                prefix: prefix.clone(),
+                node_id: id.into(),
+                node_ttl: Duration::from_secs(5),
+                wait: Default::default(),
+            }),
+            ..ServerOptions::default()
+        })
+    };
+    let (n1, n2) = (node("r1"), node("r2"));
+    let mut a = ext_user(n1.addr(), "ya");
+    let mut z = ext_user(n2.addr(), "yz");
+    let mut w = ext_user(n1.addr(), "yw");
+    expect_ack(&ask(&mut a, json!({"msgid": 26, "friendid": z.id})), 26, 0);
+    assert_eq!(expect(&mut z, 27)["from"], a.id);
+    // Again from n1, then from n2 (a logs out and in there).
+    let from_n1 = ask(&mut a, json!({"msgid": 26, "friendid": z.id}));
+    expect_ack(&ask(&mut a, json!({"msgid": 3})), 3, 0);
+    let mut a2 = User {
+        c: util::Client::connect(n2.addr()),
+        id: a.id,
+        name: a.name.clone(),
+        pw: a.pw.clone(),
+    };
+    a2.c.send(&json!({"ext": 1, "id": a2.id, "msgid": 1, "password": a2.pw}));
+    assert_eq!(a2.c.expect_msgid(2)["errno"], 0);
+    let from_n2 = ask(&mut a2, json!({"msgid": 26, "friendid": z.id}));
+    a2.c.barrier();
+    // A positive control behind the repeats: w's request is the next thing z hears.
+    expect_ack(&ask(&mut w, json!({"msgid": 26, "friendid": z.id})), 26, 0);
+    assert_eq!(
+        expect(&mut z, 27)["from"],
+        w.id,
+        "a repeated request notified z again"
+    );
+    for v in [&from_n1, &from_n2] {
+        expect_ack(v, 26, 0);
+        assert_eq!(v["repeat"], true, "{v}");
+    }
+    let v = ask(&mut z, json!({"msgid": 31}));
+    assert_eq!(
+        v["requests"],
+        json!([{"id": a.id, "name": "ya"}, {"id": w.id, "name": "yw"}])
+    );
     drop((n1, n2));
     cleanup_redis(&prefix);
 }

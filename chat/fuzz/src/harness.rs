@@ -538,8 +538,8 @@ fn check_field_error(v: &Value, e: &ProtocolError) {
         ("accept", _) => value.is_boolean() || matches!(value.as_u64(), Some(0 | 1)),
         ("password", msgid::LOGIN) => is_str(value, 0, protocol::PASSWORD_MAX_CHARS),
         ("password", _) => is_str(value, 1, protocol::PASSWORD_MAX_CHARS),
-        ("name", msgid::REG) => is_str(value, 1, protocol::NAME_MAX_CHARS),
-        ("groupname", _) => is_str(value, 1, protocol::GROUPNAME_MAX_CHARS),
+        ("name", msgid::REG) => is_name(value, protocol::NAME_MAX_CHARS),
+        ("groupname", _) => is_name(value, protocol::GROUPNAME_MAX_CHARS),
         ("groupdesc", _) => is_str(value, 0, protocol::GROUPDESC_MAX_CHARS),
         ("name" | "msg" | "time", _) => value.is_string(),
         ("ext" | "acks", _) => value.is_boolean() || matches!(value.as_u64(), Some(0 | 1)),
@@ -550,6 +550,20 @@ fn check_field_error(v: &Value, e: &ProtocolError) {
         _ => panic!("{e}: a field no request has"),
     };
     assert!(!valid, "{e}, but {key} is valid: {value}");
+}
+
+/// A user or group name as protocol.md §3 defines it, written apart from the parser's
+/// `name_problem` so that each checks the other: 1..=`max` characters, no white space
+/// at either end (so not blank), no control character, no line or paragraph separator.
+fn is_name(x: &Value, max: usize) -> bool {
+    x.as_str().is_some_and(|s| {
+        (1..=max).contains(&s.chars().count())
+            && !s.chars().next().is_some_and(char::is_whitespace)
+            && !s.chars().next_back().is_some_and(char::is_whitespace)
+            && !s
+                .chars()
+                .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}')
+    })
 }
 
 /// Checks a protocol error and its error frame (`msgid` 11) on the wire. `msgid` is the
@@ -642,6 +656,7 @@ fn check_request(v: &Value, p: &Parsed) {
         }
         Request::Reg { name, password } => {
             assert_eq!(name, str_of(v, "name", 1, protocol::NAME_MAX_CHARS));
+            assert!(is_name(&v["name"], protocol::NAME_MAX_CHARS), "{name:?}");
             assert_eq!(
                 password,
                 str_of(v, "password", 1, protocol::PASSWORD_MAX_CHARS)
@@ -678,6 +693,10 @@ fn check_request(v: &Value, p: &Parsed) {
             assert_eq!(
                 groupname,
                 str_of(v, "groupname", 1, protocol::GROUPNAME_MAX_CHARS)
+            );
+            assert!(
+                is_name(&v["groupname"], protocol::GROUPNAME_MAX_CHARS),
+                "{groupname:?}"
             );
             let desc = match v.get("groupdesc") {
                 None => "",

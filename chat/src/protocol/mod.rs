@@ -222,6 +222,33 @@ pub const GROUPDESC_MAX_CHARS: usize = 200;
 /// Longest password in characters; bounds the cost of hashing attacker-chosen input.
 pub const PASSWORD_MAX_CHARS: usize = 256;
 
+/// Why `name` cannot be a user or group name (REG, CREATE_GROUP), completing
+/// `field "name" …`; `None` when it can. A name is not blank, neither begins nor
+/// ends with whitespace (any Unicode white space), and holds no control character
+/// (U+0000–U+001F, U+007F–U+009F: tabs and newlines among them) and no line or
+/// paragraph separator (U+2028, U+2029). Spaces inside are fine (`Ann Lee`).
+///
+/// Why the ends: a name that differs from another only by spaces at its end is the
+/// same name on MySQL (`utf8mb4_bin` compares with PAD SPACE) and another on SQLite,
+/// and names that differ only by spaces at either end look the same to users. With
+/// no such name stored, uniqueness is exact (case-sensitive, byte for byte) on both
+/// stores. The length (1 to 50 characters) is checked apart.
+pub fn name_problem(name: &str) -> Option<&'static str> {
+    if name.trim().is_empty() {
+        return Some("must not be blank");
+    }
+    if name.starts_with(char::is_whitespace) || name.ends_with(char::is_whitespace) {
+        return Some("must not begin or end with whitespace");
+    }
+    if name
+        .chars()
+        .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'))
+    {
+        return Some("must not contain control characters or line breaks");
+    }
+    None
+}
+
 /// A request the server refuses at the protocol level; sent back as an [`error`] frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProtocolError {
@@ -316,7 +343,8 @@ pub enum Request {
     },
     /// REG (4).
     Reg {
-        /// The new user's name, 1..=[`NAME_MAX_CHARS`] characters.
+        /// The new user's name, 1..=[`NAME_MAX_CHARS`] characters, a valid name
+        /// ([`name_problem`]).
         name: String,
         /// The new password, 1..=[`PASSWORD_MAX_CHARS`] characters.
         password: String,
@@ -345,7 +373,7 @@ pub enum Request {
     CreateGroup {
         /// The creator.
         id: i64,
-        /// 1..=[`GROUPNAME_MAX_CHARS`] characters.
+        /// 1..=[`GROUPNAME_MAX_CHARS`] characters, a valid name ([`name_problem`]).
         groupname: String,
         /// 0..=[`GROUPDESC_MAX_CHARS`] characters; `""` when absent.
         groupdesc: String,
@@ -508,7 +536,7 @@ pub fn parse_request_on(v: Value, ext_conn: bool) -> Result<Parsed, ProtocolErro
         },
         msgid::LOGINOUT => Request::Logout { id: f.id("id")? },
         msgid::REG => Request::Reg {
-            name: f.string("name", 1, NAME_MAX_CHARS)?,
+            name: f.name("name", NAME_MAX_CHARS)?,
             password: f.string("password", 1, PASSWORD_MAX_CHARS)?,
         },
         msgid::ONE_CHAT => {
@@ -534,7 +562,7 @@ pub fn parse_request_on(v: Value, ext_conn: bool) -> Result<Parsed, ProtocolErro
         },
         msgid::CREATE_GROUP => Request::CreateGroup {
             id: f.id("id")?,
-            groupname: f.string("groupname", 1, GROUPNAME_MAX_CHARS)?,
+            groupname: f.name("groupname", GROUPNAME_MAX_CHARS)?,
             groupdesc: f
                 .opt_string("groupdesc", 0, GROUPDESC_MAX_CHARS)?
                 .unwrap_or_default(),
@@ -653,6 +681,16 @@ impl Fields<'_> {
     fn string(&self, key: &str, min: usize, max: usize) -> Result<String, ProtocolError> {
         self.opt_string(key, min, max)?
             .ok_or_else(|| self.missing(key))
+    }
+
+    /// A required user or group name: a string of `1..=max` characters that
+    /// [`name_problem`] finds nothing wrong with.
+    fn name(&self, key: &str, max: usize) -> Result<String, ProtocolError> {
+        let s = self.string(key, 1, max)?;
+        match name_problem(&s) {
+            None => Ok(s),
+            Some(why) => Err(self.bad(format!("field \"{key}\" {why}"))),
+        }
     }
 
     /// An optional string of `min..=max` characters; `None` when absent.

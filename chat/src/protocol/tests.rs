@@ -756,6 +756,84 @@ fn chat_cid() {
     );
 }
 
+/// REG's `name` and CREATE_GROUP's `groupname` are names: blank, white space at either
+/// end (any Unicode white space), a control character or a line break is BAD_FIELD
+/// naming the field and why, whatever the store would have made of it. Spaces inside,
+/// CJK, emoji sequences (joined by U+200D) and the longest name are names.
+#[test]
+fn names_refuse_blank_edge_whitespace_and_controls() {
+    let blank = "must not be blank";
+    let edge = "must not begin or end with whitespace";
+    let control = "must not contain control characters or line breaks";
+    let cases = [
+        (" ", blank),
+        ("   ", blank),
+        ("\u{3000}", blank),
+        (" alice", edge),
+        ("alice ", edge),
+        ("alice  ", edge),
+        ("\talice", edge),
+        ("alice\n", edge),
+        ("alice\u{a0}", edge),
+        ("\u{2003}alice", edge),
+        ("al\u{0}ice", control),
+        ("al\u{1b}[31mice", control),
+        ("al\nice", control),
+        ("al\u{7f}ice", control),
+        ("al\u{85}ice", control),
+        ("al\u{2028}ice", control),
+        ("al\u{2029}ice", control),
+    ];
+    for (name, why) in cases {
+        let reg = json!({"msgid": 4, "name": name, "password": "p"});
+        let e = parse_request(reg).unwrap_err();
+        assert_eq!(
+            (e.errno, e.errmsg, e.msgid),
+            (errno::BAD_FIELD, format!("field \"name\" {why}"), Some(4)),
+            "REG {name:?}"
+        );
+        let group = json!({"groupname": name, "id": 1, "msgid": 8});
+        let e = parse_request(group).unwrap_err();
+        assert_eq!(
+            (e.errno, e.errmsg, e.msgid),
+            (
+                errno::BAD_FIELD,
+                format!("field \"groupname\" {why}"),
+                Some(8)
+            ),
+            "CREATE_GROUP {name:?}"
+        );
+    }
+    let longest = "x".repeat(NAME_MAX_CHARS);
+    for name in [
+        "Ann Lee",
+        "a  b",
+        "张三",
+        "\u{1f468}\u{200d}\u{1f469}\u{200d}\u{1f467}",
+        "O'Brien",
+        longest.as_str(),
+    ] {
+        assert_eq!(
+            req(&json!({"msgid": 4, "name": name, "password": "p"}).to_string()),
+            Request::Reg {
+                name: name.into(),
+                password: "p".into()
+            }
+        );
+        let Request::CreateGroup { groupname, .. } =
+            req(&json!({"groupname": name, "id": 1, "msgid": 8}).to_string())
+        else {
+            panic!("not a CREATE_GROUP")
+        };
+        assert_eq!(groupname, name);
+    }
+    // The length is judged first, as before: a long name of spaces is too long.
+    assert_eq!(
+        err(&json!({"msgid": 4, "name": " ".repeat(51), "password": "p"}).to_string()).1,
+        "field \"name\" must be a non-empty string of at most 50 characters"
+    );
+}
+
 #[test]
 fn string_field_errmsgs() {
     for (min, max, says) in [

@@ -53,6 +53,13 @@ impl ChatService {
                         let n = protocol::friend_request_notice(id, &user.name);
                         self.notify(&[friendid], &n);
                     }
+                    // Asked again while it waits: the target was told once, and is
+                    // not told again (the store's insert decides, on every node).
+                    FriendRequest::AlreadyRequested => answer(
+                        errno::OK,
+                        "friend request already sent, waiting for an answer",
+                        &[extra[0].clone(), ("repeat", Value::Bool(true))],
+                    ),
                     FriendRequest::Accepted => {
                         answer(errno::OK, "you are friends now", &extra);
                         let n = protocol::friend_answer_notice(id, &user.name, true);

@@ -42,22 +42,30 @@ pub const fn offline_defaults() -> OfflineLimits {
 /// Connections per pool when the caller does not say ([`open`]).
 pub const DEFAULT_POOL_SIZE: u32 = 16;
 /// Longest user or group name, in characters (`VARCHAR(50)`, as legacy). Both backends
-/// refuse a longer one the way they refuse a taken one, with `Ok(None)`.
+/// refuse a longer one the way they refuse a taken one, with `Ok(None)`; so they do a
+/// name the protocol refuses ([`crate::protocol::name_problem`]: blank, whitespace at
+/// either end, control characters).
 pub const MAX_NAME_CHARS: usize = 50;
 /// Longest group description, in characters (`VARCHAR(200)`, as legacy); a longer one
 /// makes [`Store::create_group`] return `Ok(None)`.
 pub const MAX_DESC_CHARS: usize = 200;
 
-/// Whether a name and description fit the columns (checked before any SQL, so both
-/// backends agree; MySQL would fail a too-long value, SQLite would store it).
-fn fits(name: &str, desc: &str) -> bool {
-    name.chars().count() <= MAX_NAME_CHARS && desc.chars().count() <= MAX_DESC_CHARS
+/// Whether a name and description may be stored: they fit the columns, and the name
+/// is one the protocol accepts. Checked before any SQL, so both backends agree: MySQL
+/// would fail a too-long value, SQLite would store it; and a name ending in spaces
+/// would be another name on SQLite but, compared with PAD SPACE, the same on MySQL.
+fn acceptable(name: &str, desc: &str) -> bool {
+    name.chars().count() <= MAX_NAME_CHARS
+        && desc.chars().count() <= MAX_DESC_CHARS
+        && crate::protocol::name_problem(name).is_none()
 }
 
 /// The storage operations the chat service needs. Blocking; safe to call from any thread.
 pub trait Store: Send + Sync + SocialStore {
-    /// Creates a user; `Ok(None)` when the name is taken or longer than
-    /// [`MAX_NAME_CHARS`].
+    /// Creates a user; `Ok(None)` when the name is taken, longer than
+    /// [`MAX_NAME_CHARS`] or not a valid name. Names compare as MySQL's `utf8mb4_bin`
+    /// does on both backends: byte for byte (case-sensitive), a stored name's trailing
+    /// spaces ignored (PAD SPACE; only names stored before names were checked have any).
     fn register(&self, name: &str, password_hash: &str) -> Result<Option<i64>, StoreError>;
     /// The user's id, name, stored password (hash or legacy plaintext) and `state` column.
     fn user(&self, id: i64) -> Result<Option<UserRow>, StoreError>;
@@ -76,8 +84,8 @@ pub trait Store: Send + Sync + SocialStore {
     /// `friend_id` does not exist.
     fn add_friend(&self, id: i64, friend_id: i64) -> Result<AddFriend, StoreError>;
     /// Creates the group with `creator` as its creator member; `Ok(None)` when the name is
-    /// taken, or the name or description is too long ([`MAX_NAME_CHARS`],
-    /// [`MAX_DESC_CHARS`]).
+    /// taken (compared as in [`Store::register`]) or not a valid name, or the name or
+    /// description is too long ([`MAX_NAME_CHARS`], [`MAX_DESC_CHARS`]).
     fn create_group(&self, creator: i64, name: &str, desc: &str)
         -> Result<Option<i64>, StoreError>;
     /// Joins `user` to `group` as a normal member, or as its creator if the group has no

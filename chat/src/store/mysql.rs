@@ -15,8 +15,8 @@ use super::mysql_schema::{migrate, COLLATION};
 use super::mysql_social::lock_group;
 use super::offline::{ids_ahead, page_end};
 use super::{
-    fits, sender_of, AddFriend, GroupRow, JoinGroup, MemberRow, OfflineLimits, PoolWait, Role,
-    Store, StoreError, Usage, UserRow,
+    acceptable, sender_of, AddFriend, GroupRow, JoinGroup, MemberRow, OfflineLimits, PoolWait,
+    Role, Store, StoreError, Usage, UserRow,
 };
 
 /// The database used when the URL names none (the one `chat.sql` creates).
@@ -238,7 +238,7 @@ impl Store for MysqlStore {
     }
 
     fn register(&self, name: &str, password_hash: &str) -> Result<Option<i64>, StoreError> {
-        if !fits(name, "") {
+        if !acceptable(name, "") {
             return Ok(None);
         }
         let mut conn = self.conn()?;
@@ -334,7 +334,7 @@ impl Store for MysqlStore {
         name: &str,
         desc: &str,
     ) -> Result<Option<i64>, StoreError> {
-        if !fits(name, desc) {
+        if !acceptable(name, desc) {
             return Ok(None);
         }
         let mut conn = self.conn()?;

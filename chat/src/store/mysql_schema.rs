@@ -12,7 +12,9 @@ use crate::password;
 const SCHEMA_LOCK_TIMEOUT_SECS: u32 = 120;
 
 /// Table options of every table: utf8mb4 throughout, binary collation so names compare
-/// exactly (as in SQLite) and distinct emoji stay distinct.
+/// byte for byte, case-sensitive (as in SQLite), and distinct emoji stay distinct. It
+/// compares with PAD SPACE (`bob ` = `bob`): new names have no trailing spaces
+/// (`protocol::name_problem`), and SQLite compares the older ones so too.
 pub(super) const TABLE_OPTIONS: &str = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin";
 /// The collation every text column must have after the upgrade.
 pub(super) const COLLATION: &str = "utf8mb4_bin";

@@ -89,7 +89,11 @@ impl SocialStore for MysqlStore {
                     "INSERT IGNORE INTO friendrequest (fromid, toid) VALUES (?, ?)",
                     (from, to),
                 )?;
-                FriendRequest::Requested
+                if tx.affected_rows() == 0 {
+                    FriendRequest::AlreadyRequested
+                } else {
+                    FriendRequest::Requested
+                }
             };
             tx.commit()?;
             Ok(outcome)

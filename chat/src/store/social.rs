@@ -39,8 +39,11 @@ pub fn conv_key(user: i64, conv: Conversation) -> Option<i64> {
 /// The outcome of [`SocialStore::request_friend`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FriendRequest {
-    /// The request waits for the other user's answer.
+    /// The request was made: it waits for the other user's answer.
     Requested,
+    /// The same request was already waiting for the other user's answer: nothing
+    /// changed (the other user was told when it was made).
+    AlreadyRequested,
     /// The other user had asked first: both are friends now.
     Accepted,
     /// Both already are friends of each other.
@@ -106,7 +109,9 @@ pub trait SocialStore {
     fn prune_history(&self, cutoff_ms: i64, max: i64) -> Result<u64, StoreError>;
     /// The users who list `user` as a friend (who see its presence), ascending.
     fn friend_of(&self, user: i64) -> Result<Vec<i64>, StoreError>;
-    /// `from` asks `to` to be a mutual friend.
+    /// `from` asks `to` to be a mutual friend. Whether the request is new or was
+    /// already waiting is the insert's own result, in the request's transaction: nodes
+    /// sharing the database agree on it.
     fn request_friend(&self, from: i64, to: i64) -> Result<FriendRequest, StoreError>;
     /// `user` answers the request of `from`; false when there is none.
     fn answer_friend(&self, user: i64, from: i64, accept: bool) -> Result<bool, StoreError>;

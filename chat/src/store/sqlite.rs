@@ -12,8 +12,8 @@ use rusqlite::{ffi, Connection, OptionalExtension, TransactionBehavior};
 
 use super::offline::{ids_ahead, page_end};
 use super::{
-    fits, sender_of, AddFriend, GroupRow, JoinGroup, MemberRow, OfflineLimits, PoolWait, Role,
-    Store, StoreError, Usage, UserRow,
+    acceptable, sender_of, AddFriend, GroupRow, JoinGroup, MemberRow, OfflineLimits, PoolWait,
+    Role, Store, StoreError, Usage, UserRow,
 };
 
 /// How long a writer waits for the write lock before giving up with an error.
@@ -63,11 +63,16 @@ CREATE TABLE IF NOT EXISTS resumetoken (
 ";
 
 /// Indexes, created after any upgrade of the tables: pages of a recipient's messages
-/// and its quota are read from them alone, never from the (long) message rows.
+/// and its quota are read from them alone, never from the (long) message rows. The
+/// names without their trailing spaces serve the check that a new name is not taken
+/// as MySQL compares (PAD SPACE, see `register`); not unique, so a file whose older
+/// server stored `bob` and `bob ` opens all the same.
 const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS offlinemessage_pages ON offlinemessage (userid, id, bytes);
 CREATE INDEX IF NOT EXISTS offlinemessage_quota ON offlinemessage (userid, fromid, bytes);
 DROP INDEX IF EXISTS offlinemessage_userid;
+CREATE INDEX IF NOT EXISTS user_name_padded ON user (rtrim(name, ' '));
+CREATE INDEX IF NOT EXISTS allgroup_groupname_padded ON allgroup (rtrim(groupname, ' '));
 ";
 
 /// Opens rusqlite connections to one file for r2d2, each with the per-connection settings.
@@ -216,15 +221,6 @@ fn is_duplicate(err: &rusqlite::Error) -> bool {
     )
 }
 
-/// Runs an INSERT that may hit a unique key: `Ok(true)` inserted, `Ok(false)` duplicate.
-fn insert_unique(result: rusqlite::Result<usize>) -> Result<bool, StoreError> {
-    match result {
-        Ok(_) => Ok(true),
-        Err(err) if is_duplicate(&err) => Ok(false),
-        Err(err) => Err(err.into()),
-    }
-}
-
 /// The `state` column value for `online`.
 fn state(online: bool) -> &'static str {
     if online {
@@ -252,14 +248,24 @@ impl Store for SqliteStore {
     }
 
     fn register(&self, name: &str, password_hash: &str) -> Result<Option<i64>, StoreError> {
-        if !fits(name, "") {
+        if !acceptable(name, "") {
             return Ok(None);
         }
         let conn = self.conn()?;
+        // Taken as on MySQL, whose `utf8mb4_bin` pads with spaces: `bob` is taken by a
+        // `bob ` an older server stored. One statement: no other writer comes between.
         let result = conn
-            .prepare_cached("INSERT INTO user (name, password, state) VALUES (?1, ?2, 'offline')")?
+            .prepare_cached(
+                "INSERT INTO user (name, password, state) SELECT ?1, ?2, 'offline' \
+                 WHERE NOT EXISTS (SELECT 1 FROM user WHERE rtrim(name, ' ') = rtrim(?1, ' '))",
+            )?
             .execute((name, password_hash));
-        Ok(insert_unique(result)?.then(|| conn.last_insert_rowid()))
+        Ok(match result {
+            Ok(0) => None,
+            Ok(_) => Some(conn.last_insert_rowid()),
+            Err(err) if is_duplicate(&err) => None,
+            Err(err) => return Err(err.into()),
+        })
     }
 
     fn user(&self, id: i64) -> Result<Option<UserRow>, StoreError> {
@@ -348,16 +354,23 @@ impl Store for SqliteStore {
         name: &str,
         desc: &str,
     ) -> Result<Option<i64>, StoreError> {
-        if !fits(name, desc) {
+        if !acceptable(name, desc) {
             return Ok(None);
         }
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Taken as on MySQL (PAD SPACE), as in `register`.
         let result = tx
-            .prepare_cached("INSERT INTO allgroup (groupname, groupdesc) VALUES (?1, ?2)")?
+            .prepare_cached(
+                "INSERT INTO allgroup (groupname, groupdesc) SELECT ?1, ?2 WHERE NOT EXISTS \
+                 (SELECT 1 FROM allgroup WHERE rtrim(groupname, ' ') = rtrim(?1, ' '))",
+            )?
             .execute((name, desc));
-        if !insert_unique(result)? {
-            return Ok(None);
+        match result {
+            Ok(0) => return Ok(None),
+            Ok(_) => {}
+            Err(err) if is_duplicate(&err) => return Ok(None),
+            Err(err) => return Err(err.into()),
         }
         let group = tx.last_insert_rowid();
         tx.prepare_cached(

@@ -70,11 +70,16 @@ impl SocialStore for SqliteStore {
             befriend(&tx, from, to)?;
             FriendRequest::Accepted
         } else {
-            tx.prepare_cached(
-                "INSERT OR IGNORE INTO friendrequest (fromid, toid) VALUES (?1, ?2)",
-            )?
-            .execute((from, to))?;
-            FriendRequest::Requested
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO friendrequest (fromid, toid) VALUES (?1, ?2)",
+                )?
+                .execute((from, to))?;
+            if inserted == 0 {
+                FriendRequest::AlreadyRequested
+            } else {
+                FriendRequest::Requested
+            }
         };
         tx.commit()?;
         Ok(outcome)

@@ -164,6 +164,7 @@ pub(crate) mod history;
 mod mysql_order;
 mod mysql_pool;
 mod mysql_schema;
+mod names;
 mod offline;
 mod social;
 mod sqlite_history;

@@ -74,6 +74,29 @@ impl Backend {
         stored_rows(&self.url(), user)
     }
 
+    /// Writes a user straight into the `user` table (of a server started on this
+    /// database), as an older server did: any name, even one REG now refuses, and a
+    /// plaintext password (which LOGIN still accepts, as it does the legacy server's).
+    /// Returns its id.
+    pub fn legacy_user(&self, name: &str, password: &str) -> i64 {
+        let sql = "INSERT INTO user (name, password, state) VALUES (?, ?, 'offline')";
+        match self {
+            Backend::Sqlite { path } => {
+                let conn = rusqlite::Connection::open(path).expect("open sqlite");
+                conn.busy_timeout(TIMEOUT).unwrap();
+                conn.execute(sql, (name, password)).expect("insert a user");
+                conn.last_insert_rowid()
+            }
+            Backend::Mysql { .. } => {
+                let opts = ::mysql::Opts::from_url(&self.url()).expect("a MySQL URL");
+                let mut conn = ::mysql::Conn::new(opts).expect("connect to MySQL");
+                conn.exec_drop(sql, (name, password))
+                    .expect("insert a user");
+                conn.last_insert_id() as i64
+            }
+        }
+    }
+
     /// Starts a server with default options on this database.
     pub fn start(&self) -> ServerThread {
         self.start_with(ServerOptions::default())

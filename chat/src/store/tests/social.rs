@@ -29,8 +29,8 @@ fn friend_requests_and_answers(store: &dyn Store) {
     );
     assert_eq!(
         store.request_friend(a, b).unwrap(),
-        FriendRequest::Requested,
-        "asking again changes nothing"
+        FriendRequest::AlreadyRequested,
+        "asking again changes nothing, and says so (the target is not told again)"
     );
     assert_eq!(
         store.request_friend(c, b).unwrap(),
@@ -79,6 +79,16 @@ fn friend_requests_and_answers(store: &dyn Store) {
         "already answered"
     );
     assert!(!store.answer_friend(e, a, true).unwrap(), "never asked");
+    // After the answer, asking again is a new request; once more, a repeat.
+    assert_eq!(
+        store.request_friend(c, b).unwrap(),
+        FriendRequest::Requested
+    );
+    assert_eq!(
+        store.request_friend(c, b).unwrap(),
+        FriendRequest::AlreadyRequested
+    );
+    assert!(store.answer_friend(b, c, false).unwrap());
     // Accepted: friends both ways.
     assert!(store.answer_friend(a, d, true).unwrap());
     assert_eq!(store.friends(a).unwrap(), names(&[(b, "rb"), (d, "rd")]));
@@ -98,6 +108,11 @@ fn friend_requests_and_answers(store: &dyn Store) {
     assert!(store.del_friend(a, e).unwrap(), "e→a only");
     assert_eq!(store.friend_of(a).unwrap(), vec![d]);
     assert_eq!(store.friends(d).unwrap(), names(&[(a, "ra")]));
+    // Removed friends ask anew: a new request.
+    assert_eq!(
+        store.request_friend(b, a).unwrap(),
+        FriendRequest::Requested
+    );
 }
 
 fn group_changes(store: &dyn Store) {

@@ -285,7 +285,11 @@
       return;
     }
     switch (v.reqmsgid) {
-      case 26: banner('Friend request sent to user ' + v.friendid + '.'); break;
+      case 26:
+        banner(v.repeat
+          ? 'Your friend request to user ' + v.friendid + ' is still waiting for an answer.'
+          : 'Friend request sent to user ' + v.friendid + '.');
+        break;
       case 8: banner('Group "' + (v.groupname || '') + '" created with id ' + v.groupid + '.'); refresh(); break;
       case 9: banner('Joined group ' + v.groupid + '.'); refresh(); break;
       case 28: refresh(); break;
