@@ -1,5 +1,6 @@
 //! Admin: the operator's HTTP listener (`--admin-addr`), owned by the server and
-//! run on threads of its own (tiny_http), never on an IO loop. It reads what the
+//! run on threads of its own (`http`: one bounded request per connection), never
+//! on an IO loop. It reads what the
 //! lower floors expose — the stats, the hub, the store, the bus — and calls down
 //! into the service for actions; nothing below knows it exists.
 //!
@@ -12,17 +13,19 @@
 //!   (`?scope=cluster` for every node's), `GET /admin/nodes`,
 //!   `POST /admin/users/<id>/kick`.
 
+pub mod http;
 mod metrics;
 
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
 
+use parking_lot::Mutex;
 use serde_json::{json, Value};
-use tiny_http::{Header, Method, Request, Response, Server};
+
+use self::http::{Listener, Reply, Request};
 
 use crate::service::{ChatService, Kick};
 use crate::workers::Submitter;
@@ -68,66 +71,37 @@ impl fmt::Debug for Sources {
 
 /// The running listener; dropping it stops it.
 pub struct AdminServer {
-    server: Arc<Server>,
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    listener: Listener,
 }
 
 impl AdminServer {
-    /// Binds `opts.addr` and serves on a thread of its own.
+    /// Binds `opts.addr` and serves on threads of its own.
     pub fn start(opts: AdminOptions, src: Sources) -> io::Result<AdminServer> {
-        let server = Arc::new(
-            Server::http(opts.addr)
-                .map_err(|e| io::Error::other(format!("admin listener {}: {e}", opts.addr)))?,
-        );
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| io::Error::other("admin listener: not an IP address"))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let (srv, halt) = (server.clone(), stop.clone());
-        let thread = thread::Builder::new().name("admin".into()).spawn(move || {
-            let admin = Admin { opts, src };
-            loop {
-                match srv.recv() {
-                    Ok(rq) => admin.handle(rq),
-                    Err(_) if halt.load(Ordering::Acquire) => return,
-                    Err(e) => log::warn!("admin: {e}"),
-                }
-            }
-        })?;
-        Ok(AdminServer {
-            server,
-            addr,
-            stop,
-            thread: Some(thread),
-        })
+        let addr = opts.addr;
+        let admin = Arc::new(Admin {
+            opts,
+            src,
+            checks: Mutex::new(()),
+        });
+        let listener = Listener::start(addr, Arc::new(move |rq: &Request| admin.route(rq)))
+            .map_err(|e| io::Error::other(format!("admin listener {addr}: {e}")))?;
+        Ok(AdminServer { listener })
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for AdminServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        self.server.unblock();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.listener.local_addr()
     }
 }
 
 struct Admin {
     opts: AdminOptions,
     src: Sources,
+    /// Held by readiness checks and admin actions, one at a time as they always
+    /// were (a burst of `/readyz` cannot take every database connection);
+    /// `/healthz` and `/metrics` never wait for it.
+    checks: Mutex<()>,
 }
-
-/// A response: status, content type, body.
-type Reply = (u16, &'static str, String);
 
 fn text(status: u16, body: impl Into<String>) -> Reply {
     (status, "text/plain; charset=utf-8", body.into())
@@ -144,23 +118,14 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Admin {
-    fn handle(&self, rq: Request) {
-        let (status, ctype, body) = self.route(&rq);
-        let header = Header::from_bytes("Content-Type", ctype).expect("a valid header");
-        let resp = Response::from_string(body)
-            .with_status_code(status)
-            .with_header(header);
-        if let Err(e) = rq.respond(resp) {
-            log::debug!("admin: reply not sent: {e}");
-        }
-    }
-
     fn route(&self, rq: &Request) -> Reply {
-        let (path, query) = rq.url().split_once('?').unwrap_or((rq.url(), ""));
-        let get = *rq.method() == Method::Get;
-        match path {
+        let get = rq.method == "GET";
+        match rq.path.as_str() {
             "/healthz" if get => text(200, "ok\n"),
-            "/readyz" if get => self.ready(),
+            "/readyz" if get => {
+                let _one = self.checks.lock();
+                self.ready()
+            }
             "/metrics" if get => (
                 200,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -169,7 +134,10 @@ impl Admin {
             "/healthz" | "/readyz" | "/metrics" => text(405, "method not allowed\n"),
             p if p.starts_with("/admin/") => match self.authorize(rq) {
                 Err(reply) => reply,
-                Ok(()) => self.admin(rq.method(), p, query),
+                Ok(()) => {
+                    let _one = self.checks.lock();
+                    self.admin(&rq.method, p, &rq.query)
+                }
             },
             _ => text(404, "not found\n"),
         }
@@ -208,19 +176,18 @@ impl Admin {
             ));
         };
         let given = rq
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("Authorization"))
-            .and_then(|h| h.value.as_str().strip_prefix("Bearer "));
+            .authorization
+            .as_deref()
+            .and_then(|v| v.strip_prefix("Bearer "));
         match given {
             Some(g) if same(g.trim().as_bytes(), token.as_bytes()) => Ok(()),
             _ => Err(text(401, "missing or wrong bearer token\n")),
         }
     }
 
-    fn admin(&self, method: &Method, path: &str, query: &str) -> Reply {
+    fn admin(&self, method: &str, path: &str, query: &str) -> Reply {
         let svc = &self.src.service;
-        let get = *method == Method::Get;
+        let get = method == "GET";
         match path.trim_end_matches('/') {
             "/admin/users" if get => {
                 if query.split('&').any(|kv| kv == "scope=cluster") {
@@ -239,7 +206,7 @@ impl Admin {
                 .strip_prefix("/admin/users/")
                 .and_then(|r| r.strip_suffix("/kick"))
             {
-                Some(id) if *method == Method::Post => match id.parse::<i64>() {
+                Some(id) if method == "POST" => match id.parse::<i64>() {
                     Ok(id) => self.kick(id),
                     Err(_) => text(400, "the user id must be an integer\n"),
                 },
