@@ -41,7 +41,9 @@ const NAMES: &[&str] = &[
     "'; DROP TABLE user; --",
     "100%_x",
     "张三😀",
-    "new\nline",
+    // (A line break is refused in a name since names are checked: a space that
+    // does not break, and a backslash-n in two characters, are not.)
+    "nbsp\u{a0}inside \\n",
 ];
 
 /// Names and messages come back byte for byte: live, offline, one-to-one and group,
