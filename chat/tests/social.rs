@@ -655,18 +655,7 @@ fn two_nodes_presence_and_history() {
     let b = Backend::mysql();
     fast_hashes();
     let prefix = format!("chat_social_{}", std::process::id());
-    let node = |id: &str| -> ServerThread {
-        b.start_with(ServerOptions {
-            bus: Some(BusConfig {
-                url: "redis://127.0.0.1:6379".into(),
-                prefix: prefix.clone(),
-                node_id: id.into(),
-                node_ttl: Duration::from_secs(5),
-                wait: Default::default(),
-            }),
-            ..ServerOptions::default()
-        })
-    };
+    let node = |id: &str| cluster_node(&b, &prefix, id);
     let (n1, n2) = (node("n1"), node("n2"));
     let mut a = ext_user(n1.addr(), "xa");
     let mut z = User::register(n2.addr(), "xz");
@@ -725,18 +714,7 @@ fn a_repeated_friend_request_across_nodes_notifies_once() {
     let b = Backend::mysql();
     fast_hashes();
     let prefix = format!("chat_social_repeat_{}", std::process::id());
-    let node = |id: &str| -> ServerThread {
-        b.start_with(ServerOptions {
-            bus: Some(BusConfig {
-                url: "redis://127.0.0.1:6379".into(),
-                prefix: prefix.clone(),
-                node_id: id.into(),
-                node_ttl: Duration::from_secs(5),
-                wait: Default::default(),
-            }),
-            ..ServerOptions::default()
-        })
-    };
+    let node = |id: &str| cluster_node(&b, &prefix, id);
     let (n1, n2) = (node("r1"), node("r2"));
     let mut a = ext_user(n1.addr(), "ya");
     let mut z = ext_user(n2.addr(), "yz");
@@ -777,6 +755,20 @@ fn a_repeated_friend_request_across_nodes_notifies_once() {
 }
 
 /// Removes the test's Redis keys.
+/// A node `id` of the cluster on `b`'s database and the local Redis under `prefix`.
+fn cluster_node(b: &Backend, prefix: &str, id: &str) -> ServerThread {
+    b.start_with(ServerOptions {
+        bus: Some(BusConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            prefix: prefix.to_owned(),
+            node_id: id.into(),
+            node_ttl: Duration::from_secs(5),
+            wait: Default::default(),
+        }),
+        ..ServerOptions::default()
+    })
+}
+
 fn cleanup_redis(prefix: &str) {
     if let Ok(client) = redis::Client::open("redis://127.0.0.1:6379") {
         if let Ok(mut con) = client.get_connection() {

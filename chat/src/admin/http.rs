@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::ws::http::response;
+use crate::ws::http::{plain, response};
 
 /// The largest request head read (bytes).
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -212,17 +212,7 @@ fn serve(mut stream: TcpStream, handler: &Handler) {
             );
             (reply, true)
         }
-        Incoming::Refuse(status, reason, body) => (
-            response(
-                status,
-                reason,
-                "text/plain; charset=utf-8",
-                &[],
-                body.as_bytes(),
-                false,
-            ),
-            false,
-        ),
+        Incoming::Refuse(status, reason, body) => (plain(status, reason, body), false),
         Incoming::Gone => return,
     };
     let _ = stream.set_write_timeout(Some(WRITE_TIME));
