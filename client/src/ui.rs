@@ -5,6 +5,7 @@
 //! two threads print. In interactive mode [`emit`] goes through the line editor's printer,
 //! which prints above the line being typed and redraws it.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
@@ -62,8 +63,39 @@ pub fn set_printer(printer: Printer) {
     let _ = PRINTER.set(Mutex::new(printer));
 }
 
-/// Writes `text` to stdout and flushes. A closed stdout is ignored: the chat goes on.
+/// `text` made safe to print on a terminal: every control character but the newline
+/// and the tab is shown in caret notation (`^[` for ESC, `^M` for a carriage return,
+/// `^?` for DEL), and the C1 controls (which some terminals obey as ESC sequences)
+/// as U+FFFD. Whatever is printed comes from the network (another user's message or
+/// name, the server's words), and ESC starts the sequences by which a terminal is
+/// driven: moving the cursor, clearing or rewriting the screen, setting the title,
+/// writing the clipboard (OSC 52). A bare carriage return would let a message print
+/// over its own sender's name.
+pub fn visible(text: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\n' | '\t' => out.push(c),
+            '\u{0}'..='\u{1f}' => {
+                out.push('^');
+                out.push(char::from(c as u8 + 0x40));
+            }
+            '\u{7f}' => out.push_str("^?"),
+            '\u{80}'..='\u{9f}' => out.push('\u{fffd}'),
+            _ => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Writes `text` to stdout ([`visible`]) and flushes. A closed stdout is ignored: the
+/// chat goes on.
 pub fn emit(text: &str) {
+    let text = &*visible(text);
     if let Some(p) = PRINTER.get() {
         (p.lock().unwrap_or_else(PoisonError::into_inner))(text.to_owned());
         return;
@@ -73,10 +105,10 @@ pub fn emit(text: &str) {
     let _ = out.flush();
 }
 
-/// Writes `line` and a newline to stderr.
+/// Writes `line` ([`visible`]) and a newline to stderr.
 pub fn error(line: &str) {
     let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "{line}");
+    let _ = writeln!(err, "{}", visible(line));
     let _ = err.flush();
 }
 
@@ -279,6 +311,17 @@ mod tests {
                 "1 alice offline creator",
                 &"=".repeat(54),
             ]
+        );
+    }
+
+    /// Control characters are shown, not sent to the terminal; newlines, tabs and
+    /// any other text pass as they are.
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        assert!(matches!(visible("hi 你好 😀\tok\n"), Cow::Borrowed(_)));
+        assert_eq!(
+            visible("\u{1b}]52;c;aGk=\u{7}\u{1b}[2Jgone\rX\u{0}\u{7f}\u{9b}31m"),
+            "^[]52;c;aGk=^G^[[2Jgone^MX^@^?\u{fffd}31m"
         );
     }
 

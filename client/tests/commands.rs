@@ -2,6 +2,7 @@
 
 mod util;
 
+use serde_json::json;
 use util::{logged_in, login, run_script, timed_line, TestServer, MENU};
 
 /// The part of `out` after the first command list (everything after the login).
@@ -137,6 +138,35 @@ fn two_clients_chat_one_to_one() {
         assert!(c.wait_exit().success());
         assert_eq!(c.stderr(), "");
     }
+}
+
+/// Another user's message cannot drive this user's terminal: its escape sequences
+/// (here a clipboard write, OSC 52, and a screen clear) and its carriage return are
+/// printed in caret notation, never as the bytes themselves. (Seen failing without
+/// `ui::visible`: the output held ESC bytes.)
+#[test]
+fn a_peers_escape_sequences_are_shown_not_obeyed() {
+    let server = TestServer::start();
+    let alice = server.register("alice");
+    let bob = server.register("bob");
+    let mut a = logged_in(&server, alice);
+    let mut b = server.login(bob);
+    let nasty = "\u{1b}]52;c;aGk=\u{7}\u{1b}[2Jgone\rfake";
+    b.send(json!({"from": "bob", "id": bob, "msg": nasty, "msgid": 6, "to": alice}));
+    let out = a.wait_for("fake\n");
+    assert!(
+        !out.contains(['\u{1b}', '\u{7}', '\r']),
+        "control bytes reached the terminal: {out:?}"
+    );
+    assert_eq!(
+        timed_line(
+            after_help(&out),
+            &format!(" [{bob}]bob said: ^[]52;c;aGk=^G^[[2Jgone^Mfake")
+        ),
+        ""
+    );
+    a.close_stdin();
+    assert!(a.wait_exit().success());
 }
 
 #[test]
