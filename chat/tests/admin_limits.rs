@@ -175,3 +175,32 @@ fn idle_connections_do_not_lock_health_out() {
         assert!(closed, "an idle connection still open after 9 s");
     }
 }
+
+/// A client that trickles bytes after its request, one every 300 ms, holds its
+/// connection for about the drain's half second, not until 64 KiB came (~5 hours:
+/// the drain's timeout was per read; seen failing so: the trickle was still taken
+/// after 3 s). Once closed, the server resets the connection at the next byte.
+#[test]
+fn a_trickle_after_the_request_is_not_drained_for_long() {
+    let b = Backend::sqlite();
+    let (_srv, addr) = start(&b);
+    let mut s = connect(addr);
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).unwrap();
+    assert!(reply.starts_with(b"HTTP/1.1 200 OK"), "{reply:?}");
+    let t = Instant::now();
+    let refused = loop {
+        std::thread::sleep(Duration::from_millis(300));
+        if s.write_all(b"x").is_err() {
+            break t.elapsed();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "the trickle was still taken after {:?}",
+            t.elapsed()
+        );
+    };
+    assert!(refused >= Duration::from_millis(300), "{refused:?}");
+}

@@ -5,8 +5,9 @@
 //!
 //! Bounds: the head is at most [`MAX_HEAD`] bytes (431 beyond), a body at most
 //! [`MAX_BODY`] (413 beyond; bodies are read and ignored, no route takes one),
-//! the request must be complete within [`REQUEST_TIME`] of the accept and the
-//! reply is written within [`WRITE_TIME`]; at most [`MAX_CONNECTIONS`] are
+//! the request must be complete within [`REQUEST_TIME`] of the accept, the
+//! reply is written within [`WRITE_TIME`] and what follows the request is drained
+//! for at most [`LINGER`]; at most [`MAX_CONNECTIONS`] are
 //! served at once, and at most [`PER_IP`] of them from one peer address (so idle
 //! connections from one address cannot lock a probe from another out); one more
 //! gets 503. Every reply says `Connection: close`.
@@ -199,7 +200,7 @@ enum Incoming {
 
 fn serve(mut stream: TcpStream, handler: &Handler) {
     let deadline = Instant::now() + REQUEST_TIME;
-    let (bytes, head) = match read_request(&mut stream, deadline) {
+    let bytes = match read_request(&mut stream, deadline) {
         Incoming::Request(rq) => {
             let (status, ctype, body) = handler(&rq);
             let reply = response(
@@ -210,22 +211,48 @@ fn serve(mut stream: TcpStream, handler: &Handler) {
                 body.as_bytes(),
                 rq.method == "HEAD",
             );
-            (reply, true)
+            reply
         }
-        Incoming::Refuse(status, reason, body) => (plain(status, reason, body), false),
+        Incoming::Refuse(status, reason, body) => plain(status, reason, body),
         Incoming::Gone => return,
     };
-    let _ = stream.set_write_timeout(Some(WRITE_TIME));
-    if let Err(e) = stream.write_all(&bytes) {
+    if let Err(e) = write_by(&mut stream, &bytes, Instant::now() + WRITE_TIME) {
         log::debug!("admin: reply not sent: {e}");
         return;
     }
     let _ = stream.shutdown(Shutdown::Write);
-    if head {
-        // Drain briefly what the client sent beyond its request.
-        let _ = stream.set_read_timeout(Some(LINGER));
-        let _ = io::copy(&mut (&stream).take(MAX_BODY as u64), &mut io::sink());
+    // Drain what the client sent beyond its request (a refused body, say), for
+    // LINGER at most in all and MAX_BODY bytes: a close with input unread would
+    // reset the connection under the reply; a client that trickles on holds its
+    // connection no longer.
+    let end = Instant::now() + LINGER;
+    let mut chunk = [0u8; 4096];
+    let mut drained = 0;
+    while drained < MAX_BODY {
+        match read_some(&mut stream, &mut chunk, end) {
+            Some(n) => drained += n,
+            None => break,
+        }
     }
+}
+
+/// Writes all of `bytes` before `deadline` (a timeout per write alone would let a
+/// client that reads a byte at a time hold the connection for as long as it likes).
+fn write_by(stream: &mut TcpStream, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "reply not taken in time"))?;
+        stream.set_write_timeout(Some(left))?;
+        match stream.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Reads one request head (and skips its body) before `deadline`.
@@ -233,9 +260,19 @@ fn read_request(stream: &mut TcpStream, deadline: Instant) -> Incoming {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     let (rq, body_len, consumed) = loop {
+        let seen = buf.len();
         match read_some(stream, &mut chunk, deadline) {
             Some(n) => buf.extend_from_slice(&chunk[..n]),
             None => return Incoming::Gone,
+        }
+        // The cheap check first: parse once a head's end may have come (an empty
+        // line, CRLF or bare LF as httparse takes them) or the bound passed, not at
+        // every read of a head trickled in byte by byte.
+        let new = &buf[seen.saturating_sub(2)..];
+        let ended = memchr::memmem::find(new, b"\n\n").is_some()
+            || memchr::memmem::find(new, b"\n\r\n").is_some();
+        if buf.len() <= MAX_HEAD && !ended {
+            continue;
         }
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
