@@ -95,6 +95,14 @@ impl ChatServer {
             Some(cfg) => Some(Bus::connect(cfg.clone()).map_err(io::Error::other)?),
             None => None,
         };
+        let kept = store.history_text_max();
+        if opts.history.enabled && opts.frame_limit > kept {
+            log::warn!(
+                "--frame-limit {} is above the longest message history keeps on this \
+                 database ({kept} bytes): longer ones are delivered, not kept",
+                opts.frame_limit
+            );
+        }
         let mut service = ChatService::new(
             store,
             bus.clone(),

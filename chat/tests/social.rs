@@ -754,7 +754,6 @@ fn a_repeated_friend_request_across_nodes_notifies_once() {
     cleanup_redis(&prefix);
 }
 
-/// Removes the test's Redis keys.
 /// A node `id` of the cluster on `b`'s database and the local Redis under `prefix`.
 fn cluster_node(b: &Backend, prefix: &str, id: &str) -> ServerThread {
     b.start_with(ServerOptions {
@@ -769,6 +768,7 @@ fn cluster_node(b: &Backend, prefix: &str, id: &str) -> ServerThread {
     })
 }
 
+/// Removes the test's Redis keys.
 fn cleanup_redis(prefix: &str) {
     if let Ok(client) = redis::Client::open("redis://127.0.0.1:6379") {
         if let Ok(mut con) = client.get_connection() {

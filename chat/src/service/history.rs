@@ -731,7 +731,7 @@ pub(crate) mod tests {
     /// (seen failing with `record`'s length check removed: "the flush after the long
     /// message was not answered" after 20 s, the batch retried every half second).
     #[test]
-    fn a_message_longer_than_the_store_keeps_does_not_stop_history() {
+    fn mysql_a_message_longer_than_the_store_keeps_does_not_stop_history() {
         let db = crate::store::tests::MysqlDb::new();
         let store = db.store.clone();
         let writer = HistoryWriter::start(store.clone(), &HistoryOptions::default());

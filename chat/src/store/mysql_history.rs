@@ -38,7 +38,7 @@ const INSERT_COLUMNS: usize = 6;
 /// The largest body a `historychunk` row holds (MEDIUMBLOB).
 const BODY_MAX: u64 = (1 << 24) - 1;
 /// Room below `max_allowed_packet` for what travels with a body (the statement, the
-/// other values, the protocol's headers).
+/// other values, the protocol's headers); a quarter of a packet below 256 KiB.
 const STATEMENT_MARGIN: u64 = 64 << 10;
 /// `max_allowed_packet` assumed when the server does not tell (MySQL 5.7's default).
 const PACKET_DEFAULT: u64 = 4 << 20;
@@ -52,9 +52,12 @@ const PACKET_DEFAULT: u64 = 4 << 20;
 /// `SocialStore::history_text_max`).
 pub(super) fn text_max(packet: Option<u64>) -> usize {
     let packet = packet.unwrap_or(PACKET_DEFAULT);
-    let max = packet.min(BODY_MAX).saturating_sub(STATEMENT_MARGIN);
+    let max = packet
+        .min(BODY_MAX)
+        .saturating_sub(STATEMENT_MARGIN.min(packet / 4));
     usize::try_from(max).unwrap_or(usize::MAX)
 }
+
 /// Chunks per DELETE of a retention sweep (two placeholders each).
 const DELETE_ROWS: usize = 1_000;
 

@@ -132,6 +132,21 @@ pub(crate) fn incompressible(len: usize, seed: u64) -> String {
         .collect()
 }
 
+/// The longest text kept follows the server's packet: 64 KiB below it, at most a
+/// MEDIUMBLOB's, a quarter below a small packet (not nothing), MySQL 5.7's default
+/// when the server does not say.
+#[test]
+fn history_text_max_follows_the_packet() {
+    use crate::store::mysql_history::text_max;
+    const K: usize = 1024;
+    let packet = |bytes: usize| Some(bytes as u64);
+    assert_eq!(text_max(packet(16 * K * K)), 16 * K * K - 1 - 64 * K);
+    assert_eq!(text_max(packet(1 << 30)), 16 * K * K - 1 - 64 * K);
+    assert_eq!(text_max(packet(4 * K * K)), 4 * K * K - 64 * K);
+    assert_eq!(text_max(packet(64 * K)), 48 * K);
+    assert_eq!(text_max(None), 4 * K * K - 64 * K);
+}
+
 /// A message as long as the store says it keeps is kept, also in one statement with
 /// ~1 MiB of other chunks (the client sends long values apart from the statement).
 /// (Seen failing with `text_max` bounded by `max_allowed_packet` alone, not by the
