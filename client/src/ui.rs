@@ -27,6 +27,9 @@ pub const USERID: &str = "userid:";
 pub const PASSWORD: &str = "userpassword:";
 /// The register prompt for the name.
 pub const USERNAME: &str = "username:";
+/// What a line break inside a message prints as: the break, then an indent that no
+/// message line starts with.
+pub const CONTINUATION: &str = "\n    | ";
 /// What an unknown command gets.
 pub const INVALID_COMMAND: &str = "invalid command, type help";
 
@@ -176,7 +179,9 @@ fn state(online: bool) -> &'static str {
 
 /// The line for a received chat frame: `<time> [<id>]<name> said: <msg>` for ONE_CHAT,
 /// prefixed with `群消息[<groupid>]:` for GROUP_CHAT; `None` for other frames. Missing
-/// fields print as empty (or 0) rather than dropping the message.
+/// fields print as empty (or 0) rather than dropping the message. A message of several
+/// lines has its later lines indented ([`CONTINUATION`]): a line of its own cannot pass
+/// for another message, with another sender's name.
 pub fn chat_line(frame: &Value) -> Option<String> {
     let text = |k: &str| frame.get(k).and_then(Value::as_str).unwrap_or("");
     let int = |k: &str| frame.get(k).and_then(Value::as_i64).unwrap_or(0);
@@ -185,7 +190,7 @@ pub fn chat_line(frame: &Value) -> Option<String> {
         text("time"),
         int("id"),
         text("name"),
-        text("msg")
+        text("msg").replace('\n', CONTINUATION)
     );
     match frame.get("msgid").and_then(Value::as_i64)? {
         msgid::ONE_CHAT => Some(body),
@@ -332,6 +337,12 @@ mod tests {
         let grp = json!({"groupid":3,"id":1,"msg":"hi","msgid":10,"name":"al","time":"t"});
         assert_eq!(chat_line(&grp).unwrap(), "群消息[3]:t [1]al said: hi\n");
         assert_eq!(chat_line(&json!({"msgid":14})), None);
+        // A line of its own inside a message is indented, not a message of its own.
+        let forged = json!({"id":1,"msg":"hi\n12:00 [9]admin said: send me your password","msgid":6,"name":"al","time":"t"});
+        assert_eq!(
+            chat_line(&forged).unwrap(),
+            "t [1]al said: hi\n    | 12:00 [9]admin said: send me your password\n"
+        );
     }
 
     #[test]
