@@ -553,16 +553,35 @@ fn check_field_error(v: &Value, e: &ProtocolError) {
 }
 
 /// A user or group name as protocol.md §3 defines it, written apart from the parser's
-/// `name_problem` so that each checks the other: 1..=`max` characters, no white space
-/// at either end (so not blank), no control character, no line or paragraph separator.
+/// `name_problem` so that each checks the other: 1..=`max` characters, not all white
+/// space or invisible, no white space or invisible character (but a variation
+/// selector) at either end, no control character, no line or paragraph separator, no
+/// direction control.
 fn is_name(x: &Value, max: usize) -> bool {
+    let invisible = |c: char| {
+        let n = c as u32;
+        [0xad, 0x34f, 0x115f, 0x1160, 0x180e, 0x3164, 0xfeff, 0xffa0].contains(&n)
+            || (0x200b..=0x200f).contains(&n)
+            || (0x2060..=0x2064).contains(&n)
+            || (0xfe00..=0xfe0f).contains(&n)
+    };
+    let selector = |c: char| (0xfe00..=0xfe0f).contains(&(c as u32));
+    let at_edge =
+        |c: Option<char>| c.is_some_and(|c| c.is_whitespace() || (invisible(c) && !selector(c)));
+    let direction = |c: char| {
+        let n = c as u32;
+        [0x61c, 0x200e, 0x200f].contains(&n)
+            || (0x202a..=0x202e).contains(&n)
+            || (0x2066..=0x2069).contains(&n)
+    };
     x.as_str().is_some_and(|s| {
         (1..=max).contains(&s.chars().count())
-            && !s.chars().next().is_some_and(char::is_whitespace)
-            && !s.chars().next_back().is_some_and(char::is_whitespace)
+            && !s.chars().all(|c| c.is_whitespace() || invisible(c))
+            && !at_edge(s.chars().next())
+            && !at_edge(s.chars().next_back())
             && !s
                 .chars()
-                .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}')
+                .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}' || direction(c))
     })
 }
 

@@ -223,10 +223,14 @@ pub const GROUPDESC_MAX_CHARS: usize = 200;
 pub const PASSWORD_MAX_CHARS: usize = 256;
 
 /// Why `name` cannot be a user or group name (REG, CREATE_GROUP), completing
-/// `field "name" …`; `None` when it can. A name is not blank, neither begins nor
-/// ends with whitespace (any Unicode white space), and holds no control character
-/// (U+0000–U+001F, U+007F–U+009F: tabs and newlines among them) and no line or
-/// paragraph separator (U+2028, U+2029). Spaces inside are fine (`Ann Lee`).
+/// `field "name" …`; `None` when it can. A name is not blank (nothing but white space
+/// and characters that show as nothing, [`shows_as_nothing`]), neither begins nor
+/// ends with whitespace (any Unicode white space) or a character that shows as
+/// nothing (but a variation selector, which ends many emoji), and holds no control
+/// character (U+0000–U+001F, U+007F–U+009F: tabs and newlines among them), no line
+/// or paragraph separator (U+2028, U+2029) and no direction control
+/// ([`direction_control`]: one reverses how the rest of a name shows). Spaces inside
+/// are fine (`Ann Lee`), and so are joiners inside (the emoji `👨‍👩‍👧`).
 ///
 /// Why the ends: a name that differs from another only by spaces at its end is the
 /// same name on MySQL (`utf8mb4_bin` compares with PAD SPACE) and another on SQLite,
@@ -234,10 +238,14 @@ pub const PASSWORD_MAX_CHARS: usize = 256;
 /// no such name stored, uniqueness is exact (case-sensitive, byte for byte) on both
 /// stores. The length (1 to 50 characters) is checked apart.
 pub fn name_problem(name: &str) -> Option<&'static str> {
-    if name.trim().is_empty() {
+    if name
+        .chars()
+        .all(|c| c.is_whitespace() || shows_as_nothing(c))
+    {
         return Some("must not be blank");
     }
-    if name.starts_with(char::is_whitespace) || name.ends_with(char::is_whitespace) {
+    let edge = |c: char| c.is_whitespace() || (shows_as_nothing(c) && !is_variation_selector(c));
+    if name.starts_with(edge) || name.ends_with(edge) {
         return Some("must not begin or end with whitespace");
     }
     if name
@@ -246,7 +254,45 @@ pub fn name_problem(name: &str) -> Option<&'static str> {
     {
         return Some("must not contain control characters or line breaks");
     }
+    if name.chars().any(direction_control) {
+        return Some("must not contain direction controls");
+    }
     None
+}
+
+/// Characters a terminal or a browser shows as nothing: zero-width spaces, joiners
+/// and marks, the word joiner and invisible operators, the byte order mark, the soft
+/// hyphen, Hangul fillers, variation selectors. A name of only these looks empty,
+/// and one with them at an end looks like another name.
+pub fn shows_as_nothing(c: char) -> bool {
+    matches!(
+        c,
+        '\u{ad}'
+            | '\u{34f}'
+            | '\u{115f}'
+            | '\u{1160}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{3164}'
+            | '\u{feff}'
+            | '\u{ffa0}'
+    ) || is_variation_selector(c)
+}
+
+/// Variation selectors (U+FE00–U+FE0F): they choose how the character before them
+/// shows (`❤️` ends with U+FE0F).
+fn is_variation_selector(c: char) -> bool {
+    matches!(c, '\u{fe00}'..='\u{fe0f}')
+}
+
+/// Bidirectional controls (embeddings, overrides, isolates, marks): they reorder how
+/// the text around them shows, so that a name can read as another.
+pub fn direction_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+    )
 }
 
 /// A request the server refuses at the protocol level; sent back as an [`error`] frame.

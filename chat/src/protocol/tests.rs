@@ -765,8 +765,18 @@ fn names_refuse_blank_edge_whitespace_and_controls() {
     let blank = "must not be blank";
     let edge = "must not begin or end with whitespace";
     let control = "must not contain control characters or line breaks";
+    let direction = "must not contain direction controls";
     let cases = [
         (" ", blank),
+        ("\u{200b}", blank),
+        ("\u{3164}\u{3164}", blank),
+        (" \u{feff} ", blank),
+        ("\u{200b}alice", edge),
+        ("alice\u{2060}", edge),
+        ("alice\u{ad}", edge),
+        ("al\u{202e}ecila", direction),
+        ("al\u{2066}ice\u{2069}x", direction),
+        ("al\u{200f}ice", direction),
         ("   ", blank),
         ("\u{3000}", blank),
         (" alice", edge),
@@ -810,6 +820,7 @@ fn names_refuse_blank_edge_whitespace_and_controls() {
         "a  b",
         "张三",
         "\u{1f468}\u{200d}\u{1f469}\u{200d}\u{1f467}",
+        "love\u{2764}\u{fe0f}",
         "O'Brien",
         longest.as_str(),
     ] {
