@@ -22,10 +22,11 @@
 //! text): past it, senders wait on workers (never on an IO loop: the fast path hands
 //! over to the workers first), for at most `FULL_WAIT`, before they take any lock
 //! ([`HistoryWriter::wait_room`]); a message that still finds no room is delivered
-//! but not kept, so chat survives a long database outage. The record itself, which
-//! the router makes under the recipient's lock, never waits.
+//! but not kept, and until a sender finds room again the others do not wait at all,
+//! so chat goes on at its speed through a long database outage. The record itself,
+//! which the router makes under the recipient's lock, never waits.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -114,6 +115,12 @@ struct Channels {
     wakes: Sender<Wake>,
     /// Bytes of text recorded and not yet written.
     queued: Arc<AtomicUsize>,
+    /// Set when a sender gave up waiting for room (the writer is stuck behind a
+    /// database that is down or slower than the chat), cleared once a sender finds
+    /// room: meanwhile senders do not wait. Each would hold a worker for
+    /// [`FULL_WAIT`], and the node would deliver a few chats a second for as long as
+    /// the outage lasts.
+    stalled: AtomicBool,
     /// The longest text the store can keep ([`crate::store::social::SocialStore::history_text_max`]):
     /// a longer one, queued, would fail its batch at every retry and stop history
     /// for everyone behind it.
@@ -154,6 +161,7 @@ impl HistoryWriter {
                 records,
                 wakes,
                 queued,
+                stalled: AtomicBool::new(false),
                 text_max,
             }),
         }
@@ -173,18 +181,31 @@ impl HistoryWriter {
     }
 
     /// Waits, at most [`FULL_WAIT`], until the queue has room for a message; false if
-    /// it had none by then (the database is down or slower than the chat). Blocking:
-    /// workers only, and before they take any lock ([`HistoryWriter::record`], which
-    /// the router calls under a recipient's lock, never waits).
+    /// it had none by then (the database is down or slower than the chat). Once a
+    /// wait gave up, later ones do not wait until a sender finds room again (the
+    /// `stalled` flag). Blocking: workers only, and before they take any lock
+    /// ([`HistoryWriter::record`], which the router calls under a recipient's lock,
+    /// never waits).
     pub fn wait_room(&self) -> bool {
         let Some(tx) = &self.tx else { return true };
         let full = || tx.queued.load(Ordering::Relaxed) >= QUEUE_BYTES || tx.records.is_full();
         if !full() {
+            if tx.stalled.load(Ordering::Relaxed) {
+                tx.stalled.store(false, Ordering::Relaxed);
+            }
             return true;
+        }
+        if tx.stalled.load(Ordering::Relaxed) {
+            return false;
         }
         let end = Instant::now() + FULL_WAIT;
         while full() {
             if Instant::now() >= end {
+                tx.stalled.store(true, Ordering::Relaxed);
+                log::warn!(
+                    "history: the writer is stuck (database down or slower than the chat); \
+                     messages are delivered, not kept, until it catches up"
+                );
                 return false;
             }
             thread::sleep(BYTES_POLL);

@@ -24,6 +24,7 @@ fn unserved() -> (HistoryWriter, Receiver<HistoryRecord>, Receiver<Wake>) {
         records,
         wakes,
         queued: Arc::new(AtomicUsize::new(0)),
+        stalled: AtomicBool::new(false),
         text_max: usize::MAX,
     };
     (HistoryWriter { tx: Some(tx) }, records_rx, wakes_rx)
@@ -138,6 +139,7 @@ fn a_full_queue_holds_a_sender_for_the_full_wait_then_drops() {
     assert_eq!(queued(&w).load(Ordering::Relaxed), QUEUE_BYTES);
 
     queued(&w).store(0, Ordering::Relaxed);
+    assert!(w.wait_room(), "room again");
     for _ in 0..QUEUE_CAP {
         w.record(1, 1, "");
     }
@@ -152,6 +154,33 @@ fn a_full_queue_holds_a_sender_for_the_full_wait_then_drops() {
     // Room again once the writer took one.
     records.try_recv().expect("queued");
     assert!(w.wait_room(), "room after one was taken");
+}
+
+/// Once a sender gave up waiting, the next ones do not wait while the queue stays
+/// full (each would hold a worker for the full wait: during a database outage the
+/// node delivered a few chats a second); the first to find room again ends that,
+/// and a queue full again is waited for again. (Seen failing without the `stalled`
+/// flag: "sender 2 waited 1.001s".)
+#[test]
+fn after_one_sender_gave_up_the_others_do_not_wait() {
+    let (w, _records, _wakes) = unserved();
+    queued(&w).store(QUEUE_BYTES, Ordering::Relaxed);
+    assert!(!w.wait_room(), "no room");
+    for n in 2..=4 {
+        let t = Instant::now();
+        assert!(!w.wait_room(), "no room");
+        assert!(
+            t.elapsed() < FULL_WAIT / 2,
+            "sender {n} waited {:?}",
+            t.elapsed()
+        );
+    }
+    queued(&w).store(0, Ordering::Relaxed);
+    assert!(w.wait_room(), "room again");
+    queued(&w).store(QUEUE_BYTES, Ordering::Relaxed);
+    let t = Instant::now();
+    assert!(!w.wait_room(), "no room");
+    assert!(t.elapsed() >= FULL_WAIT, "gave up after {:?}", t.elapsed());
 }
 
 /// A flush answers once the writer wrote what came before it — false when no
