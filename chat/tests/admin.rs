@@ -187,6 +187,7 @@ fn metrics_parse_and_move_with_traffic() {
     assert!(moved("chat_bytes_in_total{}") > 100.0);
     assert!(moved("chat_bytes_out_total{}") > 100.0);
     assert!(get(&after, "chat_db_pool_checkouts_total{}") > 0.0);
+    assert_eq!(after.get("chat_history_unkept_total{}"), Some(&0.0));
     drop(z);
 }
 

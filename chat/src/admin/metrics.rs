@@ -150,6 +150,14 @@ impl Collector for ChatCollector {
         )?;
         counter(
             &mut e,
+            "chat_history_unkept",
+            "Chat messages delivered but not kept in history: the history writer's queue \
+             was full (the database down or slower than the chat), or the text longer than \
+             the database keeps.",
+            src.service.history().unkept(),
+        )?;
+        counter(
+            &mut e,
             "chat_bytes_in",
             "Bytes read from clients.",
             s.bytes_in,

@@ -26,7 +26,7 @@
 //! so chat goes on at its speed through a long database outage. The record itself,
 //! which the router makes under the recipient's lock, never waits.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -121,10 +121,37 @@ struct Channels {
     /// [`FULL_WAIT`], and the node would deliver a few chats a second for as long as
     /// the outage lasts.
     stalled: AtomicBool,
+    /// Messages delivered but not kept (see [`Unkept`]), shared with the writer.
+    unkept: Arc<Unkept>,
     /// The longest text the store can keep ([`crate::store::social::SocialStore::history_text_max`]):
     /// a longer one, queued, would fail its batch at every retry and stop history
     /// for everyone behind it.
     text_max: usize,
+}
+
+/// Messages delivered but not kept: a count for the metrics, and the rule that a
+/// stuck writer is logged once, not once per message (at the chat's speed, under a
+/// recipient's lock), and its recovery once, with what it cost.
+#[derive(Default)]
+struct Unkept {
+    /// Every message not kept since the start.
+    total: AtomicU64,
+    /// The stuck writer was logged, and its recovery is not yet.
+    told: AtomicBool,
+}
+
+impl Unkept {
+    /// One more message not kept because the queue is full.
+    fn stuck(&self, sender: i64) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        if !self.told.swap(true, Ordering::Relaxed) {
+            log::error!(
+                "history: the writer is stuck (the database is down or slower than the \
+                 chat): messages are delivered, not kept, until it catches up (the first: \
+                 one of user {sender})"
+            );
+        }
+    }
 }
 
 /// Why the writer should write now.
@@ -146,11 +173,13 @@ impl HistoryWriter {
         let queued = Arc::new(AtomicUsize::new(0));
         let retention = opts.retention;
         let text_max = store.history_text_max();
+        let unkept = Arc::new(Unkept::default());
         let writer = Writer {
             store,
             records: records_rx,
             wakes: wakes_rx,
             queued: queued.clone(),
+            unkept: unkept.clone(),
         };
         thread::Builder::new()
             .name("history".into())
@@ -162,6 +191,7 @@ impl HistoryWriter {
                 wakes,
                 queued,
                 stalled: AtomicBool::new(false),
+                unkept,
                 text_max,
             }),
         }
@@ -202,10 +232,6 @@ impl HistoryWriter {
         while full() {
             if Instant::now() >= end {
                 tx.stalled.store(true, Ordering::Relaxed);
-                log::warn!(
-                    "history: the writer is stuck (database down or slower than the chat); \
-                     messages are delivered, not kept, until it catches up"
-                );
                 return false;
             }
             thread::sleep(BYTES_POLL);
@@ -221,10 +247,11 @@ impl HistoryWriter {
     pub fn record(&self, conv: i64, sender: i64, text: &str) {
         if let Some(tx) = &self.tx {
             if tx.queued.load(Ordering::Relaxed) >= QUEUE_BYTES {
-                log::error!("history: the writer is stuck; a message of {sender} is not kept");
+                tx.unkept.stuck(sender);
                 return;
             }
             if text.len() > tx.text_max {
+                tx.unkept.total.fetch_add(1, Ordering::Relaxed);
                 log::error!(
                     "history: a message of {sender} ({} bytes) is longer than the database \
                      keeps ({} bytes); it is not kept",
@@ -244,13 +271,21 @@ impl HistoryWriter {
             let before = tx.queued.fetch_add(len, Ordering::Relaxed);
             if tx.records.try_send(rec).is_err() {
                 tx.queued.fetch_sub(len, Ordering::Relaxed);
-                log::error!("history: the writer is stuck; a message of {sender} is not kept");
+                tx.unkept.stuck(sender);
                 return;
             }
             if before < GATHER_BYTES && before + len >= GATHER_BYTES {
                 let _ = tx.wakes.send(Wake::Full);
             }
         }
+    }
+
+    /// Messages delivered but not kept since the start: the queue was full (the
+    /// writer stuck behind the database) or the text longer than the store keeps.
+    pub fn unkept(&self) -> u64 {
+        self.tx
+            .as_ref()
+            .map_or(0, |tx| tx.unkept.total.load(Ordering::Relaxed))
     }
 
     /// Waits until everything recorded before this call is written, at most `limit`.
@@ -286,6 +321,8 @@ struct Writer {
     wakes: Receiver<Wake>,
     /// Bytes of text recorded and not yet written (the writer subtracts what it wrote).
     queued: Arc<AtomicUsize>,
+    /// What was not kept (the writer logs its recovery).
+    unkept: Arc<Unkept>,
 }
 
 impl Writer {
@@ -296,6 +333,8 @@ impl Writer {
         let mut next_prune = Instant::now();
         let mut batch: Vec<HistoryRecord> = Vec::new();
         let mut waiting: Vec<Sender<()>> = Vec::new();
+        // What was not kept, in all, when the writer last said so.
+        let mut reported = 0;
         loop {
             if let Some(keep) = retention {
                 if Instant::now() >= next_prune {
@@ -330,6 +369,14 @@ impl Writer {
                 }
                 let bytes = batch.iter().map(|r| r.text.len()).sum();
                 self.queued.fetch_sub(bytes, Ordering::Relaxed);
+                if self.unkept.told.swap(false, Ordering::Relaxed) {
+                    let total = self.unkept.total.load(Ordering::Relaxed);
+                    log::warn!(
+                        "history: writing again; {} message(s) delivered meanwhile were not kept",
+                        total - reported
+                    );
+                    reported = total;
+                }
                 batch.clear();
                 if !full {
                     break;

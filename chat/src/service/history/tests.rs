@@ -25,6 +25,7 @@ fn unserved() -> (HistoryWriter, Receiver<HistoryRecord>, Receiver<Wake>) {
         wakes,
         queued: Arc::new(AtomicUsize::new(0)),
         stalled: AtomicBool::new(false),
+        unkept: Arc::default(),
         text_max: usize::MAX,
     };
     (HistoryWriter { tx: Some(tx) }, records_rx, wakes_rx)
@@ -183,6 +184,47 @@ fn after_one_sender_gave_up_the_others_do_not_wait() {
     assert!(t.elapsed() >= FULL_WAIT, "gave up after {:?}", t.elapsed());
 }
 
+/// What a full queue drops is counted (the metrics' `chat_history_unkept`), and
+/// said once per stall, not once per message: the first drop logs, the writer's
+/// next write logs the recovery and readies the next stall's line.
+#[test]
+fn a_stuck_writer_counts_what_it_does_not_keep_and_says_so_once() {
+    let (w, records, _wakes) = unserved();
+    let unkept = w.tx.as_ref().expect("history on").unkept.clone();
+    queued(&w).store(QUEUE_BYTES, Ordering::Relaxed);
+    for _ in 0..3 {
+        w.record(1, 1, "dropped");
+    }
+    assert_eq!(w.unkept(), 3);
+    assert!(unkept.told.load(Ordering::Relaxed), "the stall was told");
+    // A writer over the same count writes a batch: the recovery is told.
+    let db = SqliteDb::new();
+    queued(&w).store(0, Ordering::Relaxed);
+    w.record(2, 1, "kept");
+    let (wakes, wakes_rx) = crossbeam_channel::unbounded();
+    let writer = Writer {
+        store: db.store.clone(),
+        records,
+        wakes: wakes_rx,
+        queued: Arc::new(AtomicUsize::new(0)),
+        unkept: unkept.clone(),
+    };
+    let thread = thread::spawn(move || writer.run(None));
+    let (done, answered) = crossbeam_channel::bounded(1);
+    wakes.send(Wake::Flush(done)).expect("open");
+    answered
+        .recv_timeout(Duration::from_secs(30))
+        .expect("flush answered");
+    assert!(
+        !unkept.told.load(Ordering::Relaxed),
+        "the recovery was told"
+    );
+    assert_eq!(w.unkept(), 3, "the count stays");
+    assert_eq!(db.store.history_page(2, None, 10).expect("page").len(), 1);
+    drop((w, wakes));
+    thread.join().expect("the writer ends");
+}
+
 /// A flush answers once the writer wrote what came before it — false when no
 /// writer answers in time; a message is written within the gathering without
 /// any flush, and so is the next one (the writer goes on after a batch).
@@ -282,6 +324,7 @@ fn a_flush_writes_more_than_a_batch() {
         records: records_rx,
         wakes: wakes_rx,
         queued: Arc::new(AtomicUsize::new(texts.iter().map(String::len).sum())),
+        unkept: Arc::default(),
     };
     let thread = thread::spawn(move || writer.run(None));
     let end = Instant::now() + Duration::from_secs(30);
