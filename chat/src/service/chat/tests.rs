@@ -278,7 +278,11 @@ fn chats_under_a_stuck_writer_go_on_unkept() {
     let chat = |m: &str| json!({"msgid": msgid::ONE_CHAT, "id": alice, "toid": bob, "msg": m});
     let t = Instant::now();
     service.run_job(&a, Job::Request(request(chat("first"))));
-    assert!(t.elapsed() >= Duration::from_millis(900), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
     let t = Instant::now();
     service.run_job(&a, Job::Request(request(chat("second"))));
     assert!(
