@@ -23,7 +23,8 @@
 //! over to the workers first), for at most `FULL_WAIT`, before they take any lock
 //! ([`HistoryWriter::wait_room`]); a message that still finds no room is delivered
 //! but not kept, and until a sender finds room again the others do not wait at all,
-//! so chat goes on at its speed through a long database outage. The record itself,
+//! and the IO loops' fast path takes chats on again ([`HistoryWriter::has_room`]), so
+//! chat goes on at its speed through a long database outage. The record itself,
 //! which the router makes under the recipient's lock, never waits.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -202,11 +203,25 @@ impl HistoryWriter {
         self.tx.is_some()
     }
 
-    /// Whether the IO loops' fast path may record now (see [`FAST_PATH_LIMIT`]).
+    /// Whether the IO loops' fast path may record now (see [`FAST_PATH_LIMIT`]): below
+    /// its bounds, or while the writer is stalled (a sender gave up waiting for room).
+    /// Then nobody waits, and [`HistoryWriter::record`], which never waits, drops what
+    /// finds no room: the loops deliver on, as with history off. Handed to the
+    /// workers instead, every chat would queue behind whatever holds them, and on a
+    /// database that hangs a few requests that need it (connections closing, a login)
+    /// hold them all: chat stopped for as long as the database did not answer. Room
+    /// below the bounds ends the stall, so that the next one is waited for again.
     pub fn has_room(&self) -> bool {
         self.tx.as_ref().is_none_or(|tx| {
-            tx.records.len() < FAST_PATH_LIMIT
-                && tx.queued.load(Ordering::Relaxed) < QUEUE_BYTES - FAST_PATH_BYTES_MARGIN
+            let room = tx.records.len() < FAST_PATH_LIMIT
+                && tx.queued.load(Ordering::Relaxed) < QUEUE_BYTES - FAST_PATH_BYTES_MARGIN;
+            if !room {
+                return tx.stalled.load(Ordering::Relaxed);
+            }
+            if tx.stalled.load(Ordering::Relaxed) {
+                tx.stalled.store(false, Ordering::Relaxed);
+            }
+            true
         })
     }
 

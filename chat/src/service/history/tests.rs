@@ -184,6 +184,31 @@ fn after_one_sender_gave_up_the_others_do_not_wait() {
     assert!(t.elapsed() >= FULL_WAIT, "gave up after {:?}", t.elapsed());
 }
 
+/// Once a sender gave up waiting for room (the writer stalled), the IO loops' fast
+/// path takes chats on (they are delivered, not kept) instead of handing each to the
+/// workers, which a hung database can hold all of; room below the fast path's bound
+/// ends the stall, and a full queue is waited for again. (Seen failing without the
+/// stall in `has_room`: "the fast path goes on through a stall". On MariaDB stopped
+/// with SIGSTOP under chat-bench one-to-one, 8 connections closing meanwhile held
+/// the 8 workers and chat went from 420k/s to 0 until the database was resumed.)
+#[test]
+fn a_stalled_writer_lets_the_fast_path_on() {
+    let (w, _records, _wakes) = unserved();
+    queued(&w).store(QUEUE_BYTES, Ordering::Relaxed);
+    assert!(!w.has_room(), "a full queue: the workers wait for room");
+    assert!(!w.wait_room(), "no room");
+    assert!(w.has_room(), "the fast path goes on through a stall");
+    w.record(1, 1, "delivered, not kept");
+    assert_eq!(w.unkept(), 1);
+    queued(&w).store(0, Ordering::Relaxed);
+    assert!(w.has_room(), "room again");
+    queued(&w).store(QUEUE_BYTES, Ordering::Relaxed);
+    assert!(!w.has_room(), "the next stall is waited for again");
+    let t = Instant::now();
+    assert!(!w.wait_room(), "no room");
+    assert!(t.elapsed() >= FULL_WAIT, "gave up after {:?}", t.elapsed());
+}
+
 /// What a full queue drops is counted (the metrics' `chat_history_unkept`), and
 /// said once per stall, not once per message: the first drop logs, the writer's
 /// next write logs the recovery and readies the next stall's line.
