@@ -554,20 +554,40 @@ fn check_field_error(v: &Value, e: &ProtocolError) {
 
 /// A user or group name as protocol.md §3 defines it, written apart from the parser's
 /// `name_problem` so that each checks the other: 1..=`max` characters, not all white
-/// space or invisible, no white space or invisible character (but a variation
-/// selector) at either end, no control character, no line or paragraph separator, no
+/// space or invisible, no white space or invisible character at either end (but a
+/// variation selector at the end after a character neither a letter nor a digit), no control character, no line or paragraph separator, no
 /// direction control.
 fn is_name(x: &Value, max: usize) -> bool {
     let invisible = |c: char| {
         let n = c as u32;
-        [0xad, 0x34f, 0x115f, 0x1160, 0x180e, 0x3164, 0xfeff, 0xffa0].contains(&n)
-            || (0x200b..=0x200f).contains(&n)
-            || (0x2060..=0x2064).contains(&n)
-            || (0xfe00..=0xfe0f).contains(&n)
+        [0xad, 0x34f, 0x115f, 0x1160, 0x2800, 0x3164, 0xfeff, 0xffa0].contains(&n)
+            || [
+                0x17b4..=0x17b5,
+                0x180b..=0x180f,
+                0x200b..=0x200f,
+                0x2060..=0x206f,
+                0xfe00..=0xfe0f,
+                0xfff0..=0xfffb,
+                0x1bca0..=0x1bca3,
+                0x1d173..=0x1d17a,
+                0xe0000..=0xe0fff,
+            ]
+            .iter()
+            .any(|r| r.contains(&n))
     };
     let selector = |c: char| (0xfe00..=0xfe0f).contains(&(c as u32));
-    let at_edge =
-        |c: Option<char>| c.is_some_and(|c| c.is_whitespace() || (invisible(c) && !selector(c)));
+    let edge = |c: char| c.is_whitespace() || invisible(c);
+    let at_start = |s: &str| s.chars().next().is_some_and(edge);
+    // A variation selector ends a name only after a character it changes the look
+    // of: not white space, invisible, a letter or a digit.
+    let at_end = |s: &str| {
+        let mut back = s.chars().rev();
+        match (back.next(), back.next()) {
+            (Some(vs), Some(b)) if selector(vs) => edge(b) || b.is_alphanumeric(),
+            (Some(last), _) => edge(last),
+            (None, _) => false,
+        }
+    };
     let direction = |c: char| {
         let n = c as u32;
         [0x61c, 0x200e, 0x200f].contains(&n)
@@ -577,8 +597,8 @@ fn is_name(x: &Value, max: usize) -> bool {
     x.as_str().is_some_and(|s| {
         (1..=max).contains(&s.chars().count())
             && !s.chars().all(|c| c.is_whitespace() || invisible(c))
-            && !at_edge(s.chars().next())
-            && !at_edge(s.chars().next_back())
+            && !at_start(s)
+            && !at_end(s)
             && !s
                 .chars()
                 .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}' || direction(c))

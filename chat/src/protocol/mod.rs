@@ -244,8 +244,18 @@ pub fn name_problem(name: &str) -> Option<&'static str> {
     {
         return Some("must not be blank");
     }
-    let edge = |c: char| c.is_whitespace() || (shows_as_nothing(c) && !is_variation_selector(c));
-    if name.starts_with(edge) || name.ends_with(edge) {
+    let edge = |c: char| c.is_whitespace() || shows_as_nothing(c);
+    // A variation selector may end a name after what it changes the look of (`❤️`),
+    // not after a letter or a digit, which looks the same with it as without.
+    let mut back = name.chars().rev();
+    let ends_badly = match (back.next(), back.next()) {
+        (Some(vs), Some(before)) if is_variation_selector(vs) => {
+            edge(before) || before.is_alphanumeric()
+        }
+        (Some(last), _) => edge(last),
+        (None, _) => false,
+    };
+    if name.starts_with(edge) || ends_badly {
         return Some("must not begin or end with whitespace");
     }
     if name
@@ -260,10 +270,14 @@ pub fn name_problem(name: &str) -> Option<&'static str> {
     None
 }
 
-/// Characters a terminal or a browser shows as nothing: zero-width spaces, joiners
-/// and marks, the word joiner and invisible operators, the byte order mark, the soft
-/// hyphen, Hangul fillers, variation selectors. A name of only these looks empty,
-/// and one with them at an end looks like another name.
+/// Characters a terminal or a browser shows as nothing: Unicode's default-ignorable
+/// code points (zero-width spaces, joiners and marks, the word joiner, invisible
+/// operators and the deprecated format characters after them, the byte order mark,
+/// the soft hyphen, Hangul fillers, Khmer inherent vowels, Mongolian variation
+/// selectors, shorthand format controls, musical formatting, tags, variation
+/// selectors and their supplement), the interlinear annotation controls and the blank
+/// Braille pattern. A name of only these looks empty, and one with them at an end
+/// looks like another name.
 pub fn shows_as_nothing(c: char) -> bool {
     matches!(
         c,
@@ -271,12 +285,18 @@ pub fn shows_as_nothing(c: char) -> bool {
             | '\u{34f}'
             | '\u{115f}'
             | '\u{1160}'
-            | '\u{180e}'
+            | '\u{17b4}'..='\u{17b5}'
+            | '\u{180b}'..='\u{180f}'
             | '\u{200b}'..='\u{200f}'
-            | '\u{2060}'..='\u{2064}'
+            | '\u{2060}'..='\u{206f}'
+            | '\u{2800}'
             | '\u{3164}'
             | '\u{feff}'
             | '\u{ffa0}'
+            | '\u{fff0}'..='\u{fffb}'
+            | '\u{1bca0}'..='\u{1bca3}'
+            | '\u{1d173}'..='\u{1d17a}'
+            | '\u{e0000}'..='\u{e0fff}'
     ) || is_variation_selector(c)
 }
 

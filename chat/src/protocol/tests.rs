@@ -758,8 +758,12 @@ fn chat_cid() {
 
 /// REG's `name` and CREATE_GROUP's `groupname` are names: blank, white space at either
 /// end (any Unicode white space), a control character or a line break is BAD_FIELD
-/// naming the field and why, whatever the store would have made of it. Spaces inside,
-/// CJK, emoji sequences (joined by U+200D) and the longest name are names.
+/// naming the field and why, whatever the store would have made of it; so is a name
+/// of characters that show as nothing or with one at an end (a variation selector
+/// after a letter, the tags, the selectors' supplement, U+206A–U+206F, the blank
+/// Braille pattern, …: `alice` and a lookalike). Spaces inside, CJK, emoji sequences
+/// (joined by U+200D, ended by a variation selector or a keycap) and the longest
+/// name are names.
 #[test]
 fn names_refuse_blank_edge_whitespace_and_controls() {
     let blank = "must not be blank";
@@ -774,6 +778,22 @@ fn names_refuse_blank_edge_whitespace_and_controls() {
         ("\u{200b}alice", edge),
         ("alice\u{2060}", edge),
         ("alice\u{ad}", edge),
+        ("\u{2800}", blank),
+        ("\u{e0100}", blank),
+        ("\u{e0061}\u{e0062}", blank),
+        ("alice\u{fe0f}", edge),
+        ("alice\u{fe00}", edge),
+        ("\u{fe0f}alice", edge),
+        ("alice\u{e0100}", edge),
+        ("alice\u{e0061}", edge),
+        ("alice\u{206a}", edge),
+        ("alice\u{2065}", edge),
+        ("alice\u{fff9}", edge),
+        ("alice\u{1d173}", edge),
+        ("alice\u{180b}", edge),
+        ("alice\u{17b4}", edge),
+        ("alice\u{2800}", edge),
+        ("alice\u{200b}\u{fe0f}", edge),
         ("al\u{202e}ecila", direction),
         ("al\u{2066}ice\u{2069}x", direction),
         ("al\u{200f}ice", direction),
@@ -821,6 +841,9 @@ fn names_refuse_blank_edge_whitespace_and_controls() {
         "张三",
         "\u{1f468}\u{200d}\u{1f469}\u{200d}\u{1f467}",
         "love\u{2764}\u{fe0f}",
+        "\u{a9}\u{fe0f}",
+        "#\u{fe0f}\u{20e3}",
+        "\u{1f3f4}\u{e0067}\u{e0062}\u{e0073}\u{e0063}\u{e0074}\u{e007f}x",
         "O'Brien",
         longest.as_str(),
     ] {
