@@ -580,13 +580,25 @@ fn is_name(x: &Value, max: usize) -> bool {
     let at_start = |s: &str| s.chars().next().is_some_and(edge);
     // A variation selector ends a name only after a character it changes the look
     // of: not white space, invisible, a letter or a digit.
+    let tag_flag = |s: &str| {
+        // 🏴 then tags then the cancel tag: a subdivision flag, which shows.
+        let mut back = s.chars().rev();
+        back.next() == Some('\u{e007f}') && {
+            let tags = back
+                .by_ref()
+                .take_while(|&c| (0xe0020..=0xe007e).contains(&(c as u32)))
+                .count();
+            tags > 0 && s.chars().rev().nth(tags + 1) == Some('\u{1f3f4}')
+        }
+    };
     let at_end = |s: &str| {
         let mut back = s.chars().rev();
-        match (back.next(), back.next()) {
-            (Some(vs), Some(b)) if selector(vs) => edge(b) || b.is_alphanumeric(),
-            (Some(last), _) => edge(last),
-            (None, _) => false,
-        }
+        !tag_flag(s)
+            && match (back.next(), back.next()) {
+                (Some(vs), Some(b)) if selector(vs) => edge(b) || b.is_alphanumeric(),
+                (Some(last), _) => edge(last),
+                (None, _) => false,
+            }
     };
     let direction = |c: char| {
         let n = c as u32;

@@ -247,14 +247,16 @@ pub fn name_problem(name: &str) -> Option<&'static str> {
     let edge = |c: char| c.is_whitespace() || shows_as_nothing(c);
     // A variation selector may end a name after what it changes the look of (`❤️`),
     // not after a letter or a digit, which looks the same with it as without.
+    // A subdivision flag's tags show as the flag.
     let mut back = name.chars().rev();
-    let ends_badly = match (back.next(), back.next()) {
-        (Some(vs), Some(before)) if is_variation_selector(vs) => {
-            edge(before) || before.is_alphanumeric()
-        }
-        (Some(last), _) => edge(last),
-        (None, _) => false,
-    };
+    let ends_badly = !ends_with_tag_flag(name)
+        && match (back.next(), back.next()) {
+            (Some(vs), Some(before)) if is_variation_selector(vs) => {
+                edge(before) || before.is_alphanumeric()
+            }
+            (Some(last), _) => edge(last),
+            (None, _) => false,
+        };
     if name.starts_with(edge) || ends_badly {
         return Some("must not begin or end with whitespace");
     }
@@ -298,6 +300,17 @@ pub fn shows_as_nothing(c: char) -> bool {
             | '\u{1d173}'..='\u{1d17a}'
             | '\u{e0000}'..='\u{e0fff}'
     ) || is_variation_selector(c)
+}
+
+/// Whether `name` ends with a subdivision flag (🏴 England, Scotland, Wales): the
+/// black flag U+1F3F4, tag characters U+E0020–U+E007E, the cancel tag U+E007F. Its
+/// tags show as the flag, not as nothing.
+fn ends_with_tag_flag(name: &str) -> bool {
+    let Some(rest) = name.strip_suffix('\u{e007f}') else {
+        return false;
+    };
+    let head = rest.trim_end_matches(|c| ('\u{e0020}'..='\u{e007e}').contains(&c));
+    head.len() < rest.len() && head.ends_with('\u{1f3f4}')
 }
 
 /// Variation selectors (U+FE00–U+FE0F): they choose how the character before them

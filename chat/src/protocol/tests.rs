@@ -786,6 +786,7 @@ fn names_refuse_blank_edge_whitespace_and_controls() {
         ("\u{fe0f}alice", edge),
         ("alice\u{e0100}", edge),
         ("alice\u{e0061}", edge),
+        ("alice\u{e0061}\u{e007f}", edge),
         ("alice\u{206a}", edge),
         ("alice\u{2065}", edge),
         ("alice\u{fff9}", edge),
@@ -844,6 +845,7 @@ fn names_refuse_blank_edge_whitespace_and_controls() {
         "\u{a9}\u{fe0f}",
         "#\u{fe0f}\u{20e3}",
         "\u{1f3f4}\u{e0067}\u{e0062}\u{e0073}\u{e0063}\u{e0074}\u{e007f}x",
+        "Scots \u{1f3f4}\u{e0067}\u{e0062}\u{e0073}\u{e0063}\u{e0074}\u{e007f}",
         "O'Brien",
         longest.as_str(),
     ] {
