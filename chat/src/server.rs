@@ -170,6 +170,7 @@ impl ChatServer {
                     connections: tcp.connection_count(),
                     ws_connections: ws.as_ref().map(WsServer::connection_count),
                     queue: workers.submitter().clone(),
+                    backlog: Arc::default(),
                 };
                 Some(AdminServer::start(admin, src)?)
             }

@@ -2,7 +2,10 @@
 //! written in the Prometheus (OpenMetrics) text format by prometheus-client.
 
 use std::fmt;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -12,6 +15,47 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::Sources;
+
+/// How long a scrape waits for the offline backlog.
+const BACKLOG_WAIT: Duration = Duration::from_secs(2);
+
+/// Reads the offline backlog (a `COUNT` over the store) for a scrape on a thread of
+/// its own, and waits for it at most [`BACKLOG_WAIT`]: on a database that hangs
+/// (rather than refuses) the read held the scrape for the store's I/O timeout, 30 s,
+/// past any scraper's patience, and with it every other figure, the ones an outage
+/// needs (`chat_history_unkept_total` among them). One read at a time: while one
+/// hangs, scrapes go without the figure and start no other.
+#[derive(Debug, Default)]
+pub struct BacklogProbe {
+    /// A read is under way.
+    running: Arc<AtomicBool>,
+}
+
+impl BacklogProbe {
+    /// The value `read` gives within [`BACKLOG_WAIT`], if it gives one.
+    fn read<E: Send + 'static>(
+        &self,
+        read: impl FnOnce() -> Result<u64, E> + Send + 'static,
+    ) -> Option<u64> {
+        if self.running.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let running = self.running.clone();
+        let spawned = thread::Builder::new()
+            .name("metrics-backlog".into())
+            .spawn(move || {
+                let n = read();
+                running.store(false, Ordering::Release);
+                let _ = tx.send(n);
+            });
+        if spawned.is_err() {
+            self.running.store(false, Ordering::Release);
+            return None;
+        }
+        rx.recv_timeout(BACKLOG_WAIT).ok()?.ok()
+    }
+}
 
 /// Reads the sources on each scrape.
 #[derive(Debug)]
@@ -190,8 +234,10 @@ impl Collector for ChatCollector {
             None,
             MetricType::Counter,
         )?)?;
-        // A blocking query, on the admin thread: omitted while the database fails.
-        if let Ok(n) = store.offline_backlog() {
+        // A query that may hang with the database: read within a bound, omitted
+        // while the database fails or does not answer.
+        let reader = store.clone();
+        if let Some(n) = src.backlog.read(move || reader.offline_backlog()) {
             gauge_i(
                 &mut e,
                 "chat_offline_backlog",
@@ -246,4 +292,47 @@ pub(super) fn render(src: &Sources) -> String {
         log::warn!("admin: metrics not encoded: {e}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    /// A read that hangs costs a scrape at most BACKLOG_WAIT and the next ones
+    /// nothing (no second read starts while it hangs); once it ended, a read gives
+    /// its value again. (Seen failing with the read made on the scrape's thread:
+    /// the first scrape waited the read's 4 s and gave its 1.)
+    #[test]
+    fn a_backlog_read_that_hangs_costs_a_scrape_at_most_the_wait() {
+        let probe = BacklogProbe::default();
+        let t = Instant::now();
+        let hung = probe.read(|| {
+            thread::sleep(BACKLOG_WAIT * 2);
+            Ok::<u64, ()>(1)
+        });
+        assert_eq!(hung, None);
+        assert!(
+            t.elapsed() < BACKLOG_WAIT + BACKLOG_WAIT / 2,
+            "{:?}",
+            t.elapsed()
+        );
+        let t = Instant::now();
+        assert_eq!(
+            probe.read(|| Ok::<u64, ()>(2)),
+            None,
+            "a second read while one hangs"
+        );
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+        while probe.running.load(Ordering::Acquire) {
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(probe.read(|| Ok::<u64, ()>(3)), Some(3));
+        assert_eq!(probe.read(|| Err::<u64, ()>(())), None, "a failed read");
+    }
 }

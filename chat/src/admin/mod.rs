@@ -61,6 +61,8 @@ pub struct Sources {
     pub ws_connections: Option<Arc<AtomicUsize>>,
     /// The worker queue (its depth).
     pub queue: Submitter,
+    /// Reads the offline backlog for scrapes, within a bound.
+    pub backlog: Arc<metrics::BacklogProbe>,
 }
 
 impl fmt::Debug for Sources {
