@@ -119,6 +119,14 @@ fn the_record_that_reaches_the_gather_bound_wakes_the_writer_once() {
     assert!(rec.ts_ms > 1_600_000_000_000, "a time in ms: {}", rec.ts_ms);
 }
 
+/// A sender waits for room in `w`'s full queue for the whole [`FULL_WAIT`], then
+/// gives up.
+fn gives_up_after_the_full_wait(w: &HistoryWriter) {
+    let t = Instant::now();
+    assert!(!w.wait_room(), "no room");
+    assert!(t.elapsed() >= FULL_WAIT, "gave up after {:?}", t.elapsed());
+}
+
 /// With [`QUEUE_BYTES`] queued (or [`QUEUE_CAP`] messages) a sender waits
 /// [`FULL_WAIT`] for room, then gives up; a record never waits (the router makes
 /// it under a recipient's lock): the message is not kept, and its bytes are not
@@ -130,9 +138,7 @@ fn a_full_queue_holds_a_sender_for_the_full_wait_then_drops() {
     // Full by bytes, then by messages: a waiting sender gives up after the full
     // wait; a record (the router's, under a lock) drops at once.
     queued(&w).store(QUEUE_BYTES, Ordering::Relaxed);
-    let t = Instant::now();
-    assert!(!w.wait_room(), "no room");
-    assert!(t.elapsed() >= FULL_WAIT, "gave up after {:?}", t.elapsed());
+    gives_up_after_the_full_wait(&w);
     let t = Instant::now();
     w.record(1, 1, "dropped");
     assert!(t.elapsed() < FULL_WAIT, "a record waited {:?}", t.elapsed());
@@ -144,9 +150,7 @@ fn a_full_queue_holds_a_sender_for_the_full_wait_then_drops() {
     for _ in 0..QUEUE_CAP {
         w.record(1, 1, "");
     }
-    let t = Instant::now();
-    assert!(!w.wait_room(), "no room");
-    assert!(t.elapsed() >= FULL_WAIT, "gave up after {:?}", t.elapsed());
+    gives_up_after_the_full_wait(&w);
     let t = Instant::now();
     w.record(1, 1, "dropped");
     assert!(t.elapsed() < FULL_WAIT, "a record waited {:?}", t.elapsed());
@@ -179,9 +183,7 @@ fn after_one_sender_gave_up_the_others_do_not_wait() {
     queued(&w).store(0, Ordering::Relaxed);
     assert!(w.wait_room(), "room again");
     queued(&w).store(QUEUE_BYTES, Ordering::Relaxed);
-    let t = Instant::now();
-    assert!(!w.wait_room(), "no room");
-    assert!(t.elapsed() >= FULL_WAIT, "gave up after {:?}", t.elapsed());
+    gives_up_after_the_full_wait(&w);
 }
 
 /// Once a sender gave up waiting for room (the writer stalled), the IO loops' fast
@@ -204,9 +206,7 @@ fn a_stalled_writer_lets_the_fast_path_on() {
     assert!(w.has_room(), "room again");
     queued(&w).store(QUEUE_BYTES, Ordering::Relaxed);
     assert!(!w.has_room(), "the next stall is waited for again");
-    let t = Instant::now();
-    assert!(!w.wait_room(), "no room");
-    assert!(t.elapsed() >= FULL_WAIT, "gave up after {:?}", t.elapsed());
+    gives_up_after_the_full_wait(&w);
 }
 
 /// What a full queue drops is counted (the metrics' `chat_history_unkept`), and
