@@ -225,15 +225,7 @@ fn serve(mut stream: TcpStream, handler: &Handler) {
     // LINGER at most in all and MAX_BODY bytes: a close with input unread would
     // reset the connection under the reply; a client that trickles on holds its
     // connection no longer.
-    let end = Instant::now() + LINGER;
-    let mut chunk = [0u8; 4096];
-    let mut drained = 0;
-    while drained < MAX_BODY {
-        match read_some(&mut stream, &mut chunk, end) {
-            Some(n) => drained += n,
-            None => break,
-        }
-    }
+    skip(&mut stream, MAX_BODY, Instant::now() + LINGER);
 }
 
 /// Writes all of `bytes` before `deadline` (a timeout per write alone would let a
@@ -293,14 +285,27 @@ fn read_request(stream: &mut TcpStream, deadline: Instant) -> Incoming {
         }
     };
     // The body: read and dropped, so the reply is not reset by unread input.
-    let mut left = body_len.saturating_sub(buf.len() - consumed);
-    while left > 0 {
-        match read_some(stream, &mut chunk, deadline) {
-            Some(n) => left = left.saturating_sub(n),
-            None => return Incoming::Gone,
-        }
+    if !skip(
+        stream,
+        body_len.saturating_sub(buf.len() - consumed),
+        deadline,
+    ) {
+        return Incoming::Gone;
     }
     Incoming::Request(rq)
+}
+
+/// Reads and drops `n` bytes before `deadline`; false if the stream ended, failed or
+/// the deadline came first.
+fn skip(stream: &mut TcpStream, mut n: usize, deadline: Instant) -> bool {
+    let mut chunk = [0u8; 4096];
+    while n > 0 {
+        match read_some(stream, &mut chunk, deadline) {
+            Some(got) => n = n.saturating_sub(got),
+            None => return false,
+        }
+    }
+    true
 }
 
 /// One read before `deadline`: `None` at the end of the stream, an error or the

@@ -130,6 +130,16 @@ struct Channels {
     text_max: usize,
 }
 
+impl Channels {
+    /// Room was found: the stall, if any, is over (a load first: the flag's line is
+    /// written only when it changes, not by every chat of the fast path).
+    fn unstall(&self) {
+        if self.stalled.load(Ordering::Relaxed) {
+            self.stalled.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Messages delivered but not kept: a count for the metrics, and the rule that a
 /// stuck writer is logged once, not once per message (at the chat's speed, under a
 /// recipient's lock), and its recovery once, with what it cost.
@@ -218,9 +228,7 @@ impl HistoryWriter {
             if !room {
                 return tx.stalled.load(Ordering::Relaxed);
             }
-            if tx.stalled.load(Ordering::Relaxed) {
-                tx.stalled.store(false, Ordering::Relaxed);
-            }
+            tx.unstall();
             true
         })
     }
@@ -235,9 +243,7 @@ impl HistoryWriter {
         let Some(tx) = &self.tx else { return true };
         let full = || tx.queued.load(Ordering::Relaxed) >= QUEUE_BYTES || tx.records.is_full();
         if !full() {
-            if tx.stalled.load(Ordering::Relaxed) {
-                tx.stalled.store(false, Ordering::Relaxed);
-            }
+            tx.unstall();
             return true;
         }
         if tx.stalled.load(Ordering::Relaxed) {

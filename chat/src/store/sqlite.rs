@@ -221,6 +221,17 @@ fn is_duplicate(err: &rusqlite::Error) -> bool {
     )
 }
 
+/// The outcome of an INSERT of a new name (`register`, `create_group`): true if the
+/// row went in, false if the name is taken (no row inserted: a twin with trailing
+/// spaces exists; or a duplicate key).
+fn inserted_new(result: rusqlite::Result<usize>) -> Result<bool, StoreError> {
+    match result {
+        Ok(n) => Ok(n > 0),
+        Err(err) if is_duplicate(&err) => Ok(false),
+        Err(err) => Err(err.into()),
+    }
+}
+
 /// The `state` column value for `online`.
 fn state(online: bool) -> &'static str {
     if online {
@@ -260,12 +271,7 @@ impl Store for SqliteStore {
                  WHERE NOT EXISTS (SELECT 1 FROM user WHERE rtrim(name, ' ') = rtrim(?1, ' '))",
             )?
             .execute((name, password_hash));
-        Ok(match result {
-            Ok(0) => None,
-            Ok(_) => Some(conn.last_insert_rowid()),
-            Err(err) if is_duplicate(&err) => None,
-            Err(err) => return Err(err.into()),
-        })
+        Ok(inserted_new(result)?.then(|| conn.last_insert_rowid()))
     }
 
     fn user(&self, id: i64) -> Result<Option<UserRow>, StoreError> {
@@ -366,11 +372,8 @@ impl Store for SqliteStore {
                  (SELECT 1 FROM allgroup WHERE rtrim(groupname, ' ') = rtrim(?1, ' '))",
             )?
             .execute((name, desc));
-        match result {
-            Ok(0) => return Ok(None),
-            Ok(_) => {}
-            Err(err) if is_duplicate(&err) => return Ok(None),
-            Err(err) => return Err(err.into()),
+        if !inserted_new(result)? {
+            return Ok(None);
         }
         let group = tx.last_insert_rowid();
         tx.prepare_cached(
